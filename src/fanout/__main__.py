@@ -1,0 +1,5 @@
+"""``python -m fanout``."""
+
+from fanout.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The one exception hierarchy of fanout.
+
+The core raises these; only ``cli.py`` turns them into a line on stderr and an exit code.
+
+* FanoutError
+  x ConfigError      - the agents file, a flag or the environment is wrong (exit 2)
+  x ProviderError    - an endpoint failed; ``retryable`` says whether to try again
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class FanoutError(Exception):
+    """Base of every error fanout raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(FanoutError):
+    """The agents file, a command-line flag or an environment variable is wrong."""
+
+    exit_code = 2
+
+
+class ProviderError(FanoutError):
+    """One call to an endpoint failed.
+
+    ``kind`` is a short machine-readable name (``rate_limit``, ``timeout``, ``server_error``...),
+    ``retry_after`` the wait in seconds the server asked for, if it did.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        status_code: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.status_code = status_code
+        self.retryable = retryable
+        self.retry_after = retry_after
+        # Rate-limit headers of the failed response, for the limiter.
+        self.headers: Mapping[str, str] = headers or {}
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,191 @@
+"""Client-side rate limits per endpoint: requests per minute, tokens per minute, pauses.
+
+Semantics (exact, and tested on a fake clock):
+
+* **RPM**: request starts are spaced ``60 / rpm`` seconds apart, with a burst of at most one
+  second's worth (``ceil(rpm / 60)``, at least 1). No 1-second window holds more than that burst
+  and no 60-second window holds more than ``rpm`` starts.
+* **TPM**: each call reserves its estimated tokens (prompt estimate + ``max_tokens``) before it
+  starts; once the answer is in, the reservation is corrected to the real usage. No 60-second
+  window holds more than ``tpm`` reserved tokens (a single call larger than ``tpm`` still goes,
+  alone).
+* **Pauses**: a 429 with ``Retry-After`` pauses the whole endpoint, and so do
+  ``x-ratelimit-remaining-* = 0`` with ``x-ratelimit-reset-*`` (``1s``, ``6m0s``, ``12ms``).
+  Missing or nonsensical headers (``-1``) are ignored.
+
+Waiters are served in arrival order (an ``anyio.Lock`` is fair), so one wakes at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import anyio.lowlevel
+
+WINDOW_S = 60.0
+MAX_HEADER_PAUSE_S = 3600.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+class Clock(Protocol):
+    """Time as the limiter sees it; tests pass a fake one that jumps instead of sleeping."""
+
+    def now(self) -> float: ...
+
+    async def sleep_until(self, deadline: float, wake: anyio.Event) -> None:
+        """Return at ``deadline``, or earlier once ``wake`` is set."""
+        ...
+
+
+class MonotonicClock:
+    """The event loop's clock."""
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    async def sleep_until(self, deadline: float, wake: anyio.Event) -> None:
+        with anyio.move_on_after(max(deadline - self.now(), 0.0)):
+            await wake.wait()
+
+
+@dataclass
+class _Entry:
+    at: float
+    tokens: int
+
+
+class Reservation:
+    """The tokens one call holds; ``settle`` replaces the estimate with the real usage."""
+
+    def __init__(self, limiter: RateLimiter, entry: _Entry | None) -> None:
+        self._limiter = limiter
+        self._entry = entry
+
+    def settle(self, tokens: int) -> None:
+        if self._entry is not None and tokens != self._entry.tokens:
+            self._entry.tokens = max(tokens, 0)
+            self._limiter._changed()
+
+
+class RateLimiter:
+    """The limits of one endpoint, shared by every agent (and the synthesis) that calls it."""
+
+    def __init__(
+        self, rpm: float | None = None, tpm: float | None = None, *, clock: Clock | None = None
+    ) -> None:
+        self.rpm = rpm
+        self.tpm = tpm
+        self._clock: Clock = clock or MonotonicClock()
+        self._lock = anyio.Lock()
+        self._wake = anyio.Event()
+        self._paused_until = -math.inf
+        self._interval = WINDOW_S / rpm if rpm else 0.0
+        self._burst = max(1, math.ceil(rpm / 60)) if rpm else 0
+        self._tat = -math.inf  # theoretical arrival time of the next start (GCRA)
+        self._second: deque[float] = deque(maxlen=self._burst or None)
+        self._minute: deque[float] = deque(maxlen=max(math.floor(rpm), 1) if rpm else None)
+        self._tokens: deque[_Entry] = deque()
+
+    @property
+    def paused_until(self) -> float:
+        return self._paused_until
+
+    async def acquire(self, tokens: int = 0) -> Reservation:
+        """Wait until one request of ``tokens`` estimated tokens may start, then record it."""
+        if not self.rpm and not self.tpm and self._paused_until <= self._clock.now():
+            await anyio.lowlevel.checkpoint()
+            return Reservation(self, None)
+        async with self._lock:
+            while True:
+                now = self._clock.now()
+                ready = self._ready_at(now, tokens)
+                if ready <= now:
+                    return self._record(now, tokens)
+                wake = self._wake
+                await self._clock.sleep_until(ready, wake)
+
+    def pause_for(self, seconds: float) -> None:
+        """Hold every request to this endpoint for ``seconds`` (a 429's Retry-After)."""
+        if 0 < seconds <= MAX_HEADER_PAUSE_S:
+            until = self._clock.now() + seconds
+            if until > self._paused_until:
+                self._paused_until = until
+                self._changed()
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn from ``x-ratelimit-remaining-*`` / ``x-ratelimit-reset-*`` response headers."""
+        for kind in ("requests", "tokens"):
+            remaining = _parse_int(headers.get(f"x-ratelimit-remaining-{kind}"))
+            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            if remaining == 0 and reset is not None:
+                self.pause_for(reset)
+
+    def _ready_at(self, now: float, tokens: int) -> float:
+        ready = max(now, self._paused_until)
+        if self.rpm:
+            ready = max(ready, self._tat - (self._burst - 1) * self._interval)
+            if len(self._second) == self._burst:
+                ready = max(ready, self._second[0] + 1.0)
+            if self._minute.maxlen is not None and len(self._minute) == self._minute.maxlen:
+                ready = max(ready, self._minute[0] + WINDOW_S)
+        if self.tpm:
+            ready = max(ready, self._tokens_ready_at(now, tokens))
+        return ready
+
+    def _tokens_ready_at(self, now: float, tokens: int) -> float:
+        assert self.tpm is not None
+        while self._tokens and self._tokens[0].at <= now - WINDOW_S:
+            self._tokens.popleft()
+        need = min(tokens, self.tpm)
+        held = sum(e.tokens for e in self._tokens)
+        if held + need <= self.tpm:
+            return now
+        for entry in self._tokens:
+            held -= entry.tokens
+            if held + need <= self.tpm:
+                return entry.at + WINDOW_S
+        return now  # unreachable: once every entry expired, held is 0
+
+    def _record(self, now: float, tokens: int) -> Reservation:
+        entry = None
+        if self.rpm:
+            self._tat = max(self._tat, now) + self._interval
+            self._second.append(now)
+            self._minute.append(now)
+        if self.tpm:
+            entry = _Entry(now, tokens)
+            self._tokens.append(entry)
+        return Reservation(self, entry)
+
+    def _changed(self) -> None:
+        self._wake.set()
+        self._wake = anyio.Event()
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in ``1s``, ``6m0s``, ``12ms``, ``1h2m``, ``0.5`` (plain seconds); else ``None``."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            return None
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+    return seconds if 0 < seconds <= MAX_HEADER_PAUSE_S else None
+
+
+def _parse_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

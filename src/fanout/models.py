@@ -1,0 +1,148 @@
+"""The data fanout passes around: resolved agents, results and the run report. No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+AgentStatus = Literal["ok", "error", "cancelled", "skipped"]
+RunStatus = Literal["completed", "partial", "failed", "cancelled"]
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+_LOOPBACK_HOSTS = {"localhost", "::1", "0.0.0.0"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go and which environment variable holds the key.
+
+    Agents sharing an endpoint share one HTTP client and one rate limiter.
+    """
+
+    base_url: str = OPENAI_BASE_URL
+    api_key_env: str = "OPENAI_API_KEY"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or self.base_url
+
+    @property
+    def is_local(self) -> bool:
+        """Loopback servers (Ollama, llama.cpp, vLLM on this machine) need no key."""
+        host = self.host.lower()
+        return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Rate limits of one endpoint; ``None`` means unlimited."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A persona with every default applied: what one call needs to know."""
+
+    name: str
+    instructions: str = ""
+    description: str = ""
+    model: str = "gpt-4o-mini"
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    timeout: float | None = None
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens as the API reported them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.total_tokens + other.total_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class AgentError:
+    """Why an agent has no answer."""
+
+    type: str
+    message: str
+    status_code: int | None = None
+    retryable: bool = False
+
+
+@dataclass
+class AgentResult:
+    """One persona's outcome. ``answer`` is set only when ``status == "ok"``."""
+
+    name: str
+    model: str
+    status: AgentStatus = "cancelled"
+    answer: str | None = None
+    error: AgentError | None = None
+    attempts: int = 0
+    latency_s: float | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class SynthesisResult(AgentResult):
+    """The merged answer. ``partial`` when some personas had no answer to merge."""
+
+    partial: bool = False
+    sources: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    """Everything one ``fanout ask`` produced, in the panel's order."""
+
+    run_id: str
+    prompt: str
+    started_at: str
+    finished_at: str
+    duration_s: float
+    agents: list[AgentResult]
+    synthesis: SynthesisResult | None = None
+    interrupted: bool = False
+
+    @property
+    def status(self) -> RunStatus:
+        if self.interrupted:
+            return "cancelled"
+        outcomes = [r.status for r in self.agents]
+        if self.synthesis is not None:
+            outcomes.append(self.synthesis.status)
+        if outcomes and all(s == "ok" for s in outcomes):
+            return "completed"
+        if any(r.status == "ok" for r in self.agents):
+            return "partial"
+        return "failed"
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for result in self.agents:
+            total += result.usage
+        if self.synthesis is not None:
+            total += self.synthesis.usage
+        return total
+
+    @property
+    def output(self) -> dict[str, str]:
+        return {r.name: r.answer for r in self.agents if r.status == "ok" and r.answer is not None}

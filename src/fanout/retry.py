@@ -1,0 +1,115 @@
+"""When and how long to retry a failed call. tenacity runs the loop; this module is its policy.
+
+The openai client never retries by itself (``max_retries=0``), so ``retries=N`` means at most
+N + 1 HTTP attempts. The server's ``retry-after-ms`` / ``retry-after`` wins over backoff; a server
+asking for longer than ``max_retry_after`` fails the call at once instead of stalling the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from fanout.errors import ProviderError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``retries`` after the first attempt; backoff is exponential with full jitter."""
+
+    retries: int = 3
+    max_retry_after: float = 60.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 20.0
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """A failed attempt that will be tried again after ``wait_s`` seconds."""
+
+    attempt: int  # the attempt that failed, from 1
+    max_attempts: int
+    wait_s: float
+    error: ProviderError
+
+
+async def call_with_retries(
+    attempt: Callable[[int], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    on_retry: Callable[[RetryEvent], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> T:
+    """Run ``attempt(n)`` for n = 1, 2, ... until it succeeds or the policy gives up.
+
+    The last error is raised as it is, so the caller sees the provider's own message.
+    """
+    backoff = wait_random_exponential(multiplier=policy.backoff_base, max=policy.backoff_cap)
+
+    def wait(state: RetryCallState) -> float:
+        error = _error_of(state)
+        if error is not None and error.retry_after is not None:
+            return error.retry_after
+        return float(backoff(state))
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = _error_of(state)
+        if on_retry is not None and error is not None and state.next_action is not None:
+            on_retry(
+                RetryEvent(
+                    state.attempt_number, policy.max_attempts, state.next_action.sleep, error
+                )
+            )
+
+    async def guarded(number: int) -> T:
+        try:
+            return await attempt(number)
+        except ProviderError as exc:
+            asked = exc.retry_after
+            if exc.retryable and asked is not None and asked > policy.max_retry_after:
+                raise ProviderError(
+                    f"{exc.message} (the server asked to wait {asked:g} s, "
+                    f"more than --max-retry-after {policy.max_retry_after:g} s)",
+                    kind=exc.kind,
+                    status_code=exc.status_code,
+                    retryable=False,
+                    retry_after=asked,
+                    headers=exc.headers,
+                ) from None
+            raise
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
+        wait=wait,
+        before_sleep=before_sleep,
+        sleep=sleep,
+        reraise=True,
+    )
+    async for state in retrying:
+        with state:
+            return await guarded(state.retry_state.attempt_number)
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+def _error_of(state: RetryCallState) -> ProviderError | None:
+    if state.outcome is None or not state.outcome.failed:
+        return None
+    exc = state.outcome.exception()
+    return exc if isinstance(exc, ProviderError) else None

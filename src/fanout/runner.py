@@ -1,0 +1,245 @@
+"""The fan-out: every agent at once in one task group, each behind its own error boundary.
+
+Results live in a list outside the task group, pre-filled as ``cancelled``, so whatever stops the
+run (Ctrl-C, SIGTERM) the answers that arrived are still there to report, in the panel's order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import anyio
+
+from fanout.errors import ProviderError
+from fanout.limiter import RateLimiter
+from fanout.models import Agent, AgentError, AgentResult, Endpoint, RunReport, SynthesisResult
+from fanout.provider import Completion, Message, Provider
+from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
+from fanout.synthesis import synthesis_messages
+
+DEFAULT_COMPLETION_ESTIMATE = 1024  # tokens reserved for an answer when max_tokens is not set
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run behaves, whatever the panel: the ``ask`` flags."""
+
+    concurrency: int = 8
+    timeout: float = 120.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rpm: float | None = None  # override every endpoint's limit
+    tpm: float | None = None
+
+
+class RunObserver(Protocol):
+    """Hears what happens while a run goes on (progress display, event streams)."""
+
+    def agent_started(self, agent: Agent) -> None: ...
+
+    def agent_retrying(self, agent: Agent, event: RetryEvent) -> None: ...
+
+    def agent_finished(self, result: AgentResult) -> None: ...
+
+
+class SilentObserver:
+    def agent_started(self, agent: Agent) -> None:
+        pass
+
+    def agent_retrying(self, agent: Agent, event: RetryEvent) -> None:
+        pass
+
+    def agent_finished(self, result: AgentResult) -> None:
+        pass
+
+
+class EndpointGates:
+    """One rate limiter and one concurrency cap per endpoint, shared by everyone calling it."""
+
+    def __init__(self, agents: Sequence[Agent], settings: RunSettings) -> None:
+        self._limiters: dict[Endpoint, RateLimiter] = {}
+        self._caps: dict[Endpoint, anyio.CapacityLimiter] = {}
+        by_endpoint: dict[Endpoint, list[Agent]] = {}
+        for agent in agents:
+            by_endpoint.setdefault(agent.endpoint, []).append(agent)
+        for endpoint, members in by_endpoint.items():
+            # Agents sharing an endpoint may each state a limit; the strictest one holds.
+            rpm = settings.rpm or _strictest(a.limits.rpm for a in members)
+            tpm = settings.tpm or _strictest(a.limits.tpm for a in members)
+            cap = _strictest(a.limits.concurrency for a in members)
+            self._limiters[endpoint] = RateLimiter(rpm, tpm)
+            self._caps[endpoint] = anyio.CapacityLimiter(int(cap) if cap else settings.concurrency)
+
+    def limiter(self, endpoint: Endpoint) -> RateLimiter:
+        return self._limiters[endpoint]
+
+    def cap(self, endpoint: Endpoint) -> anyio.CapacityLimiter:
+        return self._caps[endpoint]
+
+
+class PanelRun:
+    """One prompt sent to a panel (and, optionally, merged by a synthesizer)."""
+
+    def __init__(
+        self,
+        prompt: str,
+        agents: Sequence[Agent],
+        *,
+        provider: Provider,
+        settings: RunSettings | None = None,
+        synthesizer: Agent | None = None,
+        observer: RunObserver | None = None,
+    ) -> None:
+        self.prompt = prompt
+        self.agents = list(agents)
+        self.provider = provider
+        self.settings = settings or RunSettings()
+        self.synthesizer = synthesizer
+        self.observer: RunObserver = observer or SilentObserver()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.results = [AgentResult(name=a.name, model=a.model) for a in self.agents]
+        self.synthesis: SynthesisResult | None = None
+        if synthesizer is not None:
+            self.synthesis = SynthesisResult(name=synthesizer.name, model=synthesizer.model)
+        gated = self.agents + ([synthesizer] if synthesizer else [])
+        self._gates = EndpointGates(gated, self.settings)
+        self._panel_cap = anyio.CapacityLimiter(self.settings.concurrency)
+        self._started_wall = datetime.now(UTC)
+        self._started = time.perf_counter()
+        self.interrupted = False
+
+    async def execute(self) -> None:
+        """Ask every agent, then synthesize. Cancellation leaves the unfinished ones cancelled."""
+        self._started_wall = datetime.now(UTC)
+        self._started = time.perf_counter()
+        messages_for = [self._messages(a) for a in self.agents]
+        async with anyio.create_task_group() as tg:
+            for index, agent in enumerate(self.agents):
+                tg.start_soon(self._ask, agent, messages_for[index], self.results[index])
+        if self.synthesizer is not None and self.synthesis is not None:
+            await self._synthesize(self.synthesizer, self.synthesis)
+
+    def report(self) -> RunReport:
+        """The run as it stands: complete after ``execute``, partial after an interruption."""
+        return RunReport(
+            run_id=self.run_id,
+            prompt=self.prompt,
+            started_at=self._started_wall.isoformat(timespec="milliseconds"),
+            finished_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            duration_s=round(time.perf_counter() - self._started, 3),
+            agents=self.results,
+            synthesis=self.synthesis,
+            interrupted=self.interrupted,
+        )
+
+    def _messages(self, agent: Agent) -> list[Message]:
+        messages: list[Message] = []
+        if agent.instructions:
+            messages.append({"role": "system", "content": agent.instructions})
+        messages.append({"role": "user", "content": self.prompt})
+        return messages
+
+    async def _ask(self, agent: Agent, messages: list[Message], result: AgentResult) -> None:
+        async with self._panel_cap, self._gates.cap(agent.endpoint):
+            self.observer.agent_started(agent)
+            await self._call(agent, messages, result)
+        self.observer.agent_finished(result)
+
+    async def _synthesize(self, agent: Agent, result: SynthesisResult) -> None:
+        answered = [r for r in self.results if r.status == "ok"]
+        result.sources = [r.name for r in answered]
+        result.missing = [r.name for r in self.results if r.status != "ok"]
+        result.partial = bool(result.missing)
+        if not answered:
+            result.status = "skipped"
+            result.error = AgentError("no_answers", "no persona answered, nothing to synthesize")
+            return
+        messages = synthesis_messages(agent.instructions, self.prompt, answered, result.missing)
+        async with self._gates.cap(agent.endpoint):
+            self.observer.agent_started(agent)
+            await self._call(agent, messages, result)
+        self.observer.agent_finished(result)
+
+    async def _call(self, agent: Agent, messages: list[Message], result: AgentResult) -> None:
+        """One agent's whole exchange, retries included. Never raises, except cancellation."""
+        limiter = self._gates.limiter(agent.endpoint)
+        estimate = estimate_tokens(messages) + (agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
+        timeout = agent.timeout or self.settings.timeout
+        started = time.perf_counter()
+
+        async def attempt(number: int) -> Completion:
+            result.attempts = number
+            reservation = await limiter.acquire(estimate)
+            try:
+                # The provider's client bounds each read; this bounds the whole attempt, so a
+                # server trickling bytes without ever answering is cut too.
+                with anyio.fail_after(timeout):
+                    completion = await self.provider.complete(agent, messages, timeout_s=timeout)
+            except TimeoutError:
+                reservation.settle(0)
+                raise ProviderError(
+                    f"no answer within {timeout:g} s", kind="timeout", retryable=True
+                ) from None
+            except ProviderError as exc:
+                reservation.settle(0)
+                limiter.observe(exc.headers)
+                if exc.status_code == 429 and exc.retry_after:
+                    limiter.pause_for(exc.retry_after)
+                raise
+            reservation.settle(completion.usage.total_tokens if completion.usage else estimate)
+            limiter.observe(completion.headers)
+            return completion
+
+        try:
+            completion = await call_with_retries(
+                attempt,
+                self.settings.retry,
+                on_retry=lambda event: self.observer.agent_retrying(agent, event),
+            )
+        except ProviderError as exc:
+            result.status = "error"
+            result.error = AgentError(exc.kind, exc.message, exc.status_code, exc.retryable)
+        except Exception as exc:  # one agent's bug must not take the panel down
+            result.status = "error"
+            result.error = AgentError("internal", f"{type(exc).__name__}: {exc}")
+        else:
+            result.status = "ok"
+            result.answer = completion.text
+            if completion.usage is not None:
+                result.usage = completion.usage
+        finally:
+            result.latency_s = round(time.perf_counter() - started, 3)
+
+
+async def run_interruptibly(run: PanelRun) -> RunReport:
+    """Execute ``run``; SIGINT or SIGTERM stops it and keeps what arrived. A second one exits."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    if run.interrupted:
+                        os._exit(130)  # the user insists: leave now, whatever is in flight
+                    run.interrupted = True
+                    tg.cancel_scope.cancel()
+
+        tg.start_soon(watch_signals)
+        await run.execute()
+        tg.cancel_scope.cancel()
+    return run.report()
+
+
+def estimate_tokens(messages: Sequence[Message]) -> int:
+    """A cheap upper-leaning guess (4 characters a token, plus framing) for the TPM limiter."""
+    return sum(len(m["content"]) // 4 + 4 for m in messages) + 3
+
+
+def _strictest(values: Iterable[float | None]) -> float | None:
+    given = [v for v in values if v is not None]
+    return min(given) if given else None

@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated environment, the loopback test server and agents files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from fanout.cli import app
+from tests.fakeserver import FakeOpenAI
+
+SENTINEL_KEY = "sk-test-SENTINEL-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No real key, no user config, no stray agents.yaml: every test starts from nothing."""
+    for var in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "OPENAI_ADMIN_KEY",
+        "FANOUT_CONFIG",
+        "NO_COLOR",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("COLUMNS", "120")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def _session_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def server(_session_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The OpenAI-compatible loopback server, with a clean script and record for each test."""
+    _session_server.reset()
+    yield _session_server
+    _session_server.reset()
+
+
+AgentsFile = Callable[..., Path]
+
+
+@pytest.fixture
+def agents_file(tmp_path: Path, server: FakeOpenAI) -> AgentsFile:
+    """Write an agents file whose personas (model ``m-<name>``) all talk to the test server."""
+
+    def write(
+        *names: str,
+        defaults: dict[str, Any] | None = None,
+        synthesizer: dict[str, Any] | None = None,
+        extra: dict[str, dict[str, Any]] | None = None,
+    ) -> Path:
+        agents = []
+        for name in names or ("physicist", "chemist", "biologist"):
+            agent: dict[str, Any] = {
+                "name": name,
+                "model": f"m-{name}",
+                "description": f"the {name}",
+                "instructions": f"You are a {name}.",
+            }
+            agent.update((extra or {}).get(name, {}))
+            agents.append(agent)
+        document: dict[str, Any] = {
+            "defaults": {"base_url": server.base_url, **(defaults or {})},
+            "agents": agents,
+        }
+        if synthesizer is not None:
+            document["synthesizer"] = synthesizer
+        path = tmp_path / "agents.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def invoke() -> Invoke:
+    """Run the real ``fanout`` command in-process; stdout and stderr are kept apart."""
+
+    def run(*args: str | Path, input: str | None = None) -> Result:
+        return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+    return run

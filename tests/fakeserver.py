@@ -1,0 +1,534 @@
+"""A scriptable, OpenAI-compatible HTTP server for tests and benchmarks (stdlib only).
+
+Usage::
+
+    with FakeOpenAI() as server:
+        server.script("model-a", Fault(429, headers={"retry-after": "0.05"}), Reply(text="hi"))
+        server.default = Reply(latency=0.2)  # used once a model's script is exhausted
+        client = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+        ...
+        assert server.count("model-a") == 2 and server.max_in_flight == 1
+
+The server listens on 127.0.0.1 (OS-assigned port) and serves ``POST /v1/chat/completions``
+(``/chat/completions`` too). Each request's ``model`` picks the next step of that model's
+script, falling back to ``server.default`` (``Reply()`` unless set). Steps:
+
+* ``Reply``        -- a normal chat.completion, or an SSE stream when ``"stream": true``.
+* ``Fault``        -- an HTTP error with an OpenAI-style error body.
+* ``Reset``        -- read the request, then abort the TCP connection (RST), no response.
+* ``Hang``         -- read the request and never answer.
+* ``Trickle``      -- 200 + headers, then one byte of whitespace per ``interval``, forever.
+* ``Malformed``    -- a 200 ``application/json`` response whose body is not JSON.
+* ``EmptyChoices`` -- a 200 chat.completion with ``"choices": []``.
+
+Every step waits ``latency`` seconds first. Waits never block other requests, and end early
+when the client disconnects or the server stops, so ``stop()`` releases hung handlers promptly.
+Accepted chat requests are recorded in ``server.requests``; ``server.max_in_flight`` is the
+peak number of chat requests being handled at once (counted from "body read" until "response
+complete or connection dropped"). Other paths get a 404, bodies that are not a JSON object
+with a string ``model`` get a 400; neither is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import selectors
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["EmptyChoices", "FakeOpenAI", "Fault", "Hang", "Malformed", "RecordedRequest"]
+__all__ += ["Reply", "Reset", "Step", "Trickle"]
+
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful completion; ``text=None`` means ``f"{model} says: {last user message}"``.
+
+    ``gate=N`` holds the reply until ``max_in_flight`` reaches N (a deterministic concurrency
+    check); if that takes over ``gate_timeout`` seconds the request gets a 400 instead.
+    """
+
+    text: str | None = None
+    latency: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+    chunk_delay: float = 0.0
+    gate: int = 0
+    gate_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An HTTP error. ``body=None`` gives the OpenAI error shape (with ``code`` if given)."""
+
+    status: int = 500
+    body: dict[str, Any] | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    latency: float = 0.0
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Abort the connection with a TCP RST instead of answering."""
+
+    latency: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Never answer (until the client disconnects or the server stops)."""
+
+    latency: float = 0.0
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """Send 200 + headers, then one whitespace byte every ``interval`` seconds, never finishing."""
+
+    interval: float = 0.05
+    latency: float = 0.0
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Answer ``status`` with content-type application/json and a body that is not JSON."""
+
+    body: str = "{not json"
+    status: int = 200
+    latency: float = 0.0
+
+
+@dataclass(frozen=True)
+class EmptyChoices:
+    """A 200 chat.completion (or stream chunk) with ``"choices": []``."""
+
+    latency: float = 0.0
+
+
+Step = Reply | Fault | Reset | Hang | Trickle | Malformed | EmptyChoices
+
+
+@dataclass
+class RecordedRequest:
+    """One accepted chat request. ``finished`` is set once it is answered or dropped."""
+
+    model: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    path: str
+    started: float
+    finished: float | None = None
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+class FakeOpenAI:
+    """The fake server. Use as a context manager, or call ``start()`` / ``stop()``."""
+
+    def __init__(self) -> None:
+        self.default: Step = Reply()
+        self._cond = threading.Condition()
+        self._scripts: dict[str, deque[Step]] = {}
+        self._requests: list[RecordedRequest] = []
+        self._live: dict[int, RecordedRequest] = {}  # in flight, recorded since the last reset
+        self._max_in_flight = 0
+        self._conns: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> FakeOpenAI:
+        if self._httpd is not None:
+            raise RuntimeError("FakeOpenAI already started")
+        self._stopping.clear()
+        self._httpd = _Server(self)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, drop every open connection and wait (bounded) for handlers."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        httpd.server_close()
+        with self._cond:
+            self._cond.notify_all()  # wake gated replies
+            for conn in self._conns:
+                _shutdown(conn)
+            self._cond.wait_for(lambda: not self._conns, timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("FakeOpenAI is not running")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- scripting and inspection ----------------------------------------------------------
+    def script(self, model: str, *steps: Step) -> None:
+        """Append steps to ``model``'s script; each request for that model consumes one."""
+        with self._cond:
+            self._scripts.setdefault(model, deque()).extend(steps)
+
+    def reset(self) -> None:
+        """Forget scripts, default, recorded requests and max_in_flight."""
+        with self._cond:
+            self._scripts.clear()
+            self.default = Reply()
+            self._requests.clear()
+            self._live.clear()  # stragglers from before the reset no longer count
+            self._max_in_flight = 0
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._cond:
+            return list(self._requests)
+
+    def count(self, model: str | None = None) -> int:
+        with self._cond:
+            return sum(1 for r in self._requests if model is None or r.model == model)
+
+    @property
+    def max_in_flight(self) -> int:
+        with self._cond:
+            return self._max_in_flight
+
+    def wait_for_requests(self, n: int, timeout: float = 10.0) -> None:
+        """Block until at least ``n`` chat requests were received; else raise TimeoutError."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._requests) >= n, timeout):
+                raise TimeoutError(f"got {len(self._requests)} requests, wanted {n}")
+
+    # -- called by handler threads ---------------------------------------------------------
+    def _begin(self, rec: RecordedRequest) -> Step:
+        with self._cond:
+            queue = self._scripts.get(rec.model)
+            step = queue.popleft() if queue else self.default
+            self._requests.append(rec)
+            self._live[id(rec)] = rec
+            self._max_in_flight = max(self._max_in_flight, len(self._live))
+            self._cond.notify_all()
+            return step
+
+    def _wait_gate(self, n: int, timeout: float) -> bool:
+        def done() -> bool:
+            return self._max_in_flight >= n or self._stopping.is_set()
+
+        with self._cond:
+            self._cond.wait_for(done, timeout)
+            return self._max_in_flight >= n
+
+    def _end(self, rec: RecordedRequest) -> None:
+        with self._cond:
+            self._live.pop(id(rec), None)
+            rec.finished = time.monotonic()
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._cond:
+            if add:
+                self._conns.add(conn)
+                if self._stopping.is_set():
+                    _shutdown(conn)
+            else:
+                self._conns.discard(conn)
+                self._cond.notify_all()
+
+
+def _shutdown(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, fake: FakeOpenAI) -> None:
+        self.fake = fake
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # dropped connections are expected
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    server: _Server
+    _rec: RecordedRequest | None = None  # the chat request being answered, until _done()
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                super().finish()
+        finally:
+            self.server.fake._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # -- routing ---------------------------------------------------------------------------
+    def do_POST(self) -> None:
+        self.close_connection |= "transfer-encoding" in self.headers  # unsupported: hang up
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        path = urlsplit(self.path).path.rstrip("/")
+        if path not in CHAT_PATHS:
+            return self._not_found()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return self._send_json(400, _error(400, "body must be a JSON object with a model"))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self._rec = RecordedRequest(body["model"], body, headers, path, time.monotonic())
+        fake = self.server.fake
+        step = fake._begin(self._rec)
+        if isinstance(step, Reply) and not fake._wait_gate(step.gate, step.gate_timeout):
+            message = f"fake gate: {step.gate} requests were never in flight together"
+            step = Fault(400, body=_error(400, message))
+        try:
+            if self._idle(step.latency):
+                self._run(step, body)
+            else:
+                self.close_connection = True
+        except OSError:  # client went away mid-response
+            self.close_connection = True
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        """End the in-flight accounting. Called *before* the final write of a response, so a
+        client that has its whole answer can rely on ``finished`` being set."""
+        if self._rec is not None:
+            self.server.fake._end(self._rec)
+            self._rec = None
+
+    def _not_found(self) -> None:
+        if self.command != "POST" and int(self.headers.get("content-length") or 0) > 0:
+            self.rfile.read(int(self.headers["content-length"]))
+        self._send_json(404, _error(404, f"no route for {self.command} {self.path}"))
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = _not_found
+
+    # -- steps -----------------------------------------------------------------------------
+    def _run(self, step: Step, body: dict[str, Any]) -> None:
+        model: str = body["model"]
+        if isinstance(step, Reply):
+            text = step.text
+            if text is None:
+                messages = body.get("messages") or []
+                users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+                last = _content_text(users[-1].get("content")) if users else ""
+                text = f"{model} says: {last}"
+            usage = _usage(body, text) if step.usage is None else step.usage
+            if body.get("stream"):
+                self._stream(body, re.findall(r"\S+\s*|\s+", text), usage, step)
+            else:
+                message = {"role": "assistant", "content": text}
+                choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                self._send_json(200, _completion(model, [choice], usage), step.headers)
+        elif isinstance(step, EmptyChoices):
+            if body.get("stream"):
+                self._start_chunked(200, "text/event-stream", {})
+                self._write_chunk(_sse(_completion(model, [], None, f"chatcmpl-fake{next(_ids)}")))
+                self._end_stream()
+            else:
+                self._send_json(200, _completion(model, [], _usage(body, "")))
+        elif isinstance(step, Fault):
+            fault_body = _error(step.status, code=step.code) if step.body is None else step.body
+            self._send_json(step.status, fault_body, step.headers)
+        elif isinstance(step, Malformed):
+            self._send(step.status, step.body.encode(), "application/json", {})
+        elif isinstance(step, Reset):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self._done()
+            os.close(self.connection.detach())  # linger 0: the kernel answers with an RST
+        elif isinstance(step, Hang):
+            self._idle(None)
+            self.close_connection = True
+        elif isinstance(step, Trickle):
+            self._start_chunked(200, "application/json", {})
+            while True:
+                self._write_chunk(b" ")
+                if not self._idle(step.interval):
+                    break
+            self.close_connection = True
+
+    def _stream(
+        self, body: dict[str, Any], pieces: list[str], usage: dict[str, Any], step: Reply
+    ) -> None:
+        model: str = body["model"]
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        extra = {"usage": None} if include_usage else {}
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        deltas += [{"content": p} for p in pieces]
+        chunk_id = f"chatcmpl-fake{next(_ids)}"
+        self._start_chunked(200, "text/event-stream", step.headers)
+        for i, delta in enumerate(deltas):
+            if i and not self._idle(step.chunk_delay):
+                self.close_connection = True
+                return
+            done = "stop" if i == len(deltas) - 1 else None
+            choice = {"index": 0, "delta": delta, "finish_reason": done}
+            self._write_chunk(_sse(_completion(model, [choice], None, chunk_id) | extra))
+        if include_usage:
+            self._write_chunk(_sse(_completion(model, [], usage, chunk_id)))
+        self._end_stream()
+
+    # -- low-level I/O ---------------------------------------------------------------------
+    def _idle(self, seconds: float | None) -> bool:
+        """Wait ``seconds`` (None: forever). False if the client left or the server stops."""
+        stopping = self.server.fake._stopping
+        if seconds is not None and seconds <= 0:
+            return not stopping.is_set()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.connection, selectors.EVENT_READ)
+            while not stopping.is_set():
+                left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+                if left <= 0:
+                    return True
+                if sel.select(left):  # readable while waiting: EOF/reset, or stray bytes
+                    try:
+                        peek = self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        return False
+                    if not peek:
+                        return False
+                    stopping.wait(left)  # pipelined data: don't spin on it
+        return False
+
+    def _send(self, status: int, data: bytes, ctype: str, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self._done()
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        data = obj.encode() if isinstance(obj, str) else json.dumps(obj).encode()
+        self._send(status, data, "application/json", headers or {})
+
+    def _start_chunked(self, status: int, ctype: str, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("transfer-encoding", "chunked")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _end_stream(self) -> None:
+        self._done()
+        self.wfile.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
+    messages = body.get("messages") or []
+    prompt = sum(_words(_content_text(m.get("content"))) for m in messages if isinstance(m, dict))
+    completion = _words(text)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+_ids = itertools.count(1)
+
+
+def _completion(
+    model: str, choices: list[Any], usage: dict[str, Any] | None, chunk_id: str | None = None
+) -> dict[str, Any]:
+    """A chat.completion, or a chat.completion.chunk when ``chunk_id`` is given."""
+    chunk = chunk_id is not None
+    out: dict[str, Any] = {
+        "id": chunk_id or f"chatcmpl-fake{next(_ids)}",
+        "object": "chat.completion.chunk" if chunk else "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
+    if usage is not None or not chunk:
+        out["usage"] = usage
+    return out
+
+
+def _error(status: int, message: str | None = None, code: str | None = None) -> dict[str, Any]:
+    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    if code == "insufficient_quota":
+        kind = code
+    error = {"message": message or f"fake {status} error", "type": kind, "param": None}
+    return {"error": error | {"code": code}}
