@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
-from tests.fakeserver import Fault, FakeOpenAI, Reply
+from tests.fakeserver import FakeOpenAI, Fault, Reply
 
 
 def test_every_persona_answers_in_a_table(
@@ -221,7 +221,7 @@ def test_synthesis_merges_the_answers(
     assert synthesis["answer"] == "merged view"
     assert synthesis["partial"] is False
     assert synthesis["sources"] == ["physicist", "chemist", "biologist"]
-    request = [r for r in server.requests if r.model == "m-synth"][0]
+    request = next(r for r in server.requests if r.model == "m-synth")
     assert request.body["messages"][0] == {"role": "system", "content": "Merge them."}
     merged_input = request.body["messages"][1]["content"]
     assert "m-physicist says: Why?" in merged_input
@@ -236,7 +236,7 @@ def test_synthesis_after_a_failure_is_partial_and_says_so(
     result = invoke("ask", "-c", config, "-s", "Why?")
     assert result.exit_code == 3
     assert "partial (no answer from chemist)" in result.stdout
-    request = [r for r in server.requests if r.model == "m-synth"][0]
+    request = next(r for r in server.requests if r.model == "m-synth")
     assert "chemist" in request.body["messages"][1]["content"]
     assert "m-chemist says" not in request.body["messages"][1]["content"]
 
