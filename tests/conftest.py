@@ -99,3 +99,8 @@ def invoke() -> Invoke:
         return CliRunner().invoke(app, [str(a) for a in args], input=input)
 
     return run
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -211,6 +211,7 @@ def _ask(
 
     err = make_console(stderr=True)
     provider = OpenAIProvider()
+    provider.prepare(a.endpoint for a in chosen + ([synthesizer] if synthesizer else []))
 
     async def main() -> object:
         with ProgressDisplay(err, len(chosen)) as progress:

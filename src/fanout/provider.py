@@ -10,16 +10,22 @@ import email.utils
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx2  # openai's own HTTP client, for the request hook
 import openai
 
 from fanout.errors import ProviderError
 from fanout.models import Agent, Endpoint, Usage
 
 Message = dict[str, str]
+
+# Set by the caller for the duration of one attempt; called when the request's first bytes
+# are written (after any connection set-up), which is when the server sees it start.
+REQUEST_SENT: ContextVar[Callable[[], None] | None] = ContextVar("REQUEST_SENT", default=None)
 # Key-shaped strings are hidden even when they are not one of ours (a proxy echoing a header).
 _KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9_\-.=]{6,})")
 _KEYLESS = "no-key"  # loopback servers ignore the key, but the client insists on one
@@ -100,6 +106,12 @@ class OpenAIProvider:
             )
         return Completion(text=text, usage=usage, headers=headers)
 
+    def prepare(self, endpoints: Iterable[Endpoint]) -> None:
+        """Build the clients up front, so the first requests of a run are not held back by
+        one-time set-up (rate-limited starts would otherwise bunch up at the server)."""
+        for endpoint in endpoints:
+            _ = self._client(endpoint).chat.completions.with_raw_response
+
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
@@ -109,7 +121,10 @@ class OpenAIProvider:
         client = self._clients.get(endpoint)
         if client is None:
             key = self._environ.get(endpoint.api_key_env) or _KEYLESS
-            client = openai.AsyncOpenAI(api_key=key, base_url=endpoint.base_url, max_retries=0)
+            http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [_announce_sent]})
+            client = openai.AsyncOpenAI(
+                api_key=key, base_url=endpoint.base_url, max_retries=0, http_client=http
+            )
             self._clients[endpoint] = client
         return client
 
@@ -149,6 +164,18 @@ class OpenAIProvider:
             if key and len(key) >= 4:
                 text = text.replace(key, "***")
         return _KEY_PATTERN.sub("***", text)
+
+
+async def _announce_sent(request: httpx2.Request) -> None:
+    callback = REQUEST_SENT.get()
+    if callback is None:
+        return
+
+    async def trace(event: str, info: object) -> None:
+        if event.endswith("send_request_headers.started"):
+            callback()
+
+    request.extensions["trace"] = trace
 
 
 def _classify(status: int, code: Any) -> tuple[str, bool]:

@@ -20,7 +20,7 @@ import anyio
 from fanout.errors import ProviderError
 from fanout.limiter import RateLimiter
 from fanout.models import Agent, AgentError, AgentResult, Endpoint, RunReport, SynthesisResult
-from fanout.provider import Completion, Message, Provider
+from fanout.provider import REQUEST_SENT, Completion, Message, Provider
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
 from fanout.synthesis import synthesis_messages
 
@@ -176,6 +176,7 @@ class PanelRun:
         async def attempt(number: int) -> Completion:
             result.attempts = number
             reservation = await limiter.acquire(estimate)
+            announce = REQUEST_SENT.set(reservation.mark_sent)
             try:
                 # The provider's client bounds each read; this bounds the whole attempt, so a
                 # server trickling bytes without ever answering is cut too.
@@ -192,6 +193,8 @@ class PanelRun:
                 if exc.status_code == 429 and exc.retry_after:
                     limiter.pause_for(exc.retry_after)
                 raise
+            finally:
+                REQUEST_SENT.reset(announce)
             reservation.settle(completion.usage.total_tokens if completion.usage else estimate)
             limiter.observe(completion.headers)
             return completion

@@ -1,0 +1,44 @@
+"""Shared by the benchmarks: the loopback test server and a throwaway agents file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fakeserver import FakeOpenAI, Reply  # noqa: E402
+
+__all__ = ["FakeOpenAI", "Reply", "panel_file", "run_fanout"]
+
+
+def panel_file(base_url: str, n: int, **defaults: Any) -> Path:
+    """An agents file with ``n`` personas on the test server."""
+    document = {
+        "defaults": {"base_url": base_url, **defaults},
+        "agents": [{"name": f"p{i:03d}", "model": f"m-{i:03d}"} for i in range(n)],
+    }
+    path = Path(tempfile.mkdtemp(prefix="fanout-bench-")) / "agents.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def run_fanout(*args: str) -> dict[str, Any]:
+    """Run the real CLI as a user would and return its JSON document."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fanout", "ask", "--json", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode not in (0, 3):
+        raise SystemExit(f"fanout failed ({done.returncode}): {done.stderr.strip()}")
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document

@@ -1,0 +1,124 @@
+"""What the user reads, rendered into a fixed-width console without colour."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from fanout.models import (
+    Agent,
+    AgentError,
+    AgentResult,
+    Endpoint,
+    RunReport,
+    SynthesisResult,
+    Usage,
+)
+from fanout.render import agents_table, print_error, render_report
+
+
+def console(width: int) -> Console:
+    return Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+
+
+def text_of(target: Console) -> str:
+    file = target.file
+    assert isinstance(file, io.StringIO)
+    return file.getvalue()
+
+
+def report(synthesis: SynthesisResult | None = None) -> RunReport:
+    return RunReport(
+        run_id="abc123",
+        prompt="What is temperature?",
+        started_at="2026-01-01T00:00:00.000+00:00",
+        finished_at="2026-01-01T00:00:01.000+00:00",
+        duration_s=1.0,
+        agents=[
+            AgentResult(
+                "physicist",
+                "gpt-4o-mini",
+                "ok",
+                "Temperature measures **mean kinetic energy**.\n\n- per particle\n- in kelvin",
+                attempts=1,
+                latency_s=0.8,
+                usage=Usage(10, 20, 30),
+            ),
+            AgentResult(
+                "chemist",
+                "llama3",
+                "error",
+                error=AgentError("rate_limit", "HTTP 429: slow down", 429, True),
+                attempts=4,
+                latency_s=3.2,
+            ),
+            AgentResult("biologist", "gpt-4o", "cancelled"),
+        ],
+        synthesis=synthesis,
+    )
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_table_shows_each_persona_its_model_answer_and_figures(width: int) -> None:
+    out = console(width)
+    render_report(out, report())
+    text = text_of(out)
+    assert all(line and len(line) <= width for line in text.splitlines() if line.strip())
+    for expected in ("physicist", "gpt-4o-mini", "llama3", "0.80 s", "30", "kelvin"):
+        assert expected in text
+    assert "**" not in text  # Markdown is rendered, not shown raw
+    assert "• per particle" in text
+    assert "rate_limit after 4 attempts" in text
+    assert "cancelled" in text
+    assert "1/3 answered" in text
+    assert "30 tokens (10 in, 20 out)" in text
+
+
+def test_long_answers_wrap_instead_of_being_cut() -> None:
+    long = report()
+    long.agents[0].answer = " ".join(f"word{i}" for i in range(300))
+    out = console(80)
+    render_report(out, long)
+    text = text_of(out)
+    assert "word0" in text and "word299" in text
+
+
+def test_partial_synthesis_says_who_is_missing() -> None:
+    synthesis = SynthesisResult(
+        "synthesizer",
+        "gpt-4o",
+        "ok",
+        "Both agree it is about energy.",
+        partial=True,
+        sources=["physicist"],
+        missing=["chemist", "biologist"],
+    )
+    out = console(120)
+    render_report(out, report(synthesis))
+    text = text_of(out)
+    assert "Synthesis" in text
+    assert "partial (no answer from chemist, biologist)" in text
+    assert "Both agree it is about energy." in text
+
+
+def test_agents_table_lists_the_panel_and_synthesizer() -> None:
+    panel = [
+        Agent("physicist", description="energy and forces"),
+        Agent("local", model="llama3", endpoint=Endpoint("http://localhost:11434/v1")),
+    ]
+    out = console(100)
+    out.print(agents_table(panel, Agent("synthesizer"), "agents.yaml"))
+    text = text_of(out)
+    for expected in ("physicist", "energy and forces", "api.openai.com", "localhost", "llama3"):
+        assert expected in text
+    assert "synthesizer" in text
+
+
+def test_error_line_is_one_line_and_escapes_markup() -> None:
+    out = console(40)
+    print_error(out, "agents.yaml:3: unknown key '[bold]x[/bold]' in a rather long message")
+    text = text_of(out)
+    assert text.count("\n") == 1
+    assert "[bold]x[/bold]" in text
