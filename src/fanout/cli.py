@@ -28,7 +28,6 @@ _EXIT_FOR_STATUS = {
 
 app = typer.Typer(
     name="fanout",
-    help="Ask a panel of LLM personas one question at once and compare their answers.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -100,7 +99,9 @@ def ask(
     ] = 3,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=0.001, help="Seconds per attempt (YAML timeout: wins)."),
+        typer.Option(
+            "--timeout", min=0.001, help="Seconds per attempt; a persona's own timeout: wins."
+        ),
     ] = 120.0,
     max_retry_after: Annotated[
         float,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fanout.errors import ConfigError
 from fanout.models import OPENAI_BASE_URL, Agent, Endpoint, Limits
@@ -34,7 +34,7 @@ DEFAULT_SYNTHESIS_INSTRUCTIONS = (
 class _AgentFields(BaseModel):
     """Fields a persona, the defaults and the synthesizer share."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     description: str | None = None
     instructions: str | None = None
@@ -67,14 +67,11 @@ class PanelSpec(BaseModel):
     agents: list[AgentSpec] = Field(min_length=1)
     synthesizer: SynthesizerSpec | None = None
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> PanelSpec:
-        seen: set[str] = set()
-        for spec in self.agents:
-            if spec.name in seen:
-                raise ValueError(f"duplicate agent name {spec.name!r}")
-            seen.add(spec.name)
-        return self
+    @field_validator("defaults", "synthesizer", mode="before")
+    @classmethod
+    def _empty_section_is_no_section(cls, value: Any) -> Any:
+        # `defaults:` with every line commented out parses as null
+        return {} if value is None else value
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,14 @@ def load_panel(path: Path | None, environ: Mapping[str, str] | None = None) -> P
     try:
         spec = PanelSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(source, text, data, exc)) from None
+        raise ConfigError(_one_line(_describe(source, text, data, exc))) from None
+    seen: set[str] = set()
+    for index, agent in enumerate(spec.agents):
+        if agent.name in seen:
+            line = _line_of(text, ("agents", index, "name"))
+            where = f"{source}:{line}" if line else source
+            raise ConfigError(_one_line(f"{where}: duplicate agent name {agent.name!r}"))
+        seen.add(agent.name)
     return _resolve(source, spec, environ)
 
 
@@ -177,6 +181,9 @@ def _parse_yaml(source: str, text: str) -> dict[str, Any]:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+            tag = problem.rsplit("tag:yaml.org,2002:", 1)[-1].strip("'")
+            problem = f"tag !!{tag} is not allowed (agents files hold data, never code)"
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
@@ -197,31 +204,47 @@ def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
     where = f"{source}:{line}" if line else source
     path = _loc_name(data, loc)
     if err["type"] == "extra_forbidden":
-        key = str(loc[-1])
+        key = loc[-1]
+        if not isinstance(key, str):  # `yes:`, `on:`, `1:` are not strings to YAML
+            return f"{where}: unknown key {key!r} (quote it if it was meant as text)"
         allowed = _allowed_keys(loc)
         return f"{where}: {path}: unknown key {key!r}{_suggest(key, allowed)}"
     if err["type"] == "missing":
         return f"{where}: {path}: required key is missing"
-    message = err["msg"]
-    if err["type"] == "value_error":
-        message = message.removeprefix("Value error, ")
-    if err["type"] == "string_pattern_mismatch" and loc and loc[-1] == "name":
-        message = "must be a non-empty name without spaces or commas"
-    if "input" in err and err["type"] != "value_error" and not isinstance(err["input"], dict):
-        message += f" (got {err['input']!r})"
+    message = _MESSAGES.get((err["type"], str(loc[-1]) if loc else ""))
+    message = message or _MESSAGES.get((err["type"], "")) or err["msg"]
+    if "input" in err and not isinstance(err["input"], dict | list):
+        message += f" (got {_yaml_type(err['input'])} {err['input']!r})"
+    elif isinstance(err.get("input"), dict | list) and err["type"].endswith("_type"):
+        message += f" (got {_yaml_type(err['input'])})"
     return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+
+
+# Our words for pydantic's, where its own would name internal classes or regexes.
+_MESSAGES = {
+    ("model_type", ""): "expected a mapping of settings (name: ..., model: ...)",
+    ("dict_type", ""): "expected a mapping of settings",
+    ("list_type", "agents"): "expected a list of personas, each starting with '- name:'",
+    ("too_short", "agents"): "the panel needs at least one persona",
+    ("string_pattern_mismatch", "name"): "must be a non-empty name without spaces or commas",
+    ("string_pattern_mismatch", "base_url"): "must be an http:// or https:// URL",
+    ("string_pattern_mismatch", "api_key_env"): "must be an environment variable name",
+    ("finite_number", ""): "must be a finite number",
+}
+
+
+def _one_line(message: str) -> str:
+    """Errors are one line: a newline inside a name or key is shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _loc_name(data: Any, loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     node = data
     for item in loc:
-        if isinstance(item, int):
-            name = (
-                node[item].get("name")
-                if isinstance(node, list) and isinstance(node[item], dict)
-                else None
-            )
+        if isinstance(item, int) and parts and isinstance(node, list):
+            entry = node[item] if item < len(node) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
             parts[-1] += f"[{item}]" + (f" ({name})" if isinstance(name, str) else "")
         else:
             parts.append(str(item))
@@ -267,7 +290,14 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
 
 
 def _yaml_type(value: Any) -> str:
-    names = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    names = {
+        list: "a list",
+        dict: "a mapping",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+    }
     return names.get(type(value), type(value).__name__)
 
 
