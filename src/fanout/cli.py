@@ -11,12 +11,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fanout import __version__
 from fanout.errors import ConfigError, FanoutError
+
+if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from fanout.models import RunReport
+    from fanout.runner import RunSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 _EXIT_FOR_STATUS = {
@@ -160,26 +164,9 @@ def list_agents(config: ConfigOption = None, json_output: JsonOption = False) ->
     with _errors_to_exit():
         panel = load_panel(find_config(config, os.environ))
         if json_output:
-            from fanout.export import dumps
+            from fanout.export import dumps, panel_document
 
-            def entry(a: object) -> dict[str, object]:
-                from fanout.models import Agent
-
-                assert isinstance(a, Agent)
-                return {
-                    "name": a.name,
-                    "model": a.model,
-                    "base_url": a.endpoint.base_url,
-                    "host": a.endpoint.host,
-                    "description": a.description,
-                }
-
-            document = {
-                "source": panel.source,
-                "agents": [entry(a) for a in panel.agents],
-                "synthesizer": entry(panel.synthesizer),
-            }
-            sys.stdout.write(dumps(document))
+            sys.stdout.write(dumps(panel_document(panel)))
             return
         from fanout.render import agents_table, make_console
 
@@ -194,7 +181,7 @@ def _ask(
     synthesize: bool,
     json_output: bool,
     output: Path | None,
-    settings: object,
+    settings: RunSettings,
 ) -> int:
     import anyio
 
@@ -202,19 +189,19 @@ def _ask(
     from fanout.export import dumps, report_document
     from fanout.provider import OpenAIProvider
     from fanout.render import ProgressDisplay, make_console, render_report
-    from fanout.runner import PanelRun, RunSettings, run_interruptibly
+    from fanout.runner import PanelRun, run_interruptibly
 
-    assert isinstance(settings, RunSettings)
     panel = load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
     synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
-    check_credentials(chosen + ([synthesizer] if synthesizer else []), os.environ)
+    callers = chosen + ([synthesizer] if synthesizer else [])
+    check_credentials(callers, os.environ)
 
     err = make_console(stderr=True)
     provider = OpenAIProvider()
-    provider.prepare(a.endpoint for a in chosen + ([synthesizer] if synthesizer else []))
+    provider.prepare(a.endpoint for a in callers)
 
-    async def main() -> object:
+    async def main() -> RunReport:
         with ProgressDisplay(err, len(chosen)) as progress:
             run = PanelRun(
                 prompt,
@@ -231,9 +218,6 @@ def _ask(
                     await provider.aclose()
 
     report = anyio.run(main)
-    from fanout.models import RunReport
-
-    assert isinstance(report, RunReport)
     document = report_document(report)
     if json_output:
         sys.stdout.write(dumps(document))

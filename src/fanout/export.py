@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fanout.models import AgentResult, RunReport, SynthesisResult
+from fanout.models import Agent, AgentResult, RunReport, SynthesisResult
+
+if TYPE_CHECKING:
+    from fanout.config import Panel
 
 SCHEMA_VERSION = 1
 
@@ -49,6 +52,25 @@ def synthesis_document(result: SynthesisResult) -> dict[str, Any]:
         "partial": result.partial,
         "sources": result.sources,
         "missing": result.missing,
+    }
+
+
+def panel_document(panel: Panel) -> dict[str, Any]:
+    """``fanout agents --json``: where the panel came from and who is on it."""
+    return {
+        "source": panel.source,
+        "agents": [_agent_entry(a) for a in panel.agents],
+        "synthesizer": _agent_entry(panel.synthesizer),
+    }
+
+
+def _agent_entry(agent: Agent) -> dict[str, Any]:
+    return {
+        "name": agent.name,
+        "model": agent.model,
+        "base_url": agent.endpoint.base_url,
+        "host": agent.endpoint.host,
+        "description": agent.description,
     }
 
 
