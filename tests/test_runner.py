@@ -8,9 +8,10 @@ import anyio
 import pytest
 
 from fanout.errors import ProviderError
-from fanout.models import Agent, AgentResult, Usage
+from fanout.events import AgentDelta, AgentFinished, AgentRetrying, AgentStarted, Event
+from fanout.models import Agent, Usage
 from fanout.provider import Completion, Message
-from fanout.retry import RetryEvent, RetryPolicy
+from fanout.retry import RetryPolicy
 from fanout.runner import PanelRun, RunSettings, estimate_tokens
 
 pytestmark = pytest.mark.anyio
@@ -28,27 +29,39 @@ class ScriptedProvider:
         self.closed = False
 
     async def complete(
-        self, agent: Agent, messages: Sequence[Message], *, timeout_s: float
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        *,
+        timeout_s: float,
+        on_delta: Callable[[str], None] | None = None,
     ) -> Completion:
         self.calls.append(agent.name)
-        return await self.behaviours[agent.name](self.calls.count(agent.name))
+        completion = await self.behaviours[agent.name](self.calls.count(agent.name))
+        if on_delta is not None:
+            for word in completion.text.split():
+                on_delta(word)
+        return completion
 
     async def aclose(self) -> None:
         self.closed = True
 
 
 class Recorder:
+    """An observer that writes down the events that matter to these tests."""
+
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    def agent_started(self, agent: Agent) -> None:
-        self.events.append(f"started {agent.name}")
-
-    def agent_retrying(self, agent: Agent, event: RetryEvent) -> None:
-        self.events.append(f"retry {agent.name} {event.attempt}/{event.max_attempts}")
-
-    def agent_finished(self, result: AgentResult) -> None:
-        self.events.append(f"finished {result.name} {result.status}")
+    def handle(self, event: Event) -> None:
+        if isinstance(event, AgentStarted):
+            self.events.append(f"started {event.agent.name}")
+        elif isinstance(event, AgentRetrying):
+            self.events.append(f"retry {event.agent.name} {event.attempt}/{event.max_attempts}")
+        elif isinstance(event, AgentDelta):
+            self.events.append(f"delta {event.agent.name} {event.text}")
+        elif isinstance(event, AgentFinished):
+            self.events.append(f"finished {event.result.name} {event.result.status}")
 
 
 def answer(text: str, usage: Usage | None = None) -> Behaviour:
@@ -112,7 +125,14 @@ async def test_retryable_errors_are_retried_and_counted() -> None:
     (result,) = run.report().agents
     assert (result.status, result.answer, result.attempts) == ("ok", "at last", 3)
     assert result.usage == Usage(3, 4, 7)
-    assert recorder.events == ["started a", "retry a 1/3", "retry a 2/3", "finished a ok"]
+    assert recorder.events == [
+        "started a",
+        "retry a 1/3",
+        "retry a 2/3",
+        "delta a at",
+        "delta a last",
+        "finished a ok",
+    ]
 
 
 async def test_attempt_is_cut_at_the_timeout() -> None:
@@ -176,7 +196,12 @@ async def test_synthesis_gets_every_answer_and_marks_missing_ones() -> None:
 
     class Capturing(ScriptedProvider):
         async def complete(
-            self, agent: Agent, messages: Sequence[Message], *, timeout_s: float
+            self,
+            agent: Agent,
+            messages: Sequence[Message],
+            *,
+            timeout_s: float,
+            on_delta: Callable[[str], None] | None = None,
         ) -> Completion:
             if agent.name == "synth":
                 seen.append(messages[-1]["content"])
@@ -195,6 +220,35 @@ async def test_synthesis_gets_every_answer_and_marks_missing_ones() -> None:
     assert (synthesis.sources, synthesis.missing) == (["a"], ["b"])
     assert "alpha" in seen[0] and "partial" in seen[0]
     assert run.report().status == "partial"
+
+
+async def test_streamed_answer_records_time_to_first_token_and_estimates_missing_usage() -> None:
+    recorder = Recorder()
+    provider = ScriptedProvider({"a": answer("one two three")})
+    run = PanelRun("q", agents("a"), provider=provider, observer=recorder)
+    await run.execute()
+    (result,) = run.report().agents
+    assert [e for e in recorder.events if e.startswith("delta")] == [
+        "delta a one",
+        "delta a two",
+        "delta a three",
+    ]
+    assert result.ttft_s is not None and result.ttft_s >= 0
+    assert result.usage_estimated is True
+    assert result.usage.output_tokens > 0
+    assert result.usage.total_tokens == result.usage.input_tokens + result.usage.output_tokens
+
+
+async def test_no_stream_setting_asks_for_whole_answers() -> None:
+    recorder = Recorder()
+    provider = ScriptedProvider({"a": answer("one two", Usage(1, 2, 3))})
+    settings = RunSettings(stream=False)
+    run = PanelRun("q", agents("a"), provider=provider, settings=settings, observer=recorder)
+    await run.execute()
+    (result,) = run.report().agents
+    assert not any(e.startswith("delta") for e in recorder.events)
+    assert result.ttft_s is None
+    assert (result.usage, result.usage_estimated) == (Usage(1, 2, 3), False)
 
 
 def test_token_estimate_grows_with_the_text() -> None:

@@ -91,10 +91,22 @@ def ask(
         bool, typer.Option("--synthesize", "-s", help="Merge the answers into one.")
     ] = False,
     json_output: JsonOption = False,
+    jsonl: Annotated[
+        bool,
+        typer.Option("--jsonl", help="Print events as JSON lines while the run goes on."),
+    ] = False,
+    jsonl_deltas: Annotated[
+        bool,
+        typer.Option("--jsonl-deltas", help="With --jsonl, also every streamed piece of text."),
+    ] = False,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Also write the JSON document to this file."),
     ] = None,
+    no_stream: Annotated[
+        bool,
+        typer.Option("--no-stream", help="Ask for whole answers instead of streaming them."),
+    ] = False,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Most calls in flight at once.")
     ] = 8,
@@ -131,6 +143,8 @@ def ask(
       fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
 
       echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
+
+      fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'
     """
     from fanout.retry import RetryPolicy
     from fanout.runner import RunSettings
@@ -140,6 +154,10 @@ def ask(
         names = [n.strip() for n in agents.split(",") if n.strip()] if agents else None
         if agents is not None and not names:
             raise ConfigError("--agents: give at least one persona name")
+        if json_output and jsonl:
+            raise ConfigError("--json and --jsonl: choose one")
+        if jsonl_deltas and not jsonl:
+            raise ConfigError("--jsonl-deltas goes with --jsonl")
         if output is not None and not output.parent.is_dir():
             raise ConfigError(f"--output: directory {str(output.parent)!r} does not exist")
         settings = RunSettings(
@@ -148,8 +166,10 @@ def ask(
             retry=RetryPolicy(retries=retries, max_retry_after=max_retry_after),
             rpm=rpm,
             tpm=tpm,
+            stream=not no_stream,
         )
-        code = _ask(text, names, config, model, synthesize, json_output, output, settings)
+        mode = "json" if json_output else "jsonl" if jsonl else "table"
+        code = _ask(text, names, config, model, synthesize, mode, jsonl_deltas, output, settings)
     raise typer.Exit(code)
 
 
@@ -179,16 +199,18 @@ def _ask(
     config: Path | None,
     model: str | None,
     synthesize: bool,
-    json_output: bool,
+    mode: str,
+    deltas: bool,
     output: Path | None,
     settings: RunSettings,
 ) -> int:
     import anyio
 
     from fanout.config import apply_model, check_credentials, find_config, load_panel
-    from fanout.export import dumps, report_document
+    from fanout.events import Observer
+    from fanout.export import JsonlWriter, dumps, report_document
     from fanout.provider import OpenAIProvider
-    from fanout.render import ProgressDisplay, make_console, render_report
+    from fanout.render import LiveBoard, ProgressDisplay, make_console, render_report
     from fanout.runner import PanelRun, run_interruptibly
 
     panel = load_panel(find_config(config, os.environ))
@@ -197,32 +219,44 @@ def _ask(
     callers = chosen + ([synthesizer] if synthesizer else [])
     check_credentials(callers, os.environ)
 
-    err = make_console(stderr=True)
+    out, err = make_console(), make_console(stderr=True)
+    # One display at a time: panes on a terminal, events as lines, or a spinner on stderr.
+    display: LiveBoard | ProgressDisplay | None = None
+    observer: Observer
+    if mode == "jsonl":
+        observer = JsonlWriter(sys.stdout, deltas=deltas)
+    elif mode == "table" and out.is_terminal and not out.is_dumb_terminal:
+        observer = display = LiveBoard(out, chosen)
+    else:
+        observer = display = ProgressDisplay(err, len(chosen))
     provider = OpenAIProvider()
     provider.prepare(a.endpoint for a in callers)
 
     async def main() -> RunReport:
-        with ProgressDisplay(err, len(chosen)) as progress:
-            run = PanelRun(
-                prompt,
-                chosen,
-                provider=provider,
-                settings=settings,
-                synthesizer=synthesizer,
-                observer=progress,
-            )
-            try:
-                return await run_interruptibly(run)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await provider.aclose()
+        run = PanelRun(
+            prompt,
+            chosen,
+            provider=provider,
+            settings=settings,
+            synthesizer=synthesizer,
+            observer=observer,
+        )
+        try:
+            return await run_interruptibly(run)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await provider.aclose()
 
-    report = anyio.run(main)
-    document = report_document(report)
-    if json_output:
-        sys.stdout.write(dumps(document))
+    if display is not None:
+        with display:
+            report = anyio.run(main)
     else:
-        render_report(make_console(), report)
+        report = anyio.run(main)
+    document = report_document(report)
+    if mode == "json":
+        sys.stdout.write(dumps(document))
+    elif mode == "table":
+        render_report(out, report)
     if output is not None:
         try:
             output.write_text(dumps(document), encoding="utf-8")

@@ -1,11 +1,22 @@
-"""The JSON result document: versioned, stable, extended (never broken) by later features."""
+"""The JSON result document and the JSONL event stream: versioned, stable, extended (never
+broken) by later features."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
+from fanout.events import (
+    AgentDelta,
+    AgentFinished,
+    AgentRetrying,
+    AgentStarted,
+    Event,
+    RunFinished,
+    RunStarted,
+)
 from fanout.models import Agent, AgentResult, RunReport, SynthesisResult
 
 if TYPE_CHECKING:
@@ -41,7 +52,9 @@ def agent_document(result: AgentResult) -> dict[str, Any]:
         "error": asdict(result.error) if result.error else None,
         "attempts": result.attempts,
         "latency_s": result.latency_s,
+        "ttft_s": result.ttft_s,
         "usage": asdict(result.usage),
+        "usage_estimated": result.usage_estimated,
     }
 
 
@@ -72,6 +85,68 @@ def _agent_entry(agent: Agent) -> dict[str, Any]:
         "host": agent.endpoint.host,
         "description": agent.description,
     }
+
+
+class JsonlWriter:
+    """``--jsonl``: one JSON object per line for every event, flushed as it happens.
+
+    Every line has ``schema_version``, ``run_id``, ``ts`` and ``type``; per-persona events add
+    ``agent``. ``agent_finished`` carries the persona's entry of the result document and
+    ``run_finished`` the whole document, so a consumer can stop reading there.
+    """
+
+    def __init__(self, out: TextIO, *, deltas: bool = False) -> None:
+        self._out = out
+        self._deltas = deltas
+        self._run_id = ""
+
+    def handle(self, event: Event) -> None:
+        line = self._line(event)
+        if line is not None:
+            self._out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._out.flush()
+
+    def _line(self, event: Event) -> dict[str, Any] | None:
+        if isinstance(event, RunStarted):
+            self._run_id = event.run_id
+            body: dict[str, Any] = {
+                "type": "run_started",
+                "prompt": event.prompt,
+                "agents": [a.name for a in event.agents],
+                "synthesizer": event.synthesizer.name if event.synthesizer else None,
+            }
+        elif isinstance(event, AgentStarted):
+            kind = "synthesis_started" if event.synthesis else "agent_started"
+            body = {"type": kind, "agent": event.agent.name, "model": event.agent.model}
+        elif isinstance(event, AgentRetrying):
+            body = {
+                "type": "retry",
+                "agent": event.agent.name,
+                "attempt": event.attempt + 1,
+                "max_attempts": event.max_attempts,
+                "wait_s": round(event.wait_s, 3),
+                "reason": event.reason,
+                "message": event.message,
+            }
+        elif isinstance(event, AgentDelta) and self._deltas:
+            body = {"type": "delta", "agent": event.agent.name, "text": event.text}
+        elif isinstance(event, AgentFinished):
+            if event.synthesis and isinstance(event.result, SynthesisResult):
+                body = {"type": "synthesis_finished", "agent": event.result.name}
+                body["result"] = synthesis_document(event.result)
+            else:
+                body = {"type": "agent_finished", "agent": event.result.name}
+                body["result"] = agent_document(event.result)
+        elif isinstance(event, RunFinished):
+            body = {"type": "run_finished", "document": report_document(event.report)}
+        else:
+            return None
+        stamp = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self._run_id,
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        return {**stamp, **body}
 
 
 def dumps(document: dict[str, Any]) -> str:

@@ -137,6 +137,13 @@ class RateLimiter:
                 held_by_window |= window_bound
                 await self._clock.sleep_until(ready, self._wake)
 
+    def would_wait(self, tokens: int = 0) -> bool:
+        """Whether ``acquire`` would have to wait now (for the display; not a promise)."""
+        if not self.rpm and not self.tpm:
+            return self._paused_until > self._clock.now()
+        now = self._clock.now()
+        return self._lock.locked() or self._ready_at(now, tokens)[0] > now + _EPSILON
+
     def pause_for(self, seconds: float) -> None:
         """Hold every request to this endpoint for ``seconds`` (a 429's Retry-After)."""
         if 0 < seconds <= MAX_HEADER_PAUSE_S:

@@ -96,7 +96,9 @@ class AgentResult:
     error: AgentError | None = None
     attempts: int = 0
     latency_s: float | None = None
+    ttft_s: float | None = None  # time to first token, when streamed
     usage: Usage = field(default_factory=Usage)
+    usage_estimated: bool = False  # the server reported none; counted from the text
 
 
 @dataclass

@@ -13,15 +13,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import httpx2  # openai's own HTTP client, for the request hook
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from fanout.errors import ProviderError
 from fanout.models import Agent, Endpoint, Usage
 
 Message = dict[str, str]
+_T = TypeVar("_T")
 
 # Set by the caller for the duration of one attempt; called when the request's first bytes
 # are written (after any connection set-up), which is when the server sees it start.
@@ -44,9 +46,17 @@ class Provider(Protocol):
     """What the runner needs from an LLM API. Tests hand the runner a scripted one."""
 
     async def complete(
-        self, agent: Agent, messages: Sequence[Message], *, timeout_s: float
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        *,
+        timeout_s: float,
+        on_delta: Callable[[str], None] | None = None,
     ) -> Completion:
-        """One attempt. ``timeout_s`` bounds its reads; the runner bounds the whole attempt."""
+        """One attempt. ``timeout_s`` bounds its reads; the runner bounds the whole attempt.
+
+        With ``on_delta`` the answer is streamed and each piece handed to it as it arrives.
+        """
         ...
 
     async def aclose(self) -> None: ...
@@ -58,53 +68,101 @@ class OpenAIProvider:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
         self._clients: dict[Endpoint, openai.AsyncOpenAI] = {}
+        self._cannot_stream: set[Endpoint] = set()
 
     async def complete(
-        self, agent: Agent, messages: Sequence[Message], *, timeout_s: float
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        *,
+        timeout_s: float,
+        on_delta: Callable[[str], None] | None = None,
     ) -> Completion:
-        client = self._client(agent.endpoint)
-        options: dict[str, Any] = {}
-        for name in ("temperature", "top_p", "max_tokens"):
-            value = getattr(agent, name)
-            if value is not None:
-                options[name] = value
         try:
-            raw = await client.chat.completions.with_raw_response.create(
-                model=agent.model,
-                messages=list(messages),  # type: ignore[arg-type]
-                timeout=timeout_s,
-                **options,
-            )
-            completion = raw.parse()
+            if on_delta is not None and agent.endpoint not in self._cannot_stream:
+                try:
+                    return await self._streamed(agent, messages, timeout_s, on_delta)
+                except openai.APIStatusError as exc:
+                    if exc.status_code not in (400, 422) or "stream" not in str(exc).lower():
+                        raise
+                    # A server that rejects streaming (or stream_options) gets whole answers.
+                    self._cannot_stream.add(agent.endpoint)
+            completion, headers = await self._whole(agent, messages, timeout_s)
+            if on_delta is not None and completion.text:
+                on_delta(completion.text)
+            return Completion(completion.text, completion.usage, headers)
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from None
         except openai.APITimeoutError:
             raise ProviderError(
                 f"no answer within {timeout_s:g} s", kind="timeout", retryable=True
             ) from None
-        except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc.__context__
-            detail = f": {self._redact(str(cause))}" if cause and str(cause) else ""
+        except (openai.APIConnectionError, httpx2.TransportError) as exc:
+            cause = exc.__cause__ or exc.__context__ or exc
+            detail = f": {self._redact(str(cause))}" if str(cause) else ""
             raise ProviderError(
                 f"connection failed{detail}", kind="connection", retryable=True
             ) from None
-        except (openai.APIError, ValueError) as exc:
+        except (openai.APIError, httpx2.HTTPError, ValueError) as exc:
             raise ProviderError(
                 f"malformed response: {self._redact(str(exc))[:300]}", kind="bad_response"
             ) from None
-        headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith("x-rate")}
-        if not getattr(completion, "choices", None):
-            raise ProviderError("the server returned no choices", kind="bad_response")
-        message = completion.choices[0].message
-        text = message.content or getattr(message, "refusal", None) or ""
+
+    async def _whole(
+        self, agent: Agent, messages: Sequence[Message], timeout_s: float
+    ) -> tuple[Completion, dict[str, str]]:
+        client = self._client(agent.endpoint)
+        raw = await client.chat.completions.with_raw_response.create(
+            model=agent.model,
+            messages=_wire(messages),
+            timeout=timeout_s,
+            temperature=_given(agent.temperature),
+            top_p=_given(agent.top_p),
+            max_tokens=_given(agent.max_tokens),
+        )
+        return _completion_of(raw.parse()), _rate_headers(raw.headers)
+
+    async def _streamed(
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        timeout_s: float,
+        on_delta: Callable[[str], None],
+    ) -> Completion:
+        client = self._client(agent.endpoint)
+        raw = await client.chat.completions.with_raw_response.create(
+            model=agent.model,
+            messages=_wire(messages),
+            timeout=timeout_s,
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=_given(agent.temperature),
+            top_p=_given(agent.top_p),
+            max_tokens=_given(agent.max_tokens),
+        )
+        headers = _rate_headers(raw.headers)
+        if "text/event-stream" not in raw.headers.get("content-type", ""):
+            # The server ignored stream=True and sent the whole answer as one JSON body.
+            body = await raw.http_response.aread()
+            whole = _completion_of(ChatCompletion.model_validate_json(body))
+            if whole.text:
+                on_delta(whole.text)
+            return Completion(whole.text, whole.usage, headers)
+        parts: list[str] = []
         usage = None
-        if completion.usage is not None:
-            usage = Usage(
-                completion.usage.prompt_tokens or 0,
-                completion.usage.completion_tokens or 0,
-                completion.usage.total_tokens or 0,
-            )
-        return Completion(text=text, usage=usage, headers=headers)
+        chose = False
+        async for chunk in raw.parse():
+            if chunk.usage is not None:
+                usage = _usage_of(chunk.usage)
+            if chunk.choices:
+                chose = True
+                piece = chunk.choices[0].delta.content
+                if piece:
+                    parts.append(piece)
+                    on_delta(piece)
+        if not chose:
+            raise ProviderError("the server returned no choices", kind="bad_response")
+        return Completion("".join(parts), usage, headers)
 
     def prepare(self, endpoints: Iterable[Endpoint]) -> None:
         """Build the clients up front, so the first requests of a run are not held back by
@@ -155,7 +213,7 @@ class OpenAIProvider:
             status_code=status,
             retryable=retryable,
             retry_after=parse_retry_after(headers),
-            headers={k.lower(): v for k, v in headers.items() if k.lower().startswith("x-rate")},
+            headers=_rate_headers(headers),
         )
 
     def _redact(self, text: str) -> str:
@@ -176,6 +234,32 @@ async def _announce_sent(request: httpx2.Request) -> None:
             callback()
 
     request.extensions["trace"] = trace
+
+
+def _wire(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
+    return cast("list[ChatCompletionMessageParam]", list(messages))
+
+
+def _given(value: _T | None) -> _T | openai.Omit:
+    """A parameter the persona sets is sent; otherwise the server's default stands."""
+    return openai.omit if value is None else value
+
+
+def _rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-rate")}
+
+
+def _usage_of(usage: Any) -> Usage:
+    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0)
+
+
+def _completion_of(completion: ChatCompletion) -> Completion:
+    if not completion.choices:
+        raise ProviderError("the server returned no choices", kind="bad_response")
+    message = completion.choices[0].message
+    text = message.content or getattr(message, "refusal", None) or ""
+    usage = _usage_of(completion.usage) if completion.usage is not None else None
+    return Completion(text=text, usage=usage)
 
 
 def _classify(status: int, code: Any) -> tuple[str, bool]:

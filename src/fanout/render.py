@@ -5,11 +5,15 @@ stdout carries the answers (table or JSON); progress, retries and errors go to s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 from rich.panel import Panel
@@ -17,8 +21,18 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from fanout.events import (
+    AgentDelta,
+    AgentFinished,
+    AgentRetrying,
+    AgentSending,
+    AgentStarted,
+    AgentWaiting,
+    Event,
+)
 from fanout.models import Agent, AgentResult, RunReport
-from fanout.retry import RetryEvent
+
+Clock = Callable[[], float]
 
 _STATUS_STYLE = {"ok": "green", "error": "red", "cancelled": "yellow", "skipped": "yellow"}
 
@@ -89,7 +103,8 @@ def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Ta
 
 
 class ProgressDisplay:
-    """A spinner and retry notices on stderr while the panel answers (a ``RunObserver``)."""
+    """A spinner and retry notices on stderr while the panel answers, for when there is no
+    live view (stdout is a pipe or a file)."""
 
     def __init__(self, console: Console, total: int) -> None:
         self._console = console
@@ -98,7 +113,7 @@ class ProgressDisplay:
         self._status: Status | None = None
 
     def __enter__(self) -> ProgressDisplay:
-        if self._console.is_terminal:
+        if self._console.is_terminal and not self._console.is_dumb_terminal:
             self._status = self._console.status(self._message(), spinner="dots")
             self._status.start()
         return self
@@ -112,32 +127,227 @@ class ProgressDisplay:
         if self._status is not None:
             self._status.stop()
 
-    def agent_started(self, agent: Agent) -> None:
-        self._refresh()
-
-    def agent_retrying(self, agent: Agent, event: RetryEvent) -> None:
-        reason = str(event.error.status_code or event.error.kind)
-        self._console.print(
-            f"[yellow]{escape(agent.name)}[/]: {escape(reason)}, retrying in "
-            f"{event.wait_s:.1f} s (attempt {event.attempt + 1}/{event.max_attempts})",
-            soft_wrap=True,
-        )
-
-    def agent_finished(self, result: AgentResult) -> None:
-        self._done += 1
-        if result.status == "error" and result.error is not None:
-            self._console.print(
-                f"[red]{escape(result.name)}[/]: failed: {escape(result.error.message)}",
-                soft_wrap=True,
-            )
-        self._refresh()
+    def handle(self, event: Event) -> None:
+        if isinstance(event, AgentRetrying):
+            self._console.print(retry_notice(event), soft_wrap=True, highlight=False)
+        elif isinstance(event, AgentFinished):
+            result = event.result
+            self._done += 0 if event.synthesis else 1
+            if result.status == "error" and result.error is not None:
+                self._console.print(
+                    f"[red]{escape(result.name)}[/]: failed: {escape(result.error.message)}",
+                    soft_wrap=True,
+                )
+            if self._status is not None:
+                self._status.update(self._message())
 
     def _message(self) -> str:
         return f"Asking {self._total} persona{'s' if self._total != 1 else ''}… {self._done} done"
 
-    def _refresh(self) -> None:
-        if self._status is not None:
-            self._status.update(self._message())
+
+def retry_notice(event: AgentRetrying) -> str:
+    """``physicist: 429, retrying in 1.2 s (attempt 2/4)``"""
+    return (
+        f"[yellow]{escape(event.agent.name)}[/]: {escape(event.reason)}, retrying in "
+        f"{event.wait_s:.1f} s (attempt {event.attempt + 1}/{event.max_attempts})"
+    )
+
+
+# -- the live view ------------------------------------------------------------------------------
+
+MIN_PANE_WIDTH = 38
+_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+@dataclass
+class Pane:
+    """What one persona's pane shows; updated from events, drawn a few times a second."""
+
+    name: str
+    model: str
+    synthesis: bool = False
+    state: str = "queued"
+    text: str = ""
+    attempt: int = 0
+    max_attempts: int = 0
+    retry_reason: str = ""
+    retry_until: float | None = None
+    sent_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    chunks: int = 0
+    result: AgentResult | None = None
+
+    def status_line(self, now: float) -> Text:
+        spin = _SPINNER[int(now * 10) % len(_SPINNER)]
+        if self.state == "retrying" and self.retry_until is not None:
+            left = max(self.retry_until - now, 0.0)
+            return Text(
+                f"↻ {self.retry_reason}, retry {self.attempt + 1}/{self.max_attempts} "
+                f"in {left:.1f} s",
+                style="yellow",
+            )
+        if self.result is not None:
+            if self.result.status == "ok":
+                return Text("✓ done", style="green")
+            if self.result.error is not None:
+                return Text(f"✗ {self.result.error.message}", style="red")
+            return Text(self.result.status, style="yellow")
+        labels = {
+            "queued": ("· queued", "dim"),
+            "waiting": (f"{spin} waiting for the rate limit", "yellow"),
+            "sending": (f"{spin} asking…", "cyan"),
+            "streaming": (f"{spin} streaming", "cyan"),
+        }
+        label, style = labels.get(self.state, (self.state, ""))
+        return Text(label, style=style)
+
+    def stats(self, now: float) -> str:
+        parts = []
+        if self.sent_at is not None and self.first_token_at is not None:
+            parts.append(f"ttft {self.first_token_at - self.sent_at:.2f} s")
+        tokens = self.chunks
+        if self.result is not None and self.result.usage.output_tokens:
+            tokens = self.result.usage.output_tokens
+        if self.first_token_at is not None and tokens > 1:
+            end = self.finished_at or now
+            if end - self.first_token_at > 0:
+                parts.append(f"{tokens / (end - self.first_token_at):.0f} tok/s")
+        if tokens:
+            parts.append(f"{tokens} tok")
+        if self.result is not None and self.result.latency_s is not None:
+            parts.append(f"{self.result.latency_s:.2f} s")
+        elif self.sent_at is not None:
+            parts.append(f"{now - self.sent_at:.1f} s")
+        return " · ".join(parts)
+
+
+class LiveBoard:
+    """One pane per persona, answers streaming in side by side (stdout is a terminal).
+
+    Columns when they fit, stacked when they don't; each pane shows the tail of its answer
+    while it streams. The board is transient: once the run ends, the answers table replaces it.
+    """
+
+    def __init__(self, console: Console, agents: Sequence[Agent], clock: Clock | None = None):
+        self.console = console
+        self.panes = {a.name: Pane(a.name, a.model) for a in agents}
+        self.synthesis: Pane | None = None
+        self._clock = clock or time.monotonic
+        self._live: Live | None = None
+
+    def __enter__(self) -> LiveBoard:
+        self._live = Live(
+            self,
+            console=self.console,
+            refresh_per_second=8,
+            transient=True,
+            vertical_overflow="crop",
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def handle(self, event: Event) -> None:
+        now = self._clock()
+        if isinstance(event, AgentStarted) and event.synthesis:
+            self.synthesis = Pane(event.agent.name, event.agent.model, synthesis=True)
+        pane = self._pane_for(event)
+        if pane is None:
+            return
+        if isinstance(event, AgentWaiting):
+            pane.state = "waiting"
+        elif isinstance(event, AgentSending):
+            pane.state, pane.attempt, pane.sent_at = "sending", event.attempt, now
+            pane.text, pane.chunks, pane.first_token_at, pane.retry_until = "", 0, None, None
+        elif isinstance(event, AgentDelta):
+            if pane.first_token_at is None:
+                pane.first_token_at = now
+            pane.state = "streaming"
+            pane.text += event.text
+            pane.chunks += 1
+        elif isinstance(event, AgentRetrying):
+            pane.state = "retrying"
+            pane.attempt, pane.max_attempts = event.attempt, event.max_attempts
+            pane.retry_reason, pane.retry_until = event.reason, now + event.wait_s
+        elif isinstance(event, AgentFinished):
+            pane.result, pane.finished_at, pane.state = event.result, now, event.result.status
+            if event.result.answer is not None:
+                pane.text = event.result.answer
+
+    def _pane_for(self, event: Event) -> Pane | None:
+        if isinstance(event, AgentFinished):
+            return self.synthesis if event.synthesis else self.panes.get(event.result.name)
+        agent = getattr(event, "agent", None)
+        if agent is None:
+            return None
+        if self.synthesis is not None and agent.name == self.synthesis.name:
+            return self.synthesis
+        return self.panes.get(agent.name)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.layout(options.max_width, options.height or console.height)
+
+    def layout(self, width: int, height: int) -> RenderableType:
+        """The board for a ``width`` x ``height`` screen."""
+        now = self._clock()
+        panes = list(self.panes.values())
+        if self.synthesis is not None:
+            # The panel is done: shrink it to its status lines and give the synthesis the room.
+            panel_height = min(height // 3, 3 * math.ceil(len(panes) / self._columns(width, panes)))
+            grid = self._grid(panes, width, max(panel_height, 3), now, body=False)
+            synthesis = self._pane(self.synthesis, max(height - panel_height, 5), width, now)
+            return Group(grid, synthesis)
+        return self._grid(panes, width, height, now, body=True)
+
+    def _columns(self, width: int, panes: Sequence[Pane]) -> int:
+        return max(1, min(len(panes), width // MIN_PANE_WIDTH))
+
+    def _grid(
+        self, panes: Sequence[Pane], width: int, height: int, now: float, *, body: bool
+    ) -> Table:
+        columns = self._columns(width, panes)
+        rows = math.ceil(len(panes) / columns)
+        pane_height = max(height // max(rows, 1), 3 if not body else 4)
+        grid = Table.grid(expand=True)
+        for _ in range(columns):
+            grid.add_column(ratio=1)
+        pane_width = width // columns
+        cells = [self._pane(p, pane_height, pane_width, now, body=body) for p in panes]
+        for start in range(0, len(cells), columns):
+            row: list[RenderableType] = list(cells[start : start + columns])
+            grid.add_row(*row, *[""] * (columns - len(row)))
+        return grid
+
+    def _pane(self, pane: Pane, height: int, width: int, now: float, *, body: bool = True) -> Panel:
+        lines: list[Text] = [pane.status_line(now)]
+        room = height - 3  # borders and the status line
+        if body and room > 0 and pane.text:
+            wrapped = Text(pane.text).wrap(self.console, max(width - 4, 10))
+            lines.extend(list(wrapped)[-room:])
+        border = {"ok": "green", "error": "red", "cancelled": "yellow"}.get(pane.state, "blue")
+        title = f"[bold]{escape(pane.name)}[/] · {escape(pane.model)}"
+        if pane.synthesis:
+            title = f"[bold]Synthesis[/] · {title}"
+        return Panel(
+            Group(*lines),
+            title=title,
+            title_align="left",
+            subtitle=pane.stats(now),
+            subtitle_align="right",
+            height=height,
+            border_style=border,
+        )
 
 
 def _row(result: AgentResult) -> tuple[RenderableType, ...]:

@@ -13,13 +13,32 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
 
 import anyio
 
 from fanout.errors import ProviderError
+from fanout.events import (
+    AgentDelta,
+    AgentFinished,
+    AgentRetrying,
+    AgentSending,
+    AgentStarted,
+    AgentWaiting,
+    Event,
+    Observer,
+    RunFinished,
+    RunStarted,
+)
 from fanout.limiter import RateLimiter
-from fanout.models import Agent, AgentError, AgentResult, Endpoint, RunReport, SynthesisResult
+from fanout.models import (
+    Agent,
+    AgentError,
+    AgentResult,
+    Endpoint,
+    RunReport,
+    SynthesisResult,
+    Usage,
+)
 from fanout.provider import REQUEST_SENT, Completion, Message, Provider
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
 from fanout.synthesis import synthesis_messages
@@ -36,26 +55,11 @@ class RunSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rpm: float | None = None  # override every endpoint's limit
     tpm: float | None = None
+    stream: bool = True  # stream answers (deltas, time to first token) or ask for them whole
 
 
-class RunObserver(Protocol):
-    """Hears what happens while a run goes on (progress display, event streams)."""
-
-    def agent_started(self, agent: Agent) -> None: ...
-
-    def agent_retrying(self, agent: Agent, event: RetryEvent) -> None: ...
-
-    def agent_finished(self, result: AgentResult) -> None: ...
-
-
-class SilentObserver:
-    def agent_started(self, agent: Agent) -> None:
-        pass
-
-    def agent_retrying(self, agent: Agent, event: RetryEvent) -> None:
-        pass
-
-    def agent_finished(self, result: AgentResult) -> None:
+class _Silent:
+    def handle(self, event: Event) -> None:
         pass
 
 
@@ -94,14 +98,14 @@ class PanelRun:
         provider: Provider,
         settings: RunSettings | None = None,
         synthesizer: Agent | None = None,
-        observer: RunObserver | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.prompt = prompt
         self.agents = list(agents)
         self.provider = provider
         self.settings = settings or RunSettings()
         self.synthesizer = synthesizer
-        self.observer: RunObserver = observer or SilentObserver()
+        self.observer: Observer = observer or _Silent()
         self.run_id = uuid.uuid4().hex[:12]
         self.results = [AgentResult(name=a.name, model=a.model) for a in self.agents]
         self.synthesis: SynthesisResult | None = None
@@ -113,17 +117,30 @@ class PanelRun:
         self._started_wall = datetime.now(UTC)
         self._started = time.perf_counter()
         self.interrupted = False
+        self._started_agents: set[str] = set()
 
     async def execute(self) -> None:
         """Ask every agent, then synthesize. Cancellation leaves the unfinished ones cancelled."""
         self._started_wall = datetime.now(UTC)
         self._started = time.perf_counter()
+        self.observer.handle(RunStarted(self.run_id, self.prompt, self.agents, self.synthesizer))
         messages_for = [self._messages(a) for a in self.agents]
         async with anyio.create_task_group() as tg:
             for index, agent in enumerate(self.agents):
                 tg.start_soon(self._ask, agent, messages_for[index], self.results[index])
         if self.synthesizer is not None and self.synthesis is not None:
             await self._synthesize(self.synthesizer, self.synthesis)
+
+    def conclude(self) -> RunReport:
+        """The final report, after telling observers how the agents cut short ended."""
+        report = self.report()
+        pending = [*report.agents, *([report.synthesis] if report.synthesis else [])]
+        for result in pending:
+            if result.status == "cancelled" and result.name in self._started_agents:
+                synthesis = result is report.synthesis
+                self.observer.handle(AgentFinished(result, synthesis=synthesis))
+        self.observer.handle(RunFinished(report))
+        return report
 
     def report(self) -> RunReport:
         """The run as it stands: complete after ``execute``, partial after an interruption."""
@@ -147,9 +164,10 @@ class PanelRun:
 
     async def _ask(self, agent: Agent, messages: list[Message], result: AgentResult) -> None:
         async with self._panel_cap, self._gates.cap(agent.endpoint):
-            self.observer.agent_started(agent)
+            self._started_agents.add(agent.name)
+            self.observer.handle(AgentStarted(agent))
             await self._call(agent, messages, result)
-        self.observer.agent_finished(result)
+        self.observer.handle(AgentFinished(result))
 
     async def _synthesize(self, agent: Agent, result: SynthesisResult) -> None:
         answered = [r for r in self.results if r.status == "ok"]
@@ -162,9 +180,10 @@ class PanelRun:
             return
         messages = synthesis_messages(agent.instructions, self.prompt, answered, result.missing)
         async with self._gates.cap(agent.endpoint):
-            self.observer.agent_started(agent)
+            self._started_agents.add(agent.name)
+            self.observer.handle(AgentStarted(agent, synthesis=True))
             await self._call(agent, messages, result)
-        self.observer.agent_finished(result)
+        self.observer.handle(AgentFinished(result, synthesis=True))
 
     async def _call(self, agent: Agent, messages: list[Message], result: AgentResult) -> None:
         """One agent's whole exchange, retries included. Never raises, except cancellation."""
@@ -173,15 +192,33 @@ class PanelRun:
         timeout = agent.timeout or self.settings.timeout
         started = time.perf_counter()
 
+        def on_delta(text: str) -> None:
+            if result.ttft_s is None:
+                result.ttft_s = round(time.perf_counter() - attempt_started, 3)
+            self.observer.handle(AgentDelta(agent, text))
+
+        attempt_started = started
+
         async def attempt(number: int) -> Completion:
+            nonlocal attempt_started
             result.attempts = number
+            result.ttft_s = None
+            if limiter.would_wait(estimate):
+                self.observer.handle(AgentWaiting(agent))
             reservation = await limiter.acquire(estimate)
+            attempt_started = time.perf_counter()
+            self.observer.handle(AgentSending(agent, number))
             announce = REQUEST_SENT.set(reservation.mark_sent)
             try:
                 # The provider's client bounds each read; this bounds the whole attempt, so a
                 # server trickling bytes without ever answering is cut too.
                 with anyio.fail_after(timeout):
-                    completion = await self.provider.complete(agent, messages, timeout_s=timeout)
+                    completion = await self.provider.complete(
+                        agent,
+                        messages,
+                        timeout_s=timeout,
+                        on_delta=on_delta if self.settings.stream else None,
+                    )
             except TimeoutError:
                 reservation.settle(0)
                 raise ProviderError(
@@ -199,12 +236,21 @@ class PanelRun:
             limiter.observe(completion.headers)
             return completion
 
-        try:
-            completion = await call_with_retries(
-                attempt,
-                self.settings.retry,
-                on_retry=lambda event: self.observer.agent_retrying(agent, event),
+        def on_retry(event: RetryEvent) -> None:
+            reason = str(event.error.status_code or event.error.kind)
+            self.observer.handle(
+                AgentRetrying(
+                    agent,
+                    event.attempt,
+                    event.max_attempts,
+                    event.wait_s,
+                    reason,
+                    event.error.message,
+                )
             )
+
+        try:
+            completion = await call_with_retries(attempt, self.settings.retry, on_retry=on_retry)
         except ProviderError as exc:
             result.status = "error"
             result.error = AgentError(exc.kind, exc.message, exc.status_code, exc.retryable)
@@ -216,6 +262,11 @@ class PanelRun:
             result.answer = completion.text
             if completion.usage is not None:
                 result.usage = completion.usage
+            else:  # the server reported no usage: count it ourselves, and say so
+                prompt_tokens = estimate_tokens(messages)
+                answer_tokens = max(1, len(completion.text) // 4) if completion.text else 0
+                result.usage = Usage(prompt_tokens, answer_tokens, prompt_tokens + answer_tokens)
+                result.usage_estimated = True
         finally:
             result.latency_s = round(time.perf_counter() - started, 3)
 
@@ -235,7 +286,7 @@ async def run_interruptibly(run: PanelRun) -> RunReport:
         tg.start_soon(watch_signals)
         await run.execute()
         tg.cancel_scope.cancel()
-    return run.report()
+    return run.conclude()
 
 
 def estimate_tokens(messages: Sequence[Message]) -> int:
