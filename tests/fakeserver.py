@@ -68,6 +68,10 @@ class Reply:
 
     ``gate=N`` holds the reply until ``max_in_flight`` reaches N (a deterministic concurrency
     check); if that takes over ``gate_timeout`` seconds the request gets a 400 instead.
+    Streaming: ``hold`` stops a stream before its last piece until the event is set (a test's
+    way to look at a half-streamed answer); ``stream_usage=False`` leaves out the usage chunk;
+    ``can_stream=False`` answers ``"stream": true`` with a plain JSON body, like servers that
+    do not stream.
     """
 
     text: str | None = None
@@ -77,6 +81,9 @@ class Reply:
     chunk_delay: float = 0.0
     gate: int = 0
     gate_timeout: float = 10.0
+    hold: threading.Event | None = None
+    stream_usage: bool = True
+    can_stream: bool = True
 
 
 @dataclass(frozen=True)
@@ -381,7 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
                 last = _content_text(users[-1].get("content")) if users else ""
                 text = f"{model} says: {last}"
             usage = _usage(body, text) if step.usage is None else step.usage
-            if body.get("stream"):
+            if body.get("stream") and step.can_stream:
                 self._stream(body, re.findall(r"\S+\s*|\s+", text), usage, step)
             else:
                 message = {"role": "assistant", "content": text}
@@ -429,12 +436,23 @@ class _Handler(BaseHTTPRequestHandler):
             if i and not self._idle(step.chunk_delay):
                 self.close_connection = True
                 return
+            if i == len(deltas) - 1 and step.hold is not None and not self._hold(step.hold):
+                self.close_connection = True
+                return
             done = "stop" if i == len(deltas) - 1 else None
             choice = {"index": 0, "delta": delta, "finish_reason": done}
             self._write_chunk(_sse(_completion(model, [choice], None, chunk_id) | extra))
-        if include_usage:
+        if include_usage and step.stream_usage:
             self._write_chunk(_sse(_completion(model, [], usage, chunk_id)))
         self._end_stream()
+
+    def _hold(self, event: threading.Event, limit: float = 30.0) -> bool:
+        """Wait for ``event`` (at most ``limit`` s); False if the client left or we stop."""
+        deadline = time.monotonic() + limit
+        while not event.wait(0.05):
+            if time.monotonic() > deadline or not self._idle(0.001):
+                return False
+        return True
 
     # -- low-level I/O ---------------------------------------------------------------------
     def _idle(self, seconds: float | None) -> bool:

@@ -202,24 +202,28 @@ class Pane:
         label, style = labels.get(self.state, (self.state, ""))
         return Text(label, style=style)
 
-    def stats(self, now: float) -> str:
-        parts = []
+    def stats(self, now: float, width: int) -> str:
+        """Time to first token, tokens/s, tokens and time: the least useful go first when the
+        pane is too narrow for all four."""
+        ttft = rate = count = elapsed = ""
         if self.sent_at is not None and self.first_token_at is not None:
-            parts.append(f"ttft {self.first_token_at - self.sent_at:.2f} s")
+            ttft = f"ttft {self.first_token_at - self.sent_at:.2f}s"
         tokens = self.chunks
         if self.result is not None and self.result.usage.output_tokens:
             tokens = self.result.usage.output_tokens
         if self.first_token_at is not None and tokens > 1:
-            end = self.finished_at or now
-            if end - self.first_token_at > 0:
-                parts.append(f"{tokens / (end - self.first_token_at):.0f} tok/s")
-        if tokens:
-            parts.append(f"{tokens} tok")
+            span = (self.finished_at or now) - self.first_token_at
+            rate = f"{tokens / span:.0f} tok/s" if span > 0 else ""
+        count = f"{tokens} tok" if tokens else ""
         if self.result is not None and self.result.latency_s is not None:
-            parts.append(f"{self.result.latency_s:.2f} s")
+            elapsed = f"{self.result.latency_s:.2f}s"
         elif self.sent_at is not None:
-            parts.append(f"{now - self.sent_at:.1f} s")
-        return " · ".join(parts)
+            elapsed = f"{now - self.sent_at:.1f}s"
+        for parts in ([ttft, rate, count, elapsed], [ttft, rate, elapsed], [ttft, elapsed]):
+            line = " · ".join(p for p in parts if p)
+            if len(line) <= width:
+                return line
+        return ttft[:width]
 
 
 class LiveBoard:
@@ -296,7 +300,9 @@ class LiveBoard:
         return self.panes.get(agent.name)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield self.layout(options.max_width, options.height or console.height)
+        # One line short of the screen: a board as tall as the terminal scrolls its first
+        # line away, and the transient clean-up then leaves it behind.
+        yield self.layout(options.max_width, (options.height or console.height) - 1)
 
     def layout(self, width: int, height: int) -> RenderableType:
         """The board for a ``width`` x ``height`` screen."""
@@ -311,7 +317,10 @@ class LiveBoard:
         return self._grid(panes, width, height, now, body=True)
 
     def _columns(self, width: int, panes: Sequence[Pane]) -> int:
-        return max(1, min(len(panes), width // MIN_PANE_WIDTH))
+        """As many columns as fit, balanced: 5 panes on room for 4 make rows of 3 and 2."""
+        fit = max(1, min(len(panes), width // MIN_PANE_WIDTH))
+        rows = math.ceil(len(panes) / fit)
+        return math.ceil(len(panes) / rows)
 
     def _grid(
         self, panes: Sequence[Pane], width: int, height: int, now: float, *, body: bool
@@ -343,7 +352,7 @@ class LiveBoard:
             Group(*lines),
             title=title,
             title_align="left",
-            subtitle=pane.stats(now),
+            subtitle=pane.stats(now, width - 6),
             subtitle_align="right",
             height=height,
             border_style=border,
