@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import threading
 
@@ -163,3 +164,25 @@ def test_cli_in_a_terminal_streams_two_personas_side_by_side(
     final = child.before
     assert "2/2 answered" in final
     assert "alpha-start and the rest" in final
+
+
+@pytest.mark.parametrize("env", [{"TERM": "dumb"}, {"NO_COLOR": "1"}], ids=["dumb", "no-color"])
+def test_terminal_preferences_are_honoured(
+    server: FakeOpenAI, agents_file: AgentsFile, env: dict[str, str]
+) -> None:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "fanout", "ask", "-c", str(agents_file("alpha")), "Why?"],
+        dimensions=(30, 100),
+        encoding="utf-8",
+        timeout=30,
+        env={**os.environ, **env},
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    output = child.before
+    assert "m-alpha says: Why?" in output
+    assert "\x1b[3" not in output  # no colour codes
+    if env.get("TERM") == "dumb":
+        assert "streaming" not in output  # no live view on a dumb terminal
