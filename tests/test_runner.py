@@ -7,12 +7,13 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 import pytest
 
+from fanout.cost import estimate_tokens
 from fanout.errors import ProviderError
 from fanout.events import AgentDelta, AgentFinished, AgentRetrying, AgentStarted, Event
 from fanout.models import Agent, Usage
 from fanout.provider import Completion, Message
 from fanout.retry import RetryPolicy
-from fanout.runner import PanelRun, RunSettings, estimate_tokens
+from fanout.runner import PanelRun, RunSettings
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -19,16 +19,7 @@ from fanout import __version__
 from fanout.errors import ConfigError, FanoutError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
-    from fanout.models import RunReport
-    from fanout.runner import RunSettings
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-_EXIT_FOR_STATUS = {
-    "completed": EXIT_OK,
-    "partial": EXIT_PARTIAL,
-    "failed": EXIT_FAILED,
-    "cancelled": EXIT_INTERRUPTED,
-}
+    from fanout.session import Output
 
 app = typer.Typer(
     name="fanout",
@@ -50,6 +41,20 @@ ConfigOption = Annotated[
 ]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")
+]
+JsonlOption = Annotated[
+    bool, typer.Option("--jsonl", help="Print events as JSON lines while the run goes on.")
+]
+JsonlDeltasOption = Annotated[
+    bool,
+    typer.Option("--jsonl-deltas", help="With --jsonl, also every streamed piece of text."),
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Also write the JSON document to this file."),
+]
+NoLogOption = Annotated[
+    bool, typer.Option("--no-log", help="Do not record this run in the history.")
 ]
 
 
@@ -91,22 +96,26 @@ def ask(
         bool, typer.Option("--synthesize", "-s", help="Merge the answers into one.")
     ] = False,
     json_output: JsonOption = False,
-    jsonl: Annotated[
-        bool,
-        typer.Option("--jsonl", help="Print events as JSON lines while the run goes on."),
-    ] = False,
-    jsonl_deltas: Annotated[
-        bool,
-        typer.Option("--jsonl-deltas", help="With --jsonl, also every streamed piece of text."),
-    ] = False,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Also write the JSON document to this file."),
-    ] = None,
+    jsonl: JsonlOption = False,
+    jsonl_deltas: JsonlDeltasOption = False,
+    output: OutputOption = None,
     no_stream: Annotated[
         bool,
         typer.Option("--no-stream", help="Ask for whole answers instead of streaming them."),
     ] = False,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost",
+            min=0,
+            help="Budget in USD: a call whose worst case could break it is not made.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show the calls, limits and worst-case cost; send nothing."),
+    ] = False,
+    no_log: NoLogOption = False,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Most calls in flight at once.")
     ] = 8,
@@ -146,6 +155,7 @@ def ask(
 
       fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'
     """
+    from fanout import session
     from fanout.retry import RetryPolicy
     from fanout.runner import RunSettings
 
@@ -154,12 +164,7 @@ def ask(
         names = [n.strip() for n in agents.split(",") if n.strip()] if agents else None
         if agents is not None and not names:
             raise ConfigError("--agents: give at least one persona name")
-        if json_output and jsonl:
-            raise ConfigError("--json and --jsonl: choose one")
-        if jsonl_deltas and not jsonl:
-            raise ConfigError("--jsonl-deltas goes with --jsonl")
-        if output is not None and not output.parent.is_dir():
-            raise ConfigError(f"--output: directory {str(output.parent)!r} does not exist")
+        out = _output(json_output, jsonl, jsonl_deltas, output)
         settings = RunSettings(
             concurrency=concurrency,
             timeout=timeout,
@@ -167,9 +172,19 @@ def ask(
             rpm=rpm,
             tpm=tpm,
             stream=not no_stream,
+            max_cost=max_cost,
         )
-        mode = "json" if json_output else "jsonl" if jsonl else "table"
-        code = _ask(text, names, config, model, synthesize, mode, jsonl_deltas, output, settings)
+        code = session.ask(
+            text,
+            names=names,
+            config=config,
+            model=model,
+            synthesize=synthesize,
+            settings=settings,
+            output=out,
+            dry_run=dry_run,
+            log=not no_log,
+        )
     raise typer.Exit(code)
 
 
@@ -193,78 +208,100 @@ def list_agents(config: ConfigOption = None, json_output: JsonOption = False) ->
         make_console().print(agents_table(panel.agents, panel.synthesizer, panel.source))
 
 
-def _ask(
-    prompt: str,
-    names: list[str] | None,
-    config: Path | None,
-    model: str | None,
-    synthesize: bool,
-    mode: str,
-    deltas: bool,
-    output: Path | None,
-    settings: RunSettings,
-) -> int:
-    import anyio
+runs_app = typer.Typer(
+    help="Past runs: list them, show one, retry its failures, synthesize it again.",
+    no_args_is_help=True,
+)
+app.add_typer(runs_app, name="runs")
+RunIdArgument = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")]
 
-    from fanout.config import apply_model, check_credentials, find_config, load_panel
-    from fanout.events import Observer
-    from fanout.export import JsonlWriter, dumps, report_document
-    from fanout.provider import OpenAIProvider
-    from fanout.render import LiveBoard, ProgressDisplay, make_console, render_report
-    from fanout.runner import PanelRun, run_interruptibly
 
-    panel = load_panel(find_config(config, os.environ))
-    chosen = apply_model(panel.select(names), model)
-    synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
-    callers = chosen + ([synthesizer] if synthesizer else [])
-    check_credentials(callers, os.environ)
+@runs_app.command("list")
+def runs_list(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs.")] = 20,
+    json_output: JsonOption = False,
+) -> None:
+    """List recorded runs, newest first.
 
-    out, err = make_console(), make_console(stderr=True)
-    # One display at a time: panes on a terminal, events as lines, or a spinner on stderr.
-    display: LiveBoard | ProgressDisplay | None = None
-    observer: Observer
-    if mode == "jsonl":
-        observer = JsonlWriter(sys.stdout, deltas=deltas)
-    elif mode == "table" and out.is_terminal and not out.is_dumb_terminal:
-        observer = display = LiveBoard(out, chosen)
-    else:
-        observer = display = ProgressDisplay(err, len(chosen))
-    provider = OpenAIProvider()
-    provider.prepare(a.endpoint for a in callers)
+    Example: fanout runs list --json | jq -r '.runs[0].run_id'
+    """
+    from fanout import session
 
-    async def main() -> RunReport:
-        run = PanelRun(
-            prompt,
-            chosen,
-            provider=provider,
-            settings=settings,
-            synthesizer=synthesizer,
-            observer=observer,
-        )
-        try:
-            return await run_interruptibly(run)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await provider.aclose()
+    with _errors_to_exit():
+        session.list_runs(limit, json_output)
 
-    if display is not None:
-        with display:
-            report = anyio.run(main)
-    else:
-        report = anyio.run(main)
-    document = report_document(report)
-    if mode == "json":
-        sys.stdout.write(dumps(document))
-    elif mode == "table":
-        render_report(out, report)
-    if output is not None:
-        try:
-            output.write_text(dumps(document), encoding="utf-8")
-        except OSError as exc:
-            raise FanoutError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
-    if report.status == "cancelled":
-        err.print("[yellow]interrupted: unfinished personas are marked cancelled[/]")
-    return _EXIT_FOR_STATUS[report.status]
+
+@runs_app.command("show")
+def runs_show(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+    """Show a recorded run as `ask` showed it; --json gives the same document as `ask --json`.
+
+    Example: fanout runs show 3f9c
+    """
+    from fanout import session
+
+    with _errors_to_exit():
+        code = session.show_run(run_id, json_output)
+    raise typer.Exit(code)
+
+
+@runs_app.command("retry")
+def runs_retry(
+    run_id: RunIdArgument,
+    json_output: JsonOption = False,
+    jsonl: JsonlOption = False,
+    jsonl_deltas: JsonlDeltasOption = False,
+    output: OutputOption = None,
+    no_log: NoLogOption = False,
+) -> None:
+    """Ask again only the personas of a run that failed or were cancelled, with the prompt and
+    settings recorded, and fold their answers into the same run.
+
+    Example: fanout runs retry 3f9c
+    """
+    from fanout import session
+
+    with _errors_to_exit():
+        out = _output(json_output, jsonl, jsonl_deltas, output)
+        code = session.retry(run_id, output=out, log=not no_log)
+    raise typer.Exit(code)
+
+
+@runs_app.command("synth")
+def runs_synth(
+    run_id: RunIdArgument,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Synthesize with this model instead.")
+    ] = None,
+    json_output: JsonOption = False,
+    jsonl: JsonlOption = False,
+    output: OutputOption = None,
+    no_log: NoLogOption = False,
+) -> None:
+    """Synthesize a recorded run again from its stored answers; no persona is asked again.
+
+    Example: fanout runs synth 3f9c --model gpt-4o
+    """
+    from fanout import session
+
+    with _errors_to_exit():
+        out = _output(json_output, jsonl, False, output)
+        code = session.synth(run_id, model=model, output=out, log=not no_log)
+    raise typer.Exit(code)
+
+
+def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> Output:
+    from fanout.session import Output
+
+    if json_output and jsonl:
+        raise ConfigError("--json and --jsonl: choose one")
+    if deltas and not jsonl:
+        raise ConfigError("--jsonl-deltas goes with --jsonl")
+    if file is not None and not file.parent.is_dir():
+        raise ConfigError(f"--output: directory {str(file.parent)!r} does not exist")
+    mode: Literal["table", "json", "jsonl"] = (
+        "json" if json_output else "jsonl" if jsonl else "table"
+    )
+    return Output(mode=mode, deltas=deltas, file=file)
 
 
 def _read_prompt(prompt: str | None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, Price
 from fanout.errors import ConfigError
 from fanout.models import OPENAI_BASE_URL, Agent, Endpoint, Limits
 
@@ -58,6 +59,15 @@ class SynthesizerSpec(_AgentFields):
     name: str = Field(default="synthesizer", min_length=1, pattern=r"^[^\s,]+$")
 
 
+class PriceSpec(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
 class PanelSpec(BaseModel):
     """The agents file as written."""
 
@@ -66,8 +76,9 @@ class PanelSpec(BaseModel):
     defaults: _AgentFields = Field(default_factory=_AgentFields)
     agents: list[AgentSpec] = Field(min_length=1)
     synthesizer: SynthesizerSpec | None = None
+    pricing: dict[str, PriceSpec] = Field(default_factory=dict)
 
-    @field_validator("defaults", "synthesizer", mode="before")
+    @field_validator("defaults", "synthesizer", "pricing", mode="before")
     @classmethod
     def _empty_section_is_no_section(cls, value: Any) -> Any:
         # `defaults:` with every line commented out parses as null
@@ -81,6 +92,7 @@ class Panel:
     source: str
     agents: list[Agent]
     synthesizer: Agent
+    pricing: dict[str, Price] = field(default_factory=dict)  # the file's, over the shipped
 
     def select(self, names: Sequence[str] | None) -> list[Agent]:
         """The personas named (in the order given), or the whole panel."""
@@ -135,6 +147,11 @@ def load_panel(path: Path | None, environ: Mapping[str, str] | None = None) -> P
 def apply_model(agents: Sequence[Agent], model: str | None) -> list[Agent]:
     """``--model``: the same agents with one model for this run."""
     return [replace(a, model=model) if model else a for a in agents]
+
+
+def bound_answer(agent: Agent) -> Agent:
+    """The same agent with a ``max_tokens`` (the default where none was set)."""
+    return replace(agent, max_tokens=agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
 
 
 def check_credentials(agents: Sequence[Agent], environ: Mapping[str, str]) -> None:
@@ -262,6 +279,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(AgentSpec.model_fields)
     if loc[0] == "synthesizer":
         return list(SynthesizerSpec.model_fields)
+    if loc[0] == "pricing":
+        return list(PriceSpec.model_fields)
     return list(_AgentFields.model_fields)
 
 
@@ -338,4 +357,5 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         build(synth_spec, synth_spec.name),
         instructions=synth_spec.instructions or DEFAULT_SYNTHESIS_INSTRUCTIONS,
     )
-    return Panel(source=source, agents=agents, synthesizer=synthesizer)
+    pricing = {model: Price(p.input, p.output) for model, p in spec.pricing.items()}
+    return Panel(source=source, agents=agents, synthesizer=synthesizer, pricing=pricing)

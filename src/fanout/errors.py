@@ -5,11 +5,16 @@ The core raises these; only ``cli.py`` turns them into a line on stderr and an e
 * FanoutError
   x ConfigError      - the agents file, a flag or the environment is wrong (exit 2)
   x ProviderError    - an endpoint failed; ``retryable`` says whether to try again
+  x BudgetExceeded   - a call was not made: it could have broken ``--max-cost``
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fanout.models import Usage
 
 
 class FanoutError(Exception):
@@ -40,6 +45,7 @@ class ProviderError(FanoutError):
         retryable: bool = False,
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -49,6 +55,12 @@ class ProviderError(FanoutError):
         self.retry_after = retry_after
         # Rate-limit headers of the failed response, for the limiter.
         self.headers: Mapping[str, str] = headers or {}
+        # Tokens the failed response still reported (billed, so counted).
+        self.usage = usage
 
     def __str__(self) -> str:
         return self.message
+
+
+class BudgetExceeded(FanoutError):
+    """A call was not made because its worst case did not fit in what ``--max-cost`` left."""

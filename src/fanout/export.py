@@ -17,10 +17,22 @@ from fanout.events import (
     RunFinished,
     RunStarted,
 )
-from fanout.models import Agent, AgentResult, RunReport, SynthesisResult
+from fanout.models import (
+    Agent,
+    AgentError,
+    AgentResult,
+    Endpoint,
+    Limits,
+    RunReport,
+    SynthesisResult,
+    Usage,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from fanout.config import Panel
+    from fanout.cost import PlannedCall
 
 SCHEMA_VERSION = 1
 
@@ -39,6 +51,7 @@ def report_document(report: RunReport) -> dict[str, Any]:
         "output": report.output,
         "synthesis": synthesis_document(report.synthesis) if report.synthesis else None,
         "usage": asdict(report.usage),
+        "cost_usd": _usd(report.cost_usd),
     }
 
 
@@ -55,6 +68,7 @@ def agent_document(result: AgentResult) -> dict[str, Any]:
         "ttft_s": result.ttft_s,
         "usage": asdict(result.usage),
         "usage_estimated": result.usage_estimated,
+        "cost_usd": _usd(result.cost_usd),
     }
 
 
@@ -147,6 +161,123 @@ class JsonlWriter:
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         return {**stamp, **body}
+
+
+def plan_document(
+    prompt: str, calls: Sequence[PlannedCall], max_cost: float | None
+) -> dict[str, Any]:
+    """``--dry-run --json``: the calls a run would make; nothing was sent."""
+    costs = [c.worst_case_usd for c in calls]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dry_run": True,
+        "prompt": prompt,
+        "calls": [
+            {
+                "name": c.agent.name,
+                "model": c.agent.model,
+                "base_url": c.agent.endpoint.base_url,
+                "rpm": c.agent.limits.rpm,
+                "tpm": c.agent.limits.tpm,
+                "concurrency": c.agent.limits.concurrency,
+                "prompt_tokens_estimate": c.prompt_tokens,
+                "max_tokens": c.max_tokens,
+                "worst_case_usd": _usd(c.worst_case_usd),
+            }
+            for c in calls
+        ],
+        "worst_case_usd": None if None in costs else _usd(sum(c or 0.0 for c in costs)),
+        "max_cost_usd": max_cost,
+    }
+
+
+# -- back from JSON: the run history stores documents and settings --------------------------
+
+
+def agent_settings(agent: Agent) -> dict[str, Any]:
+    """A persona as recorded in the history: everything needed to ask it again, no secret."""
+    return {
+        "name": agent.name,
+        "description": agent.description,
+        "instructions": agent.instructions,
+        "model": agent.model,
+        "temperature": agent.temperature,
+        "top_p": agent.top_p,
+        "max_tokens": agent.max_tokens,
+        "timeout": agent.timeout,
+        "base_url": agent.endpoint.base_url,
+        "api_key_env": agent.endpoint.api_key_env,
+        "rpm": agent.limits.rpm,
+        "tpm": agent.limits.tpm,
+        "concurrency": agent.limits.concurrency,
+    }
+
+
+def agent_from_settings(data: dict[str, Any]) -> Agent:
+    """A persona as the history recorded it, ready to be asked again."""
+    return Agent(
+        name=data["name"],
+        instructions=data.get("instructions") or "",
+        description=data.get("description") or "",
+        model=data["model"],
+        temperature=data.get("temperature"),
+        top_p=data.get("top_p"),
+        max_tokens=data.get("max_tokens"),
+        timeout=data.get("timeout"),
+        endpoint=Endpoint(data["base_url"], data["api_key_env"]),
+        limits=Limits(data.get("rpm"), data.get("tpm"), data.get("concurrency")),
+    )
+
+
+def result_from_entry(entry: dict[str, Any]) -> AgentResult:
+    """An ``agents`` entry of a result document, back as an ``AgentResult``."""
+    return AgentResult(**_result_fields(entry))
+
+
+def synthesis_from_entry(entry: dict[str, Any]) -> SynthesisResult:
+    return SynthesisResult(
+        **_result_fields(entry),
+        partial=entry.get("partial", False),
+        sources=list(entry.get("sources", [])),
+        missing=list(entry.get("missing", [])),
+    )
+
+
+def report_from_document(document: dict[str, Any]) -> RunReport:
+    """A stored result document, back as a ``RunReport`` (to render or to carry on)."""
+    synthesis = document.get("synthesis")
+    status = document.get("status")
+    return RunReport(
+        run_id=document["run_id"],
+        prompt=document["prompt"],
+        started_at=document["started_at"],
+        finished_at=document.get("finished_at") or "",
+        duration_s=document.get("duration_s") or 0.0,
+        agents=[result_from_entry(e) for e in document["agents"]],
+        synthesis=synthesis_from_entry(synthesis) if synthesis else None,
+        recorded_status=status if status in ("running", "interrupted") else None,
+    )
+
+
+def _result_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    error = entry.get("error")
+    return {
+        "name": entry["name"],
+        "model": entry["model"],
+        "status": entry["status"],
+        "answer": entry.get("answer"),
+        "error": AgentError(**error) if error else None,
+        "attempts": entry.get("attempts", 0),
+        "latency_s": entry.get("latency_s"),
+        "ttft_s": entry.get("ttft_s"),
+        "usage": Usage(**entry.get("usage", {})),
+        "usage_estimated": entry.get("usage_estimated", False),
+        "cost_usd": entry.get("cost_usd"),
+    }
+
+
+def _usd(amount: float | None) -> float | None:
+    return None if amount is None else round(amount, 8)
 
 
 def dumps(document: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 AgentStatus = Literal["ok", "error", "cancelled", "skipped"]
-RunStatus = Literal["completed", "partial", "failed", "cancelled"]
+RunStatus = Literal["completed", "partial", "failed", "cancelled", "running", "interrupted"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 _LOOPBACK_HOSTS = {"localhost", "::1", "0.0.0.0"}
@@ -99,6 +99,7 @@ class AgentResult:
     ttft_s: float | None = None  # time to first token, when streamed
     usage: Usage = field(default_factory=Usage)
     usage_estimated: bool = False  # the server reported none; counted from the text
+    cost_usd: float | None = None  # None: the model's price is unknown
 
 
 @dataclass
@@ -122,9 +123,12 @@ class RunReport:
     agents: list[AgentResult]
     synthesis: SynthesisResult | None = None
     interrupted: bool = False
+    recorded_status: RunStatus | None = None  # from history: a run that never finished
 
     @property
     def status(self) -> RunStatus:
+        if self.recorded_status is not None:
+            return self.recorded_status
         if self.interrupted:
             return "cancelled"
         outcomes = [r.status for r in self.agents]
@@ -144,6 +148,14 @@ class RunReport:
         if self.synthesis is not None:
             total += self.synthesis.usage
         return total
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The run's cost; ``None`` when a call that used tokens has no known price."""
+        results = [*self.agents, *([self.synthesis] if self.synthesis else [])]
+        if any(r.cost_usd is None and r.usage.total_tokens for r in results):
+            return None
+        return sum(r.cost_usd or 0.0 for r in results)
 
     @property
     def output(self) -> dict[str, str]:

@@ -161,7 +161,7 @@ class OpenAIProvider:
                     parts.append(piece)
                     on_delta(piece)
         if not chose:
-            raise ProviderError("the server returned no choices", kind="bad_response")
+            raise ProviderError("the server returned no choices", kind="bad_response", usage=usage)
         return Completion("".join(parts), usage, headers)
 
     def prepare(self, endpoints: Iterable[Endpoint]) -> None:
@@ -254,11 +254,11 @@ def _usage_of(usage: Any) -> Usage:
 
 
 def _completion_of(completion: ChatCompletion) -> Completion:
+    usage = _usage_of(completion.usage) if completion.usage is not None else None
     if not completion.choices:
-        raise ProviderError("the server returned no choices", kind="bad_response")
+        raise ProviderError("the server returned no choices", kind="bad_response", usage=usage)
     message = completion.choices[0].message
     text = message.content or getattr(message, "refusal", None) or ""
-    usage = _usage_of(completion.usage) if completion.usage is not None else None
     return Completion(text=text, usage=usage)
 
 

@@ -21,6 +21,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from fanout.cost import PlannedCall
 from fanout.events import (
     AgentDelta,
     AgentFinished,
@@ -30,6 +31,7 @@ from fanout.events import (
     AgentWaiting,
     Event,
 )
+from fanout.history import RunSummary
 from fanout.models import Agent, AgentResult, RunReport
 
 Clock = Callable[[], float]
@@ -82,6 +84,70 @@ def render_report(console: Console, report: RunReport) -> None:
     if panel is not None:
         parts.append(panel)
     console.print(Group(*parts))
+
+
+def plan_table(
+    calls: Sequence[PlannedCall], settings_rpm: float | None, max_cost: float | None
+) -> Table:
+    """``--dry-run``: every call the run would make, and what it could cost at most."""
+    table = Table(title="Dry run: nothing was sent", title_justify="left", caption_justify="left")
+    limits = [_limits(c.agent, settings_rpm) for c in calls]
+    table.add_column("Persona", no_wrap=True)
+    table.add_column("Model", no_wrap=True)
+    table.add_column("Endpoint", overflow="fold")
+    if any(limits):
+        table.add_column("Limits")
+    table.add_column("Prompt", justify="right", no_wrap=True)
+    table.add_column("Max out", justify="right", no_wrap=True)
+    table.add_column("Worst", justify="right", no_wrap=True)
+    for call, limit in zip(calls, limits, strict=True):
+        agent = call.agent
+        cells = [agent.name, agent.model, agent.endpoint.host]
+        cells += [limit or "-"] if any(limits) else []
+        cells += [
+            f"~{call.prompt_tokens:,}",
+            f"{call.max_tokens:,}" if call.max_tokens else "unset",
+            usd(call.worst_case_usd),
+        ]
+        table.add_row(*cells)
+    known = [c.worst_case_usd for c in calls]
+    total = None if any(c is None for c in known) else sum(c or 0.0 for c in known)
+    caption = f"{len(calls)} calls · worst case {usd(total)}"
+    if max_cost is not None:
+        caption += f" · --max-cost ${max_cost:g}"
+    if any(c.max_tokens is None for c in calls):
+        caption += " · an unset max_tokens counts as 1,024"
+    table.caption = caption
+    return table
+
+
+def _limits(agent: Agent, settings_rpm: float | None) -> str:
+    rpm, tpm = settings_rpm or agent.limits.rpm, agent.limits.tpm
+    return " ".join(p for p in (f"{rpm:g} rpm" if rpm else "", f"{tpm:g} tpm" if tpm else "") if p)
+
+
+def runs_table(runs: Sequence[RunSummary]) -> Table:
+    """``fanout runs list``: newest first."""
+    table = Table(title="Recent runs", title_justify="left")
+    table.add_column("Run", no_wrap=True, style="bold")
+    table.add_column("Started", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Answered", justify="right", no_wrap=True)
+    table.add_column("Cost", justify="right", no_wrap=True)
+    table.add_column("Prompt", overflow="ellipsis", no_wrap=True, ratio=1)
+    styles = {"completed": "green", "partial": "yellow", "failed": "red"}
+    for run in runs:
+        table.add_row(
+            run.run_id,
+            run.started_at[:19].replace("T", " "),
+            Text(run.status, style=styles.get(run.status, "yellow")),
+            f"{run.answered}/{run.agents}",
+            usd(run.cost_usd),
+            " ".join(run.prompt.split()),
+        )
+    if not runs:
+        table.caption = "no runs recorded yet"
+    return table
 
 
 def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Table:
@@ -362,8 +428,17 @@ class LiveBoard:
 def _row(result: AgentResult) -> tuple[RenderableType, ...]:
     persona = Text.assemble((result.name, "bold"), "\n", (result.model, "dim"))
     latency = f"{result.latency_s:.2f} s" if result.latency_s is not None else "-"
-    tokens = f"{result.usage.total_tokens:,}" if result.usage.total_tokens else "-"
+    tokens = Text(f"{result.usage.total_tokens:,}" if result.usage.total_tokens else "-")
+    if result.usage.total_tokens:
+        tokens.append("\n" + usd(result.cost_usd), style="dim")
     return persona, _answer_cell(result), latency, tokens
+
+
+def usd(amount: float | None) -> str:
+    """``$0.0012``; ``?`` for an unknown price."""
+    if amount is None:
+        return "$?"
+    return f"${amount:.4f}" if amount < 1 else f"${amount:,.2f}"
 
 
 def _answer_cell(result: AgentResult) -> RenderableType:
@@ -382,5 +457,5 @@ def _summary(report: RunReport) -> str:
     return (
         f"{answered}/{len(report.agents)} answered · {report.duration_s:.2f} s · "
         f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
-        f" · {report.status} · run {report.run_id}"
+        f" · {usd(report.cost_usd)} · {report.status} · run {report.run_id}"
     )

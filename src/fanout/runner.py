@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 
 import anyio
 
-from fanout.errors import ProviderError
+from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, Budget, Pricing, estimate_tokens
+from fanout.errors import BudgetExceeded, ProviderError
 from fanout.events import (
     AgentDelta,
     AgentFinished,
@@ -43,8 +44,6 @@ from fanout.provider import REQUEST_SENT, Completion, Message, Provider
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
 from fanout.synthesis import synthesis_messages
 
-DEFAULT_COMPLETION_ESTIMATE = 1024  # tokens reserved for an answer when max_tokens is not set
-
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -56,6 +55,7 @@ class RunSettings:
     rpm: float | None = None  # override every endpoint's limit
     tpm: float | None = None
     stream: bool = True  # stream answers (deltas, time to first token) or ask for them whole
+    max_cost: float | None = None  # USD for the whole run; calls that could break it are skipped
 
 
 class _Silent:
@@ -99,15 +99,25 @@ class PanelRun:
         settings: RunSettings | None = None,
         synthesizer: Agent | None = None,
         observer: Observer | None = None,
+        pricing: Pricing | None = None,
+        done: Sequence[AgentResult] = (),
+        run_id: str | None = None,
     ) -> None:
+        """``done``: results already in hand (a retried or re-synthesized run); only the agents
+        without one are asked."""
         self.prompt = prompt
         self.agents = list(agents)
         self.provider = provider
         self.settings = settings or RunSettings()
         self.synthesizer = synthesizer
         self.observer: Observer = observer or _Silent()
-        self.run_id = uuid.uuid4().hex[:12]
-        self.results = [AgentResult(name=a.name, model=a.model) for a in self.agents]
+        self.pricing = pricing or Pricing({})
+        max_cost = self.settings.max_cost
+        self.budget = Budget(max_cost) if max_cost is not None else None
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        kept = {r.name: r for r in done}
+        self.results = [kept.get(a.name) or AgentResult(a.name, a.model) for a in self.agents]
+        self._to_ask = [a.name not in kept for a in self.agents]
         self.synthesis: SynthesisResult | None = None
         if synthesizer is not None:
             self.synthesis = SynthesisResult(name=synthesizer.name, model=synthesizer.model)
@@ -127,7 +137,8 @@ class PanelRun:
         messages_for = [self._messages(a) for a in self.agents]
         async with anyio.create_task_group() as tg:
             for index, agent in enumerate(self.agents):
-                tg.start_soon(self._ask, agent, messages_for[index], self.results[index])
+                if self._to_ask[index]:
+                    tg.start_soon(self._ask, agent, messages_for[index], self.results[index])
         if self.synthesizer is not None and self.synthesis is not None:
             await self._synthesize(self.synthesizer, self.synthesis)
 
@@ -199,42 +210,53 @@ class PanelRun:
 
         attempt_started = started
 
+        failed_usage = Usage()  # what failed attempts consumed, when the server said
+
         async def attempt(number: int) -> Completion:
-            nonlocal attempt_started
+            nonlocal attempt_started, failed_usage
             result.attempts = number
             result.ttft_s = None
-            if limiter.would_wait(estimate):
-                self.observer.handle(AgentWaiting(agent))
-            reservation = await limiter.acquire(estimate)
-            attempt_started = time.perf_counter()
-            self.observer.handle(AgentSending(agent, number))
-            announce = REQUEST_SENT.set(reservation.mark_sent)
+            reserved = await self._reserve(agent, messages)
+            spent = Usage()
             try:
-                # The provider's client bounds each read; this bounds the whole attempt, so a
-                # server trickling bytes without ever answering is cut too.
-                with anyio.fail_after(timeout):
-                    completion = await self.provider.complete(
-                        agent,
-                        messages,
-                        timeout_s=timeout,
-                        on_delta=on_delta if self.settings.stream else None,
-                    )
-            except TimeoutError:
-                reservation.settle(0)
-                raise ProviderError(
-                    f"no answer within {timeout:g} s", kind="timeout", retryable=True
-                ) from None
-            except ProviderError as exc:
-                reservation.settle(0)
-                limiter.observe(exc.headers)
-                if exc.status_code == 429 and exc.retry_after:
-                    limiter.pause_for(exc.retry_after)
-                raise
+                if limiter.would_wait(estimate):
+                    self.observer.handle(AgentWaiting(agent))
+                reservation = await limiter.acquire(estimate)
+                attempt_started = time.perf_counter()
+                self.observer.handle(AgentSending(agent, number))
+                announce = REQUEST_SENT.set(reservation.mark_sent)
+                try:
+                    # The provider's client bounds each read; this bounds the whole attempt,
+                    # so a server trickling bytes without ever answering is cut too.
+                    with anyio.fail_after(timeout):
+                        completion = await self.provider.complete(
+                            agent,
+                            messages,
+                            timeout_s=timeout,
+                            on_delta=on_delta if self.settings.stream else None,
+                        )
+                except TimeoutError:
+                    reservation.settle(0)
+                    raise ProviderError(
+                        f"no answer within {timeout:g} s", kind="timeout", retryable=True
+                    ) from None
+                except ProviderError as exc:
+                    reservation.settle(exc.usage.total_tokens if exc.usage else 0)
+                    spent = exc.usage or spent
+                    failed_usage += spent
+                    limiter.observe(exc.headers)
+                    if exc.status_code == 429 and exc.retry_after:
+                        limiter.pause_for(exc.retry_after)
+                    raise
+                finally:
+                    REQUEST_SENT.reset(announce)
+                spent = completion.usage or self._estimated_usage(messages, completion.text)
+                reservation.settle(spent.total_tokens)
+                limiter.observe(completion.headers)
+                return completion
             finally:
-                REQUEST_SENT.reset(announce)
-            reservation.settle(completion.usage.total_tokens if completion.usage else estimate)
-            limiter.observe(completion.headers)
-            return completion
+                if self.budget is not None:
+                    self.budget.settle(reserved, self.pricing.cost(agent.model, spent) or 0.0)
 
         def on_retry(event: RetryEvent) -> None:
             reason = str(event.error.status_code or event.error.kind)
@@ -251,6 +273,9 @@ class PanelRun:
 
         try:
             completion = await call_with_retries(attempt, self.settings.retry, on_retry=on_retry)
+        except BudgetExceeded as exc:
+            result.status = "skipped"
+            result.error = AgentError("budget", str(exc))
         except ProviderError as exc:
             result.status = "error"
             result.error = AgentError(exc.kind, exc.message, exc.status_code, exc.retryable)
@@ -260,15 +285,38 @@ class PanelRun:
         else:
             result.status = "ok"
             result.answer = completion.text
-            if completion.usage is not None:
-                result.usage = completion.usage
-            else:  # the server reported no usage: count it ourselves, and say so
-                prompt_tokens = estimate_tokens(messages)
-                answer_tokens = max(1, len(completion.text) // 4) if completion.text else 0
-                result.usage = Usage(prompt_tokens, answer_tokens, prompt_tokens + answer_tokens)
-                result.usage_estimated = True
+            # A server that reports no usage gets it counted from the text, and says so.
+            result.usage_estimated = completion.usage is None
+            result.usage = completion.usage or self._estimated_usage(messages, completion.text)
         finally:
+            result.usage += failed_usage
+            result.cost_usd = self.pricing.cost(agent.model, result.usage)
             result.latency_s = round(time.perf_counter() - started, 3)
+
+    async def _reserve(self, agent: Agent, messages: list[Message]) -> float:
+        """Hold one call's worst-case cost against ``--max-cost``; raise if it cannot fit."""
+        if self.budget is None:
+            return 0.0
+        answer = agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+        worst = self.pricing.worst_case(agent.model, estimate_tokens(messages), answer)
+        if worst is None:
+            raise BudgetExceeded(
+                f"the price of {agent.model} is unknown, so --max-cost cannot bound it "
+                "(add it under pricing: in the agents file)"
+            )
+        if not await self.budget.reserve(worst):
+            raise BudgetExceeded(
+                f"not asked: its worst case ${worst:.6f} is more than the "
+                f"${max(self.budget.left_usd, 0):.6f} left of --max-cost "
+                f"${self.budget.limit_usd:g}"
+            )
+        return worst
+
+    @staticmethod
+    def _estimated_usage(messages: list[Message], text: str) -> Usage:
+        prompt_tokens = estimate_tokens(messages)
+        answer_tokens = max(1, len(text) // 4) if text else 0
+        return Usage(prompt_tokens, answer_tokens, prompt_tokens + answer_tokens)
 
 
 async def run_interruptibly(run: PanelRun) -> RunReport:
@@ -287,11 +335,6 @@ async def run_interruptibly(run: PanelRun) -> RunReport:
         await run.execute()
         tg.cancel_scope.cancel()
     return run.conclude()
-
-
-def estimate_tokens(messages: Sequence[Message]) -> int:
-    """A cheap upper-leaning guess (4 characters a token, plus framing) for the TPM limiter."""
-    return sum(len(m["content"]) // 4 + 4 for m in messages) + 3
 
 
 def _strictest(values: Iterable[float | None]) -> float | None:

@@ -1,0 +1,140 @@
+"""What calls cost, and the budget a run may not exceed.
+
+Prices are USD per million tokens, from the table shipped with fanout (``pricing.json``) with
+the agents file's ``pricing:`` on top. A model with no known price costs "unknown", never a
+guess. With ``--max-cost``, every call reserves its worst case (estimated prompt tokens at the
+input price plus ``max_tokens`` at the output price) before it is made, and the reservation is
+replaced by the real cost once the usage is known; a call whose worst case does not fit in what
+is left is not made.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import anyio
+
+from fanout.models import Agent, Usage
+
+PER = 1_000_000
+_CENT_FRACTION = 1e-12  # float noise, far below any price
+DEFAULT_COMPLETION_ESTIMATE = 1024  # answer tokens assumed when max_tokens is not set
+
+
+def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """A cheap upper-leaning guess (4 characters a token, plus framing) of a prompt's tokens."""
+    return sum(len(m["content"]) // 4 + 4 for m in messages) + 3
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million input and output tokens."""
+
+    input: float
+    output: float
+
+    def cost(self, usage: Usage) -> float:
+        return (usage.input_tokens * self.input + usage.output_tokens * self.output) / PER
+
+
+class Pricing:
+    """Model name -> price; a dated snapshot (``gpt-4o-2024-08-06``) takes its base's price."""
+
+    def __init__(self, prices: Mapping[str, Price]) -> None:
+        self._prices = dict(prices)
+
+    @classmethod
+    def shipped(cls, overrides: Mapping[str, Price] | None = None) -> Pricing:
+        """The table shipped with fanout, with ``overrides`` (the agents file's) on top."""
+        data = json.loads(resources.files("fanout").joinpath("pricing.json").read_text())
+        prices = {name: Price(**p) for name, p in data["models"].items()}
+        prices.update(overrides or {})
+        return cls(prices)
+
+    def price(self, model: str) -> Price | None:
+        if model in self._prices:
+            return self._prices[model]
+        # The longest known name the model extends with a "-suffix" (a dated snapshot).
+        bases = [n for n in self._prices if model.startswith(n + "-")]
+        return self._prices[max(bases, key=len)] if bases else None
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        price = self.price(model)
+        return None if price is None else price.cost(usage)
+
+    def worst_case(self, model: str, prompt_tokens: int, max_tokens: int) -> float | None:
+        """The most one call can cost: its prompt plus ``max_tokens`` of answer."""
+        return self.cost(model, Usage(prompt_tokens, max_tokens, prompt_tokens + max_tokens))
+
+
+class Budget:
+    """``--max-cost``: reservations and spending never add up past ``limit_usd``.
+
+    A call that does not fit waits while other calls hold reservations (they usually cost less
+    than their worst case), and is refused only when nothing is left in flight to free room.
+    """
+
+    def __init__(self, limit_usd: float) -> None:
+        self.limit_usd = limit_usd
+        self.spent_usd = 0.0
+        self.reserved_usd = 0.0
+        self._settled = anyio.Event()
+
+    @property
+    def left_usd(self) -> float:
+        return self.limit_usd - self.spent_usd - self.reserved_usd
+
+    async def reserve(self, amount_usd: float) -> bool:
+        """Hold ``amount_usd`` for one call once it fits; False if it never can."""
+        while amount_usd > self.left_usd + _CENT_FRACTION:
+            if self.reserved_usd <= _CENT_FRACTION:
+                return False
+            await self._settled.wait()
+        self.reserved_usd += amount_usd
+        return True
+
+    def settle(self, reserved_usd: float, spent_usd: float) -> None:
+        """The call is over: release its reservation and count what it really cost."""
+        self.reserved_usd = max(self.reserved_usd - reserved_usd, 0.0)
+        self.spent_usd += spent_usd
+        self._settled.set()
+        self._settled = anyio.Event()
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """One call a run would make, for ``--dry-run``."""
+
+    agent: Agent
+    prompt_tokens: int  # estimated
+    max_tokens: int | None  # as it would be sent
+    worst_case_usd: float | None  # None: price unknown
+
+
+def plan_calls(
+    prompt: str, agents: Sequence[Agent], synthesizer: Agent | None, pricing: Pricing
+) -> list[PlannedCall]:
+    """Every call of a run, with its estimated prompt and worst-case cost; nothing is sent.
+
+    The synthesis prompt is estimated as if every persona used all of its ``max_tokens``.
+    """
+    calls = []
+    for agent in agents:
+        messages = [{"role": "system", "content": agent.instructions}] if agent.instructions else []
+        messages.append({"role": "user", "content": prompt})
+        calls.append(_planned(agent, estimate_tokens(messages), pricing))
+    if synthesizer is not None:
+        answers = sum(a.max_tokens or DEFAULT_COMPLETION_ESTIMATE for a in agents)
+        framing = [{"role": "system", "content": synthesizer.instructions}]
+        framing.append({"role": "user", "content": prompt})
+        calls.append(_planned(synthesizer, estimate_tokens(framing) + answers, pricing))
+    return calls
+
+
+def _planned(agent: Agent, prompt_tokens: int, pricing: Pricing) -> PlannedCall:
+    answer = agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+    worst = pricing.worst_case(agent.model, prompt_tokens, answer)
+    return PlannedCall(agent, prompt_tokens, agent.max_tokens, worst)

@@ -1,0 +1,465 @@
+"""The run history: every ``fanout ask`` recorded in a SQLite database, to list, show and retry.
+
+The database is ``$FANOUT_HOME/history.db``, else ``history.db`` in the user data dir. It stores
+plain JSON-able dicts and knows nothing about the runner. Schema (``PRAGMA user_version`` = 1)::
+
+    runs(run_id      TEXT PRIMARY KEY,
+         started_at  TEXT NOT NULL,   -- ISO-8601, orders the listing
+         writer      TEXT,            -- JSON identity of the process running it; NULL once over
+         agents      TEXT NOT NULL,   -- JSON: persona settings as recorded, panel order
+         synthesizer TEXT,            -- JSON or NULL
+         settings    TEXT NOT NULL,   -- JSON: run settings (retries, timeout...)
+         document    TEXT NOT NULL)   -- JSON: the result document as it stands
+
+Migrations are the steps of ``_MIGRATIONS``, applied in order in one transaction; a database
+from a newer fanout is refused, never guessed at.
+
+Durability and concurrency: the database is in WAL mode with ``synchronous=NORMAL``, and each
+``start_run``, ``save_result`` and ``finish_run`` is its own committed transaction, so killing
+the process (even with SIGKILL) loses only the write in flight; a power cut may lose the last
+few commits but never corrupts the file. Writes that read the document first take the write
+lock up front (``BEGIN IMMEDIATE``) and every connection waits up to 10 s for it, so several
+fanout processes can write at once without "database is locked" errors or lost updates.
+
+A run still marked ``running`` whose writer process is gone (same host and boot, pid dead, a
+zombie, or reused by another process) reads as ``interrupted``. The directory is created 0700
+and the database files are kept 0600. Nothing that looks like a secret (a key named like
+``api_key`` or ``authorization``, at any depth) is ever stored: ``api_key_env`` names only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import platformdirs
+
+from fanout.errors import ConfigError, FanoutError
+from fanout.events import AgentFinished, Event, RunFinished, RunStarted
+from fanout.export import agent_document, report_document, synthesis_document
+from fanout.models import RunReport, SynthesisResult
+
+HISTORY_ENV = "FANOUT_HOME"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+
+# Step i brings the database from version i to i + 1.
+_MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY, started_at TEXT NOT NULL, writer TEXT,
+            agents TEXT NOT NULL, synthesizer TEXT, settings TEXT NOT NULL,
+            document TEXT NOT NULL)""",
+        "CREATE INDEX runs_started_at ON runs (started_at)",
+    ),
+]
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+# "api_key", "OPENAI_API_KEY", "apiKey", "x-api-key", "Authorization"; not "api_key_env".
+_SECRET_KEY = re.compile(r"(?:^|_)(?:api_?key|authorization)$")
+
+
+def history_path(environ: Mapping[str, str]) -> Path:
+    """FANOUT_HOME/history.db, else platformdirs.user_data_path("fanout")/history.db."""
+    home = environ.get(HISTORY_ENV)
+    base = Path(home).expanduser() if home else platformdirs.user_data_path("fanout")
+    return base / "history.db"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of ``list_runs``."""
+
+    run_id: str
+    prompt: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    agents: int
+    answered: int
+    cost_usd: float | None
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """Everything recorded about a run: enough to show it, retry it or synthesize it again."""
+
+    run_id: str
+    prompt: str
+    agents: list[dict[str, Any]]
+    synthesizer: dict[str, Any] | None
+    settings: dict[str, Any]
+    document: dict[str, Any]
+
+
+class History:
+    """The history database, open for reading and writing; use it as a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # threads share the connection: one statement/transaction
+        self._unfinished: set[str] = set()
+        try:
+            _create_private(path)
+            self._db = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"{path}: cannot open the history database: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+            for suffix in ("", "-wal", "-shm"):  # SQLite made -wal/-shm like the db; make sure
+                with suppress(FileNotFoundError):
+                    os.chmod(path.with_name(path.name + suffix), 0o600)
+        except BaseException as exc:
+            self._db.close()
+            if isinstance(exc, OSError | sqlite3.OperationalError):  # locked, unreadable...
+                raise ConfigError(f"{path}: cannot open the history database: {exc}") from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise ConfigError(f"{path}: not a fanout history database ({exc})") from exc
+            raise
+
+    def close(self) -> None:
+        """Close the database; runs started here and never finished are marked interrupted."""
+        try:
+            for run_id in self._unfinished:
+                with self._transaction():
+                    document = self._document(run_id)
+                    if document.get("status") == "running":
+                        document["status"] = "interrupted"
+                    self._db.execute(
+                        "UPDATE runs SET document = ?, writer = NULL WHERE run_id = ?",
+                        (_dumps(document), run_id),
+                    )
+        finally:
+            self._unfinished.clear()
+            self._db.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start_run(
+        self,
+        document: dict[str, Any],
+        *,
+        agents: list[dict[str, Any]],
+        synthesizer: dict[str, Any] | None,
+        settings: dict[str, Any],
+    ) -> None:
+        """Record a run as it starts. `document` is the initial result document (status
+        "running", every agent entry present with status "cancelled"/pending)."""
+        for value in (document, agents, synthesizer, settings):
+            _refuse_secrets(value)
+        run_id = str(document["run_id"])
+        with self._transaction():
+            try:
+                self._db.execute(
+                    "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        str(document["started_at"]),
+                        _dumps(_identity(os.getpid())),
+                        _dumps(agents),
+                        None if synthesizer is None else _dumps(synthesizer),
+                        _dumps(settings),
+                        _dumps(document),
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"run {run_id} is already in the history") from exc
+        self._unfinished.add(run_id)
+
+    def save_result(self, run_id: str, entry: dict[str, Any], *, synthesis: bool = False) -> None:
+        """Commit one persona's (or the synthesis') finished entry at once. Replaces the entry
+        with the same name in the stored document's agents list (or sets `synthesis`); an entry
+        with a name not in the list is appended."""
+        _refuse_secrets(entry)
+        with self._transaction():
+            document = self._document(run_id)
+            if synthesis:
+                document["synthesis"] = entry
+            else:
+                entries: list[dict[str, Any]] = document.setdefault("agents", [])
+                names = [e.get("name") for e in entries]
+                if entry.get("name") in names:
+                    entries[names.index(entry.get("name"))] = entry
+                else:
+                    entries.append(entry)
+            self._db.execute(
+                "UPDATE runs SET document = ? WHERE run_id = ?", (_dumps(document), run_id)
+            )
+
+    def finish_run(self, document: dict[str, Any]) -> None:
+        """Store the final document (its status, finished_at, usage, output...)."""
+        _refuse_secrets(document)
+        run_id = str(document["run_id"])
+        with self._transaction():
+            self._document(run_id)  # the run must exist
+            self._db.execute(
+                "UPDATE runs SET document = ?, writer = NULL WHERE run_id = ?",
+                (_dumps(document), run_id),
+            )
+        self._unfinished.discard(run_id)
+
+    def list_runs(self, limit: int = 20) -> list[RunSummary]:
+        """The latest `limit` runs, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT writer, document FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_summary(_current(writer, _loads(document))) for writer, document in rows]
+
+    def resolve(self, prefix: str) -> str:
+        """The full run id for a unique prefix; ConfigError if none or ambiguous (message names
+        the prefix and, when ambiguous, a few candidates)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id LIMIT 6",
+                (len(prefix), prefix),
+            ).fetchall()
+        ids = [run_id for (run_id,) in rows]
+        if prefix in ids:
+            return prefix
+        if not prefix or not ids:
+            raise ConfigError(f"no run matches {prefix!r} in the history")
+        if len(ids) > 1:
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            raise ConfigError(f"run id {prefix!r} is ambiguous: {shown}")
+        return str(ids[0])
+
+    def load(self, run_id: str) -> StoredRun:
+        """Everything recorded about one run (a full id: see `resolve`)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT writer, agents, synthesizer, settings, document FROM runs WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+        if row is None:
+            raise ConfigError(f"no run {run_id!r} in the history")
+        writer, agents, synthesizer, settings, document = row
+        current = _current(writer, _loads(document))
+        return StoredRun(
+            run_id=run_id,
+            prompt=str(current.get("prompt", "")),
+            agents=cast(list[dict[str, Any]], json.loads(agents)),
+            synthesizer=None if synthesizer is None else _loads(synthesizer),
+            settings=_loads(settings),
+            document=current,
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction holding the database's write lock from its first statement."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _document(self, run_id: str) -> dict[str, Any]:
+        row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ValueError(f"run {run_id} is not in the history")
+        return _loads(row[0])
+
+    def _migrate(self) -> None:
+        with self._transaction():
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path}: written by a newer fanout (history schema {version}, this "
+                    f"one reads up to {SCHEMA_VERSION}); upgrade fanout"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    self._db.execute(statement)
+            if version < SCHEMA_VERSION:
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _create_private(path: Path) -> None:
+    """Create the directory (0700) and an empty database file (0600) whatever the umask.
+
+    An existing file must be empty or start like a SQLite database: SQLite itself would take a
+    short non-empty file for an empty database and overwrite it.
+    """
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as file:
+            if file.read(16) != b"SQLite format 3\x00":
+                raise ConfigError(f"{path}: not a fanout history database (not SQLite)")
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
+def _refuse_secrets(value: object, where: str = "") -> None:
+    """ValueError if a mapping, at any depth, has a key named like an API key or a header."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            name = re.sub(r"([a-z])([A-Z])", r"\1_\2", str(key)).lower()
+            if _SECRET_KEY.search(re.sub(r"[^a-z0-9]+", "_", name)):
+                raise ValueError(f"refusing to store a secret-like key {where}{key!r} in history")
+            _refuse_secrets(item, f"{where}{key}.")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_secrets(item, f"{where}{index}.")
+
+
+def _current(writer: str | None, document: dict[str, Any]) -> dict[str, Any]:
+    """The document, with "running" turned into "interrupted" when its writer is gone."""
+    if document.get("status") == "running" and writer and not _alive(_loads(writer)):
+        document["status"] = "interrupted"
+    return document
+
+
+def _summary(document: dict[str, Any]) -> RunSummary:
+    entries = [e for e in document.get("agents") or [] if isinstance(e, dict)]
+    cost = document.get("cost_usd")
+    if not isinstance(cost, int | float):
+        costs = [e.get("cost_usd") for e in [*entries, document.get("synthesis") or {}]]
+        known = [c for c in costs if isinstance(c, int | float)]
+        cost = sum(known) if known else None
+    return RunSummary(
+        run_id=str(document.get("run_id")),
+        prompt=str(document.get("prompt", "")),
+        status=str(document.get("status")),
+        started_at=str(document.get("started_at")),
+        finished_at=document.get("finished_at"),
+        agents=len(entries),
+        answered=sum(1 for e in entries if e.get("status") == "ok"),
+        cost_usd=None if cost is None else float(cost),
+    )
+
+
+def _identity(pid: int) -> dict[str, Any]:
+    """Who writes a run: host, boot and the process start time tell a reused pid apart."""
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _start(pid)}
+
+
+def _alive(writer: dict[str, Any]) -> bool:
+    """Whether the process that wrote a run may still be running it."""
+    if sys.platform == "win32" or writer.get("host") != socket.gethostname():
+        return True  # no way to tell from here: trust the record
+    boot = _boot_id()
+    if boot and writer.get("boot") not in (None, boot):
+        return False  # the machine rebooted since
+    pid = int(writer["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, but someone else's
+    start = _start(pid)
+    return start != "zombie" and (writer.get("start") is None or start in (None, writer["start"]))
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start(pid: int) -> str | None:
+    """The process's start time in ticks since boot (Linux), "zombie", or None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    if len(fields) < 20:
+        return None
+    return "zombie" if fields[0] in ("Z", "X") else fields[19]
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _loads(text: str) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(text))
+
+
+class HistoryRecorder:
+    """Writes a run into the history as it goes (an observer): each answer is committed the
+    moment it arrives, so a crash loses only the calls in flight. A failure to record never
+    stops the run; the first one is kept in ``error`` for the command to report."""
+
+    def __init__(
+        self,
+        history: History,
+        *,
+        agents: list[dict[str, Any]] | None = None,
+        synthesizer: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+        resume: bool = False,
+    ) -> None:
+        self._history = history
+        self._agents = agents or []
+        self._synthesizer = synthesizer
+        self._settings = settings or {}
+        self._resume = resume  # a stored run carried on: the command records its end
+        self._run_id = ""
+        self.error: str | None = None
+
+    def start(self, report: RunReport) -> None:
+        self._run_id = report.run_id
+        document = {**report_document(report), "status": "running"}
+        self._guard(
+            lambda: self._history.start_run(
+                document,
+                agents=self._agents,
+                synthesizer=self._synthesizer,
+                settings=self._settings,
+            )
+        )
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self._run_id = event.run_id
+        elif isinstance(event, AgentFinished):
+            result = event.result
+            if event.synthesis and isinstance(result, SynthesisResult):
+                entry = synthesis_document(result)
+            else:
+                entry = agent_document(result)
+            self._guard(
+                lambda: self._history.save_result(self._run_id, entry, synthesis=event.synthesis)
+            )
+        elif isinstance(event, RunFinished) and not self._resume:
+            self.finish(event.report)
+
+    def finish(self, report: RunReport) -> None:
+        self._guard(lambda: self._history.finish_run(report_document(report)))
+
+    def _guard(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except (sqlite3.Error, OSError, ValueError, FanoutError) as exc:
+            self.error = self.error or str(exc)

@@ -1,0 +1,318 @@
+"""One command's work, wired end to end: config -> runner (with displays and history) -> output.
+
+``cli`` parses flags and maps errors to exit codes; everything a command does between those
+two ends is here, so ``ask``, ``runs retry`` and ``runs synth`` share one way of running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from fanout.config import (
+    apply_model,
+    bound_answer,
+    check_credentials,
+    find_config,
+    load_panel,
+)
+from fanout.cost import Pricing, plan_calls
+from fanout.errors import ConfigError, FanoutError
+from fanout.events import Broadcast, Observer
+from fanout.export import (
+    JsonlWriter,
+    agent_from_settings,
+    agent_settings,
+    dumps,
+    plan_document,
+    report_document,
+    report_from_document,
+)
+from fanout.history import History, HistoryRecorder, history_path
+from fanout.models import Agent, RunReport
+from fanout.provider import OpenAIProvider
+from fanout.render import (
+    LiveBoard,
+    ProgressDisplay,
+    make_console,
+    plan_table,
+    render_report,
+    runs_table,
+)
+from fanout.retry import RetryPolicy
+from fanout.runner import PanelRun, RunSettings, run_interruptibly
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_FOR_STATUS = {
+    "completed": EXIT_OK,
+    "partial": EXIT_PARTIAL,
+    "failed": EXIT_FAILED,
+    "cancelled": EXIT_INTERRUPTED,
+    "interrupted": EXIT_INTERRUPTED,
+    "running": EXIT_OK,
+}
+Mode = Literal["table", "json", "jsonl"]
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the result goes: a table (live on a terminal), one JSON document, or JSON lines."""
+
+    mode: Mode = "table"
+    deltas: bool = False  # --jsonl-deltas
+    file: Path | None = None  # -o
+
+
+def ask(
+    prompt: str,
+    *,
+    names: Sequence[str] | None,
+    config: Path | None,
+    model: str | None,
+    synthesize: bool,
+    settings: RunSettings,
+    output: Output,
+    dry_run: bool = False,
+    log: bool = True,
+) -> int:
+    """``fanout ask``."""
+    panel = load_panel(find_config(config, os.environ))
+    chosen = apply_model(panel.select(names), model)
+    recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
+    synthesizer = recorded_synthesizer if synthesize else None
+    if settings.max_cost is not None:
+        # A budget needs a bound on every answer: personas without max_tokens get the default.
+        chosen = [bound_answer(a) for a in chosen]
+        synthesizer = bound_answer(synthesizer) if synthesizer else None
+    pricing = Pricing.shipped(panel.pricing)
+    if dry_run:
+        calls = plan_calls(prompt, chosen, synthesizer, pricing)
+        if output.mode == "json":
+            sys.stdout.write(dumps(plan_document(prompt, calls, settings.max_cost)))
+        else:
+            make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
+        return EXIT_OK
+    check_credentials(chosen + ([synthesizer] if synthesizer else []), os.environ)
+
+    def make_run(observer: Observer, provider: OpenAIProvider) -> PanelRun:
+        return PanelRun(
+            prompt,
+            chosen,
+            provider=provider,
+            settings=settings,
+            synthesizer=synthesizer,
+            observer=observer,
+            pricing=pricing,
+        )
+
+    history = _open_history() if log else None
+    with history or nullcontext():
+        recorder = None
+        if history is not None:
+            recorder = HistoryRecorder(
+                history,
+                agents=[agent_settings(a) for a in chosen],
+                synthesizer=agent_settings(recorded_synthesizer),
+                settings=_settings_record(settings, synthesize, panel.pricing),
+            )
+        report = _drive(make_run, chosen, synthesizer, output, recorder)
+    return _emit(report, output, recorder)
+
+
+def retry(run_id: str, *, output: Output, log: bool = True) -> int:
+    """``fanout runs retry``: ask again only the personas that have no answer."""
+    with _open_history() as history:
+        stored = history.load(history.resolve(run_id))
+        before = report_from_document(stored.document)
+        agents = [agent_from_settings(a) for a in stored.agents]
+        done = [r for r in before.agents if r.status == "ok"]
+        if len(done) == len(agents):
+            raise ConfigError(f"run {stored.run_id}: every persona already answered")
+        check_credentials([a for a in agents if a.name not in {r.name for r in done}], os.environ)
+        settings, pricing = _settings_from_record(stored.settings)
+
+        def make_run(observer: Observer, provider: OpenAIProvider) -> PanelRun:
+            return PanelRun(
+                stored.prompt,
+                agents,
+                provider=provider,
+                settings=settings,
+                observer=observer,
+                pricing=pricing,
+                done=done,
+                run_id=stored.run_id,
+            )
+
+        recorder = HistoryRecorder(history, resume=True) if log else None
+        asked = [a for a in agents if a.name not in {r.name for r in done}]
+        report = _drive(make_run, asked, None, output, recorder, before=before)
+    return _emit(report, output, recorder)
+
+
+def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -> int:
+    """``fanout runs synth``: merge a stored run's answers again; no persona is asked."""
+    with _open_history() as history:
+        stored = history.load(history.resolve(run_id))
+        before = report_from_document(stored.document)
+        if stored.synthesizer is None:
+            raise ConfigError(f"run {stored.run_id}: no synthesizer was recorded")
+        synthesizer = apply_model([agent_from_settings(stored.synthesizer)], model)[0]
+        check_credentials([synthesizer], os.environ)
+        agents = [agent_from_settings(a) for a in stored.agents]
+        settings, pricing = _settings_from_record(stored.settings)
+
+        def make_run(observer: Observer, provider: OpenAIProvider) -> PanelRun:
+            return PanelRun(
+                stored.prompt,
+                agents,
+                provider=provider,
+                settings=settings,
+                synthesizer=synthesizer,
+                observer=observer,
+                pricing=pricing,
+                done=before.agents,
+                run_id=stored.run_id,
+            )
+
+        recorder = HistoryRecorder(history, resume=True) if log else None
+        report = _drive(make_run, [], synthesizer, output, recorder, before=before)
+    return _emit(report, output, recorder)
+
+
+def list_runs(limit: int, json_output: bool) -> None:
+    """``fanout runs list``."""
+    with _open_history() as history:
+        summaries = history.list_runs(limit)
+    if json_output:
+        sys.stdout.write(dumps({"runs": [s.__dict__ for s in summaries]}))
+    else:
+        make_console().print(runs_table(summaries))
+
+
+def show_run(run_id: str, json_output: bool) -> int:
+    """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document)."""
+    with _open_history() as history:
+        stored = history.load(history.resolve(run_id))
+    if json_output:
+        sys.stdout.write(dumps(stored.document))
+    else:
+        render_report(make_console(), report_from_document(stored.document))
+    return EXIT_FOR_STATUS.get(stored.document["status"], EXIT_OK)
+
+
+def _drive(
+    make_run: Any,
+    asked: Sequence[Agent],
+    synthesizer: Agent | None,
+    output: Output,
+    recorder: HistoryRecorder | None,
+    *,
+    before: RunReport | None = None,
+) -> RunReport:
+    """Run with the right display (panes on a terminal, JSON lines, or a spinner on stderr)
+    and the history recorder listening; return the report."""
+    out, err = make_console(), make_console(stderr=True)
+    display: AbstractContextManager[Any]
+    shown: Observer
+    if output.mode == "jsonl":
+        shown = JsonlWriter(sys.stdout, deltas=output.deltas)
+        display = nullcontext()
+    elif output.mode == "table" and out.is_terminal and not out.is_dumb_terminal:
+        shown = display = LiveBoard(out, asked)
+    else:
+        shown = display = ProgressDisplay(err, len(asked))
+    observer = Broadcast(shown, recorder) if recorder is not None else shown
+    provider = OpenAIProvider()
+    provider.prepare(a.endpoint for a in [*asked, *([synthesizer] if synthesizer else [])])
+
+    async def main() -> RunReport:
+        run: PanelRun = make_run(observer, provider)
+        if recorder is not None and before is None:
+            recorder.start(run.report())
+        try:
+            return await run_interruptibly(run)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await provider.aclose()
+
+    with display:
+        report = anyio.run(main)
+    if before is not None:
+        report = _carried_on(before, report)
+        if recorder is not None:
+            recorder.finish(report)
+    return report
+
+
+def _carried_on(before: RunReport, after: RunReport) -> RunReport:
+    """A retried or re-synthesized run keeps its start and adds the new work's duration."""
+    synthesis = after.synthesis if after.synthesis is not None else before.synthesis
+    return replace(
+        after,
+        started_at=before.started_at,
+        duration_s=round(before.duration_s + after.duration_s, 3),
+        synthesis=synthesis,
+    )
+
+
+def _emit(report: RunReport, output: Output, recorder: HistoryRecorder | None) -> int:
+    document = report_document(report)
+    err = make_console(stderr=True)
+    if output.mode == "json":
+        sys.stdout.write(dumps(document))
+    elif output.mode == "table":
+        render_report(make_console(), report)
+    if output.file is not None:
+        try:
+            output.file.write_text(dumps(document), encoding="utf-8")
+        except OSError as exc:
+            raise FanoutError(
+                f"--output: cannot write {str(output.file)!r}: {exc.strerror}"
+            ) from None
+    if recorder is not None and recorder.error is not None:
+        err.print(f"[yellow]warning: the run was not fully recorded: {recorder.error}[/]")
+    if report.status == "cancelled":
+        err.print("[yellow]interrupted: unfinished personas are marked cancelled[/]")
+    return EXIT_FOR_STATUS[report.status]
+
+
+def _open_history() -> History:
+    return History(history_path(os.environ))
+
+
+def _settings_record(settings: RunSettings, synthesize: bool, pricing: Any) -> dict[str, Any]:
+    return {
+        "concurrency": settings.concurrency,
+        "timeout": settings.timeout,
+        "retries": settings.retry.retries,
+        "max_retry_after": settings.retry.max_retry_after,
+        "rpm": settings.rpm,
+        "tpm": settings.tpm,
+        "stream": settings.stream,
+        "max_cost": settings.max_cost,
+        "synthesize": synthesize,
+        "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
+    }
+
+
+def _settings_from_record(record: dict[str, Any]) -> tuple[RunSettings, Pricing]:
+    """The recorded run settings (a budget is not carried over: it was the first run's)."""
+    from fanout.cost import Price
+
+    settings = RunSettings(
+        concurrency=record.get("concurrency", 8),
+        timeout=record.get("timeout", 120.0),
+        retry=RetryPolicy(record.get("retries", 3), record.get("max_retry_after", 60.0)),
+        rpm=record.get("rpm"),
+        tpm=record.get("tpm"),
+        stream=record.get("stream", True),
+    )
+    prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
+    return settings, Pricing.shipped(prices)

@@ -1,0 +1,172 @@
+"""Usage, cost and the --max-cost budget; --dry-run sends nothing."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+
+from fanout.cost import Budget, Price, Pricing, estimate_tokens
+from fanout.models import Usage
+from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import EmptyChoices, FakeOpenAI, Reply
+
+# $0.001 a token each way: the arithmetic stays readable.
+PRICES = {"pricing": {f"m-{n}": {"input": 1000.0, "output": 1000.0} for n in "abc"}}
+USAGE = {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}  # $0.01 a call
+
+
+def test_shipped_prices_and_snapshots() -> None:
+    pricing = Pricing.shipped()
+    assert pricing.price("gpt-4o-mini") == Price(0.15, 0.6)
+    assert pricing.price("gpt-4o-mini-2024-07-18") == Price(0.15, 0.6)
+    assert pricing.price("gpt-4o-2024-08-06") == Price(2.5, 10.0)
+    assert pricing.price("my-local-llama") is None
+    assert pricing.cost("gpt-4o", Usage(1_000_000, 0, 1_000_000)) == pytest.approx(2.5)
+    assert Pricing.shipped({"gpt-4o": Price(1, 1)}).price("gpt-4o") == Price(1, 1)
+
+
+@pytest.mark.anyio
+async def test_budget_waits_for_calls_in_flight_and_refuses_only_when_nothing_can_free() -> None:
+    budget = Budget(1.0)
+    assert await budget.reserve(0.6)
+    order: list[str] = []
+
+    async def second() -> None:
+        ok = await budget.reserve(0.6)  # does not fit while the first one holds 0.6
+        order.append(f"second {ok}")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(second)
+        await anyio.wait_all_tasks_blocked()
+        order.append("first settles")
+        budget.settle(0.6, 0.1)
+    assert order == ["first settles", "second True"]
+    assert budget.spent_usd == pytest.approx(0.1)
+    budget.settle(0.6, 0.5)
+    assert not await budget.reserve(0.5)  # 0.4 left, nothing in flight: refused at once
+
+
+def test_cost_per_persona_and_in_total(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.default = Reply(usage=USAGE)
+    config = agents_file("a", "b", extra={}, defaults={}, synthesizer=None)
+    config.write_text(config.read_text() + "pricing:\n  m-a: {input: 1000.0, output: 1000.0}\n")
+    result = invoke("ask", "-c", config, "--json", "Why?")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    a, b = document["agents"]
+    assert a["cost_usd"] == pytest.approx(0.01)
+    assert b["cost_usd"] is None  # m-b has no known price: unknown, never a guess
+    assert document["cost_usd"] is None
+    table = invoke("ask", "-c", config, "Why?")
+    assert "$0.0100" in table.stdout and "$?" in table.stdout
+
+
+def test_tokens_of_failed_attempts_are_counted(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-a", EmptyChoices())
+    config = agents_file("a")
+    config.write_text(config.read_text() + "pricing:\n  m-a: {input: 1000.0, output: 1000.0}\n")
+    result = invoke("ask", "-c", config, "--json", "--no-stream", "Why?")
+    entry = json.loads(result.stdout)["agents"][0]
+    assert entry["status"] == "error"
+    assert entry["usage"]["input_tokens"] > 0
+    assert entry["cost_usd"] == pytest.approx(entry["usage"]["input_tokens"] * 0.001)
+
+
+def budget_config(agents_file: AgentsFile) -> object:
+    config = agents_file("a", "b", "c", defaults={"max_tokens": 10})
+    config.write_text(
+        config.read_text()
+        + "pricing:\n"
+        + "".join(f"  m-{n}: {{input: 1000.0, output: 1000.0}}\n" for n in "abc")
+    )
+    return config
+
+
+def worst_case() -> float:
+    messages = [{"role": "system", "content": "You are a a."}, {"role": "user", "content": "Why?"}]
+    return (estimate_tokens(messages) + 10) * 0.001
+
+
+@pytest.mark.parametrize("concurrency", ["1", "8"])
+def test_max_cost_stops_exactly_where_the_arithmetic_says(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, concurrency: str
+) -> None:
+    server.default = Reply(usage=USAGE)
+    # Two calls cost 0.02; the third's worst case then no longer fits, by a hair.
+    budget = 0.02 + worst_case() - 0.0005
+    result = invoke(
+        "ask", "-c", budget_config(agents_file), "--json", "--max-cost", f"{budget:.6f}",
+        "--concurrency", concurrency, "Why?",
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    document = json.loads(result.stdout)
+    statuses = sorted(a["status"] for a in document["agents"])
+    assert statuses == ["ok", "ok", "skipped"]
+    assert server.count() == 2
+    skipped = next(a for a in document["agents"] if a["status"] == "skipped")
+    assert skipped["error"]["type"] == "budget"
+    assert "--max-cost" in skipped["error"]["message"]
+    assert document["cost_usd"] == pytest.approx(0.02)
+    assert document["cost_usd"] <= budget
+
+
+def test_max_cost_with_room_for_all_skips_nothing(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.default = Reply(usage=USAGE)
+    budget = 0.02 + worst_case() + 0.0005
+    config = budget_config(agents_file)
+    result = invoke("ask", "-c", config, "--json", "--max-cost", f"{budget:.6f}", "Why?")
+    assert result.exit_code == 0, result.output
+    assert server.count() == 3
+
+
+def test_max_cost_refuses_unknown_prices_and_bounds_answers(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    result = invoke("ask", "-c", agents_file("x"), "--json", "--max-cost", "1", "Why?")
+    entry = json.loads(result.stdout)["agents"][0]
+    assert entry["status"] == "skipped"
+    assert "price of m-x is unknown" in entry["error"]["message"]
+    assert server.count() == 0
+
+
+def test_dry_run_sends_nothing_and_shows_the_plan(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = budget_config(agents_file)
+    result = invoke("ask", "-c", config, "--dry-run", "-s", "--json", "--max-cost", "5", "Why?")
+    assert result.exit_code == 0, result.output
+    assert server.count() == 0
+    plan = json.loads(result.stdout)
+    assert plan["dry_run"] is True
+    assert [c["name"] for c in plan["calls"]] == ["a", "b", "c", "synthesizer"]
+    assert plan["calls"][0]["worst_case_usd"] == pytest.approx(worst_case())
+    assert plan["calls"][3]["max_tokens"] == 10  # the synthesizer inherits the defaults
+    assert plan["worst_case_usd"] == pytest.approx(sum(c["worst_case_usd"] for c in plan["calls"]))
+    table = invoke("ask", "-c", config, "--dry-run", "Why?")
+    assert table.exit_code == 0
+    assert "nothing was sent" in table.stdout and "worst case" in table.stdout
+    assert server.count() == 0
+
+
+def test_max_cost_gives_unbounded_answers_a_max_tokens(
+    agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("x")
+    unbounded = json.loads(invoke("ask", "-c", config, "--dry-run", "--json", "Q").stdout)
+    assert unbounded["calls"][0]["max_tokens"] is None
+    bounded = invoke("ask", "-c", config, "--dry-run", "--json", "--max-cost", "1", "Q")
+    assert json.loads(bounded.stdout)["calls"][0]["max_tokens"] == 1024
+
+
+def test_dry_run_needs_no_key(invoke: Invoke) -> None:
+    result = invoke("ask", "--dry-run", "-a", "physicist", "Why?")
+    assert result.exit_code == 0, result.output
+    assert "gpt-4o-mini" in result.stdout
