@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from fanout.cli import app
 from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Reply
 
@@ -325,3 +327,60 @@ def test_openai_base_url_env_applies_when_the_file_names_no_endpoint(
     result = invoke("ask", "-c", config, "Why?")
     assert result.exit_code == 0, result.output
     assert server.count("m-solo") == 1
+
+
+def test_a_key_with_a_line_break_is_refused_before_any_call(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BROKEN_KEY", "Zx9+SECRET/base64key==\n")
+    config = agents_file(
+        "a", defaults={"base_url": "https://api.example.invalid/v1", "api_key_env": "BROKEN_KEY"}
+    )
+    result = invoke("ask", "-c", config, "Why?")
+    assert result.exit_code == 2
+    assert "$BROKEN_KEY" in result.stderr
+    assert "SECRET" not in result.stderr + result.stdout
+
+
+def test_openai_org_and_project_never_reach_another_server(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-MYORG")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_MYPROJ")
+    result = invoke("ask", "-c", agents_file("a"), "Why?")
+    assert result.exit_code == 0
+    headers = server.requests[0].headers
+    assert "openai-organization" not in headers
+    assert "openai-project" not in headers
+
+
+def test_a_name_that_only_looks_like_loopback_needs_a_key(
+    agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("a", defaults={"base_url": "http://127.evil.example/v1"})
+    result = invoke("ask", "-c", config, "Why?")
+    assert result.exit_code == 2
+    assert "$OPENAI_API_KEY" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["-o", "."], "is a directory"), (["-m", " "], "--model")],
+    ids=["output-dir", "empty-model"],
+)
+def test_bad_flag_values_are_usage_errors(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, args: list[str], message: str
+) -> None:
+    result = invoke("ask", "-c", agents_file("a"), *args, "Why?")
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert server.count() == 0
+
+
+def test_a_prompt_that_is_not_utf8_is_a_usage_error(
+    server: FakeOpenAI, agents_file: AgentsFile
+) -> None:
+    result = CliRunner().invoke(app, ["ask", "-c", str(agents_file("a"))], input=b"caf\xe9\n")
+    assert result.exit_code == 2
+    assert "not UTF-8" in result.stderr
+    assert server.count() == 0

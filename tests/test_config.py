@@ -757,3 +757,45 @@ def test_select_unknown_name_suggests_the_closest(write_yaml: WriteYaml) -> None
     panel = load_panel(write_yaml("agents:\n  - name: physicist\n  - name: chemist\n"), environ={})
     with pytest.raises(ConfigError, match=r"unknown agent 'chemst' \(did you mean 'chemist'\?\)"):
         panel.select(["physicist", "chemst"])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("http://[oops/v1", "not a usable URL"), ("http://localhost:99999/v1", "not a usable URL")],
+)
+def test_unusable_base_urls_are_config_errors(
+    write_yaml: WriteYaml, invoke: Invoke, value: str, expected: str
+) -> None:
+    config = write_yaml(f'agents:\n  - name: a\n    base_url: "{value}"\n')
+    result = invoke("agents", "-c", config)
+    assert_config_error(result, config, expected)
+
+
+def test_a_key_written_twice_is_an_error(write_yaml: WriteYaml, invoke: Invoke) -> None:
+    config = write_yaml("agents:\n  - name: a\n    model: x\n    model: y\n")
+    result = invoke("agents", "-c", config)
+    assert_config_error(result, config, f"{config}:4:", "'model' appears twice")
+
+
+def test_huge_rate_limits_are_refused(write_yaml: WriteYaml, invoke: Invoke) -> None:
+    config = write_yaml("agents:\n  - name: a\n    rpm: 1.0e+300\n")
+    assert_config_error(invoke("agents", "-c", config), config, "rpm")
+
+
+def test_markup_in_user_text_is_shown_as_written(write_yaml: WriteYaml, invoke: Invoke) -> None:
+    config = write_yaml(
+        "agents:\n  - name: a\n    description: 'Cites [citation needed] and [/] [bold]x'\n"
+    )
+    result = invoke("agents", "-c", config)
+    assert result.exit_code == 0, result.output
+    assert "Cites [citation needed] and [/] [bold]x" in " ".join(result.stdout.split())
+
+
+def test_credentials_in_base_url_are_not_printed(write_yaml: WriteYaml, invoke: Invoke) -> None:
+    config = write_yaml(
+        "agents:\n  - name: a\n    base_url: 'https://user:pw@proxy.example/v1?api-key=zzz'\n"
+    )
+    result = invoke("agents", "-c", config, "--json")
+    assert result.exit_code == 0
+    assert "pw" not in result.stdout and "zzz" not in result.stdout
+    assert json.loads(result.stdout)["agents"][0]["base_url"] == "https://proxy.example/v1"

@@ -8,6 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from fanout.errors import ProviderError
 from fanout.limiter import GUARD_S, RateLimiter, parse_duration
 
 pytestmark = pytest.mark.anyio
@@ -241,3 +242,30 @@ async def test_settling_wakes_a_waiter_on_the_real_clock() -> None:
             assert not done.is_set()
             held.settle(100)
             await done.wait()
+
+
+async def test_windows_count_send_times_even_when_sends_come_out_of_order() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=120, clock=clock)  # at most 2 starts in any second
+    a = await limiter.acquire()
+    b = await limiter.acquire()
+    b.mark_sent()
+    clock.t = 0.9
+    a.mark_sent()  # a needed a new connection: it left 0.9 s after b
+    sent = [0.0, 0.9]
+    for _ in range(3):
+        reservation = await limiter.acquire()
+        reservation.mark_sent()
+        sent.append(clock.t)
+    assert most_in_window(sorted(sent), 1.0) <= 2
+
+
+async def test_a_pause_too_long_to_wait_fails_calls_at_once() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(max_pause=60, clock=clock)
+    limiter.pause_for(1800)
+    with pytest.raises(ProviderError, match="paused this endpoint for 1800 s"):
+        await limiter.acquire()
+    assert clock.t == 0.0  # it did not wait
+    clock.t = 1801
+    await limiter.acquire()  # the pause is over

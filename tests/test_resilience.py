@@ -281,3 +281,100 @@ def test_concurrency_in_yaml_caps_an_endpoint(
     code, _, _ = ask_json(invoke, config)
     assert code == 0
     assert server.max_in_flight == 2
+
+
+def test_a_pause_longer_than_max_retry_after_fails_fast_instead_of_hanging(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # a's 429 asks for 50 minutes; b shares the endpoint and must not wait that out.
+    server.script("m-a", Fault(429, headers={"retry-after": "3000"}))
+    code, document, _ = ask_json(invoke, agents_file("a", "b"), "--concurrency", "1")
+    assert code == 1
+    assert server.count("m-b") == 0
+    error = agent(document, 1)["error"]
+    assert isinstance(error, dict)
+    assert error["type"] == "rate_limit"
+    assert "paused this endpoint for 3000 s" in str(error["message"])
+
+
+def test_an_exhausted_quota_for_half_an_hour_fails_the_synthesis_fast(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    exhausted = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30m"}
+    server.script("m-a", Reply(headers=exhausted))
+    config = agents_file("a", synthesizer={"model": "m-synth"})
+    code, document, _ = ask_json(invoke, config, "-s")
+    assert code == 3
+    synthesis = document["synthesis"]
+    assert isinstance(synthesis, dict)
+    assert synthesis["error"]["type"] == "rate_limit"
+    assert server.count("m-synth") == 0
+
+
+def test_an_impossible_retry_after_date_is_ignored_not_fatal(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    date = "Mon, 01 Jan 99999 00:00:00 GMT"
+    server.script("m-a", Fault(503, headers={"retry-after": date, "retry-after-ms": "x"}))
+    code, document, _ = ask_json(invoke, agents_file("a"))
+    assert code == 0
+    assert server.count() == 2
+    assert agent(document)["attempts"] == 2
+
+
+def test_retry_back_off_frees_the_concurrency_slot(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # a1 and a2 fill both slots, get a 429 and back off for 1 s; b must not wait for them.
+    for model in ("m-a1", "m-a2"):
+        server.script(model, Fault(429, headers={"retry-after": "1"}))
+    code, _, _ = ask_json(invoke, agents_file("a1", "a2", "b"), "--concurrency", "2")
+    assert code == 0
+    a1_retry = [r for r in server.requests if r.model == "m-a1"][1]
+    b_first = next(r for r in server.requests if r.model == "m-b")
+    assert b_first.started < a1_retry.started
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ([{"type": "text", "text": "part one, "}, {"type": "text", "text": "part two"}], "ok"),
+        (42, "bad_response"),
+        (None, "ok"),
+    ],
+    ids=["text-parts", "number", "null"],
+)
+def test_odd_message_content_never_breaks_the_run(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, content: object, expected: str
+) -> None:
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m-a",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+    }
+    server.script("m-a", Fault(200, body=body))
+    code, document, _ = ask_json(invoke, agents_file("a", "b"), "--no-stream")
+    assert code == (0 if expected == "ok" else 3)
+    entry = agent(document)
+    error = entry["error"]
+    assert entry["status"] == "ok" or (isinstance(error, dict) and error["type"] == expected)
+    assert (entry["status"] == "ok") == (expected == "ok")
+    assert agent(document, 1)["status"] == "ok"
+    if isinstance(content, list):
+        assert entry["answer"] == "part one, part two"
+
+
+def test_a_broken_emoji_is_repaired_and_the_table_still_renders(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-a", Reply(text="cut mid-emoji \ud83d"))
+    config = agents_file("a", "b")
+    code, document, _ = ask_json(invoke, config)
+    assert code == 0
+    assert str(agent(document)["answer"]).startswith("cut mid-emoji")
+    server.script("m-a", Reply(text="cut mid-emoji \ud83d"))
+    table = invoke("ask", "-c", config, "Why?")
+    assert table.exit_code == 0
+    assert "m-b says: Why?" in table.stdout

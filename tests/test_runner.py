@@ -10,8 +10,7 @@ import pytest
 from fanout.cost import estimate_tokens
 from fanout.errors import ProviderError
 from fanout.events import AgentDelta, AgentFinished, AgentRetrying, AgentStarted, Event
-from fanout.models import Agent, Usage
-from fanout.provider import Completion, Message
+from fanout.models import Agent, Completion, Message, Usage
 from fanout.retry import RetryPolicy
 from fanout.runner import PanelRun, RunSettings
 
@@ -36,8 +35,11 @@ class ScriptedProvider:
         *,
         timeout_s: float,
         on_delta: Callable[[str], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Completion:
         self.calls.append(agent.name)
+        if on_sent is not None:
+            on_sent()
         completion = await self.behaviours[agent.name](self.calls.count(agent.name))
         if on_delta is not None:
             for word in completion.text.split():
@@ -203,6 +205,7 @@ async def test_synthesis_gets_every_answer_and_marks_missing_ones() -> None:
             *,
             timeout_s: float,
             on_delta: Callable[[str], None] | None = None,
+            on_sent: Callable[[], None] | None = None,
         ) -> Completion:
             if agent.name == "synth":
                 seen.append(messages[-1]["content"])

@@ -136,11 +136,11 @@ def ask(
     ] = 60.0,
     rpm: Annotated[
         float | None,
-        typer.Option("--rpm", min=0.001, help="Requests per minute per endpoint."),
+        typer.Option("--rpm", min=0.001, max=1e6, help="Requests per minute per endpoint."),
     ] = None,
     tpm: Annotated[
         float | None,
-        typer.Option("--tpm", min=1, help="Tokens per minute per endpoint."),
+        typer.Option("--tpm", min=1, max=1e10, help="Tokens per minute per endpoint."),
     ] = None,
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
@@ -164,6 +164,8 @@ def ask(
         names = [n.strip() for n in agents.split(",") if n.strip()] if agents else None
         if agents is not None and not names:
             raise ConfigError("--agents: give at least one persona name")
+        if model is not None and not model.strip():
+            raise ConfigError("--model: give a model name")
         out = _output(json_output, jsonl, jsonl_deltas, output)
         settings = RunSettings(
             concurrency=concurrency,
@@ -298,6 +300,8 @@ def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> 
         raise ConfigError("--jsonl-deltas goes with --jsonl")
     if file is not None and not file.parent.is_dir():
         raise ConfigError(f"--output: directory {str(file.parent)!r} does not exist")
+    if file is not None and file.is_dir():
+        raise ConfigError(f"--output: {str(file)!r} is a directory; name a file")
     mode: Literal["table", "json", "jsonl"] = (
         "json" if json_output else "jsonl" if jsonl else "table"
     )
@@ -308,7 +312,10 @@ def _read_prompt(prompt: str | None) -> str:
     if prompt is None or prompt == "-":
         if prompt is None and sys.stdin.isatty():
             raise ConfigError('no prompt: give one as an argument, e.g. fanout ask "Why?"')
-        prompt = sys.stdin.read()
+        try:
+            prompt = sys.stdin.buffer.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError("the prompt on stdin is not UTF-8 text") from None
     if not prompt.strip():
         raise ConfigError("the prompt is empty")
     return prompt.strip()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +25,7 @@ from fanout.errors import ConfigError
 from fanout.models import OPENAI_BASE_URL, Agent, Endpoint, Limits
 
 CONFIG_ENV = "FANOUT_CONFIG"
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 CONFIG_NAME = "agents.yaml"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_SYNTHESIS_INSTRUCTIONS = (
@@ -46,9 +49,22 @@ class _AgentFields(BaseModel):
     base_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     timeout: float | None = Field(default=None, gt=0)
-    rpm: float | None = Field(default=None, gt=0)
-    tpm: float | None = Field(default=None, gt=0)
+    rpm: float | None = Field(default=None, gt=0, le=1e6)
+    tpm: float | None = Field(default=None, gt=0, le=1e10)
     concurrency: int | None = Field(default=None, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _a_usable_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parts = urlsplit(value)
+                _ = parts.port  # raises on a port that is not a number in range
+            except ValueError as exc:
+                raise ValueError(f"not a usable URL: {exc}") from None
+            if not parts.hostname:
+                raise ValueError("not a usable URL: it names no host")
+        return value
 
 
 class AgentSpec(_AgentFields):
@@ -155,13 +171,20 @@ def bound_answer(agent: Agent) -> Agent:
 
 
 def check_credentials(agents: Sequence[Agent], environ: Mapping[str, str]) -> None:
-    """Fail before any call when a remote endpoint has no key in the environment."""
+    """Fail before any call when a remote endpoint has no key in the environment, or a key
+    that cannot go in an HTTP header (a stray newline from a .env file, say)."""
     for agent in agents:
         endpoint = agent.endpoint
-        if not endpoint.is_local and not environ.get(endpoint.api_key_env):
+        key = environ.get(endpoint.api_key_env)
+        if not endpoint.is_local and not key:
             raise ConfigError(
                 f"agent {agent.name!r}: no API key for {endpoint.host}: "
                 f"set ${endpoint.api_key_env} (or point base_url at a local server)"
+            )
+        if key and not _HEADER_SAFE.fullmatch(key):
+            raise ConfigError(
+                f"${endpoint.api_key_env} holds spaces, line breaks or non-ASCII characters; "
+                "an API key cannot (check how it was set)"
             )
 
 
@@ -191,19 +214,36 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"{path}: not UTF-8 text") from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``safe_load`` that refuses a key written twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_yaml(source: str, text: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no tags run code
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+        if isinstance(exc, yaml.constructor.ConstructorError) and "the tag" in problem:
             tag = problem.rsplit("tag:yaml.org,2002:", 1)[-1].strip("'")
             problem = f"tag !!{tag} is not allowed (agents files hold data, never code)"
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     if data is None:
         raise ConfigError(f"{source}: the file is empty; it needs an 'agents:' list")
     if not isinstance(data, dict):
@@ -230,6 +270,7 @@ def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
         return f"{where}: {path}: required key is missing"
     message = _MESSAGES.get((err["type"], str(loc[-1]) if loc else ""))
     message = message or _MESSAGES.get((err["type"], "")) or err["msg"]
+    message = message.removeprefix("Value error, ")
     if "input" in err and not isinstance(err["input"], dict | list):
         message += f" (got {_yaml_type(err['input'])} {err['input']!r})"
     elif isinstance(err.get("input"), dict | list) and err["type"].endswith("_type"):

@@ -61,6 +61,10 @@ class ProviderError(FanoutError):
     def __str__(self) -> str:
         return self.message
 
+    @classmethod
+    def timeout(cls, seconds: float) -> ProviderError:
+        return cls(f"no answer within {seconds:g} s", kind="timeout", retryable=True)
+
 
 class BudgetExceeded(FanoutError):
     """A call was not made because its worst case did not fit in what ``--max-cost`` left."""

@@ -95,7 +95,7 @@ def _agent_entry(agent: Agent) -> dict[str, Any]:
     return {
         "name": agent.name,
         "model": agent.model,
-        "base_url": agent.endpoint.base_url,
+        "base_url": agent.endpoint.display_url,
         "host": agent.endpoint.host,
         "description": agent.description,
     }
@@ -176,7 +176,7 @@ def plan_document(
             {
                 "name": c.agent.name,
                 "model": c.agent.model,
-                "base_url": c.agent.endpoint.base_url,
+                "base_url": c.agent.endpoint.display_url,
                 "rpm": c.agent.limits.rpm,
                 "tpm": c.agent.limits.tpm,
                 "concurrency": c.agent.limits.concurrency,

@@ -13,13 +13,16 @@ Semantics (exact, and tested on a fake clock):
   alone).
 * **Pauses**: a 429 with ``Retry-After`` pauses the whole endpoint, and so do
   ``x-ratelimit-remaining-* = 0`` with ``x-ratelimit-reset-*`` (``1s``, ``6m0s``, ``12ms``).
-  Missing or nonsensical headers (``-1``) are ignored.
+  Missing or nonsensical headers (``-1``) are ignored. A pause longer than ``max_pause``
+  (``--max-retry-after``) is not waited out: until it ends, calls to the endpoint fail at once
+  with a ``rate_limit`` error that says so, rather than hang or hammer it.
 
 Waiters are served in arrival order (an ``anyio.Lock`` is fair), so one wakes at a time.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections import deque
@@ -29,6 +32,8 @@ from typing import Protocol
 
 import anyio
 import anyio.lowlevel
+
+from fanout.errors import ProviderError
 
 WINDOW_S = 60.0
 MAX_HEADER_PAUSE_S = 3600.0
@@ -98,19 +103,29 @@ class RateLimiter:
     """The limits of one endpoint, shared by every agent (and the synthesis) that calls it."""
 
     def __init__(
-        self, rpm: float | None = None, tpm: float | None = None, *, clock: Clock | None = None
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        max_pause: float = MAX_HEADER_PAUSE_S,
+        clock: Clock | None = None,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
+        self.max_pause = max_pause
         self._clock: Clock = clock or MonotonicClock()
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
         self._paused_until = -math.inf
+        self._blocked_until = -math.inf  # a pause too long to wait out
+        self._blocked_for = 0.0
         self._interval = WINDOW_S / rpm if rpm else 0.0
         self._burst = max(1, math.ceil(rpm / 60)) if rpm else 0
+        self._per_minute = max(math.floor(rpm), 1) if rpm else 0
         self._tat = -math.inf  # theoretical arrival time of the next start (GCRA)
-        self._second: deque[_Start] = deque(maxlen=self._burst or None)
-        self._minute: deque[_Start] = deque(maxlen=max(math.floor(rpm), 1) if rpm else None)
+        # Every start of the last minute. Starts move later once sent, so these are pruned by
+        # time and counted by time, never by the order they were admitted in.
+        self._starts: deque[_Start] = deque()
         self._tokens: deque[_Entry] = deque()
 
     @property
@@ -124,6 +139,7 @@ class RateLimiter:
         actually left. A burst admitted at one instant leaves over the time it takes to build
         each request and open connections, and the windows must count what the server sees.
         """
+        self._check_blocked()
         if not self.rpm and not self.tpm and self._paused_until <= self._clock.now():
             await anyio.lowlevel.checkpoint()
             return Reservation(self, None, None)
@@ -136,6 +152,7 @@ class RateLimiter:
                     return self._record(now, tokens, held_by_window)
                 held_by_window |= window_bound
                 await self._clock.sleep_until(ready, self._wake)
+                self._check_blocked()
 
     def would_wait(self, tokens: int = 0) -> bool:
         """Whether ``acquire`` would have to wait now (for the display; not a promise)."""
@@ -146,11 +163,25 @@ class RateLimiter:
 
     def pause_for(self, seconds: float) -> None:
         """Hold every request to this endpoint for ``seconds`` (a 429's Retry-After)."""
-        if 0 < seconds <= MAX_HEADER_PAUSE_S:
-            until = self._clock.now() + seconds
-            if until > self._paused_until:
-                self._paused_until = until
-                self._changed()
+        if not 0 < seconds <= MAX_HEADER_PAUSE_S:
+            return
+        until = self._clock.now() + seconds
+        if seconds > self.max_pause:
+            if until > self._blocked_until:
+                self._blocked_until, self._blocked_for = until, seconds
+            self._changed()
+        elif until > self._paused_until:
+            self._paused_until = until
+            self._changed()
+
+    def _check_blocked(self) -> None:
+        if self._blocked_until > self._clock.now():
+            raise ProviderError(
+                f"the server paused this endpoint for {self._blocked_for:g} s, "
+                f"more than --max-retry-after {self.max_pause:g} s",
+                kind="rate_limit",
+                status_code=429,
+            )
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn from ``x-ratelimit-remaining-*`` / ``x-ratelimit-reset-*`` response headers."""
@@ -167,11 +198,14 @@ class RateLimiter:
         if self.rpm:
             paced = self._tat - (self._burst - 1) * self._interval
             windows = -math.inf
-            # Starts can move later once sent, so the oldest is the earliest, not the first.
-            if len(self._second) == self._burst:
-                windows = min(s.at for s in self._second) + 1.0 + GUARD_S
-            if self._minute.maxlen is not None and len(self._minute) == self._minute.maxlen:
-                windows = max(windows, min(s.at for s in self._minute) + WINDOW_S + GUARD_S)
+            while self._starts and self._starts[0].at <= now - WINDOW_S - GUARD_S:
+                self._starts.popleft()
+            recent = [s.at for s in self._starts if s.at > now - 1.0 - GUARD_S]
+            if len(recent) >= self._burst:  # free once the burst-th latest start is 1 s old
+                windows = heapq.nlargest(self._burst, recent)[-1] + 1.0 + GUARD_S
+            if len(self._starts) >= self._per_minute:
+                latest = heapq.nlargest(self._per_minute, (s.at for s in self._starts))[-1]
+                windows = max(windows, latest + WINDOW_S + GUARD_S)
             window_bound = windows > max(ready, paced)
             ready = max(ready, paced, windows)
         if self.tpm:
@@ -202,8 +236,7 @@ class RateLimiter:
             else:
                 self._tat = max(self._tat, now) + self._interval
             start = _Start(now)
-            self._second.append(start)
-            self._minute.append(start)
+            self._starts.append(start)
         if self.tpm:
             entry = _Entry(now, tokens)
             self._tokens.append(entry)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+Message = dict[str, str]  # one chat message: {"role": ..., "content": ...}
 AgentStatus = Literal["ok", "error", "cancelled", "skipped"]
 RunStatus = Literal["completed", "partial", "failed", "cancelled", "running", "interrupted"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-_LOOPBACK_HOSTS = {"localhost", "::1", "0.0.0.0"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,26 @@ class Endpoint:
     def is_local(self) -> bool:
         """Loopback servers (Ollama, llama.cpp, vLLM on this machine) need no key."""
         host = self.host.lower()
-        return host in _LOOPBACK_HOSTS or host.startswith("127.")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a name, even one starting "127.", goes through DNS
+            return False
+
+    @property
+    def is_openai(self) -> bool:
+        return self.host.lower() == "api.openai.com"
+
+    @property
+    def display_url(self) -> str:
+        """The base URL without credentials (``user:pass@``) or query (``?api-key=``)."""
+        parts = urlsplit(self.base_url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,15 @@ class AgentError:
     message: str
     status_code: int | None = None
     retryable: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A successful answer, with the response headers the rate limiter learns from."""
+
+    text: str
+    usage: Usage | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

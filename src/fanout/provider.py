@@ -12,54 +12,23 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import httpx2  # openai's own HTTP client, for the request hook
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from fanout.errors import ProviderError
-from fanout.models import Agent, Endpoint, Usage
+from fanout.models import Agent, Completion, Endpoint, Message, Usage
 
-Message = dict[str, str]
 _T = TypeVar("_T")
 
-# Set by the caller for the duration of one attempt; called when the request's first bytes
-# are written (after any connection set-up), which is when the server sees it start.
-REQUEST_SENT: ContextVar[Callable[[], None] | None] = ContextVar("REQUEST_SENT", default=None)
+# The current attempt's ``on_sent``, for the HTTP client's request hook (hooks are per client,
+# attempts are per task: a context variable joins the two).
+_ON_SENT: ContextVar[Callable[[], None] | None] = ContextVar("_ON_SENT", default=None)
 # Key-shaped strings are hidden even when they are not one of ours (a proxy echoing a header).
 _KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9_\-.=]{6,})")
 _KEYLESS = "no-key"  # loopback servers ignore the key, but the client insists on one
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A successful answer, with the response headers the rate limiter learns from."""
-
-    text: str
-    usage: Usage | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-class Provider(Protocol):
-    """What the runner needs from an LLM API. Tests hand the runner a scripted one."""
-
-    async def complete(
-        self,
-        agent: Agent,
-        messages: Sequence[Message],
-        *,
-        timeout_s: float,
-        on_delta: Callable[[str], None] | None = None,
-    ) -> Completion:
-        """One attempt. ``timeout_s`` bounds its reads; the runner bounds the whole attempt.
-
-        With ``on_delta`` the answer is streamed and each piece handed to it as it arrives.
-        """
-        ...
-
-    async def aclose(self) -> None: ...
 
 
 class OpenAIProvider:
@@ -77,7 +46,9 @@ class OpenAIProvider:
         *,
         timeout_s: float,
         on_delta: Callable[[str], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Completion:
+        announce = _ON_SENT.set(on_sent)
         try:
             if on_delta is not None and agent.endpoint not in self._cannot_stream:
                 try:
@@ -94,19 +65,21 @@ class OpenAIProvider:
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from None
         except openai.APITimeoutError:
-            raise ProviderError(
-                f"no answer within {timeout_s:g} s", kind="timeout", retryable=True
-            ) from None
+            raise ProviderError.timeout(timeout_s) from None
         except (openai.APIConnectionError, httpx2.TransportError) as exc:
             cause = exc.__cause__ or exc.__context__ or exc
             detail = f": {self._redact(str(cause))}" if str(cause) else ""
             raise ProviderError(
                 f"connection failed{detail}", kind="connection", retryable=True
             ) from None
-        except (openai.APIError, httpx2.HTTPError, ValueError) as exc:
+        except (openai.APIError, httpx2.HTTPError, ValueError, TypeError, AttributeError) as exc:
+            # Whatever shape a broken server sends, one line says so.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ProviderError(
-                f"malformed response: {self._redact(str(exc))[:300]}", kind="bad_response"
+                f"malformed response: {self._redact(first)[:200]}", kind="bad_response"
             ) from None
+        finally:
+            _ON_SENT.reset(announce)
 
     async def _whole(
         self, agent: Agent, messages: Sequence[Message], timeout_s: float
@@ -156,7 +129,7 @@ class OpenAIProvider:
                 usage = _usage_of(chunk.usage)
             if chunk.choices:
                 chose = True
-                piece = chunk.choices[0].delta.content
+                piece = _text(chunk.choices[0].delta.content)
                 if piece:
                     parts.append(piece)
                     on_delta(piece)
@@ -183,6 +156,9 @@ class OpenAIProvider:
             client = openai.AsyncOpenAI(
                 api_key=key, base_url=endpoint.base_url, max_retries=0, http_client=http
             )
+            if not endpoint.is_openai:
+                # OPENAI_ORG_ID / OPENAI_PROJECT_ID are OpenAI's business, not another server's.
+                client.organization = client.project = None
             self._clients[endpoint] = client
         return client
 
@@ -220,12 +196,15 @@ class OpenAIProvider:
         for endpoint in self._clients:
             key = self._environ.get(endpoint.api_key_env)
             if key and len(key) >= 4:
-                text = text.replace(key, "***")
+                # as it is, and as repr() shows it inside an error message (escaped)
+                for form in (key, repr(key)[1:-1], key.strip()):
+                    if len(form) >= 4:
+                        text = text.replace(form, "***")
         return _KEY_PATTERN.sub("***", text)
 
 
 async def _announce_sent(request: httpx2.Request) -> None:
-    callback = REQUEST_SENT.get()
+    callback = _ON_SENT.get()
     if callback is None:
         return
 
@@ -258,8 +237,25 @@ def _completion_of(completion: ChatCompletion) -> Completion:
     if not completion.choices:
         raise ProviderError("the server returned no choices", kind="bad_response", usage=usage)
     message = completion.choices[0].message
-    text = message.content or getattr(message, "refusal", None) or ""
+    text = _text(message.content) or _text(getattr(message, "refusal", None))
     return Completion(text=text, usage=usage)
+
+
+def _text(content: object) -> str:
+    """A message's text as a valid string: text parts joined, broken surrogates (an emoji cut
+    in half at max_tokens) replaced; anything else is a malformed answer."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        if all(isinstance(p, str) for p in parts) and parts:
+            content = "".join(p for p in parts if isinstance(p, str))
+    if not isinstance(content, str):
+        raise ProviderError(
+            f"malformed response: the answer is {type(content).__name__}, not text",
+            kind="bad_response",
+        )
+    return content.encode("utf-8", "replace").decode("utf-8")
 
 
 def _classify(status: int, code: Any) -> tuple[str, bool]:
@@ -294,9 +290,12 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     try:
         value = float(seconds)
     except ValueError:
-        parsed = email.utils.parsedate_tz(seconds)
-        if parsed is None:
+        try:
+            parsed = email.utils.parsedate_tz(seconds)
+            if parsed is None:
+                return None
+            value = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
+        except (ValueError, OverflowError, TypeError):  # a date no calendar has
             return None
-        value = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
         return max(value, 0.0)
     return value if 0 <= value < float("inf") else None

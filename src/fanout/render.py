@@ -71,6 +71,7 @@ def synthesis_panel(report: RunReport) -> Panel | None:
     if synthesis.partial and synthesis.status == "ok":
         title += f" · partial (no answer from {', '.join(synthesis.missing)})"
         border = "yellow"
+    title = escape(title)
     body = _answer_cell(synthesis)
     if synthesis.status != "ok":
         border = "red"
@@ -109,7 +110,7 @@ def plan_table(
             f"{call.max_tokens:,}" if call.max_tokens else "unset",
             usd(call.worst_case_usd),
         ]
-        table.add_row(*cells)
+        table.add_row(*(Text(c) for c in cells))
     known = [c.worst_case_usd for c in calls]
     total = None if any(c is None for c in known) else sum(c or 0.0 for c in known)
     caption = f"{len(calls)} calls · worst case {usd(total)}"
@@ -143,7 +144,7 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
             Text(run.status, style=styles.get(run.status, "yellow")),
             f"{run.answered}/{run.agents}",
             usd(run.cost_usd),
-            " ".join(run.prompt.split()),
+            Text(" ".join(run.prompt.split())),
         )
     if not runs:
         table.caption = "no runs recorded yet"
@@ -152,13 +153,14 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
 
 def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Table:
     """``fanout agents``: the panel at a glance."""
-    table = Table(title=f"Panel from {source}", title_justify="left", expand=False)
+    table = Table(title=Text(f"Panel from {source}"), title_justify="left", expand=False)
     table.add_column("Name", style="bold", no_wrap=True)
     table.add_column("Model", no_wrap=True)
     table.add_column("Endpoint", no_wrap=True)
     table.add_column("Description")
     for agent in agents:
-        table.add_row(agent.name, agent.model, agent.endpoint.host, agent.description)
+        cells = (agent.name, agent.model, agent.endpoint.host, agent.description)
+        table.add_row(*(Text(c) for c in cells))
     table.add_row(
         Text(synthesizer.name, style="dim"),
         Text(synthesizer.model, style="dim"),

@@ -2,6 +2,7 @@
 
 Results live in a list outside the task group, pre-filled as ``cancelled``, so whatever stops the
 run (Ctrl-C, SIGTERM) the answers that arrived are still there to report, in the panel's order.
+Concurrency slots are held per attempt, never while an agent sleeps before a retry.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import anyio
 
@@ -35,14 +38,34 @@ from fanout.models import (
     Agent,
     AgentError,
     AgentResult,
+    Completion,
     Endpoint,
+    Message,
     RunReport,
     SynthesisResult,
     Usage,
 )
-from fanout.provider import REQUEST_SENT, Completion, Message, Provider
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
 from fanout.synthesis import synthesis_messages
+
+
+class Provider(Protocol):
+    """What the runner needs from an LLM API (``provider.OpenAIProvider``; tests script one)."""
+
+    async def complete(
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        *,
+        timeout_s: float,
+        on_delta: Callable[[str], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Completion:
+        """One attempt. With ``on_delta`` the answer is streamed piece by piece; ``on_sent``
+        is called when the request leaves (the rate limiter counts from then)."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +100,9 @@ class EndpointGates:
             rpm = settings.rpm or _strictest(a.limits.rpm for a in members)
             tpm = settings.tpm or _strictest(a.limits.tpm for a in members)
             cap = _strictest(a.limits.concurrency for a in members)
-            self._limiters[endpoint] = RateLimiter(rpm, tpm)
+            self._limiters[endpoint] = RateLimiter(
+                rpm, tpm, max_pause=settings.retry.max_retry_after
+            )
             self._caps[endpoint] = anyio.CapacityLimiter(int(cap) if cap else settings.concurrency)
 
     def limiter(self, endpoint: Endpoint) -> RateLimiter:
@@ -134,11 +159,11 @@ class PanelRun:
         self._started_wall = datetime.now(UTC)
         self._started = time.perf_counter()
         self.observer.handle(RunStarted(self.run_id, self.prompt, self.agents, self.synthesizer))
-        messages_for = [self._messages(a) for a in self.agents]
         async with anyio.create_task_group() as tg:
             for index, agent in enumerate(self.agents):
                 if self._to_ask[index]:
-                    tg.start_soon(self._ask, agent, messages_for[index], self.results[index])
+                    messages = self._messages(agent)
+                    tg.start_soon(self._call, agent, messages, self.results[index], False)
         if self.synthesizer is not None and self.synthesis is not None:
             await self._synthesize(self.synthesizer, self.synthesis)
 
@@ -173,13 +198,6 @@ class PanelRun:
         messages.append({"role": "user", "content": self.prompt})
         return messages
 
-    async def _ask(self, agent: Agent, messages: list[Message], result: AgentResult) -> None:
-        async with self._panel_cap, self._gates.cap(agent.endpoint):
-            self._started_agents.add(agent.name)
-            self.observer.handle(AgentStarted(agent))
-            await self._call(agent, messages, result)
-        self.observer.handle(AgentFinished(result))
-
     async def _synthesize(self, agent: Agent, result: SynthesisResult) -> None:
         answered = [r for r in self.results if r.status == "ok"]
         result.sources = [r.name for r in answered]
@@ -190,73 +208,73 @@ class PanelRun:
             result.error = AgentError("no_answers", "no persona answered, nothing to synthesize")
             return
         messages = synthesis_messages(agent.instructions, self.prompt, answered, result.missing)
-        async with self._gates.cap(agent.endpoint):
-            self._started_agents.add(agent.name)
-            self.observer.handle(AgentStarted(agent, synthesis=True))
-            await self._call(agent, messages, result)
-        self.observer.handle(AgentFinished(result, synthesis=True))
+        await self._call(agent, messages, result, True)
 
-    async def _call(self, agent: Agent, messages: list[Message], result: AgentResult) -> None:
+    async def _call(
+        self, agent: Agent, messages: list[Message], result: AgentResult, synthesis: bool
+    ) -> None:
         """One agent's whole exchange, retries included. Never raises, except cancellation."""
         limiter = self._gates.limiter(agent.endpoint)
         estimate = estimate_tokens(messages) + (agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
         timeout = agent.timeout or self.settings.timeout
-        started = time.perf_counter()
+        started: float | None = None
+        attempt_started = 0.0
+        failed_usage = Usage()  # what failed attempts consumed, when the server said
 
         def on_delta(text: str) -> None:
             if result.ttft_s is None:
                 result.ttft_s = round(time.perf_counter() - attempt_started, 3)
             self.observer.handle(AgentDelta(agent, text))
 
-        attempt_started = started
-
-        failed_usage = Usage()  # what failed attempts consumed, when the server said
-
         async def attempt(number: int) -> Completion:
-            nonlocal attempt_started, failed_usage
-            result.attempts = number
-            result.ttft_s = None
-            reserved = await self._reserve(agent, messages)
-            spent = Usage()
-            try:
-                if limiter.would_wait(estimate):
-                    self.observer.handle(AgentWaiting(agent))
-                reservation = await limiter.acquire(estimate)
-                attempt_started = time.perf_counter()
-                self.observer.handle(AgentSending(agent, number))
-                announce = REQUEST_SENT.set(reservation.mark_sent)
+            nonlocal started, attempt_started, failed_usage
+            async with AsyncExitStack() as slots:
+                # A slot is held for the attempt only: retry back-off frees it for others.
+                if not synthesis:
+                    await slots.enter_async_context(self._panel_cap)
+                await slots.enter_async_context(self._gates.cap(agent.endpoint))
+                if started is None:
+                    started = time.perf_counter()
+                    self._started_agents.add(agent.name)
+                    self.observer.handle(AgentStarted(agent, synthesis=synthesis))
+                reserved = await self._reserve(agent, messages)
+                spent = Usage()
                 try:
-                    # The provider's client bounds each read; this bounds the whole attempt,
-                    # so a server trickling bytes without ever answering is cut too.
-                    with anyio.fail_after(timeout):
-                        completion = await self.provider.complete(
-                            agent,
-                            messages,
-                            timeout_s=timeout,
-                            on_delta=on_delta if self.settings.stream else None,
-                        )
-                except TimeoutError:
-                    reservation.settle(0)
-                    raise ProviderError(
-                        f"no answer within {timeout:g} s", kind="timeout", retryable=True
-                    ) from None
-                except ProviderError as exc:
-                    reservation.settle(exc.usage.total_tokens if exc.usage else 0)
-                    spent = exc.usage or spent
-                    failed_usage += spent
-                    limiter.observe(exc.headers)
-                    if exc.status_code == 429 and exc.retry_after:
-                        limiter.pause_for(exc.retry_after)
-                    raise
+                    if limiter.would_wait(estimate):
+                        self.observer.handle(AgentWaiting(agent))
+                    reservation = await limiter.acquire(estimate)
+                    result.attempts, result.ttft_s = number, None
+                    attempt_started = time.perf_counter()
+                    self.observer.handle(AgentSending(agent, number))
+                    try:
+                        # The client bounds each read; this bounds the whole attempt, so a
+                        # server trickling bytes without ever answering is cut too.
+                        with anyio.fail_after(timeout):
+                            completion = await self.provider.complete(
+                                agent,
+                                messages,
+                                timeout_s=timeout,
+                                on_delta=on_delta if self.settings.stream else None,
+                                on_sent=reservation.mark_sent,
+                            )
+                    except TimeoutError:
+                        reservation.settle(0)
+                        raise ProviderError.timeout(timeout) from None
+                    except ProviderError as exc:
+                        spent = exc.usage or spent
+                        reservation.settle(spent.total_tokens)
+                        failed_usage += spent
+                        limiter.observe(exc.headers)
+                        if exc.status_code == 429 and exc.retryable and exc.retry_after:
+                            limiter.pause_for(exc.retry_after)
+                        raise
+                    spent = completion.usage or _estimated_usage(messages, completion.text)
+                    reservation.settle(spent.total_tokens)
+                    limiter.observe(completion.headers)
+                    return completion
                 finally:
-                    REQUEST_SENT.reset(announce)
-                spent = completion.usage or self._estimated_usage(messages, completion.text)
-                reservation.settle(spent.total_tokens)
-                limiter.observe(completion.headers)
-                return completion
-            finally:
-                if self.budget is not None:
-                    self.budget.settle(reserved, self.pricing.cost(agent.model, spent) or 0.0)
+                    if self.budget is not None:
+                        self.budget.settle(reserved, self.pricing.cost(agent.model, spent) or 0.0)
 
         def on_retry(event: RetryEvent) -> None:
             reason = str(event.error.status_code or event.error.kind)
@@ -280,18 +298,21 @@ class PanelRun:
             result.status = "error"
             result.error = AgentError(exc.kind, exc.message, exc.status_code, exc.retryable)
         except Exception as exc:  # one agent's bug must not take the panel down
+            cause = _innermost(exc)
             result.status = "error"
-            result.error = AgentError("internal", f"{type(exc).__name__}: {exc}")
+            result.error = AgentError("internal", f"{type(cause).__name__}: {cause}")
         else:
             result.status = "ok"
             result.answer = completion.text
             # A server that reports no usage gets it counted from the text, and says so.
             result.usage_estimated = completion.usage is None
-            result.usage = completion.usage or self._estimated_usage(messages, completion.text)
+            result.usage = completion.usage or _estimated_usage(messages, completion.text)
         finally:
             result.usage += failed_usage
             result.cost_usd = self.pricing.cost(agent.model, result.usage)
-            result.latency_s = round(time.perf_counter() - started, 3)
+            if started is not None:
+                result.latency_s = round(time.perf_counter() - started, 3)
+        self.observer.handle(AgentFinished(result, synthesis=synthesis))
 
     async def _reserve(self, agent: Agent, messages: list[Message]) -> float:
         """Hold one call's worst-case cost against ``--max-cost``; raise if it cannot fit."""
@@ -312,29 +333,46 @@ class PanelRun:
             )
         return worst
 
-    @staticmethod
-    def _estimated_usage(messages: list[Message], text: str) -> Usage:
-        prompt_tokens = estimate_tokens(messages)
-        answer_tokens = max(1, len(text) // 4) if text else 0
-        return Usage(prompt_tokens, answer_tokens, prompt_tokens + answer_tokens)
 
-
-async def run_interruptibly(run: PanelRun) -> RunReport:
-    """Execute ``run``; SIGINT or SIGTERM stops it and keeps what arrived. A second one exits."""
+async def run_interruptibly(
+    run: PanelRun, cleanup: Callable[[], Awaitable[None]] | None = None
+) -> RunReport:
+    """Execute ``run``, then ``cleanup`` (shielded). SIGINT or SIGTERM stops the run and keeps
+    what arrived; a second one, even during the clean-up, ends the process at once."""
     async with anyio.create_task_group() as tg:
+        work = anyio.CancelScope()
 
         async def watch_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
+                async for signum in signals:
                     if run.interrupted:
-                        os._exit(130)  # the user insists: leave now, whatever is in flight
+                        # The user insists: die of the signal, as if we had never caught it.
+                        signal.signal(signum, signal.SIG_DFL)
+                        os.kill(os.getpid(), signum)
                     run.interrupted = True
-                    tg.cancel_scope.cancel()
+                    work.cancel()
 
         tg.start_soon(watch_signals)
-        await run.execute()
+        with work:
+            await run.execute()
+        if cleanup is not None:
+            with anyio.CancelScope(shield=True):
+                await cleanup()
         tg.cancel_scope.cancel()
     return run.conclude()
+
+
+def _estimated_usage(messages: Sequence[Message], text: str) -> Usage:
+    prompt_tokens = estimate_tokens(messages)
+    answer_tokens = max(1, len(text) // 4) if text else 0
+    return Usage(prompt_tokens, answer_tokens, prompt_tokens + answer_tokens)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _strictest(values: Iterable[float | None]) -> float | None:

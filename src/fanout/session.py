@@ -236,11 +236,7 @@ def _drive(
         run: PanelRun = make_run(observer, provider)
         if recorder is not None and before is None:
             recorder.start(run.report())
-        try:
-            return await run_interruptibly(run)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await provider.aclose()
+        return await run_interruptibly(run, cleanup=provider.aclose)
 
     with display:
         report = anyio.run(main)

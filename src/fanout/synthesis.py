@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fanout.models import AgentResult
-from fanout.provider import Message
+from fanout.models import AgentResult, Message
 
 
 def synthesis_messages(
