@@ -1,0 +1,190 @@
+"""The run history through the real CLI: ask -> runs list/show/retry/synth, crash safety."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fanout.history import history_path
+from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
+
+
+def ask_json(invoke: Invoke, *args: str | Path) -> dict[str, Any]:
+    result = invoke("ask", "--json", *args)
+    assert result.exit_code in (0, 3), result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_ask_json_equals_runs_show_json(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    document = ask_json(invoke, "-c", agents_file(), "Why?")
+    shown = invoke("runs", "show", document["run_id"][:6], "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == document
+    table = invoke("runs", "show", document["run_id"])
+    assert "m-physicist says: Why?" in table.stdout
+
+
+def test_runs_list_is_newest_first(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("a")
+    first = ask_json(invoke, "-c", config, "first question")
+    second = ask_json(invoke, "-c", config, "second question")
+    listed = json.loads(invoke("runs", "list", "--json").stdout)["runs"]
+    assert [r["run_id"] for r in listed[:2]] == [second["run_id"], first["run_id"]]
+    assert listed[0]["status"] == "completed" and listed[0]["answered"] == 1
+    assert len(json.loads(invoke("runs", "list", "--json", "--limit", "1").stdout)["runs"]) == 1
+    table = invoke("runs", "list")
+    assert "second question" in table.stdout and first["run_id"] in table.stdout
+
+
+def test_no_log_records_nothing(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    ask_json(invoke, "-c", agents_file("a"), "--no-log", "Why?")
+    assert json.loads(invoke("runs", "list", "--json").stdout)["runs"] == []
+
+
+def test_retry_asks_only_the_failed_personas_and_folds_them_in(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-chemist", Fault(400))
+    server.script("m-biologist", Fault(401))
+    config = agents_file(extra={"chemist": {"temperature": 0.3}})
+    document = ask_json(invoke, "-c", config, "Why?")
+    assert document["status"] == "partial"
+    server.reset()
+    retried = invoke("runs", "retry", document["run_id"], "--json")
+    assert retried.exit_code == 0, retried.output
+    assert sorted(r.model for r in server.requests) == ["m-biologist", "m-chemist"]
+    chemist_request = next(r for r in server.requests if r.model == "m-chemist")
+    assert chemist_request.body["temperature"] == 0.3  # the recorded persona settings
+    assert chemist_request.body["messages"][-1]["content"] == "Why?"
+    merged = json.loads(retried.stdout)
+    assert merged["run_id"] == document["run_id"]
+    assert merged["status"] == "completed"
+    assert merged["started_at"] == document["started_at"]
+    assert merged["agents"][0] == document["agents"][0]  # the physicist was not asked again
+    assert set(merged["output"]) == {"physicist", "chemist", "biologist"}
+    shown = json.loads(invoke("runs", "show", document["run_id"], "--json").stdout)
+    assert shown == merged
+
+
+def test_retry_of_a_complete_run_says_there_is_nothing_to_do(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    document = ask_json(invoke, "-c", agents_file("a"), "Why?")
+    result = invoke("runs", "retry", document["run_id"])
+    assert result.exit_code == 2
+    assert "already answered" in result.stderr
+
+
+def test_synth_calls_only_the_synthesizer(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file(synthesizer={"model": "m-synth", "instructions": "Merge."})
+    document = ask_json(invoke, "-c", config, "Why?")
+    assert document["synthesis"] is None
+    server.reset()
+    server.script("m-other", Reply(text="merged again"))
+    result = invoke("runs", "synth", document["run_id"], "--model", "m-other", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r.model for r in server.requests] == ["m-other"]
+    assert "m-chemist says: Why?" in server.requests[0].body["messages"][1]["content"]
+    merged = json.loads(result.stdout)
+    assert merged["synthesis"]["answer"] == "merged again"
+    assert merged["agents"] == document["agents"]
+    stored = json.loads(invoke("runs", "show", document["run_id"], "--json").stdout)
+    assert stored["synthesis"]["answer"] == "merged again"
+
+
+def test_unknown_or_ambiguous_run_ids_are_usage_errors(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    result = invoke("runs", "show", "nope")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "nope" in result.stderr
+
+
+def test_a_killed_run_keeps_its_finished_answers(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-done", Reply(text="saved before the crash"))
+    server.script("m-stuck", Hang())
+    config = agents_file("done", "stuck")
+    # --concurrency 1: "stuck" is asked only once "done" is answered (and recorded).
+    command = ["ask", "-c", str(config), "--json", "--concurrency", "1", "Why?"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fanout", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        server.wait_for_requests(2)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    runs = json.loads(invoke("runs", "list", "--json").stdout)["runs"]
+    assert runs[0]["status"] == "interrupted"
+    stored = json.loads(invoke("runs", "show", runs[0]["run_id"], "--json").stdout)
+    assert stored["status"] == "interrupted"
+    assert stored["agents"][0]["answer"] == "saved before the crash"
+    assert stored["agents"][1]["status"] != "ok"
+    # and it can be finished later
+    server.reset()
+    retried = invoke("runs", "retry", runs[0]["run_id"], "--json")
+    assert retried.exit_code == 0, retried.output
+    assert [r.model for r in server.requests] == ["m-stuck"]
+
+
+def test_two_fanout_processes_recording_at_once_lose_nothing(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("a", "b")
+    command = [sys.executable, "-m", "fanout", "ask", "-c", str(config), "--json", "Why?"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(6)]
+    ids = set()
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        ids.add(json.loads(out)["run_id"])
+    listed = json.loads(invoke("runs", "list", "--json", "--limit", "50").stdout)["runs"]
+    assert {r["run_id"] for r in listed} == ids
+    assert all(r["status"] == "completed" and r["answered"] == 2 for r in listed)
+
+
+def test_the_history_is_private_and_holds_no_key(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import os
+    import sqlite3
+
+    monkeypatch.setenv("FANOUT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FANOUT_TEST_KEY", SENTINEL_KEY)
+    config = agents_file("a", defaults={"api_key_env": "FANOUT_TEST_KEY"})
+    ask_json(invoke, "-c", config, "Why?")
+    db = history_path(os.environ)
+    assert db == tmp_path / "home" / "history.db"
+    assert db.parent.stat().st_mode & 0o777 == 0o700
+    assert db.stat().st_mode & 0o777 == 0o600
+    raw = b"".join(p.read_bytes() for p in db.parent.iterdir() if p.is_file())
+    assert SENTINEL_KEY.encode() not in raw
+    assert b"FANOUT_TEST_KEY" in raw  # the variable's name is kept, to ask again
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
