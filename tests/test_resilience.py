@@ -326,9 +326,11 @@ def test_retry_back_off_frees_the_concurrency_slot(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:
     # a1 and a2 fill both slots, get a 429 and back off for 1 s; b must not wait for them.
+    # (b uses another key variable, so it is another endpoint: the 429 pauses only theirs.)
     for model in ("m-a1", "m-a2"):
         server.script(model, Fault(429, headers={"retry-after": "1"}))
-    code, _, _ = ask_json(invoke, agents_file("a1", "a2", "b"), "--concurrency", "2")
+    config = agents_file("a1", "a2", "b", extra={"b": {"api_key_env": "OTHER_KEY"}})
+    code, _, _ = ask_json(invoke, config, "--concurrency", "2")
     assert code == 0
     a1_retry = [r for r in server.requests if r.model == "m-a1"][1]
     b_first = next(r for r in server.requests if r.model == "m-b")
