@@ -53,6 +53,49 @@ OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Also write the JSON document to this file."),
 ]
+AgentsOption = Annotated[
+    str | None,
+    typer.Option("--agents", "-a", help="Comma-separated personas to ask (default: all)."),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Use this model for every persona in this run."),
+]
+SynthesizeOption = Annotated[
+    bool, typer.Option("--synthesize", "-s", help="Merge the answers into one.")
+]
+MaxCostOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost",
+        min=0,
+        help="Budget in USD: a call whose worst case could break it is not made.",
+    ),
+]
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", min=1, help="Most calls in flight at once.")
+]
+RetriesOption = Annotated[
+    int, typer.Option("--retries", min=0, help="Retries per persona after a failed attempt.")
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=0.001, help="Seconds per attempt; a persona's own timeout: wins."
+    ),
+]
+MaxRetryAfterOption = Annotated[
+    float,
+    typer.Option("--max-retry-after", min=0, help="Fail at once if a server asks to wait longer."),
+]
+RpmOption = Annotated[
+    float | None,
+    typer.Option("--rpm", min=0.001, max=1e6, help="Requests per minute per endpoint."),
+]
+TpmOption = Annotated[
+    float | None,
+    typer.Option("--tpm", min=1, max=1e10, help="Tokens per minute per endpoint."),
+]
 NoLogOption = Annotated[
     bool, typer.Option("--no-log", help="Do not record this run in the history.")
 ]
@@ -83,18 +126,10 @@ def ask(
         str | None,
         typer.Argument(help="The question. Use - (or leave it out) to read it from stdin."),
     ] = None,
-    agents: Annotated[
-        str | None,
-        typer.Option("--agents", "-a", help="Comma-separated personas to ask (default: all)."),
-    ] = None,
+    agents: AgentsOption = None,
     config: ConfigOption = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Use this model for every persona in this run."),
-    ] = None,
-    synthesize: Annotated[
-        bool, typer.Option("--synthesize", "-s", help="Merge the answers into one.")
-    ] = False,
+    model: ModelOption = None,
+    synthesize: SynthesizeOption = False,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -103,45 +138,18 @@ def ask(
         bool,
         typer.Option("--no-stream", help="Ask for whole answers instead of streaming them."),
     ] = False,
-    max_cost: Annotated[
-        float | None,
-        typer.Option(
-            "--max-cost",
-            min=0,
-            help="Budget in USD: a call whose worst case could break it is not made.",
-        ),
-    ] = None,
+    max_cost: MaxCostOption = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show the calls, limits and worst-case cost; send nothing."),
     ] = False,
     no_log: NoLogOption = False,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="Most calls in flight at once.")
-    ] = 8,
-    retries: Annotated[
-        int, typer.Option("--retries", min=0, help="Retries per persona after a failed attempt.")
-    ] = 3,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout", min=0.001, help="Seconds per attempt; a persona's own timeout: wins."
-        ),
-    ] = 120.0,
-    max_retry_after: Annotated[
-        float,
-        typer.Option(
-            "--max-retry-after", min=0, help="Fail at once if a server asks to wait longer."
-        ),
-    ] = 60.0,
-    rpm: Annotated[
-        float | None,
-        typer.Option("--rpm", min=0.001, max=1e6, help="Requests per minute per endpoint."),
-    ] = None,
-    tpm: Annotated[
-        float | None,
-        typer.Option("--tpm", min=1, max=1e10, help="Tokens per minute per endpoint."),
-    ] = None,
+    concurrency: ConcurrencyOption = 8,
+    retries: RetriesOption = 3,
+    timeout: TimeoutOption = 120.0,
+    max_retry_after: MaxRetryAfterOption = 60.0,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
@@ -161,11 +169,7 @@ def ask(
 
     with _errors_to_exit():
         text = _read_prompt(prompt)
-        names = [n.strip() for n in agents.split(",") if n.strip()] if agents else None
-        if agents is not None and not names:
-            raise ConfigError("--agents: give at least one persona name")
-        if model is not None and not model.strip():
-            raise ConfigError("--model: give a model name")
+        names = _names(agents, model)
         out = _output(json_output, jsonl, jsonl_deltas, output)
         settings = RunSettings(
             concurrency=concurrency,
@@ -208,6 +212,67 @@ def list_agents(config: ConfigOption = None, json_output: JsonOption = False) ->
         from fanout.render import agents_table, make_console
 
         make_console().print(agents_table(panel.agents, panel.synthesizer, panel.source))
+
+
+@app.command()
+def batch(
+    file: Annotated[Path, typer.Argument(help='Prompts: .jsonl ({"id", "prompt"}), .txt or .csv.')],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Results as JSON lines (default: stdout). Run again with the same file to "
+            "carry on where it stopped.",
+        ),
+    ] = None,
+    agents: AgentsOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    synthesize: SynthesizeOption = False,
+    max_cost: MaxCostOption = None,
+    concurrency: ConcurrencyOption = 8,
+    retries: RetriesOption = 3,
+    timeout: TimeoutOption = 120.0,
+    max_retry_after: MaxRetryAfterOption = 60.0,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+) -> None:
+    """Ask every persona every prompt of a file; one JSON line per answer as it completes.
+
+    Examples:
+
+      fanout batch questions.txt -o answers.jsonl
+
+      fanout batch prompts.jsonl -a physicist,chemist --rpm 500 -o out.jsonl
+    """
+    from fanout import session
+    from fanout.retry import RetryPolicy
+    from fanout.runner import RunSettings
+
+    with _errors_to_exit():
+        names = _names(agents, model)
+        if output is not None and (output.is_dir() or not output.parent.is_dir()):
+            raise ConfigError(f"--output: {str(output)!r} is not a file we can write")
+        settings = RunSettings(
+            concurrency=concurrency,
+            timeout=timeout,
+            retry=RetryPolicy(retries=retries, max_retry_after=max_retry_after),
+            rpm=rpm,
+            tpm=tpm,
+            stream=False,  # nobody watches a batch stream: whole answers cost less
+            max_cost=max_cost,
+        )
+        code = session.batch(
+            file,
+            names=names,
+            config=config,
+            model=model,
+            synthesize=synthesize,
+            settings=settings,
+            output=output,
+        )
+    raise typer.Exit(code)
 
 
 runs_app = typer.Typer(
@@ -289,6 +354,15 @@ def runs_synth(
         out = _output(json_output, jsonl, False, output)
         code = session.synth(run_id, model=model, output=out, log=not no_log)
     raise typer.Exit(code)
+
+
+def _names(agents: str | None, model: str | None) -> list[str] | None:
+    names = [n.strip() for n in agents.split(",") if n.strip()] if agents else None
+    if agents is not None and not names:
+        raise ConfigError("--agents: give at least one persona name")
+    if model is not None and not model.strip():
+        raise ConfigError("--model: give a model name")
+    return names
 
 
 def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> Output:

@@ -17,10 +17,19 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from fanout.batch import BatchTally
 from fanout.cost import PlannedCall
 from fanout.events import (
     AgentDelta,
@@ -211,6 +220,69 @@ class ProgressDisplay:
 
     def _message(self) -> str:
         return f"Asking {self._total} persona{'s' if self._total != 1 else ''}… {self._done} done"
+
+
+class BatchProgress:
+    """``fanout batch``: a progress bar on stderr with done, failed, in flight, rate-limited,
+    tokens, cost and the time left (only on a terminal; a pipe gets the summary line)."""
+
+    def __init__(self, console: Console, tally: BatchTally) -> None:
+        self._console = console
+        self._tally = tally
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> BatchProgress:
+        if self._console.is_terminal and not self._console.is_dumb_terminal:
+            self._progress = Progress(
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeRemainingColumn(),
+                console=self._console,
+                refresh_per_second=4,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self._tally.total or None)
+            self._refresh()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def handle(self, event: Event) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._progress is None or self._task is None:
+            return
+        tally = self._tally
+        self._progress.update(
+            self._task,
+            completed=tally.done + tally.skipped,
+            description=escape(batch_summary(tally, with_totals=False)),
+        )
+
+
+def batch_summary(tally: BatchTally, *, with_totals: bool = True) -> str:
+    """``120/300 done · 2 failed · 8 in flight · 1 rate-limited · 9,876 tokens · $0.0123``"""
+    parts = [f"{tally.done + tally.skipped}/{tally.total} done"] if with_totals else []
+    if tally.skipped:
+        parts.append(f"{tally.skipped} from an earlier run")
+    parts.append(f"{tally.failed} failed")
+    parts.append(f"{tally.in_flight} in flight")
+    if tally.waiting:
+        parts.append(f"{tally.waiting} rate-limited")
+    parts.append(f"{tally.tokens:,} tokens")
+    parts.append(("≥ " if tally.unpriced else "") + usd(tally.cost_usd))
+    return " · ".join(parts)
 
 
 def retry_notice(event: AgentRetrying) -> str:
@@ -440,6 +512,10 @@ def usd(amount: float | None) -> str:
     """``$0.0012``; ``?`` for an unknown price."""
     if amount is None:
         return "$?"
+    if amount == 0:
+        return "$0"
+    if amount < 0.01:
+        return f"${amount:.6f}".rstrip("0")
     return f"${amount:.4f}" if amount < 1 else f"${amount:,.2f}"
 
 

@@ -112,6 +112,27 @@ class EndpointGates:
         return self._caps[endpoint]
 
 
+class Engine:
+    """What runs share: the provider, each endpoint's limiter and cap, the concurrency cap, the
+    prices and the budget. One ``ask`` has one run; ``batch`` has many runs on one engine, so the
+    limits hold across all of them."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        callers: Sequence[Agent],
+        settings: RunSettings | None = None,
+        pricing: Pricing | None = None,
+    ) -> None:
+        self.provider = provider
+        self.settings = settings or RunSettings()
+        self.pricing = pricing or Pricing({})
+        self.gates = EndpointGates(callers, self.settings)
+        self.panel_cap = anyio.CapacityLimiter(self.settings.concurrency)
+        max_cost = self.settings.max_cost
+        self.budget = Budget(max_cost) if max_cost is not None else None
+
+
 class PanelRun:
     """One prompt sent to a panel (and, optionally, merged by a synthesizer)."""
 
@@ -120,25 +141,32 @@ class PanelRun:
         prompt: str,
         agents: Sequence[Agent],
         *,
-        provider: Provider,
+        provider: Provider | None = None,
         settings: RunSettings | None = None,
         synthesizer: Agent | None = None,
         observer: Observer | None = None,
         pricing: Pricing | None = None,
         done: Sequence[AgentResult] = (),
         run_id: str | None = None,
+        engine: Engine | None = None,
     ) -> None:
         """``done``: results already in hand (a retried or re-synthesized run); only the agents
-        without one are asked."""
+        without one are asked. ``engine``: shared with other runs (else one of its own, from
+        ``provider``, ``settings`` and ``pricing``)."""
+        if engine is None:
+            if provider is None:
+                raise TypeError("PanelRun needs a provider or an engine")
+            callers = [*agents, *([synthesizer] if synthesizer else [])]
+            engine = Engine(provider, callers, settings, pricing)
+        self.engine = engine
         self.prompt = prompt
         self.agents = list(agents)
-        self.provider = provider
-        self.settings = settings or RunSettings()
+        self.provider = engine.provider
+        self.settings = engine.settings
         self.synthesizer = synthesizer
         self.observer: Observer = observer or _Silent()
-        self.pricing = pricing or Pricing({})
-        max_cost = self.settings.max_cost
-        self.budget = Budget(max_cost) if max_cost is not None else None
+        self.pricing = engine.pricing
+        self.budget = engine.budget
         self.run_id = run_id or uuid.uuid4().hex[:12]
         kept = {r.name: r for r in done}
         self.results = [kept.get(a.name) or AgentResult(a.name, a.model) for a in self.agents]
@@ -146,9 +174,8 @@ class PanelRun:
         self.synthesis: SynthesisResult | None = None
         if synthesizer is not None:
             self.synthesis = SynthesisResult(name=synthesizer.name, model=synthesizer.model)
-        gated = self.agents + ([synthesizer] if synthesizer else [])
-        self._gates = EndpointGates(gated, self.settings)
-        self._panel_cap = anyio.CapacityLimiter(self.settings.concurrency)
+        self._gates = engine.gates
+        self._panel_cap = engine.panel_cap
         self._started_wall = datetime.now(UTC)
         self._started = time.perf_counter()
         self.interrupted = False
@@ -339,27 +366,38 @@ async def run_interruptibly(
 ) -> RunReport:
     """Execute ``run``, then ``cleanup`` (shielded). SIGINT or SIGTERM stops the run and keeps
     what arrived; a second one, even during the clean-up, ends the process at once."""
+    run.interrupted = await interruptibly(run.execute, cleanup)
+    return run.conclude()
+
+
+async def interruptibly(
+    body: Callable[[], Awaitable[None]], cleanup: Callable[[], Awaitable[None]] | None = None
+) -> bool:
+    """Run ``body`` until it ends or SIGINT/SIGTERM cancels it, then ``cleanup`` (shielded).
+    Returns whether it was interrupted. A second signal ends the process at once."""
+    interrupted = False
     async with anyio.create_task_group() as tg:
         work = anyio.CancelScope()
 
         async def watch_signals() -> None:
+            nonlocal interrupted
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    if run.interrupted:
+                    if interrupted:
                         # The user insists: die of the signal, as if we had never caught it.
                         signal.signal(signum, signal.SIG_DFL)
                         os.kill(os.getpid(), signum)
-                    run.interrupted = True
+                    interrupted = True
                     work.cancel()
 
         tg.start_soon(watch_signals)
         with work:
-            await run.execute()
+            await body()
         if cleanup is not None:
             with anyio.CancelScope(shield=True):
                 await cleanup()
         tg.cancel_scope.cancel()
-    return run.conclude()
+    return interrupted
 
 
 def _estimated_usage(messages: Sequence[Message], text: str) -> Usage:

@@ -16,6 +16,14 @@ from typing import Any, Literal
 
 import anyio
 
+from fanout.batch import (
+    BatchTally,
+    ResultWriter,
+    answered_jobs,
+    count_prompts,
+    read_prompts,
+    run_batch,
+)
 from fanout.config import (
     apply_model,
     bound_answer,
@@ -39,15 +47,17 @@ from fanout.history import History, HistoryRecorder, history_path
 from fanout.models import Agent, RunReport
 from fanout.provider import OpenAIProvider
 from fanout.render import (
+    BatchProgress,
     LiveBoard,
     ProgressDisplay,
+    batch_summary,
     make_console,
     plan_table,
     render_report,
     runs_table,
 )
 from fanout.retry import RetryPolicy
-from fanout.runner import PanelRun, RunSettings, run_interruptibly
+from fanout.runner import Engine, PanelRun, RunSettings, interruptibly, run_interruptibly
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_FOR_STATUS = {
@@ -184,6 +194,64 @@ def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -
         recorder = HistoryRecorder(history, resume=True) if log else None
         report = _drive(make_run, [], synthesizer, output, recorder, before=before)
     return _emit(report, output, recorder)
+
+
+def batch(
+    path: Path,
+    *,
+    names: Sequence[str] | None,
+    config: Path | None,
+    model: str | None,
+    synthesize: bool,
+    settings: RunSettings,
+    output: Path | None,
+) -> int:
+    """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines."""
+    panel = load_panel(find_config(config, os.environ))
+    chosen = apply_model(panel.select(names), model)
+    synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
+    if settings.max_cost is not None:
+        chosen = [bound_answer(a) for a in chosen]
+        synthesizer = bound_answer(synthesizer) if synthesizer else None
+    callers = [*chosen, *([synthesizer] if synthesizer else [])]
+    check_credentials(callers, os.environ)
+    prompts = count_prompts(path)  # reads the whole file once: a bad line stops us before any call
+    answered = answered_jobs(output, keep_answers=synthesize)
+    tally = BatchTally(total=prompts * len(callers))
+    err = make_console(stderr=True)
+    provider = OpenAIProvider()
+    provider.prepare(a.endpoint for a in callers)
+    engine = Engine(provider, callers, settings, Pricing.shipped(panel.pricing))
+    sink = output.open("a", encoding="utf-8") if output is not None else sys.stdout
+    try:
+        with BatchProgress(err, tally) as progress:
+
+            async def main() -> bool:
+                return await interruptibly(
+                    lambda: run_batch(
+                        read_prompts(path),
+                        chosen,
+                        synthesizer,
+                        engine=engine,
+                        writer=ResultWriter(sink),
+                        tally=tally,
+                        answered=answered,
+                        shown=progress,
+                    ),
+                    cleanup=provider.aclose,
+                )
+
+            interrupted = anyio.run(main)
+    finally:
+        if output is not None:
+            sink.close()
+    err.print(batch_summary(tally), soft_wrap=True, highlight=False)
+    if interrupted:
+        err.print("[yellow]interrupted: run the same command again to carry on[/]")
+        return EXIT_INTERRUPTED
+    if tally.failed == 0:
+        return EXIT_OK
+    return EXIT_PARTIAL if tally.failed < tally.done else EXIT_FAILED
 
 
 def list_runs(limit: int, json_output: bool) -> None:

@@ -1,0 +1,259 @@
+"""Batch mode: every prompt of a file x every persona, with the limits, retries and budget of
+``ask``, results written as JSON lines the moment each one completes.
+
+Memory stays flat as the job grows: prompts are read one at a time as workers free up, and
+results go straight to the output. Re-running the same command with the same output resumes:
+the (prompt id, persona) pairs already answered there are not asked again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import anyio.abc
+
+from fanout.errors import ConfigError
+from fanout.events import (
+    AgentFinished,
+    AgentRetrying,
+    AgentSending,
+    AgentWaiting,
+    Event,
+    Observer,
+)
+from fanout.export import SCHEMA_VERSION, agent_document, result_from_entry, synthesis_document
+from fanout.models import Agent, AgentResult, SynthesisResult
+from fanout.runner import Engine, PanelRun
+
+FORMATS = (".jsonl", ".ndjson", ".txt", ".csv")
+
+
+@dataclass(frozen=True)
+class BatchPrompt:
+    id: str
+    prompt: str
+
+
+def read_prompts(path: Path) -> Iterator[BatchPrompt]:
+    """The prompts of ``path``, one at a time: ``.jsonl`` (objects with ``prompt`` and an
+    optional ``id``, or plain strings), ``.txt`` (one a line) or ``.csv`` (a ``prompt`` column,
+    an optional ``id`` column). Without an id, a prompt's id is its line or row number."""
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"{path}: a batch file is .jsonl, .txt or .csv, not {suffix or '?'}")
+    seen: set[str] = set()
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as lines:
+            reader = _csv_rows if suffix == ".csv" else _jsonl_rows if suffix != ".txt" else None
+            rows = reader(path, lines) if reader else _txt_rows(lines)
+            for where, item in rows:
+                if item.id in seen:
+                    raise ConfigError(f"{path}:{where}: id {item.id!r} appears twice")
+                seen.add(item.id)
+                yield item
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory") from None
+
+
+def _txt_rows(lines: TextIO) -> Iterator[tuple[int, BatchPrompt]]:
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            yield number, BatchPrompt(str(number), line.strip())
+
+
+def _jsonl_rows(path: Path, lines: TextIO) -> Iterator[tuple[int, BatchPrompt]]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: not JSON: {exc.msg}") from None
+        if isinstance(item, str):
+            item = {"prompt": item}
+        prompt = item.get("prompt") if isinstance(item, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f'{path}:{number}: needs a non-empty "prompt" string')
+        raw_id = item.get("id", number)
+        if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
+            raise ConfigError(f'{path}:{number}: "id" must be a string or a number')
+        yield number, BatchPrompt(str(raw_id), prompt.strip())
+
+
+def _csv_rows(path: Path, lines: TextIO) -> Iterator[tuple[int, BatchPrompt]]:
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+        raise ConfigError(f"{path}: the CSV needs a 'prompt' column")
+    for number, row in enumerate(reader, 2):
+        prompt = (row.get("prompt") or "").strip()
+        if not prompt:
+            raise ConfigError(f"{path}:{number}: empty prompt")
+        yield number, BatchPrompt((row.get("id") or "").strip() or str(number - 1), prompt)
+
+
+def count_prompts(path: Path) -> int:
+    """How many prompts ``path`` holds (one cheap pass, for the progress bar)."""
+    return sum(1 for _ in read_prompts(path))
+
+
+def answered_jobs(output: Path | None, *, keep_answers: bool) -> dict[tuple[str, str], Any]:
+    """The (prompt id, persona) pairs an earlier run already answered in ``output``; with
+    ``keep_answers``, their entries too (the synthesis of a resumed prompt needs them)."""
+    done: dict[tuple[str, str], Any] = {}
+    if output is None or not output.exists():
+        return done
+    with output.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a run that was killed mid-write
+            if isinstance(entry, dict) and entry.get("status") == "ok":
+                key = (str(entry.get("id")), str(entry.get("name")))
+                done[key] = entry if keep_answers else True
+    return done
+
+
+@dataclass
+class BatchTally:
+    """What the batch did, for the progress bar and the summary line."""
+
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # answered by an earlier run
+    in_flight: int = 0
+    waiting: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: bool = False
+    retries: int = 0
+    sending: set[tuple[str, str]] = field(default_factory=set)
+
+
+class ResultWriter:
+    """One JSON line per finished (prompt, persona), flushed at once: ``id``, ``prompt``,
+    ``synthesis`` and then the persona's entry of the ``ask`` document."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, prompt: BatchPrompt, result: AgentResult, synthesis: bool) -> None:
+        if synthesis and isinstance(result, SynthesisResult):
+            entry = synthesis_document(result)
+        else:
+            entry = agent_document(result)
+        line = {
+            "schema_version": SCHEMA_VERSION,
+            "id": prompt.id,
+            "prompt": prompt.prompt,
+            "synthesis": synthesis,
+            **entry,
+        }
+        self._out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._out.flush()
+
+
+class _PromptObserver:
+    """Hears one prompt's run; writes each result and keeps the tally."""
+
+    def __init__(
+        self, prompt: BatchPrompt, writer: ResultWriter, tally: BatchTally, shown: Observer
+    ) -> None:
+        self._prompt, self._writer, self._tally, self._shown = prompt, writer, tally, shown
+
+    def handle(self, event: Event) -> None:
+        tally = self._tally
+        if isinstance(event, AgentWaiting):
+            tally.waiting += 1
+        elif isinstance(event, AgentSending):
+            key = (self._prompt.id, event.agent.name)
+            if key not in tally.sending:
+                tally.sending.add(key)
+                tally.in_flight += 1
+            tally.waiting = max(tally.waiting - 1, 0) if event.attempt == 1 else tally.waiting
+        elif isinstance(event, AgentRetrying):
+            tally.retries += 1
+        elif isinstance(event, AgentFinished):
+            result = event.result
+            key = (self._prompt.id, result.name)
+            if key in tally.sending:
+                tally.sending.discard(key)
+                tally.in_flight -= 1
+            if result.status == "cancelled":
+                return  # not finished: a re-run will ask it
+            self._writer.write(self._prompt, result, event.synthesis)
+            tally.done += 1
+            tally.failed += result.status != "ok"
+            tally.tokens += result.usage.total_tokens
+            if result.cost_usd is not None:
+                tally.cost_usd += result.cost_usd
+            elif result.usage.total_tokens:
+                tally.unpriced = True
+        self._shown.handle(event)
+
+
+async def run_batch(
+    prompts: Iterator[BatchPrompt],
+    agents: Sequence[Agent],
+    synthesizer: Agent | None,
+    *,
+    engine: Engine,
+    writer: ResultWriter,
+    tally: BatchTally,
+    answered: dict[tuple[str, str], Any],
+    shown: Observer,
+) -> None:
+    """Ask every prompt x persona not yet answered; ``concurrency`` prompts are in progress at
+    once (their personas share the engine's limits), the next read only as one finishes."""
+    send, receive = anyio.create_memory_object_stream[BatchPrompt](0)
+
+    async def worker(inbox: anyio.abc.ObjectReceiveStream[BatchPrompt]) -> None:
+        async with inbox:
+            async for prompt in inbox:
+                await ask_one(prompt)
+
+    async def ask_one(prompt: BatchPrompt) -> None:
+        done = [
+            _answered_result(answered[(prompt.id, a.name)], a)
+            for a in agents
+            if (prompt.id, a.name) in answered
+        ]
+        tally.skipped += len(done)
+        synthesis_done = synthesizer is not None and (prompt.id, synthesizer.name) in answered
+        if len(done) == len(agents) and (synthesizer is None or synthesis_done):
+            return
+        observer = _PromptObserver(prompt, writer, tally, shown)
+        run = PanelRun(
+            prompt.prompt,
+            agents,
+            engine=engine,
+            synthesizer=None if synthesis_done else synthesizer,
+            observer=observer,
+            done=done,
+        )
+        await run.execute()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(engine.settings.concurrency):
+            tg.start_soon(worker, receive.clone())
+        receive.close()
+        async with send:
+            for prompt in prompts:
+                await send.send(prompt)
+
+
+def _answered_result(entry: Any, agent: Agent) -> AgentResult:
+    if isinstance(entry, dict):
+        return result_from_entry(entry)
+    return AgentResult(agent.name, agent.model, "ok", answer="")  # answered; text not kept

@@ -1,0 +1,175 @@
+"""``fanout batch``: prompts x personas as JSON lines, resumable, with the limits of ``ask``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "ids"),
+    [
+        ("q.txt", "What is heat?\n\nWhat is light?\n", ["1", "3"]),
+        ("q.jsonl", '{"id": "h", "prompt": "What is heat?"}\n"What is light?"\n', ["h", "2"]),
+        ("q.csv", "id,prompt\nh,What is heat?\n,What is light?\n", ["h", "2"]),
+    ],
+)
+def test_every_prompt_meets_every_persona(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    tmp_path: Path,
+    name: str,
+    content: str,
+    ids: list[str],
+) -> None:
+    source = tmp_path / name
+    source.write_text(content)
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", source, "-c", agents_file("a", "b"), "-o", out)
+    assert result.exit_code == 0, result.output
+    lines = lines_of(out)
+    assert len(lines) == 4
+    assert {(line["id"], line["name"]) for line in lines} == {
+        (i, n) for i in ids for n in ("a", "b")
+    }
+    heat = next(line for line in lines if line["id"] == ids[0] and line["name"] == "a")
+    assert heat["prompt"] == "What is heat?"
+    assert heat["answer"] == "m-a says: What is heat?"
+    assert heat["status"] == "ok" and heat["schema_version"] == 1
+    assert server.count() == 4
+    assert "4/4 done" in result.stderr
+
+
+def test_results_go_to_stdout_without_an_output_file(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\n")
+    result = invoke("batch", source, "-c", agents_file("a"))
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(line)["prompt"] for line in result.stdout.splitlines()) == [
+        "one",
+        "two",
+    ]
+
+
+def test_a_rerun_asks_only_what_is_not_answered_yet(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\nthree\n")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("a", "b")
+    server.script("m-b", Reply(), Fault(400))  # b fails on one of the prompts
+    first = invoke("batch", source, "-c", config, "-o", out, "--concurrency", "1")
+    assert first.exit_code == 3, first.output
+    assert server.count() == 6
+    server.reset()
+    second = invoke("batch", source, "-c", config, "-o", out)
+    assert second.exit_code == 0, second.output
+    assert [r.model for r in server.requests] == ["m-b"]
+    ok = {(line["id"], line["name"]) for line in lines_of(out) if line["status"] == "ok"}
+    assert len(ok) == 6
+    assert "5 from an earlier run" in second.stderr
+
+
+def test_a_killed_batch_resumes_where_it_stopped(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.jsonl"
+    source.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": f"q{i}"}) + "\n" for i in range(5))
+    )
+    out = tmp_path / "out.jsonl"
+    config = agents_file("a")
+    server.script("m-a", Reply(), Reply(), Hang())  # the third request never answers
+    command = ["batch", str(source), "-c", str(config), "-o", str(out), "--concurrency", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "fanout", *command], stderr=subprocess.PIPE)
+    try:
+        server.wait_for_requests(3)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert [line["id"] for line in lines_of(out)] == ["p0", "p1"]
+    server.reset()
+    result = invoke("batch", source, "-c", config, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(r.body["messages"][-1]["content"] for r in server.requests) == ["q2", "q3", "q4"]
+    assert sorted(line["id"] for line in lines_of(out)) == ["p0", "p1", "p2", "p3", "p4"]
+
+
+def test_synthesis_per_prompt(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\n")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("a", "b", synthesizer={"model": "m-synth"})
+    result = invoke("batch", source, "-c", config, "-o", out, "-s")
+    assert result.exit_code == 0, result.output
+    syntheses = [line for line in lines_of(out) if line["synthesis"]]
+    assert sorted(line["id"] for line in syntheses) == ["1", "2"]
+    assert all(line["sources"] == ["a", "b"] for line in syntheses)
+    assert server.count("m-synth") == 2
+
+
+def test_the_rate_limit_holds_across_prompts(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\nthree\nfour\n")
+    result = invoke("batch", source, "-c", agents_file("a"), "--rpm", "120")
+    assert result.exit_code == 0, result.output
+    starts = sorted(r.started for r in server.requests)
+    assert starts[2] - starts[0] >= 0.4  # a burst of 2, then one start every 0.5 s
+    assert starts[3] - starts[1] >= 0.4
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("q.csv", "question\nwhy?\n", "'prompt' column"),
+        ("q.jsonl", '{"prompt": "ok"}\n{not json\n', "q.jsonl:2: not JSON"),
+        ("q.jsonl", '{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', "appears twice"),
+        ("q.jsonl", '{"id": 1}\n', 'needs a non-empty "prompt"'),
+        ("q.pdf", "%PDF", "a batch file is .jsonl, .txt or .csv"),
+    ],
+    ids=["no-prompt-column", "bad-json", "duplicate-id", "no-prompt", "format"],
+)
+def test_bad_input_stops_before_any_call(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    tmp_path: Path,
+    name: str,
+    content: str,
+    message: str,
+) -> None:
+    source = tmp_path / name
+    source.write_text(content)
+    result = invoke("batch", source, "-c", agents_file("a"))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert message in result.stderr
+    assert server.count() == 0
+
+
+def test_a_missing_batch_file_is_a_usage_error(agents_file: AgentsFile, invoke: Invoke) -> None:
+    result = invoke("batch", "nope.txt", "-c", agents_file("a"))
+    assert result.exit_code == 2
+    assert "nope.txt: no such file" in result.stderr
