@@ -16,7 +16,32 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fakeserver import FakeOpenAI, Reply  # noqa: E402
 
-__all__ = ["FakeOpenAI", "Reply", "panel_file", "run_fanout"]
+__all__ = ["FakeOpenAI", "Reply", "ServerProcess", "panel_file", "run_fanout"]
+
+
+class ServerProcess:
+    """The test server in its own process (``with ServerProcess(latency) as base_url``)."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self._latency = latency
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> str:
+        script = Path(__file__).with_name("_server.py")
+        self._proc = subprocess.Popen(
+            [sys.executable, str(script), str(self._latency)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        return self._proc.stdout.readline().strip()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
 
 
 def panel_file(base_url: str, n: int, **defaults: Any) -> Path:

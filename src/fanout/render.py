@@ -10,11 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
@@ -29,8 +28,6 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from fanout.batch import BatchTally
-from fanout.cost import PlannedCall
 from fanout.events import (
     AgentDelta,
     AgentFinished,
@@ -40,8 +37,12 @@ from fanout.events import (
     AgentWaiting,
     Event,
 )
-from fanout.history import RunSummary
 from fanout.models import Agent, AgentResult, RunReport
+
+if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the runner to start
+    from fanout.batch import BatchTally
+    from fanout.cost import PlannedCall
+    from fanout.history import RunSummary
 
 Clock = Callable[[], float]
 
@@ -521,6 +522,8 @@ def usd(amount: float | None) -> str:
 
 def _answer_cell(result: AgentResult) -> RenderableType:
     if result.status == "ok":
+        from rich.markdown import Markdown  # 40 ms to import: only when there are answers
+
         return Markdown(result.answer or "")
     style = _STATUS_STYLE.get(result.status, "red")
     if result.error is not None:
