@@ -53,6 +53,8 @@ class ScriptedProvider:
 class Recorder:
     """An observer that writes down the events that matter to these tests."""
 
+    wants_deltas = True
+
     def __init__(self) -> None:
         self.events: list[str] = []
 

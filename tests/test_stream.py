@@ -14,11 +14,11 @@ def jsonl_lines(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines()]
 
 
-def test_answers_are_streamed_with_usage_by_default(
+def test_answers_are_streamed_with_usage_when_asked(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:
     server.default = Reply(text="streamed in pieces")
-    result = invoke("ask", "-c", agents_file("physicist"), "--json", "Why?")
+    result = invoke("ask", "-c", agents_file("physicist"), "--json", "--stream", "Why?")
     assert result.exit_code == 0, result.output
     body = server.requests[0].body
     assert body["stream"] is True
@@ -28,6 +28,17 @@ def test_answers_are_streamed_with_usage_by_default(
     assert entry["ttft_s"] is not None
     assert entry["usage"]["output_tokens"] == 3
     assert entry["usage_estimated"] is False
+
+
+def test_streaming_is_on_by_default_only_where_someone_watches(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("physicist")
+    assert invoke("ask", "-c", config, "--json", "Why?").exit_code == 0
+    assert invoke("ask", "-c", config, "--jsonl", "Why?").exit_code == 0
+    piped, jsonl = server.requests
+    assert "stream" not in piped.body  # a pipe shows nothing live: whole answers cost less
+    assert jsonl.body["stream"] is True
 
 
 def test_no_stream_asks_for_the_whole_answer(
@@ -43,7 +54,7 @@ def test_stream_without_usage_falls_back_to_an_estimate(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:
     server.default = Reply(text="no usage from this server", stream_usage=False)
-    result = invoke("ask", "-c", agents_file("physicist"), "--json", "Why?")
+    result = invoke("ask", "-c", agents_file("physicist"), "--json", "--stream", "Why?")
     assert result.exit_code == 0, result.output
     entry = json.loads(result.stdout)["agents"][0]
     assert entry["usage_estimated"] is True
@@ -54,7 +65,7 @@ def test_server_that_ignores_stream_still_answers(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:
     server.default = Reply(text="whole answer", can_stream=False)
-    result = invoke("ask", "-c", agents_file("physicist"), "--json", "Why?")
+    result = invoke("ask", "-c", agents_file("physicist"), "--json", "--stream", "Why?")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["output"] == {"physicist": "whole answer"}
 
@@ -64,7 +75,7 @@ def test_server_that_rejects_stream_gets_asked_again_without_it(
 ) -> None:
     rejection = {"error": {"message": "stream_options is not supported", "type": "invalid"}}
     server.script("m-physicist", Fault(400, body=rejection), Reply(text="fine, whole"))
-    result = invoke("ask", "-c", agents_file("physicist"), "--json", "Why?")
+    result = invoke("ask", "-c", agents_file("physicist"), "--json", "--stream", "Why?")
     assert result.exit_code == 0, result.output
     first, second = server.requests
     assert first.body.get("stream") is True

@@ -134,10 +134,15 @@ def ask(
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
     output: OutputOption = None,
-    no_stream: Annotated[
-        bool,
-        typer.Option("--no-stream", help="Ask for whole answers instead of streaming them."),
-    ] = False,
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            help="Stream answers, or ask for them whole. Default: stream when they are shown "
+            "live (a terminal, --jsonl).",
+            show_default=False,
+        ),
+    ] = None,
     max_cost: MaxCostOption = None,
     dry_run: Annotated[
         bool,
@@ -177,7 +182,7 @@ def ask(
             retry=RetryPolicy(retries=retries, max_retry_after=max_retry_after),
             rpm=rpm,
             tpm=tpm,
-            stream=not no_stream,
+            stream=stream,
             max_cost=max_cost,
         )
         code = session.ask(

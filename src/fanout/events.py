@@ -88,7 +88,8 @@ Event = (
 
 
 class Observer(Protocol):
-    """Anything that wants to hear about a run. ``handle`` must be quick and never raise."""
+    """Anything that wants to hear about a run. ``handle`` must be quick and never raise.
+    An observer with a true ``wants_deltas`` attribute gets answers streamed to it."""
 
     def handle(self, event: Event) -> None: ...
 

@@ -109,6 +109,8 @@ class JsonlWriter:
     ``run_finished`` the whole document, so a consumer can stop reading there.
     """
 
+    wants_deltas = True  # time to first token, and the deltas themselves with --jsonl-deltas
+
     def __init__(self, out: TextIO, *, deltas: bool = False) -> None:
         self._out = out
         self._deltas = deltas

@@ -374,6 +374,8 @@ class LiveBoard:
     while it streams. The board is transient: once the run ends, the answers table replaces it.
     """
 
+    wants_deltas = True
+
     def __init__(self, console: Console, agents: Sequence[Agent], clock: Clock | None = None):
         self.console = console
         self.panes = {a.name: Pane(a.name, a.model) for a in agents}

@@ -77,7 +77,9 @@ class RunSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rpm: float | None = None  # override every endpoint's limit
     tpm: float | None = None
-    stream: bool = True  # stream answers (deltas, time to first token) or ask for them whole
+    # Stream answers (deltas, time to first token) or ask for them whole; None: stream when an
+    # observer shows the deltas (the live view, --jsonl), since parsing chunks costs CPU.
+    stream: bool | None = None
     max_cost: float | None = None  # USD for the whole run; calls that could break it are skipped
 
 
@@ -176,6 +178,8 @@ class PanelRun:
             self.synthesis = SynthesisResult(name=synthesizer.name, model=synthesizer.model)
         self._gates = engine.gates
         self._panel_cap = engine.panel_cap
+        wants = bool(getattr(self.observer, "wants_deltas", False))
+        self._stream = self.settings.stream if self.settings.stream is not None else wants
         self._started_wall = datetime.now(UTC)
         self._started = time.perf_counter()
         self.interrupted = False
@@ -281,7 +285,7 @@ class PanelRun:
                                 agent,
                                 messages,
                                 timeout_s=timeout,
-                                on_delta=on_delta if self.settings.stream else None,
+                                on_delta=on_delta if self._stream else None,
                                 on_sent=reservation.mark_sent,
                             )
                     except TimeoutError:
