@@ -32,6 +32,8 @@ with a string ``model`` get a 400; neither is recorded.
 from __future__ import annotations
 
 import contextlib
+import email.parser
+import email.policy
 import itertools
 import json
 import os
@@ -171,6 +173,8 @@ class FakeOpenAI:
         self._scripts: dict[str, deque[Step]] = {}
         self._requests: list[RecordedRequest] = []
         self._live: dict[int, RecordedRequest] = {}  # in flight, recorded since the last reset
+        self._files: dict[str, bytes] = {}
+        self._batches: dict[str, dict[str, Any]] = {}
         self._max_in_flight = 0
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -237,6 +241,8 @@ class FakeOpenAI:
             self._requests.clear()
             self._live.clear()  # stragglers from before the reset no longer count
             self._max_in_flight = 0
+            self._files.clear()
+            self._batches.clear()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -257,6 +263,96 @@ class FakeOpenAI:
         with self._cond:
             if not self._cond.wait_for(lambda: len(self._requests) >= n, timeout):
                 raise TimeoutError(f"got {len(self._requests)} requests, wanted {n}")
+
+    # -- the Batch API: each line is answered as a chat request would be -------------------
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self._files
+
+    @property
+    def batches(self) -> dict[str, dict[str, Any]]:
+        return self._batches
+
+    def _store_file(self, content: bytes) -> str:
+        with self._cond:
+            file_id = f"file-{len(self._files) + 1}"
+            self._files[file_id] = content
+            return file_id
+
+    def _file_object(self, file_id: str) -> dict[str, Any]:
+        content = self._files[file_id]
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": f"{file_id}.jsonl",
+            "purpose": "batch",
+            "status": "processed",
+        }
+
+    def _create_batch(self, input_file_id: str) -> dict[str, Any]:
+        """Run every line through the scripts now; report in_progress once, then completed."""
+        out, errors = [], []
+        for line in self._files[input_file_id].decode().splitlines():
+            item = json.loads(line)
+            body = item["body"]
+            rec = RecordedRequest(body["model"], body, {}, "batch", time.monotonic())
+            step = self._begin(rec)
+            self._end(rec)
+            if isinstance(step, Fault):
+                fault = _error(step.status, code=step.code) if step.body is None else step.body
+                response = {"status_code": step.status, "body": fault}
+            else:
+                text = (
+                    step.text
+                    if isinstance(step, Reply) and step.text is not None
+                    else (f"{body['model']} says: {body['messages'][-1]['content']}")
+                )
+                choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+                choice["finish_reason"] = "stop"
+                response = {
+                    "status_code": 200,
+                    "body": _completion(body["model"], [choice], _usage(body, text)),
+                }
+            result = {"id": f"req-{len(out)}", "custom_id": item["custom_id"]}
+            (out if response["status_code"] == 200 else errors).append(
+                {**result, "response": response, "error": None}
+            )
+        with self._cond:
+            batch_id = f"batch-{len(self._batches) + 1}"
+            output = "".join(json.dumps(r) + "\n" for r in out).encode()
+            error = "".join(json.dumps(r) + "\n" for r in errors).encode()
+            self._batches[batch_id] = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": "/v1/chat/completions",
+                "input_file_id": input_file_id,
+                "completion_window": "24h",
+                "created_at": int(time.time()),
+                "status": "validating",
+                "output_file_id": None,
+                "error_file_id": None,
+                "_files": (output, error),
+                "request_counts": {
+                    "total": len(out) + len(errors),
+                    "completed": len(out),
+                    "failed": len(errors),
+                },
+            }
+            return self._batch_status(batch_id, advance=False)
+
+    def _batch_status(self, batch_id: str, advance: bool = True) -> dict[str, Any]:
+        with self._cond:
+            batch = self._batches[batch_id]
+            if advance and batch["status"] == "validating":
+                batch["status"] = "in_progress"
+            elif advance and batch["status"] == "in_progress":
+                output, error = batch["_files"]
+                batch["status"] = "completed"
+                batch["output_file_id"] = self._store_file(output) if output else None
+                batch["error_file_id"] = self._store_file(error) if error else None
+            return {k: v for k, v in batch.items() if not k.startswith("_")}
 
     # -- called by handler threads ---------------------------------------------------------
     def _begin(self, rec: RecordedRequest) -> Step:
@@ -338,6 +434,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
         path = urlsplit(self.path).path.rstrip("/")
+        if path in ("/v1/files", "/v1/batches"):
+            return self._batch_api_post(path, raw)
         if path not in CHAT_PATHS:
             return self._not_found()
         try:
@@ -375,7 +473,37 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(int(self.headers["content-length"]))
         self._send_json(404, _error(404, f"no route for {self.command} {self.path}"))
 
-    do_GET = do_PUT = do_PATCH = do_DELETE = _not_found
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        fake = self.server.fake
+        parts = path.split("/")
+        if len(parts) == 4 and parts[2] == "batches" and parts[3] in fake.batches:
+            return self._send_json(200, fake._batch_status(parts[3]))
+        if len(parts) == 5 and parts[2] == "files" and parts[4] == "content":
+            content = fake.files.get(parts[3])
+            if content is not None:
+                return self._send(200, content, "application/octet-stream", {})
+        self._not_found()
+
+    do_PUT = do_PATCH = do_DELETE = _not_found
+
+    # -- the Files and Batch APIs (just enough for /v1/chat/completions batches) -------------
+    def _batch_api_post(self, path: str, raw: bytes) -> None:
+        fake = self.server.fake
+        if path == "/v1/files":
+            message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                b"content-type: " + self.headers["content-type"].encode() + b"\r\n\r\n" + raw
+            )
+            for part in message.iter_parts():
+                if part.get_param("name", header="content-disposition") == "file":
+                    payload = part.get_payload(decode=True)
+                    file_id = fake._store_file(payload if isinstance(payload, bytes) else b"")
+                    return self._send_json(200, fake._file_object(file_id))
+            return self._send_json(400, _error(400, "no file in the upload"))
+        body = json.loads(raw)
+        if body.get("input_file_id") not in fake.files:
+            return self._send_json(404, _error(404, "no such input file"))
+        return self._send_json(200, fake._create_batch(body["input_file_id"]))
 
     # -- steps -----------------------------------------------------------------------------
     def _run(self, step: Step, body: dict[str, Any]) -> None:

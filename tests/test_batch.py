@@ -173,3 +173,82 @@ def test_a_missing_batch_file_is_a_usage_error(agents_file: AgentsFile, invoke: 
     result = invoke("batch", "nope.txt", "-c", agents_file("a"))
     assert result.exit_code == 2
     assert "nope.txt: no such file" in result.stderr
+
+
+def test_via_the_batch_api_results_come_back_as_the_same_lines(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.jsonl"
+    source.write_text('{"id": "h", "prompt": "What is heat?"}\n{"id": "l", "prompt": "Light?"}\n')
+    out = tmp_path / "out.jsonl"
+    server.script("m-b", Reply(), Fault(400))
+    config = agents_file("a", "b", extra={"a": {"temperature": 0.2}})
+    args = ["batch", source, "-c", config, "-o", out, "--via", "openai-batch"]
+    result = invoke(*args, "--poll-interval", "0.01")
+    assert result.exit_code == 3, result.output
+    assert [r.path for r in server.requests] == ["batch"] * 4  # no direct chat calls
+    assert len(server.batches) == 1
+    lines = {(line["id"], line["name"]): line for line in lines_of(out)}
+    assert set(lines) == {("h", "a"), ("h", "b"), ("l", "a"), ("l", "b")}
+    assert lines[("h", "a")]["answer"] == "m-a says: What is heat?"
+    assert lines[("h", "a")]["usage"]["total_tokens"] > 0
+    assert lines[("l", "b")]["status"] == "error"
+    assert lines[("l", "b")]["error"]["status_code"] == 400
+    sent = next(r for r in server.requests if r.model == "m-a")
+    assert sent.body["temperature"] == 0.2
+    assert not out.with_name("out.jsonl.batches.json").exists()
+    server.reset()
+    again = invoke(*args, "--poll-interval", "0.01")  # only the failed one goes again
+    assert again.exit_code == 0, again.output
+    assert [r.model for r in server.requests] == ["m-b"]
+
+
+def test_a_batch_api_job_is_picked_up_again_by_id_not_paid_twice(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\n")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("a")
+    state = out.with_name("out.jsonl.batches.json")
+    # A first run that submitted its batch and then died: only the state file is left.
+    first = invoke("batch", source, "-c", config, "-o", out, "--via", "openai-batch",
+                   "--poll-interval", "0.01")  # fmt: skip
+    assert first.exit_code == 0
+    batch_id = next(iter(server.batches))
+    out.unlink()
+    state.write_text(json.dumps({"batches": [
+        {"base_url": server.base_url, "api_key_env": "OPENAI_API_KEY", "id": batch_id}
+    ]}))  # fmt: skip
+    server.batches[batch_id]["status"] = "in_progress"
+    resumed = invoke("batch", source, "-c", config, "-o", out, "--via", "openai-batch",
+                     "--poll-interval", "0.01")  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    assert len(server.batches) == 1  # nothing submitted again
+    assert sorted(line["prompt"] for line in lines_of(out)) == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-s"], "--synthesize needs the answers first"),
+        (["--max-cost", "0.0000001"], "a Batch API job cannot stop half-way"),
+    ],
+)
+def test_the_batch_api_refuses_what_it_cannot_honour(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\n")
+    config = agents_file("a")
+    config.write_text(config.read_text() + "pricing:\n  m-a: {input: 1.0, output: 1.0}\n")
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", source, "-c", config, "-o", out, "--via", "openai-batch", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert server.count() == 0

@@ -18,7 +18,8 @@ from typing import Any, TextIO
 import anyio
 import anyio.abc
 
-from fanout.errors import ConfigError
+from fanout.cost import Pricing
+from fanout.errors import ConfigError, ProviderError
 from fanout.events import (
     AgentFinished,
     AgentRetrying,
@@ -28,7 +29,16 @@ from fanout.events import (
     Observer,
 )
 from fanout.export import SCHEMA_VERSION, agent_document, result_from_entry, synthesis_document
-from fanout.models import Agent, AgentResult, SynthesisResult
+from fanout.models import (
+    Agent,
+    AgentError,
+    AgentResult,
+    Endpoint,
+    SynthesisResult,
+    Usage,
+    chat_messages,
+)
+from fanout.provider import OpenAIProvider, request_line
 from fanout.runner import Engine, PanelRun
 
 FORMATS = (".jsonl", ".ndjson", ".txt", ".csv")
@@ -257,3 +267,139 @@ def _answered_result(entry: Any, agent: Agent) -> AgentResult:
     if isinstance(entry, dict):
         return result_from_entry(entry)
     return AgentResult(agent.name, agent.model, "ok", answer="")  # answered; text not kept
+
+
+# -- the provider's Batch API (``--via openai-batch``) ------------------------------------------
+
+_DONE_STATES = {"completed", "failed", "expired", "cancelled"}
+
+
+async def run_via_batch_api(
+    prompts: Iterator[BatchPrompt],
+    agents: Sequence[Agent],
+    *,
+    provider: OpenAIProvider,
+    pricing: Pricing,
+    writer: ResultWriter,
+    tally: BatchTally,
+    answered: dict[tuple[str, str], Any],
+    state_file: Path,
+    poll_s: float,
+    shown: Observer,
+) -> None:
+    """Hand the jobs to the provider's Batch API (one batch per endpoint), wait for it and write
+    the results in the same lines as a direct batch. The batch ids are saved in ``state_file``
+    before any waiting, so a re-run after a crash or Ctrl-C picks the same batches up again
+    instead of paying for them twice."""
+    texts: dict[str, str] = {}
+    by_name = {a.name: a for a in agents}
+    jobs_by_endpoint: dict[Endpoint, list[tuple[str, Agent]]] = {}
+    for prompt in prompts:
+        texts[prompt.id] = prompt.prompt
+        for agent in agents:
+            if (prompt.id, agent.name) in answered:
+                tally.skipped += 1
+            else:
+                jobs_by_endpoint.setdefault(agent.endpoint, []).append((prompt.id, agent))
+    state = _load_state(state_file)
+    if not state:
+        for number, (endpoint, jobs) in enumerate(jobs_by_endpoint.items()):
+            requests = state_file.with_name(f"{state_file.stem}.{number}.requests.jsonl")
+            _write_requests(requests, jobs, texts)
+            batch_id = await provider.submit_batch(endpoint, requests)
+            state.append(
+                {"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env, "id": batch_id}
+            )
+            _save_state(state_file, state, done_with=requests)
+    tally.in_flight = sum(len(jobs) for jobs in jobs_by_endpoint.values())
+    for entry in state:
+        endpoint = Endpoint(entry["base_url"], entry["api_key_env"])
+        while (status := await provider.batch_state(endpoint, entry["id"])).status not in (
+            _DONE_STATES
+        ):
+            shown.handle(AgentWaiting(agents[0]))  # a nudge for the progress bar
+            await anyio.sleep(poll_s)
+        for file_id in (status.output_file_id, status.error_file_id):
+            if file_id:
+                content = await provider.batch_file(endpoint, file_id)
+                _write_batch_results(content, by_name, texts, pricing, writer, tally)
+        if status.status != "completed":
+            tally.failed += 1
+            raise ProviderError(
+                f"batch {entry['id']} ended {status.status}; {status.completed} of "
+                f"{status.total} requests answered (written above)",
+                kind="batch",
+            )
+    tally.in_flight = 0
+    _save_state(state_file, [])
+
+
+def _write_requests(path: Path, jobs: list[tuple[str, Agent]], texts: dict[str, str]) -> None:
+    """The Batch API's input file: one chat request a line, ``custom_id`` = [prompt id, name]."""
+    with path.open("w", encoding="utf-8") as out:
+        for prompt_id, agent in jobs:
+            messages = chat_messages(agent, texts[prompt_id])
+            custom_id = json.dumps([prompt_id, agent.name])
+            out.write(json.dumps(request_line(custom_id, agent, messages)) + "\n")
+
+
+def _save_state(
+    state_file: Path, state: list[dict[str, str]], done_with: Path | None = None
+) -> None:
+    """Remember the submitted batches (or forget them all: ``state`` empty)."""
+    if state:
+        state_file.write_text(json.dumps({"batches": state}), encoding="utf-8")
+    else:
+        state_file.unlink(missing_ok=True)
+    if done_with is not None:
+        done_with.unlink(missing_ok=True)
+
+
+def _load_state(state_file: Path) -> list[dict[str, str]]:
+    if not state_file.exists():
+        return []
+    try:
+        batches = json.loads(state_file.read_text(encoding="utf-8"))["batches"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{state_file}: not a fanout batch state file") from None
+    return list(batches)
+
+
+def _write_batch_results(
+    content: bytes,
+    by_name: dict[str, Agent],
+    texts: dict[str, str],
+    pricing: Pricing,
+    writer: ResultWriter,
+    tally: BatchTally,
+) -> None:
+    for line in content.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        prompt_id, name = json.loads(item["custom_id"])
+        agent = by_name.get(name)
+        if agent is None or prompt_id not in texts:
+            continue
+        result = AgentResult(name, agent.model, attempts=1)
+        response = item.get("response") or {}
+        try:
+            if item.get("error") and not response:
+                raise ProviderError(str(item["error"].get("message", "failed")), kind="batch")
+            completion = OpenAIProvider.batch_answer(
+                int(response.get("status_code", 500)), response.get("body")
+            )
+        except ProviderError as exc:
+            result.status = "error"
+            result.error = AgentError(exc.kind, exc.message, exc.status_code, exc.retryable)
+        else:
+            result.status, result.answer = "ok", completion.text
+            result.usage = completion.usage or Usage()
+            result.cost_usd = pricing.cost(agent.model, result.usage)
+        writer.write(BatchPrompt(prompt_id, texts[prompt_id]), result, False)
+        tally.done += 1
+        tally.in_flight = max(tally.in_flight - 1, 0)
+        tally.failed += result.status != "ok"
+        tally.tokens += result.usage.total_tokens
+        if result.cost_usd is not None:
+            tally.cost_usd += result.cost_usd

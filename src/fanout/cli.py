@@ -242,6 +242,18 @@ def batch(
     max_retry_after: MaxRetryAfterOption = 60.0,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
+    via: Annotated[
+        str,
+        typer.Option(
+            "--via",
+            help="direct: fanout makes the calls; openai-batch: hand the job to the provider's "
+            "Batch API (half price, results within 24 h; resumable by batch id).",
+        ),
+    ] = "direct",
+    poll_interval: Annotated[
+        float,
+        typer.Option("--poll-interval", min=0.01, help="Seconds between Batch API status checks."),
+    ] = 30.0,
 ) -> None:
     """Ask every persona every prompt of a file; one JSON line per answer as it completes.
 
@@ -257,6 +269,8 @@ def batch(
 
     with _errors_to_exit():
         names = _names(agents, model)
+        if via not in ("direct", "openai-batch"):
+            raise ConfigError(f"--via: {via!r} is not direct or openai-batch")
         if output is not None and (output.is_dir() or not output.parent.is_dir()):
             raise ConfigError(f"--output: {str(output)!r} is not a file we can write")
         settings = RunSettings(
@@ -276,6 +290,8 @@ def batch(
             synthesize=synthesize,
             settings=settings,
             output=output,
+            via=via,
+            poll_s=poll_interval,
         )
     raise typer.Exit(code)
 

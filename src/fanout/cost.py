@@ -17,7 +17,7 @@ from importlib import resources
 
 import anyio
 
-from fanout.models import Agent, Usage
+from fanout.models import Agent, Usage, chat_messages
 
 PER = 1_000_000
 _CENT_FRACTION = 1e-12  # float noise, far below any price
@@ -123,9 +123,7 @@ def plan_calls(
     """
     calls = []
     for agent in agents:
-        messages = [{"role": "system", "content": agent.instructions}] if agent.instructions else []
-        messages.append({"role": "user", "content": prompt})
-        calls.append(_planned(agent, estimate_tokens(messages), pricing))
+        calls.append(_planned(agent, estimate_tokens(chat_messages(agent, prompt)), pricing))
     if synthesizer is not None:
         answers = sum(a.max_tokens or DEFAULT_COMPLETION_ESTIMATE for a in agents)
         framing = [{"role": "system", "content": synthesizer.instructions}]

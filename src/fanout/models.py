@@ -80,6 +80,15 @@ class Agent:
     limits: Limits = field(default_factory=Limits)
 
 
+def chat_messages(agent: Agent, prompt: str) -> list[Message]:
+    """What a persona is sent: its instructions as the system message, then the prompt."""
+    messages: list[Message] = []
+    if agent.instructions:
+        messages.append({"role": "system", "content": agent.instructions})
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
 @dataclass(frozen=True)
 class Usage:
     """Tokens as the API reported them."""

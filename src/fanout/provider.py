@@ -10,8 +10,11 @@ import email.utils
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import httpx2  # openai's own HTTP client, for the request hook
@@ -137,6 +140,73 @@ class OpenAIProvider:
             raise ProviderError("the server returned no choices", kind="bad_response", usage=usage)
         return Completion("".join(parts), usage, headers)
 
+    # -- the Batch API (``fanout batch --via openai-batch``) --------------------------------
+
+    async def submit_batch(self, endpoint: Endpoint, requests: Path) -> str:
+        """Upload a JSONL file of chat requests and start a batch on it; its id."""
+        client = self._client(endpoint)
+        with self._translated(60.0):
+            with requests.open("rb") as content:
+                upload = await client.files.create(file=(requests.name, content), purpose="batch")
+            batch = await client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        return batch.id
+
+    async def batch_state(self, endpoint: Endpoint, batch_id: str) -> BatchState:
+        client = self._client(endpoint)
+        with self._translated(60.0):
+            batch = await client.batches.retrieve(batch_id)
+        counts = batch.request_counts
+        return BatchState(
+            batch.status,
+            batch.output_file_id,
+            batch.error_file_id,
+            counts.completed if counts else 0,
+            counts.failed if counts else 0,
+            counts.total if counts else 0,
+        )
+
+    async def batch_file(self, endpoint: Endpoint, file_id: str) -> bytes:
+        client = self._client(endpoint)
+        with self._translated(300.0):
+            content = await client.files.content(file_id)
+        return content.content
+
+    @staticmethod
+    def batch_answer(status_code: int, body: Any) -> Completion:
+        """One line of a batch's results, as ``complete`` would have returned it (or raised)."""
+        if status_code != 200:
+            inner = body.get("error", body) if isinstance(body, dict) else {}
+            detail = inner.get("message") if isinstance(inner, dict) else None
+            kind, retryable = _classify(status_code, inner.get("code") if inner else None)
+            message = f"HTTP {status_code}: {detail or 'failed in the batch'}"
+            raise ProviderError(message, kind=kind, status_code=status_code, retryable=retryable)
+        try:
+            return _completion_of(ChatCompletion.model_validate(body))
+        except ValueError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ProviderError(f"malformed response: {first[:200]}", kind="bad_response") from None
+
+    @contextmanager
+    def _translated(self, timeout_s: float) -> Iterator[None]:
+        """openai's errors, as the ``ProviderError`` the rest of fanout knows."""
+        try:
+            yield
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc) from None
+        except openai.APITimeoutError:
+            raise ProviderError.timeout(timeout_s) from None
+        except (openai.APIConnectionError, httpx2.TransportError) as exc:
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise ProviderError(
+                f"connection failed: {self._redact(str(cause))}", kind="connection", retryable=True
+            ) from None
+        except (openai.APIError, httpx2.HTTPError, ValueError) as exc:
+            raise ProviderError(
+                f"malformed response: {self._redact(str(exc))[:200]}", kind="bad_response"
+            ) from None
+
     def prepare(self, endpoints: Iterable[Endpoint]) -> None:
         """Build the clients up front, so the first requests of a run are not held back by
         one-time set-up (rate-limited starts would otherwise bunch up at the server)."""
@@ -213,6 +283,27 @@ async def _announce_sent(request: httpx2.Request) -> None:
             callback()
 
     request.extensions["trace"] = trace
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """Where a Batch API batch stands."""
+
+    status: str  # validating, in_progress, finalizing, completed, failed, expired, cancelled...
+    output_file_id: str | None
+    error_file_id: str | None
+    completed: int
+    failed: int
+    total: int
+
+
+def request_line(custom_id: str, agent: Agent, messages: Sequence[Message]) -> dict[str, Any]:
+    """One line of a Batch API input file: the chat request ``complete`` would send."""
+    body: dict[str, Any] = {"model": agent.model, "messages": list(messages)}
+    for name in ("temperature", "top_p", "max_tokens"):
+        if getattr(agent, name) is not None:
+            body[name] = getattr(agent, name)
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
 
 def _wire(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:

@@ -44,6 +44,7 @@ from fanout.models import (
     RunReport,
     SynthesisResult,
     Usage,
+    chat_messages,
 )
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
 from fanout.synthesis import synthesis_messages
@@ -193,7 +194,7 @@ class PanelRun:
         async with anyio.create_task_group() as tg:
             for index, agent in enumerate(self.agents):
                 if self._to_ask[index]:
-                    messages = self._messages(agent)
+                    messages = chat_messages(agent, self.prompt)
                     tg.start_soon(self._call, agent, messages, self.results[index], False)
         if self.synthesizer is not None and self.synthesis is not None:
             await self._synthesize(self.synthesizer, self.synthesis)
@@ -221,13 +222,6 @@ class PanelRun:
             synthesis=self.synthesis,
             interrupted=self.interrupted,
         )
-
-    def _messages(self, agent: Agent) -> list[Message]:
-        messages: list[Message] = []
-        if agent.instructions:
-            messages.append({"role": "system", "content": agent.instructions})
-        messages.append({"role": "user", "content": self.prompt})
-        return messages
 
     async def _synthesize(self, agent: Agent, result: SynthesisResult) -> None:
         answered = [r for r in self.results if r.status == "ok"]

@@ -23,6 +23,7 @@ from fanout.batch import (
     count_prompts,
     read_prompts,
     run_batch,
+    run_via_batch_api,
 )
 from fanout.config import (
     apply_model,
@@ -205,6 +206,8 @@ def batch(
     synthesize: bool,
     settings: RunSettings,
     output: Path | None,
+    via: str = "direct",
+    poll_s: float = 30.0,
 ) -> int:
     """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines."""
     panel = load_panel(find_config(config, os.environ))
@@ -222,11 +225,37 @@ def batch(
     provider = OpenAIProvider()
     provider.prepare(a.endpoint for a in callers)
     engine = Engine(provider, callers, settings, Pricing.shipped(panel.pricing))
+    pricing = engine.pricing
+    pricing = Pricing.shipped(panel.pricing)
+    if via == "openai-batch":
+        if synthesize:
+            raise ConfigError("--synthesize needs the answers first: not with --via openai-batch")
+        if output is None:
+            raise ConfigError("--via openai-batch needs -o FILE (it keeps the batch ids beside it)")
+        if settings.max_cost is not None:
+            _check_batch_budget(path, chosen, pricing, settings.max_cost, answered)
     sink = output.open("a", encoding="utf-8") if output is not None else sys.stdout
     try:
         with BatchProgress(err, tally) as progress:
 
+            async def via_batch_api() -> None:
+                assert output is not None
+                await run_via_batch_api(
+                    read_prompts(path),
+                    chosen,
+                    provider=provider,
+                    pricing=pricing,
+                    writer=ResultWriter(sink),
+                    tally=tally,
+                    answered=answered,
+                    state_file=output.with_name(output.name + ".batches.json"),
+                    poll_s=poll_s,
+                    shown=progress,
+                )
+
             async def main() -> bool:
+                if via == "openai-batch":
+                    return await interruptibly(via_batch_api, cleanup=provider.aclose)
                 return await interruptibly(
                     lambda: run_batch(
                         read_prompts(path),
@@ -252,6 +281,37 @@ def batch(
     if tally.failed == 0:
         return EXIT_OK
     return EXIT_PARTIAL if tally.failed < tally.done else EXIT_FAILED
+
+
+def _check_batch_budget(
+    path: Path,
+    agents: Sequence[Agent],
+    pricing: Pricing,
+    max_cost: float,
+    answered: dict[tuple[str, str], Any],
+) -> None:
+    """A batch handed over whole cannot stop half-way: its worst case must fit up front."""
+    from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, estimate_tokens
+
+    worst = 0.0
+    for prompt in read_prompts(path):
+        for agent in agents:
+            if (prompt.id, agent.name) in answered:
+                continue
+            messages = (
+                [{"role": "system", "content": agent.instructions}] if agent.instructions else []
+            )
+            messages.append({"role": "user", "content": prompt.prompt})
+            answer = agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+            cost = pricing.worst_case(agent.model, estimate_tokens(messages), answer)
+            if cost is None:
+                raise ConfigError(f"--max-cost: the price of {agent.model} is unknown")
+            worst += cost
+    if worst > max_cost:
+        raise ConfigError(
+            f"--max-cost: the batch could cost up to ${worst:.4f}, more than ${max_cost:g}; "
+            "a Batch API job cannot stop half-way"
+        )
 
 
 def list_runs(limit: int, json_output: bool) -> None:
