@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -19,6 +20,7 @@ from fanout import __version__
 from fanout.errors import ConfigError, FanoutError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from fanout.runner import RunSettings
     from fanout.session import Output
 
 app = typer.Typer(
@@ -169,22 +171,13 @@ def ask(
       fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'
     """
     from fanout import session
-    from fanout.retry import RetryPolicy
-    from fanout.runner import RunSettings
 
     with _errors_to_exit():
         text = _read_prompt(prompt)
         names = _names(agents, model)
         out = _output(json_output, jsonl, jsonl_deltas, output)
-        settings = RunSettings(
-            concurrency=concurrency,
-            timeout=timeout,
-            retry=RetryPolicy(retries=retries, max_retry_after=max_retry_after),
-            rpm=rpm,
-            tpm=tpm,
-            stream=stream,
-            max_cost=max_cost,
-        )
+        settings = _settings(concurrency, timeout, retries, max_retry_after, rpm, tpm, max_cost)
+        settings = replace(settings, stream=stream)
         code = session.ask(
             text,
             names=names,
@@ -264,8 +257,6 @@ def batch(
       fanout batch prompts.jsonl -a physicist,chemist --rpm 500 -o out.jsonl
     """
     from fanout import session
-    from fanout.retry import RetryPolicy
-    from fanout.runner import RunSettings
 
     with _errors_to_exit():
         names = _names(agents, model)
@@ -273,15 +264,8 @@ def batch(
             raise ConfigError(f"--via: {via!r} is not direct or openai-batch")
         if output is not None and (output.is_dir() or not output.parent.is_dir()):
             raise ConfigError(f"--output: {str(output)!r} is not a file we can write")
-        settings = RunSettings(
-            concurrency=concurrency,
-            timeout=timeout,
-            retry=RetryPolicy(retries=retries, max_retry_after=max_retry_after),
-            rpm=rpm,
-            tpm=tpm,
-            stream=False,  # nobody watches a batch stream: whole answers cost less
-            max_cost=max_cost,
-        )
+        settings = _settings(concurrency, timeout, retries, max_retry_after, rpm, tpm, max_cost)
+        settings = replace(settings, stream=False)  # nobody watches a batch: whole answers
         code = session.batch(
             file,
             names=names,
@@ -375,6 +359,29 @@ def runs_synth(
         out = _output(json_output, jsonl, False, output)
         code = session.synth(run_id, model=model, output=out, log=not no_log)
     raise typer.Exit(code)
+
+
+def _settings(
+    concurrency: int,
+    timeout: float,
+    retries: int,
+    max_retry_after: float,
+    rpm: float | None,
+    tpm: float | None,
+    max_cost: float | None,
+) -> RunSettings:
+    """The run flags that ``ask`` and ``batch`` share."""
+    from fanout.retry import RetryPolicy
+    from fanout.runner import RunSettings
+
+    return RunSettings(
+        concurrency=concurrency,
+        timeout=timeout,
+        retry=RetryPolicy(retries=retries, max_retry_after=max_retry_after),
+        rpm=rpm,
+        tpm=tpm,
+        max_cost=max_cost,
+    )
 
 
 def _names(agents: str | None, model: str | None) -> list[str] | None:

@@ -180,7 +180,23 @@ def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Ta
     return table
 
 
-class ProgressDisplay:
+class _Display:
+    """A display that lasts as long as its ``with`` block; ``_widget`` is the Rich piece
+    (status, live view or progress bar) to stop at the end."""
+
+    _widget: Status | Live | Progress | None = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._widget is not None:
+            self._widget.stop()
+
+
+class ProgressDisplay(_Display):
     """A spinner and retry notices on stderr while the panel answers, for when there is no
     live view (stdout is a pipe or a file)."""
 
@@ -192,18 +208,9 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self._console.is_terminal and not self._console.is_dumb_terminal:
-            self._status = self._console.status(self._message(), spinner="dots")
+            self._status = self._widget = self._console.status(self._message(), spinner="dots")
             self._status.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._status is not None:
-            self._status.stop()
 
     def handle(self, event: Event) -> None:
         if isinstance(event, AgentRetrying):
@@ -223,7 +230,7 @@ class ProgressDisplay:
         return f"Asking {self._total} persona{'s' if self._total != 1 else ''}… {self._done} done"
 
 
-class BatchProgress:
+class BatchProgress(_Display):
     """``fanout batch``: a progress bar on stderr with done, failed, in flight, rate-limited,
     tokens, cost and the time left (only on a terminal; a pipe gets the summary line)."""
 
@@ -244,19 +251,11 @@ class BatchProgress:
                 refresh_per_second=4,
                 transient=True,
             )
+            self._widget = self._progress
             self._progress.start()
             self._task = self._progress.add_task("", total=self._tally.total or None)
             self._refresh()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def handle(self, event: Event) -> None:
         self._refresh()
@@ -367,7 +366,7 @@ class Pane:
         return ttft[:width]
 
 
-class LiveBoard:
+class LiveBoard(_Display):
     """One pane per persona, answers streaming in side by side (stdout is a terminal).
 
     Columns when they fit, stacked when they don't; each pane shows the tail of its answer
@@ -381,10 +380,9 @@ class LiveBoard:
         self.panes = {a.name: Pane(a.name, a.model) for a in agents}
         self.synthesis: Pane | None = None
         self._clock = clock or time.monotonic
-        self._live: Live | None = None
 
     def __enter__(self) -> LiveBoard:
-        self._live = Live(
+        self._widget = Live(
             self,
             console=self.console,
             refresh_per_second=8,
@@ -393,17 +391,8 @@ class LiveBoard:
             redirect_stdout=False,
             redirect_stderr=False,
         )
-        self._live.start()
+        self._widget.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._live is not None:
-            self._live.stop()
 
     def handle(self, event: Event) -> None:
         now = self._clock()
