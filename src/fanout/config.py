@@ -46,7 +46,8 @@ class _AgentFields(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_tokens: int | None = Field(default=None, gt=0)
-    base_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    stop: list[str] | None = Field(default=None, max_length=4)
+    base_url: str | None = Field(default=None, pattern=r"^(https?://\S+|local)$")
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     timeout: float | None = Field(default=None, gt=0)
     rpm: float | None = Field(default=None, gt=0, le=1e6)
@@ -56,7 +57,7 @@ class _AgentFields(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _a_usable_url(cls, value: str | None) -> str | None:
-        if value is not None:
+        if value is not None and value != "local":
             try:
                 parts = urlsplit(value)
                 _ = parts.port  # raises on a port that is not a number in range
@@ -178,8 +179,10 @@ def check_credentials(agents: Sequence[Agent], environ: Mapping[str, str]) -> No
         key = environ.get(endpoint.api_key_env)
         if not endpoint.is_local and not key:
             raise ConfigError(
-                f"agent {agent.name!r}: no API key for {endpoint.host}: "
-                f"set ${endpoint.api_key_env} (or point base_url at a local server)"
+                f"agent {agent.name!r}: no API key for {endpoint.host}: set "
+                f"${endpoint.api_key_env}, point base_url at a server of yours (Ollama: "
+                "http://localhost:11434/v1), or add --local for the model that comes with "
+                "fanout[local]"
             )
         if key and not _HEADER_SAFE.fullmatch(key):
             raise ConfigError(
@@ -285,7 +288,7 @@ _MESSAGES = {
     ("list_type", "agents"): "expected a list of personas, each starting with '- name:'",
     ("too_short", "agents"): "the panel needs at least one persona",
     ("string_pattern_mismatch", "name"): "must be a non-empty name without spaces or commas",
-    ("string_pattern_mismatch", "base_url"): "must be an http:// or https:// URL",
+    ("string_pattern_mismatch", "base_url"): "must be an http:// or https:// URL, or local",
     ("string_pattern_mismatch", "api_key_env"): "must be an environment variable name",
     ("finite_number", ""): "must be a finite number",
 }
@@ -383,6 +386,7 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
             temperature=pick("temperature"),
             top_p=pick("top_p"),
             max_tokens=pick("max_tokens"),
+            stop=tuple(pick("stop")) if pick("stop") else None,
             timeout=pick("timeout"),
             endpoint=Endpoint(
                 base_url=(pick("base_url") or env_base_url).rstrip("/"),

@@ -33,7 +33,7 @@ class Endpoint:
     def is_local(self) -> bool:
         """Loopback servers (Ollama, llama.cpp, vLLM on this machine) need no key."""
         host = self.host.lower()
-        if host == "localhost":
+        if host == "localhost" or self.base_url == "local":  # "local": fanout's own server
             return True
         try:
             return ipaddress.ip_address(host).is_loopback
@@ -75,6 +75,7 @@ class Agent:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    stop: tuple[str, ...] | None = None
     timeout: float | None = None
     endpoint: Endpoint = field(default_factory=Endpoint)
     limits: Limits = field(default_factory=Limits)

@@ -95,6 +95,7 @@ class OpenAIProvider:
             temperature=_given(agent.temperature),
             top_p=_given(agent.top_p),
             max_tokens=_given(agent.max_tokens),
+            stop=_given(list(agent.stop) if agent.stop else None),
         )
         return _completion_of(raw.parse()), _rate_headers(raw.headers)
 
@@ -115,6 +116,7 @@ class OpenAIProvider:
             temperature=_given(agent.temperature),
             top_p=_given(agent.top_p),
             max_tokens=_given(agent.max_tokens),
+            stop=_given(list(agent.stop) if agent.stop else None),
         )
         headers = _rate_headers(raw.headers)
         if "text/event-stream" not in raw.headers.get("content-type", ""):
@@ -303,6 +305,8 @@ def request_line(custom_id: str, agent: Agent, messages: Sequence[Message]) -> d
     for name in ("temperature", "top_p", "max_tokens"):
         if getattr(agent, name) is not None:
             body[name] = getattr(agent, name)
+    if agent.stop:
+        body["stop"] = list(agent.stop)
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
 

