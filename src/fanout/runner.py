@@ -328,7 +328,7 @@ class PanelRun:
             result.error = AgentError("internal", f"{type(cause).__name__}: {cause}")
         else:
             result.status = "ok"
-            result.answer = completion.text
+            result.answer = completion.text.strip()
             # A server that reports no usage gets it counted from the text, and says so.
             result.usage_estimated = completion.usage is None
             result.usage = completion.usage or _estimated_usage(messages, completion.text)
