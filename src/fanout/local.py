@@ -26,7 +26,8 @@ LOCAL_ENV = "FANOUT_LOCAL"
 LOCAL_URL = "local"  # ``base_url: local`` in the agents file
 LOCAL_MODEL_NAME = "gemma-3-270m"
 DEFAULT_MAX_TOKENS = 160
-STOP = ("\nQuestion:", "\n\n\n")
+# It tends to go on with another question, or a second "Answer:" of its own.
+STOP = ("Question:", "Answer:", "\n\n\n")
 # A base model continues text; this frames each chat as a question it can answer.
 BASE_MODEL_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}"
