@@ -291,7 +291,7 @@ class FakeOpenAI:
             "status": "processed",
         }
 
-    def _create_batch(self, input_file_id: str) -> dict[str, Any]:
+    def _create_batch(self, input_file_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
         """Run every line through the scripts now; report in_progress once, then completed."""
         out, errors = [], []
         for line in self._files[input_file_id].decode().splitlines():
@@ -331,6 +331,7 @@ class FakeOpenAI:
                 "completion_window": "24h",
                 "created_at": int(time.time()),
                 "status": "validating",
+                "metadata": metadata,
                 "output_file_id": None,
                 "error_file_id": None,
                 "_files": (output, error),
@@ -479,6 +480,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.split("/")
         if len(parts) == 4 and parts[2] == "batches" and parts[3] in fake.batches:
             return self._send_json(200, fake._batch_status(parts[3]))
+        if path == "/v1/batches":
+            listed = [fake._batch_status(b, advance=False) for b in list(fake.batches)]
+            return self._send_json(200, {"object": "list", "data": listed, "has_more": False})
         if len(parts) == 5 and parts[2] == "files" and parts[4] == "content":
             content = fake.files.get(parts[3])
             if content is not None:
@@ -503,7 +507,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw)
         if body.get("input_file_id") not in fake.files:
             return self._send_json(404, _error(404, "no such input file"))
-        return self._send_json(200, fake._create_batch(body["input_file_id"]))
+        return self._send_json(
+            200, fake._create_batch(body["input_file_id"], body.get("metadata") or {})
+        )
 
     # -- steps -----------------------------------------------------------------------------
     def _run(self, step: Step, body: dict[str, Any]) -> None:

@@ -252,3 +252,87 @@ def test_the_batch_api_refuses_what_it_cannot_honour(
     assert result.exit_code == 2
     assert message in result.stderr
     assert server.count() == 0
+
+
+def batch_api(invoke: Invoke, source: Path, config: Path, out: Path) -> Any:
+    return invoke(
+        "batch", source, "-c", config, "-o", out, "--via", "openai-batch", "--poll-interval", "0.01"
+    )
+
+
+def test_an_expired_batch_is_reported_and_the_rest_asked_on_the_next_run(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\n")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("a")
+    server.script("m-a", Reply(), Fault(500))  # one answer comes back, one does not
+    first = batch_api(invoke, source, config, out)
+    assert first.exit_code == 3, first.output
+    assert "Traceback" not in first.output
+    assert not out.with_name("out.jsonl.batches.json").exists()
+    second = batch_api(invoke, source, config, out)
+    assert second.exit_code == 0, second.output
+    assert len(server.batches) == 2  # only the missing job went into the second batch
+    ok = [line for line in lines_of(out) if line["status"] == "ok"]
+    assert sorted(line["prompt"] for line in ok) == ["one", "two"]
+
+
+def test_a_batch_picked_up_again_never_writes_a_result_twice(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\n")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("a")
+    assert batch_api(invoke, source, config, out).exit_code == 0
+    batch_id = next(iter(server.batches))
+    # The run died after writing its results but before forgetting the batch.
+    entry = {"base_url": server.base_url, "api_key_env": "OPENAI_API_KEY", "id": batch_id}
+    out.with_name("out.jsonl.batches.json").write_text(json.dumps({"batches": [entry]}))
+    again = batch_api(invoke, source, config, out)
+    assert again.exit_code == 0, again.output
+    assert len(lines_of(out)) == 2
+
+
+def test_a_batch_created_but_never_acknowledged_is_found_not_created_twice(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\n")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("a")
+    assert batch_api(invoke, source, config, out).exit_code == 0
+    ((batch_id, batch),) = server.batches.items()
+    out.unlink()
+    # The earlier run uploaded and created the batch, but the reply to "create" was lost.
+    entry = {
+        "base_url": server.base_url,
+        "api_key_env": "OPENAI_API_KEY",
+        "input_file_id": batch["input_file_id"],
+        "token": batch["metadata"]["fanout_job"],
+        "id": "",
+    }
+    out.with_name("out.jsonl.batches.json").write_text(json.dumps({"batches": [entry]}))
+    again = batch_api(invoke, source, config, out)
+    assert again.exit_code == 0, again.output
+    assert list(server.batches) == [batch_id]
+    assert [line["prompt"] for line in lines_of(out)] == ["one"]
+
+
+def test_a_result_line_cut_short_by_a_crash_does_not_spoil_the_next(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\n")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("a")
+    assert invoke("batch", source, "-c", config, "-o", out, "--concurrency", "1").exit_code == 0
+    text = out.read_text()
+    out.write_text(text[: len(text) - 20])  # the second line is cut in the middle
+    assert invoke("batch", source, "-c", config, "-o", out).exit_code == 0
+    good = [json.loads(line) for line in out.read_text().splitlines()[::2]]
+    assert sorted(line["prompt"] for line in good) == ["one", "two"]
+    assert invoke("batch", source, "-c", config, "-o", out).exit_code == 0
+    assert server.count() == 3  # the third run had nothing left to ask

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import anyio
 import anyio.abc
 
 from fanout.cost import Pricing
-from fanout.errors import ConfigError, ProviderError
+from fanout.errors import ConfigError, FanoutError, ProviderError
 from fanout.events import (
     AgentFinished,
     AgentRetrying,
@@ -39,9 +40,11 @@ from fanout.models import (
     chat_messages,
 )
 from fanout.provider import OpenAIProvider, request_line
+from fanout.retry import RetryPolicy, call_with_retries
 from fanout.runner import Engine, PanelRun
 
 FORMATS = (".jsonl", ".ndjson", ".txt", ".csv")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,22 @@ def count_prompts(path: Path) -> int:
     return sum(1 for _ in read_prompts(path))
 
 
+def open_results(output: Path) -> TextIO:
+    """The output, opened to add lines; a last line cut short by a crash is ended first, so
+    the next result starts on a line of its own (the cut one is skipped when resuming)."""
+    try:
+        sink = output.open("a+b")
+        size = sink.seek(0, 2)
+        if size:
+            sink.seek(size - 1)
+            if sink.read(1) != b"\n":
+                sink.write(b"\n")
+        sink.close()
+        return output.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
+
+
 def answered_jobs(output: Path | None, *, keep_answers: bool) -> dict[tuple[str, str], Any]:
     """The (prompt id, persona) pairs an earlier run already answered in ``output``; with
     ``keep_answers``, their entries too (the synthesis of a resumed prompt needs them)."""
@@ -170,8 +189,11 @@ class ResultWriter:
             "synthesis": synthesis,
             **entry,
         }
-        self._out.write(json.dumps(line, ensure_ascii=False) + "\n")
-        self._out.flush()
+        try:
+            self._out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._out.flush()
+        except OSError as exc:
+            raise FanoutError(f"cannot write the results: {exc.strerror or exc}") from None
 
 
 class _PromptObserver:
@@ -286,11 +308,16 @@ async def run_via_batch_api(
     state_file: Path,
     poll_s: float,
     shown: Observer,
+    say: Callable[[str], None],
 ) -> None:
-    """Hand the jobs to the provider's Batch API (one batch per endpoint), wait for it and write
-    the results in the same lines as a direct batch. The batch ids are saved in ``state_file``
-    before any waiting, so a re-run after a crash or Ctrl-C picks the same batches up again
-    instead of paying for them twice."""
+    """Hand the unanswered jobs to the provider's Batch API (one batch per endpoint), wait for
+    them and write the results as the same lines as a direct batch.
+
+    ``state_file`` is written at every step (the uploaded file, then the batch id, each tagged
+    with a token kept in the batch's metadata), so a re-run after a crash or Ctrl-C picks the
+    same batches up again instead of paying twice, submits what was never submitted, and
+    writes no result twice. A batch that ends failed or expired is dropped from the state once
+    its answers are written: the next run asks the rest again."""
     texts: dict[str, str] = {}
     by_name = {a.name: a for a in agents}
     jobs_by_endpoint: dict[Endpoint, list[tuple[str, Agent]]] = {}
@@ -302,36 +329,55 @@ async def run_via_batch_api(
             else:
                 jobs_by_endpoint.setdefault(agent.endpoint, []).append((prompt.id, agent))
     state = _load_state(state_file)
-    if not state:
-        for number, (endpoint, jobs) in enumerate(jobs_by_endpoint.items()):
-            requests = state_file.with_name(f"{state_file.stem}.{number}.requests.jsonl")
-            _write_requests(requests, jobs, texts)
-            batch_id = await provider.submit_batch(endpoint, requests)
-            state.append(
-                {"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env, "id": batch_id}
-            )
-            _save_state(state_file, state, done_with=requests)
-    tally.in_flight = sum(len(jobs) for jobs in jobs_by_endpoint.values())
+    pending = {(e["base_url"], e["api_key_env"]) for e in state}
+    for endpoint, jobs in jobs_by_endpoint.items():
+        if (endpoint.base_url, endpoint.api_key_env) in pending:
+            continue  # submitted by an earlier run: picked up below
+        requests = state_file.with_name(f"{state_file.name}.{len(state)}.requests.jsonl")
+        _write_requests(requests, jobs, texts)
+        file_id = await _retried(provider.upload_batch_file, endpoint, requests)
+        entry = {"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env}
+        state.append({**entry, "input_file_id": file_id, "token": uuid.uuid4().hex, "id": ""})
+        _save_state(state_file, state, done_with=requests)
     for entry in state:
+        if not entry["id"]:
+            endpoint = Endpoint(entry["base_url"], entry["api_key_env"])
+            found = await _retried(provider.find_batch, endpoint, entry["token"])
+            entry["id"] = found or await provider.create_batch(
+                endpoint, entry["input_file_id"], entry["token"]
+            )
+            _save_state(state_file, state)
+    tally.in_flight = sum(len(jobs) for jobs in jobs_by_endpoint.values())
+    for entry in list(state):
         endpoint = Endpoint(entry["base_url"], entry["api_key_env"])
-        while (status := await provider.batch_state(endpoint, entry["id"])).status not in (
-            _DONE_STATES
-        ):
+        while True:
+            status = await _retried(provider.batch_state, endpoint, entry["id"])
+            if status.status in _DONE_STATES:
+                break
             shown.handle(AgentWaiting(agents[0]))  # a nudge for the progress bar
             await anyio.sleep(poll_s)
-        for file_id in (status.output_file_id, status.error_file_id):
-            if file_id:
-                content = await provider.batch_file(endpoint, file_id)
-                _write_batch_results(content, by_name, texts, pricing, writer, tally)
+        for results in (status.output_file_id, status.error_file_id):
+            if results:
+                content = await _retried(provider.batch_file, endpoint, results)
+                _write_batch_results(content, by_name, texts, pricing, writer, tally, answered)
         if status.status != "completed":
-            tally.failed += 1
-            raise ProviderError(
-                f"batch {entry['id']} ended {status.status}; {status.completed} of "
-                f"{status.total} requests answered (written above)",
-                kind="batch",
+            say(
+                f"batch {entry['id']} ended {status.status} with {status.completed} of "
+                f"{status.total} answered; run the same command again to ask the rest"
             )
+        state.remove(entry)
+        _save_state(state_file, state)
+    unanswered = sum(
+        1 for jobs in jobs_by_endpoint.values() for p, a in jobs if (p, a.name) not in answered
+    )
+    tally.failed += unanswered
     tally.in_flight = 0
-    _save_state(state_file, [])
+
+
+async def _retried(call: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """A Batch API call, with the retry policy of every other call (a poll that meets a
+    passing 503 must not end a day-long wait)."""
+    return await call_with_retries(lambda _: call(*args), RetryPolicy(retries=3))
 
 
 def _write_requests(path: Path, jobs: list[tuple[str, Agent]], texts: dict[str, str]) -> None:
@@ -372,14 +418,16 @@ def _write_batch_results(
     pricing: Pricing,
     writer: ResultWriter,
     tally: BatchTally,
+    answered: dict[tuple[str, str], Any],
 ) -> None:
+    """Write one line per result not written yet; answered ones join ``answered``."""
     for line in content.decode("utf-8", "replace").splitlines():
         if not line.strip():
             continue
         item = json.loads(line)
         prompt_id, name = json.loads(item["custom_id"])
         agent = by_name.get(name)
-        if agent is None or prompt_id not in texts:
+        if agent is None or prompt_id not in texts or (prompt_id, name) in answered:
             continue
         result = AgentResult(name, agent.model, attempts=1)
         response = item.get("response") or {}
@@ -397,9 +445,10 @@ def _write_batch_results(
             result.usage = completion.usage or Usage()
             result.cost_usd = pricing.cost(agent.model, result.usage)
         writer.write(BatchPrompt(prompt_id, texts[prompt_id]), result, False)
+        if result.status == "ok":
+            answered[(prompt_id, name)] = True
         tally.done += 1
         tally.in_flight = max(tally.in_flight - 1, 0)
-        tally.failed += result.status != "ok"
         tally.tokens += result.usage.total_tokens
         if result.cost_usd is not None:
             tally.cost_usd += result.cost_usd

@@ -144,16 +144,33 @@ class OpenAIProvider:
 
     # -- the Batch API (``fanout batch --via openai-batch``) --------------------------------
 
-    async def submit_batch(self, endpoint: Endpoint, requests: Path) -> str:
-        """Upload a JSONL file of chat requests and start a batch on it; its id."""
+    async def upload_batch_file(self, endpoint: Endpoint, requests: Path) -> str:
+        """Upload a JSONL file of chat requests for the Batch API; the file's id."""
+        client = self._client(endpoint)
+        with self._translated(120.0), requests.open("rb") as content:
+            upload = await client.files.create(file=(requests.name, content), purpose="batch")
+        return upload.id
+
+    async def create_batch(self, endpoint: Endpoint, file_id: str, token: str) -> str:
+        """Start a batch on an uploaded file, tagged with ``token``; its id."""
         client = self._client(endpoint)
         with self._translated(60.0):
-            with requests.open("rb") as content:
-                upload = await client.files.create(file=(requests.name, content), purpose="batch")
             batch = await client.batches.create(
-                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+                input_file_id=file_id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"fanout_job": token},
             )
         return batch.id
+
+    async def find_batch(self, endpoint: Endpoint, token: str) -> str | None:
+        """The batch tagged ``token``, if an earlier run created it but never heard back."""
+        client = self._client(endpoint)
+        with self._translated(60.0):
+            async for batch in client.batches.list(limit=100):
+                if (batch.metadata or {}).get("fanout_job") == token:
+                    return batch.id
+        return None
 
     async def batch_state(self, endpoint: Endpoint, batch_id: str) -> BatchState:
         client = self._client(endpoint)

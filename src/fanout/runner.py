@@ -20,7 +20,7 @@ from typing import Protocol
 import anyio
 
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, Budget, Pricing, estimate_tokens
-from fanout.errors import BudgetExceeded, ProviderError
+from fanout.errors import BudgetExceeded, FanoutError, ProviderError
 from fanout.events import (
     AgentDelta,
     AgentFinished,
@@ -374,27 +374,36 @@ async def interruptibly(
     """Run ``body`` until it ends or SIGINT/SIGTERM cancels it, then ``cleanup`` (shielded).
     Returns whether it was interrupted. A second signal ends the process at once."""
     interrupted = False
-    async with anyio.create_task_group() as tg:
-        work = anyio.CancelScope()
+    try:
+        async with anyio.create_task_group() as tg:
+            work = anyio.CancelScope()
 
-        async def watch_signals() -> None:
-            nonlocal interrupted
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    if interrupted:
-                        # The user insists: die of the signal, as if we had never caught it.
-                        signal.signal(signum, signal.SIG_DFL)
-                        os.kill(os.getpid(), signum)
-                    interrupted = True
-                    work.cancel()
+            async def watch_signals() -> None:
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        if interrupted:
+                            # The user insists: die of the signal, as if we had never caught it.
+                            signal.signal(signum, signal.SIG_DFL)
+                            os.kill(os.getpid(), signum)
+                        interrupted = True
+                        work.cancel()
 
-        tg.start_soon(watch_signals)
-        with work:
-            await body()
-        if cleanup is not None:
-            with anyio.CancelScope(shield=True):
-                await cleanup()
-        tg.cancel_scope.cancel()
+            tg.start_soon(watch_signals)
+            try:
+                with work:
+                    await body()
+            finally:
+                if cleanup is not None:
+                    with anyio.CancelScope(shield=True):
+                        await cleanup()
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # A task group wraps what the work raised; a FanoutError reaches the CLI as itself.
+        fanout_errors, rest = group.split(FanoutError)
+        if fanout_errors is not None and rest is None:
+            raise _innermost(fanout_errors) from None
+        raise
     return interrupted
 
 

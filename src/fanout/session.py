@@ -22,6 +22,7 @@ from fanout.batch import (
     ResultWriter,
     answered_jobs,
     count_prompts,
+    open_results,
     read_prompts,
     run_batch,
     run_via_batch_api,
@@ -259,7 +260,7 @@ def batch(
             raise ConfigError("--via openai-batch needs -o FILE (it keeps the batch ids beside it)")
         if settings.max_cost is not None:
             _check_batch_budget(path, chosen, pricing, settings.max_cost, answered)
-    sink = output.open("a", encoding="utf-8") if output is not None else sys.stdout
+    sink = open_results(output) if output is not None else sys.stdout
     try:
         with BatchProgress(err, tally) as progress:
 
@@ -276,6 +277,7 @@ def batch(
                     state_file=output.with_name(output.name + ".batches.json"),
                     poll_s=poll_s,
                     shown=progress,
+                    say=lambda message: err.print(f"[yellow]{message}[/]", highlight=False),
                 )
 
             async def main() -> bool:
