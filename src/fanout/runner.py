@@ -19,7 +19,13 @@ from typing import Protocol
 
 import anyio
 
-from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, Budget, Pricing, estimate_tokens
+from fanout.cost import (
+    DEFAULT_COMPLETION_ESTIMATE,
+    Budget,
+    Pricing,
+    estimate_tokens,
+    most_tokens,
+)
 from fanout.errors import BudgetExceeded, FanoutError, ProviderError
 from fanout.events import (
     AgentDelta,
@@ -264,6 +270,7 @@ class PanelRun:
                     self.observer.handle(AgentStarted(agent, synthesis=synthesis))
                 reserved = await self._reserve(agent, messages)
                 spent = Usage()
+                timed_out = False
                 try:
                     if limiter.would_wait(estimate):
                         self.observer.handle(AgentWaiting(agent))
@@ -299,7 +306,11 @@ class PanelRun:
                     return completion
                 finally:
                     if self.budget is not None:
-                        self.budget.settle(reserved, self.pricing.cost(agent.model, spent) or 0.0)
+                        # An answer cut off (timeout, Ctrl-C) may still be billed: count the
+                        # worst case, so the budget holds whatever the server charged.
+                        cut_off = timed_out or (not spent.total_tokens and _cancelled())
+                        cost = reserved if cut_off else self.pricing.cost(agent.model, spent)
+                        self.budget.settle(reserved, cost or 0.0)
 
         def on_retry(event: RetryEvent) -> None:
             reason = str(event.error.status_code or event.error.kind)
@@ -344,7 +355,7 @@ class PanelRun:
         if self.budget is None:
             return 0.0
         answer = agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
-        worst = self.pricing.worst_case(agent.model, estimate_tokens(messages), answer)
+        worst = self.pricing.worst_case(agent.model, most_tokens(messages), answer)
         if worst is None:
             raise BudgetExceeded(
                 f"the price of {agent.model} is unknown, so --max-cost cannot bound it "
@@ -411,6 +422,13 @@ def _estimated_usage(messages: Sequence[Message], text: str) -> Usage:
     prompt_tokens = estimate_tokens(messages)
     answer_tokens = max(1, len(text) // 4) if text else 0
     return Usage(prompt_tokens, answer_tokens, prompt_tokens + answer_tokens)
+
+
+def _cancelled() -> bool:
+    """Whether the current task is being cancelled (inside a ``finally``)."""
+    import sys
+
+    return isinstance(sys.exc_info()[1], anyio.get_cancelled_exc_class())
 
 
 def _innermost(exc: BaseException) -> BaseException:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -48,8 +48,8 @@ from fanout.export import (
     report_from_document,
 )
 from fanout.history import History, HistoryRecorder, history_path
-from fanout.local import LOCAL_ENV, LocalServer, model_path, on_local, wants_local
-from fanout.models import Agent, RunReport
+from fanout.local import LOCAL_ENV, LOCAL_URL, LocalServer, model_path, on_local, wants_local
+from fanout.models import Agent, Endpoint, RunReport
 from fanout.provider import OpenAIProvider
 from fanout.render import (
     BatchProgress,
@@ -99,6 +99,7 @@ def ask(
     local: bool = False,
     local_model: Path | None = None,
     panel: Panel | None = None,
+    recorded: tuple[list[Agent], Agent] | None = None,
 ) -> int:
     """``fanout ask`` (``panel``: already loaded, and pointed at the local server)."""
     panel_given = panel
@@ -108,7 +109,7 @@ def ask(
     synthesizer = recorded_synthesizer if synthesize else None
     local_wanted = wants_local([*chosen, recorded_synthesizer], local, os.environ)
     if panel_given is None and not dry_run and local_wanted:
-        with _local_server(chosen, local, local_model, model is not None) as on_local:
+        with _local_server(chosen, local, local_model, model is not None) as point_local:
             return ask(
                 prompt,
                 names=None,
@@ -120,8 +121,14 @@ def ask(
                 log=log,
                 panel=replace(
                     panel,
-                    agents=[on_local(a) for a in chosen],
-                    synthesizer=on_local(recorded_synthesizer),
+                    agents=[point_local(a) for a in chosen],
+                    synthesizer=point_local(recorded_synthesizer),
+                ),
+                # The history keeps `base_url: local`, not this run's port: a retry or a
+                # re-synth starts a server of its own.
+                recorded=(
+                    [_as_local(a, local) for a in chosen],
+                    _as_local(recorded_synthesizer, local),
                 ),
             )
     if settings.max_cost is not None:
@@ -130,6 +137,15 @@ def ask(
         synthesizer = bound_answer(synthesizer) if synthesizer else None
     pricing = Pricing.shipped(panel.pricing)
     if dry_run:
+        if local_wanted:  # what --local would send, without starting anything
+            everyone = local or os.environ.get(LOCAL_ENV, "") not in ("", "0")
+            chosen = [
+                on_local(a, LOCAL_URL, everyone=everyone, model_named=bool(model)) for a in chosen
+            ]
+            if synthesizer:
+                synthesizer = on_local(
+                    synthesizer, LOCAL_URL, everyone=everyone, model_named=bool(model)
+                )
         calls = plan_calls(prompt, chosen, synthesizer, pricing)
         if output.mode == "json":
             sys.stdout.write(dumps(plan_document(prompt, calls, settings.max_cost)))
@@ -155,8 +171,8 @@ def ask(
         if history is not None:
             recorder = HistoryRecorder(
                 history,
-                agents=[agent_settings(a) for a in chosen],
-                synthesizer=agent_settings(recorded_synthesizer),
+                agents=[agent_settings(a) for a in (recorded[0] if recorded else chosen)],
+                synthesizer=agent_settings(recorded[1] if recorded else recorded_synthesizer),
                 settings=_settings_record(settings, synthesize, panel.pricing),
             )
         report = _drive(make_run, chosen, synthesizer, output, recorder)
@@ -165,10 +181,10 @@ def ask(
 
 def retry(run_id: str, *, output: Output, log: bool = True) -> int:
     """``fanout runs retry``: ask again only the personas that have no answer."""
-    with _open_history() as history:
+    with _open_history() as history, ExitStack() as stack:
         stored = history.load(history.resolve(run_id))
         before = report_from_document(stored.document)
-        agents = [agent_from_settings(a) for a in stored.agents]
+        agents = _with_local(stack, [agent_from_settings(a) for a in stored.agents])
         done = [r for r in before.agents if r.status == "ok"]
         if len(done) == len(agents):
             raise ConfigError(f"run {stored.run_id}: every persona already answered")
@@ -195,12 +211,13 @@ def retry(run_id: str, *, output: Output, log: bool = True) -> int:
 
 def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -> int:
     """``fanout runs synth``: merge a stored run's answers again; no persona is asked."""
-    with _open_history() as history:
+    with _open_history() as history, ExitStack() as stack:
         stored = history.load(history.resolve(run_id))
         before = report_from_document(stored.document)
         if stored.synthesizer is None:
             raise ConfigError(f"run {stored.run_id}: no synthesizer was recorded")
-        synthesizer = apply_model([agent_from_settings(stored.synthesizer)], model)[0]
+        recorded = apply_model([agent_from_settings(stored.synthesizer)], model)[0]
+        synthesizer = _with_local(stack, [recorded])[0]
         check_credentials([synthesizer], os.environ)
         agents = [agent_from_settings(a) for a in stored.agents]
         settings, pricing = _settings_from_record(stored.settings)
@@ -234,11 +251,31 @@ def batch(
     output: Path | None,
     via: str = "direct",
     poll_s: float = 30.0,
+    local: bool = False,
 ) -> int:
     """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines."""
     panel = load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
     synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
+    with ExitStack() as stack:
+        if wants_local([*chosen, *([synthesizer] if synthesizer else [])], local, os.environ):
+            on_local = stack.enter_context(_local_server(chosen, local, None, model is not None))
+            chosen = [on_local(a) for a in chosen]
+            synthesizer = on_local(synthesizer) if synthesizer else None
+        return _batch(path, panel, chosen, synthesizer, settings, output, via, poll_s)
+
+
+def _batch(
+    path: Path,
+    panel: Panel,
+    chosen: list[Agent],
+    synthesizer: Agent | None,
+    settings: RunSettings,
+    output: Path | None,
+    via: str,
+    poll_s: float,
+) -> int:
+    synthesize = synthesizer is not None
     if settings.max_cost is not None:
         chosen = [bound_answer(a) for a in chosen]
         synthesizer = bound_answer(synthesizer) if synthesizer else None
@@ -318,19 +355,17 @@ def _check_batch_budget(
     answered: dict[tuple[str, str], Any],
 ) -> None:
     """A batch handed over whole cannot stop half-way: its worst case must fit up front."""
-    from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, estimate_tokens
+    from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, most_tokens
+    from fanout.models import chat_messages
 
     worst = 0.0
     for prompt in read_prompts(path):
         for agent in agents:
             if (prompt.id, agent.name) in answered:
                 continue
-            messages = (
-                [{"role": "system", "content": agent.instructions}] if agent.instructions else []
-            )
-            messages.append({"role": "user", "content": prompt.prompt})
+            tokens = most_tokens(chat_messages(agent, prompt.prompt))
             answer = agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
-            cost = pricing.worst_case(agent.model, estimate_tokens(messages), answer)
+            cost = pricing.worst_case(agent.model, tokens, answer)
             if cost is None:
                 raise ConfigError(f"--max-cost: the price of {agent.model} is unknown")
             worst += cost
@@ -403,8 +438,12 @@ def _drive(
 
 
 def _carried_on(before: RunReport, after: RunReport) -> RunReport:
-    """A retried or re-synthesized run keeps its start and adds the new work's duration."""
-    synthesis = after.synthesis if after.synthesis is not None else before.synthesis
+    """A retried or re-synthesized run keeps its start and adds the new work's duration. A new
+    synthesis replaces the stored one only if it succeeded: a failed or interrupted re-synth
+    never costs the run the answer it had."""
+    synthesis = after.synthesis or before.synthesis
+    if after.synthesis is not None and after.synthesis.status != "ok" and before.synthesis:
+        synthesis = before.synthesis
     return replace(
         after,
         started_at=before.started_at,
@@ -448,6 +487,21 @@ def _local_server(
     everyone = everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0")
     with LocalServer(path, parallel=len(agents)) as base_url:
         yield lambda agent: on_local(agent, base_url, everyone=everyone, model_named=model_named)
+
+
+def _as_local(agent: Agent, everyone: bool) -> Agent:
+    """How a persona that ran on the local server is recorded: ``base_url: local``."""
+    if everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0"):
+        return replace(agent, endpoint=Endpoint(LOCAL_URL, agent.endpoint.api_key_env))
+    return agent
+
+
+def _with_local(stack: ExitStack, agents: list[Agent]) -> list[Agent]:
+    """Recorded personas with ``base_url: local`` get a local server for this command."""
+    if not any(a.endpoint.base_url == LOCAL_URL for a in agents):
+        return agents
+    on_local = stack.enter_context(_local_server(agents, False, None, True))
+    return [on_local(a) for a in agents]
 
 
 def _open_history() -> History:
