@@ -123,13 +123,12 @@ class History:
             for suffix in ("", "-wal", "-shm"):  # SQLite made -wal/-shm like the db; make sure
                 with suppress(FileNotFoundError):
                     os.chmod(path.with_name(path.name + suffix), 0o600)
-        except BaseException as exc:
+        except (OSError, sqlite3.OperationalError) as exc:  # locked, unreadable...
             self._db.close()
-            if isinstance(exc, OSError | sqlite3.OperationalError):  # locked, unreadable...
-                raise ConfigError(f"{path}: cannot open the history database: {exc}") from exc
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise ConfigError(f"{path}: not a fanout history database ({exc})") from exc
-            raise
+            raise ConfigError(f"{path}: cannot open the history database: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(f"{path}: not a fanout history database ({exc})") from exc
 
     def close(self) -> None:
         """Close the database; runs started here and never finished are marked interrupted."""
@@ -269,13 +268,14 @@ class History:
         """A write transaction holding the database's write lock from its first statement."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            committed = False
             try:
                 yield
                 self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
+                committed = True
+            finally:  # whatever stopped it, cancellation included, leaves nothing half-done
+                if not committed and self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise
 
     def _document(self, run_id: str) -> dict[str, Any]:
         row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()

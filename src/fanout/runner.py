@@ -409,7 +409,7 @@ async def interruptibly(
                     with anyio.CancelScope(shield=True):
                         await cleanup()
             tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
+    except ExceptionGroup as group:
         # A task group wraps what the work raised; a FanoutError reaches the CLI as itself.
         fanout_errors, rest = group.split(FanoutError)
         if fanout_errors is not None and rest is None:
