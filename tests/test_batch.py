@@ -15,6 +15,12 @@ from tests.conftest import AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
 
 
+def prompts(tmp_path: Path, content: str, name: str = "q.txt") -> Path:
+    source = tmp_path / name
+    source.write_text(content)
+    return source
+
+
 def lines_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -36,8 +42,7 @@ def test_every_prompt_meets_every_persona(
     content: str,
     ids: list[str],
 ) -> None:
-    source = tmp_path / name
-    source.write_text(content)
+    source = prompts(tmp_path, content, name)
     out = tmp_path / "out.jsonl"
     result = invoke("batch", source, "-c", agents_file("a", "b"), "-o", out)
     assert result.exit_code == 0, result.output
@@ -57,8 +62,7 @@ def test_every_prompt_meets_every_persona(
 def test_results_go_to_stdout_without_an_output_file(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\ntwo\n")
+    source = prompts(tmp_path, "one\ntwo\n")
     result = invoke("batch", source, "-c", agents_file("a"))
     assert result.exit_code == 0, result.output
     assert sorted(json.loads(line)["prompt"] for line in result.stdout.splitlines()) == [
@@ -70,8 +74,7 @@ def test_results_go_to_stdout_without_an_output_file(
 def test_a_rerun_asks_only_what_is_not_answered_yet(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\ntwo\nthree\n")
+    source = prompts(tmp_path, "one\ntwo\nthree\n")
     out = tmp_path / "out.jsonl"
     config = agents_file("a", "b")
     server.script("m-b", Reply(), Fault(400))  # b fails on one of the prompts
@@ -116,8 +119,7 @@ def test_a_killed_batch_resumes_where_it_stopped(
 def test_synthesis_per_prompt(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\ntwo\n")
+    source = prompts(tmp_path, "one\ntwo\n")
     out = tmp_path / "out.jsonl"
     config = agents_file("a", "b", synthesizer={"model": "m-synth"})
     result = invoke("batch", source, "-c", config, "-o", out, "-s")
@@ -131,8 +133,7 @@ def test_synthesis_per_prompt(
 def test_the_rate_limit_holds_across_prompts(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\ntwo\nthree\nfour\n")
+    source = prompts(tmp_path, "one\ntwo\nthree\nfour\n")
     result = invoke("batch", source, "-c", agents_file("a"), "--rpm", "120")
     assert result.exit_code == 0, result.output
     starts = sorted(r.started for r in server.requests)
@@ -160,8 +161,7 @@ def test_bad_input_stops_before_any_call(
     content: str,
     message: str,
 ) -> None:
-    source = tmp_path / name
-    source.write_text(content)
+    source = prompts(tmp_path, content, name)
     result = invoke("batch", source, "-c", agents_file("a"))
     assert result.exit_code == 2
     assert result.stdout == ""
@@ -178,8 +178,11 @@ def test_a_missing_batch_file_is_a_usage_error(agents_file: AgentsFile, invoke: 
 def test_via_the_batch_api_results_come_back_as_the_same_lines(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.jsonl"
-    source.write_text('{"id": "h", "prompt": "What is heat?"}\n{"id": "l", "prompt": "Light?"}\n')
+    source = prompts(
+        tmp_path,
+        '{"id": "h", "prompt": "What is heat?"}\n{"id": "l", "prompt": "Light?"}\n',
+        "q.jsonl",
+    )
     out = tmp_path / "out.jsonl"
     server.script("m-b", Reply(), Fault(400))
     config = agents_file("a", "b", extra={"a": {"temperature": 0.2}})
@@ -206,8 +209,7 @@ def test_via_the_batch_api_results_come_back_as_the_same_lines(
 def test_a_batch_api_job_is_picked_up_again_by_id_not_paid_twice(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\ntwo\n")
+    source = prompts(tmp_path, "one\ntwo\n")
     out = tmp_path / "out.jsonl"
     config = agents_file("a")
     state = out.with_name("out.jsonl.batches.json")
@@ -243,8 +245,7 @@ def test_the_batch_api_refuses_what_it_cannot_honour(
     args: list[str],
     message: str,
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\n")
+    source = prompts(tmp_path, "one\n")
     config = agents_file("a")
     config.write_text(config.read_text() + "pricing:\n  m-a: {input: 1.0, output: 1.0}\n")
     out = tmp_path / "out.jsonl"
@@ -263,8 +264,7 @@ def batch_api(invoke: Invoke, source: Path, config: Path, out: Path) -> Any:
 def test_an_expired_batch_is_reported_and_the_rest_asked_on_the_next_run(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\ntwo\n")
+    source = prompts(tmp_path, "one\ntwo\n")
     out = tmp_path / "out.jsonl"
     config = agents_file("a")
     server.script("m-a", Reply(), Fault(500))  # one answer comes back, one does not
@@ -282,8 +282,7 @@ def test_an_expired_batch_is_reported_and_the_rest_asked_on_the_next_run(
 def test_a_batch_picked_up_again_never_writes_a_result_twice(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\ntwo\n")
+    source = prompts(tmp_path, "one\ntwo\n")
     out = tmp_path / "out.jsonl"
     config = agents_file("a")
     assert batch_api(invoke, source, config, out).exit_code == 0
@@ -299,8 +298,7 @@ def test_a_batch_picked_up_again_never_writes_a_result_twice(
 def test_a_batch_created_but_never_acknowledged_is_found_not_created_twice(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\n")
+    source = prompts(tmp_path, "one\n")
     out = tmp_path / "out.jsonl"
     config = agents_file("a")
     assert batch_api(invoke, source, config, out).exit_code == 0
@@ -324,8 +322,7 @@ def test_a_batch_created_but_never_acknowledged_is_found_not_created_twice(
 def test_a_result_line_cut_short_by_a_crash_does_not_spoil_the_next(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
-    source = tmp_path / "q.txt"
-    source.write_text("one\ntwo\n")
+    source = prompts(tmp_path, "one\ntwo\n")
     out = tmp_path / "out.jsonl"
     config = agents_file("a")
     assert invoke("batch", source, "-c", config, "-o", out, "--concurrency", "1").exit_code == 0

@@ -53,34 +53,19 @@ class OpenAIProvider:
     ) -> Completion:
         announce = _ON_SENT.set(on_sent)
         try:
-            if on_delta is not None and agent.endpoint not in self._cannot_stream:
-                try:
-                    return await self._streamed(agent, messages, timeout_s, on_delta)
-                except openai.APIStatusError as exc:
-                    if exc.status_code not in (400, 422) or "stream" not in str(exc).lower():
-                        raise
-                    # A server that rejects streaming (or stream_options) gets whole answers.
-                    self._cannot_stream.add(agent.endpoint)
-            completion, headers = await self._whole(agent, messages, timeout_s)
-            if on_delta is not None and completion.text:
-                on_delta(completion.text)
-            return Completion(completion.text, completion.usage, headers)
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc) from None
-        except openai.APITimeoutError:
-            raise ProviderError.timeout(timeout_s) from None
-        except (openai.APIConnectionError, httpx2.TransportError) as exc:
-            cause = exc.__cause__ or exc.__context__ or exc
-            detail = f": {self._redact(str(cause))}" if str(cause) else ""
-            raise ProviderError(
-                f"connection failed{detail}", kind="connection", retryable=True
-            ) from None
-        except (openai.APIError, httpx2.HTTPError, ValueError, TypeError, AttributeError) as exc:
-            # Whatever shape a broken server sends, one line says so.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ProviderError(
-                f"malformed response: {self._redact(first)[:200]}", kind="bad_response"
-            ) from None
+            with self._translated(timeout_s):
+                if on_delta is not None and agent.endpoint not in self._cannot_stream:
+                    try:
+                        return await self._streamed(agent, messages, timeout_s, on_delta)
+                    except openai.APIStatusError as exc:
+                        if exc.status_code not in (400, 422) or "stream" not in str(exc).lower():
+                            raise
+                        # A server that rejects streaming (or stream_options) gets whole answers.
+                        self._cannot_stream.add(agent.endpoint)
+                completion, headers = await self._whole(agent, messages, timeout_s)
+                if on_delta is not None and completion.text:
+                    on_delta(completion.text)
+                return Completion(completion.text, completion.usage, headers)
         finally:
             _ON_SENT.reset(announce)
 
@@ -218,12 +203,15 @@ class OpenAIProvider:
             raise ProviderError.timeout(timeout_s) from None
         except (openai.APIConnectionError, httpx2.TransportError) as exc:
             cause = exc.__cause__ or exc.__context__ or exc
+            detail = f": {self._redact(str(cause))}" if str(cause) else ""
             raise ProviderError(
-                f"connection failed: {self._redact(str(cause))}", kind="connection", retryable=True
+                f"connection failed{detail}", kind="connection", retryable=True
             ) from None
-        except (openai.APIError, httpx2.HTTPError, ValueError) as exc:
+        except (openai.APIError, httpx2.HTTPError, ValueError, TypeError, AttributeError) as exc:
+            # Whatever shape a broken server sends, one line says so.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ProviderError(
-                f"malformed response: {self._redact(str(exc))[:200]}", kind="bad_response"
+                f"malformed response: {self._redact(first)[:200]}", kind="bad_response"
             ) from None
 
     def prepare(self, endpoints: Iterable[Endpoint]) -> None:

@@ -47,9 +47,9 @@ from fanout.export import (
     report_document,
     report_from_document,
 )
-from fanout.history import History, HistoryRecorder, history_path
+from fanout.history import History, HistoryRecorder, StoredRun, history_path
 from fanout.local import LOCAL_ENV, LOCAL_URL, LocalServer, model_path, on_local, wants_local
-from fanout.models import Agent, Endpoint, RunReport
+from fanout.models import Agent, AgentResult, Endpoint, RunReport
 from fanout.provider import OpenAIProvider
 from fanout.render import (
     BatchProgress,
@@ -188,25 +188,9 @@ def retry(run_id: str, *, output: Output, log: bool = True) -> int:
         done = [r for r in before.agents if r.status == "ok"]
         if len(done) == len(agents):
             raise ConfigError(f"run {stored.run_id}: every persona already answered")
-        check_credentials([a for a in agents if a.name not in {r.name for r in done}], os.environ)
-        settings, pricing = _settings_from_record(stored.settings)
-
-        def make_run(observer: Observer, provider: OpenAIProvider) -> PanelRun:
-            return PanelRun(
-                stored.prompt,
-                agents,
-                provider=provider,
-                settings=settings,
-                observer=observer,
-                pricing=pricing,
-                done=done,
-                run_id=stored.run_id,
-            )
-
-        recorder = HistoryRecorder(history, resume=True) if log else None
         asked = [a for a in agents if a.name not in {r.name for r in done}]
-        report = _drive(make_run, asked, None, output, recorder, before=before)
-    return _emit(report, output, recorder)
+        check_credentials(asked, os.environ)
+        return _carry_on(history, stored, before, agents, done, None, asked, output, log)
 
 
 def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -> int:
@@ -220,23 +204,41 @@ def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -
         synthesizer = _with_local(stack, [recorded])[0]
         check_credentials([synthesizer], os.environ)
         agents = [agent_from_settings(a) for a in stored.agents]
-        settings, pricing = _settings_from_record(stored.settings)
+        return _carry_on(
+            history, stored, before, agents, before.agents, synthesizer, [], output, log
+        )
 
-        def make_run(observer: Observer, provider: OpenAIProvider) -> PanelRun:
-            return PanelRun(
-                stored.prompt,
-                agents,
-                provider=provider,
-                settings=settings,
-                synthesizer=synthesizer,
-                observer=observer,
-                pricing=pricing,
-                done=before.agents,
-                run_id=stored.run_id,
-            )
 
-        recorder = HistoryRecorder(history, resume=True) if log else None
-        report = _drive(make_run, [], synthesizer, output, recorder, before=before)
+def _carry_on(
+    history: History,
+    stored: StoredRun,
+    before: RunReport,
+    agents: list[Agent],
+    done: Sequence[AgentResult],
+    synthesizer: Agent | None,
+    asked: list[Agent],
+    output: Output,
+    log: bool,
+) -> int:
+    """A stored run taken up again (``retry``, ``synth``) with its recorded prompt and settings;
+    the new work is folded into the same run."""
+    settings, pricing = _settings_from_record(stored.settings)
+
+    def make_run(observer: Observer, provider: OpenAIProvider) -> PanelRun:
+        return PanelRun(
+            stored.prompt,
+            agents,
+            provider=provider,
+            settings=settings,
+            synthesizer=synthesizer,
+            observer=observer,
+            pricing=pricing,
+            done=done,
+            run_id=stored.run_id,
+        )
+
+    recorder = HistoryRecorder(history, resume=True) if log else None
+    report = _drive(make_run, asked, synthesizer, output, recorder, before=before)
     return _emit(report, output, recorder)
 
 
