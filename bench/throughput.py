@@ -43,12 +43,12 @@ async def bare_loop(base_url: str, requests: int, concurrency: int) -> float:
 
 def fanout_in_process(base_url: str, requests: int, concurrency: int) -> float:
     import anyio
+    from fanout.runner import Engine, RunSettings
 
     from fanout.batch import BatchPrompt, BatchTally, ResultWriter, run_batch
     from fanout.events import Broadcast
     from fanout.models import Agent, Endpoint
     from fanout.provider import OpenAIProvider
-    from fanout.runner import Engine, RunSettings
 
     agent = Agent("p000", model="m-000", endpoint=Endpoint(base_url))
     settings = RunSettings(concurrency=concurrency, stream=False)

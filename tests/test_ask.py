@@ -60,7 +60,7 @@ def test_json_document_keeps_panel_order_whatever_finishes_first(
     assert result.exit_code == 0, result.output
     assert result.stderr == "" or "says" not in result.stderr
     document = json.loads(result.stdout)
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["status"] == "completed"
     assert document["prompt"] == "Why?"
     assert [a["name"] for a in document["agents"]] == ["first", "second"]

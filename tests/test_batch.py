@@ -54,7 +54,7 @@ def test_every_prompt_meets_every_persona(
     heat = next(line for line in lines if line["id"] == ids[0] and line["name"] == "a")
     assert heat["prompt"] == "What is heat?"
     assert heat["answer"] == "m-a says: What is heat?"
-    assert heat["status"] == "ok" and heat["schema_version"] == 1
+    assert heat["status"] == "ok" and heat["schema_version"] == 2
     assert server.count() == 4
     assert "4/4 done" in result.stderr
 

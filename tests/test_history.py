@@ -14,8 +14,8 @@ from typing import Any
 import platformdirs
 import pytest
 
-from fanout.errors import ConfigError
-from fanout.history import HISTORY_ENV, History, RunSummary, history_path
+from fanout.errors import ConfigError, StorageError
+from fanout.history import HISTORY_ENV, SCHEMA_VERSION, History, RunSummary, history_path
 from tests.conftest import SENTINEL_KEY
 
 PERSONAS = [
@@ -40,6 +40,24 @@ def started(run_id: str, started_at: str = "2026-11-22T10:00:00.000+00:00") -> d
         "synthesis": None,
         "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
     }
+
+
+V2_CALL_KEYS = {"call_id", "stage", "role", "finish_reason", "truncated"}
+
+
+def as_v1(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as version 1 saw it: version 2 only adds keys (the run's trace id,
+    shape and stages; each call's identity), so taking them away gives the original back."""
+    v1 = {k: v for k, v in document.items() if k not in ("trace_id", "shape", "stages")}
+    v1["schema_version"] = 1
+    v1["agents"] = [entry_v1(e) for e in document["agents"]]
+    if document.get("synthesis"):
+        v1["synthesis"] = entry_v1(document["synthesis"])
+    return v1
+
+
+def entry_v1(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in V2_CALL_KEYS}
 
 
 def answer(name: str, status: str = "ok", cost: float | None = 0.25) -> dict[str, Any]:
@@ -82,7 +100,9 @@ def test_round_trip_returns_the_final_document_and_settings(tmp_path: Path) -> N
 
     with History(path) as history:
         stored = history.load("3f9c2a71b0de")
-    assert stored.document == final
+    assert stored.document["schema_version"] == 2  # a version 1 document is upgraded
+    assert [s["id"] for s in stored.document["stages"]] == ["panel", "synthesis"]
+    assert as_v1(stored.document) == final
     assert stored.run_id == "3f9c2a71b0de"
     assert stored.prompt == "question of 3f9c2a71b0de"
     assert stored.agents == PERSONAS
@@ -122,7 +142,8 @@ def test_saved_results_show_before_the_run_finishes(tmp_path: Path) -> None:
             [summary] = reader.list_runs()
 
     assert document["status"] == "running"  # its writer, this process, is alive
-    assert document["agents"] == [started("run1")["agents"][0], answer("chemist", cost=0.125)]
+    agents = [entry_v1(e) for e in document["agents"]]
+    assert agents == [started("run1")["agents"][0], answer("chemist", cost=0.125)]
     assert (summary.status, summary.agents, summary.answered) == ("running", 2, 1)
     assert summary.cost_usd == 0.125  # what the saved entries cost so far
     assert summary.finished_at is None
@@ -159,7 +180,7 @@ def test_a_killed_writer_leaves_an_interrupted_run_with_its_saved_results(tmp_pa
         stored = history.load("killed").document
         [summary] = history.list_runs()
     assert stored["status"] == "interrupted"
-    assert stored["agents"] == [entry, document["agents"][1]]
+    assert [entry_v1(e) for e in stored["agents"]] == [entry, document["agents"][1]]
     assert (summary.status, summary.answered) == ("interrupted", 1)
 
 
@@ -332,9 +353,9 @@ def test_secrets_are_refused_and_never_reach_the_file(
 def test_a_database_from_a_newer_fanout_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "history.db"
     with sqlite3.connect(path) as db:
-        db.execute("PRAGMA user_version = 2")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(ConfigError, match="newer fanout") as caught:
+    with pytest.raises(StorageError, match="newer fanout") as caught:
         History(path)
     assert str(path) in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -344,7 +365,7 @@ def test_a_database_from_a_newer_fanout_is_refused(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path, garbage: bytes) -> None:
     path = tmp_path / "history.db"
     path.write_bytes(garbage)
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(StorageError) as caught:
         History(path)
     assert str(path) in str(caught.value)
     assert "\n" not in str(caught.value)

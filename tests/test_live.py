@@ -6,23 +6,48 @@ import io
 import os
 import sys
 import threading
+from typing import Any
 
 import pexpect
 import pytest
 from rich.console import Console
 
 from fanout.events import (
-    AgentDelta,
-    AgentFinished,
-    AgentRetrying,
-    AgentSending,
-    AgentStarted,
-    AgentWaiting,
+    CallDelta,
+    CallFinished,
+    CallRetrying,
+    CallSending,
+    CallWaiting,
+    StageStarted,
 )
-from fanout.models import Agent, AgentError, AgentResult, SynthesisResult, Usage
+from fanout.models import Agent, AgentError, AgentResult, Call, CallResult, Usage
 from fanout.render import LiveBoard
 from tests.conftest import AgentsFile
 from tests.fakeserver import FakeOpenAI, Reply
+
+
+def call_of(agent: Agent, stage: str = "panel", role: str = "persona") -> Call:
+    return Call(f"{stage}/{agent.name}", stage, role, agent.name, agent, ())
+
+
+def AgentWaiting(agent: Agent) -> CallWaiting:
+    return CallWaiting(call_of(agent))
+
+
+def AgentSending(agent: Agent, attempt: int) -> CallSending:
+    return CallSending(call_of(agent), attempt)
+
+
+def AgentDelta(agent: Agent, text: str) -> CallDelta:
+    return CallDelta(call_of(agent), text)
+
+
+def AgentRetrying(agent: Agent, *args: Any) -> CallRetrying:
+    return CallRetrying(call_of(agent), *args)
+
+
+def AgentFinished(result: CallResult) -> CallFinished:
+    return CallFinished(call_of(Agent(result.name, model=result.model)), result)
 
 
 class Clock:
@@ -121,16 +146,35 @@ def test_synthesis_gets_its_own_pane_after_the_panel() -> None:
     live, console = board(["alpha", "beta"], clock, 120)
     for name in ("alpha", "beta"):
         live.handle(AgentFinished(AgentResult(name, f"m-{name}", "ok", f"{name} says hi")))
-    synthesizer = Agent("synthesizer", model="m-synth")
-    live.handle(AgentStarted(synthesizer, synthesis=True))
-    live.handle(AgentSending(synthesizer, 1))
-    live.handle(AgentDelta(synthesizer, "Both agree."))
+    synthesizer = call_of(Agent("synthesizer", model="m-synth"), "synthesis", "synthesizer")
+    live.handle(StageStarted("synthesis", "synthesis", [synthesizer]))
+    live.handle(CallSending(synthesizer, 1))
+    live.handle(CallDelta(synthesizer, "Both agree."))
     text = screen(live, console, 120)
     assert "Synthesis" in text and "Both agree." in text
     assert "alpha says hi" not in text  # the panel shrinks to its status lines
-    done = SynthesisResult("synthesizer", "m-synth", "ok", "Both agree.")
-    live.handle(AgentFinished(done, synthesis=True))
+    done = CallResult("synthesizer", "m-synth", "ok", "Both agree.", stage="synthesis")
+    live.handle(CallFinished(synthesizer, done))
     assert "✓ done" in screen(live, console, 120)
+
+
+def test_a_stage_of_a_kind_the_board_never_heard_of_gets_panes_like_any_other() -> None:
+    clock = Clock()
+    live, console = board(["alpha"], clock, 120)
+    live.handle(AgentFinished(AgentResult("alpha", "m-alpha", "ok", "hi")))
+    judge = call_of(Agent("arbiter", model="m-judge"), "appraisal", "appraiser")
+    live.handle(StageStarted("appraisal", "appraisal", [judge]))
+    live.handle(CallDelta(judge, "A wins."))
+    text = screen(live, console, 120)
+    assert "Appraisal" in text and "arbiter" in text and "A wins." in text
+
+
+def test_an_answer_cut_by_max_tokens_shows_as_truncated() -> None:
+    clock = Clock()
+    live, console = board(["alpha"], clock, 100)
+    cut = AgentResult("alpha", "m-alpha", "ok", "half", finish_reason="length", truncated=True)
+    live.handle(AgentFinished(cut))
+    assert "truncated" in screen(live, console, 100)
 
 
 def test_cli_in_a_terminal_streams_two_personas_side_by_side(

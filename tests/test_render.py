@@ -11,9 +11,10 @@ from fanout.models import (
     Agent,
     AgentError,
     AgentResult,
+    CallResult,
     Endpoint,
     RunReport,
-    SynthesisResult,
+    StageResult,
     Usage,
 )
 from fanout.render import agents_table, print_error, render_report
@@ -29,14 +30,15 @@ def text_of(target: Console) -> str:
     return file.getvalue()
 
 
-def report(synthesis: SynthesisResult | None = None) -> RunReport:
+def report(synthesis: CallResult | None = None) -> RunReport:
+    later = [StageResult("synthesis", "synthesis", [synthesis])] if synthesis else []
     return RunReport(
         run_id="abc123",
         prompt="What is temperature?",
         started_at="2026-01-01T00:00:00.000+00:00",
         finished_at="2026-01-01T00:00:01.000+00:00",
         duration_s=1.0,
-        agents=[
+        stages=[StageResult("panel", "panel", [
             AgentResult(
                 "physicist",
                 "gpt-4o-mini",
@@ -55,9 +57,8 @@ def report(synthesis: SynthesisResult | None = None) -> RunReport:
                 latency_s=3.2,
             ),
             AgentResult("biologist", "gpt-4o", "cancelled"),
-        ],
-        synthesis=synthesis,
-    )
+        ]), *later],
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("width", [80, 200])
@@ -86,14 +87,13 @@ def test_long_answers_wrap_instead_of_being_cut() -> None:
 
 
 def test_partial_synthesis_says_who_is_missing() -> None:
-    synthesis = SynthesisResult(
+    synthesis = CallResult(
         "synthesizer",
         "gpt-4o",
         "ok",
         "Both agree it is about energy.",
-        partial=True,
-        sources=["physicist"],
-        missing=["chemist", "biologist"],
+        stage="synthesis",
+        details={"partial": True, "sources": ["physicist"], "missing": ["chemist", "biologist"]},
     )
     out = console(120)
     render_report(out, report(synthesis))
@@ -122,3 +122,14 @@ def test_error_line_is_one_line_and_escapes_markup() -> None:
     text = text_of(out)
     assert text.count("\n") == 1
     assert "[bold]x[/bold]" in text
+
+
+def test_truncated_and_cut_short_answers_say_so() -> None:
+    cut = report()
+    cut.agents[0].finish_reason, cut.agents[0].truncated = "length", True
+    cut.agents[2].answer, cut.agents[2].truncated = "Temperature is", True  # Ctrl-C mid-stream
+    out = console(100)
+    render_report(out, cut)
+    text = text_of(out)
+    assert "truncated: the answer reached max_tokens" in text
+    assert "Temperature is" in text and "cut short" in text

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +122,24 @@ def test_unknown_or_ambiguous_run_ids_are_usage_errors(
     assert "nope" in result.stderr
 
 
+def history_text() -> str:
+    """Everything the history database holds, as text (committed rows only)."""
+    path = history_path(os.environ)
+    if not path.exists():
+        return ""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return " ".join(str(row) for row in db.execute("SELECT * FROM calls"))
+
+
+def wait_until(condition: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    """Poll ``condition`` (a state the test waits for, not a duration) until it holds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {limit:g} s for: {what}")
+        time.sleep(0.01)
+
+
 def test_a_killed_run_keeps_its_finished_answers(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:
@@ -132,6 +155,8 @@ def test_a_killed_run_keeps_its_finished_answers(
     )
     try:
         server.wait_for_requests(2)
+        # Answers are committed by the history's writer thread: kill once this one is in.
+        wait_until(lambda: "saved before the crash" in history_text(), "the answer is stored")
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:

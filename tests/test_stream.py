@@ -94,7 +94,8 @@ def test_jsonl_lines_tell_the_run_as_it_happens(
     assert result.exit_code == 0, result.output
     lines = jsonl_lines(result.stdout)
     assert all(
-        {"schema_version", "run_id", "ts", "type"} <= set(line) and line["schema_version"] == 1
+        {"schema_version", "run_id", "trace_id", "ts", "type"} <= set(line)
+        and line["schema_version"] == 2
         for line in lines
     )
     assert len({line["run_id"] for line in lines}) == 1

@@ -20,28 +20,29 @@ import anyio
 import anyio.abc
 
 from fanout.cost import Pricing
+from fanout.engine import Engine, Execution, RunContext
 from fanout.errors import ConfigError, FanoutError, ProviderError
 from fanout.events import (
-    AgentFinished,
-    AgentRetrying,
-    AgentSending,
-    AgentWaiting,
+    CallFinished,
+    CallRetrying,
+    CallSending,
+    CallWaiting,
     Event,
     Observer,
+    StageFinished,
 )
-from fanout.export import SCHEMA_VERSION, agent_document, result_from_entry, synthesis_document
+from fanout.export import SCHEMA_VERSION, call_document, json_line, result_from_entry
 from fanout.models import (
     Agent,
     AgentError,
-    AgentResult,
+    CallResult,
     Endpoint,
-    SynthesisResult,
     Usage,
     chat_messages,
 )
 from fanout.provider import OpenAIProvider, request_line
 from fanout.retry import RetryPolicy, call_with_retries
-from fanout.runner import Engine, PanelRun
+from fanout.shapes import build_plan
 
 FORMATS = (".jsonl", ".ndjson", ".txt", ".csv")
 T = TypeVar("T")
@@ -136,8 +137,9 @@ def open_results(output: Path) -> TextIO:
 
 
 def answered_jobs(output: Path | None, *, keep_answers: bool) -> dict[tuple[str, str], Any]:
-    """The (prompt id, persona) pairs an earlier run already answered in ``output``; with
-    ``keep_answers``, their entries too (the synthesis of a resumed prompt needs them)."""
+    """The (prompt id, call id) pairs an earlier run already answered in ``output``; with
+    ``keep_answers``, their entries too (the synthesis of a resumed prompt needs them).
+    Lines of version 1 (no ``call_id``) are keyed by their persona or synthesis."""
     done: dict[tuple[str, str], Any] = {}
     if output is None or not output.exists():
         return done
@@ -148,9 +150,18 @@ def answered_jobs(output: Path | None, *, keep_answers: bool) -> dict[tuple[str,
             except json.JSONDecodeError:
                 continue  # the last line of a run that was killed mid-write
             if isinstance(entry, dict) and entry.get("status") == "ok":
-                key = (str(entry.get("id")), str(entry.get("name")))
+                key = (str(entry.get("id")), line_call_id(entry))
                 done[key] = entry if keep_answers else True
     return done
+
+
+def line_call_id(entry: dict[str, Any]) -> str:
+    """The call a result line answers (a version 1 line names only its persona)."""
+    call_id = entry.get("call_id")
+    if isinstance(call_id, str) and call_id:
+        return call_id
+    stage = "synthesis" if entry.get("synthesis") is True else "panel"
+    return f"{stage}/{entry.get('name')}"
 
 
 @dataclass
@@ -171,26 +182,22 @@ class BatchTally:
 
 
 class ResultWriter:
-    """One JSON line per finished (prompt, persona), flushed at once: ``id``, ``prompt``,
-    ``synthesis`` and then the persona's entry of the ``ask`` document."""
+    """One JSON line per finished (prompt, call), flushed at once: ``id``, ``prompt``,
+    ``synthesis`` (version 1's marker) and then the call's entry of the ``ask`` document."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
 
-    def write(self, prompt: BatchPrompt, result: AgentResult, synthesis: bool) -> None:
-        if synthesis and isinstance(result, SynthesisResult):
-            entry = synthesis_document(result)
-        else:
-            entry = agent_document(result)
+    def write(self, prompt: BatchPrompt, result: CallResult) -> None:
         line = {
             "schema_version": SCHEMA_VERSION,
             "id": prompt.id,
             "prompt": prompt.prompt,
-            "synthesis": synthesis,
-            **entry,
+            "synthesis": result.role == "synthesizer",
+            **call_document(result),
         }
         try:
-            self._out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._out.write(json_line(line) + "\n")
             self._out.flush()
         except OSError as exc:
             raise FanoutError(f"cannot write the results: {exc.strerror or exc}") from None
@@ -206,25 +213,25 @@ class _PromptObserver:
 
     def handle(self, event: Event) -> None:
         tally = self._tally
-        if isinstance(event, AgentWaiting):
+        if isinstance(event, CallWaiting):
             tally.waiting += 1
-        elif isinstance(event, AgentSending):
-            key = (self._prompt.id, event.agent.name)
+        elif isinstance(event, CallSending):
+            key = (self._prompt.id, event.call.call_id)
             if key not in tally.sending:
                 tally.sending.add(key)
                 tally.in_flight += 1
             tally.waiting = max(tally.waiting - 1, 0) if event.attempt == 1 else tally.waiting
-        elif isinstance(event, AgentRetrying):
+        elif isinstance(event, CallRetrying):
             tally.retries += 1
-        elif isinstance(event, AgentFinished):
+        elif isinstance(event, CallFinished):
             result = event.result
-            key = (self._prompt.id, result.name)
+            key = (self._prompt.id, result.call_id)
             if key in tally.sending:
                 tally.sending.discard(key)
                 tally.in_flight -= 1
             if result.status == "cancelled":
                 return  # not finished: a re-run will ask it
-            self._writer.write(self._prompt, result, event.synthesis)
+            self._writer.write(self._prompt, result)
             tally.done += 1
             tally.failed += result.status != "ok"
             tally.tokens += result.usage.total_tokens
@@ -247,8 +254,14 @@ async def run_batch(
     shown: Observer,
 ) -> None:
     """Ask every prompt x persona not yet answered; ``concurrency`` prompts are in progress at
-    once (their personas share the engine's limits), the next read only as one finishes."""
+    once (their calls share the engine's limits), the next read only as one finishes."""
     send, receive = anyio.create_memory_object_stream[BatchPrompt](0)
+    stages = build_plan("panel", {"synthesize": synthesizer is not None})
+    roles = {"synthesizer": synthesizer} if synthesizer is not None else {}
+    options = {"synthesize": synthesizer is not None}
+    by_prompt: dict[str, dict[str, CallResult]] = {}
+    for (prompt_id, call_id), entry in answered.items():
+        by_prompt.setdefault(prompt_id, {})[call_id] = _answered_result(entry, call_id)
 
     async def worker(inbox: anyio.abc.ObjectReceiveStream[BatchPrompt]) -> None:
         async with inbox:
@@ -256,25 +269,12 @@ async def run_batch(
                 await ask_one(prompt)
 
     async def ask_one(prompt: BatchPrompt) -> None:
-        done = [
-            _answered_result(answered[(prompt.id, a.name)], a)
-            for a in agents
-            if (prompt.id, a.name) in answered
-        ]
-        tally.skipped += len(done)
-        synthesis_done = synthesizer is not None and (prompt.id, synthesizer.name) in answered
-        if len(done) == len(agents) and (synthesizer is None or synthesis_done):
-            return
+        kept = by_prompt.pop(prompt.id, {})
+        tally.skipped += len(kept)
+        context = RunContext(prompt.prompt, agents, roles, options)
         observer = _PromptObserver(prompt, writer, tally, shown)
-        run = PanelRun(
-            prompt.prompt,
-            agents,
-            engine=engine,
-            synthesizer=None if synthesis_done else synthesizer,
-            observer=observer,
-            done=done,
-        )
-        await run.execute()
+        execution = Execution(engine, stages, context, observer, kept=kept)
+        await execution.execute()
 
     async with anyio.create_task_group() as tg:
         for _ in range(engine.settings.concurrency):
@@ -285,15 +285,17 @@ async def run_batch(
                 await send.send(prompt)
 
 
-def _answered_result(entry: Any, agent: Agent) -> AgentResult:
+def _answered_result(entry: Any, call_id: str) -> CallResult:
     if isinstance(entry, dict):
-        return result_from_entry(entry)
-    return AgentResult(agent.name, agent.model, "ok", answer="")  # answered; text not kept
+        return result_from_entry({**entry, "call_id": call_id})
+    stage, _, name = call_id.partition("/")
+    return CallResult(name, "", "ok", answer="", call_id=call_id, stage=stage)  # text not kept
 
 
 # -- the provider's Batch API (``--via openai-batch``) ------------------------------------------
 
 _DONE_STATES = {"completed", "failed", "expired", "cancelled"}
+_NUDGE = StageFinished("batch", "batch", None)  # redraws the progress bar while polling
 
 
 async def run_via_batch_api(
@@ -324,7 +326,7 @@ async def run_via_batch_api(
     for prompt in prompts:
         texts[prompt.id] = prompt.prompt
         for agent in agents:
-            if (prompt.id, agent.name) in answered:
+            if (prompt.id, f"panel/{agent.name}") in answered:
                 tally.skipped += 1
             else:
                 jobs_by_endpoint.setdefault(agent.endpoint, []).append((prompt.id, agent))
@@ -354,7 +356,7 @@ async def run_via_batch_api(
             status = await _retried(provider.batch_state, endpoint, entry["id"])
             if status.status in _DONE_STATES:
                 break
-            shown.handle(AgentWaiting(agents[0]))  # a nudge for the progress bar
+            shown.handle(_NUDGE)  # a nudge for the progress bar
             await anyio.sleep(poll_s)
         for results in (status.output_file_id, status.error_file_id):
             if results:
@@ -368,7 +370,10 @@ async def run_via_batch_api(
         state.remove(entry)
         _save_state(state_file, state)
     unanswered = sum(
-        1 for jobs in jobs_by_endpoint.values() for p, a in jobs if (p, a.name) not in answered
+        1
+        for jobs in jobs_by_endpoint.values()
+        for p, a in jobs
+        if (p, f"panel/{a.name}") not in answered
     )
     tally.failed += unanswered
     tally.in_flight = 0
@@ -427,9 +432,9 @@ def _write_batch_results(
         item = json.loads(line)
         prompt_id, name = json.loads(item["custom_id"])
         agent = by_name.get(name)
-        if agent is None or prompt_id not in texts or (prompt_id, name) in answered:
+        if agent is None or prompt_id not in texts or (prompt_id, f"panel/{name}") in answered:
             continue
-        result = AgentResult(name, agent.model, attempts=1)
+        result = CallResult(name, agent.model, attempts=1)
         response = item.get("response") or {}
         try:
             if item.get("error") and not response:
@@ -444,9 +449,9 @@ def _write_batch_results(
             result.status, result.answer = "ok", completion.text
             result.usage = completion.usage or Usage()
             result.cost_usd = pricing.cost(agent.model, result.usage)
-        writer.write(BatchPrompt(prompt_id, texts[prompt_id]), result, False)
+        writer.write(BatchPrompt(prompt_id, texts[prompt_id]), result)
         if result.status == "ok":
-            answered[(prompt_id, name)] = True
+            answered[(prompt_id, result.call_id)] = True
         tally.done += 1
         tally.in_flight = max(tally.in_flight - 1, 0)
         tally.tokens += result.usage.total_tokens

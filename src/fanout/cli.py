@@ -20,7 +20,7 @@ from fanout import __version__
 from fanout.errors import ConfigError, FanoutError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
-    from fanout.runner import RunSettings
+    from fanout.engine import RunSettings
     from fanout.session import Output
 
 app = typer.Typer(
@@ -392,8 +392,8 @@ def _settings(
     max_cost: float | None,
 ) -> RunSettings:
     """The run flags that ``ask`` and ``batch`` share."""
+    from fanout.engine import RunSettings
     from fanout.retry import RetryPolicy
-    from fanout.runner import RunSettings
 
     return RunSettings(
         concurrency=concurrency,

@@ -111,6 +111,13 @@ class Panel:
     synthesizer: Agent
     pricing: dict[str, Price] = field(default_factory=dict)  # the file's, over the shipped
 
+    def role(self, name: str) -> Agent:
+        """The agent that plays ``name`` (``synthesizer``...) in the shapes that need one."""
+        roles = {"synthesizer": self.synthesizer}
+        if name not in roles:
+            raise ConfigError(f"the agents file has no {name}: section and no default for it")
+        return roles[name]
+
     def select(self, names: Sequence[str] | None) -> list[Agent]:
         """The personas named (in the order given), or the whole panel."""
         if not names:

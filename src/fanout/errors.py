@@ -6,6 +6,7 @@ The core raises these; only ``cli.py`` turns them into a line on stderr and an e
   x ConfigError      - the agents file, a flag or the environment is wrong (exit 2)
   x ProviderError    - an endpoint failed; ``retryable`` says whether to try again
   x BudgetExceeded   - a call was not made: it could have broken ``--max-cost``
+  x StorageError     - the run history could not be read or written (exit 1)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ProviderError(FanoutError):
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
         usage: Usage | None = None,
+        partial_text: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -57,6 +59,8 @@ class ProviderError(FanoutError):
         self.headers: Mapping[str, str] = headers or {}
         # Tokens the failed response still reported (billed, so counted).
         self.usage = usage
+        # What a stream delivered before it broke off (shown, never taken for an answer).
+        self.partial_text = partial_text
 
     def __str__(self) -> str:
         return self.message
@@ -68,3 +72,8 @@ class ProviderError(FanoutError):
 
 class BudgetExceeded(FanoutError):
     """A call was not made because its worst case did not fit in what ``--max-cost`` left."""
+
+
+class StorageError(FanoutError):
+    """The run history could not be opened, read or written (a disk, permission or corruption
+    problem, not a mistake in the command)."""

@@ -1,54 +1,73 @@
-"""What happens during a run, as it happens: the runner emits these, observers consume them.
+"""What happens during a run, as it happens: the engine emits these, observers consume them.
 
-The live terminal view, the stderr progress line and the ``--jsonl`` stream are all observers;
-the runner knows none of them.
+The live terminal view, the stderr progress line, the ``--jsonl`` stream and the history are
+all observers; the engine knows none of them. Every call event carries its ``Call`` (stage,
+role, call id), so an observer handles a role it has never heard of like any other call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from fanout.models import Agent, AgentResult, RunReport
+from fanout.models import Agent, Call, CallResult, RunReport
+
+_log = logging.getLogger("fanout")
 
 
 @dataclass(frozen=True)
 class RunStarted:
     run_id: str
+    trace_id: str
     prompt: str
-    agents: Sequence[Agent]
-    synthesizer: Agent | None
+    shape: str
+    stages: Sequence[tuple[str, str]]  # (stage id, kind), in the order they will run
+    agents: Sequence[str] = ()  # the personas asked
+    roles: Mapping[str, str] = field(default_factory=dict)  # role -> who plays it
 
 
 @dataclass(frozen=True)
-class AgentStarted:
-    """The agent got a concurrency slot; ``synthesis`` marks the synthesizer."""
+class StageStarted:
+    """A stage begins; ``calls`` are the calls it will make (possibly none)."""
 
-    agent: Agent
-    synthesis: bool = False
-
-
-@dataclass(frozen=True)
-class AgentWaiting:
-    """The agent's endpoint is rate-limited: the next attempt waits for its turn."""
-
-    agent: Agent
+    stage: str
+    kind: str
+    calls: Sequence[Call]
 
 
 @dataclass(frozen=True)
-class AgentSending:
+class CallStarted:
+    """The call got its slot and is about to be made (the first attempt)."""
+
+    call: Call
+
+    @property
+    def agent(self) -> Agent:
+        return self.call.agent
+
+
+@dataclass(frozen=True)
+class CallWaiting:
+    """The call's endpoint is rate-limited: the next attempt waits for its turn."""
+
+    call: Call
+
+
+@dataclass(frozen=True)
+class CallSending:
     """An attempt (from 1) is on its way."""
 
-    agent: Agent
+    call: Call
     attempt: int
 
 
 @dataclass(frozen=True)
-class AgentRetrying:
+class CallRetrying:
     """An attempt failed and the next one starts in ``wait_s`` seconds."""
 
-    agent: Agent
+    call: Call
     attempt: int  # the attempt that failed
     max_attempts: int
     wait_s: float
@@ -57,17 +76,24 @@ class AgentRetrying:
 
 
 @dataclass(frozen=True)
-class AgentDelta:
+class CallDelta:
     """A piece of a streamed answer."""
 
-    agent: Agent
+    call: Call
     text: str
 
 
 @dataclass(frozen=True)
-class AgentFinished:
-    result: AgentResult
-    synthesis: bool = False
+class CallFinished:
+    call: Call
+    result: CallResult
+
+
+@dataclass(frozen=True)
+class StageFinished:
+    stage: str
+    kind: str
+    verdict: dict[str, object] | None
 
 
 @dataclass(frozen=True)
@@ -77,32 +103,41 @@ class RunFinished:
 
 Event = (
     RunStarted
-    | AgentStarted
-    | AgentWaiting
-    | AgentSending
-    | AgentRetrying
-    | AgentDelta
-    | AgentFinished
+    | StageStarted
+    | CallStarted
+    | CallWaiting
+    | CallSending
+    | CallRetrying
+    | CallDelta
+    | CallFinished
+    | StageFinished
     | RunFinished
 )
 
 
 class Observer(Protocol):
-    """Anything that wants to hear about a run. ``handle`` must be quick and never raise.
-    An observer with a true ``wants_deltas`` attribute gets answers streamed to it."""
+    """Anything that wants to hear about a run. ``handle`` must be quick. An observer with a
+    true ``wants_deltas`` attribute gets answers streamed to it."""
 
     def handle(self, event: Event) -> None: ...
 
 
 class Broadcast:
-    """Hands every event to several observers, in order."""
+    """Hands every event to several observers, in order. An observer that raises is cut off
+    (its error kept in ``failures``) and never disturbs the run or the other observers."""
 
     def __init__(self, *observers: Observer) -> None:
         self.observers = list(observers)
+        self.failures: list[tuple[Observer, Exception]] = []
 
     def handle(self, event: Event) -> None:
-        for observer in self.observers:
-            observer.handle(event)
+        for observer in list(self.observers):
+            try:
+                observer.handle(event)
+            except Exception as exc:  # an observer's bug is its own, never the run's
+                _log.debug("observer %r failed", observer, exc_info=True)
+                self.observers.remove(observer)
+                self.failures.append((observer, exc))
 
     @property
     def wants_deltas(self) -> bool:

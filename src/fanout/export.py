@@ -1,30 +1,40 @@
 """The JSON result document and the JSONL event stream: versioned, stable, extended (never
-broken) by later features."""
+broken) by later features.
+
+Version 2 describes a run as ``stages: [{id, kind, calls: [...]}]``; version 1's ``agents``,
+``output``, ``synthesis``, ``usage`` and ``cost_usd`` are still there, derived from the calls by
+``derive_totals`` (the one place that does it, for fresh runs and stored ones alike), so
+``jq '.output.physicist'`` keeps working. A stage's verdict appears under its ``key``
+(``vote``, ``judge``...) at the top level too.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from fanout.events import (
-    AgentDelta,
-    AgentFinished,
-    AgentRetrying,
-    AgentStarted,
+    CallDelta,
+    CallFinished,
+    CallRetrying,
+    CallStarted,
     Event,
     RunFinished,
     RunStarted,
+    StageFinished,
+    StageStarted,
 )
 from fanout.models import (
     Agent,
     AgentError,
-    AgentResult,
+    CallResult,
     Endpoint,
     Limits,
     RunReport,
-    SynthesisResult,
+    StageResult,
     Usage,
 )
 
@@ -34,29 +44,42 @@ if TYPE_CHECKING:
     from fanout.config import Panel
     from fanout.cost import PlannedCall
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_CALL_KEYS = ("call_id", "stage", "role")
 
 
 def report_document(report: RunReport) -> dict[str, Any]:
     """The ``--json`` document of a run."""
-    return {
+    document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": report.run_id,
+        "trace_id": report.trace_id,
+        "shape": report.shape,
         "prompt": report.prompt,
         "status": report.status,
         "started_at": report.started_at,
         "finished_at": report.finished_at,
         "duration_s": report.duration_s,
-        "agents": [agent_document(r) for r in report.agents],
-        "output": report.output,
-        "synthesis": synthesis_document(report.synthesis) if report.synthesis else None,
-        "usage": asdict(report.usage),
-        "cost_usd": _usd(report.cost_usd),
+        "stages": [stage_document(s) for s in report.stages],
     }
+    return derive_totals(document)
 
 
-def agent_document(result: AgentResult) -> dict[str, Any]:
-    """One persona's entry in ``agents``."""
+def stage_document(stage: StageResult) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "id": stage.id,
+        "kind": stage.kind,
+        "calls": [call_document(c) for c in stage.calls],
+    }
+    if stage.key is not None:
+        document["key"] = stage.key
+    if stage.verdict is not None:
+        document["verdict"] = stage.verdict
+    return document
+
+
+def call_document(result: CallResult) -> dict[str, Any]:
+    """One call's entry: version 1's persona entry plus its identity and how it ended."""
     return {
         "name": result.name,
         "model": result.model,
@@ -69,17 +92,117 @@ def agent_document(result: AgentResult) -> dict[str, Any]:
         "usage": asdict(result.usage),
         "usage_estimated": result.usage_estimated,
         "cost_usd": _usd(result.cost_usd),
+        "call_id": result.call_id,
+        "stage": result.stage,
+        "role": result.role,
+        "finish_reason": result.finish_reason,
+        "truncated": result.truncated,
+        **result.details,
     }
 
 
-def synthesis_document(result: SynthesisResult) -> dict[str, Any]:
-    """The ``synthesis`` entry: a persona entry plus what it was built from."""
+agent_document = call_document  # version 1's name
+
+
+def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 1's fields (``agents``, ``output``, ``synthesis``, ``usage``, ``cost_usd``) and
+    the verdicts' top-level keys, from ``stages`` as they stand (so a run killed half-way still
+    shows what it has, consistently). Tolerates entries that are not what they should be."""
+    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    calls = [c for s in stages for c in s.get("calls") or [] if isinstance(c, dict)]
+    first = [c for c in (stages[0].get("calls") or []) if isinstance(c, dict)] if stages else []
+    synthesis = next(
+        (
+            c
+            for s in stages[1:]
+            if s.get("kind") == "synthesis"
+            for c in s.get("calls") or []
+            if isinstance(c, dict)
+        ),
+        None,
+    )
+    document["agents"] = first
+    document["output"] = {
+        str(c.get("name")): c["answer"]
+        for c in first
+        if c.get("status") == "ok" and isinstance(c.get("answer"), str)
+    }
+    document["synthesis"] = synthesis
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    for call in calls:
+        usage = _usage_of(call)
+        for key in totals:
+            totals[key] += _count(usage.get(key))
+    document["usage"] = totals
+    costs = [c.get("cost_usd") for c in calls]
+    unpriced = any(
+        not _is_number(cost) and _count(_usage_of(c).get("total_tokens"))
+        for cost, c in zip(costs, calls, strict=True)
+    )
+    known = sum(float(c) for c in costs if isinstance(c, int | float) and _is_number(c))
+    document["cost_usd"] = None if unpriced else round(known, 8)
+    for stage in stages:
+        if isinstance(stage.get("key"), str) and "verdict" in stage:
+            document[stage["key"]] = stage["verdict"]
+    return document
+
+
+def upgrade_document(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored document of version 1 as version 2: its personas become the ``panel`` stage,
+    its synthesis the ``synthesis`` stage. Version 2 documents come back as they are."""
+    if document.get("schema_version", 1) >= 2 and isinstance(document.get("stages"), list):
+        return document
+    agents = [e for e in document.get("agents") or [] if isinstance(e, dict)]
+    stages: list[dict[str, Any]] = [
+        {"id": "panel", "kind": "panel", "calls": [_v1_call(e, "panel", "persona") for e in agents]}
+    ]
+    synthesis = document.get("synthesis")
+    if isinstance(synthesis, dict):
+        call = _v1_call(synthesis, "synthesis", "synthesizer")
+        stages.append({"id": "synthesis", "kind": "synthesis", "calls": [call]})
+    upgraded = derive_totals(
+        {
+            **document,
+            "schema_version": SCHEMA_VERSION,
+            "trace_id": document.get("trace_id"),
+            "shape": document.get("shape", "panel"),
+            "stages": stages,
+        }
+    )
+    for key in ("usage", "cost_usd"):  # what version 1 recorded stands
+        if key in document:
+            upgraded[key] = document[key]
+    return upgraded
+
+
+def _v1_call(entry: dict[str, Any], stage: str, role: str) -> dict[str, Any]:
+    name = str(entry.get("name"))
     return {
-        **agent_document(result),
-        "partial": result.partial,
-        "sources": result.sources,
-        "missing": result.missing,
+        **entry,
+        "call_id": entry.get("call_id") or f"{stage}/{name}",
+        "stage": entry.get("stage") or stage,
+        "role": entry.get("role") or role,
+        "finish_reason": entry.get("finish_reason"),
+        "truncated": entry.get("truncated", False),
     }
+
+
+def _usage_of(call: dict[str, Any]) -> dict[str, Any]:
+    usage = call.get("usage")
+    return usage if isinstance(usage, dict) else {}
+
+
+def _count(value: Any) -> int:
+    """A stored token count, or 0 for anything that is not a sane one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not math.isfinite(value) or value < 0:
+        return 0
+    return int(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def panel_document(panel: Panel) -> dict[str, Any]:
@@ -104,9 +227,11 @@ def _agent_entry(agent: Agent) -> dict[str, Any]:
 class JsonlWriter:
     """``--jsonl``: one JSON object per line for every event, flushed as it happens.
 
-    Every line has ``schema_version``, ``run_id``, ``ts`` and ``type``; per-persona events add
-    ``agent``. ``agent_finished`` carries the persona's entry of the result document and
-    ``run_finished`` the whole document, so a consumer can stop reading there.
+    Every line has ``schema_version``, ``run_id``, ``trace_id``, ``ts`` and ``type``; call
+    events add ``agent`` (the call's name), ``stage``, ``call_id`` and ``role``.
+    ``agent_finished`` carries the call's entry of the result document and ``run_finished``
+    the whole document, so a consumer can stop reading there. (The synthesizer's events keep
+    version 1's names, ``synthesis_started`` and ``synthesis_finished``.)
     """
 
     wants_deltas = True  # time to first token, and the deltas themselves with --jsonl-deltas
@@ -115,44 +240,59 @@ class JsonlWriter:
         self._out = out
         self._deltas = deltas
         self._run_id = ""
+        self._trace_id = ""
 
     def handle(self, event: Event) -> None:
         line = self._line(event)
         if line is not None:
-            self._out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._out.write(json_line(line) + "\n")
             self._out.flush()
 
     def _line(self, event: Event) -> dict[str, Any] | None:
+        body: dict[str, Any]
         if isinstance(event, RunStarted):
-            self._run_id = event.run_id
-            body: dict[str, Any] = {
+            self._run_id, self._trace_id = event.run_id, event.trace_id
+            body = {
                 "type": "run_started",
                 "prompt": event.prompt,
-                "agents": [a.name for a in event.agents],
-                "synthesizer": event.synthesizer.name if event.synthesizer else None,
+                "agents": list(event.agents),
+                "synthesizer": event.roles.get("synthesizer"),
+                "shape": event.shape,
+                "stages": [{"id": i, "kind": k} for i, k in event.stages],
+                "roles": dict(event.roles),
             }
-        elif isinstance(event, AgentStarted):
-            kind = "synthesis_started" if event.synthesis else "agent_started"
-            body = {"type": kind, "agent": event.agent.name, "model": event.agent.model}
-        elif isinstance(event, AgentRetrying):
+        elif isinstance(event, StageStarted):
+            body = {
+                "type": "stage_started",
+                "stage": event.stage,
+                "kind": event.kind,
+                "calls": [
+                    {"call_id": c.call_id, "agent": c.name, "role": c.role, "model": c.agent.model}
+                    for c in event.calls
+                ],
+            }
+        elif isinstance(event, StageFinished) and event.verdict is not None:
+            body = {"type": "stage_finished", "stage": event.stage, "kind": event.kind}
+            body["verdict"] = event.verdict
+        elif isinstance(event, CallStarted):
+            kind = "synthesis_started" if event.call.role == "synthesizer" else "agent_started"
+            body = {"type": kind, **_call_fields(event.call), "model": event.call.agent.model}
+        elif isinstance(event, CallRetrying):
             body = {
                 "type": "retry",
-                "agent": event.agent.name,
+                **_call_fields(event.call),
                 "attempt": event.attempt + 1,
                 "max_attempts": event.max_attempts,
                 "wait_s": round(event.wait_s, 3),
                 "reason": event.reason,
                 "message": event.message,
             }
-        elif isinstance(event, AgentDelta) and self._deltas:
-            body = {"type": "delta", "agent": event.agent.name, "text": event.text}
-        elif isinstance(event, AgentFinished):
-            if event.synthesis and isinstance(event.result, SynthesisResult):
-                body = {"type": "synthesis_finished", "agent": event.result.name}
-                body["result"] = synthesis_document(event.result)
-            else:
-                body = {"type": "agent_finished", "agent": event.result.name}
-                body["result"] = agent_document(event.result)
+        elif isinstance(event, CallDelta) and self._deltas:
+            body = {"type": "delta", **_call_fields(event.call), "text": event.text}
+        elif isinstance(event, CallFinished):
+            kind = "synthesis_finished" if event.call.role == "synthesizer" else "agent_finished"
+            body = {"type": kind, **_call_fields(event.call)}
+            body["result"] = call_document(event.result)
         elif isinstance(event, RunFinished):
             body = {"type": "run_finished", "document": report_document(event.report)}
         else:
@@ -160,9 +300,14 @@ class JsonlWriter:
         stamp = {
             "schema_version": SCHEMA_VERSION,
             "run_id": self._run_id,
+            "trace_id": self._trace_id,
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         return {**stamp, **body}
+
+
+def _call_fields(call: Any) -> dict[str, Any]:
+    return {"agent": call.name, "stage": call.stage, "call_id": call.call_id, "role": call.role}
 
 
 def plan_document(
@@ -233,51 +378,63 @@ def agent_from_settings(data: dict[str, Any]) -> Agent:
     )
 
 
-def result_from_entry(entry: dict[str, Any]) -> AgentResult:
-    """An ``agents`` entry of a result document, back as an ``AgentResult``."""
-    return AgentResult(**_result_fields(entry))
-
-
-def synthesis_from_entry(entry: dict[str, Any]) -> SynthesisResult:
-    return SynthesisResult(
-        **_result_fields(entry),
-        partial=entry.get("partial", False),
-        sources=list(entry.get("sources", [])),
-        missing=list(entry.get("missing", [])),
+def result_from_entry(entry: dict[str, Any]) -> CallResult:
+    """A call's entry of a result document, back as a ``CallResult``."""
+    error = entry.get("error")
+    known = {
+        "name", "model", "status", "answer", "error", "attempts", "latency_s", "ttft_s", "usage",
+        "usage_estimated", "cost_usd", "call_id", "stage", "role", "finish_reason", "truncated",
+    }  # fmt: skip
+    usage = _usage_of(entry)
+    return CallResult(
+        name=str(entry["name"]),
+        model=str(entry.get("model", "")),
+        status=entry.get("status", "cancelled"),
+        answer=entry.get("answer"),
+        error=AgentError(**error) if isinstance(error, dict) else None,
+        attempts=entry.get("attempts") or 0,
+        latency_s=entry.get("latency_s"),
+        ttft_s=entry.get("ttft_s"),
+        usage=Usage(
+            *(_count(usage.get(k)) for k in ("input_tokens", "output_tokens", "total_tokens"))
+        ),
+        usage_estimated=bool(entry.get("usage_estimated", False)),
+        cost_usd=entry.get("cost_usd"),
+        call_id=str(entry.get("call_id") or ""),
+        stage=str(entry.get("stage") or "panel"),
+        role=str(entry.get("role") or "persona"),
+        finish_reason=entry.get("finish_reason"),
+        truncated=bool(entry.get("truncated", False)),
+        details={k: v for k, v in entry.items() if k not in known},
     )
 
 
 def report_from_document(document: dict[str, Any]) -> RunReport:
-    """A stored result document, back as a ``RunReport`` (to render or to carry on)."""
-    synthesis = document.get("synthesis")
+    """A stored result document (either version), back as a ``RunReport``."""
+    document = upgrade_document(document)
     status = document.get("status")
+    stages = [
+        StageResult(
+            str(s.get("id")),
+            str(s.get("kind")),
+            [result_from_entry(c) for c in s.get("calls") or [] if isinstance(c, dict)],
+            s.get("verdict"),
+            s.get("key"),
+        )
+        for s in document["stages"]
+        if isinstance(s, dict)
+    ]
     return RunReport(
         run_id=document["run_id"],
         prompt=document["prompt"],
         started_at=document["started_at"],
         finished_at=document.get("finished_at") or "",
         duration_s=document.get("duration_s") or 0.0,
-        agents=[result_from_entry(e) for e in document["agents"]],
-        synthesis=synthesis_from_entry(synthesis) if synthesis else None,
+        stages=stages,
+        trace_id=document.get("trace_id"),
+        shape=str(document.get("shape") or "panel"),
         recorded_status=status if status in ("running", "interrupted") else None,
     )
-
-
-def _result_fields(entry: dict[str, Any]) -> dict[str, Any]:
-    error = entry.get("error")
-    return {
-        "name": entry["name"],
-        "model": entry["model"],
-        "status": entry["status"],
-        "answer": entry.get("answer"),
-        "error": AgentError(**error) if error else None,
-        "attempts": entry.get("attempts", 0),
-        "latency_s": entry.get("latency_s"),
-        "ttft_s": entry.get("ttft_s"),
-        "usage": Usage(**entry.get("usage", {})),
-        "usage_estimated": entry.get("usage_estimated", False),
-        "cost_usd": entry.get("cost_usd"),
-    }
 
 
 def _usd(amount: float | None) -> float | None:
@@ -285,5 +442,27 @@ def _usd(amount: float | None) -> float | None:
 
 
 def dumps(document: dict[str, Any]) -> str:
-    """Pretty, UTF-8-friendly JSON text ending in a newline."""
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    """Pretty, UTF-8-friendly, strict JSON text ending in a newline."""
+    try:
+        return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        return json.dumps(_finite(document), indent=2, ensure_ascii=False) + "\n"
+
+
+def json_line(value: dict[str, Any]) -> str:
+    """One strict JSON line (no NaN or Infinity, which jq and most parsers refuse)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite number replaced by null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

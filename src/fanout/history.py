@@ -1,25 +1,34 @@
 """The run history: every ``fanout ask`` recorded in a SQLite database, to list, show and retry.
 
 The database is ``$FANOUT_HOME/history.db``, else ``history.db`` in the user data dir. It stores
-plain JSON-able dicts and knows nothing about the runner. Schema (``PRAGMA user_version`` = 1)::
+plain JSON-able dicts and knows nothing about the engine. Schema (``PRAGMA user_version`` = 2)::
 
     runs(run_id      TEXT PRIMARY KEY,
          started_at  TEXT NOT NULL,   -- ISO-8601, orders the listing
          writer      TEXT,            -- JSON identity of the process running it; NULL once over
          agents      TEXT NOT NULL,   -- JSON: persona settings as recorded, panel order
          synthesizer TEXT,            -- JSON or NULL
-         settings    TEXT NOT NULL,   -- JSON: run settings (retries, timeout...)
-         document    TEXT NOT NULL)   -- JSON: the result document as it stands
+         settings    TEXT NOT NULL,   -- JSON: run settings, shape, options, other roles
+         document    TEXT NOT NULL)   -- JSON: the result document (as started, then final)
+    calls(run_id TEXT, call_id TEXT, entry TEXT,   -- a call's entry, committed as it ends,
+          PRIMARY KEY (run_id, call_id))           -- folded into the document when read
+
+Documents of schema version 1 (written by older fanouts) are upgraded as they are read, so old
+runs show, retry and re-synthesize like new ones.
 
 Migrations are the steps of ``_MIGRATIONS``, applied in order in one transaction; a database
 from a newer fanout is refused, never guessed at.
 
 Durability and concurrency: the database is in WAL mode with ``synchronous=NORMAL``, and each
-``start_run``, ``save_result`` and ``finish_run`` is its own committed transaction, so killing
+``start_run``, ``save_call`` and ``finish_run`` is its own committed transaction, so killing
 the process (even with SIGKILL) loses only the write in flight; a power cut may lose the last
-few commits but never corrupts the file. Writes that read the document first take the write
-lock up front (``BEGIN IMMEDIATE``) and every connection waits up to 10 s for it, so several
-fanout processes can write at once without "database is locked" errors or lost updates.
+few commits but never corrupts the file. Writes take the write lock up front (``BEGIN
+IMMEDIATE``) and every connection waits up to 10 s for it, so several fanout processes can
+write at once without "database is locked" errors or lost updates. ``HistoryRecorder`` makes
+those writes from a thread of its own, so a lock held elsewhere never stalls a run.
+
+A row that cannot be read (a damaged page, a document that is not JSON) is skipped by
+``list_runs`` with a warning in ``warnings``, never taking the rest of the history with it.
 
 A run still marked ``running`` whose writer process is gone (same host and boot, pid dead, a
 zombie, or reused by another process) reads as ``interrupted``. The directory is created 0700
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import socket
 import sqlite3
@@ -44,13 +54,13 @@ from typing import Any, cast
 
 import platformdirs
 
-from fanout.errors import ConfigError, FanoutError
-from fanout.events import AgentFinished, Event, RunFinished, RunStarted
-from fanout.export import agent_document, report_document, synthesis_document
-from fanout.models import RunReport, SynthesisResult
+from fanout.errors import ConfigError, FanoutError, StorageError
+from fanout.events import CallFinished, Event, RunFinished, RunStarted, StageStarted
+from fanout.export import call_document, derive_totals, report_document, upgrade_document
+from fanout.models import CallResult, RunReport
 
 HISTORY_ENV = "FANOUT_HOME"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 
 # Step i brings the database from version i to i + 1.
@@ -61,6 +71,11 @@ _MIGRATIONS: list[tuple[str, ...]] = [
             agents TEXT NOT NULL, synthesizer TEXT, settings TEXT NOT NULL,
             document TEXT NOT NULL)""",
         "CREATE INDEX runs_started_at ON runs (started_at)",
+    ),
+    (
+        """CREATE TABLE calls (
+            run_id TEXT NOT NULL, call_id TEXT NOT NULL, entry TEXT NOT NULL,
+            PRIMARY KEY (run_id, call_id))""",
     ),
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -109,13 +124,14 @@ class History:
         self.path = path
         self._lock = threading.Lock()  # threads share the connection: one statement/transaction
         self._unfinished: set[str] = set()
+        self.warnings: list[str] = []  # for the command to show: skipped rows, loose modes
         try:
-            _create_private(path)
+            _create_private(path, self.warnings)
             self._db = sqlite3.connect(
                 path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"{path}: cannot open the history database: {exc}") from exc
+            raise StorageError(f"{path}: cannot open the history database: {exc}") from exc
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -125,10 +141,13 @@ class History:
                     os.chmod(path.with_name(path.name + suffix), 0o600)
         except (OSError, sqlite3.OperationalError) as exc:  # locked, unreadable...
             self._db.close()
-            raise ConfigError(f"{path}: cannot open the history database: {exc}") from exc
+            raise StorageError(f"{path}: cannot open the history database: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise ConfigError(f"{path}: not a fanout history database ({exc})") from exc
+            raise StorageError(f"{path}: not a fanout history database ({exc})") from exc
+        except StorageError:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         """Close the database; runs started here and never finished are marked interrupted."""
@@ -138,10 +157,7 @@ class History:
                     document = self._document(run_id)
                     if document.get("status") == "running":
                         document["status"] = "interrupted"
-                    self._db.execute(
-                        "UPDATE runs SET document = ?, writer = NULL WHERE run_id = ?",
-                        (_dumps(document), run_id),
-                    )
+                    self._store_final(run_id, document)
         finally:
             self._unfinished.clear()
             self._db.close()
@@ -183,47 +199,100 @@ class History:
                 raise ValueError(f"run {run_id} is already in the history") from exc
         self._unfinished.add(run_id)
 
-    def save_result(self, run_id: str, entry: dict[str, Any], *, synthesis: bool = False) -> None:
-        """Commit one persona's (or the synthesis') finished entry at once. Replaces the entry
-        with the same name in the stored document's agents list (or sets `synthesis`); an entry
-        with a name not in the list is appended."""
+    def save_call(self, run_id: str, entry: dict[str, Any]) -> None:
+        """Commit one call's finished entry at once (keyed by its ``call_id``): one small
+        write, however many calls the run has."""
         _refuse_secrets(entry)
+        call_id = str(entry.get("call_id") or f"{entry.get('stage', 'panel')}/{entry.get('name')}")
+        text = _dumps({**entry, "call_id": call_id})
         with self._transaction():
-            document = self._document(run_id)
-            if synthesis:
-                document["synthesis"] = entry
-            else:
-                entries: list[dict[str, Any]] = document.setdefault("agents", [])
-                names = [e.get("name") for e in entries]
-                if entry.get("name") in names:
-                    entries[names.index(entry.get("name"))] = entry
-                else:
-                    entries.append(entry)
-            _refresh_totals(document)
+            # An update keeps the row (and so the call's place among its stage's calls).
             self._db.execute(
-                "UPDATE runs SET document = ? WHERE run_id = ?", (_dumps(document), run_id)
+                "INSERT INTO calls VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id, call_id) DO UPDATE SET entry = excluded.entry",
+                (run_id, call_id, text),
             )
 
+    def save_calls(self, run_id: str, entries: list[dict[str, Any]]) -> None:
+        """``save_call`` for several entries in one transaction (a stage's pending calls)."""
+        for entry in entries:
+            _refuse_secrets(entry)
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO calls VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id, call_id) DO UPDATE SET entry = excluded.entry",
+                [(run_id, str(e["call_id"]), _dumps(e)) for e in entries],
+            )
+
+    def save_result(self, run_id: str, entry: dict[str, Any], *, synthesis: bool = False) -> None:
+        """``save_call`` for a version 1 entry (a persona's, or the synthesis')."""
+        if "call_id" not in entry:
+            stage = "synthesis" if synthesis else "panel"
+            role = "synthesizer" if synthesis else "persona"
+            entry = {**entry, "call_id": f"{stage}/{entry.get('name')}", "stage": stage}
+            entry.setdefault("role", role)
+        self.save_call(run_id, entry)
+
     def finish_run(self, document: dict[str, Any]) -> None:
-        """Store the final document (its status, finished_at, usage, output...)."""
+        """Store the final document (its status, finished_at, every call...)."""
         _refuse_secrets(document)
         run_id = str(document["run_id"])
         with self._transaction():
             self._document(run_id)  # the run must exist
-            self._db.execute(
-                "UPDATE runs SET document = ?, writer = NULL WHERE run_id = ?",
-                (_dumps(document), run_id),
-            )
+            self._store_final(run_id, document)
         self._unfinished.discard(run_id)
 
+    def _store_final(self, run_id: str, document: dict[str, Any]) -> None:
+        self._db.execute(
+            "UPDATE runs SET document = ?, writer = NULL WHERE run_id = ?",
+            (_dumps(document), run_id),
+        )
+        self._db.execute("DELETE FROM calls WHERE run_id = ?", (run_id,))
+
     def list_runs(self, limit: int = 20) -> list[RunSummary]:
-        """The latest `limit` runs, newest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT writer, document FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [_summary(_current(writer, _loads(document))) for writer, document in rows]
+        """The latest `limit` runs, newest first. A row that cannot be read is skipped, with a
+        warning naming it in ``warnings``."""
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT run_id, writer, document FROM runs "
+                    "ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                    (min(limit, 2**62),),
+                ).fetchall()
+        except sqlite3.DatabaseError:
+            rows = self._rows_one_by_one(limit)
+        summaries = []
+        for run_id, writer, document in rows:
+            try:
+                summaries.append(_summary(self._folded(run_id, writer, document)))
+            except (ValueError, TypeError, AttributeError, KeyError, sqlite3.DatabaseError):
+                self.warnings.append(f"run {run_id} is damaged in the history and was skipped")
+        return summaries
+
+    def _rows_one_by_one(self, limit: int) -> list[tuple[str, str | None, str]]:
+        """What can still be read of a damaged table, row by row, newest first."""
+        try:
+            with self._lock:
+                (top,) = self._db.execute("SELECT max(rowid) FROM runs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(
+                f"{self.path}: the history database is damaged ({exc}); move it aside to start "
+                "a new one"
+            ) from None
+        rows: list[tuple[str, str | None, str]] = []
+        for rowid in range(int(top or 0), 0, -1):
+            try:
+                with self._lock:
+                    row = self._db.execute(
+                        "SELECT run_id, writer, document FROM runs WHERE rowid = ?", (rowid,)
+                    ).fetchone()
+            except sqlite3.DatabaseError:
+                self.warnings.append(f"row {rowid} is damaged in the history and was skipped")
+                continue
+            if row is not None:
+                rows.append(row)
+        rows.sort(key=lambda r: _started(r[2]), reverse=True)
+        return rows[:limit]
 
     def resolve(self, prefix: str) -> str:
         """The full run id for a unique prefix; ConfigError if none or ambiguous (message names
@@ -245,23 +314,45 @@ class History:
 
     def load(self, run_id: str) -> StoredRun:
         """Everything recorded about one run (a full id: see `resolve`)."""
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT writer, agents, synthesizer, settings, document FROM runs "
+                    "WHERE run_id = ?",
+                    (run_id,),
+                ).fetchone()
+            if row is None:
+                raise ConfigError(f"no run {run_id!r} in the history")
+            writer, agents, synthesizer, settings, document = row
+            current = self._folded(run_id, writer, document)
+            listed = json.loads(agents)
+            if not isinstance(listed, list):
+                raise ValueError("agents is not a list")
+            return StoredRun(
+                run_id=run_id,
+                prompt=str(current.get("prompt", "")),
+                agents=cast(list[dict[str, Any]], listed),
+                synthesizer=None if synthesizer is None else _loads(synthesizer),
+                settings=_loads(settings),
+                document=current,
+            )
+        except (ValueError, TypeError, AttributeError, KeyError, sqlite3.DatabaseError) as exc:
+            raise StorageError(
+                f"run {run_id} is damaged in the history and cannot be read ({exc})"
+            ) from None
+
+    def _folded(self, run_id: str, writer: str | None, document: str) -> dict[str, Any]:
+        """The stored document, upgraded to the current version, with the calls committed
+        since it was written folded in, its totals derived and its liveness checked."""
+        current = upgrade_document(_loads(document))
         with self._lock:
-            row = self._db.execute(
-                "SELECT writer, agents, synthesizer, settings, document FROM runs WHERE run_id = ?",
-                (run_id,),
-            ).fetchone()
-        if row is None:
-            raise ConfigError(f"no run {run_id!r} in the history")
-        writer, agents, synthesizer, settings, document = row
-        current = _current(writer, _loads(document))
-        return StoredRun(
-            run_id=run_id,
-            prompt=str(current.get("prompt", "")),
-            agents=cast(list[dict[str, Any]], json.loads(agents)),
-            synthesizer=None if synthesizer is None else _loads(synthesizer),
-            settings=_loads(settings),
-            document=current,
-        )
+            entries = self._db.execute(
+                "SELECT entry FROM calls WHERE run_id = ? ORDER BY rowid", (run_id,)
+            ).fetchall()
+        if entries:
+            _fold(current, [_loads(e) for (e,) in entries])
+            derive_totals(current)
+        return _current(writer, current)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -278,16 +369,24 @@ class History:
                     self._db.execute("ROLLBACK")
 
     def _document(self, run_id: str) -> dict[str, Any]:
+        """The run's document with its committed calls folded in (inside a transaction)."""
         row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise ValueError(f"run {run_id} is not in the history")
-        return _loads(row[0])
+        document = upgrade_document(_loads(row[0]))
+        entries = self._db.execute(
+            "SELECT entry FROM calls WHERE run_id = ? ORDER BY rowid", (run_id,)
+        ).fetchall()
+        if entries:
+            _fold(document, [_loads(e) for (e,) in entries])
+            derive_totals(document)
+        return document
 
     def _migrate(self) -> None:
         with self._transaction():
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
-                raise ConfigError(
+                raise StorageError(
                     f"{self.path}: written by a newer fanout (history schema {version}, this "
                     f"one reads up to {SCHEMA_VERSION}); upgrade fanout"
                 )
@@ -298,19 +397,25 @@ class History:
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _create_private(path: Path) -> None:
+def _create_private(path: Path, warnings: list[str]) -> None:
     """Create the directory (0700) and an empty database file (0600) whatever the umask.
 
     An existing file must be empty or start like a SQLite database: SQLite itself would take a
-    short non-empty file for an empty database and overwrite it.
+    short non-empty file for an empty database and overwrite it. An existing directory that
+    others may write to is used, with a warning (it is the user's to change).
     """
     if path.is_file() and path.stat().st_size:
         with path.open("rb") as file:
             if file.read(16) != b"SQLite format 3\x00":
-                raise ConfigError(f"{path}: not a fanout history database (not SQLite)")
+                raise StorageError(f"{path}: not a fanout history database (not SQLite)")
     if not path.parent.is_dir():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
+    elif path.parent.stat().st_mode & 0o022:
+        warnings.append(
+            f"{path.parent} can be written by other users; prompts and answers are kept "
+            f"there (chmod 700 {path.parent})"
+        )
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -319,25 +424,34 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-def _refresh_totals(document: dict[str, Any]) -> None:
-    """``output``, ``usage`` and ``cost_usd`` of a document, from its entries as they stand
-    (so a run killed half-way still shows what it has, consistently)."""
-    entries = [e for e in document.get("agents", []) if isinstance(e, dict)]
-    everything = [*entries, *([document["synthesis"]] if document.get("synthesis") else [])]
-    document["output"] = {
-        e["name"]: e["answer"] for e in entries if e.get("status") == "ok" and "answer" in e
-    }
-    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-    for entry in everything:
-        for key in totals:
-            totals[key] += int((entry.get("usage") or {}).get(key, 0))
-    document["usage"] = totals
-    costs = [e.get("cost_usd") for e in everything]
-    unpriced = any(
-        c is None and (e.get("usage") or {}).get("total_tokens")
-        for c, e in zip(costs, everything, strict=True)
-    )
-    document["cost_usd"] = None if unpriced else round(sum(c or 0.0 for c in costs), 8)
+def _fold(document: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """Put each call entry in its stage of ``document``: replacing the entry with the same
+    ``call_id``, else added at the end of its stage (a stage not in the document is added)."""
+    stages: list[dict[str, Any]] = [
+        s for s in document.setdefault("stages", []) if isinstance(s, dict)
+    ]
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        stage_id = str(entry.get("stage") or "panel")
+        stage = next((s for s in stages if s.get("id") == stage_id), None)
+        if stage is None:
+            stage = {"id": stage_id, "kind": stage_id, "calls": []}
+            stages.append(stage)
+            document["stages"].append(stage)
+        calls = stage.setdefault("calls", [])
+        ids = [c.get("call_id") if isinstance(c, dict) else None for c in calls]
+        if entry.get("call_id") in ids:
+            calls[ids.index(entry.get("call_id"))] = entry
+        else:
+            calls.append(entry)
+
+
+def _started(document: str) -> str:
+    try:
+        return str(json.loads(document).get("started_at", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _refuse_secrets(value: object, where: str = "") -> None:
@@ -425,13 +539,20 @@ def _dumps(value: object) -> str:
 
 
 def _loads(text: str) -> dict[str, Any]:
-    return cast(dict[str, Any], json.loads(text))
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return cast(dict[str, Any], value)
 
 
 class HistoryRecorder:
     """Writes a run into the history as it goes (an observer): each answer is committed the
-    moment it arrives, so a crash loses only the calls in flight. A failure to record never
-    stops the run; the first one is kept in ``error`` for the command to report."""
+    moment it arrives, so a crash loses only the calls in flight.
+
+    The writes happen in one thread of its own, in order: ``handle`` only queues them, so a
+    database locked by another process never freezes the live view or adds to a call's
+    latency. ``close`` waits for the queue to drain. A failure to record never stops the run;
+    the first one is kept in ``error`` for the command to report."""
 
     def __init__(
         self,
@@ -449,41 +570,57 @@ class HistoryRecorder:
         self._resume = resume  # a stored run carried on: the command records its end
         self._run_id = ""
         self.error: str | None = None
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     def start(self, report: RunReport) -> None:
         self._run_id = report.run_id
         document = {**report_document(report), "status": "running"}
-        self._guard(
+        agents, synthesizer, settings = self._agents, self._synthesizer, self._settings
+        self._submit(
             lambda: self._history.start_run(
-                document,
-                agents=self._agents,
-                synthesizer=self._synthesizer,
-                settings=self._settings,
+                document, agents=agents, synthesizer=synthesizer, settings=settings
             )
         )
 
     def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self._run_id = event.run_id
-        elif isinstance(event, AgentFinished):
+        elif isinstance(event, StageStarted) and not self._resume and event.calls:
+            # Every call of the stage is in the history as pending from now: a crash shows
+            # which ones never answered.
+            pending = [call_document(CallResult.of(c)) for c in event.calls]
+            run_id = self._run_id
+            self._submit(lambda: self._history.save_calls(run_id, pending))
+        elif isinstance(event, CallFinished):
             result = event.result
             if self._resume and result.status != "ok":
                 return  # carrying a stored run on: only a success replaces what it had
-            if event.synthesis and isinstance(result, SynthesisResult):
-                entry = synthesis_document(result)
-            else:
-                entry = agent_document(result)
-            self._guard(
-                lambda: self._history.save_result(self._run_id, entry, synthesis=event.synthesis)
-            )
+            entry, run_id = call_document(result), self._run_id
+            self._submit(lambda: self._history.save_call(run_id, entry))
         elif isinstance(event, RunFinished) and not self._resume:
             self.finish(event.report)
 
     def finish(self, report: RunReport) -> None:
-        self._guard(lambda: self._history.finish_run(report_document(report)))
+        document = report_document(report)
+        self._submit(lambda: self._history.finish_run(document))
 
-    def _guard(self, write: Callable[[], None]) -> None:
-        try:
-            write()
-        except (sqlite3.Error, OSError, ValueError, FanoutError) as exc:
-            self.error = self.error or str(exc)
+    def close(self) -> None:
+        """Wait until every queued write is done."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+
+    def _submit(self, write: Callable[[], None]) -> None:
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._work, name="fanout-history", daemon=True)
+            self._writer.start()
+        self._queue.put(write)
+
+    def _work(self) -> None:
+        while (write := self._queue.get()) is not None:
+            try:
+                write()
+            except (sqlite3.Error, OSError, ValueError, FanoutError) as exc:
+                self.error = self.error or str(exc)

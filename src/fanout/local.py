@@ -6,7 +6,7 @@ demo-grade model with no chat template that rarely ends its turn. A plain "Quest
 framing with the persona's instructions on top, stop sequences and a modest ``max_tokens`` make
 its answers short and clean. Any GGUF file works with ``--local-model PATH``.
 
-The only module that imports ``xllamacpp``; the runner and the provider see an ordinary
+The only module that imports ``xllamacpp``; the engine and the provider see an ordinary
 OpenAI-compatible endpoint, streaming included.
 """
 

@@ -1,15 +1,21 @@
-"""The data fanout passes around: resolved agents, results and the run report. No I/O here."""
+"""The data fanout passes around: agents, calls, their results and the run report. No I/O here.
+
+A run is stages of calls. A ``Call`` is one request to one agent (its identity is ``call_id``,
+never the persona's name: one persona may be asked three times); a ``CallResult`` is its outcome;
+a ``StageResult`` holds one stage's results and the verdict its shape drew from them.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 Message = dict[str, str]  # one chat message: {"role": ..., "content": ...}
-AgentStatus = Literal["ok", "error", "cancelled", "skipped"]
+CallStatus = Literal["ok", "error", "cancelled", "skipped"]
+AgentStatus = CallStatus
 RunStatus = Literal["completed", "partial", "failed", "cancelled", "running", "interrupted"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -92,7 +98,7 @@ def chat_messages(agent: Agent, prompt: str) -> list[Message]:
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens as the API reported them."""
+    """Tokens as the API reported them (finite, non-negative)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -108,7 +114,7 @@ class Usage:
 
 @dataclass(frozen=True)
 class AgentError:
-    """Why an agent has no answer."""
+    """Why a call has no answer."""
 
     type: str
     message: str
@@ -123,15 +129,38 @@ class Completion:
     text: str
     usage: Usage | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request of a run: who is asked what, in which stage and role.
+
+    ``name`` is what people read (``physicist``, ``translator#2``); ``call_id`` is unique in the
+    run (``panel/physicist``) and is what results, history and resumption are keyed by.
+    ``skip`` set: the call is not made and ends ``skipped`` with that error (a stage with
+    nothing to work on). ``details`` are copied onto the result (what the call was built from).
+    """
+
+    call_id: str
+    stage: str
+    role: str
+    name: str
+    agent: Agent
+    messages: tuple[Message, ...]
+    response_format: Mapping[str, Any] | None = None
+    skip: AgentError | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class AgentResult:
-    """One persona's outcome. ``answer`` is set only when ``status == "ok"``."""
+class CallResult:
+    """One call's outcome. ``answer`` is the answer when ``status == "ok"``; a call cut short
+    (Ctrl-C, a stream that broke off) keeps the text it had, marked ``truncated``."""
 
     name: str
     model: str
-    status: AgentStatus = "cancelled"
+    status: CallStatus = "cancelled"
     answer: str | None = None
     error: AgentError | None = None
     attempts: int = 0
@@ -140,30 +169,79 @@ class AgentResult:
     usage: Usage = field(default_factory=Usage)
     usage_estimated: bool = False  # the server reported none; counted from the text
     cost_usd: float | None = None  # None: the model's price is unknown
+    call_id: str = ""
+    stage: str = "panel"
+    role: str = "persona"
+    finish_reason: str | None = None
+    truncated: bool = False  # cut by max_tokens (finish_reason "length") or cut short
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.call_id:
+            self.call_id = f"{self.stage}/{self.name}"
+
+    @classmethod
+    def of(cls, call: Call) -> CallResult:
+        """The result a call starts with: cancelled until it ends otherwise."""
+        return cls(
+            call.name,
+            call.agent.model,
+            call_id=call.call_id,
+            stage=call.stage,
+            role=call.role,
+            details=dict(call.details),
+        )
+
+
+AgentResult = CallResult  # the name of version 1, for code written against it
 
 
 @dataclass
-class SynthesisResult(AgentResult):
-    """The merged answer. ``partial`` when some personas had no answer to merge."""
+class StageResult:
+    """One stage of a run: its calls, in order, and the verdict its shape drew (vote tally,
+    judge's pick, ranking...), if any. ``key``: the verdict's name in the result document."""
 
-    partial: bool = False
-    sources: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+    id: str
+    kind: str
+    calls: list[CallResult] = field(default_factory=list)
+    verdict: dict[str, Any] | None = None
+    key: str | None = None
 
 
 @dataclass
 class RunReport:
-    """Everything one ``fanout ask`` produced, in the panel's order."""
+    """Everything one run produced: its stages in order, each with its calls."""
 
     run_id: str
     prompt: str
     started_at: str
     finished_at: str
     duration_s: float
-    agents: list[AgentResult]
-    synthesis: SynthesisResult | None = None
+    stages: list[StageResult]
+    trace_id: str | None = None
+    shape: str = "panel"
     interrupted: bool = False
     recorded_status: RunStatus | None = None  # from history: a run that never finished
+
+    @property
+    def calls(self) -> list[CallResult]:
+        return [call for stage in self.stages for call in stage.calls]
+
+    @property
+    def agents(self) -> list[CallResult]:
+        """The first stage's calls: the panel's answers (version 1's ``agents``)."""
+        return self.stages[0].calls if self.stages else []
+
+    @property
+    def synthesis(self) -> CallResult | None:
+        """The last stage's single call when it merged the answers (version 1's ``synthesis``)."""
+        for stage in self.stages[1:]:
+            if stage.kind == "synthesis" and stage.calls:
+                return stage.calls[0]
+        return None
+
+    def stage(self, stage_id: str) -> StageResult | None:
+        return next((s for s in self.stages if s.id == stage_id), None)
 
     @property
     def status(self) -> RunStatus:
@@ -171,10 +249,8 @@ class RunReport:
             return self.recorded_status
         if self.interrupted:
             return "cancelled"
-        outcomes = [r.status for r in self.agents]
-        if self.synthesis is not None:
-            outcomes.append(self.synthesis.status)
-        if outcomes and all(s == "ok" for s in outcomes):
+        calls = self.calls
+        if calls and all(c.status == "ok" for c in calls):
             return "completed"
         if any(r.status == "ok" for r in self.agents):
             return "partial"
@@ -183,16 +259,14 @@ class RunReport:
     @property
     def usage(self) -> Usage:
         total = Usage()
-        for result in self.agents:
+        for result in self.calls:
             total += result.usage
-        if self.synthesis is not None:
-            total += self.synthesis.usage
         return total
 
     @property
     def cost_usd(self) -> float | None:
         """The run's cost; ``None`` when a call that used tokens has no known price."""
-        results = [*self.agents, *([self.synthesis] if self.synthesis else [])]
+        results = self.calls
         if any(r.cost_usd is None and r.usage.total_tokens for r in results):
             return None
         return sum(r.cost_usd or 0.0 for r in results)

@@ -50,6 +50,7 @@ class OpenAIProvider:
         timeout_s: float,
         on_delta: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
+        response_format: Mapping[str, Any] | None = None,
     ) -> Completion:
         announce = _ON_SENT.set(on_sent)
         try:

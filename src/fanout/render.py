@@ -29,17 +29,17 @@ from rich.table import Table
 from rich.text import Text
 
 from fanout.events import (
-    AgentDelta,
-    AgentFinished,
-    AgentRetrying,
-    AgentSending,
-    AgentStarted,
-    AgentWaiting,
+    CallDelta,
+    CallFinished,
+    CallRetrying,
+    CallSending,
+    CallWaiting,
     Event,
+    StageStarted,
 )
-from fanout.models import Agent, AgentResult, RunReport
+from fanout.models import Agent, Call, CallResult, RunReport, StageResult
 
-if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the runner to start
+if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engine to start
     from fanout.batch import BatchTally
     from fanout.cost import PlannedCall
     from fanout.history import RunSummary
@@ -58,6 +58,11 @@ def print_error(console: Console, message: str) -> None:
     console.print(f"[bold red]fanout: error:[/] {escape(message)}", soft_wrap=True)
 
 
+def print_warning(console: Console, message: str, *, style: str = "yellow") -> None:
+    """A line of chatter on stderr (a warning, a note), whatever characters it holds."""
+    console.print(Text(message, style=style), soft_wrap=True, highlight=False)
+
+
 def results_table(report: RunReport) -> Table:
     """One row per persona, in panel order: who, which model, the answer, time and tokens."""
     table = Table(show_lines=True, expand=True, title_justify="left", caption_justify="left")
@@ -71,29 +76,33 @@ def results_table(report: RunReport) -> Table:
     return table
 
 
-def synthesis_panel(report: RunReport) -> Panel | None:
-    """The merged answer, titled with its model and whether it is partial."""
-    synthesis = report.synthesis
-    if synthesis is None:
-        return None
-    title = f"Synthesis · {synthesis.name} · {synthesis.model}"
+def call_panel(stage: StageResult, result: CallResult) -> Panel:
+    """A call of a later stage (a synthesis, a judge's verdict...), titled with its stage, name
+    and model, and whether what it worked from was partial."""
+    title = f"{stage.kind.replace('_', ' ').capitalize()} · {result.name} · {result.model}"
     border = "cyan"
-    if synthesis.partial and synthesis.status == "ok":
-        title += f" · partial (no answer from {', '.join(synthesis.missing)})"
+    missing = result.details.get("missing")
+    if result.details.get("partial") and result.status == "ok" and isinstance(missing, list):
+        title += f" · partial (no answer from {', '.join(map(str, missing))})"
         border = "yellow"
-    title = escape(title)
-    body = _answer_cell(synthesis)
-    if synthesis.status != "ok":
+    if result.status != "ok":
         border = "red"
-    return Panel(body, title=title, title_align="left", border_style=border)
+    return Panel(_answer_cell(result), title=escape(title), title_align="left", border_style=border)
+
+
+def synthesis_panel(report: RunReport) -> Panel | None:
+    """The merged answer, if the run has one."""
+    for stage in report.stages[1:]:
+        if stage.kind == "synthesis" and stage.calls:
+            return call_panel(stage, stage.calls[0])
+    return None
 
 
 def render_report(console: Console, report: RunReport) -> None:
-    """The full human-readable result: table, then synthesis."""
+    """The full human-readable result: the first stage's table, then each later call."""
     parts: list[RenderableType] = [results_table(report)]
-    panel = synthesis_panel(report)
-    if panel is not None:
-        parts.append(panel)
+    for stage in report.stages[1:]:
+        parts.extend(call_panel(stage, result) for result in stage.calls)
     console.print(Group(*parts))
 
 
@@ -213,11 +222,11 @@ class ProgressDisplay(_Display):
         return self
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, AgentRetrying):
+        if isinstance(event, CallRetrying):
             self._console.print(retry_notice(event), soft_wrap=True, highlight=False)
-        elif isinstance(event, AgentFinished):
+        elif isinstance(event, CallFinished):
             result = event.result
-            self._done += 0 if event.synthesis else 1
+            self._done += 1 if event.call.role == "persona" else 0
             if result.status == "error" and result.error is not None:
                 self._console.print(
                     f"[red]{escape(result.name)}[/]: failed: {escape(result.error.message)}",
@@ -285,10 +294,10 @@ def batch_summary(tally: BatchTally, *, with_totals: bool = True) -> str:
     return " · ".join(parts)
 
 
-def retry_notice(event: AgentRetrying) -> str:
+def retry_notice(event: CallRetrying) -> str:
     """``physicist: 429, retrying in 1.2 s (attempt 2/4)``"""
     return (
-        f"[yellow]{escape(event.agent.name)}[/]: {escape(event.reason)}, retrying in "
+        f"[yellow]{escape(event.call.name)}[/]: {escape(event.reason)}, retrying in "
         f"{event.wait_s:.1f} s (attempt {event.attempt + 1}/{event.max_attempts})"
     )
 
@@ -301,11 +310,11 @@ _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 @dataclass
 class Pane:
-    """What one persona's pane shows; updated from events, drawn a few times a second."""
+    """What one call's pane shows; updated from events, drawn a few times a second."""
 
     name: str
     model: str
-    synthesis: bool = False
+    title: str = ""  # the stage's kind, for calls after the first stage
     state: str = "queued"
     text: str = ""
     attempt: int = 0
@@ -316,7 +325,7 @@ class Pane:
     first_token_at: float | None = None
     finished_at: float | None = None
     chunks: int = 0
-    result: AgentResult | None = None
+    result: CallResult | None = None
 
     def status_line(self, now: float) -> Text:
         spin = _SPINNER[int(now * 10) % len(_SPINNER)]
@@ -328,6 +337,8 @@ class Pane:
                 style="yellow",
             )
         if self.result is not None:
+            if self.result.status == "ok" and self.result.truncated:
+                return Text("✓ done · truncated (max_tokens)", style="yellow")
             if self.result.status == "ok":
                 return Text("✓ done", style="green")
             if self.result.error is not None:
@@ -367,19 +378,36 @@ class Pane:
 
 
 class LiveBoard(_Display):
-    """One pane per persona, answers streaming in side by side (stdout is a terminal).
+    """One pane per call, answers streaming in side by side (stdout is a terminal).
 
     Columns when they fit, stacked when they don't; each pane shows the tail of its answer
-    while it streams. The board is transient: once the run ends, the answers table replaces it.
+    while it streams. A pane appears when its stage starts; once a later stage starts, the
+    earlier ones shrink to their status lines and the new one gets the room. The board is
+    transient: once the run ends, the final view replaces it.
     """
 
     wants_deltas = True
 
-    def __init__(self, console: Console, agents: Sequence[Agent], clock: Clock | None = None):
+    def __init__(
+        self,
+        console: Console,
+        agents: Sequence[Agent] = (),
+        clock: Clock | None = None,
+    ) -> None:
         self.console = console
-        self.panes = {a.name: Pane(a.name, a.model) for a in agents}
-        self.synthesis: Pane | None = None
+        # Stages in the order they started, each with its panes by call id. Agents given up
+        # front are the first stage's, queued until it starts.
+        self.stages: list[dict[str, Pane]] = []
+        if agents:
+            self.stages.append({f"panel/{a.name}": Pane(a.name, a.model) for a in agents})
+        self._panes: dict[str, Pane] = dict(self.stages[0]) if self.stages else {}
+        self._declared = bool(agents)  # the panel's panes are a guess until it starts
         self._clock = clock or time.monotonic
+
+    @property
+    def panes(self) -> dict[str, Pane]:
+        """Every pane, by call id."""
+        return self._panes
 
     def __enter__(self) -> LiveBoard:
         self._widget = Live(
@@ -396,40 +424,48 @@ class LiveBoard(_Display):
 
     def handle(self, event: Event) -> None:
         now = self._clock()
-        if isinstance(event, AgentStarted) and event.synthesis:
-            self.synthesis = Pane(event.agent.name, event.agent.model, synthesis=True)
-        pane = self._pane_for(event)
+        if isinstance(event, StageStarted):
+            self._add_stage(event.stage, event.kind, event.calls)
+            return
+        call: Call | None = getattr(event, "call", None)
+        pane = self._panes.get(call.call_id) if call is not None else None
         if pane is None:
             return
-        if isinstance(event, AgentWaiting):
+        if isinstance(event, CallWaiting):
             pane.state = "waiting"
-        elif isinstance(event, AgentSending):
+        elif isinstance(event, CallSending):
             pane.state, pane.attempt, pane.sent_at = "sending", event.attempt, now
             pane.text, pane.chunks, pane.first_token_at, pane.retry_until = "", 0, None, None
-        elif isinstance(event, AgentDelta):
+        elif isinstance(event, CallDelta):
             if pane.first_token_at is None:
                 pane.first_token_at = now
             pane.state = "streaming"
             pane.text += event.text
             pane.chunks += 1
-        elif isinstance(event, AgentRetrying):
+        elif isinstance(event, CallRetrying):
             pane.state = "retrying"
             pane.attempt, pane.max_attempts = event.attempt, event.max_attempts
             pane.retry_reason, pane.retry_until = event.reason, now + event.wait_s
-        elif isinstance(event, AgentFinished):
+        elif isinstance(event, CallFinished):
             pane.result, pane.finished_at, pane.state = event.result, now, event.result.status
             if event.result.answer is not None:
                 pane.text = event.result.answer
 
-    def _pane_for(self, event: Event) -> Pane | None:
-        if isinstance(event, AgentFinished):
-            return self.synthesis if event.synthesis else self.panes.get(event.result.name)
-        agent = getattr(event, "agent", None)
-        if agent is None:
-            return None
-        if self.synthesis is not None and agent.name == self.synthesis.name:
-            return self.synthesis
-        return self.panes.get(agent.name)
+    def _add_stage(self, stage: str, kind: str, calls: Sequence[Call]) -> None:
+        if not calls:
+            return
+        if self._declared and stage == "panel":  # its real calls replace the guessed panes
+            self._declared = False
+            guessed = self.stages.pop()
+            self._panes = {}
+            panes = {
+                c.call_id: guessed.get(c.call_id) or Pane(c.name, c.agent.model) for c in calls
+            }
+        else:
+            title = "" if not self.stages else kind.replace("_", " ").capitalize()
+            panes = {c.call_id: Pane(c.name, c.agent.model, title=title) for c in calls}
+        self.stages.append(panes)
+        self._panes.update(panes)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         # One line short of the screen: a board as tall as the terminal scrolls its first
@@ -439,14 +475,21 @@ class LiveBoard(_Display):
     def layout(self, width: int, height: int) -> RenderableType:
         """The board for a ``width`` x ``height`` screen."""
         now = self._clock()
-        panes = list(self.panes.values())
-        if self.synthesis is not None:
-            # The panel is done: shrink it to its status lines and give the synthesis the room.
-            panel_height = min(height // 3, 3 * math.ceil(len(panes) / self._columns(width, panes)))
-            grid = self._grid(panes, width, max(panel_height, 3), now, body=False)
-            synthesis = self._pane(self.synthesis, max(height - panel_height, 5), width, now)
-            return Group(grid, synthesis)
-        return self._grid(panes, width, height, now, body=True)
+        if not self.stages:
+            return Text("")
+        *earlier, latest = [list(s.values()) for s in self.stages]
+        if not earlier:
+            return self._grid(latest, width, height, now, body=True)
+        # Earlier stages are done: shrink them to their status lines, the latest gets the room.
+        parts: list[RenderableType] = []
+        used = 0
+        for panes in earlier:
+            rows = math.ceil(len(panes) / self._columns(width, panes))
+            stage_height = max(min(height // 3, 3 * rows), 3)
+            parts.append(self._grid(panes, width, stage_height, now, body=False))
+            used += stage_height
+        parts.append(self._grid(latest, width, max(height - used, 5), now, body=True))
+        return Group(*parts)
 
     def _columns(self, width: int, panes: Sequence[Pane]) -> int:
         """As many columns as fit, balanced: 5 panes on room for 4 make rows of 3 and 2."""
@@ -478,8 +521,8 @@ class LiveBoard(_Display):
             lines.extend(list(wrapped)[-room:])
         border = {"ok": "green", "error": "red", "cancelled": "yellow"}.get(pane.state, "blue")
         title = f"[bold]{escape(pane.name)}[/] · {escape(pane.model)}"
-        if pane.synthesis:
-            title = f"[bold]Synthesis[/] · {title}"
+        if pane.title:
+            title = f"[bold]{escape(pane.title)}[/] · {title}"
         return Panel(
             Group(*lines),
             title=title,
@@ -491,7 +534,7 @@ class LiveBoard(_Display):
         )
 
 
-def _row(result: AgentResult) -> tuple[RenderableType, ...]:
+def _row(result: CallResult) -> tuple[RenderableType, ...]:
     persona = Text.assemble((result.name, "bold"), "\n", (result.model, "dim"))
     latency = f"{result.latency_s:.2f} s" if result.latency_s is not None else "-"
     tokens = Text(f"{result.usage.total_tokens:,}" if result.usage.total_tokens else "-")
@@ -511,16 +554,24 @@ def usd(amount: float | None) -> str:
     return f"${amount:.4f}" if amount < 1 else f"${amount:,.2f}"
 
 
-def _answer_cell(result: AgentResult) -> RenderableType:
+def _answer_cell(result: CallResult) -> RenderableType:
     if result.status == "ok":
         from rich.markdown import Markdown  # 40 ms to import: only when there are answers
 
-        return Markdown(result.answer or "")
+        answer = Markdown(result.answer or "")
+        if result.truncated:
+            note = Text("✂ truncated: the answer reached max_tokens", style="yellow")
+            return Group(answer, note)
+        return answer
     style = _STATUS_STYLE.get(result.status, "red")
     if result.error is not None:
         attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
-        return Text(f"✗ {result.error.type}{attempts}: {result.error.message}", style=style)
-    return Text(result.status, style=style)
+        line = Text(f"✗ {result.error.type}{attempts}: {result.error.message}", style=style)
+    else:
+        line = Text(result.status, style=style)
+    if result.answer:  # the text a call cut short had, for what it is worth
+        return Group(line, Text(result.answer, style="dim"), Text("✂ cut short", style=style))
+    return line
 
 
 def _summary(report: RunReport) -> str:

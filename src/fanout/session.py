@@ -1,14 +1,17 @@
-"""One command's work, wired end to end: config -> runner (with displays and history) -> output.
+"""The CLI's side of a command, wired end to end: flags -> ``RunRequest`` -> the API (with the
+displays and the history listening) -> output, exit code.
 
-``cli`` parses flags and maps errors to exit codes; everything a command does between those
-two ends is here, so ``ask``, ``runs retry`` and ``runs synth`` share one way of running.
+Everything here belongs to the command line: printing, exit codes, the event loop
+(``anyio.run``), signal handling, a closed stdout. The run itself is the API's (``api.py``), so
+``ask``, ``runs retry``, ``runs synth`` and the server share one way of running.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any, Literal
 import anyio
 from platformdirs import user_cache_path
 
+from fanout.api import Plan, RunRequest, prepare, resolve
 from fanout.batch import (
     BatchTally,
     ResultWriter,
@@ -35,9 +39,10 @@ from fanout.config import (
     find_config,
     load_panel,
 )
-from fanout.cost import Pricing, plan_calls
+from fanout.cost import Price, Pricing, plan_calls
+from fanout.engine import Engine, Execution, RunSettings, unwrap_fanout_error
 from fanout.errors import ConfigError, FanoutError
-from fanout.events import Broadcast, Observer
+from fanout.events import Broadcast, Event, Observer
 from fanout.export import (
     JsonlWriter,
     agent_from_settings,
@@ -49,7 +54,7 @@ from fanout.export import (
 )
 from fanout.history import History, HistoryRecorder, StoredRun, history_path
 from fanout.local import LOCAL_ENV, LOCAL_URL, LocalServer, model_path, on_local, wants_local
-from fanout.models import Agent, AgentResult, Endpoint, RunReport
+from fanout.models import Agent, CallResult, Endpoint, RunReport
 from fanout.provider import OpenAIProvider
 from fanout.render import (
     BatchProgress,
@@ -58,13 +63,14 @@ from fanout.render import (
     batch_summary,
     make_console,
     plan_table,
+    print_warning,
     render_report,
     runs_table,
 )
 from fanout.retry import RetryPolicy
-from fanout.runner import Engine, PanelRun, RunSettings, interruptibly, run_interruptibly
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PIPE = 141  # stdout was closed by its reader (`| head`): as if SIGPIPE had ended us
 EXIT_FOR_STATUS = {
     "completed": EXIT_OK,
     "partial": EXIT_PARTIAL,
@@ -83,6 +89,10 @@ class Output:
     mode: Mode = "table"
     deltas: bool = False  # --jsonl-deltas
     file: Path | None = None  # -o
+
+
+class StdoutClosed(Exception):
+    """Whoever read our stdout has gone (``| head -1``): the command ends quietly."""
 
 
 def ask(
@@ -106,7 +116,6 @@ def ask(
     panel = panel or load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
-    synthesizer = recorded_synthesizer if synthesize else None
     local_wanted = wants_local([*chosen, recorded_synthesizer], local, os.environ)
     if panel_given is None and not dry_run and local_wanted:
         with _local_server(chosen, local, local_model, model is not None) as point_local:
@@ -131,115 +140,174 @@ def ask(
                     _as_local(recorded_synthesizer, local),
                 ),
             )
-    if settings.max_cost is not None:
-        # A budget needs a bound on every answer: personas without max_tokens get the default.
-        chosen = [bound_answer(a) for a in chosen]
-        synthesizer = bound_answer(synthesizer) if synthesizer else None
-    pricing = Pricing.shipped(panel.pricing)
+    options = {"synthesize": synthesize}
+    request = RunRequest(
+        prompt,
+        panel,
+        agents=names,
+        options=options,
+        settings=settings,
+        model=model,
+        trace_id=_trace_from_environ(),
+    )
+    plan = resolve(request)
     if dry_run:
-        if local_wanted:  # what --local would send, without starting anything
-            everyone = local or os.environ.get(LOCAL_ENV, "") not in ("", "0")
-            chosen = [
-                on_local(a, LOCAL_URL, everyone=everyone, model_named=bool(model)) for a in chosen
-            ]
-            if synthesizer:
-                synthesizer = on_local(
-                    synthesizer, LOCAL_URL, everyone=everyone, model_named=bool(model)
-                )
-        calls = plan_calls(prompt, chosen, synthesizer, pricing)
-        if output.mode == "json":
-            sys.stdout.write(dumps(plan_document(prompt, calls, settings.max_cost)))
-        else:
-            make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
-        return EXIT_OK
-    check_credentials(chosen + ([synthesizer] if synthesizer else []), os.environ)
-
-    def make_run(observer: Observer, provider: OpenAIProvider) -> PanelRun:
-        return PanelRun(
-            prompt,
-            chosen,
-            provider=provider,
-            settings=settings,
-            synthesizer=synthesizer,
-            observer=observer,
-            pricing=pricing,
-        )
-
+        return _dry_run(plan, output, local_wanted and local, model is not None, settings)
+    check_credentials(plan.callers, os.environ)
     history = _open_history() if log else None
     with history or nullcontext():
         recorder = None
         if history is not None:
+            _warn(history.warnings)
             recorder = HistoryRecorder(
                 history,
-                agents=[agent_settings(a) for a in (recorded[0] if recorded else chosen)],
+                agents=[agent_settings(a) for a in (recorded[0] if recorded else plan.agents)],
                 synthesizer=agent_settings(recorded[1] if recorded else recorded_synthesizer),
-                settings=_settings_record(settings, synthesize, panel.pricing),
+                settings=_settings_record(settings, "panel", options, panel.pricing),
             )
-        report = _drive(make_run, chosen, synthesizer, output, recorder)
-    return _emit(report, output, recorder)
+        report, interrupted = _drive(lambda observer: prepare(plan, [observer], check=False),
+                                     output, recorder, plan.agents)  # fmt: skip
+    return _emit(report, output, recorder, interrupted)
+
+
+def _dry_run(
+    plan: Plan, output: Output, everyone: bool, model_named: bool, settings: RunSettings
+) -> int:
+    """``--dry-run``: what the run would send (on the local model, with ``--local``)."""
+    agents, synthesizer = plan.agents, plan.roles.get("synthesizer")
+    if wants_local([*agents, *([synthesizer] if synthesizer else [])], everyone, os.environ):
+        every = everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0")
+        agents = [on_local(a, LOCAL_URL, everyone=every, model_named=model_named) for a in agents]
+        if synthesizer:
+            synthesizer = on_local(synthesizer, LOCAL_URL, everyone=every, model_named=model_named)
+    calls = plan_calls(plan.request.prompt, agents, synthesizer, plan.pricing)
+    if output.mode == "json":
+        _write_stdout(dumps(plan_document(plan.request.prompt, calls, settings.max_cost)))
+    else:
+        make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
+    return EXIT_OK
+
+
+def cancelled_before_start(prompt: str, output: Output) -> int:
+    """A signal before the run could start: the empty document of a cancelled run, in the
+    output mode asked for, and exit 130."""
+    from fanout.engine import RunContext
+
+    execution = Execution(Engine(_NoProvider()), [], RunContext(prompt, [], {}, {}))
+    execution.interrupted = True
+    report = execution.report()
+    try:
+        if output.mode == "json":
+            _write_stdout(dumps(report_document(report)))
+        elif output.mode == "jsonl":
+            line = {"type": "run_finished", "document": report_document(report)}
+            _write_stdout(dumps(line).replace("\n", " ").rstrip() + "\n")
+    except StdoutClosed:
+        return EXIT_PIPE
+    print_warning(make_console(stderr=True), "interrupted before the run started")
+    return EXIT_INTERRUPTED
+
+
+class _NoProvider:
+    async def complete(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover
+        raise AssertionError("nothing is asked")
+
+    async def aclose(self) -> None:  # pragma: no cover
+        pass
 
 
 def retry(run_id: str, *, output: Output, log: bool = True) -> int:
-    """``fanout runs retry``: ask again only the personas that have no answer."""
+    """``fanout runs retry``: redo the failed calls of the first stage that has some, and the
+    stages after it; every answer already there is kept."""
     with _open_history() as history, ExitStack() as stack:
+        _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
         before = report_from_document(stored.document)
-        agents = _with_local(stack, [agent_from_settings(a) for a in stored.agents])
-        done = [r for r in before.agents if r.status == "ok"]
-        if len(done) == len(agents):
+        plan = _stored_plan(stack, stored, None, synthesize=None)
+        kept: dict[str, CallResult] = {}
+        for stage in plan.stages:
+            done = before.stage(stage.id)
+            if done is None or not done.calls or any(c.status != "ok" for c in done.calls):
+                kept.update(
+                    {c.call_id: c for c in (done.calls if done else []) if c.status == "ok"}
+                )
+                break
+            kept.update({c.call_id: c for c in done.calls})
+        else:
             raise ConfigError(f"run {stored.run_id}: every persona already answered")
-        asked = [a for a in agents if a.name not in {r.name for r in done}]
-        check_credentials(asked, os.environ)
-        return _carry_on(history, stored, before, agents, done, None, asked, output, log)
+        return _carry_on(history, stored, before, plan, kept, output, log)
 
 
 def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -> int:
     """``fanout runs synth``: merge a stored run's answers again; no persona is asked."""
     with _open_history() as history, ExitStack() as stack:
+        _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
         before = report_from_document(stored.document)
         if stored.synthesizer is None:
             raise ConfigError(f"run {stored.run_id}: no synthesizer was recorded")
-        recorded = apply_model([agent_from_settings(stored.synthesizer)], model)[0]
-        synthesizer = _with_local(stack, [recorded])[0]
-        check_credentials([synthesizer], os.environ)
-        agents = [agent_from_settings(a) for a in stored.agents]
-        return _carry_on(
-            history, stored, before, agents, before.agents, synthesizer, [], output, log
-        )
+        if not any(c.status == "ok" for c in before.agents):
+            raise ConfigError(f"run {stored.run_id}: no persona answered; nothing to synthesize")
+        plan = _stored_plan(stack, stored, model, synthesize=True)
+        last = plan.stages[-1].id
+        kept = {c.call_id: c for s in before.stages if s.id != last for c in s.calls}
+        return _carry_on(history, stored, before, plan, kept, output, log)
+
+
+def _stored_plan(
+    stack: ExitStack, stored: StoredRun, model: str | None, *, synthesize: bool | None
+) -> Plan:
+    """The plan of a stored run, with its recorded personas, roles and settings (a local
+    server started for those recorded on ``base_url: local``)."""
+    settings, prices, shape, options = _settings_from_record(stored.settings)
+    if synthesize is not None:
+        options = {**options, "synthesize": synthesize}
+    agents = [agent_from_settings(a) for a in stored.agents]
+    synthesizer = agent_from_settings(stored.synthesizer) if stored.synthesizer else None
+    if synthesizer is not None:
+        synthesizer = apply_model([synthesizer], model)[0]
+    everyone = _with_local(stack, [*agents, *([synthesizer] if synthesizer else [])])
+    agents, synthesizer = everyone[: len(agents)], (everyone[-1] if synthesizer else None)
+    panel = Panel(
+        source="<history>",
+        agents=agents,
+        synthesizer=synthesizer or Agent("synthesizer"),
+        pricing=prices,
+    )
+    request = RunRequest(
+        stored.prompt,
+        panel,
+        shape=shape,
+        options=options,
+        settings=settings,
+        run_id=stored.run_id,
+        trace_id=str(stored.document.get("trace_id") or "") or None,
+    )
+    return resolve(request)
 
 
 def _carry_on(
     history: History,
     stored: StoredRun,
     before: RunReport,
-    agents: list[Agent],
-    done: Sequence[AgentResult],
-    synthesizer: Agent | None,
-    asked: list[Agent],
+    plan: Plan,
+    kept: Mapping[str, CallResult],
     output: Output,
     log: bool,
 ) -> int:
     """A stored run taken up again (``retry``, ``synth``) with its recorded prompt and settings;
     the new work is folded into the same run."""
-    settings, pricing = _settings_from_record(stored.settings)
+    kept_names = {r.name.split("#")[0] for r in kept.values() if r.role == "persona"}
+    asked = [a for a in plan.agents if a.name not in kept_names]
+    roles = list(plan.roles.values())
+    check_credentials([*asked, *roles], os.environ)
 
-    def make_run(observer: Observer, provider: OpenAIProvider) -> PanelRun:
-        return PanelRun(
-            stored.prompt,
-            agents,
-            provider=provider,
-            settings=settings,
-            synthesizer=synthesizer,
-            observer=observer,
-            pricing=pricing,
-            done=done,
-            run_id=stored.run_id,
-        )
+    def make(observer: Observer) -> Execution:
+        return prepare(plan, [observer], check=False, kept=kept, previous=before)
 
     recorder = HistoryRecorder(history, resume=True) if log else None
-    report = _drive(make_run, asked, synthesizer, output, recorder, before=before)
-    return _emit(report, output, recorder)
+    report, interrupted = _drive(make, output, recorder, asked, previous=before)
+    return _emit(report, output, recorder, interrupted)
 
 
 def batch(
@@ -316,7 +384,7 @@ def _batch(
                     state_file=output.with_name(output.name + ".batches.json"),
                     poll_s=poll_s,
                     shown=progress,
-                    say=lambda message: err.print(f"[yellow]{message}[/]", highlight=False),
+                    say=lambda message: print_warning(err, message),
                 )
 
             async def main() -> bool:
@@ -342,7 +410,7 @@ def _batch(
             sink.close()
     err.print(batch_summary(tally), soft_wrap=True, highlight=False)
     if interrupted:
-        err.print("[yellow]interrupted: run the same command again to carry on[/]")
+        print_warning(err, "interrupted: run the same command again to carry on")
         return EXIT_INTERRUPTED
     if tally.failed == 0:
         return EXIT_OK
@@ -382,8 +450,9 @@ def list_runs(limit: int, json_output: bool) -> None:
     """``fanout runs list``."""
     with _open_history() as history:
         summaries = history.list_runs(limit)
+        _warn(history.warnings)
     if json_output:
-        sys.stdout.write(dumps({"runs": [s.__dict__ for s in summaries]}))
+        _write_stdout(dumps({"runs": [s.__dict__ for s in summaries]}))
     else:
         make_console().print(runs_table(summaries))
 
@@ -391,76 +460,107 @@ def list_runs(limit: int, json_output: bool) -> None:
 def show_run(run_id: str, json_output: bool) -> int:
     """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document)."""
     with _open_history() as history:
+        _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
     if json_output:
-        sys.stdout.write(dumps(stored.document))
+        _write_stdout(dumps(stored.document))
     else:
         render_report(make_console(), report_from_document(stored.document))
-    return EXIT_FOR_STATUS.get(stored.document["status"], EXIT_OK)
+    return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
 
 
 def _drive(
-    make_run: Any,
-    asked: Sequence[Agent],
-    synthesizer: Agent | None,
+    make: Callable[[Observer], Execution],
     output: Output,
     recorder: HistoryRecorder | None,
+    asked: Sequence[Agent],
     *,
-    before: RunReport | None = None,
-) -> RunReport:
+    previous: RunReport | None = None,
+) -> tuple[RunReport, bool]:
     """Run with the right display (panes on a terminal, JSON lines, or a spinner on stderr)
-    and the history recorder listening; return the report."""
+    and the history recorder listening; return the report and whether it was interrupted.
+    A reader that closes our stdout ends the run, quietly."""
     out, err = make_console(), make_console(stderr=True)
     display: AbstractContextManager[Any]
     shown: Observer
+    closed = anyio.Event() if output.mode == "jsonl" else None
     if output.mode == "jsonl":
-        shown = JsonlWriter(sys.stdout, deltas=output.deltas)
+        shown = _PipedJsonl(sys.stdout, deltas=output.deltas, on_closed=lambda: _closed(closed))
         display = nullcontext()
     elif output.mode == "table" and out.is_terminal and not out.is_dumb_terminal:
         shown = display = LiveBoard(out, asked)
     else:
         shown = display = ProgressDisplay(err, len(asked))
-    observer = Broadcast(shown, recorder) if recorder is not None else shown
-    provider = OpenAIProvider()
-    provider.prepare(a.endpoint for a in [*asked, *([synthesizer] if synthesizer else [])])
+    observer = Broadcast(shown, *([recorder] if recorder is not None else []))
+    execution = make(observer)
 
     async def main() -> RunReport:
-        run: PanelRun = make_run(observer, provider)
-        if recorder is not None and before is None:
-            recorder.start(run.report())
-        return await run_interruptibly(run, cleanup=provider.aclose)
+        if recorder is not None and previous is None:
+            recorder.start(execution.report())
+        provider = execution.engine.provider
+        execution.interrupted = await interruptibly(
+            execution.execute, cleanup=provider.aclose, stop=closed
+        )
+        return execution.conclude()
 
-    with display:
-        report = anyio.run(main)
-    if before is not None:
-        report = _carried_on(before, report)
+    try:
+        with display:
+            report = anyio.run(main)
+        if previous is not None:
+            report = _carried_on(previous, report)
+            if recorder is not None:
+                recorder.finish(report)
+    finally:
         if recorder is not None:
-            recorder.finish(report)
-    return report
+            recorder.close()
+    if closed is not None and closed.is_set():
+        raise StdoutClosed
+    return report, execution.interrupted
+
+
+class _PipedJsonl(JsonlWriter):
+    """``--jsonl`` on a stdout that its reader may close: then the run stops."""
+
+    def __init__(self, out: Any, *, deltas: bool, on_closed: Callable[[], None]) -> None:
+        super().__init__(out, deltas=deltas)
+        self._on_closed = on_closed
+
+    def handle(self, event: Event) -> None:
+        try:
+            super().handle(event)
+        except BrokenPipeError:
+            _silence_stdout()
+            self._on_closed()
+            raise
+
+
+def _closed(flag: anyio.Event | None) -> None:
+    if flag is not None:
+        flag.set()
 
 
 def _carried_on(before: RunReport, after: RunReport) -> RunReport:
-    """A retried or re-synthesized run keeps its start and adds the new work's duration. A new
-    synthesis replaces the stored one only if it succeeded: a failed or interrupted re-synth
-    never costs the run the answer it had."""
-    synthesis = after.synthesis or before.synthesis
-    if after.synthesis is not None and after.synthesis.status != "ok" and before.synthesis:
-        synthesis = before.synthesis
+    """A retried or re-synthesized run keeps its start and adds the new work's duration."""
     return replace(
         after,
         started_at=before.started_at,
         duration_s=round(before.duration_s + after.duration_s, 3),
-        synthesis=synthesis,
     )
 
 
-def _emit(report: RunReport, output: Output, recorder: HistoryRecorder | None) -> int:
+def _emit(
+    report: RunReport, output: Output, recorder: HistoryRecorder | None, interrupted: bool
+) -> int:
     document = report_document(report)
     err = make_console(stderr=True)
     if output.mode == "json":
-        sys.stdout.write(dumps(document))
+        _write_stdout(dumps(document))
     elif output.mode == "table":
-        render_report(make_console(), report)
+        try:
+            render_report(make_console(), report)
+        except BrokenPipeError:
+            _silence_stdout()
+            raise StdoutClosed from None
     if output.file is not None:
         try:
             output.file.write_text(dumps(document), encoding="utf-8")
@@ -469,10 +569,89 @@ def _emit(report: RunReport, output: Output, recorder: HistoryRecorder | None) -
                 f"--output: cannot write {str(output.file)!r}: {exc.strerror}"
             ) from None
     if recorder is not None and recorder.error is not None:
-        err.print(f"[yellow]warning: the run was not fully recorded: {recorder.error}[/]")
-    if report.status == "cancelled":
-        err.print("[yellow]interrupted: unfinished personas are marked cancelled[/]")
+        print_warning(err, f"warning: the run was not fully recorded: {recorder.error}")
+    if interrupted:
+        print_warning(err, "interrupted: unfinished personas are marked cancelled")
+        return EXIT_INTERRUPTED
     return EXIT_FOR_STATUS[report.status]
+
+
+def _write_stdout(text: str) -> None:
+    """Write the command's output; a reader that has gone ends the command quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        raise StdoutClosed from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit cannot complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _warn(warnings: list[str]) -> None:
+    err = make_console(stderr=True)
+    for warning in warnings:
+        print_warning(err, f"warning: {warning}")
+    warnings.clear()
+
+
+async def interruptibly(
+    body: Callable[[], Awaitable[None]],
+    cleanup: Callable[[], Awaitable[None]] | None = None,
+    *,
+    stop: anyio.Event | None = None,
+) -> bool:
+    """Run ``body`` until it ends, or SIGINT/SIGTERM (or ``stop``) cancels it, then
+    ``cleanup`` (shielded). Returns whether it was cut short. A second signal ends the
+    process at once."""
+    interrupted = False
+    try:
+        async with anyio.create_task_group() as tg:
+            work = anyio.CancelScope()
+
+            async def watch_signals() -> None:
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        if interrupted:
+                            # The user insists: die of the signal, as if we had never caught it.
+                            signal.signal(signum, signal.SIG_DFL)
+                            os.kill(os.getpid(), signum)
+                        interrupted = True
+                        work.cancel()
+
+            async def watch_stop(flag: anyio.Event) -> None:
+                nonlocal interrupted
+                await flag.wait()
+                interrupted = True
+                work.cancel()
+
+            tg.start_soon(watch_signals)
+            if stop is not None:
+                tg.start_soon(watch_stop, stop)
+            try:
+                with work:
+                    await body()
+            finally:
+                if cleanup is not None:
+                    with anyio.CancelScope(shield=True):
+                        await cleanup()
+            tg.cancel_scope.cancel()
+    except ExceptionGroup as group:
+        # A task group wraps what the work raised; a FanoutError reaches the CLI as itself.
+        error = unwrap_fanout_error(group)
+        if error is not None:
+            raise error from None
+        raise
+    return interrupted
 
 
 @contextmanager
@@ -483,7 +662,7 @@ def _local_server(
     err = make_console(stderr=True)
 
     def say(message: str) -> None:
-        err.print(f"[dim]{message}[/]", highlight=False)
+        print_warning(err, message, style="dim")
 
     path = model_path(model_file, user_cache_path("fanout"), say)
     everyone = everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0")
@@ -510,7 +689,21 @@ def _open_history() -> History:
     return History(history_path(os.environ))
 
 
-def _settings_record(settings: RunSettings, synthesize: bool, pricing: Any) -> dict[str, Any]:
+def _trace_from_environ() -> str | None:
+    """The trace id of a W3C ``TRACEPARENT`` in the environment, to continue that trace."""
+    parts = os.environ.get("TRACEPARENT", "").strip().split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        try:
+            int(parts[1], 16)
+        except ValueError:
+            return None
+        return parts[1].lower()
+    return None
+
+
+def _settings_record(
+    settings: RunSettings, shape: str, options: Mapping[str, Any], pricing: Mapping[str, Price]
+) -> dict[str, Any]:
     return {
         "concurrency": settings.concurrency,
         "timeout": settings.timeout,
@@ -520,15 +713,18 @@ def _settings_record(settings: RunSettings, synthesize: bool, pricing: Any) -> d
         "tpm": settings.tpm,
         "stream": settings.stream,
         "max_cost": settings.max_cost,
-        "synthesize": synthesize,
+        "shape": shape,
+        "options": dict(options),
+        "synthesize": bool(options.get("synthesize")),  # version 1 readers
         "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
     }
 
 
-def _settings_from_record(record: dict[str, Any]) -> tuple[RunSettings, Pricing]:
-    """The recorded run settings (a budget is not carried over: it was the first run's)."""
-    from fanout.cost import Price
-
+def _settings_from_record(
+    record: dict[str, Any],
+) -> tuple[RunSettings, dict[str, Price], str, dict[str, Any]]:
+    """The recorded run settings, prices, shape and options (a budget is not carried over:
+    it was the first run's)."""
     settings = RunSettings(
         concurrency=record.get("concurrency", 8),
         timeout=record.get("timeout", 120.0),
@@ -538,4 +734,5 @@ def _settings_from_record(record: dict[str, Any]) -> tuple[RunSettings, Pricing]
         stream=record.get("stream", True),
     )
     prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
-    return settings, Pricing.shipped(prices)
+    options = dict(record.get("options") or {"synthesize": bool(record.get("synthesize"))})
+    return settings, prices, str(record.get("shape") or "panel"), options

@@ -1,18 +1,22 @@
-"""The runner with a scripted provider injected: ordering, error boundaries, cancellation."""
+"""The engine with a scripted provider injected: ordering, error boundaries, cancellation,
+budget, observers, and the identity of calls."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 import pytest
 
-from fanout.cost import estimate_tokens
+from fanout.api import RunRequest, prepare
+from fanout.config import Panel
+from fanout.cost import Price, estimate_tokens
+from fanout.engine import DEFAULT_CONCURRENCY, Execution, RunSettings
 from fanout.errors import ProviderError
-from fanout.events import AgentDelta, AgentFinished, AgentRetrying, AgentStarted, Event
+from fanout.events import CallDelta, CallFinished, CallRetrying, CallStarted, Event, Observer
 from fanout.models import Agent, Completion, Message, Usage
 from fanout.retry import RetryPolicy
-from fanout.runner import PanelRun, RunSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -36,6 +40,7 @@ class ScriptedProvider:
         timeout_s: float,
         on_delta: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
+        response_format: Mapping[str, Any] | None = None,
     ) -> Completion:
         self.calls.append(agent.name)
         if on_sent is not None:
@@ -59,13 +64,13 @@ class Recorder:
         self.events: list[str] = []
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, AgentStarted):
-            self.events.append(f"started {event.agent.name}")
-        elif isinstance(event, AgentRetrying):
-            self.events.append(f"retry {event.agent.name} {event.attempt}/{event.max_attempts}")
-        elif isinstance(event, AgentDelta):
-            self.events.append(f"delta {event.agent.name} {event.text}")
-        elif isinstance(event, AgentFinished):
+        if isinstance(event, CallStarted):
+            self.events.append(f"started {event.call.name}")
+        elif isinstance(event, CallRetrying):
+            self.events.append(f"retry {event.call.name} {event.attempt}/{event.max_attempts}")
+        elif isinstance(event, CallDelta):
+            self.events.append(f"delta {event.call.name} {event.text}")
+        elif isinstance(event, CallFinished):
             self.events.append(f"finished {event.result.name} {event.result.status}")
 
 
@@ -78,6 +83,28 @@ def answer(text: str, usage: Usage | None = None) -> Behaviour:
 
 def agents(*names: str) -> list[Agent]:
     return [Agent(name=n, model=f"m-{n}") for n in names]
+
+
+def PanelRun(
+    prompt: str,
+    personas: Sequence[Agent],
+    *,
+    provider: Any,
+    settings: RunSettings | None = None,
+    observer: Observer | None = None,
+    synthesizer: Agent | None = None,
+    options: Mapping[str, Any] | None = None,
+    prices: Mapping[str, Price] | None = None,
+) -> Execution:
+    """A panel run through the public API's ``prepare``, with a scripted provider."""
+    panel = Panel("<test>", list(personas), synthesizer or Agent("synthesizer"), dict(prices or {}))
+    request = RunRequest(
+        prompt,
+        panel,
+        options={"synthesize": synthesizer is not None, **(options or {})},
+        settings=settings or RunSettings(),
+    )
+    return prepare(request, [observer] if observer else [], provider=provider, check=False)
 
 
 async def test_results_keep_panel_order_when_answers_arrive_reversed() -> None:
@@ -208,6 +235,7 @@ async def test_synthesis_gets_every_answer_and_marks_missing_ones() -> None:
             timeout_s: float,
             on_delta: Callable[[str], None] | None = None,
             on_sent: Callable[[], None] | None = None,
+            response_format: Mapping[str, Any] | None = None,
         ) -> Completion:
             if agent.name == "synth":
                 seen.append(messages[-1]["content"])
@@ -222,8 +250,17 @@ async def test_synthesis_gets_every_answer_and_marks_missing_ones() -> None:
     await run.execute()
     synthesis = run.report().synthesis
     assert synthesis is not None
-    assert (synthesis.status, synthesis.answer, synthesis.partial) == ("ok", "merged", True)
-    assert (synthesis.sources, synthesis.missing) == (["a"], ["b"])
+    assert (synthesis.status, synthesis.answer, synthesis.details["partial"]) == (
+        "ok",
+        "merged",
+        True,
+    )
+    assert (synthesis.details["sources"], synthesis.details["missing"]) == (["a"], ["b"])
+    assert (synthesis.call_id, synthesis.stage, synthesis.role) == (
+        "synthesis/synth",
+        "synthesis",
+        "synthesizer",
+    )
     assert "alpha" in seen[0] and "partial" in seen[0]
     assert run.report().status == "partial"
 
@@ -262,3 +299,148 @@ def test_token_estimate_grows_with_the_text() -> None:
     long = estimate_tokens([{"role": "user", "content": "hi " * 400}])
     assert 0 < short < long
     assert long >= 300
+
+
+# -- issue 10: the defects the stage engine fixes ------------------------------------------------
+
+
+async def test_an_observer_that_raises_never_fails_a_call_or_the_run() -> None:
+    class Broken:
+        def handle(self, event: Event) -> None:
+            raise RuntimeError("display bug")
+
+    recorder = Recorder()
+    provider = ScriptedProvider({"a": answer("fine"), "b": answer("also fine")})
+    panel = Panel("<test>", agents("a", "b"), Agent("synthesizer"))
+    execution = prepare(
+        RunRequest("q", panel), [Broken(), recorder], provider=provider, check=False
+    )
+    await execution.execute()
+    report = execution.conclude()
+    assert [r.status for r in report.agents] == ["ok", "ok"]
+    assert "finished a ok" in recorder.events and "finished b ok" in recorder.events
+
+
+async def test_cancelling_keeps_the_text_that_was_streaming_and_counts_it() -> None:
+    streaming = anyio.Event()
+
+    class Streaming(ScriptedProvider):
+        async def complete(
+            self, agent: Agent, messages: Sequence[Message], **kw: Any
+        ) -> Completion:
+            on_delta = kw["on_delta"]
+            on_delta("Energy flows ")
+            on_delta("from hot to cold")
+            streaming.set()
+            await anyio.sleep_forever()
+            raise AssertionError
+
+    run = PanelRun(
+        "q",
+        agents("a"),
+        provider=Streaming({}),
+        settings=RunSettings(stream=True),
+        prices={"m-a": Price(1.0, 2.0)},
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run.execute)
+        await streaming.wait()
+        tg.cancel_scope.cancel()
+    run.interrupted = True
+    (result,) = run.conclude().agents
+    assert result.status == "cancelled"
+    assert (result.answer, result.truncated) == ("Energy flows from hot to cold", True)
+    assert result.usage.output_tokens > 0 and result.usage_estimated
+    assert result.cost_usd is not None and result.cost_usd > 0
+
+
+async def test_an_answer_cut_by_max_tokens_is_marked_truncated() -> None:
+    async def cut(attempt: int) -> Completion:
+        return Completion(text="half an ans", usage=Usage(1, 5, 6), finish_reason="length")
+
+    run = PanelRun("q", agents("a", "b"), provider=ScriptedProvider({"a": cut, "b": answer("x")}))
+    await run.execute()
+    a, b = run.report().agents
+    assert (a.status, a.finish_reason, a.truncated) == ("ok", "length", True)
+    assert b.truncated is False
+
+
+async def test_a_timed_out_attempt_is_settled_at_its_worst_case() -> None:
+    async def hang(attempt: int) -> Completion:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    persona = Agent("a", model="m-a", max_tokens=100)
+    settings = RunSettings(timeout=0.01, retry=RetryPolicy(retries=0), max_cost=1.0)
+    run = PanelRun(
+        "q", [persona], provider=ScriptedProvider({"a": hang}), settings=settings,
+        prices={"m-a": Price(1000.0, 1000.0)},
+    )  # fmt: skip
+    await run.execute()
+    budget = run.engine.budget
+    assert budget is not None
+    # a call that was cut off may still be billed: its worst case stays spent
+    assert budget.spent_usd > 0.1
+    assert budget.reserved_usd == 0
+
+
+async def test_bookkeeping_that_breaks_stays_inside_its_call() -> None:
+    async def odd(attempt: int) -> Completion:
+        return Completion(text="fine", usage=Usage("lots", 1, 2))  # type: ignore[arg-type]
+
+    recorder = Recorder()
+    provider = ScriptedProvider({"a": odd, "b": answer("kept")})
+    run = PanelRun("q", agents("a", "b"), provider=provider, observer=recorder)
+    await run.execute()
+    report = run.conclude()
+    a, b = report.agents
+    assert a.status == "error" and a.error is not None and a.error.type == "internal"
+    assert (b.status, b.answer) == ("ok", "kept")
+    assert "finished a error" in recorder.events
+
+
+async def test_one_persona_asked_several_times_has_one_call_id_per_ask() -> None:
+    provider = ScriptedProvider({"a": answer("x"), "b": answer("y")})
+    run = PanelRun("q", agents("a", "b"), provider=provider, options={"repeat": {"a": 3}})
+    await run.execute()
+    report = run.report()
+    assert [r.name for r in report.agents] == ["a#1", "a#2", "a#3", "b"]
+    assert [r.call_id for r in report.agents] == [
+        "panel/a#1",
+        "panel/a#2",
+        "panel/a#3",
+        "panel/b",
+    ]
+    assert provider.calls.count("a") == 3
+
+
+async def test_by_default_every_call_of_a_stage_is_in_flight_at_once() -> None:
+    in_flight = peak = 0
+
+    async def slow(attempt: int) -> Completion:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.wait_all_tasks_blocked()
+        in_flight -= 1
+        return Completion(text="ok")
+
+    names = [f"p{i}" for i in range(40)]
+    run = PanelRun("q", agents(*names), provider=ScriptedProvider(dict.fromkeys(names, slow)))
+    await run.execute()
+    assert DEFAULT_CONCURRENCY >= 64
+    assert peak == 40  # no waves of 8
+
+
+async def test_the_run_has_a_w3c_trace_id_and_stages_in_order() -> None:
+    synthesizer = Agent("synth", instructions="merge")
+    provider = ScriptedProvider({"a": answer("x"), "synth": answer("merged")})
+    run = PanelRun("q", agents("a"), provider=provider, synthesizer=synthesizer)
+    await run.execute()
+    report = run.report()
+    assert report.trace_id is not None and len(report.trace_id) == 32
+    int(report.trace_id, 16)
+    assert [(s.id, s.kind) for s in report.stages] == [
+        ("panel", "panel"),
+        ("synthesis", "synthesis"),
+    ]

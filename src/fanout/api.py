@@ -1,0 +1,198 @@
+"""The Python API: a ``RunRequest`` in, a ``RunReport`` out, events along the way.
+
+::
+
+    import fanout
+
+    panel = fanout.load_panel()  # the agents file fanout would find, or the shipped panel
+    report = fanout.run(fanout.RunRequest("What is temperature?", panel, agents=["physicist"]))
+    print(report.to_dict()["output"])
+
+    async with fanout.events(request) as stream:  # for a server, a notebook, a UI
+        async for event in stream:
+            ...
+
+No printing, exit codes, ``sys.exit``, signal handlers or event loop here (``run`` is the one
+synchronous convenience, and starts its own loop): the CLI and the server are clients of this.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+
+from fanout.config import Panel, apply_model, bound_answer, check_credentials
+from fanout.config import load_panel as _load_panel
+from fanout.cost import Pricing
+from fanout.engine import Engine, Execution, Provider, RunContext, RunSettings
+from fanout.errors import FanoutError
+from fanout.events import Broadcast, Event, Observer
+from fanout.models import Agent, CallResult, RunReport
+from fanout.shapes import build_plan, roles_of
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def load_panel(path: Path | str | None = None) -> Panel:
+    """The agents file at ``path``; without one, the file fanout would find (``$FANOUT_CONFIG``,
+    ``./agents.yaml``, the user config dir) or else the panel shipped with fanout."""
+    from pathlib import Path
+
+    from fanout.config import find_config
+
+    found = Path(path) if path is not None else find_config(None, os.environ)
+    return _load_panel(found)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run: a prompt, a panel, the personas chosen from it, the shape and its options
+    (``{"synthesize": True}``), and how to run it."""
+
+    prompt: str
+    panel: Panel | None = None  # None: load_panel()
+    agents: Sequence[str] | None = None  # persona names; None: the whole panel
+    shape: str = "panel"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    settings: RunSettings = field(default_factory=RunSettings)
+    model: str | None = None  # one model for every call of this run
+    run_id: str | None = None
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request resolved: the personas and roles that will be asked, and the stages."""
+
+    request: RunRequest
+    agents: list[Agent]
+    roles: dict[str, Agent]
+    stages: list[Any]
+    pricing: Pricing
+
+    @property
+    def callers(self) -> list[Agent]:
+        return [*self.agents, *self.roles.values()]
+
+
+def resolve(request: RunRequest) -> Plan:
+    """Check a request and work out who will be asked; ``ConfigError`` if it can't run."""
+    panel = request.panel or load_panel()
+    agents = apply_model(panel.select(request.agents), request.model)
+    stages = build_plan(request.shape, request.options)
+    roles = {r: apply_model([panel.role(r)], request.model)[0] for r in roles_of(stages)}
+    if request.settings.max_cost is not None:
+        # A budget needs a bound on every answer: personas without max_tokens get the default.
+        agents = [bound_answer(a) for a in agents]
+        roles = {r: bound_answer(a) for r, a in roles.items()}
+    return Plan(request, agents, roles, stages, Pricing.shipped(panel.pricing))
+
+
+def prepare(
+    request: RunRequest | Plan,
+    observers: Iterable[Observer] = (),
+    *,
+    provider: Provider | None = None,
+    engine: Engine | None = None,
+    kept: Mapping[str, CallResult] | None = None,
+    previous: RunReport | None = None,
+    check: bool = True,
+) -> Execution:
+    """An ``Execution`` ready to ``execute()`` and ``conclude()``: for callers that must keep
+    the report when they stop a run themselves (the CLI on Ctrl-C, a server's terminate).
+
+    ``engine``: shared with other runs (``batch``); else one of its own on ``provider``.
+    ``kept``/``previous``: carry a stored run on (see ``Execution``). ``check``: refuse a
+    remote endpoint without a key before anything is sent (the caller may have checked)."""
+    plan = request if isinstance(request, Plan) else resolve(request)
+    if check:
+        check_credentials(plan.callers, os.environ)
+    if engine is None:
+        engine = Engine(provider or _openai(), plan.callers, plan.request.settings, plan.pricing)
+    given = list(observers)
+    observer: Observer = given[0] if len(given) == 1 else Broadcast(*given)
+    context = RunContext(plan.request.prompt, plan.agents, plan.roles, plan.request.options)
+    return Execution(
+        engine,
+        plan.stages,
+        context,
+        observer,
+        shape=plan.request.shape,
+        run_id=plan.request.run_id,
+        trace_id=plan.request.trace_id,
+        kept=kept,
+        previous=previous,
+    )
+
+
+async def arun(
+    request: RunRequest, observers: Iterable[Observer] = (), *, provider: Provider | None = None
+) -> RunReport:
+    """Run ``request`` and return its report; ``observers`` hear every event as it happens."""
+    used = provider or _openai()
+    try:
+        execution = prepare(request, observers, provider=used)
+        await execution.execute()
+    finally:
+        if provider is None:  # ours to close
+            with anyio.CancelScope(shield=True):
+                await used.aclose()
+    return execution.conclude()
+
+
+def _openai() -> Provider:
+    from fanout.provider import OpenAIProvider  # the openai client loads only when needed
+
+    return OpenAIProvider()
+
+
+def run(
+    request: RunRequest, observers: Iterable[Observer] = (), *, provider: Provider | None = None
+) -> RunReport:
+    """``arun`` for synchronous code (it starts and ends its own event loop)."""
+    return anyio.run(partial(arun, request, observers, provider=provider))
+
+
+@asynccontextmanager
+async def events(
+    request: RunRequest, *, provider: Provider | None = None
+) -> AsyncIterator[AsyncIterator[Event]]:
+    """The run's events as an async iterator, ending with ``RunFinished``. Leaving the block
+    early stops the run. Errors that stop the run from starting (a bad request) are raised."""
+    send, receive = anyio.create_memory_object_stream[Event](math.inf)
+    failure: list[FanoutError] = []
+
+    class _Forward:
+        wants_deltas = True
+
+        def handle(self, event: Event) -> None:
+            send.send_nowait(event)
+
+    async def go() -> None:
+        async with send:
+            try:
+                await arun(request, [_Forward()], provider=provider)
+            except FanoutError as exc:
+                failure.append(exc)
+
+    async with anyio.create_task_group() as tg, receive:
+        tg.start_soon(go)
+        # Let a request that cannot run fail before the caller starts reading.
+        await anyio.lowlevel.checkpoint()
+        if failure:
+            raise failure[0]
+        try:
+            yield receive
+        finally:
+            tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]

@@ -1,0 +1,531 @@
+"""The stage engine: a run is a plan of stages; a stage makes calls; one caller makes every call.
+
+``Engine`` is what runs share (the provider, each endpoint's limiter and cap, the global cap,
+prices and the budget): one ``ask`` has one run on it, ``batch`` many. ``Engine.call`` is the
+one caller: concurrency slots, endpoint limits, budget, retries, timeout, streaming and events
+for a call of any stage and role. ``Execution`` runs a plan: stages in order, the calls of a
+stage all at once, each behind its own error boundary.
+
+Results live outside the task groups, pre-filled as ``cancelled``, so whatever stops the run
+(Ctrl-C, a server's terminate, a consumer that leaves) the answers that arrived, and the text
+that was streaming, are still there to report. Concurrency slots are held per attempt, never
+while a call sleeps before a retry.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import anyio
+
+from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, Budget, Pricing, estimate_tokens, most_tokens
+from fanout.errors import BudgetExceeded, FanoutError, ProviderError
+from fanout.events import (
+    Broadcast,
+    CallDelta,
+    CallFinished,
+    CallRetrying,
+    CallSending,
+    CallStarted,
+    CallWaiting,
+    Observer,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+)
+from fanout.limiter import RateLimiter
+from fanout.models import (
+    Agent,
+    AgentError,
+    Call,
+    CallResult,
+    Completion,
+    Endpoint,
+    Message,
+    RunReport,
+    StageResult,
+    Usage,
+)
+from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
+
+# Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
+# rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it).
+DEFAULT_CONCURRENCY = 64
+
+
+class Provider(Protocol):
+    """What the engine needs from an LLM API (``provider.OpenAIProvider``; tests script one)."""
+
+    async def complete(
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        *,
+        timeout_s: float,
+        on_delta: Callable[[str], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+    ) -> Completion:
+        """One attempt. With ``on_delta`` the answer is streamed piece by piece; ``on_sent``
+        is called when the request leaves (the rate limiter counts from then)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run behaves, whatever the panel: the ``ask`` flags."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = 120.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rpm: float | None = None  # override every endpoint's limit
+    tpm: float | None = None
+    # Stream answers (deltas, time to first token) or ask for them whole; None: stream when an
+    # observer shows the deltas (the live view, --jsonl), since parsing chunks costs CPU.
+    stream: bool | None = None
+    max_cost: float | None = None  # USD for the whole run; calls that could break it are skipped
+
+
+class EndpointGates:
+    """One rate limiter and, where the agents file sets ``concurrency:``, one cap per endpoint,
+    shared by every call to it. Agents sharing an endpoint may each state a limit; the
+    strictest holds. An endpoint first met mid-run (a judge's) gets its gates then."""
+
+    def __init__(self, agents: Iterable[Agent], settings: RunSettings) -> None:
+        self._settings = settings
+        self._limiters: dict[Endpoint, RateLimiter] = {}
+        self._caps: dict[Endpoint, anyio.CapacityLimiter | None] = {}
+        by_endpoint: dict[Endpoint, list[Agent]] = {}
+        for agent in agents:
+            by_endpoint.setdefault(agent.endpoint, []).append(agent)
+        for endpoint, members in by_endpoint.items():
+            self._add(endpoint, members)
+
+    def _add(self, endpoint: Endpoint, members: Sequence[Agent]) -> None:
+        settings = self._settings
+        rpm = settings.rpm or _strictest(a.limits.rpm for a in members)
+        tpm = settings.tpm or _strictest(a.limits.tpm for a in members)
+        cap = _strictest(a.limits.concurrency for a in members)
+        self._limiters[endpoint] = RateLimiter(rpm, tpm, max_pause=settings.retry.max_retry_after)
+        self._caps[endpoint] = anyio.CapacityLimiter(int(cap)) if cap else None
+
+    def limiter(self, agent: Agent) -> RateLimiter:
+        if agent.endpoint not in self._limiters:
+            self._add(agent.endpoint, [agent])
+        return self._limiters[agent.endpoint]
+
+    def cap(self, agent: Agent) -> anyio.CapacityLimiter | None:
+        if agent.endpoint not in self._caps:
+            self._add(agent.endpoint, [agent])
+        return self._caps[agent.endpoint]
+
+
+class Engine:
+    """What runs share: the provider, each endpoint's gates, the global cap, prices, budget."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        agents: Iterable[Agent] = (),
+        settings: RunSettings | None = None,
+        pricing: Pricing | None = None,
+    ) -> None:
+        self.provider = provider
+        self.settings = settings or RunSettings()
+        self.pricing = pricing or Pricing({})
+        self.gates = EndpointGates(agents, self.settings)
+        self.cap = anyio.CapacityLimiter(self.settings.concurrency)
+        max_cost = self.settings.max_cost
+        self.budget = Budget(max_cost) if max_cost is not None else None
+
+    async def call(
+        self, call: Call, result: CallResult, observer: Observer, *, stream: bool
+    ) -> None:
+        """Make ``call`` (retries included) and fill ``result``. Never raises, except
+        cancellation, and then ``result`` keeps whatever text had arrived."""
+        if call.skip is not None:
+            result.status, result.error = "skipped", call.skip
+            observer.handle(CallFinished(call, result))
+            return
+        attempts = _Attempts(self, call, result, observer, stream)
+        try:
+            completion = await call_with_retries(
+                attempts.attempt, self.settings.retry, on_retry=attempts.on_retry
+            )
+        except BudgetExceeded as exc:
+            result.status, result.error = "skipped", AgentError("budget", str(exc))
+        except ProviderError as exc:
+            result.status = "error"
+            result.error = AgentError(exc.kind, exc.message, exc.status_code, exc.retryable)
+            attempts.keep_partial(exc.partial_text)
+        except anyio.get_cancelled_exc_class():
+            attempts.keep_partial(attempts.streamed)
+            attempts.settle()
+            raise
+        except Exception as exc:  # one call's bug must not take the run down
+            cause = _innermost(exc)
+            result.status = "error"
+            result.error = AgentError("internal", f"{type(cause).__name__}: {cause}")
+        else:
+            result.status = "ok"
+            result.answer = completion.text.strip()
+            result.finish_reason = completion.finish_reason
+            result.truncated = completion.finish_reason == "length"
+            # A server that reports no usage gets it counted from the text, and says so.
+            result.usage_estimated = completion.usage is None
+            result.usage = completion.usage or _estimated_usage(call.messages, completion.text)
+        attempts.settle()
+        observer.handle(CallFinished(call, result))
+
+    async def _reserve(self, call: Call) -> float:
+        """Hold one call's worst-case cost against ``--max-cost``; raise if it cannot fit."""
+        if self.budget is None:
+            return 0.0
+        agent = call.agent
+        answer = agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+        worst = self.pricing.worst_case(agent.model, most_tokens(call.messages), answer)
+        if worst is None:
+            raise BudgetExceeded(
+                f"the price of {agent.model} is unknown, so --max-cost cannot bound it "
+                "(add it under pricing: in the agents file)"
+            )
+        if not await self.budget.reserve(worst):
+            raise BudgetExceeded(
+                f"not asked: its worst case ${worst:.6f} is more than the "
+                f"${max(self.budget.left_usd, 0):.6f} left of --max-cost "
+                f"${self.budget.limit_usd:g}"
+            )
+        return worst
+
+
+class _Attempts:
+    """The attempts of one call: each holds its slots, its rate-limit reservation and its share
+    of the budget for exactly as long as it runs, and settles them on every path."""
+
+    def __init__(
+        self, engine: Engine, call: Call, result: CallResult, observer: Observer, stream: bool
+    ) -> None:
+        self.engine, self.call, self.result, self.observer = engine, call, result, observer
+        self.stream = stream
+        agent = call.agent
+        self.limiter = engine.gates.limiter(agent)
+        self.endpoint_cap = engine.gates.cap(agent)
+        self.limited = bool(self.limiter.rpm or self.limiter.tpm)
+        self.estimate = estimate_tokens(call.messages) + (
+            agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+        )
+        self.timeout = agent.timeout or engine.settings.timeout
+        self.started: float | None = None
+        self.attempt_started = 0.0
+        self.failed_usage = Usage()  # what failed attempts consumed, when the server said
+        self.parts: list[str] = []  # the current attempt's streamed text
+
+    @property
+    def streamed(self) -> str:
+        return "".join(self.parts)
+
+    def on_delta(self, text: str) -> None:
+        if self.result.ttft_s is None:
+            self.result.ttft_s = round(time.perf_counter() - self.attempt_started, 3)
+        self.parts.append(text)
+        self.observer.handle(CallDelta(self.call, text))
+
+    def on_retry(self, event: RetryEvent) -> None:
+        reason = str(event.error.status_code or event.error.kind)
+        self.observer.handle(
+            CallRetrying(
+                self.call,
+                event.attempt,
+                event.max_attempts,
+                event.wait_s,
+                reason,
+                event.error.message,
+            )
+        )
+
+    async def attempt(self, number: int) -> Completion:
+        # A slot is held for the attempt only: retry back-off frees it for others.
+        async with self.engine.cap:
+            if self.endpoint_cap is None:
+                return await self._attempt(number)
+            async with self.endpoint_cap:
+                return await self._attempt(number)
+
+    async def _attempt(self, number: int) -> Completion:
+        engine, call, result = self.engine, self.call, self.result
+        if self.started is None:
+            self.started = time.perf_counter()
+            self.observer.handle(CallStarted(call))
+        reserved = await engine._reserve(call)
+        spent: Usage | None = None
+        timed_out = False
+        try:
+            if self.limiter.would_wait(self.estimate):
+                self.observer.handle(CallWaiting(call))
+            reservation = await self.limiter.acquire(self.estimate)
+            result.attempts, result.ttft_s = number, None
+            self.parts = []
+            self.attempt_started = time.perf_counter()
+            self.observer.handle(CallSending(call, number))
+            try:
+                # The client bounds each read; this bounds the whole attempt, so a server
+                # trickling bytes without ever answering is cut too.
+                with anyio.fail_after(self.timeout):
+                    completion = await engine.provider.complete(
+                        call.agent,
+                        call.messages,
+                        timeout_s=self.timeout,
+                        on_delta=self.on_delta if self.stream else None,
+                        # The send-time mark only matters to a limiter that counts starts.
+                        on_sent=reservation.mark_sent if self.limited else None,
+                        response_format=call.response_format,
+                    )
+            except TimeoutError:
+                timed_out = True
+                reservation.settle(0)
+                raise ProviderError.timeout(self.timeout) from None
+            except ProviderError as exc:
+                timed_out = exc.kind == "timeout"
+                spent = exc.usage or Usage()
+                reservation.settle(spent.total_tokens)
+                self.failed_usage += spent
+                self.limiter.observe(exc.headers)
+                if exc.status_code == 429 and exc.retryable and exc.retry_after:
+                    self.limiter.pause_for(exc.retry_after)
+                raise
+            spent = completion.usage or _estimated_usage(call.messages, completion.text)
+            reservation.settle(spent.total_tokens)
+            self.limiter.observe(completion.headers)
+            return completion
+        finally:
+            if engine.budget is not None:
+                # An answer cut off (timeout, Ctrl-C) may still be billed: count the worst
+                # case, so the budget holds whatever the server charged.
+                cut_off = timed_out or (spent is None and _cancelled())
+                used = spent or Usage()
+                cost = reserved if cut_off else engine.pricing.cost(call.agent.model, used)
+                engine.budget.settle(reserved, cost or 0.0)
+
+    def keep_partial(self, text: str | None) -> None:
+        """A call cut short keeps the text it had (for display), marked truncated."""
+        if text:
+            self.result.answer = text.strip()
+            self.result.truncated = True
+
+    def settle(self) -> None:
+        """Usage, cost and latency of the call as it ended; never raises."""
+        result = self.result
+        try:
+            if result.status != "ok" and result.answer and not result.usage.total_tokens:
+                # Cut short: the tokens it streamed were billed; count them from the text.
+                result.usage = _estimated_usage(self.call.messages, result.answer)
+                result.usage_estimated = True
+            result.usage += self.failed_usage
+            self.failed_usage = Usage()
+            result.cost_usd = self.engine.pricing.cost(result.model, result.usage)
+            if self.started is not None:
+                result.latency_s = round(time.perf_counter() - self.started, 3)
+        except Exception as exc:  # bookkeeping must never escape the call's boundary
+            result.status = "error"
+            result.error = AgentError("internal", f"{type(exc).__name__}: {exc}")
+
+
+# -- plans and their execution ------------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """What a stage sees when it builds its calls: the question, the chosen personas, the other
+    roles (synthesizer, judge...), the shape's options and the stages that already ran."""
+
+    prompt: str
+    agents: Sequence[Agent]
+    roles: Mapping[str, Agent]
+    options: Mapping[str, Any]
+    stages: dict[str, StageResult] = field(default_factory=dict)
+
+
+class Stage(Protocol):
+    """One step of a plan. ``calls`` is asked when the stage starts (earlier stages are in the
+    context by then); ``verdict`` when its calls are over. ``key`` names the verdict in the
+    result document (``vote``, ``judge``...), or None."""
+
+    id: str
+    kind: str
+    key: str | None
+
+    def calls(self, context: RunContext) -> list[Call]: ...
+
+    def verdict(
+        self, context: RunContext, results: Sequence[CallResult]
+    ) -> dict[str, Any] | None: ...
+
+
+class Execution:
+    """One run of a plan on an engine.
+
+    ``kept``: results already in hand, by call id (a run carried on): those calls are not made
+    again. ``previous``: the stored report a carried-on run started from; a call redone that
+    ends worse than it was (cancelled, or failed where it had an answer) keeps its old result,
+    and stages never reached keep theirs, so an interrupted retry leaves the run as it was.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        stages: Sequence[Stage],
+        context: RunContext,
+        observer: Observer | None = None,
+        *,
+        shape: str = "panel",
+        run_id: str | None = None,
+        trace_id: str | None = None,
+        kept: Mapping[str, CallResult] | None = None,
+        previous: RunReport | None = None,
+    ) -> None:
+        self.engine = engine
+        self.stages = list(stages)
+        self.context = context
+        self.observer: Observer = observer or Broadcast()
+        self.shape = shape
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.trace_id = trace_id or uuid.uuid4().hex
+        self.kept = dict(kept or {})
+        self.previous = previous
+        self.results = [StageResult(s.id, s.kind, key=s.key) for s in self.stages]
+        self._calls: dict[str, Call] = {}
+        self._asked: set[str] = set()  # call ids made (not kept) in this execution
+        wants = bool(getattr(self.observer, "wants_deltas", False))
+        setting = engine.settings.stream
+        self.stream = setting if setting is not None else wants
+        self.interrupted = False
+        self._started_wall = datetime.now(UTC)
+        self._started = time.perf_counter()
+
+    @property
+    def prompt(self) -> str:
+        return self.context.prompt
+
+    async def execute(self) -> None:
+        """Run the stages in order. Cancellation leaves the unfinished calls cancelled."""
+        self._started_wall = datetime.now(UTC)
+        self._started = time.perf_counter()
+        plan = [(s.id, s.kind) for s in self.stages]
+        needed = {r for s in self.stages for r in getattr(s, "roles", ())}
+        roles = {r: a.name for r, a in self.context.roles.items() if r in needed}
+        agents = [a.name for a in self.context.agents]
+        self.observer.handle(
+            RunStarted(self.run_id, self.trace_id, self.prompt, self.shape, plan, agents, roles)
+        )
+        for stage, stage_result in zip(self.stages, self.results, strict=True):
+            await self._run_stage(stage, stage_result)
+
+    async def _run_stage(self, stage: Stage, stage_result: StageResult) -> None:
+        calls = stage.calls(self.context)
+        stage_result.calls = [self.kept.get(c.call_id) or CallResult.of(c) for c in calls]
+        self.context.stages[stage.id] = stage_result
+        self.observer.handle(StageStarted(stage.id, stage.kind, calls))
+        async with anyio.create_task_group() as tg:
+            for call, result in zip(calls, stage_result.calls, strict=True):
+                self._calls[call.call_id] = call
+                if call.call_id not in self.kept:
+                    self._asked.add(call.call_id)
+                    tg.start_soon(self._call, call, result)
+        try:
+            stage_result.verdict = stage.verdict(self.context, stage_result.calls)
+        except Exception as exc:  # a shape's bug costs its verdict, never the answers
+            stage_result.verdict = {"error": f"{type(exc).__name__}: {exc}"}
+        self.observer.handle(StageFinished(stage.id, stage.kind, stage_result.verdict))
+
+    async def _call(self, call: Call, result: CallResult) -> None:
+        await self.engine.call(call, result, self.observer, stream=self.stream)
+
+    def report(self) -> RunReport:
+        """The run as it stands: complete after ``execute``, partial after an interruption."""
+        stages = self.results
+        if self.previous is not None:
+            stages = self._merged(self.previous)
+        return RunReport(
+            run_id=self.run_id,
+            prompt=self.prompt,
+            started_at=self._started_wall.isoformat(timespec="milliseconds"),
+            finished_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            duration_s=round(time.perf_counter() - self._started, 3),
+            stages=stages,
+            trace_id=self.trace_id,
+            shape=self.shape,
+            interrupted=self.interrupted and self.previous is None,
+        )
+
+    def conclude(self) -> RunReport:
+        """The final report, after telling observers how the calls cut short ended."""
+        for stage in self.results:
+            for result in stage.calls:
+                call = self._calls.get(result.call_id)
+                if call is not None and result.status == "cancelled" and result.attempts:
+                    self.observer.handle(CallFinished(call, result))
+        report = self.report()
+        self.observer.handle(RunFinished(report))
+        return report
+
+    def _merged(self, previous: RunReport) -> list[StageResult]:
+        """This execution's stages over the stored ones (see the class docstring)."""
+        merged: list[StageResult] = []
+        for stage in self.results:
+            old = previous.stage(stage.id)
+            reached = stage.id in self.context.stages
+            if not reached and old is not None:
+                merged.append(old)
+                continue
+            olds = {c.call_id: c for c in old.calls} if old else {}
+            calls = []
+            for result in stage.calls:
+                before = olds.get(result.call_id)
+                worse = result.status == "cancelled" or (
+                    result.status != "ok" and before is not None and before.status == "ok"
+                )
+                calls.append(before if before is not None and worse else result)
+            verdict = stage.verdict if stage.verdict is not None or old is None else old.verdict
+            merged.append(StageResult(stage.id, stage.kind, calls, verdict, stage.key))
+        return merged
+
+
+def _estimated_usage(messages: Sequence[Message], text: str) -> Usage:
+    prompt_tokens = estimate_tokens(messages)
+    answer_tokens = max(1, len(text) // 4) if text else 0
+    return Usage(prompt_tokens, answer_tokens, prompt_tokens + answer_tokens)
+
+
+def _cancelled() -> bool:
+    """Whether the current task is being cancelled (inside a ``finally``)."""
+    return isinstance(sys.exc_info()[1], anyio.get_cancelled_exc_class())
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def unwrap_fanout_error(group: BaseExceptionGroup[BaseException]) -> FanoutError | None:
+    """The ``FanoutError`` a task group wrapped, when that is all it holds."""
+    fanout_errors, rest = group.split(FanoutError)
+    if fanout_errors is not None and rest is None:
+        inner = _innermost(fanout_errors)
+        return inner if isinstance(inner, FanoutError) else None
+    return None
+
+
+def _strictest(values: Iterable[float | None]) -> float | None:
+    given = [v for v in values if v is not None]
+    return min(given) if given else None

@@ -1,0 +1,51 @@
+"""The shapes a run can take, registered in one place.
+
+A shape turns a request's options into a plan: a list of stages (``engine.Stage``). Adding one
+is a module here plus one entry in ``SHAPES``; the engine, history, export, events and the live
+view handle its calls and verdicts generically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from fanout.engine import Stage
+from fanout.errors import ConfigError
+from fanout.shapes.panel import PanelStage
+from fanout.shapes.synthesis import SynthesisStage
+
+Shape = Callable[[Mapping[str, Any]], list[Stage]]
+
+
+def panel_plan(options: Mapping[str, Any]) -> list[Stage]:
+    """Every persona answers; with ``synthesize``, a synthesizer merges the answers."""
+    stages: list[Stage] = [PanelStage()]
+    if options.get("synthesize"):
+        stages.append(SynthesisStage())
+    return stages
+
+
+SHAPES: dict[str, Shape] = {
+    "panel": panel_plan,
+}
+
+
+def build_plan(shape: str, options: Mapping[str, Any]) -> list[Stage]:
+    """The stages of ``shape`` with ``options``; ConfigError for a shape nobody registered."""
+    try:
+        make = SHAPES[shape]
+    except KeyError:
+        known = ", ".join(sorted(SHAPES))
+        raise ConfigError(f"unknown shape {shape!r} (known: {known})") from None
+    return make(options)
+
+
+def roles_of(stages: Sequence[Stage]) -> list[str]:
+    """The roles beside the personas a plan needs (``synthesizer``, ``judge``...)."""
+    needed: list[str] = []
+    for stage in stages:
+        for role in getattr(stage, "roles", ()):
+            if role not in needed:
+                needed.append(role)
+    return needed
