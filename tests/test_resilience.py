@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from email.utils import formatdate
+from pathlib import Path
 from time import time
 
 import pytest
@@ -380,3 +381,21 @@ def test_a_broken_emoji_is_repaired_and_the_table_still_renders(
     table = invoke("ask", "-c", config, "Why?")
     assert table.exit_code == 0
     assert "m-b says: Why?" in table.stdout
+
+
+def test_a_daily_quota_closes_the_endpoint_for_the_rest_of_a_batch(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    server.default = Fault(429, headers={"retry-after": "86400"})  # a spent daily quota
+    source = tmp_path / "q.txt"
+    source.write_text("".join(f"question {i}\n" for i in range(6)))
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", source, "-c", agents_file("a"), "-o", out, "--concurrency", "1")
+    assert result.exit_code != 0
+    assert server.count() == 1  # not one request per prompt into a closed quota
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 6
+    assert all(line["status"] == "error" for line in lines)
+    closed = [line for line in lines if "paused this endpoint" in line["error"]["message"]]
+    assert len(closed) == 5
+    assert all("86400 s" in line["error"]["message"] for line in closed)
