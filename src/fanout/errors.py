@@ -32,8 +32,9 @@ class ConfigError(FanoutError):
 class ProviderError(FanoutError):
     """One call to an endpoint failed.
 
-    ``kind`` is a short machine-readable name (``rate_limit``, ``timeout``, ``server_error``...),
-    ``retry_after`` the wait in seconds the server asked for, if it did.
+    ``kind`` is a short machine-readable name (``rate_limit``, ``timeout``, ``server_error``,
+    ``incomplete_stream``...), ``retry_after`` the wait in seconds the server asked for, if it
+    did; ``partial_text`` what a stream had sent before it failed, for display (never an answer).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class ProviderError(FanoutError):
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
         usage: Usage | None = None,
+        partial_text: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -57,6 +59,7 @@ class ProviderError(FanoutError):
         self.headers: Mapping[str, str] = headers or {}
         # Tokens the failed response still reported (billed, so counted).
         self.usage = usage
+        self.partial_text = partial_text
 
     def __str__(self) -> str:
         return self.message
