@@ -19,12 +19,16 @@ from fanout.errors import ProviderError
 from fanout.models import Agent, Completion, Endpoint, Usage
 from fanout.provider import OpenAIProvider
 from tests.conftest import SENTINEL_KEY
-from tests.fakeserver import FakeOpenAI, Malformed, Reply, Step
+from tests.fakeserver import FakeOpenAI, Fault, Malformed, Reply, Step
 
 pytestmark = pytest.mark.anyio
 
 USER = [{"role": "user", "content": "Why?"}]
 MODES = pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "whole"])
+JSON_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {"name": "vote", "schema": {"type": "object"}},
+}
 
 
 @pytest.fixture
@@ -46,14 +50,16 @@ async def ask(
     step: Step | None,
     *,
     streamed: bool,
+    response_format: dict[str, Any] | None = None,
 ) -> tuple[Completion, list[str]]:
     """One call; the completion and the deltas it streamed."""
     if step is not None:
         server.script("m-a", step)
     deltas: list[str] = []
-    completion = await provider.complete(
-        persona(server), USER, timeout_s=10, on_delta=deltas.append if streamed else None
-    )
+    options: dict[str, Any] = {"on_delta": deltas.append if streamed else None}
+    if response_format is not None:
+        options["response_format"] = response_format
+    completion = await provider.complete(persona(server), USER, timeout_s=10, **options)
     return completion, deltas
 
 
@@ -222,6 +228,52 @@ def test_finish_reason_of_a_batch_result_line() -> None:
     choice = {"index": 0, "message": {"role": "assistant", "content": "cut"}}
     body = {"choices": [choice | {"finish_reason": "length"}]}
     assert OpenAIProvider.batch_answer(200, body).finish_reason == "length"
+
+
+# -- structured output -------------------------------------------------------------------------
+
+
+@MODES
+async def test_response_format_is_sent_when_given(
+    provider: OpenAIProvider, server: FakeOpenAI, streamed: bool
+) -> None:
+    await ask(provider, server, None, streamed=streamed)
+    await ask(provider, server, None, streamed=streamed, response_format=JSON_SCHEMA)
+    plain, structured = server.requests
+    assert "response_format" not in plain.body
+    assert structured.body["response_format"] == JSON_SCHEMA
+
+
+@MODES
+async def test_an_endpoint_refusing_response_format_is_asked_without_it_from_then_on(
+    provider: OpenAIProvider, server: FakeOpenAI, streamed: bool
+) -> None:
+    server.default = Reply(text="plain answer", refuse_response_format=True)
+    first, _ = await ask(provider, server, None, streamed=streamed, response_format=JSON_SCHEMA)
+    second, _ = await ask(provider, server, None, streamed=streamed, response_format=JSON_SCHEMA)
+    assert first.text == second.text == "plain answer"
+    refused, retried, later = server.requests
+    assert "response_format" in refused.body
+    assert "response_format" not in retried.body
+    assert "response_format" not in later.body
+    assert retried.body.get("stream") is (True if streamed else None)
+
+
+async def test_an_invalid_schema_is_our_error_not_a_reason_to_drop_structured_output(
+    provider: OpenAIProvider, server: FakeOpenAI
+) -> None:
+    rejection = {
+        "error": {
+            "message": "Invalid schema for response_format 'vote'",
+            "type": "invalid_request_error",
+            "code": "invalid_json_schema",
+        }
+    }
+    server.script("m-a", Fault(400, body=rejection))
+    with pytest.raises(ProviderError) as caught:
+        await ask(provider, server, None, streamed=False, response_format=JSON_SCHEMA)
+    assert caught.value.kind == "bad_request"
+    assert server.count() == 1
 
 
 # -- answers that are not chat answers ---------------------------------------------------------

@@ -24,6 +24,7 @@ import httpx2  # openai's HTTP client: its request hook, and errors raised while
 import openai
 import pydantic
 from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat.completion_create_params import ResponseFormat
 
 from fanout.errors import ProviderError
 from fanout.models import Agent, Completion, Endpoint, Message, Usage
@@ -51,6 +52,7 @@ class OpenAIProvider:
         self._environ = os.environ if environ is None else environ
         self._clients: dict[Endpoint, openai.AsyncOpenAI] = {}
         self._cannot_stream: set[Endpoint] = set()
+        self._cannot_structure: set[Endpoint] = set()  # refused ``response_format`` once
 
     async def complete(
         self,
@@ -60,27 +62,44 @@ class OpenAIProvider:
         timeout_s: float,
         on_delta: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
+        """One attempt. ``response_format`` asks for structured output where the endpoint can
+        give it; an endpoint that refuses it is asked again without (and from then on)."""
         announce = _ON_SENT.set(on_sent)
         try:
             with self._translated(timeout_s):
-                if on_delta is not None and agent.endpoint not in self._cannot_stream:
+                while True:  # at most three requests: each refusal drops one option for good
+                    stream = on_delta is not None and agent.endpoint not in self._cannot_stream
+                    structured = agent.endpoint not in self._cannot_structure
+                    shape = response_format if structured else None
                     try:
-                        return await self._streamed(agent, messages, timeout_s, on_delta)
+                        if stream and on_delta is not None:
+                            return await self._streamed(agent, messages, timeout_s, on_delta, shape)
+                        completion = await self._whole(agent, messages, timeout_s, shape)
                     except openai.APIStatusError as exc:
-                        if not _refuses(exc, "stream"):
+                        if shape is not None and _refuses(exc, "response_format"):
+                            # The server can't do structured output: a plain answer beats none.
+                            self._cannot_structure.add(agent.endpoint)
+                        elif stream and _refuses(exc, "stream"):
+                            # A server that rejects streaming (or stream_options) gets whole
+                            # answers.
+                            self._cannot_stream.add(agent.endpoint)
+                        else:
                             raise
-                        # A server that rejects streaming (or stream_options) gets whole answers.
-                        self._cannot_stream.add(agent.endpoint)
-                completion = await self._whole(agent, messages, timeout_s)
-                if on_delta is not None and completion.text:
-                    on_delta(completion.text)
-                return completion
+                        continue
+                    if on_delta is not None and completion.text:
+                        on_delta(completion.text)
+                    return completion
         finally:
             _ON_SENT.reset(announce)
 
     async def _whole(
-        self, agent: Agent, messages: Sequence[Message], timeout_s: float
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        timeout_s: float,
+        response_format: dict[str, Any] | None,
     ) -> Completion:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
@@ -91,6 +110,7 @@ class OpenAIProvider:
             top_p=_given(agent.top_p),
             max_tokens=_given(agent.max_tokens),
             stop=_given(list(agent.stop) if agent.stop else None),
+            response_format=_given(_shape(response_format)),
         )
         body = await raw.http_response.aread()  # read already; this only hands it over
         whole = _completion_of_body(body, raw.headers.get("content-type", ""))
@@ -102,6 +122,7 @@ class OpenAIProvider:
         messages: Sequence[Message],
         timeout_s: float,
         on_delta: Callable[[str], None],
+        response_format: dict[str, Any] | None,
     ) -> Completion:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
@@ -114,6 +135,7 @@ class OpenAIProvider:
             top_p=_given(agent.top_p),
             max_tokens=_given(agent.max_tokens),
             stop=_given(list(agent.stop) if agent.stop else None),
+            response_format=_given(_shape(response_format)),
         )
         headers = _rate_headers(raw.headers)
         response = raw.http_response
@@ -398,8 +420,19 @@ _DRAIN_S = 0.1  # after [DONE]: read the body's end, so HTTP/1.1 can reuse the c
 
 
 def _refuses(exc: openai.APIStatusError, option: str) -> bool:
-    """Whether a 400/422 says the server does not take ``option`` (``stream``)."""
-    return exc.status_code in (400, 422) and option in str(exc).lower()
+    """Whether a 400/422 says the server does not take ``option`` (``stream``,
+    ``response_format``). A schema the server finds invalid is our error, not its limit."""
+    if exc.status_code not in (400, 422):
+        return False
+    body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+    if isinstance(body, dict) and body.get("code") == "invalid_json_schema":
+        return False
+    return option in str(exc).lower()
+
+
+def _shape(response_format: dict[str, Any] | None) -> ResponseFormat | None:
+    # fanout passes the caller's dict as it is; the server is the judge of its shape.
+    return cast("ResponseFormat | None", response_format)
 
 
 def _malformed(detail: str) -> ProviderError:

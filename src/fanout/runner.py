@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -67,9 +67,11 @@ class Provider(Protocol):
         timeout_s: float,
         on_delta: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
         """One attempt. With ``on_delta`` the answer is streamed piece by piece; ``on_sent``
-        is called when the request leaves (the rate limiter counts from then)."""
+        is called when the request leaves (the rate limiter counts from then);
+        ``response_format`` asks for structured output where the endpoint can give it."""
         ...
 
     async def aclose(self) -> None: ...
