@@ -43,9 +43,9 @@ async def bare_loop(base_url: str, requests: int, concurrency: int) -> float:
 
 def fanout_in_process(base_url: str, requests: int, concurrency: int) -> float:
     import anyio
-    from fanout.runner import Engine, RunSettings
 
     from fanout.batch import BatchPrompt, BatchTally, ResultWriter, run_batch
+    from fanout.engine import Engine, RunSettings
     from fanout.events import Broadcast
     from fanout.models import Agent, Endpoint
     from fanout.provider import OpenAIProvider

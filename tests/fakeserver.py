@@ -18,7 +18,8 @@ script, falling back to ``server.default`` (``Reply()`` unless set). Steps:
 * ``Reset``        -- read the request, then abort the TCP connection (RST), no response.
 * ``Hang``         -- read the request and never answer.
 * ``Trickle``      -- 200 + headers, then one byte of whitespace per ``interval``, forever.
-* ``Malformed``    -- a 200 ``application/json`` response whose body is not JSON.
+* ``Malformed``    -- a 200 ``application/json`` response whose body is not JSON (or any body
+                      under any content type: an HTML page, a raw event stream).
 * ``EmptyChoices`` -- a 200 chat.completion with ``"choices": []``.
 
 Every step waits ``latency`` seconds first. Waits never block other requests, and end early
@@ -73,7 +74,14 @@ class Reply:
     Streaming: ``hold`` stops a stream before its last piece until the event is set (a test's
     way to look at a half-streamed answer); ``stream_usage=False`` leaves out the usage chunk;
     ``can_stream=False`` answers ``"stream": true`` with a plain JSON body, like servers that
-    do not stream.
+    do not stream; ``cut_after=N`` sends N pieces and then ends the body cleanly, with no
+    ``finish_reason``, no usage and no ``[DONE]`` (a stream that lost its end); ``send_done=False``
+    leaves out ``data: [DONE]`` (some servers do).
+
+    ``finish_reason`` is what the answer (or the stream's last piece) says (``None``: null).
+    ``raw_usage`` is spliced verbatim into the JSON as the usage object, for what ``json.dumps``
+    cannot write (``{"completion_tokens": 1e400}``). ``refuse_response_format`` answers a request
+    carrying ``response_format`` with a 400 naming it, like a server without structured output.
     """
 
     text: str | None = None
@@ -86,6 +94,11 @@ class Reply:
     hold: threading.Event | None = None
     stream_usage: bool = True
     can_stream: bool = True
+    finish_reason: str | None = "stop"
+    cut_after: int | None = None
+    send_done: bool = True
+    raw_usage: str | None = None
+    refuse_response_format: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,11 +136,13 @@ class Trickle:
 
 @dataclass(frozen=True)
 class Malformed:
-    """Answer ``status`` with content-type application/json and a body that is not JSON."""
+    """Answer ``status`` with ``body`` as it is, labelled ``content_type`` (by default a body
+    that is not JSON, labelled application/json)."""
 
     body: str = "{not json"
     status: int = 200
     latency: float = 0.0
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -310,7 +325,7 @@ class FakeOpenAI:
                     else (f"{body['model']} says: {body['messages'][-1]['content']}")
                 )
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}}
-                choice["finish_reason"] = "stop"
+                choice["finish_reason"] = step.finish_reason if isinstance(step, Reply) else "stop"
                 response = {
                     "status_code": 200,
                     "body": _completion(body["model"], [choice], _usage(body, text)),
@@ -521,13 +536,19 @@ class _Handler(BaseHTTPRequestHandler):
                 users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
                 last = _content_text(users[-1].get("content")) if users else ""
                 text = f"{model} says: {last}"
-            usage = _usage(body, text) if step.usage is None else step.usage
+            if step.refuse_response_format and "response_format" in body:
+                refusal = _error(400, "response_format is not supported by this server")
+                return self._send_json(400, refusal, step.headers)
+            usage: dict[str, Any] = _usage(body, text) if step.usage is None else step.usage
+            if step.raw_usage is not None:
+                usage = _RAW_USAGE
             if body.get("stream") and step.can_stream:
                 self._stream(body, re.findall(r"\S+\s*|\s+", text), usage, step)
             else:
                 message = {"role": "assistant", "content": text}
-                choice = {"index": 0, "message": message, "finish_reason": "stop"}
-                self._send_json(200, _completion(model, [choice], usage), step.headers)
+                choice = {"index": 0, "message": message, "finish_reason": step.finish_reason}
+                data = _spliced(json.dumps(_completion(model, [choice], usage)), step.raw_usage)
+                self._send(200, data, "application/json", step.headers)
         elif isinstance(step, EmptyChoices):
             if body.get("stream"):
                 self._start_chunked(200, "text/event-stream", {})
@@ -539,7 +560,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault_body = _error(step.status, code=step.code) if step.body is None else step.body
             self._send_json(step.status, fault_body, step.headers)
         elif isinstance(step, Malformed):
-            self._send(step.status, step.body.encode(), "application/json", {})
+            self._send(step.status, step.body.encode(), step.content_type, {})
         elif isinstance(step, Reset):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
@@ -567,18 +588,24 @@ class _Handler(BaseHTTPRequestHandler):
         chunk_id = f"chatcmpl-fake{next(_ids)}"
         self._start_chunked(200, "text/event-stream", step.headers)
         for i, delta in enumerate(deltas):
+            if step.cut_after is not None and i > step.cut_after:
+                # The body ends cleanly (a zero-length chunk), but the answer has no end.
+                self._done()
+                self.wfile.write(b"0\r\n\r\n")
+                return
             if i and not self._idle(step.chunk_delay):
                 self.close_connection = True
                 return
             if i == len(deltas) - 1 and step.hold is not None and not self._hold(step.hold):
                 self.close_connection = True
                 return
-            done = "stop" if i == len(deltas) - 1 else None
+            done = step.finish_reason if i == len(deltas) - 1 else None
             choice = {"index": 0, "delta": delta, "finish_reason": done}
             self._write_chunk(_sse(_completion(model, [choice], None, chunk_id) | extra))
         if include_usage and step.stream_usage:
-            self._write_chunk(_sse(_completion(model, [], usage, chunk_id)))
-        self._end_stream()
+            chunk = json.dumps(_completion(model, [], usage, chunk_id))
+            self._write_chunk(b"data: " + _spliced(chunk, step.raw_usage) + b"\n\n")
+        self._end_stream(step.send_done)
 
     def _hold(self, event: threading.Event, limit: float = 30.0) -> bool:
         """Wait for ``event`` (at most ``limit`` s); False if the client left or we stop."""
@@ -638,9 +665,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
-    def _end_stream(self) -> None:
+    def _end_stream(self, send_done: bool = True) -> None:
         self._done()
-        self.wfile.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        self.wfile.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n" if send_done else b"0\r\n\r\n")
+
+
+# Stands in for ``Reply.raw_usage`` until the JSON is written, then is replaced by it verbatim.
+_RAW_USAGE = {"fake-raw-usage": True}
+
+
+def _spliced(data: str, raw_usage: str | None) -> bytes:
+    if raw_usage is not None:
+        data = data.replace(json.dumps(_RAW_USAGE), raw_usage)
+    return data.encode()
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

@@ -133,6 +133,55 @@ def test_streaming_without_usage(client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "m says: hello there"
 
 
+def stream_body(server: FakeOpenAI, **extra: Any) -> bytes:
+    """The raw body of a streamed answer (chunked framing removed by http.client)."""
+    body = {"model": "m", "messages": USER, "stream": True, **extra}
+    status, ctype, data = post(server, json.dumps(body).encode())
+    assert (status, ctype) == (200, "text/event-stream")
+    return data
+
+
+def test_a_cut_stream_ends_cleanly_without_finish_reason_usage_or_done(
+    server: FakeOpenAI,
+) -> None:
+    server.default = Reply(text="one two three", cut_after=1)
+    data = stream_body(server, stream_options={"include_usage": True})
+    events = [json.loads(e[6:]) for e in data.decode().split("\n\n") if e]
+    assert [e["choices"][0]["delta"].get("content") for e in events] == ["", "one "]
+    assert all(e["choices"][0]["finish_reason"] is None and not e["usage"] for e in events)
+
+
+def test_stream_end_markers_can_be_left_out(server: FakeOpenAI) -> None:
+    server.script("m", Reply(send_done=False), Reply(finish_reason=None))
+    no_done = stream_body(server).decode()
+    assert "[DONE]" not in no_done and '"finish_reason": "stop"' in no_done
+    no_reason = stream_body(server).decode()
+    assert "[DONE]" in no_reason and '"finish_reason": "stop"' not in no_reason
+
+
+def test_raw_usage_is_spliced_in_verbatim(server: FakeOpenAI) -> None:
+    raw = '{"prompt_tokens": 1, "completion_tokens": 1e400, "total_tokens": NaN}'
+    server.default = Reply(raw_usage=raw)
+    _, _, whole = post(server, json.dumps({"model": "m", "messages": USER}).encode())
+    assert b'"usage": ' + raw.encode() in whole
+    streamed = stream_body(server, stream_options={"include_usage": True})
+    assert b'"usage": ' + raw.encode() in streamed
+
+
+def test_refusing_response_format_answers_400_only_when_it_is_asked(server: FakeOpenAI) -> None:
+    server.default = Reply(refuse_response_format=True)
+    shaped = {"model": "m", "messages": USER, "response_format": {"type": "json_object"}}
+    status, _, data = post(server, json.dumps(shaped).encode())
+    assert status == 400 and b"response_format" in data
+    status, _, _ = post(server, json.dumps({"model": "m", "messages": USER}).encode())
+    assert status == 200
+
+
+def test_malformed_can_be_any_body_under_any_content_type(server: FakeOpenAI) -> None:
+    server.default = Malformed(body="<html>hi</html>", content_type="text/html")
+    assert post(server, b'{"model": "m"}') == (200, "text/html", b"<html>hi</html>")
+
+
 def test_reset_raises_connection_error(server: FakeOpenAI, client: openai.OpenAI) -> None:
     server.script("m", Reset())
     with pytest.raises(openai.APIConnectionError) as info:

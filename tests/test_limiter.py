@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import anyio
 import anyio.lowlevel
@@ -269,3 +270,41 @@ async def test_a_pause_too_long_to_wait_fails_calls_at_once() -> None:
     assert clock.t == 0.0  # it did not wait
     clock.t = 1801
     await limiter.acquire()  # the pause is over
+
+
+@pytest.mark.parametrize("seconds", [3601.0, 86_400.0, 1e12])
+async def test_a_pause_of_a_day_or_more_closes_the_endpoint_until_then(seconds: float) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(max_pause=60, clock=clock)
+    limiter.pause_for(seconds)  # a spent daily quota: Retry-After 86400
+    for _ in range(3):  # every later call, not just the next one
+        with pytest.raises(ProviderError, match=re.escape(f"for {seconds:g} s")) as e:
+            await limiter.acquire()
+        assert (e.value.kind, e.value.status_code, e.value.retryable) == ("rate_limit", 429, False)
+    assert clock.t == 0.0  # failed at once, no waiting
+    clock.t = seconds + 1
+    await limiter.acquire()  # the quota is back
+
+
+def test_a_closed_endpoint_says_how_long_in_words() -> None:
+    limiter = RateLimiter(max_pause=60, clock=FakeClock())
+    limiter.pause_for(86_400)
+    with pytest.raises(ProviderError, match=r"86400 s \(24 h\), more than --max-retry-after 60 s"):
+        limiter._check_blocked()
+
+
+async def test_a_long_pause_within_max_pause_is_waited_out() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(max_pause=100_000, clock=clock)  # --max-retry-after 100000
+    limiter.pause_for(86_400)
+    await limiter.acquire()
+    assert clock.t == pytest.approx(86_400)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -5.0, float("inf"), float("nan")])
+async def test_a_pause_of_no_length_or_no_end_is_ignored(seconds: float) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(max_pause=60, clock=clock)
+    limiter.pause_for(seconds)
+    await limiter.acquire()
+    assert clock.t == 0.0

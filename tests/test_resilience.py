@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from email.utils import formatdate
+from pathlib import Path
 from time import time
 
 import pytest
@@ -173,17 +174,33 @@ def test_connection_reset_is_retried(
     assert "physicist: connection, retrying" in stderr
 
 
-@pytest.mark.parametrize("step", [Malformed(), EmptyChoices()], ids=["malformed", "no-choices"])
+@pytest.mark.parametrize(
+    ("step", "says"),
+    [
+        (Malformed(), "malformed response: not JSON"),
+        (EmptyChoices(), "no choices"),
+        (Malformed("<html>Sign in</html>", content_type="text/html"), "not a JSON chat answer"),
+        (Malformed("[" * 100_000), "JSON nested too deeply"),
+    ],
+    ids=["malformed", "no-choices", "html", "deeply-nested"],
+)
+@pytest.mark.parametrize("mode", ["--stream", "--no-stream"])
 def test_malformed_answers_are_not_retried(
-    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, step: Malformed | EmptyChoices
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    step: Malformed | EmptyChoices,
+    says: str,
+    mode: str,
 ) -> None:
     server.script("m-a", step)
-    code, document, _ = ask_json(invoke, agents_file("a", "b"))
+    code, document, _ = ask_json(invoke, agents_file("a", "b"), mode)
     assert code == 3
     assert server.count("m-a") == 1
     error = agent(document)["error"]
     assert isinstance(error, dict)
     assert error["type"] == "bad_response"
+    assert says in str(error["message"])
     assert agent(document, 1)["status"] == "ok"
 
 
@@ -380,3 +397,82 @@ def test_a_broken_emoji_is_repaired_and_the_table_still_renders(
     table = invoke("ask", "-c", config, "Why?")
     assert table.exit_code == 0
     assert "m-b says: Why?" in table.stdout
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"not strict JSON: {name}")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Reply(usage={"prompt_tokens": 3, "completion_tokens": "lots", "total_tokens": 9}),
+        Reply(usage={"prompt_tokens": 3, "completion_tokens": [1], "total_tokens": 9}),
+        Reply(usage={"prompt_tokens": -3, "completion_tokens": 4, "total_tokens": 1}),
+        Reply(raw_usage='{"prompt_tokens": 3, "completion_tokens": 1e400, "total_tokens": 9}'),
+        Reply(raw_usage='{"prompt_tokens": NaN, "completion_tokens": 1, "total_tokens": 9}'),
+    ],
+    ids=["string", "list", "negative", "1e400", "NaN"],
+)
+@pytest.mark.parametrize("mode", ["--stream", "--no-stream"])
+def test_a_bad_usage_from_one_persona_is_estimated_and_loses_no_answer(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, bad: Reply, mode: str
+) -> None:
+    server.script("m-a", bad)
+    result = invoke("ask", "-c", agents_file("a", "b"), "--json", mode, "Why?")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout, parse_constant=_no_constants)
+    assert document["status"] == "completed"
+    assert document["output"] == {"a": "m-a says: Why?", "b": "m-b says: Why?"}
+    entry = agent(document)
+    assert entry["usage_estimated"] is True
+    usage = entry["usage"]
+    assert isinstance(usage, dict)
+    assert all(isinstance(n, int) and n >= 0 for n in usage.values())
+
+
+def test_a_stream_that_lost_its_end_is_asked_again(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-a", Reply(text="the whole answer here", cut_after=2))
+    code, document, stderr = ask_json(invoke, agents_file("a"), "--stream")
+    assert code == 0
+    assert server.count() == 2
+    entry = agent(document)
+    assert (entry["status"], entry["answer"], entry["attempts"]) == ("ok", "m-a says: Why?", 2)
+    assert "a: incomplete_stream, retrying" in stderr
+
+
+def test_a_stream_that_never_ends_is_an_error_not_half_an_answer(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.default = Reply(text="the whole answer here", cut_after=2)
+    code, document, _ = ask_json(invoke, agents_file("a"), "--stream", "--retries", "1")
+    assert code == 1
+    assert server.count() == 2
+    entry = agent(document)
+    assert entry["status"] == "error"
+    # what arrived is kept for display, marked as cut short, and never taken for an answer
+    assert (entry["answer"], entry["truncated"]) == ("the whole", True)
+    assert document["output"] == {}
+    error = entry["error"]
+    assert isinstance(error, dict)
+    assert (error["type"], error["retryable"]) == ("incomplete_stream", True)
+
+
+def test_a_daily_quota_closes_the_endpoint_for_the_rest_of_a_batch(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    server.default = Fault(429, headers={"retry-after": "86400"})  # a spent daily quota
+    source = tmp_path / "q.txt"
+    source.write_text("".join(f"question {i}\n" for i in range(6)))
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", source, "-c", agents_file("a"), "-o", out, "--concurrency", "1")
+    assert result.exit_code != 0
+    assert server.count() == 1  # not one request per prompt into a closed quota
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 6
+    assert all(line["status"] == "error" for line in lines)
+    closed = [line for line in lines if "paused this endpoint" in line["error"]["message"]]
+    assert len(closed) == 5
+    assert all("86400 s" in line["error"]["message"] for line in closed)

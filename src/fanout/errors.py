@@ -33,8 +33,9 @@ class ConfigError(FanoutError):
 class ProviderError(FanoutError):
     """One call to an endpoint failed.
 
-    ``kind`` is a short machine-readable name (``rate_limit``, ``timeout``, ``server_error``...),
-    ``retry_after`` the wait in seconds the server asked for, if it did.
+    ``kind`` is a short machine-readable name (``rate_limit``, ``timeout``, ``server_error``,
+    ``incomplete_stream``...), ``retry_after`` the wait in seconds the server asked for, if it
+    did; ``partial_text`` what a stream had sent before it failed, for display (never an answer).
     """
 
     def __init__(

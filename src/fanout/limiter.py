@@ -15,7 +15,9 @@ Semantics (exact, and tested on a fake clock):
   ``x-ratelimit-remaining-* = 0`` with ``x-ratelimit-reset-*`` (``1s``, ``6m0s``, ``12ms``).
   Missing or nonsensical headers (``-1``) are ignored. A pause longer than ``max_pause``
   (``--max-retry-after``) is not waited out: until it ends, calls to the endpoint fail at once
-  with a ``rate_limit`` error that says so, rather than hang or hammer it.
+  with a ``rate_limit`` error that says so, rather than hang or hammer it. However long the
+  pause (a spent daily quota asks for 86,400 s): the longer it is, the more surely the
+  endpoint is closed, so no length is too long to count.
 
 Waiters are served in arrival order (an ``anyio.Lock`` is fair), so one wakes at a time.
 """
@@ -162,8 +164,9 @@ class RateLimiter:
         return self._lock.locked() or self._ready_at(now, tokens)[0] > now + _EPSILON
 
     def pause_for(self, seconds: float) -> None:
-        """Hold every request to this endpoint for ``seconds`` (a 429's Retry-After)."""
-        if not 0 < seconds <= MAX_HEADER_PAUSE_S:
+        """Hold every request to this endpoint for ``seconds`` (a 429's Retry-After); beyond
+        ``max_pause``, close it until then (every call fails at once, without a request)."""
+        if not 0 < seconds < math.inf:
             return
         until = self._clock.now() + seconds
         if seconds > self.max_pause:
@@ -177,8 +180,8 @@ class RateLimiter:
     def _check_blocked(self) -> None:
         if self._blocked_until > self._clock.now():
             raise ProviderError(
-                f"the server paused this endpoint for {self._blocked_for:g} s, "
-                f"more than --max-retry-after {self.max_pause:g} s",
+                f"the server paused this endpoint for {self._blocked_for:g} s"
+                f"{_in_words(self._blocked_for)}, more than --max-retry-after {self.max_pause:g} s",
                 kind="rate_limit",
                 status_code=429,
             )
@@ -261,6 +264,14 @@ def parse_duration(value: str | None) -> float | None:
         scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
         seconds = sum(float(n) * scale[u] for n, u in parts)
     return seconds if 0 < seconds <= MAX_HEADER_PAUSE_S else None
+
+
+def _in_words(seconds: float) -> str:
+    """`` (24 h)``: a long wait in units a person reads at a glance; short ones need none."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size or (unit != "d" and seconds >= size):
+            return f" ({seconds / size:.3g} {unit})"
+    return ""
 
 
 def _parse_int(value: str | None) -> int | None:

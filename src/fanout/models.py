@@ -124,7 +124,12 @@ class AgentError:
 
 @dataclass(frozen=True)
 class Completion:
-    """A successful answer, with the response headers the rate limiter learns from."""
+    """A successful answer, with the response headers the rate limiter learns from.
+
+    ``usage`` is ``None`` when the server reported none, or nothing a count can be.
+    ``finish_reason`` is the server's word on why the answer ended (``stop``, ``length`` for an
+    answer cut by ``max_tokens``, ``content_filter``...); ``None`` when it gave none.
+    """
 
     text: str
     usage: Usage | None = None

@@ -7,19 +7,24 @@ policy is the only one; every failure leaves here as a ``ProviderError``.
 from __future__ import annotations
 
 import email.utils
+import json
+import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import httpx2  # openai's own HTTP client, for the request hook
+import anyio
+import httpx2  # openai's HTTP client: its request hook, and errors raised while reading a stream
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+import pydantic
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat.completion_create_params import ResponseFormat
 
 from fanout.errors import ProviderError
 from fanout.models import Agent, Completion, Endpoint, Message, Usage
@@ -35,12 +40,19 @@ _KEYLESS = "no-key"  # loopback servers ignore the key, but the client insists o
 
 
 class OpenAIProvider:
-    """Chat completions through the official ``openai`` async client."""
+    """Chat completions through the official ``openai`` async client.
+
+    Whatever the server sends is untrusted: answers are read from the raw JSON (not openai's
+    models, which either pass bad values through or reject a whole healthy answer for one bad
+    field), token counts are finite non-negative integers or unknown, and a stream counts only
+    when it reached its end.
+    """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
         self._clients: dict[Endpoint, openai.AsyncOpenAI] = {}
         self._cannot_stream: set[Endpoint] = set()
+        self._cannot_structure: set[Endpoint] = set()  # refused ``response_format`` once
 
     async def complete(
         self,
@@ -52,27 +64,43 @@ class OpenAIProvider:
         on_sent: Callable[[], None] | None = None,
         response_format: Mapping[str, Any] | None = None,
     ) -> Completion:
+        """One attempt. ``response_format`` asks for structured output where the endpoint can
+        give it; an endpoint that refuses it is asked again without (and from then on)."""
         announce = _ON_SENT.set(on_sent)
         try:
             with self._translated(timeout_s):
-                if on_delta is not None and agent.endpoint not in self._cannot_stream:
+                while True:  # at most three requests: each refusal drops one option for good
+                    stream = on_delta is not None and agent.endpoint not in self._cannot_stream
+                    structured = agent.endpoint not in self._cannot_structure
+                    shape = response_format if structured else None
                     try:
-                        return await self._streamed(agent, messages, timeout_s, on_delta)
+                        if stream and on_delta is not None:
+                            return await self._streamed(agent, messages, timeout_s, on_delta, shape)
+                        completion = await self._whole(agent, messages, timeout_s, shape)
                     except openai.APIStatusError as exc:
-                        if exc.status_code not in (400, 422) or "stream" not in str(exc).lower():
+                        if shape is not None and _refuses(exc, "response_format"):
+                            # The server can't do structured output: a plain answer beats none.
+                            self._cannot_structure.add(agent.endpoint)
+                        elif stream and _refuses(exc, "stream"):
+                            # A server that rejects streaming (or stream_options) gets whole
+                            # answers.
+                            self._cannot_stream.add(agent.endpoint)
+                        else:
                             raise
-                        # A server that rejects streaming (or stream_options) gets whole answers.
-                        self._cannot_stream.add(agent.endpoint)
-                completion, headers = await self._whole(agent, messages, timeout_s)
-                if on_delta is not None and completion.text:
-                    on_delta(completion.text)
-                return Completion(completion.text, completion.usage, headers)
+                        continue
+                    if on_delta is not None and completion.text:
+                        on_delta(completion.text)
+                    return completion
         finally:
             _ON_SENT.reset(announce)
 
     async def _whole(
-        self, agent: Agent, messages: Sequence[Message], timeout_s: float
-    ) -> tuple[Completion, dict[str, str]]:
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        timeout_s: float,
+        response_format: Mapping[str, Any] | None,
+    ) -> Completion:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
             model=agent.model,
@@ -82,8 +110,11 @@ class OpenAIProvider:
             top_p=_given(agent.top_p),
             max_tokens=_given(agent.max_tokens),
             stop=_given(list(agent.stop) if agent.stop else None),
+            response_format=_given(_shape(response_format)),
         )
-        return _completion_of(raw.parse()), _rate_headers(raw.headers)
+        body = await raw.http_response.aread()  # read already; this only hands it over
+        whole = _completion_of_body(body, raw.headers.get("content-type", ""))
+        return replace(whole, headers=_rate_headers(raw.headers))
 
     async def _streamed(
         self,
@@ -91,6 +122,7 @@ class OpenAIProvider:
         messages: Sequence[Message],
         timeout_s: float,
         on_delta: Callable[[str], None],
+        response_format: Mapping[str, Any] | None,
     ) -> Completion:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
@@ -103,30 +135,71 @@ class OpenAIProvider:
             top_p=_given(agent.top_p),
             max_tokens=_given(agent.max_tokens),
             stop=_given(list(agent.stop) if agent.stop else None),
+            response_format=_given(_shape(response_format)),
         )
         headers = _rate_headers(raw.headers)
-        if "text/event-stream" not in raw.headers.get("content-type", ""):
-            # The server ignored stream=True and sent the whole answer as one JSON body.
-            body = await raw.http_response.aread()
-            whole = _completion_of(ChatCompletion.model_validate_json(body))
-            if whole.text:
-                on_delta(whole.text)
-            return Completion(whole.text, whole.usage, headers)
-        parts: list[str] = []
-        usage = None
-        chose = False
-        async for chunk in raw.parse():
-            if chunk.usage is not None:
-                usage = _usage_of(chunk.usage)
-            if chunk.choices:
-                chose = True
-                piece = _text(chunk.choices[0].delta.content)
+        response = raw.http_response
+        try:
+            content_type = raw.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                # The server ignored stream=True and sent the whole answer as one body.
+                whole = _completion_of_body(await response.aread(), content_type)
+                if whole.text:
+                    on_delta(whole.text)
+                return replace(whole, headers=headers)
+            streamed = await self._read_stream(response, timeout_s, on_delta)
+            return replace(streamed, headers=headers)
+        finally:
+            # Shielded: a cancelled attempt still hands its connection back.
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+    async def _read_stream(
+        self, response: httpx2.Response, timeout_s: float, on_delta: Callable[[str], None]
+    ) -> Completion:
+        """The answer of a server-sent event stream, which must reach its end (a
+        ``finish_reason`` or ``[DONE]``); what arrived before a failure goes with the error."""
+        answer = _StreamedAnswer()
+        events = _EventReader()
+        lines = response.aiter_lines()
+        ended = False
+        try:
+            async for line in lines:
+                data = events.feed(line)
+                if data is None:
+                    continue
+                if data.startswith("[DONE]"):
+                    ended = True
+                    break
+                piece = answer.add(_json_of(data))
                 if piece:
-                    parts.append(piece)
                     on_delta(piece)
-        if not chose:
-            raise ProviderError("the server returned no choices", kind="bad_response", usage=usage)
-        return Completion("".join(parts), usage, headers)
+            else:
+                last = events.flush()  # an event the body ended without its blank line
+                if last is not None and last.startswith("[DONE]"):
+                    ended = True
+                elif last is not None and (piece := answer.add(_json_of(last))):
+                    on_delta(piece)
+            if not ended and answer.finish_reason is None:
+                raise ProviderError(
+                    "the stream ended before the answer did (no finish_reason, no [DONE])",
+                    kind="incomplete_stream",
+                    retryable=True,  # like a connection reset: the next attempt may get it all
+                    usage=answer.usage,
+                )
+        except Exception as exc:
+            error = exc if isinstance(exc, ProviderError) else self._translate(exc, timeout_s)
+            if error is None:
+                raise
+            error.partial_text = answer.text
+            raise error from None
+        if ended:
+            await _drain(lines)
+        if not answer.chose:
+            raise ProviderError(
+                "the server returned no choices", kind="bad_response", usage=answer.usage
+            )
+        return Completion(answer.text, answer.usage, finish_reason=answer.finish_reason)
 
     # -- the Batch API (``fanout batch --via openai-batch``) --------------------------------
 
@@ -185,35 +258,47 @@ class OpenAIProvider:
             inner = body.get("error", body) if isinstance(body, dict) else {}
             detail = inner.get("message") if isinstance(inner, dict) else None
             kind, retryable = _classify(status_code, inner.get("code") if inner else None)
-            message = f"HTTP {status_code}: {detail or 'failed in the batch'}"
+            message = f"HTTP {status_code}: {_scrub(str(detail or 'failed in the batch'))}"
             raise ProviderError(message, kind=kind, status_code=status_code, retryable=retryable)
-        try:
-            return _completion_of(ChatCompletion.model_validate(body))
-        except ValueError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ProviderError(f"malformed response: {first[:200]}", kind="bad_response") from None
+        return _completion_of(body)
 
     @contextmanager
     def _translated(self, timeout_s: float) -> Iterator[None]:
         """openai's errors, as the ``ProviderError`` the rest of fanout knows."""
         try:
             yield
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc) from None
-        except openai.APITimeoutError:
-            raise ProviderError.timeout(timeout_s) from None
-        except (openai.APIConnectionError, httpx2.TransportError) as exc:
+        except ProviderError as exc:
+            # Every error text leaving here is redacted, whoever wrote it (a server's message
+            # may echo the key it was sent).
+            exc.message = self._redact(exc.message)
+            exc.args = (exc.message,)
+            raise
+        except Exception as exc:
+            error = self._translate(exc, timeout_s)
+            if error is None:
+                raise
+            raise error from None
+
+    def _translate(self, exc: Exception, timeout_s: float) -> ProviderError | None:
+        """``exc`` as a ``ProviderError``; ``None`` for what is not the server's doing."""
+        if isinstance(exc, openai.APIStatusError):
+            return self._status_error(exc)
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            return ProviderError.timeout(timeout_s)
+        if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
             cause = exc.__cause__ or exc.__context__ or exc
             detail = f": {self._redact(str(cause))}" if str(cause) else ""
-            raise ProviderError(
-                f"connection failed{detail}", kind="connection", retryable=True
-            ) from None
-        except (openai.APIError, httpx2.HTTPError, ValueError, TypeError, AttributeError) as exc:
+            return ProviderError(f"connection failed{detail}", kind="connection", retryable=True)
+        if isinstance(exc, RecursionError):
+            return _malformed("JSON nested too deeply")
+        if isinstance(exc, pydantic.ValidationError):
+            return _malformed(self._redact(_plain_validation(exc)))
+        broken = openai.APIError | httpx2.HTTPError | httpx2.StreamError | ValueError | TypeError
+        if isinstance(exc, broken | AttributeError):
             # Whatever shape a broken server sends, one line says so.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ProviderError(
-                f"malformed response: {self._redact(first)[:200]}", kind="bad_response"
-            ) from None
+            return _malformed(self._redact(first)[:200])
+        return None
 
     def prepare(self, endpoints: Iterable[Endpoint]) -> None:
         """Build the clients up front, so the first requests of a run are not held back by
@@ -329,20 +414,224 @@ def _rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-rate")}
 
 
-def _usage_of(usage: Any) -> Usage:
-    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0)
+# The largest count a JSON number holds exactly (and a float converts without overflow).
+_MAX_COUNT = 2**53 - 1
+_DRAIN_S = 0.1  # after [DONE]: read the body's end, so HTTP/1.1 can reuse the connection
 
 
-def _completion_of(completion: ChatCompletion) -> Completion:
-    usage = _usage_of(completion.usage) if completion.usage is not None else None
-    if not completion.choices:
+def _refuses(exc: openai.APIStatusError, option: str) -> bool:
+    """Whether a 400/422 says the server does not take ``option`` (``stream``,
+    ``response_format``). A schema the server finds invalid is our error, not its limit."""
+    if exc.status_code not in (400, 422):
+        return False
+    body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+    if isinstance(body, dict) and body.get("code") == "invalid_json_schema":
+        return False
+    return option in str(exc).lower()
+
+
+def _shape(response_format: Mapping[str, Any] | None) -> ResponseFormat | None:
+    # fanout passes the caller's dict as it is; the server is the judge of its shape.
+    return cast("ResponseFormat | None", response_format)
+
+
+def _malformed(detail: str) -> ProviderError:
+    return ProviderError(f"malformed response: {detail}", kind="bad_response")
+
+
+def _scrub(text: str) -> str:
+    """Key-shaped strings hidden, where the provider's own keys are not at hand."""
+    return _KEY_PATTERN.sub("***", text)
+
+
+def _kind_of(value: object) -> str:
+    """What a JSON value is, in words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _plain_validation(exc: pydantic.ValidationError) -> str:
+    """pydantic's report, as "where: what" (``choices[0].message.content: ...``)."""
+    first = exc.errors()[0]
+    where = ""
+    for part in first.get("loc", ()):
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    return f"{where or 'the answer'}: {first.get('msg', 'invalid')}"
+
+
+def _json_of(text: str | bytes) -> object:
+    """Parsed JSON; a ``bad_response`` for what is not JSON or nests beyond Python's stack."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise _malformed("JSON nested too deeply") from None
+    except ValueError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _malformed(f"not JSON ({first[:100]})") from None
+
+
+def _completion_of_body(body: bytes, content_type: str) -> Completion:
+    """A whole answer from its raw body."""
+    media = content_type.split(";")[0].strip().lower()
+    if "json" not in media:
+        # Some servers label JSON as text; only a body that is not JSON is refused for it.
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            shown = _scrub(media)[:60] or "no content type"
+            raise ProviderError(
+                f"not a JSON chat answer (got {shown})", kind="bad_response"
+            ) from None
+    else:
+        data = _json_of(body)
+    return _completion_of(data)
+
+
+def _completion_of(data: object) -> Completion:
+    """A whole chat.completion, checked field by field (``choices[0].message.content``)."""
+    if not isinstance(data, dict):
+        raise ProviderError(f"not a JSON chat answer (got {_kind_of(data)})", kind="bad_response")
+    usage = _usage_of(data.get("usage"))
+    choices = data.get("choices")
+    error = data.get("error")
+    if choices is None and isinstance(error, dict):
+        detail = _scrub(" ".join(str(error.get("message") or "no message").split()))[:300]
+        raise ProviderError(f"the server answered with an error: {detail}", kind="bad_response")
+    if not isinstance(choices, list):
+        raise _malformed(f"choices: expected a list (got {_kind_of(choices)})")
+    if not choices:
         raise ProviderError("the server returned no choices", kind="bad_response", usage=usage)
-    message = completion.choices[0].message
-    text = _text(message.content) or _text(getattr(message, "refusal", None))
-    return Completion(text=text, usage=usage)
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise _malformed(f"choices[0].message: expected an object (got {_kind_of(message)})")
+    # content null and no refusal: an empty answer (a model may say nothing), not an error.
+    text = _text(message.get("content"), "choices[0].message.content") or _text(
+        message.get("refusal"), "choices[0].message.refusal"
+    )
+    return Completion(text=text, usage=usage, finish_reason=_reason(choice))
 
 
-def _text(content: object) -> str:
+class _StreamedAnswer:
+    """The pieces of a streamed answer as they arrive, checked like a whole one."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.chose = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def add(self, chunk: object) -> str:
+        """Take one chunk; the text it adds."""
+        if not isinstance(chunk, dict):
+            raise _malformed(f"a stream chunk is {_kind_of(chunk)}, not an object")
+        error = chunk.get("error")
+        if error:
+            detail = error.get("message") if isinstance(error, dict) else error
+            detail = " ".join(_scrub(str(detail or "no message")).split())[:300]
+            raise ProviderError(f"the server failed mid-stream: {detail}", kind="bad_response")
+        if chunk.get("usage") is not None:
+            self.usage = _usage_of(chunk["usage"])
+        choices = chunk.get("choices")
+        if choices is None or choices == []:  # the usage chunk has no choices
+            return ""
+        if not isinstance(choices, list) or not isinstance(choices[0], dict):
+            raise _malformed("choices: expected a list of objects")
+        self.chose = True
+        choice = choices[0]
+        self.finish_reason = _reason(choice) or self.finish_reason
+        delta = choice.get("delta")
+        if delta is None:
+            return ""
+        if not isinstance(delta, dict):
+            raise _malformed(f"choices[0].delta: expected an object (got {_kind_of(delta)})")
+        piece = _text(delta.get("content"), "choices[0].delta.content") or _text(
+            delta.get("refusal"), "choices[0].delta.refusal"
+        )
+        if piece:
+            self.parts.append(piece)
+        return piece
+
+
+class _EventReader:
+    """Server-sent events, line by line: each event's data once its blank line arrives."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        if not line:
+            return self.flush()
+        name, _, value = line.partition(":")
+        if name == "data":  # comments (":...") and other fields (event:, id:) carry no text
+            self._data.append(value.removeprefix(" "))
+        return None
+
+    def flush(self) -> str | None:
+        if not self._data:
+            return None
+        data, self._data = "\n".join(self._data), []
+        return data
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]`` (the body's end), briefly: a server that keeps talking
+    only costs its connection, never a wait."""
+    with anyio.move_on_after(_DRAIN_S), suppress(httpx2.HTTPError, httpx2.StreamError):
+        async for _ in lines:
+            pass
+
+
+def _reason(choice: Mapping[str, Any]) -> str | None:
+    reason = choice.get("finish_reason")
+    return reason if isinstance(reason, str) and reason else None
+
+
+def _count(value: object) -> int | None:
+    """A token count: a finite non-negative integer (``12.0`` too), else unknown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= _MAX_COUNT:
+        return value
+    return None
+
+
+def _usage_of(raw: object) -> Usage | None:
+    """Usage as the server reported it, or ``None`` (unknown: the runner estimates it) when
+    any count is not a count: a string, a list, a negative, ``1e400`` (inf), NaN, a bool."""
+    if not isinstance(raw, dict):
+        return None
+    fields = ("prompt_tokens", "completion_tokens", "total_tokens")
+    counts: list[int | None] = []
+    for name in fields:
+        value = raw.get(name)
+        count = _count(value)
+        if value is not None and count is None:
+            return None
+        counts.append(count)
+    prompt, completion, total = counts
+    if prompt is None and completion is None and total is None:
+        return None
+    prompt, completion = prompt or 0, completion or 0
+    if total is None:
+        total = prompt + completion
+    return Usage(prompt, completion, total)
+
+
+def _text(content: object, where: str) -> str:
     """A message's text as a valid string: text parts joined, broken surrogates (an emoji cut
     in half at max_tokens) replaced; anything else is a malformed answer."""
     if content is None:
@@ -352,10 +641,7 @@ def _text(content: object) -> str:
         if all(isinstance(p, str) for p in parts) and parts:
             content = "".join(p for p in parts if isinstance(p, str))
     if not isinstance(content, str):
-        raise ProviderError(
-            f"malformed response: the answer is {type(content).__name__}, not text",
-            kind="bad_response",
-        )
+        raise _malformed(f"{where}: expected text (got {_kind_of(content)})")
     return content.encode("utf-8", "replace").decode("utf-8")
 
 
