@@ -46,7 +46,7 @@ def fanout_in_process(base_url: str, requests: int, concurrency: int) -> float:
 
     from fanout.batch import BatchPrompt, BatchTally, ResultWriter, run_batch
     from fanout.engine import Engine, RunSettings
-    from fanout.events import Broadcast
+    from fanout.event import Broadcast
     from fanout.models import Agent, Endpoint
     from fanout.provider import OpenAIProvider
 

@@ -14,7 +14,7 @@ from fanout.config import Panel
 from fanout.cost import Price, estimate_tokens
 from fanout.engine import DEFAULT_CONCURRENCY, Execution, RunSettings
 from fanout.errors import ProviderError
-from fanout.events import CallDelta, CallFinished, CallRetrying, CallStarted, Event, Observer
+from fanout.event import CallDelta, CallFinished, CallRetrying, CallStarted, Event, Observer
 from fanout.models import Agent, Completion, Message, Usage
 from fanout.retry import RetryPolicy
 

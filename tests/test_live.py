@@ -12,7 +12,7 @@ import pexpect
 import pytest
 from rich.console import Console
 
-from fanout.events import (
+from fanout.event import (
     CallDelta,
     CallFinished,
     CallRetrying,

@@ -27,14 +27,19 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
 
 from fanout.config import Panel, apply_model, bound_answer, check_credentials
 from fanout.config import load_panel as _load_panel
 from fanout.cost import Pricing
-from fanout.engine import Engine, Execution, Provider, RunContext, RunSettings
-from fanout.errors import FanoutError
-from fanout.events import Broadcast, Event, Observer
+from fanout.engine import (
+    Engine,
+    Execution,
+    Provider,
+    RunContext,
+    RunSettings,
+    unwrap_fanout_error,
+)
+from fanout.event import Broadcast, Event, Observer
 from fanout.models import Agent, CallResult, RunReport
 from fanout.shapes import build_plan, roles_of
 
@@ -135,24 +140,20 @@ def prepare(
 
 
 async def arun(
-    request: RunRequest, observers: Iterable[Observer] = (), *, provider: Provider | None = None
+    request: RunRequest | Plan,
+    observers: Iterable[Observer] = (),
+    *,
+    provider: Provider | None = None,
 ) -> RunReport:
     """Run ``request`` and return its report; ``observers`` hear every event as it happens."""
-    used = provider or _openai()
+    execution = prepare(request, observers, provider=provider or _openai())
     try:
-        execution = prepare(request, observers, provider=used)
         await execution.execute()
     finally:
         if provider is None:  # ours to close
             with anyio.CancelScope(shield=True):
-                await used.aclose()
+                await execution.engine.provider.aclose()
     return execution.conclude()
-
-
-def _openai() -> Provider:
-    from fanout.provider import OpenAIProvider  # the openai client loads only when needed
-
-    return OpenAIProvider()
 
 
 def run(
@@ -167,9 +168,10 @@ async def events(
     request: RunRequest, *, provider: Provider | None = None
 ) -> AsyncIterator[AsyncIterator[Event]]:
     """The run's events as an async iterator, ending with ``RunFinished``. Leaving the block
-    early stops the run. Errors that stop the run from starting (a bad request) are raised."""
+    early stops the run. A request that cannot run raises its ``ConfigError`` here."""
+    plan = resolve(request)
+    check_credentials(plan.callers, os.environ)
     send, receive = anyio.create_memory_object_stream[Event](math.inf)
-    failure: list[FanoutError] = []
 
     class _Forward:
         wants_deltas = True
@@ -179,20 +181,23 @@ async def events(
 
     async def go() -> None:
         async with send:
-            try:
-                await arun(request, [_Forward()], provider=provider)
-            except FanoutError as exc:
-                failure.append(exc)
+            await arun(plan, [_Forward()], provider=provider)
 
-    async with anyio.create_task_group() as tg, receive:
-        tg.start_soon(go)
-        # Let a request that cannot run fail before the caller starts reading.
-        await anyio.lowlevel.checkpoint()
-        if failure:
-            raise failure[0]
-        try:
-            yield receive
-        finally:
-            tg.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
+    try:
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(go)
+            try:
+                yield receive
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = unwrap_fanout_error(group)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _openai() -> Provider:
+    from fanout.provider import OpenAIProvider  # the openai client loads only when needed
+
+    return OpenAIProvider()

@@ -22,7 +22,7 @@ import anyio.abc
 from fanout.cost import Pricing
 from fanout.engine import Engine, Execution, RunContext
 from fanout.errors import ConfigError, FanoutError, ProviderError
-from fanout.events import (
+from fanout.event import (
     CallFinished,
     CallRetrying,
     CallSending,

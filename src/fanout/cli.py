@@ -7,6 +7,7 @@ error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from fanout import __version__
-from fanout.errors import ConfigError, FanoutError
+from fanout.errors import ConfigError, FanoutError, StdoutClosed
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from fanout.engine import RunSettings
@@ -75,8 +76,18 @@ MaxCostOption = Annotated[
     ),
 ]
 ConcurrencyOption = Annotated[
-    int, typer.Option("--concurrency", min=1, help="Most calls in flight at once.")
+    int | None,
+    typer.Option(
+        "--concurrency",
+        min=1,
+        help="Most calls in flight at once (ask: 64, each endpoint also bounded by its own "
+        "concurrency:/rpm:/tpm:; batch: 8).",
+        show_default=False,
+    ),
 ]
+EXIT_PIPE = 141  # stdout closed by its reader: what a death by SIGPIPE would give
+DEFAULT_ASK_CONCURRENCY = 64  # every call of a stage at once, within each endpoint's limits
+DEFAULT_BATCH_CONCURRENCY = 8  # a batch keeps a bounded window of prompts in progress
 RetriesOption = Annotated[
     int, typer.Option("--retries", min=0, help="Retries per persona after a failed attempt.")
 ]
@@ -163,7 +174,7 @@ def ask(
         Path | None,
         typer.Option("--local-model", help="With --local, serve this GGUF model file instead."),
     ] = None,
-    concurrency: ConcurrencyOption = 8,
+    concurrency: ConcurrencyOption = None,
     retries: RetriesOption = 3,
     timeout: TimeoutOption = 120.0,
     max_retry_after: MaxRetryAfterOption = 60.0,
@@ -184,27 +195,38 @@ def ask(
 
       fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'
     """
-    from fanout import session
+    with _errors_to_exit(), _terminate_as_interrupt():
+        text, out = "", None
+        try:
+            from fanout import session
 
-    with _errors_to_exit():
-        text = _read_prompt(prompt)
-        names = _names(agents, model)
-        out = _output(json_output, jsonl, jsonl_deltas, output)
-        settings = _settings(concurrency, timeout, retries, max_retry_after, rpm, tpm, max_cost)
-        settings = replace(settings, stream=stream)
-        code = session.ask(
-            text,
-            names=names,
-            config=config,
-            model=model,
-            synthesize=synthesize,
-            settings=settings,
-            output=out,
-            dry_run=dry_run,
-            log=not no_log,
-            local=local or local_model is not None,
-            local_model=local_model,
-        )
+            out = _output(json_output, jsonl, jsonl_deltas, output)
+            text = _read_prompt(prompt)
+            names = _names(agents, model)
+            settings = _settings(
+                concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
+                rpm, tpm, max_cost,
+            )  # fmt: skip
+            settings = replace(settings, stream=stream)
+            code = session.ask(
+                text,
+                names=names,
+                config=config,
+                model=model,
+                synthesize=synthesize,
+                settings=settings,
+                output=out,
+                dry_run=dry_run,
+                log=not no_log,
+                local=local or local_model is not None,
+                local_model=local_model,
+            )
+        except KeyboardInterrupt:
+            # A signal before the run could catch it (loading, reading the prompt...): still
+            # the exit code and the document of a cancelled run.
+            from fanout import session
+
+            code = session.cancelled_before_start(text, out or session.Output())
     raise typer.Exit(code)
 
 
@@ -245,7 +267,7 @@ def batch(
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
     max_cost: MaxCostOption = None,
-    concurrency: ConcurrencyOption = 8,
+    concurrency: ConcurrencyOption = None,
     retries: RetriesOption = 3,
     timeout: TimeoutOption = 120.0,
     max_retry_after: MaxRetryAfterOption = 60.0,
@@ -284,7 +306,10 @@ def batch(
             raise ConfigError(f"--via: {via!r} is not direct or openai-batch")
         if output is not None and (output.is_dir() or not output.parent.is_dir()):
             raise ConfigError(f"--output: {str(output)!r} is not a file we can write")
-        settings = _settings(concurrency, timeout, retries, max_retry_after, rpm, tpm, max_cost)
+        settings = _settings(
+            concurrency or DEFAULT_BATCH_CONCURRENCY, timeout, retries, max_retry_after,
+            rpm, tpm, max_cost,
+        )  # fmt: skip
         settings = replace(settings, stream=False)  # nobody watches a batch: whole answers
         code = session.batch(
             file,
@@ -446,7 +471,8 @@ def _read_prompt(prompt: str | None) -> str:
 
 @contextmanager
 def _errors_to_exit() -> Iterator[None]:
-    """Turn a ``FanoutError`` into its one-line message on stderr and its exit code."""
+    """Turn a ``FanoutError`` into its one-line message on stderr and its exit code; a reader
+    that closed our stdout (``| head``) ends the command quietly, as SIGPIPE would."""
     try:
         yield
     except FanoutError as exc:
@@ -454,6 +480,23 @@ def _errors_to_exit() -> Iterator[None]:
 
         print_error(make_console(stderr=True), str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except StdoutClosed:
+        raise typer.Exit(EXIT_PIPE) from None
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C from the moment a command starts: the run's own handlers take
+    over while it runs, and a signal before that still ends in a cancelled run's exit."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import anyio
 
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, Budget, Pricing, estimate_tokens, most_tokens
 from fanout.errors import BudgetExceeded, FanoutError, ProviderError
-from fanout.events import (
+from fanout.event import (
     Broadcast,
     CallDelta,
     CallFinished,

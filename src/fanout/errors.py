@@ -78,3 +78,8 @@ class BudgetExceeded(FanoutError):
 class StorageError(FanoutError):
     """The run history could not be opened, read or written (a disk, permission or corruption
     problem, not a mistake in the command)."""
+
+
+class StdoutClosed(Exception):
+    """Whoever read our stdout has gone (``| head -1``): the command ends quietly. Not a
+    ``FanoutError``: nothing went wrong that anyone is left to be told about."""

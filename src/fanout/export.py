@@ -16,7 +16,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from fanout.events import (
+from fanout.event import (
     CallDelta,
     CallFinished,
     CallRetrying,

@@ -55,7 +55,7 @@ from typing import Any, cast
 import platformdirs
 
 from fanout.errors import ConfigError, FanoutError, StorageError
-from fanout.events import CallFinished, Event, RunFinished, RunStarted, StageStarted
+from fanout.event import CallFinished, Event, RunFinished, RunStarted, StageStarted
 from fanout.export import call_document, derive_totals, report_document, upgrade_document
 from fanout.models import CallResult, RunReport
 

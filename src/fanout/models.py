@@ -279,3 +279,9 @@ class RunReport:
     @property
     def output(self) -> dict[str, str]:
         return {r.name: r.answer for r in self.agents if r.status == "ok" and r.answer is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result document: exactly what ``fanout ask --json`` prints."""
+        from fanout.export import report_document  # export builds on these models
+
+        return report_document(self)

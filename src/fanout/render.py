@@ -28,7 +28,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from fanout.events import (
+from fanout.event import (
     CallDelta,
     CallFinished,
     CallRetrying,

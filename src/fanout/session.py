@@ -41,8 +41,8 @@ from fanout.config import (
 )
 from fanout.cost import Price, Pricing, plan_calls
 from fanout.engine import Engine, Execution, RunSettings, unwrap_fanout_error
-from fanout.errors import ConfigError, FanoutError
-from fanout.events import Broadcast, Event, Observer
+from fanout.errors import ConfigError, FanoutError, StdoutClosed
+from fanout.event import Broadcast, Event, Observer
 from fanout.export import (
     JsonlWriter,
     agent_from_settings,
@@ -89,10 +89,6 @@ class Output:
     mode: Mode = "table"
     deltas: bool = False  # --jsonl-deltas
     file: Path | None = None  # -o
-
-
-class StdoutClosed(Exception):
-    """Whoever read our stdout has gone (``| head -1``): the command ends quietly."""
 
 
 def ask(

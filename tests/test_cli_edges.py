@@ -1,0 +1,169 @@
+"""The command line's edges on a real process: a reader that goes away, a signal before the run
+starts, chatter that holds markup, an interrupted retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
+
+
+def fanout_process(
+    *args: str | Path, stdin: int | None = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fanout", *map(str, args)],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_jsonl_into_a_reader_that_leaves_ends_quietly(
+    server: FakeOpenAI, agents_file: AgentsFile
+) -> None:
+    hold = threading.Event()
+    server.default = Reply(text="an answer in several pieces", hold=hold)
+    proc = fanout_process("ask", "-c", agents_file("a", "b"), "--jsonl", "Why?")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()  # `| head -1`
+        proc.stdout.close()
+        hold.set()  # the next lines meet a closed pipe
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=30)
+    finally:
+        hold.set()
+        proc.kill()
+    assert json.loads(first)["type"] == "run_started"
+    assert stderr == ""  # no traceback, no message
+    assert proc.returncode == 141
+
+
+def test_json_into_a_reader_that_leaves_ends_quietly(
+    server: FakeOpenAI, agents_file: AgentsFile
+) -> None:
+    hold = threading.Event()
+    server.default = Reply(text="an answer", hold=hold)
+    proc = fanout_process("ask", "-c", agents_file("a"), "--json", "--stream", "Why?")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # `| head -c 0`: the reader is gone before the document comes
+        server.wait_for_requests(1)
+        hold.set()
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=30)
+    finally:
+        hold.set()
+        proc.kill()
+    assert stderr == ""
+    assert proc.returncode == 141
+
+
+def _blocked_reading_stdin(pid: int) -> bool:
+    """Whether the process sits in read(0, ...) (Linux's /proc/PID/syscall)."""
+    number = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return number is not None and fields[:2] == [number, "0x0"]
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"),
+    reason="finds the moment the prompt is being read through /proc/PID/syscall",
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_before_the_run_starts_ends_with_130_and_a_cancelled_document(
+    server: FakeOpenAI, agents_file: AgentsFile, signum: signal.Signals
+) -> None:
+    # The prompt comes from stdin, which stays open: the command is started but not the run.
+    proc = fanout_process("ask", "-c", agents_file("a"), "--json", stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not _blocked_reading_stdin(proc.pid):  # a state, not a duration
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert b"Traceback" not in stderr
+    document = json.loads(stdout)
+    assert (document["status"], document["agents"], document["output"]) == ("cancelled", [], {})
+    assert server.count() == 0
+
+
+def test_chatter_holding_markup_is_shown_as_written_and_a_shared_home_is_flagged(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    home = tmp_path / "odd[red]home"
+    home.mkdir()
+    os.chmod(home, 0o777)
+    monkeypatch.setenv("FANOUT_HOME", str(home))
+    result = invoke("ask", "-c", agents_file("a"), "--json", "Why?")
+    assert result.exit_code == 0, result.output
+    assert "can be written by other users" in result.stderr
+    assert "odd[red]home" in result.stderr
+    assert json.loads(result.stdout)["output"] == {"a": "m-a says: Why?"}
+
+
+def test_an_interrupted_retry_leaves_the_stored_run_as_it_was(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-b", Fault(400))
+    config = agents_file("a", "b")
+    first = invoke("ask", "-c", config, "--json", "Why?")
+    document = json.loads(first.stdout)
+    assert document["status"] == "partial"
+    before = json.loads(invoke("runs", "show", document["run_id"], "--json").stdout)
+    server.reset()
+    server.script("m-b", Hang())
+    proc = fanout_process("runs", "retry", document["run_id"], "--json")
+    try:
+        server.wait_for_requests(1)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    after = json.loads(invoke("runs", "show", document["run_id"], "--json").stdout)
+    assert after["status"] == "partial"
+    assert after["agents"] == before["agents"]  # b's recorded error is still there
+    assert after["agents"][1]["error"] is not None
+
+
+def test_a_persona_named_synthesizer_is_never_taken_for_the_synthesis(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "q.txt"
+    prompts.write_text("What is heat?\nWhat is light?\n")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("synthesizer", "chemist", synthesizer={"model": "m-merge"})
+    server.script("m-merge", Hang(), Hang())
+    proc = fanout_process("batch", prompts, "-c", config, "-s", "-o", out, "--timeout", "0.5",
+                          "--retries", "0")  # fmt: skip
+    proc.communicate(timeout=60)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    merged = [line for line in lines if line["synthesis"]]
+    assert {line["status"] for line in merged} == {"error"}  # both syntheses timed out
+    server.reset()
+    again = invoke("batch", prompts, "-c", config, "-s", "-o", out)
+    assert again.exit_code == 0, again.output
+    # the persona named "synthesizer" answered; the syntheses are asked again all the same
+    assert server.count("m-merge") == 2
+    assert server.count("m-synthesizer") == 0
