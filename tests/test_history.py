@@ -16,7 +16,8 @@ import pytest
 
 from fanout.errors import ConfigError, StorageError
 from fanout.history import HISTORY_ENV, SCHEMA_VERSION, History, RunSummary, history_path
-from tests.conftest import SENTINEL_KEY
+from tests.conftest import SENTINEL_KEY, AgentsFile
+from tests.fakeserver import FakeOpenAI
 
 PERSONAS = [
     {"name": "physicist", "model": "m-physicist", "api_key_env": "FANOUT_TEST_KEY"},
@@ -378,3 +379,36 @@ def test_history_path_honours_fanout_home(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv(HISTORY_ENV, str(tmp_path / "home"))
     assert history_path(os.environ) == tmp_path / "home" / "history.db"
     assert history_path({HISTORY_ENV: "/srv/fanout"}) == Path("/srv/fanout/history.db")
+
+
+def test_a_locked_history_never_holds_up_the_run(
+    tmp_path: Path, server: FakeOpenAI, agents_file: AgentsFile
+) -> None:
+    import anyio
+
+    import fanout
+    from fanout.history import HistoryRecorder
+
+    path = tmp_path / "history.db"
+    history = History(path)
+    recorder = HistoryRecorder(history, agents=[], settings={})
+    execution = fanout.prepare(
+        fanout.RunRequest("Why?", fanout.load_panel(agents_file("a", "b"))), [recorder]
+    )
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        recorder.start(execution.report())
+        anyio.run(execution.execute)
+        report = execution.conclude()
+        # the run is over, every answer in, while the history still cannot be written
+        assert [r.status for r in report.agents] == ["ok", "ok"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    recorder.close()  # the queued writes go through once the lock is free
+    assert recorder.error is None
+    stored = history.load(report.run_id).document
+    history.close()
+    assert stored["status"] == "completed"
+    assert stored["output"] == {"a": "m-a says: Why?", "b": "m-b says: Why?"}

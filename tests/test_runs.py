@@ -228,3 +228,49 @@ def test_a_failed_re_synthesis_keeps_the_synthesis_the_run_had(
     stored = json.loads(invoke("runs", "show", document["run_id"], "--json").stdout)
     assert stored["status"] == "completed"
     assert stored["synthesis"]["answer"] == "the good synthesis"
+
+
+def _corrupt_document(run_id: str, text: str) -> None:
+    with contextlib.closing(sqlite3.connect(history_path(os.environ))) as db:
+        db.execute("UPDATE runs SET document = ? WHERE run_id = ?", (text, run_id))
+        db.commit()
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[1, 2]", '"a string"'])
+def test_one_damaged_run_never_makes_the_history_unreadable(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, garbage: str
+) -> None:
+    config = agents_file("a")
+    good = ask_json(invoke, "-c", config, "Fine?")
+    bad = ask_json(invoke, "-c", config, "Broken?")
+    _corrupt_document(bad["run_id"], garbage)
+    listed = invoke("runs", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [r["run_id"] for r in json.loads(listed.stdout)["runs"]] == [good["run_id"]]
+    assert bad["run_id"] in listed.stderr and "skipped" in listed.stderr
+    shown = invoke("runs", "show", bad["run_id"])
+    assert shown.exit_code == 1  # a storage problem, not a usage error
+    assert shown.stdout == ""
+    assert len(shown.stderr.strip().splitlines()) == 1 and bad["run_id"] in shown.stderr
+    assert "Traceback" not in shown.output
+    assert invoke("runs", "show", good["run_id"]).exit_code == 0
+
+
+def test_random_bytes_over_the_database_give_one_line_not_a_traceback(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("a")
+    runs = [ask_json(invoke, "-c", config, f"Question {i}?")["run_id"] for i in range(30)]
+    path = history_path(os.environ)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (page,) = db.execute("PRAGMA page_size").fetchone()
+    data = bytearray(path.read_bytes())
+    data[page : 2 * page] = bytes((i * 37 + 11) % 256 for i in range(page))  # page 2
+    path.write_bytes(bytes(data))
+    for command in (["runs", "list"], ["runs", "show", runs[0]], ["runs", "show", runs[-1]]):
+        result = invoke(*command)
+        assert result.exit_code in (0, 1, 3), (command, result.output)
+        assert "Traceback" not in result.output
+        if result.exit_code == 1:
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -297,11 +297,18 @@ class History:
     def resolve(self, prefix: str) -> str:
         """The full run id for a unique prefix; ConfigError if none or ambiguous (message names
         the prefix and, when ambiguous, a few candidates)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id LIMIT 6",
-                (len(prefix), prefix),
-            ).fetchall()
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? "
+                    "ORDER BY run_id LIMIT 6",
+                    (len(prefix), prefix),
+                ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(
+                f"{self.path}: the history database is damaged ({exc}); move it aside to start "
+                "a new one"
+            ) from None
         ids = [run_id for (run_id,) in rows]
         if prefix in ids:
             return prefix
