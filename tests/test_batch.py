@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -333,3 +334,20 @@ def test_a_result_line_cut_short_by_a_crash_does_not_spoil_the_next(
     assert sorted(line["prompt"] for line in good) == ["one", "two"]
     assert invoke("batch", source, "-c", config, "-o", out).exit_code == 0
     assert server.count() == 3  # the third run had nothing left to ask
+
+
+def test_the_summary_counts_only_what_is_in_flight_and_names_file_and_time(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    # a retry that meets the rate limiter waits on attempt 2: it must stop counting once sent
+    server.script("m-a", Fault(503, headers={"retry-after-ms": "1"}))
+    source = prompts(tmp_path, "one\ntwo\nthree\n", "q.txt")
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", source, "-c", agents_file("a"), "-o", out, "--rpm", "60",
+                    "--concurrency", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("3/3 done")
+    assert "rate-limited" not in summary and "in flight" not in summary
+    assert str(out) in summary
+    assert re.search(r"· \d+\.\d s ·", summary), summary

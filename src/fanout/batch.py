@@ -178,7 +178,17 @@ class BatchTally:
     cost_usd: float = 0.0
     unpriced: bool = False
     retries: int = 0
-    sending: set[tuple[str, str]] = field(default_factory=set)
+    sending: set[tuple[str, str]] = field(default_factory=set)  # attempts on their way
+    waiting_for: set[tuple[str, str]] = field(default_factory=set)  # held by the rate limiter
+    output: str | None = None  # where the results go, for the summary
+    elapsed_s: float | None = None  # set when the batch is over
+
+    def over(self, elapsed_s: float) -> None:
+        """The batch ended (or was stopped): nothing is in flight or waiting any more."""
+        self.sending.clear()
+        self.waiting_for.clear()
+        self.in_flight = self.waiting = 0
+        self.elapsed_s = elapsed_s
 
 
 class ResultWriter:
@@ -213,32 +223,30 @@ class _PromptObserver:
 
     def handle(self, event: Event) -> None:
         tally = self._tally
-        if isinstance(event, CallWaiting):
-            tally.waiting += 1
-        elif isinstance(event, CallSending):
-            key = (self._prompt.id, event.call.call_id)
-            if key not in tally.sending:
-                tally.sending.add(key)
-                tally.in_flight += 1
-            tally.waiting = max(tally.waiting - 1, 0) if event.attempt == 1 else tally.waiting
-        elif isinstance(event, CallRetrying):
+        call = getattr(event, "call", None)
+        key = (self._prompt.id, call.call_id) if call is not None else None
+        if isinstance(event, CallWaiting) and key is not None:
+            tally.waiting_for.add(key)
+        elif isinstance(event, CallSending) and key is not None:
+            tally.waiting_for.discard(key)
+            tally.sending.add(key)
+        elif isinstance(event, CallRetrying) and key is not None:
             tally.retries += 1
-        elif isinstance(event, CallFinished):
+            tally.sending.discard(key)  # backing off: not in flight until it is sent again
+        elif isinstance(event, CallFinished) and key is not None:
+            tally.sending.discard(key)
+            tally.waiting_for.discard(key)
             result = event.result
-            key = (self._prompt.id, result.call_id)
-            if key in tally.sending:
-                tally.sending.discard(key)
-                tally.in_flight -= 1
-            if result.status == "cancelled":
-                return  # not finished: a re-run will ask it
-            self._writer.write(self._prompt, result)
-            tally.done += 1
-            tally.failed += result.status != "ok"
-            tally.tokens += result.usage.total_tokens
-            if result.cost_usd is not None:
-                tally.cost_usd += result.cost_usd
-            elif result.usage.total_tokens:
-                tally.unpriced = True
+            if result.status != "cancelled":  # a cancelled one is not finished: a re-run asks it
+                self._writer.write(self._prompt, result)
+                tally.done += 1
+                tally.failed += result.status != "ok"
+                tally.tokens += result.usage.total_tokens
+                if result.cost_usd is not None:
+                    tally.cost_usd += result.cost_usd
+                elif result.usage.total_tokens:
+                    tally.unpriced = True
+        tally.in_flight, tally.waiting = len(tally.sending), len(tally.waiting_for)
         self._shown.handle(event)
 
 

@@ -286,11 +286,16 @@ def batch_summary(tally: BatchTally, *, with_totals: bool = True) -> str:
     if tally.skipped:
         parts.append(f"{tally.skipped} from an earlier run")
     parts.append(f"{tally.failed} failed")
-    parts.append(f"{tally.in_flight} in flight")
+    if tally.in_flight or tally.elapsed_s is None:
+        parts.append(f"{tally.in_flight} in flight")
     if tally.waiting:
         parts.append(f"{tally.waiting} rate-limited")
     parts.append(f"{tally.tokens:,} tokens")
     parts.append(("≥ " if tally.unpriced else "") + usd(tally.cost_usd))
+    if with_totals and tally.elapsed_s is not None:
+        parts.append(f"{tally.elapsed_s:.1f} s")
+    if with_totals and tally.output is not None:
+        parts.append(f"→ {tally.output}")
     return " · ".join(parts)
 
 

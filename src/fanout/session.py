@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -349,7 +350,8 @@ def _batch(
     check_credentials(callers, os.environ)
     prompts = count_prompts(path)  # reads the whole file once: a bad line stops us before any call
     answered = answered_jobs(output, keep_answers=synthesize)
-    tally = BatchTally(total=prompts * len(callers))
+    tally = BatchTally(total=prompts * len(callers), output=str(output) if output else None)
+    started = time.perf_counter()
     err = make_console(stderr=True)
     provider = OpenAIProvider()
     provider.prepare(a.endpoint for a in callers)
@@ -402,6 +404,7 @@ def _batch(
 
             interrupted = anyio.run(main)
     finally:
+        tally.over(round(time.perf_counter() - started, 1))
         if output is not None:
             sink.close()
     err.print(batch_summary(tally), soft_wrap=True, highlight=False)
