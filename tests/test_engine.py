@@ -444,3 +444,53 @@ async def test_the_run_has_a_w3c_trace_id_and_stages_in_order() -> None:
         ("panel", "panel"),
         ("synthesis", "synthesis"),
     ]
+
+
+async def test_a_stage_whose_shape_breaks_costs_that_stage_only() -> None:
+    from fanout.engine import Engine, RunContext
+    from fanout.shapes.panel import PanelStage
+
+    class Broken:
+        id, kind, key, roles = "broken", "broken", None, ()
+
+        def calls(self, context: Any) -> list[Any]:
+            raise KeyError("oops")
+
+        def verdict(self, context: Any, results: Any) -> None:
+            return None
+
+    provider = ScriptedProvider({"a": answer("kept")})
+    context = RunContext("q", agents("a"), {}, {})
+    execution = Execution(Engine(provider), [PanelStage(), Broken()], context)
+    await execution.execute()
+    report = execution.conclude()
+    assert report.output == {"a": "kept"}
+    broken = report.stage("broken")
+    assert broken is not None and broken.calls == []
+    assert broken.verdict is not None and "oops" in broken.verdict["error"]
+
+
+async def test_a_call_cancelled_while_waiting_for_the_rate_limit_is_reported_finished() -> None:
+    recorder = Recorder()
+    waiting = anyio.Event()
+
+    class Slow(ScriptedProvider):
+        async def complete(
+            self, agent: Agent, messages: Sequence[Message], **kw: Any
+        ) -> Completion:
+            waiting.set()
+            await anyio.sleep_forever()
+            raise AssertionError
+
+    # rpm 1: the second call waits a minute for its turn
+    run = PanelRun("q", agents("a", "b"), provider=Slow({}), observer=recorder,
+                   settings=RunSettings(rpm=1))  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run.execute)
+        await waiting.wait()
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    run.interrupted = True
+    run.conclude()
+    assert "finished a cancelled" in recorder.events
+    assert "finished b cancelled" in recorder.events  # it had a slot and was waiting

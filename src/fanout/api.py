@@ -123,8 +123,7 @@ def prepare(
         check_credentials(plan.callers, os.environ)
     if engine is None:
         engine = Engine(provider or _openai(), plan.callers, plan.request.settings, plan.pricing)
-    given = list(observers)
-    observer: Observer = given[0] if len(given) == 1 else Broadcast(*given)
+    observer = Broadcast(*observers)  # each observer isolated: one that raises is cut off
     context = RunContext(plan.request.prompt, plan.agents, plan.roles, plan.request.options)
     return Execution(
         engine,

@@ -430,7 +430,11 @@ class Execution:
             await self._run_stage(stage, stage_result)
 
     async def _run_stage(self, stage: Stage, stage_result: StageResult) -> None:
-        calls = stage.calls(self.context)
+        try:
+            calls = stage.calls(self.context)
+        except Exception as exc:  # a shape's bug costs its stage, never the answers so far
+            calls = []
+            stage_result.verdict = {"error": f"{type(exc).__name__}: {exc}"}
         stage_result.calls = [self.kept.get(c.call_id) or CallResult.of(c) for c in calls]
         self.context.stages[stage.id] = stage_result
         self.observer.handle(StageStarted(stage.id, stage.kind, calls))
@@ -440,10 +444,11 @@ class Execution:
                 if call.call_id not in self.kept:
                     self._asked.add(call.call_id)
                     tg.start_soon(self._call, call, result)
-        try:
-            stage_result.verdict = stage.verdict(self.context, stage_result.calls)
-        except Exception as exc:  # a shape's bug costs its verdict, never the answers
-            stage_result.verdict = {"error": f"{type(exc).__name__}: {exc}"}
+        if stage_result.verdict is None:
+            try:
+                stage_result.verdict = stage.verdict(self.context, stage_result.calls)
+            except Exception as exc:  # a shape's bug costs its verdict, never the answers
+                stage_result.verdict = {"error": f"{type(exc).__name__}: {exc}"}
         self.observer.handle(StageFinished(stage.id, stage.kind, stage_result.verdict))
 
     async def _call(self, call: Call, result: CallResult) -> None:
@@ -471,7 +476,9 @@ class Execution:
         for stage in self.results:
             for result in stage.calls:
                 call = self._calls.get(result.call_id)
-                if call is not None and result.status == "cancelled" and result.attempts:
+                # Started (a slot, perhaps a wait for the rate limiter) but never finished.
+                started = result.attempts or result.latency_s is not None
+                if call is not None and result.status == "cancelled" and started:
                     self.observer.handle(CallFinished(call, result))
         report = self.report()
         self.observer.handle(RunFinished(report))
