@@ -407,6 +407,93 @@ def runs_synth(
     raise typer.Exit(code)
 
 
+flow_app = typer.Typer(
+    help="Flows: multi-stage pipelines in YAML (research, then draft, then review...).",
+    no_args_is_help=True,
+)
+app.add_typer(flow_app, name="flow")
+FlowArgument = Annotated[Path, typer.Argument(help="The flow file (YAML).")]
+InputOption = Annotated[
+    list[str] | None,
+    typer.Option("--input", "-i", help="An input of the flow, as name=value (repeatable)."),
+]
+
+
+@flow_app.command("run")
+def flow_run(
+    flow: FlowArgument,
+    inputs: InputOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    json_output: JsonOption = False,
+    jsonl: JsonlOption = False,
+    jsonl_deltas: JsonlDeltasOption = False,
+    output: OutputOption = None,
+    stream: Annotated[
+        bool | None,
+        typer.Option("--stream/--no-stream", help="Stream answers, or ask for them whole."),
+    ] = None,
+    max_cost: MaxCostOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Show every stage's calls and worst-case cost; send nothing."
+        ),
+    ] = False,
+    no_log: NoLogOption = False,
+    concurrency: ConcurrencyOption = None,
+    retries: RetriesOption = 3,
+    timeout: TimeoutOption = 120.0,
+    max_retry_after: MaxRetryAfterOption = 60.0,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+) -> None:
+    """Run a flow: its stages in order, each stage's calls at once, later prompts holding the
+    earlier answers. One run: one document, one history entry, one --max-cost.
+
+    Examples:
+
+      fanout flow run examples/research-write-review.yaml -i topic="superconductivity"
+
+      fanout flow run review.yaml -i file="$(cat notes.md)" --json | jq '.output'
+    """
+    from fanout import session
+    from fanout.flow import parse_inputs
+
+    with _errors_to_exit(), _terminate_as_interrupt():
+        out = _output(json_output, jsonl, jsonl_deltas, output)
+        if model is not None and not model.strip():
+            raise ConfigError("--model: give a model name")
+        settings = _settings(
+            concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
+            rpm, tpm, max_cost,
+        )  # fmt: skip
+        code = session.flow_run(
+            flow,
+            given=parse_inputs(inputs or []),
+            config=config,
+            model=model,
+            settings=replace(settings, stream=stream),
+            output=out,
+            dry_run=dry_run,
+            log=not no_log,
+        )
+    raise typer.Exit(code)
+
+
+@flow_app.command("check")
+def flow_check(flow: FlowArgument, config: ConfigOption = None) -> None:
+    """Check a flow file without calling anyone: keys, personas, references, inputs, cycles.
+    A problem is one line naming the file and line (exit 2).
+
+    Example: fanout flow check examples/research-write-review.yaml
+    """
+    from fanout import session
+
+    with _errors_to_exit():
+        typer.echo(session.flow_check(flow, config=config))
+
+
 def _settings(
     concurrency: int,
     timeout: float,

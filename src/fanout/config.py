@@ -239,7 +239,7 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _parse_yaml(source: str, text: str) -> dict[str, Any]:
+def _parse_yaml(source: str, text: str, what: str = "an 'agents:' list") -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no tags run code
     except yaml.MarkedYAMLError as exc:
@@ -255,11 +255,9 @@ def _parse_yaml(source: str, text: str) -> dict[str, Any]:
     except RecursionError:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     if data is None:
-        raise ConfigError(f"{source}: the file is empty; it needs an 'agents:' list")
+        raise ConfigError(f"{source}: the file is empty; it needs {what}")
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping with an 'agents:' list, got {_yaml_type(data)}"
-        )
+        raise ConfigError(f"{source}: expected a mapping with {what}, got {_yaml_type(data)}")
     return data
 
 

@@ -167,6 +167,96 @@ def ask(
     return _emit(report, output, recorder, interrupted)
 
 
+def flow_run(
+    path: Path,
+    *,
+    given: Mapping[str, str],
+    config: Path | None,
+    model: str | None,
+    settings: RunSettings,
+    output: Output,
+    dry_run: bool = False,
+    log: bool = True,
+) -> int:
+    """``fanout flow run``: the stages of a flow file, one run (one history entry, one
+    document, one budget)."""
+    from fanout.flow import load_flow
+    from fanout.shapes.flow import planned_calls
+
+    flow = load_flow(path, load_panel(find_config(config, os.environ)))
+    inputs = flow.inputs(given)
+    request = RunRequest(
+        flow.prompt(inputs),
+        flow.panel,
+        agents=flow.personas,
+        shape="flow",
+        options=flow.options(inputs),
+        settings=settings,
+        model=model,
+        trace_id=_trace_from_environ(),
+    )
+    plan = resolve(request)
+    if dry_run:
+        calls = planned_calls(plan.stages, plan.agents, plan.roles, request.options, plan.pricing)
+        if output.mode == "json":
+            _write_stdout(dumps(plan_document(request.prompt, calls, settings.max_cost)))
+        else:
+            make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
+        return EXIT_OK
+    check_credentials(plan.callers, os.environ)
+    return _run_plan(plan, output, log)
+
+
+def flow_check(path: Path, *, config: Path | None) -> str:
+    """``fanout flow check``: the flow file checked (ConfigError otherwise); a summary line."""
+    from fanout.flow import load_flow
+
+    flow = load_flow(path, load_panel(find_config(config, os.environ)))
+    stages = ", ".join(s.id for s in flow.spec.stages)
+    return f"{path}: ok: {len(flow.spec.stages)} stages ({stages}), personas: " + ", ".join(
+        flow.personas
+    )
+
+
+def _run_plan(plan: Plan, output: Output, log: bool) -> int:
+    """Run a resolved plan with the displays and the history listening (every persona and
+    role recorded, so ``runs retry`` can rebuild it)."""
+    settings = plan.request.settings
+    history = _open_history() if log else None
+    with history or nullcontext():
+        recorder = None
+        if history is not None:
+            _warn(history.warnings)
+            synthesizer = plan.roles.get("synthesizer")
+            if synthesizer is None and plan.request.panel is not None:
+                synthesizer = plan.request.panel.synthesizer
+            recorder = HistoryRecorder(
+                history,
+                agents=[agent_settings(a) for a in plan.agents],
+                synthesizer=agent_settings(synthesizer) if synthesizer else None,
+                settings=_settings_record(
+                    settings,
+                    plan.request.shape,
+                    plan.request.options,
+                    plan.request.panel.pricing if plan.request.panel else {},
+                ),
+            )
+        report, interrupted = _drive(
+            lambda observer: prepare(plan, [observer], check=False),
+            output,
+            recorder,
+            plan.agents,
+            guess_panes=_guess_panes(plan),
+        )
+    return _emit(report, output, recorder, interrupted)
+
+
+def _guess_panes(plan: Plan) -> bool:
+    """The live board may draw the personas' panes before the run starts only where they
+    will be the first stage's, ``panel/<name>``."""
+    return bool(plan.stages) and plan.stages[0].id == "panel"
+
+
 def _dry_run(
     plan: Plan, output: Output, everyone: bool, model_named: bool, settings: RunSettings
 ) -> int:
@@ -303,7 +393,9 @@ def _carry_on(
         return prepare(plan, [observer], check=False, kept=kept, previous=before)
 
     recorder = HistoryRecorder(history, resume=True) if log else None
-    report, interrupted = _drive(make, output, recorder, asked, previous=before)
+    report, interrupted = _drive(
+        make, output, recorder, asked, previous=before, guess_panes=_guess_panes(plan)
+    )
     return _emit(report, output, recorder, interrupted)
 
 
@@ -475,6 +567,7 @@ def _drive(
     asked: Sequence[Agent],
     *,
     previous: RunReport | None = None,
+    guess_panes: bool = True,
 ) -> tuple[RunReport, bool]:
     """Run with the right display (panes on a terminal, JSON lines, or a spinner on stderr)
     and the history recorder listening; return the report and whether it was interrupted.
@@ -487,7 +580,7 @@ def _drive(
         shown = _PipedJsonl(sys.stdout, deltas=output.deltas, on_closed=lambda: _closed(closed))
         display = nullcontext()
     elif output.mode == "table" and out.is_terminal and not out.is_dumb_terminal:
-        shown = display = LiveBoard(out, asked)
+        shown = display = LiveBoard(out, asked if guess_panes else ())
     else:
         shown = display = ProgressDisplay(err, len(asked))
     observer = Broadcast(shown, *([recorder] if recorder is not None else []))

@@ -12,6 +12,7 @@ from typing import Any
 
 from fanout.engine import Stage
 from fanout.errors import ConfigError
+from fanout.shapes.flow import flow_plan
 from fanout.shapes.panel import PanelStage
 from fanout.shapes.synthesis import SynthesisStage
 
@@ -28,6 +29,7 @@ def panel_plan(options: Mapping[str, Any]) -> list[Stage]:
 
 SHAPES: dict[str, Shape] = {
     "panel": panel_plan,
+    "flow": flow_plan,  # the stages of a flow file (fanout flow run)
 }
 
 
