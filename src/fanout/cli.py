@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -180,6 +180,18 @@ def ask(
     max_retry_after: MaxRetryAfterOption = 60.0,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
+    route: Annotated[
+        bool,
+        typer.Option(
+            "--route",
+            help="A router (the agents file's router: section) first picks the personas "
+            "worth asking from their descriptions; only those answer.",
+        ),
+    ] = False,
+    route_max: Annotated[
+        int | None,
+        typer.Option("--route-max", min=1, help="With --route, pick at most this many."),
+    ] = None,
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
@@ -220,6 +232,7 @@ def ask(
                 log=not no_log,
                 local=local or local_model is not None,
                 local_model=local_model,
+                **_shape_of(route, route_max),
             )
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still
@@ -492,6 +505,15 @@ def flow_check(flow: FlowArgument, config: ConfigOption = None) -> None:
 
     with _errors_to_exit():
         typer.echo(session.flow_check(flow, config=config))
+
+
+def _shape_of(route: bool, route_max: int | None) -> dict[str, Any]:
+    """The shape the ``ask`` flags ask for, as ``session.ask`` takes it."""
+    if route_max is not None and not route:
+        raise ConfigError("--route-max goes with --route")
+    if route:
+        return {"shape": "route", "shape_options": {"route_max": route_max}}
+    return {}
 
 
 def _settings(

@@ -233,9 +233,16 @@ class RunReport:
         return [call for stage in self.stages for call in stage.calls]
 
     @property
+    def answers(self) -> StageResult | None:
+        """The stage holding the panel's answers: the first with no verdict (a router's
+        choice, run before it, is a verdict)."""
+        return next((s for s in self.stages if s.key is None), None)
+
+    @property
     def agents(self) -> list[CallResult]:
-        """The first stage's calls: the panel's answers (version 1's ``agents``)."""
-        return self.stages[0].calls if self.stages else []
+        """The answers stage's calls: the panel's answers (version 1's ``agents``)."""
+        stage = self.answers
+        return stage.calls if stage else []
 
     @property
     def synthesis(self) -> CallResult | None:

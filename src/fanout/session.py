@@ -107,8 +107,11 @@ def ask(
     local_model: Path | None = None,
     panel: Panel | None = None,
     recorded: tuple[list[Agent], Agent] | None = None,
+    shape: str = "panel",
+    shape_options: Mapping[str, Any] | None = None,
 ) -> int:
-    """``fanout ask`` (``panel``: already loaded, and pointed at the local server)."""
+    """``fanout ask`` (``panel``: already loaded, and pointed at the local server; ``shape``
+    and ``shape_options``: another shape than the panel, e.g. ``route`` with ``route_max``)."""
     panel_given = panel
     panel = panel or load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
@@ -125,6 +128,8 @@ def ask(
                 settings=settings,
                 output=output,
                 log=log,
+                shape=shape,
+                shape_options=shape_options,
                 panel=replace(
                     panel,
                     agents=[point_local(a) for a in chosen],
@@ -137,11 +142,12 @@ def ask(
                     _as_local(recorded_synthesizer, local),
                 ),
             )
-    options = {"synthesize": synthesize}
+    options = {**(shape_options or {}), "synthesize": synthesize}
     request = RunRequest(
         prompt,
         panel,
         agents=names,
+        shape=shape,
         options=options,
         settings=settings,
         model=model,
@@ -160,10 +166,13 @@ def ask(
                 history,
                 agents=[agent_settings(a) for a in (recorded[0] if recorded else plan.agents)],
                 synthesizer=agent_settings(recorded[1] if recorded else recorded_synthesizer),
-                settings=_settings_record(settings, "panel", options, panel.pricing),
+                settings=_settings_record(
+                    settings, shape, options, panel.pricing, _recorded_roles(plan, recorded)
+                ),
             )
         report, interrupted = _drive(lambda observer: prepare(plan, [observer], check=False),
-                                     output, recorder, plan.agents)  # fmt: skip
+                                     output, recorder, plan.agents,
+                                     guess_panes=_guess_panes(plan))  # fmt: skip
     return _emit(report, output, recorder, interrupted)
 
 
@@ -239,6 +248,7 @@ def _run_plan(plan: Plan, output: Output, log: bool) -> int:
                     plan.request.shape,
                     plan.request.options,
                     plan.request.panel.pricing if plan.request.panel else {},
+                    plan.roles,
                 ),
             )
         report, interrupted = _drive(
@@ -249,6 +259,14 @@ def _run_plan(plan: Plan, output: Output, log: bool) -> int:
             guess_panes=_guess_panes(plan),
         )
     return _emit(report, output, recorder, interrupted)
+
+
+def _recorded_roles(plan: Plan, recorded: tuple[list[Agent], Agent] | None) -> Mapping[str, Agent]:
+    """The roles as the history keeps them: on ``base_url: local`` if they ran on it."""
+    if recorded is None:
+        return plan.roles
+    local = recorded[1].endpoint.base_url == LOCAL_URL
+    return {r: _as_local(a, local) for r, a in plan.roles.items()}
 
 
 def _guess_panes(plan: Plan) -> bool:
@@ -268,6 +286,14 @@ def _dry_run(
         if synthesizer:
             synthesizer = on_local(synthesizer, LOCAL_URL, everyone=every, model_named=model_named)
     calls = plan_calls(plan.request.prompt, agents, synthesizer, plan.pricing)
+    if "router" in plan.roles:  # asked first; the worst case still counts every persona
+        from fanout.shapes.route import planned_router_call, route_max
+
+        most = route_max(plan.request.options, len(agents))
+        router = planned_router_call(
+            plan.roles["router"], plan.request.prompt, agents, most, plan.pricing
+        )
+        calls = [router, *calls]
     if output.mode == "json":
         _write_stdout(dumps(plan_document(plan.request.prompt, calls, settings.max_cost)))
     else:
@@ -355,11 +381,13 @@ def _stored_plan(
         synthesizer = apply_model([synthesizer], model)[0]
     everyone = _with_local(stack, [*agents, *([synthesizer] if synthesizer else [])])
     agents, synthesizer = everyone[: len(agents)], (everyone[-1] if synthesizer else None)
+    roles = {r: agent_from_settings(a) for r, a in (stored.settings.get("roles") or {}).items()}
     panel = Panel(
         source="<history>",
         agents=agents,
         synthesizer=synthesizer or Agent("synthesizer"),
         pricing=prices,
+        roles=dict(zip(roles, _with_local(stack, list(roles.values())), strict=True)),
     )
     request = RunRequest(
         stored.prompt,
@@ -794,9 +822,15 @@ def _trace_from_environ() -> str | None:
 
 
 def _settings_record(
-    settings: RunSettings, shape: str, options: Mapping[str, Any], pricing: Mapping[str, Price]
+    settings: RunSettings,
+    shape: str,
+    options: Mapping[str, Any],
+    pricing: Mapping[str, Price],
+    roles: Mapping[str, Agent] | None = None,
 ) -> dict[str, Any]:
     return {
+        # Roles beside the synthesizer (router, orchestrator), so a retry asks the same ones.
+        "roles": {r: agent_settings(a) for r, a in (roles or {}).items() if r != "synthesizer"},
         "concurrency": settings.concurrency,
         "timeout": settings.timeout,
         "retries": settings.retry.retries,
