@@ -192,6 +192,18 @@ def ask(
         int | None,
         typer.Option("--route-max", min=1, help="With --route, pick at most this many."),
     ] = None,
+    orchestrate: Annotated[
+        bool,
+        typer.Option(
+            "--orchestrate",
+            help="An orchestrator (the agents file's orchestrator: section) answers, asking "
+            "the personas as tools (ask_<name>), several at once, as it sees fit.",
+        ),
+    ] = False,
+    max_turns: Annotated[
+        int | None,
+        typer.Option("--max-turns", min=1, help="With --orchestrate, at most this many turns."),
+    ] = None,
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
@@ -232,7 +244,7 @@ def ask(
                 log=not no_log,
                 local=local or local_model is not None,
                 local_model=local_model,
-                **_shape_of(route, route_max),
+                **_shape_of(route, route_max, orchestrate, max_turns),
             )
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still
@@ -507,10 +519,18 @@ def flow_check(flow: FlowArgument, config: ConfigOption = None) -> None:
         typer.echo(session.flow_check(flow, config=config))
 
 
-def _shape_of(route: bool, route_max: int | None) -> dict[str, Any]:
+def _shape_of(
+    route: bool, route_max: int | None, orchestrate: bool, max_turns: int | None
+) -> dict[str, Any]:
     """The shape the ``ask`` flags ask for, as ``session.ask`` takes it."""
     if route_max is not None and not route:
         raise ConfigError("--route-max goes with --route")
+    if max_turns is not None and not orchestrate:
+        raise ConfigError("--max-turns goes with --orchestrate")
+    if route and orchestrate:
+        raise ConfigError("--route and --orchestrate: choose one")
+    if orchestrate:
+        return {"shape": "orchestrate", "shape_options": {"max_turns": max_turns or 4}}
     if route:
         return {"shape": "route", "shape_options": {"route_max": route_max}}
     return {}
