@@ -82,6 +82,7 @@ class Reply:
     ``raw_usage`` is spliced verbatim into the JSON as the usage object, for what ``json.dumps``
     cannot write (``{"completion_tokens": 1e400}``). ``refuse_response_format`` answers a request
     carrying ``response_format`` with a 400 naming it, like a server without structured output.
+    ``tool_calls`` answers with function calls (``finish_reason`` ``tool_calls``).
     """
 
     text: str | None = None
@@ -99,6 +100,9 @@ class Reply:
     send_done: bool = True
     raw_usage: str | None = None
     refuse_response_format: bool = False
+    # Function calls instead of text: [{"name": "ask_x", "arguments": {...}}, ...] ("id"
+    # optional). Sent whole, or streamed in pieces (name first, then the arguments' text).
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -542,6 +546,8 @@ class _Handler(BaseHTTPRequestHandler):
             usage: dict[str, Any] = _usage(body, text) if step.usage is None else step.usage
             if step.raw_usage is not None:
                 usage = _RAW_USAGE
+            if step.tool_calls is not None:
+                return self._tool_calls(body, step, usage)
             if body.get("stream") and step.can_stream:
                 self._stream(body, re.findall(r"\S+\s*|\s+", text), usage, step)
             else:
@@ -606,6 +612,53 @@ class _Handler(BaseHTTPRequestHandler):
             chunk = json.dumps(_completion(model, [], usage, chunk_id))
             self._write_chunk(b"data: " + _spliced(chunk, step.raw_usage) + b"\n\n")
         self._end_stream(step.send_done)
+
+    def _tool_calls(self, body: dict[str, Any], step: Reply, usage: dict[str, Any]) -> None:
+        model: str = body["model"]
+        calls = [
+            {
+                "id": str(c.get("id") or f"call_{next(_ids)}"),
+                "type": "function",
+                "function": {
+                    "name": c["name"],
+                    "arguments": c["arguments"]
+                    if isinstance(c.get("arguments"), str)
+                    else json.dumps(c.get("arguments") or {}),
+                },
+            }
+            for c in step.tool_calls or []
+        ]
+        if not (body.get("stream") and step.can_stream):
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            self._send_json(200, _completion(model, [choice], usage), step.headers)
+            return
+        chunk_id = f"chatcmpl-fake{next(_ids)}"
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": None}]
+        for index, call in enumerate(calls):
+            named = {"name": call["function"]["name"], "arguments": ""}
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {"index": index, "id": call["id"], "type": "function", "function": named}
+                    ]
+                }
+            )
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {"index": index, "function": {"arguments": call["function"]["arguments"]}}
+                    ]
+                }
+            )
+        self._start_chunked(200, "text/event-stream", step.headers)
+        for i, delta in enumerate(deltas):
+            done = "tool_calls" if i == len(deltas) - 1 else None
+            choice = {"index": 0, "delta": delta, "finish_reason": done}
+            self._write_chunk(_sse(_completion(model, [choice], None, chunk_id)))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            self._write_chunk(_sse(_completion(model, [], usage, chunk_id)))
+        self._end_stream()
 
     def _hold(self, event: threading.Event, limit: float = 30.0) -> bool:
         """Wait for ``event`` (at most ``limit`` s); False if the client left or we stop."""

@@ -494,3 +494,45 @@ async def test_a_call_cancelled_while_waiting_for_the_rate_limit_is_reported_fin
     run.conclude()
     assert "finished a cancelled" in recorder.events
     assert "finished b cancelled" in recorder.events  # it had a slot and was waiting
+
+
+class _Growing:
+    """A stage that adds ``more`` stages after itself once it is over (a loop's next turn)."""
+
+    kind = "panel"
+    key = None
+
+    def __init__(self, stage_id: str, more: Sequence[Any] = (), broken: bool = False) -> None:
+        self.id = stage_id
+        self.more = list(more)
+        self.broken = broken
+
+    def calls(self, context: Any) -> list[Any]:
+        from fanout.models import Call
+
+        agent = context.agents[0]
+        return [Call(f"{self.id}/{agent.name}", self.id, "persona", agent.name, agent, ())]
+
+    def verdict(self, context: Any, results: Sequence[Any]) -> None:
+        return None
+
+    def follow(self, context: Any) -> list[Any]:
+        if self.broken:
+            raise RuntimeError("shape bug")
+        assert self.id in context.stages  # it runs once the stage is over
+        return self.more
+
+
+async def test_a_plan_grows_from_a_stage_that_follows_itself() -> None:
+    from fanout.engine import Engine, RunContext
+
+    provider = ScriptedProvider({"a": answer("hi")})
+    last = _Growing("three", broken=True)  # a follow that fails ends the loop, not the run
+    plan = [_Growing("one", [_Growing("two", [last])])]
+    execution = Execution(Engine(provider), plan, RunContext("q", agents("a"), {}, {}))
+    await execution.execute()
+    report = execution.conclude()
+    assert [s.id for s in report.stages] == ["one", "two", "three"]
+    assert provider.calls == ["a", "a", "a"]
+    assert report.stages[2].verdict == {"error": "RuntimeError: shape bug"}
+    assert report.status == "completed"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -180,6 +180,30 @@ def ask(
     max_retry_after: MaxRetryAfterOption = 60.0,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
+    route: Annotated[
+        bool,
+        typer.Option(
+            "--route",
+            help="A router (the agents file's router: section) first picks the personas "
+            "worth asking from their descriptions; only those answer.",
+        ),
+    ] = False,
+    route_max: Annotated[
+        int | None,
+        typer.Option("--route-max", min=1, help="With --route, pick at most this many."),
+    ] = None,
+    orchestrate: Annotated[
+        bool,
+        typer.Option(
+            "--orchestrate",
+            help="An orchestrator (the agents file's orchestrator: section) answers, asking "
+            "the personas as tools (ask_<name>), several at once, as it sees fit.",
+        ),
+    ] = False,
+    max_turns: Annotated[
+        int | None,
+        typer.Option("--max-turns", min=1, help="With --orchestrate, at most this many turns."),
+    ] = None,
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
@@ -220,6 +244,7 @@ def ask(
                 log=not no_log,
                 local=local or local_model is not None,
                 local_model=local_model,
+                **_shape_of(route, route_max, orchestrate, max_turns),
             )
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still
@@ -405,6 +430,110 @@ def runs_synth(
         out = _output(json_output, jsonl, False, output)
         code = session.synth(run_id, model=model, output=out, log=not no_log)
     raise typer.Exit(code)
+
+
+flow_app = typer.Typer(
+    help="Flows: multi-stage pipelines in YAML (research, then draft, then review...).",
+    no_args_is_help=True,
+)
+app.add_typer(flow_app, name="flow")
+FlowArgument = Annotated[Path, typer.Argument(help="The flow file (YAML).")]
+InputOption = Annotated[
+    list[str] | None,
+    typer.Option("--input", "-i", help="An input of the flow, as name=value (repeatable)."),
+]
+
+
+@flow_app.command("run")
+def flow_run(
+    flow: FlowArgument,
+    inputs: InputOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    json_output: JsonOption = False,
+    jsonl: JsonlOption = False,
+    jsonl_deltas: JsonlDeltasOption = False,
+    output: OutputOption = None,
+    stream: Annotated[
+        bool | None,
+        typer.Option("--stream/--no-stream", help="Stream answers, or ask for them whole."),
+    ] = None,
+    max_cost: MaxCostOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Show every stage's calls and worst-case cost; send nothing."
+        ),
+    ] = False,
+    no_log: NoLogOption = False,
+    concurrency: ConcurrencyOption = None,
+    retries: RetriesOption = 3,
+    timeout: TimeoutOption = 120.0,
+    max_retry_after: MaxRetryAfterOption = 60.0,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+) -> None:
+    """Run a flow: its stages in order, each stage's calls at once, later prompts holding the
+    earlier answers. One run: one document, one history entry, one --max-cost.
+
+    Examples:
+
+      fanout flow run examples/research-write-review.yaml -i topic="superconductivity"
+
+      fanout flow run review.yaml -i file="$(cat notes.md)" --json | jq '.output'
+    """
+    from fanout import session
+    from fanout.flow import parse_inputs
+
+    with _errors_to_exit(), _terminate_as_interrupt():
+        out = _output(json_output, jsonl, jsonl_deltas, output)
+        if model is not None and not model.strip():
+            raise ConfigError("--model: give a model name")
+        settings = _settings(
+            concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
+            rpm, tpm, max_cost,
+        )  # fmt: skip
+        code = session.flow_run(
+            flow,
+            given=parse_inputs(inputs or []),
+            config=config,
+            model=model,
+            settings=replace(settings, stream=stream),
+            output=out,
+            dry_run=dry_run,
+            log=not no_log,
+        )
+    raise typer.Exit(code)
+
+
+@flow_app.command("check")
+def flow_check(flow: FlowArgument, config: ConfigOption = None) -> None:
+    """Check a flow file without calling anyone: keys, personas, references, inputs, cycles.
+    A problem is one line naming the file and line (exit 2).
+
+    Example: fanout flow check examples/research-write-review.yaml
+    """
+    from fanout import session
+
+    with _errors_to_exit():
+        typer.echo(session.flow_check(flow, config=config))
+
+
+def _shape_of(
+    route: bool, route_max: int | None, orchestrate: bool, max_turns: int | None
+) -> dict[str, Any]:
+    """The shape the ``ask`` flags ask for, as ``session.ask`` takes it."""
+    if route_max is not None and not route:
+        raise ConfigError("--route-max goes with --route")
+    if max_turns is not None and not orchestrate:
+        raise ConfigError("--max-turns goes with --orchestrate")
+    if route and orchestrate:
+        raise ConfigError("--route and --orchestrate: choose one")
+    if orchestrate:
+        return {"shape": "orchestrate", "shape_options": {"max_turns": max_turns or 4}}
+    if route:
+        return {"shape": "route", "shape_options": {"route_max": route_max}}
+    return {}
 
 
 def _settings(

@@ -34,6 +34,19 @@ DEFAULT_SYNTHESIS_INSTRUCTIONS = (
     "and why, and credits each distinct insight to the persona who gave it. Be concise."
 )
 
+ROLE_INSTRUCTIONS = {
+    "router": (
+        "You route questions to a panel of experts. Given a question and the panel's members "
+        "with what each is good at, pick the few whose view is worth asking, and say why in "
+        "one sentence."
+    ),
+    "orchestrator": (
+        "You answer the user's question. You may consult experts through your tools, several "
+        "at once when their views are independent; ask each a precise question. When you know "
+        "enough, write the final answer yourself, crediting the experts you relied on."
+    ),
+}
+
 
 class _AgentFields(BaseModel):
     """Fields a persona, the defaults and the synthesizer share."""
@@ -76,6 +89,14 @@ class SynthesizerSpec(_AgentFields):
     name: str = Field(default="synthesizer", min_length=1, pattern=r"^[^\s,]+$")
 
 
+class RouterSpec(_AgentFields):
+    name: str = Field(default="router", min_length=1, pattern=r"^[^\s,]+$")
+
+
+class OrchestratorSpec(_AgentFields):
+    name: str = Field(default="orchestrator", min_length=1, pattern=r"^[^\s,]+$")
+
+
 class PriceSpec(BaseModel):
     """USD per million tokens."""
 
@@ -93,9 +114,11 @@ class PanelSpec(BaseModel):
     defaults: _AgentFields = Field(default_factory=_AgentFields)
     agents: list[AgentSpec] = Field(min_length=1)
     synthesizer: SynthesizerSpec | None = None
+    router: RouterSpec | None = None  # fanout ask --route
+    orchestrator: OrchestratorSpec | None = None  # fanout ask --orchestrate
     pricing: dict[str, PriceSpec] = Field(default_factory=dict)
 
-    @field_validator("defaults", "synthesizer", "pricing", mode="before")
+    @field_validator("defaults", "synthesizer", "router", "orchestrator", "pricing", mode="before")
     @classmethod
     def _empty_section_is_no_section(cls, value: Any) -> Any:
         # `defaults:` with every line commented out parses as null
@@ -110,10 +133,12 @@ class Panel:
     agents: list[Agent]
     synthesizer: Agent
     pricing: dict[str, Price] = field(default_factory=dict)  # the file's, over the shipped
+    # Other roles by name (router, orchestrator): the file's sections, or their defaults.
+    roles: dict[str, Agent] = field(default_factory=dict)
 
     def role(self, name: str) -> Agent:
         """The agent that plays ``name`` (``synthesizer``...) in the shapes that need one."""
-        roles = {"synthesizer": self.synthesizer}
+        roles = {**default_roles(), **self.roles, "synthesizer": self.synthesizer}
         if name not in roles:
             raise ConfigError(f"the agents file has no {name}: section and no default for it")
         return roles[name]
@@ -239,7 +264,7 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _parse_yaml(source: str, text: str) -> dict[str, Any]:
+def _parse_yaml(source: str, text: str, what: str = "an 'agents:' list") -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no tags run code
     except yaml.MarkedYAMLError as exc:
@@ -255,11 +280,9 @@ def _parse_yaml(source: str, text: str) -> dict[str, Any]:
     except RecursionError:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     if data is None:
-        raise ConfigError(f"{source}: the file is empty; it needs an 'agents:' list")
+        raise ConfigError(f"{source}: the file is empty; it needs {what}")
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping with an 'agents:' list, got {_yaml_type(data)}"
-        )
+        raise ConfigError(f"{source}: expected a mapping with {what}, got {_yaml_type(data)}")
     return data
 
 
@@ -330,6 +353,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(AgentSpec.model_fields)
     if loc[0] == "synthesizer":
         return list(SynthesizerSpec.model_fields)
+    if loc[0] in ("router", "orchestrator"):
+        return list(RouterSpec.model_fields)
     if loc[0] == "pricing":
         return list(PriceSpec.model_fields)
     return list(_AgentFields.model_fields)
@@ -410,4 +435,21 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         instructions=synth_spec.instructions or DEFAULT_SYNTHESIS_INSTRUCTIONS,
     )
     pricing = {model: Price(p.input, p.output) for model, p in spec.pricing.items()}
-    return Panel(source=source, agents=agents, synthesizer=synthesizer, pricing=pricing)
+    roles: dict[str, Agent] = {}
+    for role, role_spec in (
+        ("router", spec.router or RouterSpec()),
+        ("orchestrator", spec.orchestrator or OrchestratorSpec()),
+    ):
+        # Like the synthesizer: the file's defaults apply, but never the personas' brief.
+        roles[role] = replace(
+            build(role_spec, role_spec.name),
+            instructions=role_spec.instructions or ROLE_INSTRUCTIONS[role],
+        )
+    return Panel(
+        source=source, agents=agents, synthesizer=synthesizer, pricing=pricing, roles=roles
+    )
+
+
+def default_roles() -> dict[str, Agent]:
+    """The router and orchestrator of a panel built without an agents file (the history)."""
+    return {role: Agent(role, text) for role, text in ROLE_INSTRUCTIONS.items()}

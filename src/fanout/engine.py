@@ -72,9 +72,11 @@ class Provider(Protocol):
         on_delta: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
         response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Completion:
         """One attempt. With ``on_delta`` the answer is streamed piece by piece; ``on_sent``
-        is called when the request leaves (the rate limiter counts from then)."""
+        is called when the request leaves (the rate limiter counts from then). ``tools``:
+        functions the model may call (the calls come back in ``Completion.tool_calls``)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -183,6 +185,8 @@ class Engine:
             # A server that reports no usage gets it counted from the text, and says so.
             result.usage_estimated = completion.usage is None
             result.usage = completion.usage or _estimated_usage(call.messages, completion.text)
+            if completion.tool_calls:  # what the model asked for; the shape acts on it
+                result.details["tool_calls"] = [dict(t) for t in completion.tool_calls]
         attempts.settle()
         observer.handle(CallFinished(call, result))
 
@@ -288,6 +292,9 @@ class _Attempts:
                         # The send-time mark only matters to a limiter that counts starts.
                         on_sent=reservation.mark_sent if self.limited else None,
                         response_format=call.response_format,
+                        # Only calls that offer tools pass them: providers without tool
+                        # support (older fakes) keep working.
+                        **({"tools": call.tools} if call.tools else {}),
                     )
             except TimeoutError:
                 timed_out = True
@@ -426,8 +433,28 @@ class Execution:
         self.observer.handle(
             RunStarted(self.run_id, self.trace_id, self.prompt, self.shape, plan, agents, roles)
         )
-        for stage, stage_result in zip(self.stages, self.results, strict=True):
-            await self._run_stage(stage, stage_result)
+        index = 0
+        while index < len(self.stages):  # the plan may grow as it runs (see ``_grow``)
+            stage = self.stages[index]
+            await self._run_stage(stage, self.results[index])
+            self._grow(index, stage)
+            index += 1
+
+    def _grow(self, index: int, stage: Stage) -> None:
+        """A stage may add stages after itself once it is over (``follow(context)``): a loop
+        whose turns are not known in advance (an orchestrator's tool calls) is a plan that
+        grows one stage at a time, each made and recorded like any other."""
+        follow = getattr(stage, "follow", None)
+        if follow is None:
+            return
+        try:
+            added = list(follow(self.context))
+        except Exception as exc:  # a shape's bug ends the loop, never the run
+            result = self.results[index]
+            result.verdict = {**(result.verdict or {}), "error": f"{type(exc).__name__}: {exc}"}
+            return
+        self.stages[index + 1 : index + 1] = added
+        self.results[index + 1 : index + 1] = [StageResult(s.id, s.kind, key=s.key) for s in added]
 
     async def _run_stage(self, stage: Stage, stage_result: StageResult) -> None:
         try:

@@ -110,7 +110,9 @@ def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
     shows what it has, consistently). Tolerates entries that are not what they should be."""
     stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     calls = [c for s in stages for c in s.get("calls") or [] if isinstance(c, dict)]
-    first = [c for c in (stages[0].get("calls") or []) if isinstance(c, dict)] if stages else []
+    # The answers are the first stage without a verdict (a router's choice runs before them).
+    answers = next((s for s in stages if not isinstance(s.get("key"), str)), None)
+    first = [c for c in (answers.get("calls") or []) if isinstance(c, dict)] if answers else []
     synthesis = next(
         (
             c

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-Message = dict[str, str]  # one chat message: {"role": ..., "content": ...}
+# One chat message: {"role": ..., "content": ...}; an assistant's may carry "tool_calls" (a
+# list) and a tool result its "tool_call_id", so values are not all strings.
+Message = dict[str, Any]
 CallStatus = Literal["ok", "error", "cancelled", "skipped"]
 AgentStatus = CallStatus
 RunStatus = Literal["completed", "partial", "failed", "cancelled", "running", "interrupted"]
@@ -135,6 +137,8 @@ class Completion:
     usage: Usage | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     finish_reason: str | None = None
+    # Functions the model asked to call: {"id", "name", "arguments" (JSON text)} each.
+    tool_calls: tuple[Mapping[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class Call:
     messages: tuple[Message, ...]
     response_format: Mapping[str, Any] | None = None
     skip: AgentError | None = None
+    tools: tuple[Mapping[str, Any], ...] | None = None  # functions offered to the model
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -233,9 +238,16 @@ class RunReport:
         return [call for stage in self.stages for call in stage.calls]
 
     @property
+    def answers(self) -> StageResult | None:
+        """The stage holding the panel's answers: the first with no verdict (a router's
+        choice, run before it, is a verdict)."""
+        return next((s for s in self.stages if s.key is None), None)
+
+    @property
     def agents(self) -> list[CallResult]:
-        """The first stage's calls: the panel's answers (version 1's ``agents``)."""
-        return self.stages[0].calls if self.stages else []
+        """The answers stage's calls: the panel's answers (version 1's ``agents``)."""
+        stage = self.answers
+        return stage.calls if stage else []
 
     @property
     def synthesis(self) -> CallResult | None:

@@ -23,7 +23,7 @@ import anyio
 import httpx2  # openai's HTTP client: its request hook, and errors raised while reading a stream
 import openai
 import pydantic
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from openai.types.chat.completion_create_params import ResponseFormat
 
 from fanout.errors import ProviderError
@@ -63,9 +63,11 @@ class OpenAIProvider:
         on_delta: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
         response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Completion:
         """One attempt. ``response_format`` asks for structured output where the endpoint can
-        give it; an endpoint that refuses it is asked again without (and from then on)."""
+        give it; an endpoint that refuses it is asked again without (and from then on).
+        ``tools`` are offered to the model; its calls come back in ``tool_calls``."""
         announce = _ON_SENT.set(on_sent)
         try:
             with self._translated(timeout_s):
@@ -75,8 +77,10 @@ class OpenAIProvider:
                     shape = response_format if structured else None
                     try:
                         if stream and on_delta is not None:
-                            return await self._streamed(agent, messages, timeout_s, on_delta, shape)
-                        completion = await self._whole(agent, messages, timeout_s, shape)
+                            return await self._streamed(
+                                agent, messages, timeout_s, on_delta, shape, tools
+                            )
+                        completion = await self._whole(agent, messages, timeout_s, shape, tools)
                     except openai.APIStatusError as exc:
                         if shape is not None and _refuses(exc, "response_format"):
                             # The server can't do structured output: a plain answer beats none.
@@ -100,12 +104,14 @@ class OpenAIProvider:
         messages: Sequence[Message],
         timeout_s: float,
         response_format: Mapping[str, Any] | None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Completion:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
             model=agent.model,
             messages=_wire(messages),
             timeout=timeout_s,
+            tools=_given(_tools(tools)),
             temperature=_given(agent.temperature),
             top_p=_given(agent.top_p),
             max_tokens=_given(agent.max_tokens),
@@ -123,12 +129,14 @@ class OpenAIProvider:
         timeout_s: float,
         on_delta: Callable[[str], None],
         response_format: Mapping[str, Any] | None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Completion:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
             model=agent.model,
             messages=_wire(messages),
             timeout=timeout_s,
+            tools=_given(_tools(tools)),
             stream=True,
             stream_options={"include_usage": True},
             temperature=_given(agent.temperature),
@@ -199,7 +207,12 @@ class OpenAIProvider:
             raise ProviderError(
                 "the server returned no choices", kind="bad_response", usage=answer.usage
             )
-        return Completion(answer.text, answer.usage, finish_reason=answer.finish_reason)
+        return Completion(
+            answer.text,
+            answer.usage,
+            finish_reason=answer.finish_reason,
+            tool_calls=answer.tool_calls(),
+        )
 
     # -- the Batch API (``fanout batch --via openai-batch``) --------------------------------
 
@@ -430,6 +443,28 @@ def _refuses(exc: openai.APIStatusError, option: str) -> bool:
     return option in str(exc).lower()
 
 
+def _tools(tools: Sequence[Mapping[str, Any]] | None) -> list[ChatCompletionToolParam] | None:
+    return cast("list[ChatCompletionToolParam]", list(tools)) if tools else None
+
+
+def _tool_calls(raw: object) -> tuple[dict[str, str], ...]:
+    """A message's function calls, as ``{id, name, arguments}``; what is not one is left out
+    (the shape answers a call it cannot read with an error, not the whole turn)."""
+    calls: list[dict[str, str]] = []
+    for item in raw if isinstance(raw, list) else []:
+        function = item.get("function") if isinstance(item, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            arguments = function.get("arguments")
+            calls.append(
+                {
+                    "id": str(item.get("id") or f"call_{len(calls)}"),
+                    "name": function["name"],
+                    "arguments": arguments if isinstance(arguments, str) else "{}",
+                }
+            )
+    return tuple(calls)
+
+
 def _shape(response_format: Mapping[str, Any] | None) -> ResponseFormat | None:
     # fanout passes the caller's dict as it is; the server is the judge of its shape.
     return cast("ResponseFormat | None", response_format)
@@ -516,7 +551,12 @@ def _completion_of(data: object) -> Completion:
     text = _text(message.get("content"), "choices[0].message.content") or _text(
         message.get("refusal"), "choices[0].message.refusal"
     )
-    return Completion(text=text, usage=usage, finish_reason=_reason(choice))
+    return Completion(
+        text=text,
+        usage=usage,
+        finish_reason=_reason(choice),
+        tool_calls=_tool_calls(message.get("tool_calls")),
+    )
 
 
 class _StreamedAnswer:
@@ -527,6 +567,7 @@ class _StreamedAnswer:
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.chose = False
+        self._tools: dict[int, dict[str, Any]] = {}  # function calls by index, as they grow
 
     @property
     def text(self) -> str:
@@ -556,12 +597,36 @@ class _StreamedAnswer:
             return ""
         if not isinstance(delta, dict):
             raise _malformed(f"choices[0].delta: expected an object (got {_kind_of(delta)})")
+        self._add_tool_calls(delta.get("tool_calls"))
         piece = _text(delta.get("content"), "choices[0].delta.content") or _text(
             delta.get("refusal"), "choices[0].delta.refusal"
         )
         if piece:
             self.parts.append(piece)
         return piece
+
+    def _add_tool_calls(self, pieces: object) -> None:
+        """Function calls arrive in pieces: an id and name first, then the arguments' text."""
+        for piece in pieces if isinstance(pieces, list) else []:
+            if not isinstance(piece, dict):
+                continue
+            index = piece.get("index")
+            call = self._tools.setdefault(index if isinstance(index, int) else 0, {})
+            if isinstance(piece.get("id"), str):
+                call["id"] = piece["id"]
+            function = piece.get("function")
+            if isinstance(function, dict):
+                if isinstance(function.get("name"), str):
+                    call["name"] = call.get("name", "") + function["name"]
+                if isinstance(function.get("arguments"), str):
+                    call["arguments"] = call.get("arguments", "") + function["arguments"]
+
+    def tool_calls(self) -> tuple[dict[str, str], ...]:
+        whole = [
+            {"id": c.get("id"), "type": "function", "function": c}
+            for _, c in sorted(self._tools.items())
+        ]
+        return _tool_calls(whole)
 
 
 class _EventReader:

@@ -101,7 +101,9 @@ def synthesis_panel(report: RunReport) -> Panel | None:
 def render_report(console: Console, report: RunReport) -> None:
     """The full human-readable result: the first stage's table, then each later call."""
     parts: list[RenderableType] = [results_table(report)]
-    for stage in report.stages[1:]:
+    for stage in report.stages:
+        if stage is report.answers:
+            continue
         parts.extend(call_panel(stage, result) for result in stage.calls)
     console.print(Group(*parts))
 

@@ -107,8 +107,11 @@ def ask(
     local_model: Path | None = None,
     panel: Panel | None = None,
     recorded: tuple[list[Agent], Agent] | None = None,
+    shape: str = "panel",
+    shape_options: Mapping[str, Any] | None = None,
 ) -> int:
-    """``fanout ask`` (``panel``: already loaded, and pointed at the local server)."""
+    """``fanout ask`` (``panel``: already loaded, and pointed at the local server; ``shape``
+    and ``shape_options``: another shape than the panel, e.g. ``route`` with ``route_max``)."""
     panel_given = panel
     panel = panel or load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
@@ -125,6 +128,8 @@ def ask(
                 settings=settings,
                 output=output,
                 log=log,
+                shape=shape,
+                shape_options=shape_options,
                 panel=replace(
                     panel,
                     agents=[point_local(a) for a in chosen],
@@ -137,11 +142,12 @@ def ask(
                     _as_local(recorded_synthesizer, local),
                 ),
             )
-    options = {"synthesize": synthesize}
+    options = {**(shape_options or {}), "synthesize": synthesize}
     request = RunRequest(
         prompt,
         panel,
         agents=names,
+        shape=shape,
         options=options,
         settings=settings,
         model=model,
@@ -160,11 +166,113 @@ def ask(
                 history,
                 agents=[agent_settings(a) for a in (recorded[0] if recorded else plan.agents)],
                 synthesizer=agent_settings(recorded[1] if recorded else recorded_synthesizer),
-                settings=_settings_record(settings, "panel", options, panel.pricing),
+                settings=_settings_record(
+                    settings, shape, options, panel.pricing, _recorded_roles(plan, recorded)
+                ),
             )
         report, interrupted = _drive(lambda observer: prepare(plan, [observer], check=False),
-                                     output, recorder, plan.agents)  # fmt: skip
+                                     output, recorder, plan.agents,
+                                     guess_panes=_guess_panes(plan))  # fmt: skip
     return _emit(report, output, recorder, interrupted)
+
+
+def flow_run(
+    path: Path,
+    *,
+    given: Mapping[str, str],
+    config: Path | None,
+    model: str | None,
+    settings: RunSettings,
+    output: Output,
+    dry_run: bool = False,
+    log: bool = True,
+) -> int:
+    """``fanout flow run``: the stages of a flow file, one run (one history entry, one
+    document, one budget)."""
+    from fanout.flow import load_flow
+    from fanout.shapes.flow import planned_calls
+
+    flow = load_flow(path, load_panel(find_config(config, os.environ)))
+    inputs = flow.inputs(given)
+    request = RunRequest(
+        flow.prompt(inputs),
+        flow.panel,
+        agents=flow.personas,
+        shape="flow",
+        options=flow.options(inputs),
+        settings=settings,
+        model=model,
+        trace_id=_trace_from_environ(),
+    )
+    plan = resolve(request)
+    if dry_run:
+        calls = planned_calls(plan.stages, plan.agents, plan.roles, request.options, plan.pricing)
+        if output.mode == "json":
+            _write_stdout(dumps(plan_document(request.prompt, calls, settings.max_cost)))
+        else:
+            make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
+        return EXIT_OK
+    check_credentials(plan.callers, os.environ)
+    return _run_plan(plan, output, log)
+
+
+def flow_check(path: Path, *, config: Path | None) -> str:
+    """``fanout flow check``: the flow file checked (ConfigError otherwise); a summary line."""
+    from fanout.flow import load_flow
+
+    flow = load_flow(path, load_panel(find_config(config, os.environ)))
+    stages = ", ".join(s.id for s in flow.spec.stages)
+    return f"{path}: ok: {len(flow.spec.stages)} stages ({stages}), personas: " + ", ".join(
+        flow.personas
+    )
+
+
+def _run_plan(plan: Plan, output: Output, log: bool) -> int:
+    """Run a resolved plan with the displays and the history listening (every persona and
+    role recorded, so ``runs retry`` can rebuild it)."""
+    settings = plan.request.settings
+    history = _open_history() if log else None
+    with history or nullcontext():
+        recorder = None
+        if history is not None:
+            _warn(history.warnings)
+            synthesizer = plan.roles.get("synthesizer")
+            if synthesizer is None and plan.request.panel is not None:
+                synthesizer = plan.request.panel.synthesizer
+            recorder = HistoryRecorder(
+                history,
+                agents=[agent_settings(a) for a in plan.agents],
+                synthesizer=agent_settings(synthesizer) if synthesizer else None,
+                settings=_settings_record(
+                    settings,
+                    plan.request.shape,
+                    plan.request.options,
+                    plan.request.panel.pricing if plan.request.panel else {},
+                    plan.roles,
+                ),
+            )
+        report, interrupted = _drive(
+            lambda observer: prepare(plan, [observer], check=False),
+            output,
+            recorder,
+            plan.agents,
+            guess_panes=_guess_panes(plan),
+        )
+    return _emit(report, output, recorder, interrupted)
+
+
+def _recorded_roles(plan: Plan, recorded: tuple[list[Agent], Agent] | None) -> Mapping[str, Agent]:
+    """The roles as the history keeps them: on ``base_url: local`` if they ran on it."""
+    if recorded is None:
+        return plan.roles
+    local = recorded[1].endpoint.base_url == LOCAL_URL
+    return {r: _as_local(a, local) for r, a in plan.roles.items()}
+
+
+def _guess_panes(plan: Plan) -> bool:
+    """The live board may draw the personas' panes before the run starts only where they
+    will be the first stage's, ``panel/<name>``."""
+    return bool(plan.stages) and plan.stages[0].id == "panel"
 
 
 def _dry_run(
@@ -178,6 +286,14 @@ def _dry_run(
         if synthesizer:
             synthesizer = on_local(synthesizer, LOCAL_URL, everyone=every, model_named=model_named)
     calls = plan_calls(plan.request.prompt, agents, synthesizer, plan.pricing)
+    if "router" in plan.roles:  # asked first; the worst case still counts every persona
+        from fanout.shapes.route import planned_router_call, route_max
+
+        most = route_max(plan.request.options, len(agents))
+        router = planned_router_call(
+            plan.roles["router"], plan.request.prompt, agents, most, plan.pricing
+        )
+        calls = [router, *calls]
     if output.mode == "json":
         _write_stdout(dumps(plan_document(plan.request.prompt, calls, settings.max_cost)))
     else:
@@ -265,11 +381,13 @@ def _stored_plan(
         synthesizer = apply_model([synthesizer], model)[0]
     everyone = _with_local(stack, [*agents, *([synthesizer] if synthesizer else [])])
     agents, synthesizer = everyone[: len(agents)], (everyone[-1] if synthesizer else None)
+    roles = {r: agent_from_settings(a) for r, a in (stored.settings.get("roles") or {}).items()}
     panel = Panel(
         source="<history>",
         agents=agents,
         synthesizer=synthesizer or Agent("synthesizer"),
         pricing=prices,
+        roles=dict(zip(roles, _with_local(stack, list(roles.values())), strict=True)),
     )
     request = RunRequest(
         stored.prompt,
@@ -303,7 +421,9 @@ def _carry_on(
         return prepare(plan, [observer], check=False, kept=kept, previous=before)
 
     recorder = HistoryRecorder(history, resume=True) if log else None
-    report, interrupted = _drive(make, output, recorder, asked, previous=before)
+    report, interrupted = _drive(
+        make, output, recorder, asked, previous=before, guess_panes=_guess_panes(plan)
+    )
     return _emit(report, output, recorder, interrupted)
 
 
@@ -475,6 +595,7 @@ def _drive(
     asked: Sequence[Agent],
     *,
     previous: RunReport | None = None,
+    guess_panes: bool = True,
 ) -> tuple[RunReport, bool]:
     """Run with the right display (panes on a terminal, JSON lines, or a spinner on stderr)
     and the history recorder listening; return the report and whether it was interrupted.
@@ -487,7 +608,7 @@ def _drive(
         shown = _PipedJsonl(sys.stdout, deltas=output.deltas, on_closed=lambda: _closed(closed))
         display = nullcontext()
     elif output.mode == "table" and out.is_terminal and not out.is_dumb_terminal:
-        shown = display = LiveBoard(out, asked)
+        shown = display = LiveBoard(out, asked if guess_panes else ())
     else:
         shown = display = ProgressDisplay(err, len(asked))
     observer = Broadcast(shown, *([recorder] if recorder is not None else []))
@@ -701,9 +822,15 @@ def _trace_from_environ() -> str | None:
 
 
 def _settings_record(
-    settings: RunSettings, shape: str, options: Mapping[str, Any], pricing: Mapping[str, Price]
+    settings: RunSettings,
+    shape: str,
+    options: Mapping[str, Any],
+    pricing: Mapping[str, Price],
+    roles: Mapping[str, Agent] | None = None,
 ) -> dict[str, Any]:
     return {
+        # Roles beside the synthesizer (router, orchestrator), so a retry asks the same ones.
+        "roles": {r: agent_settings(a) for r, a in (roles or {}).items() if r != "synthesizer"},
         "concurrency": settings.concurrency,
         "timeout": settings.timeout,
         "retries": settings.retry.retries,

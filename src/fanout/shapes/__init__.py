@@ -12,7 +12,10 @@ from typing import Any
 
 from fanout.engine import Stage
 from fanout.errors import ConfigError
+from fanout.shapes.flow import flow_plan
+from fanout.shapes.orchestrate import orchestrate_plan
 from fanout.shapes.panel import PanelStage
+from fanout.shapes.route import route_plan
 from fanout.shapes.synthesis import SynthesisStage
 
 Shape = Callable[[Mapping[str, Any]], list[Stage]]
@@ -28,6 +31,9 @@ def panel_plan(options: Mapping[str, Any]) -> list[Stage]:
 
 SHAPES: dict[str, Shape] = {
     "panel": panel_plan,
+    "flow": flow_plan,  # the stages of a flow file (fanout flow run)
+    "route": route_plan,  # a router picks the personas (fanout ask --route)
+    "orchestrate": orchestrate_plan,  # personas as tools (fanout ask --orchestrate)
 }
 
 

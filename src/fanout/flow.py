@@ -1,0 +1,367 @@
+"""Flow files: multi-stage pipelines in YAML, loaded, checked and turned into a run's options.
+
+A flow names its inputs and its stages; each stage is a panel (personas in parallel) or one
+agent, with a prompt template that may use the inputs (``{{topic}}``) and the answers of
+earlier stages (``{{research}}``: every answer, labelled; ``{{research.physicist}}``: one).
+The stages themselves are built by ``shapes.flow`` from the definition this module records in
+the run's options, so a stored run is carried on (``runs retry``) without the file.
+
+Every problem is one ``ConfigError`` line, ``file:line: problem``, as for the agents file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fanout.config import (
+    AgentSpec,
+    Panel,
+    PanelSpec,
+    _AgentFields,
+    _line_of,
+    _loc_name,
+    _one_line,
+    _parse_yaml,
+    _read_text,
+    _resolve,
+    _suggest,
+    _yaml_type,
+)
+from fanout.errors import ConfigError
+
+# ``{{name}}`` or ``{{name.persona}}``; a name is an input, a stage or a stage's follow-up.
+TEMPLATE = re.compile(r"\{\{\s*([A-Za-z0-9_-]+)(?:\.([^{}\s]+))?\s*\}\}")
+STAGE_ID = r"^[A-Za-z][A-Za-z0-9_-]*$"
+OUTPUT_STAGE = "output"  # the id of the stage that gathers the flow's output: reserved
+
+# What may follow a stage (``then:``), and the suffix of the stage it adds. Adding vote, judge
+# or council is one entry here and one in ``shapes.flow.THEN_STAGES``.
+THEN_SUFFIX: dict[str, str | None] = {"none": None, "synthesize": "synthesis"}
+THEN_LATER = ("vote", "judge", "council")  # shapes being built elsewhere
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    required: bool = False
+    default: str | None = None
+    description: str | None = None
+
+
+class StageSpec(BaseModel):
+    """One stage as written: ``panel: [...]`` or ``agent: name``, and its prompt."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(pattern=STAGE_ID)
+    panel: list[str] | None = Field(default=None, min_length=1)
+    agent: str | None = Field(default=None, min_length=1)
+    prompt: str = Field(min_length=1)
+    on_error: Literal["stop", "continue"] = "stop"
+    min_success: int | None = Field(default=None, ge=1)
+    then: str = "none"
+
+    @property
+    def personas(self) -> list[str]:
+        return list(dict.fromkeys(self.panel or [])) if self.panel else [self.agent or ""]
+
+    @property
+    def follow_id(self) -> str | None:
+        """The id of the stage ``then:`` adds (``review-synthesis``), if any."""
+        suffix = THEN_SUFFIX.get(self.then)
+        return f"{self.id}-{suffix}" if suffix else None
+
+
+class FlowSpec(BaseModel):
+    """A flow file as written (``agents:`` and ``defaults:`` as in an agents file)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = None
+    description: str | None = None
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    defaults: _AgentFields | None = None
+    agents: list[AgentSpec] | None = None
+    stages: list[StageSpec] = Field(min_length=1)
+    output: list[str] | None = None
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _bare_inputs(cls, value: Any) -> Any:
+        # `inputs: {topic: }` or `inputs:` with nothing under it: inputs with no settings.
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return {k: {} if v is None else v for k, v in value.items()}
+        return value
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A checked flow: its definition (what a run records), the personas it asks and the
+    panel they come from (the agents file's, with the flow's own ``agents:`` over it)."""
+
+    source: str
+    spec: FlowSpec
+    panel: Panel
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or Path(self.source).stem
+
+    @property
+    def personas(self) -> list[str]:
+        """Every persona the flow asks, in order of first use."""
+        return list(dict.fromkeys(p for s in self.spec.stages for p in s.personas))
+
+    def options(self, inputs: Mapping[str, str]) -> dict[str, Any]:
+        """The run's options: the definition (without personas: those are recorded as the
+        run's agents) and the inputs, all a carried-on run needs."""
+        definition = self.spec.model_dump(exclude={"agents", "defaults"}, exclude_none=True)
+        return {"flow": definition, "inputs": dict(inputs)}
+
+    def prompt(self, inputs: Mapping[str, str]) -> str:
+        """What the history lists as the run's prompt."""
+        given = ", ".join(f"{k}={v}" for k, v in inputs.items())
+        return f"flow {self.name}" + (f": {given}" if given else "")
+
+    def inputs(self, given: Mapping[str, str]) -> dict[str, str]:
+        """The inputs of a run: those given, then defaults; ConfigError for one that is
+        unknown or required and missing."""
+        declared = self.spec.inputs
+        for key in given:
+            if key not in declared:
+                raise ConfigError(
+                    f"{self.source}: -i {key}: the flow has no input {key!r}"
+                    f"{_suggest(key, declared)}"
+                    + (f" (its inputs: {', '.join(declared)})" if declared else "")
+                )
+        values: dict[str, str] = {}
+        for key, spec in declared.items():
+            if key in given:
+                values[key] = given[key]
+            elif spec.default is not None:
+                values[key] = spec.default
+            elif spec.required:
+                raise ConfigError(f"{self.source}: input {key!r} is required: give -i {key}=...")
+        return values
+
+
+def load_flow(path: Path, panel: Panel) -> Flow:
+    """Read and check a flow file against ``panel`` (the agents file's personas)."""
+    source, text = str(path), _read_text(path)
+    data = _parse_yaml(source, text, what="a 'stages:' list")
+    try:
+        spec = FlowSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(_describe(source, text, data, exc))) from None
+    if spec.agents:
+        panel = _with_own_agents(source, text, panel, spec)
+    _check(source, text, spec, {a.name for a in panel.agents})
+    return Flow(source, spec, panel)
+
+
+def parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
+    """``-i key=value`` flags as a mapping; ConfigError for one without ``=``."""
+    given: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-i {pair!r}: write it as name=value")
+        given[key.strip()] = value
+    return given
+
+
+def references(template: str) -> list[tuple[str, str | None]]:
+    """The ``(name, persona)`` pairs a prompt template refers to, in order."""
+    return [(m.group(1), m.group(2)) for m in TEMPLATE.finditer(template)]
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def _with_own_agents(source: str, text: str, panel: Panel, spec: FlowSpec) -> Panel:
+    """The flow's ``agents:`` over the agents file's personas (a name in both: the flow's)."""
+    own = PanelSpec(defaults=spec.defaults or _AgentFields(), agents=spec.agents or [])
+    seen: set[str] = set()
+    for index, agent in enumerate(own.agents):
+        if agent.name in seen:
+            where = _where(source, text, ("agents", index, "name"))
+            raise ConfigError(_one_line(f"{where}: duplicate agent name {agent.name!r}"))
+        seen.add(agent.name)
+    resolved = _resolve(source, own, {})
+    mine = {a.name: a for a in resolved.agents}
+    agents = [mine.pop(a.name, a) for a in panel.agents] + list(mine.values())
+    return replace(panel, agents=agents)
+
+
+def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> None:
+    """What pydantic cannot see: names, references, order, cycles. The first problem in
+    file order is reported."""
+    stages = spec.stages
+    order: dict[str, int] = {}  # every referable stage name -> the index of its stage
+    for index, stage in enumerate(stages):
+        where = _where(source, text, ("stages", index, "id"))
+        if stage.id == OUTPUT_STAGE or stage.id in order:
+            problem = "is reserved" if stage.id == OUTPUT_STAGE else "appears twice"
+            raise ConfigError(_one_line(f"{where}: stage id {stage.id!r} {problem}"))
+        order[stage.id] = index
+        if stage.follow_id:
+            order[stage.follow_id] = index
+    for index, stage in enumerate(stages):
+        _check_stage(source, text, spec, index, stage, personas, order)
+    for position, name in enumerate(spec.output or []):
+        if name not in order:
+            where = _where(source, text, ("output", position))
+            raise ConfigError(
+                _one_line(f"{where}: output: no stage {name!r}{_suggest(name, order)}")
+            )
+
+
+def _check_stage(
+    source: str,
+    text: str,
+    spec: FlowSpec,
+    index: int,
+    stage: StageSpec,
+    personas: set[str],
+    order: dict[str, int],
+) -> None:
+    at = ("stages", index)
+    if (stage.panel is None) == (stage.agent is None):
+        raise ConfigError(
+            f"{_where(source, text, (*at, 'id'))}: stage {stage.id!r}: give either panel: "
+            "[personas] or agent: persona"
+        )
+    key = "panel" if stage.panel is not None else "agent"
+    for position, name in enumerate(stage.panel or [stage.agent or ""]):
+        if name not in personas:
+            loc = (*at, key, position) if key == "panel" else (*at, key)
+            raise ConfigError(
+                _one_line(
+                    f"{_where(source, text, loc)}: stage {stage.id!r}: unknown persona "
+                    f"{name!r}{_suggest(name, personas)}"
+                )
+            )
+    if stage.then not in THEN_SUFFIX:
+        where = _where(source, text, (*at, "then"))
+        if stage.then in THEN_LATER:
+            problem = f"then: {stage.then} is not available yet (use none or synthesize)"
+        else:
+            known = ", ".join([*THEN_SUFFIX, *THEN_LATER])
+            problem = f"then: unknown step {stage.then!r} (known: {known})"
+        raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
+    where = _where(source, text, (*at, "prompt"))
+    for name, persona in references(stage.prompt):
+        if name in spec.inputs:
+            if persona is not None:
+                raise ConfigError(
+                    _one_line(f"{where}: {{{{{name}.{persona}}}}}: {name!r} is an input")
+                )
+            continue
+        if name not in order:
+            raise ConfigError(
+                _one_line(
+                    f"{where}: {{{{{name}}}}} is neither an input nor a stage"
+                    f"{_suggest(name, [*spec.inputs, *order])} (declare it under inputs:)"
+                )
+            )
+        target = order[name]
+        if target >= index:
+            cycle = _cycle(spec, order, index, target)
+            problem = (
+                f"a cycle: {' -> '.join(cycle)}"
+                if cycle
+                else f"refers to stage {name!r}, which "
+                + ("is this one" if target == index else "comes later (stages run in order)")
+            )
+            raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
+        source_stage = spec.stages[target]
+        if persona is not None:
+            answers = source_stage.personas if name == source_stage.id else []
+            if persona not in answers:
+                raise ConfigError(
+                    _one_line(
+                        f"{where}: {{{{{name}.{persona}}}}}: stage {name!r} does not ask "
+                        f"{persona!r}{_suggest(persona, answers)}"
+                    )
+                )
+
+
+def _cycle(spec: FlowSpec, order: dict[str, int], start: int, target: int) -> list[str] | None:
+    """The stage ids of a chain of references from ``target`` back to ``start``, if any."""
+    stages = spec.stages
+    path = [stages[start].id, stages[target].id]
+    seen = {target}
+
+    def walk(at: int) -> bool:
+        if at == start:
+            return True
+        for name, _ in references(stages[at].prompt):
+            nxt = order.get(name)
+            if nxt is None or nxt in seen:
+                if nxt == start:
+                    path.append(stages[start].id)
+                    return True
+                continue
+            seen.add(nxt)
+            path.append(stages[nxt].id)
+            if walk(nxt):
+                return True
+            path.pop()
+        return False
+
+    if target == start:
+        return None
+    return path if walk(target) else None
+
+
+def _where(source: str, text: str, loc: tuple[Any, ...]) -> str:
+    line = _line_of(text, loc)
+    return f"{source}:{line}" if line else source
+
+
+def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
+    """One line for the first validation error, as the agents file's errors read."""
+    errors = exc.errors()
+    # A misspelt key also leaves the right one missing: the misspelling is the news.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(err["loc"])
+    where = _where(source, text, loc)
+    path = _loc_name(data, loc)
+    if err["type"] == "extra_forbidden":
+        key = loc[-1]
+        allowed = _allowed_keys(loc)
+        return f"{where}: {path}: unknown key {key!r}{_suggest(str(key), allowed)}"
+    if err["type"] == "missing":
+        return f"{where}: {path}: required key is missing"
+    message = _MESSAGES.get((err["type"], str(loc[-1]) if loc else "")) or err["msg"]
+    if "input" in err and not isinstance(err["input"], dict | list):
+        message += f" (got {_yaml_type(err['input'])} {err['input']!r})"
+    return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+
+
+_MESSAGES = {
+    ("string_pattern_mismatch", "id"): "must start with a letter; letters, digits, _ and -",
+    ("too_short", "stages"): "the flow needs at least one stage",
+    ("too_short", "panel"): "a panel needs at least one persona",
+    ("literal_error", "on_error"): "must be stop or continue",
+}
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    if len(loc) == 1:
+        return list(FlowSpec.model_fields)
+    if loc[0] == "stages":
+        return list(StageSpec.model_fields)
+    if loc[0] == "inputs":
+        return list(InputSpec.model_fields)
+    if loc[0] == "agents":
+        return list(AgentSpec.model_fields)
+    return list(_AgentFields.model_fields)

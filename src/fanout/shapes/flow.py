@@ -1,0 +1,259 @@
+"""The flow shape: the stages of a flow file, run in order by the engine like any other plan.
+
+Each flow stage renders its prompt when it starts, from the run's inputs and the answers of the
+stages before it (``context.stages``), so it needs nothing the engine does not already give a
+stage. A stage that falls short (fewer answers than its ``min_success``, by default none at
+all) with ``on_error: stop`` stops the flow: every later call is made ``skipped``, with the
+reason, so the document still shows the whole plan. The last stage, ``output``, makes no call:
+its verdict (key ``output``) is the answers of the stages the flow names in ``output:``, which
+the document carries at its top level as ``output``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, PlannedCall, Pricing, most_tokens
+from fanout.engine import RunContext, Stage
+from fanout.flow import OUTPUT_STAGE, TEMPLATE, FlowSpec, StageSpec
+from fanout.models import Agent, AgentError, Call, CallResult, StageResult, chat_messages
+from fanout.shapes.synthesis import synthesis_messages
+
+
+@dataclass(frozen=True)
+class Guard:
+    """An earlier stage whose shortfall stops the stages after it."""
+
+    stage: str
+    min_success: int
+    stops: bool
+
+
+class FlowStage:
+    """One stage of a flow: its personas at once, each sent the rendered prompt."""
+
+    key: str | None = None
+    roles: tuple[str, ...] = ()
+
+    def __init__(self, spec: StageSpec, guards: Sequence[Guard]) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.kind = "panel" if spec.panel is not None else "agent"
+        self.guards = list(guards)
+        self.prompt = ""  # as rendered when the stage started; a follow-up quotes it
+
+    def calls(self, context: RunContext) -> list[Call]:
+        agents = {a.name: a for a in context.agents}
+        self.prompt, missing = render(self.spec.prompt, context)
+        skip = stopped(self.guards, context)
+        details: dict[str, Any] = {"partial": True, "missing": missing} if missing else {}
+        return [
+            Call(
+                f"{self.id}/{name}",
+                self.id,
+                "persona",
+                name,
+                agents[name],
+                tuple(chat_messages(agents[name], self.prompt)),
+                skip=skip,
+                details=details,
+            )
+            for name in self.spec.personas
+        ]
+
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+        return None
+
+
+class FlowSynthesis:
+    """``then: synthesize``: the synthesizer merges a flow stage's answers."""
+
+    kind = "synthesis"
+    key: str | None = None
+    roles = ("synthesizer",)
+
+    def __init__(self, source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> None:
+        self.source = source
+        self.id = stage_id
+        self.guards = list(guards)
+
+    def calls(self, context: RunContext) -> list[Call]:
+        agent = context.roles["synthesizer"]
+        result = context.stages.get(self.source.id)
+        results = result.calls if result else []
+        answered = [r for r in results if r.status == "ok"]
+        missing = [r.name for r in results if r.status != "ok"]
+        skip = stopped(self.guards, context)
+        if skip is None and not answered:
+            skip = AgentError("no_answers", "no persona answered, nothing to synthesize")
+        messages = synthesis_messages(agent.instructions, self.source.prompt, answered, missing)
+        details = {"partial": bool(missing), "sources": [r.name for r in answered]}
+        return [
+            Call(
+                f"{self.id}/{agent.name}",
+                self.id,
+                "synthesizer",
+                agent.name,
+                agent,
+                tuple(messages),
+                skip=skip,
+                details={**details, "missing": missing},
+            )
+        ]
+
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+        return None
+
+
+class OutputStage:
+    """Makes no call: gathers the answers of the stages named in ``output:``."""
+
+    id = OUTPUT_STAGE
+    kind = "output"
+    key: str | None = "output"
+    roles: tuple[str, ...] = ()
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+
+    def calls(self, context: RunContext) -> list[Call]:
+        return []
+
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+        output: dict[str, Any] = {}
+        for name in self.names:
+            stage = context.stages.get(name)
+            calls = stage.calls if stage else []
+            output[name] = {c.name: c.answer for c in calls if c.status == "ok" and c.answer}
+        return output
+
+
+# A stage's ``then:`` -> what builds the stage that follows it. Vote, judge and council join
+# with one entry each (and their suffix in ``flow.THEN_SUFFIX``).
+ThenStage = Callable[[FlowStage, str, Sequence[Guard]], Stage]
+THEN_STAGES: dict[str, ThenStage] = {"synthesize": FlowSynthesis}
+
+
+def flow_plan(options: Mapping[str, Any]) -> list[Stage]:
+    """The stages of the flow recorded in ``options["flow"]``, then the output stage."""
+    spec = FlowSpec.model_validate(options["flow"])
+    stages: list[Stage] = []
+    guards: list[Guard] = []
+    for stage_spec in spec.stages:
+        stage = FlowStage(stage_spec, guards)
+        stages.append(stage)
+        least = stage_spec.min_success or 1
+        stops = stage_spec.on_error == "stop"
+        guards = [*guards, Guard(stage.id, least, stops)]
+        make = THEN_STAGES.get(stage_spec.then)
+        if make is not None and stage_spec.follow_id:
+            stages.append(make(stage, stage_spec.follow_id, guards))
+            guards = [*guards, Guard(stage_spec.follow_id, 1, stops)]
+    last = stages[-1].id
+    stages.append(OutputStage(spec.output or [last]))
+    return stages
+
+
+def stopped(guards: Sequence[Guard], context: RunContext) -> AgentError | None:
+    """Why the flow stopped before this stage (the first guard that fell short), or None."""
+    for guard in guards:
+        result = context.stages.get(guard.stage)
+        if result is None or not guard.stops:
+            continue
+        answered = sum(1 for c in result.calls if c.status == "ok")
+        if answered < guard.min_success:
+            return AgentError(
+                "flow_stopped",
+                f"not asked: stage {guard.stage!r} got {answered} of {len(result.calls)} "
+                f"answers (needs {guard.min_success}) and stops the flow (on_error: stop)",
+            )
+    return None
+
+
+def render(template: str, context: RunContext) -> tuple[str, list[str]]:
+    """The template with its inputs and earlier answers filled in; and who is missing (the
+    personas whose answers it quotes but who gave none), as ``stage/persona``."""
+    inputs: Mapping[str, str] = context.options.get("inputs") or {}
+    missing: list[str] = []
+
+    def fill(match: Any) -> str:
+        name, persona = match.group(1), match.group(2)
+        if name in inputs:
+            return str(inputs[name])
+        stage = context.stages.get(name)
+        if stage is None:
+            return ""  # an optional input not given
+        return quoted(stage, persona, missing)
+
+    return TEMPLATE.sub(fill, template), missing
+
+
+def quoted(stage: StageResult, persona: str | None, missing: list[str]) -> str:
+    """A stage's answers as a prompt quotes them: one answer bare, several as labelled blocks,
+    the ones that failed listed as missing."""
+    calls = [c for c in stage.calls if persona is None or c.name == persona]
+    gone = [c for c in calls if c.status != "ok"]
+    missing.extend(f"{stage.id}/{c.name}" for c in gone)
+    if len(stage.calls) == 1 or persona is not None:
+        if calls and not gone:
+            return calls[0].answer or ""
+        return f"[missing: no answer from {calls[0].name if calls else persona}]"
+    blocks = [f"--- {c.name} ---\n{c.answer or ''}" for c in calls if c.status == "ok"]
+    if gone:
+        blocks.append("[missing: no answer from " + ", ".join(c.name for c in gone) + "]")
+    return "\n\n".join(blocks)
+
+
+def planned_calls(
+    stages: Sequence[Stage],
+    agents: Sequence[Agent],
+    roles: Mapping[str, Agent],
+    options: Mapping[str, Any],
+    pricing: Pricing,
+) -> list[PlannedCall]:
+    """``--dry-run``: every call of the flow, named ``stage/persona``, with its worst case. A
+    later stage's prompt is sized as if each answer it quotes used all its ``max_tokens``."""
+    inputs: Mapping[str, str] = options.get("inputs") or {}
+    by_name = {a.name: a for a in agents}
+    answers: dict[str, dict[str, int]] = {}  # stage -> persona -> most answer tokens
+    prompts: dict[str, int] = {}  # stage -> most prompt tokens (a synthesis quotes it)
+    planned: list[PlannedCall] = []
+
+    def bound(agent: Agent) -> int:
+        return agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+
+    for stage in stages:
+        if isinstance(stage, FlowStage):
+            text = TEMPLATE.sub(lambda m: str(inputs.get(m.group(1), "")), stage.spec.prompt)
+            quoted_tokens = 0
+            for match in TEMPLATE.finditer(stage.spec.prompt):
+                earlier = answers.get(match.group(1), {})
+                picked = [v for k, v in earlier.items() if match.group(2) in (None, k)]
+                quoted_tokens += sum(picked) + 8 * len(picked)  # labels and framing
+            answers[stage.id] = {}
+            for name in stage.spec.personas:
+                agent = by_name[name]
+                tokens = most_tokens(chat_messages(agent, text)) + quoted_tokens
+                prompts[stage.id] = max(prompts.get(stage.id, 0), tokens)
+                planned.append(_planned(agent, f"{stage.id}/{name}", tokens, pricing))
+                answers[stage.id][name] = bound(agent)
+        elif isinstance(stage, FlowSynthesis) and "synthesizer" in roles:
+            agent = roles["synthesizer"]
+            framing = [{"role": "system", "content": agent.instructions}]
+            quoted_tokens = sum(answers.get(stage.source.id, {}).values())
+            tokens = most_tokens(framing) + prompts.get(stage.source.id, 0) + quoted_tokens
+            planned.append(_planned(agent, f"{stage.id}/{agent.name}", tokens, pricing))
+            answers[stage.id] = {agent.name: bound(agent)}
+    return planned
+
+
+def _planned(agent: Agent, label: str, prompt_tokens: int, pricing: Pricing) -> PlannedCall:
+    from dataclasses import replace
+
+    worst = pricing.worst_case(
+        agent.model, prompt_tokens, agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+    )
+    # The dry-run table names a call by its persona; in a flow, stage/persona says more.
+    return PlannedCall(replace(agent, name=label), prompt_tokens, agent.max_tokens, worst)

@@ -1,0 +1,393 @@
+"""Flows through the real CLI against the loopback server: order, overlap, what each stage
+sees, stopping, output, dry run, resume after a crash, and ``flow check``'s one-line errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI, Fault, Hang, RecordedRequest, Reply
+from tests.test_runs import history_text, wait_until
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+THREE_STAGES = """\
+name: rwr
+inputs: {topic: {required: true}}
+stages:
+  - id: research
+    panel: [physicist, chemist, biologist]
+    prompt: "Research {{topic}}."
+  - id: draft
+    agent: teacher
+    prompt: "Draft on {{topic}} from:\\n{{research}}"
+  - id: review
+    panel: [skeptic, physicist]
+    prompt: "Review:\\n{{draft}}"
+output: [draft, review]
+"""
+
+
+@pytest.fixture
+def config(agents_file: AgentsFile) -> Path:
+    return agents_file("physicist", "chemist", "biologist", "teacher", "skeptic")
+
+
+def write_flow(tmp_path: Path, text: str, name: str = "flow.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_json(invoke: Invoke, *args: str | Path, code: int = 0) -> dict[str, Any]:
+    result = invoke("flow", "run", "--json", *args)
+    assert result.exit_code == code, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def of(server: FakeOpenAI, model: str) -> list[RecordedRequest]:
+    return [r for r in server.requests if r.model == model]
+
+
+def user_text(request: RecordedRequest) -> str:
+    return str(request.body["messages"][-1]["content"])
+
+
+def test_stage_two_starts_after_stage_one_ended_and_stage_one_overlapped(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    # gate=3: each research reply waits until all three are in flight, so overlap is forced
+    # and a serial run would fail (the gate gives up with a 400).
+    for name in ("physicist", "chemist", "biologist"):
+        server.script(f"m-{name}", Reply(gate=3))
+    flow = write_flow(tmp_path, THREE_STAGES)
+    document = run_json(invoke, flow, "-c", config, "-i", "topic=ice", "--retries", "0")
+    research = [r for r in server.requests if user_text(r) == "Research ice."]
+    draft = of(server, "m-teacher")
+    assert len(research) == 3 and len(draft) == 1
+    assert max(r.started for r in research) < min(r.finished or 0 for r in research)
+    assert draft[0].started >= max(r.finished or 0 for r in research)
+    reviews = [r for r in server.requests if user_text(r).startswith("Review:")]
+    assert min(r.started for r in reviews) >= draft[0].finished  # type: ignore[operator]
+    assert [s["id"] for s in document["stages"]] == ["research", "draft", "review", "output"]
+    assert document["shape"] == "flow" and document["status"] == "completed"
+
+
+def test_stage_two_prompt_holds_stage_one_answers_and_output_picks_stages(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    server.script("m-physicist", Reply(text="energy view"))
+    server.script("m-chemist", Reply(text="bond view"))
+    server.script("m-biologist", Reply(text="cell view"))
+    server.script("m-teacher", Reply(text="THE DRAFT"))
+    document = run_json(invoke, write_flow(tmp_path, THREE_STAGES), "-c", config, "-i", "topic=x")
+    prompt = user_text(of(server, "m-teacher")[0])
+    for name, answer in (("physicist", "energy"), ("chemist", "bond"), ("biologist", "cell")):
+        assert f"--- {name} ---\n{answer} view" in prompt
+    assert all(user_text(r) == "Review:\nTHE DRAFT" for r in of(server, "m-skeptic"))
+    assert set(document["output"]) == {"draft", "review"}
+    assert document["output"]["draft"] == {"teacher": "THE DRAFT"}
+    assert set(document["output"]["review"]) == {"skeptic", "physicist"}
+
+
+def test_a_failed_persona_appears_as_missing(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    server.script("m-chemist", Fault(500))
+    flow = write_flow(tmp_path, THREE_STAGES)
+    document = run_json(invoke, flow, "-c", config, "-i", "topic=x", "--retries", "0", code=3)
+    prompt = user_text(of(server, "m-teacher")[0])
+    assert "[missing: no answer from chemist]" in prompt
+    assert "--- physicist ---" in prompt and "--- chemist ---" not in prompt
+    draft = document["stages"][1]["calls"][0]
+    assert draft["status"] == "ok" and draft["missing"] == ["research/chemist"]
+
+
+def test_a_stage_with_no_answer_stops_the_flow(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    server.default = Fault(500)
+    flow = write_flow(tmp_path, THREE_STAGES)
+    document = run_json(invoke, flow, "-c", config, "-i", "topic=x", "--retries", "0", code=1)
+    assert server.count() == 3  # only the research stage was asked
+    later = [c for s in document["stages"][1:] for c in s["calls"]]
+    assert [c["status"] for c in later] == ["skipped"] * 3
+    assert all(c["error"]["type"] == "flow_stopped" for c in later)
+    assert "stage 'research' got 0 of 3 answers" in later[0]["error"]["message"]
+
+
+def test_min_success_and_on_error_continue(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    server.script("m-chemist", Fault(500))
+    strict = THREE_STAGES.replace(
+        '    prompt: "Research', '    min_success: 3\n    prompt: "Research'
+    )
+    document = run_json(
+        invoke, write_flow(tmp_path, strict), "-c", config, "-i", "topic=x", "--retries", "0",
+        code=3,
+    )  # fmt: skip
+    assert document["stages"][1]["calls"][0]["status"] == "skipped"
+    server.reset()
+    server.default = Fault(500)
+    lenient = THREE_STAGES.replace(
+        '    prompt: "Research', '    on_error: continue\n    prompt: "Research'
+    )
+    run_json(
+        invoke, write_flow(tmp_path, lenient), "-c", config, "-i", "topic=x", "--retries", "0",
+        code=1,
+    )  # fmt: skip
+    assert len(of(server, "m-teacher")) == 1  # asked, with every research answer missing
+    assert "[missing: no answer from physicist, chemist, biologist]" in user_text(
+        of(server, "m-teacher")[0]
+    )
+
+
+def test_then_synthesize_merges_a_stage_and_one_answer_by_name(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    config = agents_file("a", "b", synthesizer={"model": "m-synth"})
+    server.script("m-a", Reply(text="from a"))
+    server.script("m-synth", Reply(text="merged"))
+    flow = write_flow(
+        tmp_path,
+        """\
+stages:
+  - id: ask
+    panel: [a, b]
+    prompt: "Question?"
+    then: synthesize
+  - id: polish
+    agent: a
+    prompt: "Polish {{ask-synthesis}}; a said {{ask.a}}"
+""",
+    )
+    document = run_json(invoke, flow, "-c", config)
+    assert [s["id"] for s in document["stages"]] == ["ask", "ask-synthesis", "polish", "output"]
+    synth = of(server, "m-synth")[0]
+    assert "Question?" in user_text(synth) and "from a" in user_text(synth)
+    assert user_text(of(server, "m-a")[-1]) == "Polish merged; a said from a"
+    assert document["output"] == {"polish": {"a": "m-a says: Polish merged; a said from a"}}
+
+
+def test_inputs_are_checked_and_defaults_apply(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    flow = write_flow(tmp_path, THREE_STAGES)
+    missing = invoke("flow", "run", flow, "-c", config)
+    assert missing.exit_code == 2
+    assert "input 'topic' is required: give -i topic=..." in missing.stderr
+    unknown = invoke("flow", "run", flow, "-c", config, "-i", "topci=x")
+    assert unknown.exit_code == 2 and "did you mean 'topic'" in unknown.stderr
+    defaulted = write_flow(
+        tmp_path,
+        "inputs: {who: {default: world}}\n"
+        "stages:\n  - {id: s, agent: teacher, prompt: 'hi {{who}}'}\n",
+    )
+    run_json(invoke, defaulted, "-c", config)
+    assert user_text(server.requests[0]) == "hi world"
+    assert server.count() == 1
+
+
+def test_the_flow_may_bring_its_own_agents(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    config = agents_file("a")
+    flow = write_flow(
+        tmp_path,
+        f"""\
+defaults: {{base_url: "{server.base_url}"}}
+agents:
+  - {{name: poet, model: m-poet, instructions: You rhyme.}}
+stages:
+  - {{id: s, panel: [a, poet], prompt: "Sing"}}
+""",
+    )
+    document = run_json(invoke, flow, "-c", config)
+    assert {c["name"] for c in document["stages"][0]["calls"]} == {"a", "poet"}
+    poet = of(server, "m-poet")[0]
+    assert poet.body["messages"][0] == {"role": "system", "content": "You rhyme."}
+
+
+def test_dry_run_lists_every_stage_with_worst_cases(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    flow = write_flow(tmp_path, THREE_STAGES)
+    result = invoke(
+        "flow", "run", flow, "-c", config, "-i", "topic=x", "--dry-run", "--json", "-m", "gpt-4o"
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    names = [c["name"] for c in plan["calls"]]
+    assert names == [
+        "research/physicist", "research/chemist", "research/biologist", "draft/teacher",
+        "review/skeptic", "review/physicist",
+    ]  # fmt: skip
+    tokens = {c["name"]: c["prompt_tokens_estimate"] for c in plan["calls"]}
+    # the draft quotes three answers of at most 1,024 tokens each
+    assert tokens["draft/teacher"] > 3 * 1024 > tokens["research/physicist"]
+    assert plan["worst_case_usd"] > 0
+    assert server.count() == 0
+
+
+def test_max_cost_covers_the_whole_flow(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    config = agents_file(
+        "a", "b", "c", defaults={"max_tokens": 100}, extra={"c": {"max_tokens": 1000}}
+    )
+    flow = write_flow(
+        tmp_path,
+        "stages:\n  - {id: one, panel: [a, b], prompt: go}\n"
+        "  - {id: two, agent: c, prompt: 'again {{one}}'}\n",
+    )
+    # gpt-4o: $10 per million answer tokens. The first stage's two calls fit in the budget
+    # (about $0.001 each at worst); what they leave cannot hold the second stage's $0.01.
+    document = run_json(invoke, flow, "-c", config, "-m", "gpt-4o", "--max-cost", "0.005", code=3)
+    two = document["stages"][1]["calls"][0]
+    assert two["status"] == "skipped" and two["error"]["type"] == "budget"
+    assert [r.model for r in server.requests] == ["gpt-4o", "gpt-4o"]
+
+
+def test_resume_after_a_crash_in_stage_two_asks_nothing_from_stage_one(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    server.script("m-teacher", Hang())
+    flow = write_flow(tmp_path, THREE_STAGES)
+    command = ["flow", "run", str(flow), "-c", str(config), "-i", "topic=ice", "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fanout", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        server.wait_for_requests(4)  # three research answers, then the draft that hangs
+        wait_until(lambda: history_text().count("m-biologist says") == 1, "stage 1 is stored")
+        wait_until(lambda: "m-chemist says" in history_text(), "stage 1 is stored")
+        wait_until(lambda: "m-physicist says" in history_text(), "stage 1 is stored")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    flow.unlink()  # the run is carried on from its record, not from the file
+    runs = json.loads(invoke("runs", "list", "--json").stdout)["runs"]
+    server.reset()
+    retried = invoke("runs", "retry", runs[0]["run_id"], "--json")
+    assert retried.exit_code == 0, retried.output
+    asked = sorted(r.model for r in server.requests)
+    assert asked == ["m-physicist", "m-skeptic", "m-teacher"]  # the draft, then the review
+    document = json.loads(retried.stdout)
+    assert document["status"] == "completed"
+    research = document["stages"][0]["calls"]
+    assert [c["answer"] for c in research] == [
+        "m-physicist says: Research ice.", "m-chemist says: Research ice.",
+        "m-biologist says: Research ice.",
+    ]  # fmt: skip
+    assert "m-chemist says: Research ice." in user_text(of(server, "m-teacher")[0])
+
+
+def test_jsonl_streams_every_stage(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    flow = write_flow(tmp_path, THREE_STAGES)
+    result = invoke("flow", "run", flow, "-c", config, "-i", "topic=x", "--jsonl")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    started = [line["stage"] for line in lines if line["type"] == "stage_started"]
+    assert started == ["research", "draft", "review", "output"]
+    assert lines[-1]["type"] == "run_finished"
+
+
+def test_the_human_view_shows_every_stage(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    flow = write_flow(tmp_path, THREE_STAGES)
+    result = invoke("flow", "run", flow, "-c", config, "-i", "topic=x")
+    assert result.exit_code == 0, result.output
+    assert "teacher" in result.stdout and "skeptic" in result.stdout
+
+
+# -- flow check --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_flow_check_accepts_the_examples(example: Path, invoke: Invoke) -> None:
+    result = invoke("flow", "check", example)  # against the panel shipped with fanout
+    assert result.exit_code == 0, result.output
+    assert ": ok:" in result.stdout
+
+
+BROKEN = [
+    (
+        "stages:\n  - id: a\n    agent: teacher\n    promt: hi\n",
+        ":4: stages[0].promt: unknown key 'promt' (did you mean 'prompt'?)",
+    ),
+    (
+        "stages:\n  - id: a\n    agent: nobody\n    prompt: hi\n",
+        ":3: stage 'a': unknown persona 'nobody'",
+    ),
+    (
+        "stages:\n  - id: a\n    panel: [teacher, skeptc]\n    prompt: hi\n",
+        ":3: stage 'a': unknown persona 'skeptc' (did you mean 'skeptic'?)",
+    ),
+    (
+        "stages:\n  - {id: a, agent: teacher, prompt: '{{b}}'}\n"
+        "  - {id: b, agent: teacher, prompt: hi}\n",
+        ":2: stage 'a': refers to stage 'b', which comes later (stages run in order)",
+    ),
+    (
+        "stages:\n  - {id: a, agent: teacher, prompt: 'x {{nope}}'}\n",
+        ":2: {{nope}} is neither an input nor a stage",
+    ),
+    (
+        "stages:\n  - {id: a, agent: teacher, prompt: '{{b}}'}\n"
+        "  - {id: b, agent: teacher, prompt: '{{a}}'}\n",
+        ":2: stage 'a': a cycle: a -> b -> a",
+    ),
+    (
+        "stages:\n  - {id: a, agent: teacher, prompt: '{{a}}'}\n",
+        ":2: stage 'a': refers to stage 'a', which is this one",
+    ),
+    (
+        "stages:\n  - {id: a, agent: teacher, prompt: hi, then: vote}\n",
+        "then: vote is not available yet",
+    ),
+    ("stages:\n  - {id: a, agent: teacher, prompt: hi}\noutput: [b]\n", ":3: output: no stage 'b'"),
+    (
+        "stages:\n  - {id: a, agent: teacher, panel: [skeptic], prompt: hi}\n",
+        "give either panel: [personas] or agent: persona",
+    ),
+    (
+        "stages:\n  - {id: a, panel: [teacher], prompt: hi}\n"
+        "  - {id: b, agent: teacher, prompt: '{{a.skeptic}}'}\n",
+        ":3: {{a.skeptic}}: stage 'a' does not ask 'skeptic'",
+    ),
+    (
+        "stages:\n  - {id: a, agent: teacher, prompt: hi}\n"
+        "  - {id: a, agent: teacher, prompt: hi}\n",
+        ":3: stage id 'a' appears twice",
+    ),
+    ("stages: []\n", "the flow needs at least one stage"),
+    ("name: x\n", "stages: required key is missing"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), BROKEN)
+def test_flow_check_names_file_line_and_problem(
+    text: str, problem: str, invoke: Invoke, tmp_path: Path
+) -> None:
+    flow = write_flow(tmp_path, text)
+    result = invoke("flow", "check", flow)
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith(f"fanout: error: {flow}:"), line
+    assert problem in line, line

@@ -1,0 +1,114 @@
+"""``fanout ask --orchestrate``: personas as tools, one turn's tool calls at once, the loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI, Reply
+
+
+@pytest.fixture
+def config(agents_file: AgentsFile) -> Path:
+    path = agents_file("physicist", "chemist", "biologist")
+    path.write_text(path.read_text() + "orchestrator:\n  model: m-orch\n", encoding="utf-8")
+    return path
+
+
+def ask(name: str, question: str, call_id: str | None = None) -> dict[str, Any]:
+    call: dict[str, Any] = {"name": f"ask_{name}", "arguments": {"question": question}}
+    if call_id:
+        call["id"] = call_id
+    return call
+
+
+def orchestrated(invoke: Invoke, config: Path, *args: str, code: int = 0) -> dict[str, Any]:
+    result = invoke("ask", "-c", config, "--orchestrate", "--json", *args, "Why is ice slippery?")
+    assert result.exit_code == code, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_tool_calls_of_one_turn_overlap_and_their_answers_go_back(
+    stream: str, server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    server.script(
+        "m-orch",
+        Reply(
+            tool_calls=[ask("physicist", "pressure?", "c1"), ask("chemist", "water film?", "c2")]
+        ),
+        Reply(text="It is the water film."),
+    )
+    # gate=2: each persona's reply waits until both are in flight: a serial loop would fail.
+    server.script("m-physicist", Reply(text="pressure melting is small", gate=2))
+    server.script("m-chemist", Reply(text="a liquid-like layer", gate=2))
+    document = orchestrated(invoke, config, stream, "--retries", "0")
+    tools = [r for r in server.requests if r.model in ("m-physicist", "m-chemist")]
+    assert len(tools) == 2
+    assert max(r.started for r in tools) < min(r.finished or 0 for r in tools)
+    turns = [r for r in server.requests if r.model == "m-orch"]
+    assert [t["function"]["name"] for t in turns[0].body["tools"]] == [
+        "ask_physicist", "ask_chemist", "ask_biologist",
+    ]  # fmt: skip
+    assert turns[0].body["tools"][1]["function"]["description"] == "the chemist"
+    assert turns[1].started >= max(r.finished or 0 for r in tools)
+    messages = turns[1].body["messages"]
+    assert [m["role"] for m in messages[-3:]] == ["assistant", "tool", "tool"]
+    assert [c["id"] for c in messages[-3]["tool_calls"]] == ["c1", "c2"]
+    results = {m["tool_call_id"]: m["content"] for m in messages[-2:]}
+    assert results == {"c1": "pressure melting is small", "c2": "a liquid-like layer"}
+    assert tools[0].body["messages"][-1]["content"] in ("pressure?", "water film?")
+    assert [s["id"] for s in document["stages"]] == ["turn1", "tools1", "turn2", "answer"]
+    assert document["output"] == {"orchestrator": "It is the water film."}
+    assert document["status"] == "completed"
+    assert document["stages"][0]["calls"][0]["tool_calls"][0]["name"] == "ask_physicist"
+
+
+def test_the_loop_ends_at_max_turns(server: FakeOpenAI, config: Path, invoke: Invoke) -> None:
+    server.script(
+        "m-orch",
+        Reply(tool_calls=[ask("biologist", "cells?")]),
+        Reply(tool_calls=[ask("biologist", "again?")]),
+    )
+    document = orchestrated(invoke, config, "--max-turns", "2")
+    turns = [r for r in server.requests if r.model == "m-orch"]
+    assert len(turns) == 2 and server.count("m-biologist") == 1  # turn 2's tools not run
+    assert "last turn" in turns[1].body["messages"][-1]["content"]
+    assert [s["id"] for s in document["stages"]] == ["turn1", "tools1", "turn2", "answer"]
+    assert document["output"] == {}
+
+
+def test_a_tool_that_does_not_exist_is_answered_with_an_error(
+    server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    server.script(
+        "m-orch",
+        Reply(tool_calls=[{"name": "ask_wizard", "arguments": {"question": "?"}, "id": "w"}]),
+        Reply(text="done without it"),
+    )
+    # The status counts the personas' answers (here: none), as for every shape.
+    document = orchestrated(invoke, config, code=1)
+    tool = document["stages"][1]["calls"][0]
+    assert tool["status"] == "skipped" and tool["error"]["type"] == "bad_tool_call"
+    turn2 = [r for r in server.requests if r.model == "m-orch"][1]
+    assert turn2.body["messages"][-1]["content"].startswith("[no answer: no tool 'ask_wizard'")
+    assert document["output"] == {"orchestrator": "done without it"}
+
+
+def test_an_orchestrator_that_answers_at_once_asks_nobody(
+    server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    server.script("m-orch", Reply(text="I know this one."))
+    document = orchestrated(invoke, config)
+    assert server.count() == 1
+    assert document["output"] == {"orchestrator": "I know this one."}
+
+
+def test_max_turns_goes_with_orchestrate(config: Path, invoke: Invoke) -> None:
+    result = invoke("ask", "-c", config, "--max-turns", "2", "Why?")
+    assert result.exit_code == 2 and "--max-turns goes with --orchestrate" in result.stderr
