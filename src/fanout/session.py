@@ -48,7 +48,7 @@ from fanout.export import (
     report_from_document,
 )
 from fanout.history import History, HistoryRecorder, StoredRun, history_path
-from fanout.local import LOCAL_ENV, LOCAL_URL, LocalServer, model_path, on_local, wants_local
+from fanout.local import LOCAL_URL, LocalServer, local_everyone, model_path, on_local, wants_local
 from fanout.models import Agent, AgentResult, Endpoint, RunReport
 from fanout.provider import OpenAIProvider
 from fanout.render import (
@@ -138,7 +138,7 @@ def ask(
     pricing = Pricing.shipped(panel.pricing)
     if dry_run:
         if local_wanted:  # what --local would send, without starting anything
-            everyone = local or os.environ.get(LOCAL_ENV, "") not in ("", "0")
+            everyone = local or local_everyone(os.environ)
             chosen = [
                 on_local(a, LOCAL_URL, everyone=everyone, model_named=bool(model)) for a in chosen
             ]
@@ -486,14 +486,14 @@ def _local_server(
         err.print(f"[dim]{message}[/]", highlight=False)
 
     path = model_path(model_file, user_cache_path("fanout"), say)
-    everyone = everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0")
+    everyone = everyone or local_everyone(os.environ)
     with LocalServer(path, parallel=len(agents)) as base_url:
         yield lambda agent: on_local(agent, base_url, everyone=everyone, model_named=model_named)
 
 
 def _as_local(agent: Agent, everyone: bool) -> Agent:
     """How a persona that ran on the local server is recorded: ``base_url: local``."""
-    if everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0"):
+    if everyone or local_everyone(os.environ):
         return replace(agent, endpoint=Endpoint(LOCAL_URL, agent.endpoint.api_key_env))
     return agent
 
