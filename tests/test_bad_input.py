@@ -4,10 +4,12 @@ nothing on stdout, and no request sent (issue 11: flags, prompts, environment, o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from fanout.config import load_panel
 from fanout.errors import ConfigError
 from fanout.local import local_everyone
 from tests.conftest import AgentsFile, Invoke, assert_usage_error
@@ -175,3 +177,177 @@ def test_a_run_id_that_is_not_utf8_is_a_usage_error(invoke: Invoke, command: str
 def test_a_path_that_is_not_utf8_is_named_in_a_printable_line(invoke: Invoke) -> None:
     message = assert_usage_error(invoke("agents", "-c", "gone\n" + NOT_UTF8 + ".yaml"))
     assert "gone\\n" in message and "\\udcff" in message
+
+
+# --- agents files: keys, merges, text, URLs -----------------------------------------------------
+
+
+def write_config(text: str) -> Path:
+    path = Path.cwd() / "panel.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "agents:\n  - name: a\n? [a, b]\n: 1\n",
+        "agents:\n  - name: a\n    ? {x: 1}\n    : 1\n",
+    ],
+    ids=["list-key", "mapping-key"],
+)
+def test_a_key_that_is_not_a_name_is_a_config_error(invoke: Invoke, text: str) -> None:
+    config = write_config(text)
+    assert_usage_error(invoke("agents", "-c", config), str(config), "a key must be a name")
+
+
+MERGED = """
+agents:
+  - &base
+    name: a
+    model: m-shared
+    temperature: 0.2
+  - <<: *base
+    name: b
+    description: merged
+"""
+
+
+def test_merge_keys_are_data(invoke: Invoke) -> None:
+    result = invoke("agents", "--json", "-c", write_config(MERGED))
+    assert result.exit_code == 0, result.output
+    assert [a["name"] for a in json.loads(result.stdout)["agents"]] == ["a", "b"]
+    b = load_panel(Path.cwd() / "panel.yaml", environ={}).agents[1]
+    assert (b.name, b.model, b.temperature, b.description) == ("b", "m-shared", 0.2, "merged")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        MERGED + "    name: c\n",
+        "agents:\n  - <<: {model: x, model: y}\n    name: a\n",
+    ],
+    ids=["own-keys", "inside-the-merged-mapping"],
+)
+def test_a_key_written_twice_is_still_an_error_with_merge_keys(invoke: Invoke, text: str) -> None:
+    assert_usage_error(invoke("agents", "-c", write_config(text)), "appears twice")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['  - name: "\\ud800"', '  - name: a\n    instructions: "be \\udfff brief"'],
+    ids=["name", "instructions"],
+)
+def test_a_lone_surrogate_escape_is_a_config_error(invoke: Invoke, line: str) -> None:
+    config = write_config(f"agents:\n{line}\n")
+    assert_usage_error(invoke("agents", "-c", config), f"{config}:", "surrogate")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h\\x01/v1",
+        "http://999.1.1.1/v1",
+        "http://1.2.3/v1",
+        "http://01.1.1.1/v1",
+        "http://localhost:abc/v1",
+        "http://localhost:99999/v1",
+        "http://localhost:0/v1",
+        "http://local host/v1",
+        "http://::1/v1",
+        "http://[::1/v1",
+        "http://[::g]/v1",
+        "http://-h-/v1",
+        "http://a..b/v1",
+        "http:///v1",
+        "http://h/v1#part",
+        "http://h\\u200b/v1",
+        "ftp://h/v1",
+        "http://" + "a" * 64 + ".example/v1",
+    ],
+)
+def test_an_unusable_base_url_is_refused_before_any_call(
+    server: FakeOpenAI, invoke: Invoke, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = write_config(f'agents:\n  - name: a\n    base_url: "{url}"\n')
+    assert_usage_error(invoke("agents", "-c", config), f"{config}:3:", "base_url")
+    assert_usage_error(invoke("ask", "-c", config, "Why?"), f"{config}:3:", "base_url")
+    assert server.count() == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/v1",
+        "http://[::1]:11434/v1",
+        "https://bücher.example/v1",
+        "http://my_service:8000/v1",
+        "HTTPS://api.example.com./v1",
+        "http://h:/v1",
+    ],
+)
+def test_usable_base_urls_are_accepted(invoke: Invoke, url: str) -> None:
+    config = write_config(f'agents:\n  - name: a\n    base_url: "{url}"\n')
+    result = invoke("agents", "-c", config, "--json")
+    assert result.exit_code == 0, result.output
+
+
+def test_credentials_in_openai_base_url_are_refused_without_being_printed(
+    server: FakeOpenAI, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://me:SECRET@127.0.0.1:{server.port}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = write_config("agents:\n  - name: a\n")
+    message = assert_usage_error(
+        invoke("ask", "-c", config, "Why?"), "$OPENAI_BASE_URL", "api_key_env", "***@"
+    )
+    assert "SECRET" not in message
+    assert server.count() == 0
+
+
+def test_a_bad_openai_base_url_is_a_usage_error(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://h\x01/v1")
+    config = write_config("agents:\n  - name: a\n")
+    assert_usage_error(invoke("agents", "-c", config), "$OPENAI_BASE_URL", "\\x01")
+
+
+def test_openai_base_url_is_not_checked_when_no_persona_uses_it(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "not a url")
+    config = write_config("agents:\n  - name: a\n    base_url: http://127.0.0.1:9/v1\n")
+    config.write_text(config.read_text() + "synthesizer:\n  base_url: http://127.0.0.1:9/v1\n")
+    assert invoke("agents", "-c", config).exit_code == 0
+
+
+# --- files that are not regular files, or too big ------------------------------------------------
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "pipe.yaml"
+    os.mkfifo(path)
+    return path
+
+
+def test_an_agents_file_that_is_a_fifo_is_refused_not_waited_on(invoke: Invoke, fifo: Path) -> None:
+    assert_usage_error(invoke("agents", "-c", fifo), str(fifo), "pipe")
+
+
+def test_an_agents_file_from_the_environment_that_is_a_fifo_is_refused(
+    invoke: Invoke, fifo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FANOUT_CONFIG", str(fifo))
+    assert_usage_error(invoke("agents"), str(fifo), "pipe")
+
+
+def test_an_agents_file_that_is_a_device_is_refused(invoke: Invoke) -> None:
+    assert_usage_error(invoke("agents", "-c", "/dev/zero"), "/dev/zero", "device")
+
+
+def test_an_agents_file_over_4_mb_is_refused(invoke: Invoke) -> None:
+    config = write_config("agents:\n  - name: a\n" + "# padding\n" * 500_000)
+    assert_usage_error(invoke("agents", "-c", config), str(config), "over 4 MB")
