@@ -7,6 +7,7 @@ error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -369,8 +370,8 @@ def batch(
         names = _names(agents, model)
         if via not in ("direct", "openai-batch"):
             raise ConfigError(f"--via: {via!r} is not direct or openai-batch")
-        if output is not None and (output.is_dir() or not output.parent.is_dir()):
-            raise ConfigError(f"--output: {str(output)!r} is not a file we can write")
+        if output is not None:
+            _check_output(output)
         settings = _settings(concurrency, timeout, retries, max_retry_after, rpm, tpm, max_cost)
         settings = replace(settings, stream=False)  # nobody watches a batch: whole answers
         code = session.batch(
@@ -516,14 +517,33 @@ def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> 
         raise ConfigError("--json and --jsonl: choose one")
     if deltas and not jsonl:
         raise ConfigError("--jsonl-deltas goes with --jsonl")
-    if file is not None and not file.parent.is_dir():
-        raise ConfigError(f"--output: directory {str(file.parent)!r} does not exist")
-    if file is not None and file.is_dir():
-        raise ConfigError(f"--output: {str(file)!r} is a directory; name a file")
+    if file is not None:
+        _check_output(file)
     mode: Literal["table", "json", "jsonl"] = (
         "json" if json_output else "jsonl" if jsonl else "table"
     )
     return Output(mode=mode, deltas=deltas, file=file)
+
+
+def _check_output(file: Path) -> None:
+    """``-o``: a regular file, or a new one in a directory that exists. Writing to a pipe or a
+    device would block (a FIFO nobody reads), never end, or read back what it wrote
+    (``/dev/stdout``, when a batch resumes from its output)."""
+    from fanout.config import file_kind
+
+    try:
+        mode = os.stat(file).st_mode
+    except FileNotFoundError:
+        if not file.parent.is_dir():
+            raise ConfigError(f"--output: directory {str(file.parent)!r} does not exist") from None
+        return
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a usable file name"
+        raise ConfigError(f"--output: {str(file)!r}: {reason}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"--output: {str(file)!r} is a directory; name a file")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"--output: {str(file)!r} {file_kind(mode)}; name a regular file")
 
 
 def _utf8(value: str | None, what: str) -> None:
@@ -558,6 +578,25 @@ def _errors_to_exit() -> Iterator[None]:
     except FanoutError as exc:
         _print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except BaseExceptionGroup as group:
+        # A task group gathers the error a run failed on with what it broke on the way out
+        # (a closed stream, a cancelled sibling): the FanoutError among them is the one to say.
+        cause = _first_fanout_error(group)
+        if cause is None or group.subgroup(KeyboardInterrupt) is not None:
+            raise
+        _print_error(str(cause))
+        raise typer.Exit(cause.exit_code) from None
+
+
+def _first_fanout_error(group: BaseExceptionGroup[BaseException]) -> FanoutError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, FanoutError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_fanout_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def main() -> None:
