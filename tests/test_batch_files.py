@@ -21,7 +21,7 @@ import pytest
 
 import fanout
 from tests.conftest import AgentsFile, Invoke, assert_usage_error
-from tests.fakeserver import FakeOpenAI, Hang, Reply
+from tests.fakeserver import BadLine, FakeOpenAI, Hang, Reply
 
 
 def prompts(content: str, name: str = "q.txt") -> Path:
@@ -234,3 +234,72 @@ def test_a_second_batch_on_the_same_output_is_refused_while_the_first_runs(
     result = fanout_process("batch", source, "-c", config, "-o", out, stderr=subprocess.PIPE)
     assert result.wait(timeout=60) == 0
     assert sorted(line["prompt"] for line in lines_of(out)) == ["one", "two"]
+
+
+# --- item 11: a bad line in a Batch API result file --------------------------------------------
+
+
+def batch_api(invoke: Invoke, source: Path, config: Path, out: Path) -> Any:
+    return invoke(
+        "batch", source, "-c", config, "-o", out, "--via", "openai-batch", "--poll-interval", "0.01"
+    )
+
+
+def test_a_bad_result_line_is_that_request_s_error_and_the_rest_are_written(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    source = prompts("".join(f"q{i}\n" for i in range(6)))
+    out = Path.cwd() / "out.jsonl"
+    config = agents_file("a", "b")
+    server.script("m-a", BadLine())  # the first of twelve result lines is cut in half
+    first = batch_api(invoke, source, config, out)
+    assert first.exit_code == 3, first.output
+    assert "Traceback" not in first.output
+    lines = {(line["id"], line["name"]): line for line in lines_of(out)}
+    assert len(lines) == 12
+    bad = [line for line in lines.values() if line["status"] != "ok"]
+    assert [(line["id"], line["name"]) for line in bad] == [("1", "a")]
+    assert bad[0]["error"]["type"] == "bad_response"
+    # The next run asks that one again, and only that one.
+    server.reset()
+    again = batch_api(invoke, source, config, out)
+    assert again.exit_code == 0, again.output
+    assert [r.model for r in server.requests] == ["m-a"]
+
+
+def test_a_result_line_without_a_custom_id_is_skipped_with_a_warning(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    source = prompts("q0\nq1\nq2\n")
+    out = Path.cwd() / "out.jsonl"
+    config = agents_file("a")
+    server.script("m-a", Reply(), BadLine(keep_id=False))
+    result = batch_api(invoke, source, config, out)
+    assert result.exit_code == 3, result.output
+    assert "skipped line 2 of a Batch API result file" in result.stderr
+    assert sorted(line["prompt"] for line in lines_of(out)) == ["q0", "q2"]
+    server.reset()
+    assert batch_api(invoke, source, config, out).exit_code == 0
+    assert [r.body["messages"][-1]["content"] for r in server.requests] == ["q1"]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        "{not json",
+        '{"batches": {"id": "x"}}',
+        '{"batches": [{"id": "b-1"}]}',
+        '{"batches": [{"base_url": "http://h\\u0001/v1", "api_key_env": "K", "id": "b-1"}]}',
+        '{"batches": [{"base_url": "http://h/v1", "api_key_env": "K", "id": ""}]}',
+        "[" * 100_000,
+    ],
+    ids=["not-json", "not-a-list", "no-endpoint", "bad-url", "no-token", "deep"],
+)
+def test_a_broken_batch_state_file_is_one_line(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, state: str
+) -> None:
+    out = Path.cwd() / "out.jsonl"
+    out.with_name("out.jsonl.batches.json").write_text(state)
+    result = batch_api(invoke, prompts("q0\n"), agents_file("a"), out)
+    assert_usage_error(result, "not a fanout batch state file")
+    assert server.count() == 0

@@ -13,6 +13,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import stat
 import sys
 import uuid
@@ -24,7 +25,7 @@ from typing import Any, TextIO, TypeVar
 import anyio
 import anyio.abc
 
-from fanout.config import file_kind, open_regular_file
+from fanout.config import base_url_problem, file_kind, open_regular_file
 from fanout.cost import Pricing
 from fanout.errors import ConfigError, FanoutError, ProviderError
 from fanout.events import (
@@ -40,6 +41,7 @@ from fanout.models import (
     Agent,
     AgentError,
     AgentResult,
+    Completion,
     Endpoint,
     SynthesisResult,
     Usage,
@@ -488,7 +490,7 @@ async def run_via_batch_api(
         for results in (status.output_file_id, status.error_file_id):
             if results:
                 content = await _retried(provider.batch_file, endpoint, results)
-                _write_batch_results(content, by_name, texts, pricing, writer, tally, answered)
+                _write_batch_results(content, by_name, texts, pricing, writer, tally, answered, say)
         if status.status != "completed":
             say(
                 f"batch {entry['id']} ended {status.status} with {status.completed} of "
@@ -531,13 +533,32 @@ def _save_state(
 
 
 def _load_state(state_file: Path) -> list[dict[str, str]]:
-    if not state_file.exists():
+    if not _exists(state_file):
         return []
+    with open_regular_file(state_file, "a batch state file") as source:
+        raw = source.read(MAX_STATE_BYTES + 1)
     try:
-        batches = json.loads(state_file.read_text(encoding="utf-8"))["batches"]
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{state_file}: not a fanout batch state file") from None
-    return list(batches)
+        batches = json.loads(raw)["batches"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        batches = None
+    if not isinstance(batches, list) or not all(_usable_entry(e) for e in batches):
+        raise ConfigError(f"{state_file}: not a fanout batch state file")
+    return [dict(entry) for entry in batches]
+
+
+MAX_STATE_BYTES = 1024 * 1024  # a few lines per endpoint
+
+
+def _usable_entry(entry: Any) -> bool:
+    """A submitted batch the run can act on: where it went and its id or, if it was never
+    acknowledged, the uploaded file and the token to look it up by."""
+    if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+        return False
+    needed = ["base_url", "api_key_env", "id"]
+    needed += [] if entry.get("id") else ["input_file_id", "token"]
+    if not all(entry.get(key) or key == "id" for key in needed) or "id" not in entry:
+        return False
+    return base_url_problem(entry["base_url"]) is None
 
 
 def _write_batch_results(
@@ -548,24 +569,26 @@ def _write_batch_results(
     writer: ResultWriter,
     tally: BatchTally,
     answered: dict[tuple[str, str], Any],
+    say: Callable[[str], None],
 ) -> None:
-    """Write one line per result not written yet; answered ones join ``answered``."""
-    for line in content.decode("utf-8", "replace").splitlines():
+    """Write one line per result not written yet; answered ones join ``answered``. A line that
+    cannot be read is that request's error when its ``custom_id`` can still be found (a re-run
+    asks it again), else skipped with a warning: one bad line never costs the others."""
+    # Split on newlines only: str.splitlines() would also cut at U+2028 inside an answer.
+    for number, line in enumerate(content.decode("utf-8", "replace").split("\n"), 1):
         if not line.strip():
             continue
-        item = json.loads(line)
-        prompt_id, name = json.loads(item["custom_id"])
+        key, item = _result_line(line)
+        if key is None:
+            say(f"skipped line {number} of a Batch API result file: not a result fanout can read")
+            continue
+        prompt_id, name = key
         agent = by_name.get(name)
         if agent is None or prompt_id not in texts or (prompt_id, name) in answered:
             continue
         result = AgentResult(name, agent.model, attempts=1)
-        response = item.get("response") or {}
         try:
-            if item.get("error") and not response:
-                raise ProviderError(str(item["error"].get("message", "failed")), kind="batch")
-            completion = OpenAIProvider.batch_answer(
-                int(response.get("status_code", 500)), response.get("body")
-            )
+            completion = _batch_completion(item)
         except ProviderError as exc:
             result.status = "error"
             result.error = AgentError(exc.kind, exc.message, exc.status_code, exc.retryable)
@@ -581,3 +604,50 @@ def _write_batch_results(
         tally.tokens += result.usage.total_tokens
         if result.cost_usd is not None:
             tally.cost_usd += result.cost_usd
+
+
+_CUSTOM_ID = re.compile(r'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _result_line(line: str) -> tuple[tuple[str, str] | None, dict[str, Any] | None]:
+    """The job a result line is for (``None``: cannot tell) and the line as JSON (``None``:
+    it is not; its ``custom_id`` may still be found in the text, if the line was cut after)."""
+    try:
+        item = json.loads(line)
+    except (ValueError, RecursionError):
+        item = None
+        found = _CUSTOM_ID.search(line)
+        custom_id: Any = _json_or_none(found.group(1)) if found else None
+    else:
+        if not isinstance(item, dict):
+            return None, None
+        custom_id = item.get("custom_id")
+    job = _json_or_none(custom_id) if isinstance(custom_id, str) else None
+    if isinstance(job, list) and len(job) == 2 and all(isinstance(p, str) for p in job):
+        return (job[0], job[1]), item
+    return None, None
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _batch_completion(item: dict[str, Any] | None) -> Completion:
+    """A result line's answer, or the ``ProviderError`` it amounts to; whatever its shape."""
+    if item is None:
+        raise ProviderError("a Batch API result line that is not JSON", kind="bad_response")
+    response = item.get("response") or {}
+    error = item.get("error")
+    if error and not response:
+        message = error.get("message") if isinstance(error, dict) else error
+        raise ProviderError(str(message or "failed")[:500], kind="batch")
+    status = response.get("status_code", 500) if isinstance(response, dict) else None
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise ProviderError("a Batch API result of an unknown shape", kind="bad_response")
+    try:
+        return OpenAIProvider.batch_answer(status, response.get("body"))
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        raise ProviderError("a Batch API result of an unknown shape", kind="bad_response") from None
