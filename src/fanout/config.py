@@ -31,6 +31,7 @@ _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 CONFIG_NAME = "agents.yaml"
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a panel is a few KB; more is a mistake, or /dev/zero
 MAX_URL_CHARS = 2048
+MAX_NESTING = 64
 # Bounds a number can meet on its way to a request, a timer or a cost (int * price): past
 # them it overflows a C timeval or a float rather than meaning anything.
 MAX_ANSWER_TOKENS = 10_000_000
@@ -74,16 +75,24 @@ class _AgentFields(BaseModel):
         return value
 
 
-# A name is typed after -a and printed in tables: no spaces, commas or control characters.
-_NAME = r"^[^\s,\x00-\x1f\x7f]+$"
+def _a_name(value: str) -> str:
+    """A name is typed after ``-a`` and printed in tables: no spaces or commas, nothing
+    invisible (control or format characters)."""
+    if not value or not value.isprintable() or "," in value or any(c.isspace() for c in value):
+        raise ValueError("must be a non-empty name without spaces, commas or control characters")
+    return value
 
 
 class AgentSpec(_AgentFields):
-    name: str = Field(min_length=1, pattern=_NAME)
+    name: str
+
+    _valid_name = field_validator("name")(_a_name)
 
 
 class SynthesizerSpec(_AgentFields):
-    name: str = Field(default="synthesizer", min_length=1, pattern=_NAME)
+    name: str = "synthesizer"
+
+    _valid_name = field_validator("name")(_a_name)
 
 
 class PriceSpec(BaseModel):
@@ -348,6 +357,30 @@ class _StrictLoader(yaml.SafeLoader):
     key that is a list or a mapping, and text that no request can carry (lone surrogates,
     which a ``"\\ud800"`` escape makes). Merge keys (``<<: *defaults``) are data: allowed."""
 
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # A panel is a few levels deep. Past a bound, stop: PyYAML's scanner slows down with
+        # the square of the nesting, and its composer recurses once per level.
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_NESTING} levels deep", self.get_mark()
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def fetch_flow_collection_start(self, token_class: type[yaml.Token]) -> None:
+        # The scanner reads a run of "[[[[" ahead before the composer sees the first: the
+        # bound must hold here too.
+        if self.flow_level >= MAX_NESTING:
+            raise yaml.scanner.ScannerError(
+                None, None, f"nested more than {MAX_NESTING} levels deep", self.get_mark()
+            )
+        super().fetch_flow_collection_start(token_class)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self._refuse_duplicates(node)
         return super().construct_mapping(node, deep=deep)  # merges the ``<<:`` keys in
@@ -444,9 +477,6 @@ _MESSAGES = {
     ("dict_type", ""): "expected a mapping of settings",
     ("list_type", "agents"): "expected a list of personas, each starting with '- name:'",
     ("too_short", "agents"): "the panel needs at least one persona",
-    ("string_pattern_mismatch", "name"): (
-        "must be a non-empty name without spaces, commas or control characters"
-    ),
     ("string_pattern_mismatch", "api_key_env"): "must be an environment variable name",
     ("finite_number", ""): "must be a finite number",
 }
