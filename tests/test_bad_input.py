@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import fanout
 from fanout.config import load_panel
 from fanout.errors import ConfigError
 from fanout.local import local_everyone
@@ -351,3 +354,20 @@ def test_an_agents_file_that_is_a_device_is_refused(invoke: Invoke) -> None:
 def test_an_agents_file_over_4_mb_is_refused(invoke: Invoke) -> None:
     config = write_config("agents:\n  - name: a\n" + "# padding\n" * 500_000)
     assert_usage_error(invoke("agents", "-c", config), str(config), "over 4 MB")
+
+
+def test_a_prompt_on_stdin_is_read_to_a_bound(server: FakeOpenAI, agents_file: AgentsFile) -> None:
+    """``fanout ask < /dev/zero`` read until memory ran out."""
+    with open("/dev/zero", "rb") as zeros:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fanout", "ask", "-c", str(agents_file("a"))],
+            stdin=zeros,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(fanout.__file__).parents[1])},
+            check=False,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == b""
+    assert proc.stderr.decode().splitlines() == ["fanout: error: the prompt on stdin is over 16 MB"]
+    assert server.count() == 0

@@ -99,6 +99,7 @@ MAX_SECONDS = 86_400.0  # a day: --timeout, --max-retry-after
 MAX_POLL_S = 3_600.0
 MAX_COST_USD = 1_000_000.0
 MAX_LIMIT = 1_000_000
+MAX_PROMPT_BYTES = 16 * 2**20  # more than any model's context
 
 ConfigOption = Annotated[
     Path | None,
@@ -561,8 +562,12 @@ def _read_prompt(prompt: str | None) -> str:
     if prompt is None or prompt == "-":
         if prompt is None and sys.stdin.isatty():
             raise ConfigError('no prompt: give one as an argument, e.g. fanout ask "Why?"')
+        # Bounded: stdin can be /dev/zero, or a pipe that never ends.
+        raw = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+        if len(raw) > MAX_PROMPT_BYTES:
+            raise ConfigError(f"the prompt on stdin is over {MAX_PROMPT_BYTES // 2**20} MB")
         try:
-            prompt = sys.stdin.buffer.read().decode("utf-8-sig")
+            prompt = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise ConfigError("the prompt on stdin is not UTF-8 text") from None
     if not prompt.strip():
