@@ -26,6 +26,8 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         "OPENAI_PROJECT_ID",
         "OPENAI_ADMIN_KEY",
         "FANOUT_CONFIG",
+        "FANOUT_HOME",  # the history goes to XDG_DATA_HOME below
+        "FANOUT_LOCAL",
         "NO_COLOR",
     ):
         monkeypatch.delenv(var, raising=False)
@@ -105,3 +107,20 @@ def invoke() -> Invoke:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def assert_usage_error(result: Result, *fragments: str) -> str:
+    """Bad input's one promise: exit 2, nothing on stdout, one ``fanout: error:`` line on
+    stderr holding every fragment, no traceback. Returns the line."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == "", result.stdout
+    message = result.stderr
+    assert message.startswith("fanout: error: "), message
+    assert message.count("\n") == 1 and message.endswith("\n"), message
+    assert "Traceback" not in message
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    for fragment in fragments:
+        assert fragment in message, message
+    return message

@@ -21,6 +21,8 @@ script, falling back to ``server.default`` (``Reply()`` unless set). Steps:
 * ``Malformed``    -- a 200 ``application/json`` response whose body is not JSON (or any body
                       under any content type: an HTML page, a raw event stream).
 * ``EmptyChoices`` -- a 200 chat.completion with ``"choices": []``.
+* ``BadLine``      -- in a Batch API output file, this request's line is not JSON (cut short
+  after its ``custom_id``, or garbage without one); a chat request gets a ``Malformed`` body.
 
 Every step waits ``latency`` seconds first. Waits never block other requests, and end early
 when the client disconnects or the server stops, so ``stop()`` releases hung handlers promptly.
@@ -52,7 +54,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["EmptyChoices", "FakeOpenAI", "Fault", "Hang", "Malformed", "RecordedRequest"]
+__all__ = ["BadLine", "EmptyChoices", "FakeOpenAI", "Fault", "Hang", "Malformed", "RecordedRequest"]
 __all__ += ["Reply", "Reset", "Step", "Trickle"]
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
@@ -156,7 +158,16 @@ class EmptyChoices:
     latency: float = 0.0
 
 
-Step = Reply | Fault | Reset | Hang | Trickle | Malformed | EmptyChoices
+@dataclass(frozen=True)
+class BadLine:
+    """A Batch API result line that is not JSON: the real line cut in half (its ``custom_id``
+    can still be read), or with ``keep_id=False`` a line with no trace of the request."""
+
+    keep_id: bool = True
+    latency: float = 0.0
+
+
+Step = Reply | Fault | Reset | Hang | Trickle | Malformed | EmptyChoices | BadLine
 
 
 @dataclass
@@ -312,7 +323,8 @@ class FakeOpenAI:
 
     def _create_batch(self, input_file_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
         """Run every line through the scripts now; report in_progress once, then completed."""
-        out, errors = [], []
+        out: list[dict[str, Any] | str] = []
+        errors: list[dict[str, Any]] = []
         for line in self._files[input_file_id].decode().splitlines():
             item = json.loads(line)
             body = item["body"]
@@ -335,12 +347,17 @@ class FakeOpenAI:
                     "body": _completion(body["model"], [choice], _usage(body, text)),
                 }
             result = {"id": f"req-{len(out)}", "custom_id": item["custom_id"]}
-            (out if response["status_code"] == 200 else errors).append(
-                {**result, "response": response, "error": None}
-            )
+            entry = {**result, "response": response, "error": None}
+            if isinstance(step, BadLine):
+                whole = json.dumps(entry)
+                out.append(whole[: len(whole) // 2] if step.keep_id else "\x00{garbage")
+            else:
+                (out if response["status_code"] == 200 else errors).append(entry)
         with self._cond:
             batch_id = f"batch-{len(self._batches) + 1}"
-            output = "".join(json.dumps(r) + "\n" for r in out).encode()
+            output = "".join(
+                (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in out
+            ).encode()
             error = "".join(json.dumps(r) + "\n" for r in errors).encode()
             self._batches[batch_id] = {
                 "id": batch_id,
@@ -567,6 +584,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(step.status, fault_body, step.headers)
         elif isinstance(step, Malformed):
             self._send(step.status, step.body.encode(), step.content_type, {})
+        elif isinstance(step, BadLine):
+            self._send(200, b"{not json", "application/json", {})
         elif isinstance(step, Reset):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True

@@ -791,11 +791,19 @@ def test_markup_in_user_text_is_shown_as_written(write_yaml: WriteYaml, invoke: 
     assert "Cites [citation needed] and [/] [bold]x" in " ".join(result.stdout.split())
 
 
-def test_credentials_in_base_url_are_not_printed(write_yaml: WriteYaml, invoke: Invoke) -> None:
-    config = write_yaml(
-        "agents:\n  - name: a\n    base_url: 'https://user:pw@proxy.example/v1?api-key=zzz'\n"
-    )
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("https://user:pw-SECRET@proxy.example/v1", "pw-SECRET"),
+        ("https://proxy.example/v1?api-key=SECRET", "SECRET"),
+        ("https://sk-SECRET@proxy.example/v1?api-key=zzz", "sk-SECRET"),
+    ],
+    ids=["userinfo", "query", "both"],
+)
+def test_credentials_in_base_url_are_refused_without_being_printed(
+    write_yaml: WriteYaml, invoke: Invoke, url: str, secret: str
+) -> None:
+    config = write_yaml(f"agents:\n  - name: a\n    base_url: '{url}'\n")
     result = invoke("agents", "-c", config, "--json")
-    assert result.exit_code == 0
-    assert "pw" not in result.stdout and "zzz" not in result.stdout
-    assert json.loads(result.stdout)["agents"][0]["base_url"] == "https://proxy.example/v1"
+    message = assert_config_error(result, config, "base_url", "api_key_env", "***")
+    assert secret not in message and "zzz" not in message

@@ -9,7 +9,13 @@ the (prompt id, persona) pairs already answered there are not asked again.
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
+import os
+import re
+import stat
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +25,7 @@ from typing import Any, TextIO, TypeVar
 import anyio
 import anyio.abc
 
+from fanout.config import base_url_problem, file_kind, open_regular_file
 from fanout.cost import Pricing
 from fanout.engine import Engine, Execution, RunContext
 from fanout.errors import ConfigError, FanoutError, ProviderError
@@ -36,6 +43,7 @@ from fanout.models import (
     Agent,
     AgentError,
     CallResult,
+    Completion,
     Endpoint,
     Usage,
     chat_messages,
@@ -62,8 +70,9 @@ def read_prompts(path: Path) -> Iterator[BatchPrompt]:
     if suffix not in FORMATS:
         raise ConfigError(f"{path}: a batch file is .jsonl, .txt or .csv, not {suffix or '?'}")
     seen: set[str] = set()
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as lines:
+    with open_regular_file(path, "a batch file") as raw:
+        lines = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        try:
             reader = _csv_rows if suffix == ".csv" else _jsonl_rows if suffix != ".txt" else None
             rows = reader(path, lines) if reader else _txt_rows(lines)
             for where, item in rows:
@@ -71,12 +80,10 @@ def read_prompts(path: Path) -> Iterator[BatchPrompt]:
                     raise ConfigError(f"{path}:{where}: id {item.id!r} appears twice")
                 seen.add(item.id)
                 yield item
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _txt_rows(lines: TextIO) -> Iterator[tuple[int, BatchPrompt]]:
@@ -93,6 +100,10 @@ def _jsonl_rows(path: Path, lines: TextIO) -> Iterator[tuple[int, BatchPrompt]]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{number}: not JSON: {exc.msg}") from None
+        except ValueError:  # an integer of thousands of digits
+            raise ConfigError(f"{path}:{number}: a number too long to read") from None
+        except RecursionError:
+            raise ConfigError(f"{path}:{number}: nested too deeply") from None
         if isinstance(item, str):
             item = {"prompt": item}
         prompt = item.get("prompt") if isinstance(item, dict) else None
@@ -101,18 +112,42 @@ def _jsonl_rows(path: Path, lines: TextIO) -> Iterator[tuple[int, BatchPrompt]]:
         raw_id = item.get("id", number)
         if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
             raise ConfigError(f'{path}:{number}: "id" must be a string or a number')
+        for name, text in (("prompt", prompt), ("id", str(raw_id))):
+            if not _is_text(text):  # a "\ud800" escape: no request or output line can hold it
+                raise ConfigError(f'{path}:{number}: the "{name}" holds a lone surrogate escape')
         yield number, BatchPrompt(str(raw_id), prompt.strip())
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _csv_rows(path: Path, lines: TextIO) -> Iterator[tuple[int, BatchPrompt]]:
+    _allow_long_csv_fields()
     reader = csv.DictReader(lines)
-    if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-        raise ConfigError(f"{path}: the CSV needs a 'prompt' column")
-    for number, row in enumerate(reader, 2):
-        prompt = (row.get("prompt") or "").strip()
-        if not prompt:
-            raise ConfigError(f"{path}:{number}: empty prompt")
-        yield number, BatchPrompt((row.get("id") or "").strip() or str(number - 1), prompt)
+    try:
+        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+            raise ConfigError(f"{path}: the CSV needs a 'prompt' column")
+        for number, row in enumerate(reader, 2):
+            prompt = (row.get("prompt") or "").strip()
+            if not prompt:
+                raise ConfigError(f"{path}:{number}: empty prompt")
+            yield number, BatchPrompt((row.get("id") or "").strip() or str(number - 1), prompt)
+    except csv.Error as exc:
+        raise ConfigError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
+
+
+def _allow_long_csv_fields() -> None:
+    """A prompt can be a long document: the csv module's 128 KB field limit is not ours (a
+    field is read whole either way, like a long line of a .txt or .jsonl file)."""
+    try:
+        csv.field_size_limit(sys.maxsize)
+    except OverflowError:  # a C long of 32 bits
+        csv.field_size_limit(2**31 - 1)
 
 
 def count_prompts(path: Path) -> int:
@@ -121,19 +156,103 @@ def count_prompts(path: Path) -> int:
 
 
 def open_results(output: Path) -> TextIO:
-    """The output, opened to add lines; a last line cut short by a crash is ended first, so
-    the next result starts on a line of its own (the cut one is skipped when resuming)."""
+    """The output, opened to add lines, and locked for as long as it is open: a second batch
+    on the same file would ask (and pay for) every pair again. A last line cut short by a
+    crash is ended first, so the next result starts on a line of its own (the cut one is
+    skipped when resuming)."""
     try:
-        sink = output.open("a+b")
-        size = sink.seek(0, 2)
-        if size:
-            sink.seek(size - 1)
-            if sink.read(1) != b"\n":
-                sink.write(b"\n")
-        sink.close()
-        return output.open("a", encoding="utf-8")
+        # O_NONBLOCK: a FIFO must not block the open; it is refused just below.
+        fd = os.open(output, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
     except OSError as exc:
         raise ConfigError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"--output: {output} {file_kind(mode)}, not a results file")
+        _lock(fd, output)
+        os.set_blocking(fd, True)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
+    except ConfigError:
+        os.close(fd)
+        raise
+    return _ResultsFile(fd)
+
+
+def _lock(fd: int, output: Path) -> None:
+    """An advisory lock that lives as long as ``fd`` (it goes with the process, even on
+    ``kill -9``): one batch per output file at a time."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        who = f" (pid {holder})" if holder else ""
+        raise ConfigError(
+            f"--output: {output} is being written by another fanout batch{who}; wait for it "
+            "to end, or write to another file"
+        ) from None
+    except OSError:
+        pass  # a file system without locks: carry on unlocked, as before
+
+
+def _lock_holder(fd: int) -> int | None:
+    """Which process holds the lock on ``fd``'s file, from ``/proc/locks`` (Linux only;
+    lines like ``1: FLOCK  ADVISORY  WRITE 7110 fe:00:2146490 0 EOF``)."""
+    info = os.fstat(fd)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            table = [line.split() for line in locks]
+    except OSError:
+        return None
+    # Some file systems (overlayfs) show the kernel a device number other than st_dev's:
+    # then the inode alone decides, if it is unambiguous.
+    held = [f for f in table if len(f) > 5 and f[1] == "FLOCK" and f[4].isdigit()]
+    same = [f for f in held if f[5] == f"{device}:{info.st_ino}"]
+    if not same:
+        same = [f for f in held if f[5].rsplit(":", 1)[-1] == str(info.st_ino)]
+    return int(same[0][4]) if len(same) == 1 else None
+
+
+class _ResultsFile(io.TextIOWrapper):
+    """The output file of a batch. Two things an ordinary text file does not do:
+
+    * after a write or flush failed (a full disk), ``close()`` does not raise again while
+      re-flushing what could not be written: the first error is the one to report;
+    * text that UTF-8 cannot hold (a lone surrogate from a server) is written as its JSON
+      escape (``\\ud800``), which reads back as the same string, instead of failing."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(
+            io.BufferedWriter(io.FileIO(fd, "a")), encoding="utf-8", errors="backslashreplace"
+        )
+        self._failed = False
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except OSError:
+            self._failed = True
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self._failed = True
+            raise
+
+    def close(self) -> None:
+        failed_before = self._failed
+        try:
+            super().close()  # closes the file (and drops the lock) even when the flush fails
+        except OSError as exc:
+            if not failed_before:
+                raise FanoutError(f"cannot write the results: {exc.strerror or exc}") from None
 
 
 def answered_jobs(output: Path | None, *, keep_answers: bool) -> dict[tuple[str, str], Any]:
@@ -141,14 +260,16 @@ def answered_jobs(output: Path | None, *, keep_answers: bool) -> dict[tuple[str,
     ``keep_answers``, their entries too (the synthesis of a resumed prompt needs them).
     Lines of version 1 (no ``call_id``) are keyed by their persona or synthesis."""
     done: dict[tuple[str, str], Any] = {}
-    if output is None or not output.exists():
+    if output is None or not _exists(output):
         return done
-    with output.open(encoding="utf-8") as lines:
+    with open_regular_file(output, "a results file") as lines:
         for line in lines:
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of a run that was killed mid-write
+            except (ValueError, RecursionError):
+                # The last line of a run that was killed mid-write, cut anywhere, even inside
+                # a character (UnicodeDecodeError is a ValueError): not an answer.
+                continue
             if isinstance(entry, dict) and entry.get("status") == "ok":
                 key = (str(entry.get("id")), line_call_id(entry))
                 done[key] = entry if keep_answers else True
@@ -162,6 +283,16 @@ def line_call_id(entry: dict[str, Any]) -> str:
         return call_id
     stage = "synthesis" if entry.get("synthesis") is True else "panel"
     return f"{stage}/{entry.get('name')}"
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # let opening it say what is wrong
+    return True
 
 
 @dataclass
@@ -369,7 +500,7 @@ async def run_via_batch_api(
         for results in (status.output_file_id, status.error_file_id):
             if results:
                 content = await _retried(provider.batch_file, endpoint, results)
-                _write_batch_results(content, by_name, texts, pricing, writer, tally, answered)
+                _write_batch_results(content, by_name, texts, pricing, writer, tally, answered, say)
         if status.status != "completed":
             say(
                 f"batch {entry['id']} ended {status.status} with {status.completed} of "
@@ -415,13 +546,32 @@ def _save_state(
 
 
 def _load_state(state_file: Path) -> list[dict[str, str]]:
-    if not state_file.exists():
+    if not _exists(state_file):
         return []
+    with open_regular_file(state_file, "a batch state file") as source:
+        raw = source.read(MAX_STATE_BYTES + 1)
     try:
-        batches = json.loads(state_file.read_text(encoding="utf-8"))["batches"]
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{state_file}: not a fanout batch state file") from None
-    return list(batches)
+        batches = json.loads(raw)["batches"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        batches = None
+    if not isinstance(batches, list) or not all(_usable_entry(e) for e in batches):
+        raise ConfigError(f"{state_file}: not a fanout batch state file")
+    return [dict(entry) for entry in batches]
+
+
+MAX_STATE_BYTES = 1024 * 1024  # a few lines per endpoint
+
+
+def _usable_entry(entry: Any) -> bool:
+    """A submitted batch the run can act on: where it went and its id or, if it was never
+    acknowledged, the uploaded file and the token to look it up by."""
+    if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+        return False
+    needed = ["base_url", "api_key_env", "id"]
+    needed += [] if entry.get("id") else ["input_file_id", "token"]
+    if not all(entry.get(key) or key == "id" for key in needed) or "id" not in entry:
+        return False
+    return base_url_problem(entry["base_url"]) is None
 
 
 def _write_batch_results(
@@ -432,24 +582,26 @@ def _write_batch_results(
     writer: ResultWriter,
     tally: BatchTally,
     answered: dict[tuple[str, str], Any],
+    say: Callable[[str], None],
 ) -> None:
-    """Write one line per result not written yet; answered ones join ``answered``."""
-    for line in content.decode("utf-8", "replace").splitlines():
+    """Write one line per result not written yet; answered ones join ``answered``. A line that
+    cannot be read is that request's error when its ``custom_id`` can still be found (a re-run
+    asks it again), else skipped with a warning: one bad line never costs the others."""
+    # Split on newlines only: str.splitlines() would also cut at U+2028 inside an answer.
+    for number, line in enumerate(content.decode("utf-8", "replace").split("\n"), 1):
         if not line.strip():
             continue
-        item = json.loads(line)
-        prompt_id, name = json.loads(item["custom_id"])
+        key, item = _result_line(line)
+        if key is None:
+            say(f"skipped line {number} of a Batch API result file: not a result fanout can read")
+            continue
+        prompt_id, name = key
         agent = by_name.get(name)
         if agent is None or prompt_id not in texts or (prompt_id, f"panel/{name}") in answered:
             continue
         result = CallResult(name, agent.model, attempts=1)
-        response = item.get("response") or {}
         try:
-            if item.get("error") and not response:
-                raise ProviderError(str(item["error"].get("message", "failed")), kind="batch")
-            completion = OpenAIProvider.batch_answer(
-                int(response.get("status_code", 500)), response.get("body")
-            )
+            completion = _batch_completion(item)
         except ProviderError as exc:
             result.status = "error"
             result.error = AgentError(exc.kind, exc.message, exc.status_code, exc.retryable)
@@ -465,3 +617,50 @@ def _write_batch_results(
         tally.tokens += result.usage.total_tokens
         if result.cost_usd is not None:
             tally.cost_usd += result.cost_usd
+
+
+_CUSTOM_ID = re.compile(r'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _result_line(line: str) -> tuple[tuple[str, str] | None, dict[str, Any] | None]:
+    """The job a result line is for (``None``: cannot tell) and the line as JSON (``None``:
+    it is not; its ``custom_id`` may still be found in the text, if the line was cut after)."""
+    try:
+        item = json.loads(line)
+    except (ValueError, RecursionError):
+        item = None
+        found = _CUSTOM_ID.search(line)
+        custom_id: Any = _json_or_none(found.group(1)) if found else None
+    else:
+        if not isinstance(item, dict):
+            return None, None
+        custom_id = item.get("custom_id")
+    job = _json_or_none(custom_id) if isinstance(custom_id, str) else None
+    if isinstance(job, list) and len(job) == 2 and all(isinstance(p, str) for p in job):
+        return (job[0], job[1]), item
+    return None, None
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _batch_completion(item: dict[str, Any] | None) -> Completion:
+    """A result line's answer, or the ``ProviderError`` it amounts to; whatever its shape."""
+    if item is None:
+        raise ProviderError("a Batch API result line that is not JSON", kind="bad_response")
+    response = item.get("response") or {}
+    error = item.get("error")
+    if error and not response:
+        message = error.get("message") if isinstance(error, dict) else error
+        raise ProviderError(str(message or "failed")[:500], kind="batch")
+    status = response.get("status_code", 500) if isinstance(response, dict) else None
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise ProviderError("a Batch API result of an unknown shape", kind="bad_response")
+    try:
+        return OpenAIProvider.batch_answer(status, response.get("body"))
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        raise ProviderError("a Batch API result of an unknown shape", kind="bad_response") from None

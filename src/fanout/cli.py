@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+from typer.core import TyperGroup
 
 from fanout import __version__
 from fanout.errors import ConfigError, FanoutError, StdoutClosed
@@ -24,13 +26,81 @@ if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from fanout.engine import RunSettings
     from fanout.session import Output
 
+
+class _FanoutCommand(TyperGroup):
+    """The root command. A usage error (an unknown flag, a bad value, a missing argument) ends
+    as one ``fanout: error:`` line on stderr like every other error, not click's boxed usage
+    text; ``fanout`` and ``fanout runs`` alone show their help on stdout and exit 0."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            # Not standalone: click hands us its errors instead of printing them its way.
+            returned = super().main(
+                args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+            code = returned if isinstance(returned, int) else 0
+        except typer.TyperException as exc:  # click's UsageError, BadParameter...
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                code = 0  # the help was printed on stdout when the error was made
+            else:
+                _print_error(_usage_message(exc))
+                code = exc.exit_code
+        except typer.Abort:
+            _print_error("aborted")
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _usage_message(exc: typer.TyperException) -> str:
+    """Click's message, with the command whose ``--help`` explains it."""
+    message = exc.format_message().strip().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None)
+    return f"{message} (see '{command} --help')" if command else message
+
+
+def _print_error(message: str) -> None:
+    from fanout.render import make_console, print_error
+
+    print_error(make_console(stderr=True), _printable(message))
+
+
+def _printable(message: str) -> str:
+    """The error as one printable line: a value typed on the command line can hold line
+    breaks, control characters or bytes that are not UTF-8 (surrogates), shown escaped."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 app = typer.Typer(
     name="fanout",
+    cls=_FanoutCommand,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# Every number a flag takes has an upper bound: besides nonsense (a timeout of 10**30 s), an
+# unbounded value can overflow (SQLite's LIMIT), be inf (a poll that never wakes) or start
+# a worker per unit of --concurrency. The bounds also refuse nan.
+MAX_CONCURRENCY = 1_000
+MAX_RETRIES = 100
+MAX_SECONDS = 86_400.0  # a day: --timeout, --max-retry-after
+MAX_POLL_S = 3_600.0
+MAX_COST_USD = 1_000_000.0
+MAX_LIMIT = 1_000_000
+MAX_PROMPT_BYTES = 16 * 2**20  # more than any model's context
 
 ConfigOption = Annotated[
     Path | None,
@@ -72,6 +142,7 @@ MaxCostOption = Annotated[
     typer.Option(
         "--max-cost",
         min=0,
+        max=MAX_COST_USD,
         help="Budget in USD: a call whose worst case could break it is not made.",
     ),
 ]
@@ -80,6 +151,7 @@ ConcurrencyOption = Annotated[
     typer.Option(
         "--concurrency",
         min=1,
+        max=MAX_CONCURRENCY,
         help="Most calls in flight at once (ask: 64, each endpoint also bounded by its own "
         "concurrency:/rpm:/tpm:; batch: 8).",
         show_default=False,
@@ -89,17 +161,28 @@ EXIT_PIPE = 141  # stdout closed by its reader: what a death by SIGPIPE would gi
 DEFAULT_ASK_CONCURRENCY = 64  # every call of a stage at once, within each endpoint's limits
 DEFAULT_BATCH_CONCURRENCY = 8  # a batch keeps a bounded window of prompts in progress
 RetriesOption = Annotated[
-    int, typer.Option("--retries", min=0, help="Retries per persona after a failed attempt.")
+    int,
+    typer.Option(
+        "--retries", min=0, max=MAX_RETRIES, help="Retries per persona after a failed attempt."
+    ),
 ]
 TimeoutOption = Annotated[
     float,
     typer.Option(
-        "--timeout", min=0.001, help="Seconds per attempt; a persona's own timeout: wins."
+        "--timeout",
+        min=0.001,
+        max=MAX_SECONDS,
+        help="Seconds per attempt; a persona's own timeout: wins.",
     ),
 ]
 MaxRetryAfterOption = Annotated[
     float,
-    typer.Option("--max-retry-after", min=0, help="Fail at once if a server asks to wait longer."),
+    typer.Option(
+        "--max-retry-after",
+        min=0,
+        max=MAX_SECONDS,
+        help="Fail at once if a server asks to wait longer.",
+    ),
 ]
 RpmOption = Annotated[
     float | None,
@@ -227,6 +310,7 @@ def ask(
             out = _output(json_output, jsonl, jsonl_deltas, output)
             text = _read_prompt(prompt)
             names = _names(agents, model)
+            _utf8(None if local_model is None else str(local_model), "--local-model")
             settings = _settings(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
                 rpm, tpm, max_cost,
@@ -308,7 +392,12 @@ def batch(
     ] = "direct",
     poll_interval: Annotated[
         float,
-        typer.Option("--poll-interval", min=0.01, help="Seconds between Batch API status checks."),
+        typer.Option(
+            "--poll-interval",
+            min=0.01,
+            max=MAX_POLL_S,
+            help="Seconds between Batch API status checks.",
+        ),
     ] = 30.0,
     local: Annotated[
         bool,
@@ -329,8 +418,8 @@ def batch(
         names = _names(agents, model)
         if via not in ("direct", "openai-batch"):
             raise ConfigError(f"--via: {via!r} is not direct or openai-batch")
-        if output is not None and (output.is_dir() or not output.parent.is_dir()):
-            raise ConfigError(f"--output: {str(output)!r} is not a file we can write")
+        if output is not None:
+            _check_output(output)
         settings = _settings(
             concurrency or DEFAULT_BATCH_CONCURRENCY, timeout, retries, max_retry_after,
             rpm, tpm, max_cost,
@@ -361,7 +450,9 @@ RunIdArgument = Annotated[str, typer.Argument(help="A run id, or a unique prefix
 
 @runs_app.command("list")
 def runs_list(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, help="How many runs.")
+    ] = 20,
     json_output: JsonOption = False,
 ) -> None:
     """List recorded runs, newest first.
@@ -383,6 +474,7 @@ def runs_show(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     from fanout import session
 
     with _errors_to_exit():
+        _utf8(run_id, "the run id")
         code = session.show_run(run_id, json_output)
     raise typer.Exit(code)
 
@@ -404,6 +496,7 @@ def runs_retry(
     from fanout import session
 
     with _errors_to_exit():
+        _utf8(run_id, "the run id")
         out = _output(json_output, jsonl, jsonl_deltas, output)
         code = session.retry(run_id, output=out, log=not no_log)
     raise typer.Exit(code)
@@ -427,6 +520,8 @@ def runs_synth(
     from fanout import session
 
     with _errors_to_exit():
+        _utf8(run_id, "the run id")
+        _utf8(model, "--model")
         out = _output(json_output, jsonl, False, output)
         code = session.synth(run_id, model=model, output=out, log=not no_log)
     raise typer.Exit(code)
@@ -560,6 +655,8 @@ def _settings(
 
 
 def _names(agents: str | None, model: str | None) -> list[str] | None:
+    _utf8(agents, "--agents")
+    _utf8(model, "--model")
     names = [n.strip() for n in agents.split(",") if n.strip()] if agents else None
     if agents is not None and not names:
         raise ConfigError("--agents: give at least one persona name")
@@ -575,22 +672,56 @@ def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> 
         raise ConfigError("--json and --jsonl: choose one")
     if deltas and not jsonl:
         raise ConfigError("--jsonl-deltas goes with --jsonl")
-    if file is not None and not file.parent.is_dir():
-        raise ConfigError(f"--output: directory {str(file.parent)!r} does not exist")
-    if file is not None and file.is_dir():
-        raise ConfigError(f"--output: {str(file)!r} is a directory; name a file")
+    if file is not None:
+        _check_output(file)
     mode: Literal["table", "json", "jsonl"] = (
         "json" if json_output else "jsonl" if jsonl else "table"
     )
     return Output(mode=mode, deltas=deltas, file=file)
 
 
+def _check_output(file: Path) -> None:
+    """``-o``: a regular file, or a new one in a directory that exists. Writing to a pipe or a
+    device would block (a FIFO nobody reads), never end, or read back what it wrote
+    (``/dev/stdout``, when a batch resumes from its output)."""
+    from fanout.config import file_kind
+
+    try:
+        mode = os.stat(file).st_mode
+    except FileNotFoundError:
+        if not file.parent.is_dir():
+            raise ConfigError(f"--output: directory {str(file.parent)!r} does not exist") from None
+        return
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a usable file name"
+        raise ConfigError(f"--output: {str(file)!r}: {reason}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"--output: {str(file)!r} is a directory; name a file")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"--output: {str(file)!r} {file_kind(mode)}; name a regular file")
+
+
+def _utf8(value: str | None, what: str) -> None:
+    """Refuse an argument that is not UTF-8: Python hands it over with surrogates, which no
+    request, file or database can carry (every persona would fail on it, one by one)."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{what} is not UTF-8 text") from None
+
+
 def _read_prompt(prompt: str | None) -> str:
+    _utf8(prompt, "the prompt")
     if prompt is None or prompt == "-":
         if prompt is None and sys.stdin.isatty():
             raise ConfigError('no prompt: give one as an argument, e.g. fanout ask "Why?"')
+        # Bounded: stdin can be /dev/zero, or a pipe that never ends.
+        raw = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+        if len(raw) > MAX_PROMPT_BYTES:
+            raise ConfigError(f"the prompt on stdin is over {MAX_PROMPT_BYTES // 2**20} MB")
         try:
-            prompt = sys.stdin.buffer.read().decode("utf-8-sig")
+            prompt = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise ConfigError("the prompt on stdin is not UTF-8 text") from None
     if not prompt.strip():
@@ -605,12 +736,29 @@ def _errors_to_exit() -> Iterator[None]:
     try:
         yield
     except FanoutError as exc:
-        from fanout.render import make_console, print_error
-
-        print_error(make_console(stderr=True), str(exc))
+        _print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     except StdoutClosed:
         raise typer.Exit(EXIT_PIPE) from None
+    except BaseExceptionGroup as group:
+        # A task group gathers the error a run failed on with what it broke on the way out
+        # (a closed stream, a cancelled sibling): the FanoutError among them is the one to say.
+        cause = _first_fanout_error(group)
+        if cause is None or group.subgroup(KeyboardInterrupt) is not None:
+            raise
+        _print_error(str(cause))
+        raise typer.Exit(cause.exit_code) from None
+
+
+def _first_fanout_error(group: BaseExceptionGroup[BaseException]) -> FanoutError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, FanoutError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_fanout_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 @contextmanager

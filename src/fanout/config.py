@@ -8,15 +8,17 @@ Every problem becomes one ``ConfigError`` line naming the file (and the line, wh
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, BinaryIO
 
+import idna  # httpx's own IDNA codec: a host we accept is one httpx can encode
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -27,6 +29,15 @@ from fanout.models import OPENAI_BASE_URL, Agent, Endpoint, Limits
 CONFIG_ENV = "FANOUT_CONFIG"
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 CONFIG_NAME = "agents.yaml"
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a panel is a few KB; more is a mistake, or /dev/zero
+MAX_URL_CHARS = 2048
+MAX_NESTING = 64
+# Bounds a number can meet on its way to a request, a timer or a cost (int * price): past
+# them it overflows a C timeval or a float rather than meaning anything.
+MAX_ANSWER_TOKENS = 10_000_000
+MAX_CONCURRENCY = 1_000
+MAX_TIMEOUT_S = 86_400.0
+MAX_PRICE = 1_000_000.0  # USD per million tokens
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_SYNTHESIS_INSTRUCTIONS = (
     "You are the moderator of a panel of experts. You receive a question and the panel's answers. "
@@ -58,35 +69,43 @@ class _AgentFields(BaseModel):
     model: str | None = Field(default=None, min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_ANSWER_TOKENS)
     stop: list[str] | None = Field(default=None, max_length=4)
-    base_url: str | None = Field(default=None, pattern=r"^(https?://\S+|local)$")
+    base_url: str | None = None
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
     rpm: float | None = Field(default=None, gt=0, le=1e6)
     tpm: float | None = Field(default=None, gt=0, le=1e10)
-    concurrency: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
 
     @field_validator("base_url")
     @classmethod
     def _a_usable_url(cls, value: str | None) -> str | None:
         if value is not None and value != "local":
-            try:
-                parts = urlsplit(value)
-                _ = parts.port  # raises on a port that is not a number in range
-            except ValueError as exc:
-                raise ValueError(f"not a usable URL: {exc}") from None
-            if not parts.hostname:
-                raise ValueError("not a usable URL: it names no host")
+            problem = base_url_problem(value)
+            if problem:
+                raise ValueError(problem)
         return value
 
 
+def _a_name(value: str) -> str:
+    """A name is typed after ``-a`` and printed in tables: no spaces or commas, nothing
+    invisible (control or format characters)."""
+    if not value or not value.isprintable() or "," in value or any(c.isspace() for c in value):
+        raise ValueError("must be a non-empty name without spaces, commas or control characters")
+    return value
+
+
 class AgentSpec(_AgentFields):
-    name: str = Field(min_length=1, pattern=r"^[^\s,]+$")
+    name: str
+
+    _valid_name = field_validator("name")(_a_name)
 
 
 class SynthesizerSpec(_AgentFields):
-    name: str = Field(default="synthesizer", min_length=1, pattern=r"^[^\s,]+$")
+    name: str = "synthesizer"
+
+    _valid_name = field_validator("name")(_a_name)
 
 
 class RouterSpec(_AgentFields):
@@ -102,8 +121,8 @@ class PriceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    input: float = Field(ge=0, le=MAX_PRICE)
+    output: float = Field(ge=0, le=MAX_PRICE)
 
 
 class PanelSpec(BaseModel):
@@ -135,9 +154,14 @@ class Panel:
     pricing: dict[str, Price] = field(default_factory=dict)  # the file's, over the shipped
     # Other roles by name (router, orchestrator): the file's sections, or their defaults.
     roles: dict[str, Agent] = field(default_factory=dict)
+    # Roles that could not be built (a default role on an unusable $OPENAI_BASE_URL): an error
+    # only for a run that needs them.
+    role_errors: dict[str, str] = field(default_factory=dict)
 
     def role(self, name: str) -> Agent:
         """The agent that plays ``name`` (``synthesizer``...) in the shapes that need one."""
+        if name in self.role_errors:
+            raise ConfigError(self.role_errors[name])
         roles = {**default_roles(), **self.roles, "synthesizer": self.synthesizer}
         if name not in roles:
             raise ConfigError(f"the agents file has no {name}: section and no default for it")
@@ -223,6 +247,88 @@ def check_credentials(agents: Sequence[Agent], environ: Mapping[str, str]) -> No
             )
 
 
+_KEY_GOES = "put the key in an environment variable and name it with api_key_env"
+_AUTHORITY = re.compile(r"((?i:https?))://([^/?#]*)(.*)", re.DOTALL)
+_PORT = re.compile(r"[0-9]{1,5}")
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a persona's endpoint, or ``None``: what passes here is a URL
+    httpx accepts and can connect to, with no secret in it (a key in the URL would be stored
+    in the history and the batch state, and userinfo would replace the Bearer key)."""
+    if len(url) > MAX_URL_CHARS:
+        return f"not a usable URL: longer than {MAX_URL_CHARS} characters"
+    odd = next((c for c in url if c.isspace() or not c.isprintable()), None)
+    if odd is not None:
+        return f"not a usable URL: it holds {'a space' if odd == ' ' else repr(odd)}"
+    match = _AUTHORITY.fullmatch(url)
+    if match is None:
+        return "must be an http:// or https:// URL, or local"
+    authority, rest = match.group(2), match.group(3)
+    if "@" in authority:
+        return f"no user or password in a base URL: {_KEY_GOES}"
+    if "?" in rest.split("#", 1)[0]:
+        return f"no query string in a base URL: {_KEY_GOES}"
+    if "#" in rest:
+        return "not a usable URL: a base URL has no #fragment"
+    if authority.startswith("["):
+        host, bracket, port = authority[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return "not a usable URL: an IPv6 address is written [::1] or [::1]:8080"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"not a usable URL: {host!r} is not an IPv6 address"
+        port = port[1:]
+    else:
+        host, _, port = authority.partition(":")
+        if ":" in port:
+            return "not a usable URL: an IPv6 address goes in brackets, like http://[::1]:8080"
+        problem = _host_problem(host)
+        if problem:
+            return f"not a usable URL: {problem}"
+    if port and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
+        return f"not a usable URL: port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def _host_problem(host: str) -> str | None:
+    """A registered name (letters, digits, ``-``, ``_``; IDNA for the rest) or an IPv4 address
+    with four numbers of 0-255; a name whose last label is a number is taken for an address,
+    as browsers and resolvers do."""
+    if not host:
+        return "it names no host"
+    try:
+        name = idna.encode(host.lower()).decode("ascii") if not host.isascii() else host.lower()
+    except idna.IDNAError:
+        return f"{host!r} is not a valid host name"
+    labels = name.removesuffix(".").split(".")  # a fully qualified name may end in a dot
+    if labels[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return f"{host!r} is not an IPv4 address (four numbers of 0-255)"
+        return None
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"{host!r} is not a valid host name"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` as an error may show it: userinfo, query and fragment (where keys hide) are
+    ``***``. Used on any URL a user gave, valid or not."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    if cut >= 0:
+        rest = rest[: cut + 1] + "***"
+    return f"{scheme}{sep}{rest}"
+
+
 def _read_default() -> tuple[str, str]:
     packaged = resources.files("fanout") / CONFIG_NAME
     if packaged.is_file():
@@ -233,14 +339,13 @@ def _read_default() -> tuple[str, str]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not an agents file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    with open_regular_file(path, "an agents file") as source:
+        try:
+            raw = source.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES // 2**20} MB; not an agents file")
     if b"\x00" in raw:
         raise ConfigError(f"{path}: not a text file (binary data)")
     try:
@@ -249,19 +354,107 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"{path}: not UTF-8 text") from None
 
 
+def open_regular_file(path: Path, what: str) -> BinaryIO:
+    """``path`` opened to read, if it is a regular file. Anything else is refused before a
+    byte is read: a FIFO blocks for ever, ``/dev/zero`` never ends, a directory is no file."""
+    try:
+        # O_NONBLOCK: opening a FIFO that has no writer must not wait for one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError:  # a NUL in the name
+        raise ConfigError(f"{path}: not a usable file name") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: {file_kind(mode)}, not {what}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, for an error message."""
+    kinds = [
+        (stat.S_ISDIR, "is a directory"),
+        (stat.S_ISFIFO, "is a pipe (FIFO)"),
+        (stat.S_ISCHR, "is a device"),
+        (stat.S_ISBLK, "is a device"),
+        (stat.S_ISSOCK, "is a socket"),
+    ]
+    return next((kind for test, kind in kinds if test(mode)), "is not a regular file")
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """``safe_load`` that refuses a key written twice in one mapping (YAML keeps the last)."""
+    """``safe_load`` that refuses a key written twice in one mapping (YAML keeps the last), a
+    key that is a list or a mapping, and text that no request can carry (lone surrogates,
+    which a ``"\\ud800"`` escape makes). Merge keys (``<<: *defaults``) are data: allowed."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # A panel is a few levels deep. Past a bound, stop: PyYAML's scanner slows down with
+        # the square of the nesting, and its composer recurses once per level.
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_NESTING} levels deep", self.get_mark()
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def fetch_flow_collection_start(self, token_class: type[yaml.Token]) -> None:
+        # The scanner reads a run of "[[[[" ahead before the composer sees the first: the
+        # bound must hold here too.
+        if self.flow_level >= MAX_NESTING:
+            raise yaml.scanner.ScannerError(
+                None, None, f"nested more than {MAX_NESTING} levels deep", self.get_mark()
+            )
+        super().fetch_flow_collection_start(token_class)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self._refuse_duplicates(node)
+        return super().construct_mapping(node, deep=deep)  # merges the ``<<:`` keys in
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
         seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) and key in seen:
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                # A key given here overrides a merged one: that is the point. The merged
+                # mappings themselves are checked like any other.
+                merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else []
+                for part in [value_node, *merged]:
+                    if isinstance(part, yaml.MappingNode):
+                        self._refuse_duplicates(part)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a name, not a list or mapping", key_node.start_mark
+                )
+            key = self.construct_object(key_node)
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+
+    def construct_scalar(self, node: yaml.ScalarNode) -> Any:  # type: ignore[override]
+        value = super().construct_scalar(node)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problem = "a lone surrogate escape (\\ud800-\\udfff) is not text"
+                raise yaml.constructor.ConstructorError(
+                    None, None, problem, node.start_mark
+                ) from None
+        return value
 
 
 def _parse_yaml(source: str, text: str, what: str = "an 'agents:' list") -> dict[str, Any]:
@@ -304,7 +497,9 @@ def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
     message = _MESSAGES.get((err["type"], str(loc[-1]) if loc else ""))
     message = message or _MESSAGES.get((err["type"], "")) or err["msg"]
     message = message.removeprefix("Value error, ")
-    if "input" in err and not isinstance(err["input"], dict | list):
+    if loc and loc[-1] == "base_url" and isinstance(err.get("input"), str):
+        message += f" (got {mask_url(err['input'])!r})"  # never the key a URL may hold
+    elif "input" in err and not isinstance(err["input"], dict | list):
         message += f" (got {_yaml_type(err['input'])} {err['input']!r})"
     elif isinstance(err.get("input"), dict | list) and err["type"].endswith("_type"):
         message += f" (got {_yaml_type(err['input'])})"
@@ -317,8 +512,6 @@ _MESSAGES = {
     ("dict_type", ""): "expected a mapping of settings",
     ("list_type", "agents"): "expected a list of personas, each starting with '- name:'",
     ("too_short", "agents"): "the panel needs at least one persona",
-    ("string_pattern_mismatch", "name"): "must be a non-empty name without spaces or commas",
-    ("string_pattern_mismatch", "base_url"): "must be an http:// or https:// URL, or local",
     ("string_pattern_mismatch", "api_key_env"): "must be an environment variable name",
     ("finite_number", ""): "must be a finite number",
 }
@@ -403,7 +596,14 @@ def _suggest(word: str, choices: Any) -> str:
 
 def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
     defaults = spec.defaults
-    env_base_url = environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+
+    def env_base_url() -> str:
+        # Checked like the file's, and only when a persona falls back to it.
+        url = environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+        problem = base_url_problem(url)
+        if problem:
+            raise ConfigError(_one_line(f"$OPENAI_BASE_URL: {problem} ({mask_url(url)!r})"))
+        return url
 
     def build(fields: _AgentFields, name: str) -> Agent:
         def pick(key: str) -> Any:
@@ -421,7 +621,7 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
             stop=tuple(pick("stop")) if pick("stop") else None,
             timeout=pick("timeout"),
             endpoint=Endpoint(
-                base_url=(pick("base_url") or env_base_url).rstrip("/"),
+                base_url=(pick("base_url") or env_base_url()).rstrip("/"),
                 api_key_env=pick("api_key_env") or "OPENAI_API_KEY",
             ),
             limits=Limits(rpm=pick("rpm"), tpm=pick("tpm"), concurrency=pick("concurrency")),
@@ -436,17 +636,27 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
     )
     pricing = {model: Price(p.input, p.output) for model, p in spec.pricing.items()}
     roles: dict[str, Agent] = {}
-    for role, role_spec in (
-        ("router", spec.router or RouterSpec()),
-        ("orchestrator", spec.orchestrator or OrchestratorSpec()),
+    role_errors: dict[str, str] = {}
+    for role, declared, role_spec in (
+        ("router", spec.router is not None, spec.router or RouterSpec()),
+        ("orchestrator", spec.orchestrator is not None, spec.orchestrator or OrchestratorSpec()),
     ):
+        try:
+            built = build(role_spec, role_spec.name)
+        except ConfigError as exc:
+            if declared:
+                raise
+            role_errors[role] = str(exc)
+            continue
         # Like the synthesizer: the file's defaults apply, but never the personas' brief.
-        roles[role] = replace(
-            build(role_spec, role_spec.name),
-            instructions=role_spec.instructions or ROLE_INSTRUCTIONS[role],
-        )
+        roles[role] = replace(built, instructions=role_spec.instructions or ROLE_INSTRUCTIONS[role])
     return Panel(
-        source=source, agents=agents, synthesizer=synthesizer, pricing=pricing, roles=roles
+        source=source,
+        agents=agents,
+        synthesizer=synthesizer,
+        pricing=pricing,
+        roles=roles,
+        role_errors=role_errors,
     )
 
 

@@ -13,7 +13,7 @@ OpenAI-compatible endpoint, streaming included.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -40,11 +40,26 @@ BASE_MODEL_TEMPLATE = (
 _INSTALL = "pip install 'fanout[local]'"
 
 
-def wants_local(
-    agents: list[Agent], flag: bool, environ: dict[str, str] | os._Environ[str]
-) -> bool:
+_YES = ("1", "true", "yes", "on")
+_NO = ("", "0", "false", "no", "off")
+
+
+def local_everyone(environ: Mapping[str, str]) -> bool:
+    """``FANOUT_LOCAL``: the whole panel on the local model? The one reading of the variable,
+    so that every command agrees on it; a value that is neither yes nor no is an error rather
+    than a guess (``FANOUT_LOCAL=false`` must never mean "on")."""
+    value = environ.get(LOCAL_ENV, "").strip().lower()
+    if value in _YES:
+        return True
+    if value in _NO:
+        return False
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    raise ConfigError(f"${LOCAL_ENV}: {shown!r} is neither 1/true/yes/on nor 0/false/no/off")
+
+
+def wants_local(agents: list[Agent], flag: bool, environ: Mapping[str, str]) -> bool:
     """``--local``, ``FANOUT_LOCAL=1`` or a persona with ``base_url: local``."""
-    if flag or environ.get(LOCAL_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    if local_everyone(environ) or flag:
         return True
     return any(a.endpoint.base_url == LOCAL_URL for a in agents)
 
@@ -67,7 +82,11 @@ def model_path(explicit: Path | None, cache_dir: Path, say: Callable[[str], None
     """The GGUF to serve: ``--local-model``, else the packaged model, assembled once into the
     user cache dir (about 250 MB; later runs reuse it)."""
     if explicit is not None:
-        if not explicit.is_file():
+        try:
+            usable = explicit.is_file()
+        except OSError:  # a name too long, say: is_file() lets some errors through
+            usable = False
+        if not usable:
             raise ConfigError(f"--local-model: {explicit}: no such file")
         return explicit
     try:

@@ -54,7 +54,7 @@ from fanout.export import (
     report_from_document,
 )
 from fanout.history import History, HistoryRecorder, StoredRun, history_path
-from fanout.local import LOCAL_ENV, LOCAL_URL, LocalServer, model_path, on_local, wants_local
+from fanout.local import LOCAL_URL, LocalServer, local_everyone, model_path, on_local, wants_local
 from fanout.models import Agent, CallResult, Endpoint, RunReport
 from fanout.provider import OpenAIProvider
 from fanout.render import (
@@ -281,7 +281,7 @@ def _dry_run(
     """``--dry-run``: what the run would send (on the local model, with ``--local``)."""
     agents, synthesizer = plan.agents, plan.roles.get("synthesizer")
     if wants_local([*agents, *([synthesizer] if synthesizer else [])], everyone, os.environ):
-        every = everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0")
+        every = everyone or local_everyone(os.environ)
         agents = [on_local(a, LOCAL_URL, everyone=every, model_named=model_named) for a in agents]
         if synthesizer:
             synthesizer = on_local(synthesizer, LOCAL_URL, everyone=every, model_named=model_named)
@@ -785,14 +785,14 @@ def _local_server(
         print_warning(err, message, style="dim")
 
     path = model_path(model_file, user_cache_path("fanout"), say)
-    everyone = everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0")
+    everyone = everyone or local_everyone(os.environ)
     with LocalServer(path, parallel=len(agents)) as base_url:
         yield lambda agent: on_local(agent, base_url, everyone=everyone, model_named=model_named)
 
 
 def _as_local(agent: Agent, everyone: bool) -> Agent:
     """How a persona that ran on the local server is recorded: ``base_url: local``."""
-    if everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0"):
+    if everyone or local_everyone(os.environ):
         return replace(agent, endpoint=Endpoint(LOCAL_URL, agent.endpoint.api_key_env))
     return agent
 
