@@ -169,6 +169,14 @@ def ask(
     max_retry_after: MaxRetryAfterOption = 60.0,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
+    traceparent: Annotated[
+        str | None,
+        typer.Option(
+            "--traceparent",
+            help="Continue this W3C trace (00-<trace id>-<span id>-01); default: $TRACEPARENT.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
@@ -204,6 +212,7 @@ def ask(
             log=not no_log,
             local=local or local_model is not None,
             local_model=local_model,
+            traceparent=traceparent,
         )
     raise typer.Exit(code)
 

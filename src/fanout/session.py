@@ -68,6 +68,7 @@ from fanout.render import (
     runs_table,
 )
 from fanout.retry import RetryPolicy
+from fanout.tracing import TraceParent, parse_traceparent
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PIPE = 141  # stdout was closed by its reader (`| head`): as if SIGPIPE had ended us
@@ -110,8 +111,11 @@ def ask(
     local_model: Path | None = None,
     panel: Panel | None = None,
     recorded: tuple[list[Agent], Agent] | None = None,
+    traceparent: str | None = None,
 ) -> int:
-    """``fanout ask`` (``panel``: already loaded, and pointed at the local server)."""
+    """``fanout ask`` (``panel``: already loaded, and pointed at the local server).
+    ``traceparent``: the W3C trace context to continue (else ``TRACEPARENT``, if valid)."""
+    parent = _trace_parent(traceparent)
     panel_given = panel
     panel = panel or load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
@@ -139,6 +143,7 @@ def ask(
                     [_as_local(a, local) for a in chosen],
                     _as_local(recorded_synthesizer, local),
                 ),
+                traceparent=traceparent,
             )
     options = {"synthesize": synthesize}
     request = RunRequest(
@@ -148,7 +153,8 @@ def ask(
         options=options,
         settings=settings,
         model=model,
-        trace_id=_trace_from_environ(),
+        trace_id=parent.trace_id if parent else None,
+        parent_span_id=parent.span_id if parent else None,
     )
     plan = resolve(request)
     if dry_run:
@@ -282,6 +288,8 @@ def _stored_plan(
         settings=settings,
         run_id=stored.run_id,
         trace_id=str(stored.document.get("trace_id") or "") or None,
+        # The new work is a child of the run's span, in the run's trace.
+        parent_span_id=str(stored.document.get("span_id") or "") or None,
     )
     return resolve(request)
 
@@ -540,11 +548,14 @@ def _closed(flag: anyio.Event | None) -> None:
 
 
 def _carried_on(before: RunReport, after: RunReport) -> RunReport:
-    """A retried or re-synthesized run keeps its start and adds the new work's duration."""
+    """A retried or re-synthesized run keeps its start, its span and the span it continued,
+    and adds the new work's duration."""
     return replace(
         after,
         started_at=before.started_at,
         duration_s=round(before.duration_s + after.duration_s, 3),
+        span_id=before.span_id or after.span_id,
+        parent_span_id=before.parent_span_id if before.span_id else after.parent_span_id,
     )
 
 
@@ -689,16 +700,18 @@ def _open_history() -> History:
     return History(history_path(os.environ))
 
 
-def _trace_from_environ() -> str | None:
-    """The trace id of a W3C ``TRACEPARENT`` in the environment, to continue that trace."""
-    parts = os.environ.get("TRACEPARENT", "").strip().split("-")
-    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        try:
-            int(parts[1], 16)
-        except ValueError:
-            return None
-        return parts[1].lower()
-    return None
+def _trace_parent(given: str | None) -> TraceParent | None:
+    """The trace to continue: ``--traceparent`` (a usage error if it is not one), else a
+    valid ``TRACEPARENT`` in the environment (one that is not is ignored, as tools do)."""
+    if given is not None:
+        parent = parse_traceparent(given)
+        if parent is None:
+            raise ConfigError(
+                f"--traceparent: {given!r} is not a W3C traceparent "
+                "(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)"
+            )
+        return parent
+    return parse_traceparent(os.environ.get("TRACEPARENT", ""))
 
 
 def _settings_record(

@@ -1,0 +1,57 @@
+"""W3C trace context: the ids that tie a run, its calls and their HTTP requests together.
+
+A run is one trace (32 hex digits) and one span; each call is a span under it and each attempt
+of a call a span under that, whose id travels to the endpoint in the request's ``traceparent``
+header (``00-<trace id>-<span id>-01``). A ``TRACEPARENT`` (or ``--traceparent``) given to a
+run makes it a child of that span, in that trace. Nothing here imports OpenTelemetry: the ids
+are fanout's own, and ``telemetry.py`` hands them to OTel when it is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+# The traceparent of the request about to leave, for the HTTP client's request hook (hooks are
+# per client, attempts per task: the engine sets this around the provider's call).
+CURRENT_TRACEPARENT: ContextVar[str | None] = ContextVar("CURRENT_TRACEPARENT", default=None)
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+def new_span_id() -> str:
+    # os.urandom, not uuid or random: ~1 µs, and ids from forked workers never collide.
+    return os.urandom(8).hex()
+
+
+def traceparent(trace_id: str, span_id: str) -> str:
+    """The W3C header value for a span of a sampled trace."""
+    return f"00-{trace_id}-{span_id}-01"
+
+
+@dataclass(frozen=True)
+class TraceParent:
+    """A parsed ``traceparent``: the trace to join, and the span to be a child of."""
+
+    trace_id: str
+    span_id: str
+
+
+def parse_traceparent(value: str) -> TraceParent | None:
+    """A W3C ``traceparent`` value, or None for anything that is not a valid one (all-zero
+    ids and version ``ff`` are invalid; later versions are read as version 00)."""
+    match = _TRACEPARENT.match(value.strip().lower())
+    if match is None:
+        return None
+    version, trace_id, span_id, _flags, more = match.groups()
+    if version == "ff" or (version == "00" and more):
+        return None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return TraceParent(trace_id, span_id)
