@@ -169,6 +169,13 @@ def ask(
     max_retry_after: MaxRetryAfterOption = 60.0,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
+    show_timeline: Annotated[
+        bool,
+        typer.Option(
+            "--timeline",
+            help="At the end, draw each call's phases on one time axis (stderr with --json).",
+        ),
+    ] = False,
     traceparent: Annotated[
         str | None,
         typer.Option(
@@ -197,7 +204,7 @@ def ask(
     with _errors_to_exit():
         text = _read_prompt(prompt)
         names = _names(agents, model)
-        out = _output(json_output, jsonl, jsonl_deltas, output)
+        out = replace(_output(json_output, jsonl, jsonl_deltas, output), timeline=show_timeline)
         settings = _settings(concurrency, timeout, retries, max_retry_after, rpm, tpm, max_cost)
         settings = replace(settings, stream=stream)
         code = session.ask(
@@ -334,15 +341,30 @@ def runs_list(
 
 
 @runs_app.command("show")
-def runs_show(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+def runs_show(
+    run_id: RunIdArgument,
+    json_output: JsonOption = False,
+    show_timeline: Annotated[
+        bool,
+        typer.Option(
+            "--timeline",
+            help="Also draw each call's phases (waiting, back-off, until first token, "
+            "streaming) on one time axis.",
+        ),
+    ] = False,
+) -> None:
     """Show a recorded run as `ask` showed it; --json gives the same document as `ask --json`.
 
-    Example: fanout runs show 3f9c
+    Examples:
+
+      fanout runs show 3f9c
+
+      fanout runs show 3f9c --timeline
     """
     from fanout import session
 
     with _errors_to_exit():
-        code = session.show_run(run_id, json_output)
+        code = session.show_run(run_id, json_output, with_timeline=show_timeline)
     raise typer.Exit(code)
 
 

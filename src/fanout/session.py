@@ -66,6 +66,7 @@ from fanout.render import (
     print_warning,
     render_report,
     runs_table,
+    timeline,
 )
 from fanout.retry import RetryPolicy
 from fanout.tracing import TraceParent, parse_traceparent
@@ -90,6 +91,7 @@ class Output:
     mode: Mode = "table"
     deltas: bool = False  # --jsonl-deltas
     file: Path | None = None  # -o
+    timeline: bool = False  # --timeline: after the result (on stderr when stdout is JSON)
 
 
 class StdoutClosed(Exception):
@@ -465,15 +467,19 @@ def list_runs(limit: int, json_output: bool) -> None:
         make_console().print(runs_table(summaries))
 
 
-def show_run(run_id: str, json_output: bool) -> int:
-    """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document)."""
+def show_run(run_id: str, json_output: bool, *, with_timeline: bool = False) -> int:
+    """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document;
+    ``--timeline``: its timeline after it, on stderr when stdout is JSON)."""
     with _open_history() as history:
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
+    report = report_from_document(stored.document)
     if json_output:
         _write_stdout(dumps(stored.document))
     else:
-        render_report(make_console(), report_from_document(stored.document))
+        render_report(make_console(), report)
+    if with_timeline:
+        make_console(stderr=json_output).print(timeline(report))
     return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
 
 
@@ -569,9 +575,13 @@ def _emit(
     elif output.mode == "table":
         try:
             render_report(make_console(), report)
+            if output.timeline:
+                make_console().print(timeline(report))
         except BrokenPipeError:
             _silence_stdout()
             raise StdoutClosed from None
+    if output.timeline and output.mode != "table":
+        err.print(timeline(report))
     if output.file is not None:
         try:
             output.file.write_text(dumps(document), encoding="utf-8")
