@@ -368,6 +368,40 @@ def runs_show(
     raise typer.Exit(code)
 
 
+@runs_app.command("export")
+def runs_export(
+    run_id: RunIdArgument,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="perfetto: Chrome trace-event JSON for ui.perfetto.dev or chrome://tracing; "
+            "html: one self-contained page (answers side by side, verdict, timeline).",
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file (default: stdout)."),
+    ] = None,
+) -> None:
+    """Export a recorded run for other viewers: a Perfetto trace or an HTML page.
+
+    Examples:
+
+      fanout runs export 3f9c --format perfetto -o run.json
+
+      fanout runs export 3f9c --format html -o run.html
+    """
+    from fanout import session
+
+    with _errors_to_exit():
+        if output is not None and (output.is_dir() or not output.parent.is_dir()):
+            raise ConfigError(f"--output: {str(output)!r} is not a file we can write")
+        code = session.export_run(run_id, fmt, output)
+    raise typer.Exit(code)
+
+
 @runs_app.command("retry")
 def runs_retry(
     run_id: RunIdArgument,

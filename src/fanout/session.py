@@ -48,6 +48,7 @@ from fanout.export import (
     agent_from_settings,
     agent_settings,
     dumps,
+    json_line,
     plan_document,
     report_document,
     report_from_document,
@@ -481,6 +482,36 @@ def show_run(run_id: str, json_output: bool, *, with_timeline: bool = False) -> 
     if with_timeline:
         make_console(stderr=json_output).print(timeline(report))
     return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+
+
+EXPORT_FORMATS = ("perfetto", "html")
+
+
+def export_run(run_id: str, fmt: str, output: Path | None) -> int:
+    """``fanout runs export``: a stored run as a Perfetto trace or an HTML page, into
+    ``output`` or on stdout."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    with _open_history() as history:
+        _warn(history.warnings)
+        stored = history.load(history.resolve(run_id))
+    report = report_from_document(stored.document)
+    if fmt == "perfetto":
+        from fanout.perfetto import perfetto_trace
+
+        text = json_line(perfetto_trace(report)) + "\n"
+    else:
+        from fanout.page import html_page
+
+        text = html_page(report)
+    if output is None:
+        _write_stdout(text)
+        return EXIT_OK
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise FanoutError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
+    return EXIT_OK
 
 
 def _drive(
