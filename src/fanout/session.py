@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from platformdirs import user_cache_path
@@ -70,7 +70,10 @@ from fanout.render import (
     timeline,
 )
 from fanout.retry import RetryPolicy
-from fanout.tracing import TraceParent, parse_traceparent
+from fanout.tracing import TraceParent, parse_traceparent, telemetry_wanted
+
+if TYPE_CHECKING:
+    from fanout.telemetry import Telemetry
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PIPE = 141  # stdout was closed by its reader (`| head`): as if SIGPIPE had ended us
@@ -536,7 +539,12 @@ def _drive(
         shown = display = LiveBoard(out, asked)
     else:
         shown = display = ProgressDisplay(err, len(asked))
-    observer = Broadcast(shown, *([recorder] if recorder is not None else []))
+    telemetry = _telemetry()
+    observer = Broadcast(
+        shown,
+        *([recorder] if recorder is not None else []),
+        *([telemetry.observer()] if telemetry is not None else []),
+    )
     execution = make(observer)
 
     async def main() -> RunReport:
@@ -558,9 +566,28 @@ def _drive(
     finally:
         if recorder is not None:
             recorder.close()
+        if telemetry is not None:
+            telemetry.shutdown()
     if closed is not None and closed.is_set():
         raise StdoutClosed
     return report, execution.interrupted
+
+
+def _telemetry() -> Telemetry | None:
+    """OpenTelemetry export, when the environment asks for it and fanout[otel] is installed
+    (only then is OpenTelemetry imported)."""
+    if not telemetry_wanted(os.environ):
+        return None
+    try:
+        from fanout.telemetry import Telemetry
+    except ImportError as exc:
+        print_warning(
+            make_console(stderr=True),
+            f"warning: OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is missing ({exc}):"
+            " pip install 'fanout[otel]' to export spans",
+        )
+        return None
+    return Telemetry()
 
 
 class _PipedJsonl(JsonlWriter):

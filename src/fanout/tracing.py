@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 # The traceparent of the request about to leave, for the HTTP client's request hook (hooks are
 # per client, attempts per task: the engine sets this around the provider's call).
 CURRENT_TRACEPARENT: ContextVar[str | None] = ContextVar("CURRENT_TRACEPARENT", default=None)
+
+# The standard OpenTelemetry variables that turn span export on, and the GenAI conventions'
+# switch for sending prompt and answer text with the spans.
+OTLP_ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 
@@ -55,3 +61,13 @@ def parse_traceparent(value: str) -> TraceParent | None:
     if trace_id == "0" * 32 or span_id == "0" * 16:
         return None
     return TraceParent(trace_id, span_id)
+
+
+def telemetry_wanted(environ: Mapping[str, str]) -> bool:
+    """Whether the environment asks for OpenTelemetry spans: an OTLP endpoint is set and the
+    SDK is not disabled (``OTEL_SDK_DISABLED``, ``OTEL_TRACES_EXPORTER=none``)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    return any(environ.get(name, "").strip() for name in OTLP_ENDPOINT_ENVS)
