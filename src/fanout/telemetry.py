@@ -42,6 +42,10 @@ from fanout.tracing import CAPTURE_CONTENT_ENV
 
 Attributes = dict[str, Any]
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+# How long an export may take, retries included, unless OTEL_EXPORTER_OTLP_TIMEOUT says: the
+# SDK's 10 s would be added to every command's end while a collector is down.
+EXPORT_TIMEOUT_S = 5.0
+_TIMEOUT_ENVS = ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
 
 
 class Telemetry:
@@ -63,8 +67,12 @@ class Telemetry:
         self._ids = _ChosenIds()
         self._lock = threading.Lock()  # the chosen ids are handed over one span at a time
         self._provider = TracerProvider(resource=_resource(), id_generator=self._ids)
-        # Batched: spans are sent from the processor's thread, never from the event loop.
-        self._provider.add_span_processor(processor or BatchSpanProcessor(OTLPSpanExporter()))
+        if processor is None:
+            given = any(environ.get(name) for name in _TIMEOUT_ENVS)
+            exporter = OTLPSpanExporter(timeout=None if given else EXPORT_TIMEOUT_S)
+            # Batched: spans are sent from the processor's thread, never from the event loop.
+            processor = BatchSpanProcessor(exporter)
+        self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer("fanout", __version__)
 
     def observer(self) -> RunSpans:
