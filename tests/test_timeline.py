@@ -126,7 +126,7 @@ def test_a_call_without_timing_says_so() -> None:
     report.stages[0].calls[0].timing = None
     out = io.StringIO()
     Console(width=80, file=out, color_system=None).print(timeline(report))
-    assert "(not asked in this run)" in out.getvalue()
+    assert "(no timing recorded)" in out.getvalue()
 
 
 def test_ask_timeline_follows_the_table_and_runs_show_draws_it_again(

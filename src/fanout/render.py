@@ -644,7 +644,8 @@ class Timeline:
         line = Text.assemble((f"{name:<{label}}", "bold"), " ")
         timing = result.timing
         if timing is None:
-            note = "not asked in this run" if result.status == "ok" else result.status
+            # Skipped, cancelled before it began, or recorded by a fanout without timing.
+            note = "no timing recorded" if result.status == "ok" else result.status
             line.append(f"{'(' + note + ')':<{bar}}", style="dim")
         else:
             line.append_text(self._bar(timing, bar, end, plain))
