@@ -119,9 +119,12 @@ def timing_document(timing: CallTiming) -> dict[str, Any]:
             "attempt": attempt.attempt,
             "span_id": attempt.span_id,
             "queued_s": attempt.queued_s,
+            "slot_s": attempt.slot_s,
+            "limiter_s": attempt.limiter_s,
+            "sent_s": attempt.sent_s,
+            "first_token_s": attempt.first_token_s,
+            "end_s": attempt.end_s,
         }
-        for key in _ATTEMPT_KEYS:
-            entry[key] = getattr(attempt, key)
         if attempt.error is not None:
             entry["error"] = attempt.error
         if attempt.backoff_s is not None:

@@ -138,7 +138,7 @@ class Completion:
     model: str | None = None  # the model that answered, as the server named it
 
 
-@dataclass
+@dataclass(slots=True)  # one per attempt: slots make it cheaper to make and fill
 class AttemptTiming:
     """When one attempt went through each phase: seconds from the run's start, on one
     monotonic clock. ``None``: the attempt never got there (cut short, or not streamed)."""
@@ -155,7 +155,7 @@ class AttemptTiming:
     backoff_s: float | None = None  # the wait before the next attempt
 
 
-@dataclass
+@dataclass(slots=True)
 class CallTiming:
     """A call's time line: queued when its stage started, then each attempt. ``span_id`` is
     the call's own span (its attempts' parent)."""

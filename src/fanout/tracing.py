@@ -10,6 +10,7 @@ are fanout's own, and ``telemetry.py`` hands them to OTel when it is installed.
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -32,8 +33,10 @@ def new_trace_id() -> str:
 
 
 def new_span_id() -> str:
-    # os.urandom, not uuid or random: ~1 µs, and ids from forked workers never collide.
-    return os.urandom(8).hex()
+    # getrandbits, as OpenTelemetry's own generator: a span per attempt is on the hot path
+    # (0.2 µs, where os.urandom is a system call), and ``random`` is reseeded in a forked
+    # child, so workers never share ids. Zero is not a valid span id.
+    return f"{random.getrandbits(64) or 1:016x}"
 
 
 def traceparent(trace_id: str, span_id: str) -> str:
