@@ -20,6 +20,7 @@ FULL = [
     ["throughput.py"],
     ["startup.py"],
     ["memory.py"],
+    ["engine_overhead.py"],
 ]
 QUICK = [
     ["fanout_efficiency.py", "--sizes", "1,8", "--repeat", "1", "--latency", "0.2"],
@@ -27,6 +28,7 @@ QUICK = [
     ["throughput.py", "--requests", "200", "--concurrency", "50"],
     ["startup.py", "--repeat", "1"],
     ["memory.py", "--sizes", "200"],
+    ["engine_overhead.py", "--calls", "300", "--repeat", "1"],
 ]
 
 

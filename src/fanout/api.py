@@ -72,6 +72,7 @@ class RunRequest:
     model: str | None = None  # one model for every call of this run
     run_id: str | None = None
     trace_id: str | None = None
+    parent_span_id: str | None = None  # with trace_id: the span this run continues
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def prepare(
         trace_id=plan.request.trace_id,
         kept=kept,
         previous=previous,
+        parent_span_id=plan.request.parent_span_id,
     )
 
 

@@ -287,6 +287,21 @@ def ask(
         int | None,
         typer.Option("--max-turns", min=1, help="With --orchestrate, at most this many turns."),
     ] = None,
+    show_timeline: Annotated[
+        bool,
+        typer.Option(
+            "--timeline",
+            help="At the end, draw each call's phases on one time axis (stderr with --json).",
+        ),
+    ] = False,
+    traceparent: Annotated[
+        str | None,
+        typer.Option(
+            "--traceparent",
+            help="Continue this W3C trace (00-<trace id>-<span id>-01); default: $TRACEPARENT.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
@@ -307,7 +322,7 @@ def ask(
         try:
             from fanout import session
 
-            out = _output(json_output, jsonl, jsonl_deltas, output)
+            out = replace(_output(json_output, jsonl, jsonl_deltas, output), timeline=show_timeline)
             text = _read_prompt(prompt)
             names = _names(agents, model)
             _utf8(None if local_model is None else str(local_model), "--local-model")
@@ -328,6 +343,7 @@ def ask(
                 log=not no_log,
                 local=local or local_model is not None,
                 local_model=local_model,
+                traceparent=traceparent,
                 **_shape_of(route, route_max, orchestrate, max_turns),
             )
         except KeyboardInterrupt:
@@ -466,16 +482,66 @@ def runs_list(
 
 
 @runs_app.command("show")
-def runs_show(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+def runs_show(
+    run_id: RunIdArgument,
+    json_output: JsonOption = False,
+    show_timeline: Annotated[
+        bool,
+        typer.Option(
+            "--timeline",
+            help="Also draw each call's phases (waiting, back-off, until first token, "
+            "streaming) on one time axis.",
+        ),
+    ] = False,
+) -> None:
     """Show a recorded run as `ask` showed it; --json gives the same document as `ask --json`.
 
-    Example: fanout runs show 3f9c
+    Examples:
+
+      fanout runs show 3f9c
+
+      fanout runs show 3f9c --timeline
     """
     from fanout import session
 
     with _errors_to_exit():
         _utf8(run_id, "the run id")
-        code = session.show_run(run_id, json_output)
+        code = session.show_run(run_id, json_output, with_timeline=show_timeline)
+    raise typer.Exit(code)
+
+
+@runs_app.command("export")
+def runs_export(
+    run_id: RunIdArgument,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="perfetto: Chrome trace-event JSON for ui.perfetto.dev or chrome://tracing; "
+            "html: one self-contained page (answers side by side, verdict, timeline).",
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file (default: stdout)."),
+    ] = None,
+) -> None:
+    """Export a recorded run for other viewers: a Perfetto trace or an HTML page.
+
+    Examples:
+
+      fanout runs export 3f9c --format perfetto -o run.json
+
+      fanout runs export 3f9c --format html -o run.html
+    """
+    from fanout import session
+
+    with _errors_to_exit():
+        _utf8(run_id, "the run id")
+        if output is not None:
+            _check_output(output)
+        code = session.export_run(run_id, fmt, output)
     raise typer.Exit(code)
 
 

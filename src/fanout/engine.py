@@ -44,8 +44,10 @@ from fanout.limiter import RateLimiter
 from fanout.models import (
     Agent,
     AgentError,
+    AttemptTiming,
     Call,
     CallResult,
+    CallTiming,
     Completion,
     Endpoint,
     Message,
@@ -54,6 +56,7 @@ from fanout.models import (
     Usage,
 )
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
+from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, traceparent
 
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
 # rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it).
@@ -131,6 +134,20 @@ class EndpointGates:
         return self._caps[agent.endpoint]
 
 
+@dataclass(frozen=True)
+class RunTrace:
+    """Where a call sits: its run's trace and span, and the run's time zero (a
+    ``time.perf_counter()`` value) that every timing of the run counts from."""
+
+    trace_id: str
+    span_id: str
+    origin: float
+
+    @classmethod
+    def fresh(cls) -> RunTrace:
+        return cls(new_trace_id(), new_span_id(), time.perf_counter())
+
+
 class Engine:
     """What runs share: the provider, each endpoint's gates, the global cap, prices, budget."""
 
@@ -150,15 +167,21 @@ class Engine:
         self.budget = Budget(max_cost) if max_cost is not None else None
 
     async def call(
-        self, call: Call, result: CallResult, observer: Observer, *, stream: bool
+        self,
+        call: Call,
+        result: CallResult,
+        observer: Observer,
+        *,
+        stream: bool,
+        trace: RunTrace | None = None,
     ) -> None:
-        """Make ``call`` (retries included) and fill ``result``. Never raises, except
-        cancellation, and then ``result`` keeps whatever text had arrived."""
+        """Make ``call`` (retries included) and fill ``result``, its timing included. Never
+        raises, except cancellation, and then ``result`` keeps whatever text had arrived."""
         if call.skip is not None:
             result.status, result.error = "skipped", call.skip
             observer.handle(CallFinished(call, result))
             return
-        attempts = _Attempts(self, call, result, observer, stream)
+        attempts = _Attempts(self, call, result, observer, stream, trace or RunTrace.fresh())
         try:
             completion = await call_with_retries(
                 attempts.attempt, self.settings.retry, on_retry=attempts.on_retry
@@ -181,6 +204,7 @@ class Engine:
             result.status = "ok"
             result.answer = completion.text.strip()
             result.finish_reason = completion.finish_reason
+            result.response_model = completion.model
             result.truncated = completion.finish_reason == "length"
             # A server that reports no usage gets it counted from the text, and says so.
             result.usage_estimated = completion.usage is None
@@ -216,10 +240,22 @@ class _Attempts:
     of the budget for exactly as long as it runs, and settles them on every path."""
 
     def __init__(
-        self, engine: Engine, call: Call, result: CallResult, observer: Observer, stream: bool
+        self,
+        engine: Engine,
+        call: Call,
+        result: CallResult,
+        observer: Observer,
+        stream: bool,
+        trace: RunTrace,
     ) -> None:
         self.engine, self.call, self.result, self.observer = engine, call, result, observer
         self.stream = stream
+        self.trace = trace
+        self.origin = trace.origin
+        # Each phase is one perf_counter() read, kept relative to the run's start.
+        self.timing = CallTiming(new_span_id(), self._now())
+        result.timing = self.timing
+        self.current: AttemptTiming | None = None
         agent = call.agent
         self.limiter = engine.gates.limiter(agent)
         self.endpoint_cap = engine.gates.cap(agent)
@@ -237,13 +273,22 @@ class _Attempts:
     def streamed(self) -> str:
         return "".join(self.parts)
 
+    def _now(self, at: float | None = None) -> float:
+        """Seconds since the run started (``at``: a perf_counter() value already read)."""
+        return round((time.perf_counter() if at is None else at) - self.origin, 6)
+
     def on_delta(self, text: str) -> None:
         if self.result.ttft_s is None:
-            self.result.ttft_s = round(time.perf_counter() - self.attempt_started, 3)
+            now = time.perf_counter()
+            self.result.ttft_s = round(now - self.attempt_started, 3)
+            if self.current is not None:
+                self.current.first_token_s = self._now(now)
         self.parts.append(text)
         self.observer.handle(CallDelta(self.call, text))
 
     def on_retry(self, event: RetryEvent) -> None:
+        if self.timing.attempts:
+            self.timing.attempts[-1].backoff_s = round(event.wait_s, 6)
         reason = str(event.error.status_code or event.error.kind)
         self.observer.handle(
             CallRetrying(
@@ -257,17 +302,36 @@ class _Attempts:
         )
 
     async def attempt(self, number: int) -> Completion:
-        # A slot is held for the attempt only: retry back-off frees it for others.
-        async with self.engine.cap:
-            if self.endpoint_cap is None:
-                return await self._attempt(number)
-            async with self.endpoint_cap:
-                return await self._attempt(number)
+        self.current = timing = AttemptTiming(number, new_span_id(), self._now())
+        self.timing.attempts.append(timing)
+        try:
+            # A slot is held for the attempt only: retry back-off frees it for others.
+            async with self.engine.cap:
+                if self.endpoint_cap is None:
+                    return await self._attempt(number, timing)
+                async with self.endpoint_cap:
+                    return await self._attempt(number, timing)
+        except ProviderError as exc:
+            timing.error = exc.kind
+            raise
+        except BudgetExceeded:
+            timing.error = "budget"
+            raise
+        except anyio.get_cancelled_exc_class():
+            timing.error = "cancelled"
+            raise
+        except Exception:
+            timing.error = "internal"
+            raise
+        finally:
+            timing.end_s = self._now()
 
-    async def _attempt(self, number: int) -> Completion:
+    async def _attempt(self, number: int, timing: AttemptTiming) -> Completion:
         engine, call, result = self.engine, self.call, self.result
+        granted = time.perf_counter()
+        timing.slot_s = self._now(granted)
         if self.started is None:
-            self.started = time.perf_counter()
+            self.started = granted
             self.observer.handle(CallStarted(call))
         reserved = await engine._reserve(call)
         spent: Usage | None = None
@@ -279,7 +343,10 @@ class _Attempts:
             result.attempts, result.ttft_s = number, None
             self.parts = []
             self.attempt_started = time.perf_counter()
-            self.observer.handle(CallSending(call, number))
+            timing.limiter_s = timing.sent_s = self._now(self.attempt_started)
+            self.observer.handle(CallSending(call, number, timing.span_id))
+            # The request carries this attempt's span id (the HTTP client's hook reads it).
+            token = CURRENT_TRACEPARENT.set(traceparent(self.trace.trace_id, timing.span_id))
             try:
                 # The client bounds each read; this bounds the whole attempt, so a server
                 # trickling bytes without ever answering is cut too.
@@ -309,6 +376,8 @@ class _Attempts:
                 if exc.status_code == 429 and exc.retryable and exc.retry_after:
                     self.limiter.pause_for(exc.retry_after)
                 raise
+            finally:
+                CURRENT_TRACEPARENT.reset(token)
             spent = completion.usage or _estimated_usage(call.messages, completion.text)
             reservation.settle(spent.total_tokens)
             self.limiter.observe(completion.headers)
@@ -339,8 +408,10 @@ class _Attempts:
             result.usage += self.failed_usage
             self.failed_usage = Usage()
             result.cost_usd = self.engine.pricing.cost(result.model, result.usage)
+            now = time.perf_counter()
+            self.timing.end_s = self._now(now)
             if self.started is not None:
-                result.latency_s = round(time.perf_counter() - self.started, 3)
+                result.latency_s = round(now - self.started, 3)
         except Exception as exc:  # bookkeeping must never escape the call's boundary
             result.status = "error"
             result.error = AgentError("internal", f"{type(exc).__name__}: {exc}")
@@ -384,6 +455,10 @@ class Execution:
     again. ``previous``: the stored report a carried-on run started from; a call redone that
     ends worse than it was (cancelled, or failed where it had an answer) keeps its old result,
     and stages never reached keep theirs, so an interrupted retry leaves the run as it was.
+
+    The run is a span of ``trace_id`` (a child of ``parent_span_id`` when it continues a
+    trace). Its calls' timings count from its start; a carried-on run's clock starts where the
+    stored one's duration ended, so the new calls follow the old ones on one time axis.
     """
 
     def __init__(
@@ -398,6 +473,7 @@ class Execution:
         trace_id: str | None = None,
         kept: Mapping[str, CallResult] | None = None,
         previous: RunReport | None = None,
+        parent_span_id: str | None = None,
     ) -> None:
         self.engine = engine
         self.stages = list(stages)
@@ -405,7 +481,9 @@ class Execution:
         self.observer: Observer = observer or Broadcast()
         self.shape = shape
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.trace_id = trace_id or uuid.uuid4().hex
+        self.trace_id = trace_id or new_trace_id()
+        self.span_id = new_span_id()
+        self.parent_span_id = parent_span_id
         self.kept = dict(kept or {})
         self.previous = previous
         self.results = [StageResult(s.id, s.kind, key=s.key) for s in self.stages]
@@ -417,6 +495,7 @@ class Execution:
         self.interrupted = False
         self._started_wall = datetime.now(UTC)
         self._started = time.perf_counter()
+        self._trace = RunTrace(self.trace_id, self.span_id, self._started)
 
     @property
     def prompt(self) -> str:
@@ -425,13 +504,26 @@ class Execution:
     async def execute(self) -> None:
         """Run the stages in order. Cancellation leaves the unfinished calls cancelled."""
         self._started_wall = datetime.now(UTC)
-        self._started = time.perf_counter()
+        epoch_ns, self._started = time.time_ns(), time.perf_counter()
+        offset = self.previous.duration_s if self.previous is not None else 0.0
+        self._trace = RunTrace(self.trace_id, self.span_id, self._started - offset)
         plan = [(s.id, s.kind) for s in self.stages]
         needed = {r for s in self.stages for r in getattr(s, "roles", ())}
         roles = {r: a.name for r, a in self.context.roles.items() if r in needed}
         agents = [a.name for a in self.context.agents]
         self.observer.handle(
-            RunStarted(self.run_id, self.trace_id, self.prompt, self.shape, plan, agents, roles)
+            RunStarted(
+                self.run_id,
+                self.trace_id,
+                self.prompt,
+                self.shape,
+                plan,
+                agents,
+                roles,
+                span_id=self.span_id,
+                parent_span_id=self.parent_span_id,
+                epoch_ns=epoch_ns - int(offset * 1e9),
+            )
         )
         index = 0
         while index < len(self.stages):  # the plan may grow as it runs (see ``_grow``)
@@ -479,7 +571,7 @@ class Execution:
         self.observer.handle(StageFinished(stage.id, stage.kind, stage_result.verdict))
 
     async def _call(self, call: Call, result: CallResult) -> None:
-        await self.engine.call(call, result, self.observer, stream=self.stream)
+        await self.engine.call(call, result, self.observer, stream=self.stream, trace=self._trace)
 
     def report(self) -> RunReport:
         """The run as it stands: complete after ``execute``, partial after an interruption."""
@@ -496,6 +588,8 @@ class Execution:
             trace_id=self.trace_id,
             shape=self.shape,
             interrupted=self.interrupted and self.previous is None,
+            span_id=self.span_id,
+            parent_span_id=self.parent_span_id,
         )
 
     def conclude(self) -> RunReport:

@@ -26,6 +26,9 @@ class RunStarted:
     stages: Sequence[tuple[str, str]]  # (stage id, kind), in the order they will run
     agents: Sequence[str] = ()  # the personas asked
     roles: Mapping[str, str] = field(default_factory=dict)  # role -> who plays it
+    span_id: str = ""  # the run's span; its calls' spans are children of it
+    parent_span_id: str | None = None  # the span this run continues (TRACEPARENT), if any
+    epoch_ns: int = 0  # wall-clock time (ns since the epoch) of the run's time zero
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,11 @@ class CallWaiting:
 
 @dataclass(frozen=True)
 class CallSending:
-    """An attempt (from 1) is on its way."""
+    """An attempt (from 1) is on its way; its request carries ``span_id`` in ``traceparent``."""
 
     call: Call
     attempt: int
+    span_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,9 @@ from fanout.event import (
 from fanout.models import (
     Agent,
     AgentError,
+    AttemptTiming,
     CallResult,
+    CallTiming,
     Endpoint,
     Limits,
     RunReport,
@@ -54,6 +56,8 @@ def report_document(report: RunReport) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "run_id": report.run_id,
         "trace_id": report.trace_id,
+        "span_id": report.span_id,
+        "parent_span_id": report.parent_span_id,
         "shape": report.shape,
         "prompt": report.prompt,
         "status": report.status,
@@ -97,8 +101,73 @@ def call_document(result: CallResult) -> dict[str, Any]:
         "role": result.role,
         "finish_reason": result.finish_reason,
         "truncated": result.truncated,
+        "response_model": result.response_model,
+        "timing": timing_document(result.timing) if result.timing is not None else None,
         **result.details,
     }
+
+
+_ATTEMPT_KEYS = ("slot_s", "limiter_s", "sent_s", "first_token_s", "end_s")
+
+
+def timing_document(timing: CallTiming) -> dict[str, Any]:
+    """A call's ``timing``: seconds from the run's start, queued, then each attempt's phases
+    (``error`` and ``backoff_s`` only on an attempt that failed)."""
+    attempts: list[dict[str, Any]] = []
+    for attempt in timing.attempts:
+        entry: dict[str, Any] = {
+            "attempt": attempt.attempt,
+            "span_id": attempt.span_id,
+            "queued_s": attempt.queued_s,
+            "slot_s": attempt.slot_s,
+            "limiter_s": attempt.limiter_s,
+            "sent_s": attempt.sent_s,
+            "first_token_s": attempt.first_token_s,
+            "end_s": attempt.end_s,
+        }
+        if attempt.error is not None:
+            entry["error"] = attempt.error
+        if attempt.backoff_s is not None:
+            entry["backoff_s"] = attempt.backoff_s
+        attempts.append(entry)
+    return {
+        "span_id": timing.span_id,
+        "queued_s": timing.queued_s,
+        "end_s": timing.end_s,
+        "attempts": attempts,
+    }
+
+
+def timing_from_document(value: Any) -> CallTiming | None:
+    """A stored ``timing`` back as a ``CallTiming``; None for anything that is not one."""
+    if not isinstance(value, dict) or not _is_number(value.get("queued_s")):
+        return None
+    attempts: list[AttemptTiming] = []
+    for entry in value.get("attempts") or []:
+        if not isinstance(entry, dict) or not _is_number(entry.get("queued_s")):
+            continue
+        times = {k: _seconds(entry.get(k)) for k in _ATTEMPT_KEYS}
+        error, number = entry.get("error"), entry.get("attempt")
+        attempts.append(
+            AttemptTiming(
+                number if isinstance(number, int) else len(attempts) + 1,
+                str(entry.get("span_id") or ""),
+                float(entry["queued_s"]),
+                backoff_s=_seconds(entry.get("backoff_s")),
+                error=str(error) if error is not None else None,
+                **times,
+            )
+        )
+    return CallTiming(
+        str(value.get("span_id") or ""),
+        float(value["queued_s"]),
+        attempts,
+        _seconds(value.get("end_s")),
+    )
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if _is_number(value) else None
 
 
 agent_document = call_document  # version 1's name
@@ -386,6 +455,7 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
     known = {
         "name", "model", "status", "answer", "error", "attempts", "latency_s", "ttft_s", "usage",
         "usage_estimated", "cost_usd", "call_id", "stage", "role", "finish_reason", "truncated",
+        "response_model", "timing",
     }  # fmt: skip
     usage = _usage_of(entry)
     return CallResult(
@@ -408,7 +478,13 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
         finish_reason=entry.get("finish_reason"),
         truncated=bool(entry.get("truncated", False)),
         details={k: v for k, v in entry.items() if k not in known},
+        timing=timing_from_document(entry.get("timing")),
+        response_model=_text_or_none(entry.get("response_model")),
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def report_from_document(document: dict[str, Any]) -> RunReport:
@@ -436,6 +512,8 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
         trace_id=document.get("trace_id"),
         shape=str(document.get("shape") or "panel"),
         recorded_status=status if status in ("running", "interrupted") else None,
+        span_id=_text_or_none(document.get("span_id")),
+        parent_span_id=_text_or_none(document.get("parent_span_id")),
     )
 
 

@@ -139,6 +139,35 @@ class Completion:
     finish_reason: str | None = None
     # Functions the model asked to call: {"id", "name", "arguments" (JSON text)} each.
     tool_calls: tuple[Mapping[str, str], ...] = ()
+    model: str | None = None  # the model that answered, as the server named it
+
+
+@dataclass(slots=True)  # one per attempt: slots make it cheaper to make and fill
+class AttemptTiming:
+    """When one attempt went through each phase: seconds from the run's start, on one
+    monotonic clock. ``None``: the attempt never got there (cut short, or not streamed)."""
+
+    attempt: int  # from 1
+    span_id: str  # the span id its request carried in ``traceparent``
+    queued_s: float  # began waiting for a concurrency slot
+    slot_s: float | None = None  # got its slot
+    limiter_s: float | None = None  # the rate limiter let it go (and the budget had room)
+    sent_s: float | None = None  # handed to the HTTP client
+    first_token_s: float | None = None
+    end_s: float | None = None
+    error: str | None = None  # the kind of failure (``server_error``, ``timeout``...)
+    backoff_s: float | None = None  # the wait before the next attempt
+
+
+@dataclass(slots=True)
+class CallTiming:
+    """A call's time line: queued when its stage started, then each attempt. ``span_id`` is
+    the call's own span (its attempts' parent)."""
+
+    span_id: str
+    queued_s: float
+    attempts: list[AttemptTiming] = field(default_factory=list)
+    end_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +214,8 @@ class CallResult:
     finish_reason: str | None = None
     truncated: bool = False  # cut by max_tokens (finish_reason "length") or cut short
     details: dict[str, Any] = field(default_factory=dict)
+    timing: CallTiming | None = None  # None: not made in this run (kept, skipped, old history)
+    response_model: str | None = None  # the model the server says answered
 
     def __post_init__(self) -> None:
         if not self.call_id:
@@ -232,6 +263,8 @@ class RunReport:
     shape: str = "panel"
     interrupted: bool = False
     recorded_status: RunStatus | None = None  # from history: a run that never finished
+    span_id: str | None = None  # the run's own span in its trace
+    parent_span_id: str | None = None  # the span it continues (a TRACEPARENT), if any
 
     @property
     def calls(self) -> list[CallResult]:

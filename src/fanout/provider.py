@@ -28,6 +28,7 @@ from openai.types.chat.completion_create_params import ResponseFormat
 
 from fanout.errors import ProviderError
 from fanout.models import Agent, Completion, Endpoint, Message, Usage
+from fanout.tracing import CURRENT_TRACEPARENT
 
 _T = TypeVar("_T")
 
@@ -212,6 +213,7 @@ class OpenAIProvider:
             answer.usage,
             finish_reason=answer.finish_reason,
             tool_calls=answer.tool_calls(),
+            model=answer.model,
         )
 
     # -- the Batch API (``fanout batch --via openai-batch``) --------------------------------
@@ -328,7 +330,7 @@ class OpenAIProvider:
         client = self._clients.get(endpoint)
         if client is None:
             key = self._environ.get(endpoint.api_key_env) or _KEYLESS
-            http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [_announce_sent]})
+            http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [_on_request]})
             client = openai.AsyncOpenAI(
                 api_key=key, base_url=endpoint.base_url, max_retries=0, http_client=http
             )
@@ -379,7 +381,11 @@ class OpenAIProvider:
         return _KEY_PATTERN.sub("***", text)
 
 
-async def _announce_sent(request: httpx2.Request) -> None:
+async def _on_request(request: httpx2.Request) -> None:
+    """Every request: the attempt's ``traceparent``, and ``on_sent`` when it leaves."""
+    parent = CURRENT_TRACEPARENT.get()
+    if parent is not None:
+        request.headers["traceparent"] = parent
     callback = _ON_SENT.get()
     if callback is None:
         return
@@ -556,6 +562,7 @@ def _completion_of(data: object) -> Completion:
         usage=usage,
         finish_reason=_reason(choice),
         tool_calls=_tool_calls(message.get("tool_calls")),
+        model=_model(data),
     )
 
 
@@ -566,6 +573,7 @@ class _StreamedAnswer:
         self.parts: list[str] = []
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
+        self.model: str | None = None
         self.chose = False
         self._tools: dict[int, dict[str, Any]] = {}  # function calls by index, as they grow
 
@@ -582,6 +590,7 @@ class _StreamedAnswer:
             detail = error.get("message") if isinstance(error, dict) else error
             detail = " ".join(_scrub(str(detail or "no message")).split())[:300]
             raise ProviderError(f"the server failed mid-stream: {detail}", kind="bad_response")
+        self.model = self.model or _model(chunk)
         if chunk.get("usage") is not None:
             self.usage = _usage_of(chunk["usage"])
         choices = chunk.get("choices")
@@ -656,6 +665,12 @@ async def _drain(lines: AsyncIterator[str]) -> None:
     with anyio.move_on_after(_DRAIN_S), suppress(httpx2.HTTPError, httpx2.StreamError):
         async for _ in lines:
             pass
+
+
+def _model(data: Mapping[str, Any]) -> str | None:
+    """The model the server says answered (telemetry's ``gen_ai.response.model``)."""
+    model = data.get("model")
+    return model[:200] if isinstance(model, str) and model else None
 
 
 def _reason(choice: Mapping[str, Any]) -> str | None:

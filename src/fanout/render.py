@@ -37,7 +37,8 @@ from fanout.event import (
     Event,
     StageStarted,
 )
-from fanout.models import Agent, Call, CallResult, RunReport, StageResult
+from fanout.models import Agent, Call, CallResult, CallTiming, RunReport, StageResult
+from fanout.timing import PHASE_KINDS, PHASE_NAMES, PhaseKind, axis_end, phases
 
 if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engine to start
     from fanout.batch import BatchTally
@@ -589,3 +590,115 @@ def _summary(report: RunReport) -> str:
         f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
         f" · {usd(report.cost_usd)} · {report.status} · run {report.run_id}"
     )
+
+
+# -- the timeline -------------------------------------------------------------------------------
+
+# Each phase has a glyph and a style; without colour (NO_COLOR, TERM=dumb, a pipe) the glyphs
+# alone must tell the phases apart, so they are plain ASCII there.
+_GLYPHS: dict[PhaseKind | str, tuple[str, str, str]] = {
+    "waiting": ("░", ".", "dim"),
+    "backoff": ("╌", "~", "yellow"),
+    "first_token": ("▒", "-", "cyan"),
+    "streaming": ("█", "=", "green"),
+    "failed": ("✗", "x", "bold red"),
+}
+_FIGURES_WIDTH = 21  # " ttft   total tries", each right-aligned
+
+
+class Timeline:
+    """One row per call of every stage on the run's time axis, its phases drawn in distinct
+    glyphs and styles (waiting, retry back-off, until first token, streaming, a failed
+    attempt's end), and its figures at the row's end: time to first token, total, attempts.
+    Fits the console's width (or ``width``)."""
+
+    def __init__(self, report: RunReport, width: int | None = None) -> None:
+        self.report = report
+        self.width = width
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = min(self.width or options.max_width, options.max_width)
+        plain = console.no_color or console.is_dumb_terminal or console.color_system is None
+        yield from self.lines(width, plain=plain)
+
+    def lines(self, width: int, *, plain: bool) -> list[Text]:
+        report = self.report
+        end = axis_end(report)
+        rows = [(stage, result) for stage in report.stages for result in stage.calls]
+        names = [r.name for _, r in rows] or [""]
+        label = min(max(len(n) for n in names), max(8, width // 5))
+        bar = max(width - label - _FIGURES_WIDTH - 2, 10)
+        out = [self._header(label, bar, end)]
+        several = len(report.stages) > 1
+        for stage in report.stages:
+            if several:
+                out.append(Text(f"{stage.kind.replace('_', ' ')}", style="bold dim"))
+            for result in stage.calls:
+                out.append(self._row(result, label, bar, end, plain))
+        for line in out:
+            line.no_wrap = True
+            line.truncate(width, overflow="crop")
+        return [*out, *self._legend(plain, width)]
+
+    def _header(self, label: int, bar: int, end: float) -> Text:
+        right = f"{end:.2f}s"
+        axis = "0s" + " " * max(bar - 2 - len(right), 1) + right
+        figures = f"{'ttft':>6} {'total':>7} {'tries':>5}"
+        return Text(f"{'':<{label}} {axis} {figures}", style="dim")
+
+    def _row(self, result: CallResult, label: int, bar: int, end: float, plain: bool) -> Text:
+        name = result.name if len(result.name) <= label else result.name[: label - 1] + "…"
+        line = Text.assemble((f"{name:<{label}}", "bold"), " ")
+        timing = result.timing
+        if timing is None:
+            # Skipped, cancelled before it began, or recorded by a fanout without timing.
+            note = "no timing recorded" if result.status == "ok" else result.status
+            line.append(f"{'(' + note + ')':<{bar}}", style="dim")
+        else:
+            line.append_text(self._bar(timing, bar, end, plain))
+        ttft = f"{result.ttft_s:.2f}s" if result.ttft_s is not None else "-"
+        total = f"{result.latency_s:.2f}s" if result.latency_s is not None else "-"
+        tries = str(result.attempts) if result.attempts else "-"
+        style = "red" if result.status == "error" else ""
+        line.append(f" {ttft:>6} {total:>7} {tries:>5}", style=style)
+        return line
+
+    def _bar(self, timing: CallTiming, bar: int, end: float, plain: bool) -> Text:
+        scale = bar / end if end > 0 else 0.0
+        cells: list[str | None] = [None] * bar
+        # Painted in this order, so where phases share a cell the later phase shows.
+        for phase in sorted(phases(timing), key=lambda p: PHASE_KINDS.index(p.kind)):
+            first = min(int(phase.start_s * scale), bar - 1)
+            last = max(first + 1, min(round(phase.end_s * scale), bar))
+            for i in range(first, last):
+                cells[i] = phase.kind
+        for attempt in timing.attempts:
+            if attempt.error is not None and attempt.end_s is not None:
+                cells[max(min(math.ceil(attempt.end_s * scale) - 1, bar - 1), 0)] = "failed"
+        text = Text()
+        for kind in cells:
+            if kind is None:
+                text.append(" ")
+            else:
+                fancy, ascii_, style = _GLYPHS[kind]
+                text.append(ascii_ if plain else fancy, style=style)
+        return text
+
+    def _legend(self, plain: bool, width: int) -> list[Text]:
+        """What each glyph means, as many entries a line as fit."""
+        lines = [Text()]
+        names: dict[str, str] = {**PHASE_NAMES, "failed": "failed attempt"}
+        for kind, (fancy, ascii_, style) in _GLYPHS.items():
+            entry = f" {names[kind]}"
+            if lines[-1].cell_len and lines[-1].cell_len + 2 + 1 + len(entry) > width:
+                lines.append(Text())
+            elif lines[-1].cell_len:
+                lines[-1].append("  ")
+            lines[-1].append(ascii_ if plain else fancy, style=style)
+            lines[-1].append(entry, style="dim")
+        return lines
+
+
+def timeline(report: RunReport, width: int | None = None) -> Timeline:
+    """The run's timeline (see ``Timeline``), ``width`` columns at most."""
+    return Timeline(report, width)

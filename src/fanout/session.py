@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from platformdirs import user_cache_path
@@ -49,6 +49,7 @@ from fanout.export import (
     agent_from_settings,
     agent_settings,
     dumps,
+    json_line,
     plan_document,
     report_document,
     report_from_document,
@@ -67,8 +68,13 @@ from fanout.render import (
     print_warning,
     render_report,
     runs_table,
+    timeline,
 )
 from fanout.retry import RetryPolicy
+from fanout.tracing import TraceParent, parse_traceparent, telemetry_wanted
+
+if TYPE_CHECKING:
+    from fanout.telemetry import Telemetry
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PIPE = 141  # stdout was closed by its reader (`| head`): as if SIGPIPE had ended us
@@ -90,6 +96,7 @@ class Output:
     mode: Mode = "table"
     deltas: bool = False  # --jsonl-deltas
     file: Path | None = None  # -o
+    timeline: bool = False  # --timeline: after the result (on stderr when stdout is JSON)
 
 
 def ask(
@@ -109,9 +116,12 @@ def ask(
     recorded: tuple[list[Agent], Agent] | None = None,
     shape: str = "panel",
     shape_options: Mapping[str, Any] | None = None,
+    traceparent: str | None = None,
 ) -> int:
     """``fanout ask`` (``panel``: already loaded, and pointed at the local server; ``shape``
-    and ``shape_options``: another shape than the panel, e.g. ``route`` with ``route_max``)."""
+    and ``shape_options``: another shape than the panel, e.g. ``route`` with ``route_max``;
+    ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid)."""
+    parent = _trace_parent(traceparent)
     panel_given = panel
     panel = panel or load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
@@ -141,6 +151,7 @@ def ask(
                     [_as_local(a, local) for a in chosen],
                     _as_local(recorded_synthesizer, local),
                 ),
+                traceparent=traceparent,
             )
     options = {**(shape_options or {}), "synthesize": synthesize}
     request = RunRequest(
@@ -151,7 +162,8 @@ def ask(
         options=options,
         settings=settings,
         model=model,
-        trace_id=_trace_from_environ(),
+        trace_id=parent.trace_id if parent else None,
+        parent_span_id=parent.span_id if parent else None,
     )
     plan = resolve(request)
     if dry_run:
@@ -192,6 +204,7 @@ def flow_run(
     from fanout.flow import load_flow
     from fanout.shapes.flow import planned_calls
 
+    parent = _trace_parent(None)
     flow = load_flow(path, load_panel(find_config(config, os.environ)))
     inputs = flow.inputs(given)
     request = RunRequest(
@@ -202,7 +215,8 @@ def flow_run(
         options=flow.options(inputs),
         settings=settings,
         model=model,
-        trace_id=_trace_from_environ(),
+        trace_id=parent.trace_id if parent else None,
+        parent_span_id=parent.span_id if parent else None,
     )
     plan = resolve(request)
     if dry_run:
@@ -397,6 +411,8 @@ def _stored_plan(
         settings=settings,
         run_id=stored.run_id,
         trace_id=str(stored.document.get("trace_id") or "") or None,
+        # The new work is a child of the run's span, in the run's trace.
+        parent_span_id=str(stored.document.get("span_id") or "") or None,
     )
     return resolve(request)
 
@@ -576,16 +592,50 @@ def list_runs(limit: int, json_output: bool) -> None:
         make_console().print(runs_table(summaries))
 
 
-def show_run(run_id: str, json_output: bool) -> int:
-    """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document)."""
+def show_run(run_id: str, json_output: bool, *, with_timeline: bool = False) -> int:
+    """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document;
+    ``--timeline``: its timeline after it, on stderr when stdout is JSON)."""
     with _open_history() as history:
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
+    report = report_from_document(stored.document)
     if json_output:
         _write_stdout(dumps(stored.document))
     else:
-        render_report(make_console(), report_from_document(stored.document))
+        render_report(make_console(), report)
+    if with_timeline:
+        make_console(stderr=json_output).print(timeline(report))
     return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+
+
+EXPORT_FORMATS = ("perfetto", "html")
+
+
+def export_run(run_id: str, fmt: str, output: Path | None) -> int:
+    """``fanout runs export``: a stored run as a Perfetto trace or an HTML page, into
+    ``output`` or on stdout."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    with _open_history() as history:
+        _warn(history.warnings)
+        stored = history.load(history.resolve(run_id))
+    report = report_from_document(stored.document)
+    if fmt == "perfetto":
+        from fanout.perfetto import perfetto_trace
+
+        text = json_line(perfetto_trace(report)) + "\n"
+    else:
+        from fanout.page import html_page
+
+        text = html_page(report)
+    if output is None:
+        _write_stdout(text)
+        return EXIT_OK
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise FanoutError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
+    return EXIT_OK
 
 
 def _drive(
@@ -611,7 +661,12 @@ def _drive(
         shown = display = LiveBoard(out, asked if guess_panes else ())
     else:
         shown = display = ProgressDisplay(err, len(asked))
-    observer = Broadcast(shown, *([recorder] if recorder is not None else []))
+    telemetry = _telemetry()
+    observer = Broadcast(
+        shown,
+        *([recorder] if recorder is not None else []),
+        *([telemetry.observer()] if telemetry is not None else []),
+    )
     execution = make(observer)
 
     async def main() -> RunReport:
@@ -633,9 +688,28 @@ def _drive(
     finally:
         if recorder is not None:
             recorder.close()
+        if telemetry is not None:
+            telemetry.shutdown()
     if closed is not None and closed.is_set():
         raise StdoutClosed
     return report, execution.interrupted
+
+
+def _telemetry() -> Telemetry | None:
+    """OpenTelemetry export, when the environment asks for it and fanout[otel] is installed
+    (only then is OpenTelemetry imported)."""
+    if not telemetry_wanted(os.environ):
+        return None
+    try:
+        from fanout.telemetry import Telemetry
+    except ImportError as exc:
+        print_warning(
+            make_console(stderr=True),
+            f"warning: OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is missing ({exc}):"
+            " pip install 'fanout[otel]' to export spans",
+        )
+        return None
+    return Telemetry()
 
 
 class _PipedJsonl(JsonlWriter):
@@ -660,11 +734,14 @@ def _closed(flag: anyio.Event | None) -> None:
 
 
 def _carried_on(before: RunReport, after: RunReport) -> RunReport:
-    """A retried or re-synthesized run keeps its start and adds the new work's duration."""
+    """A retried or re-synthesized run keeps its start, its span and the span it continued,
+    and adds the new work's duration."""
     return replace(
         after,
         started_at=before.started_at,
         duration_s=round(before.duration_s + after.duration_s, 3),
+        span_id=before.span_id or after.span_id,
+        parent_span_id=before.parent_span_id if before.span_id else after.parent_span_id,
     )
 
 
@@ -678,9 +755,13 @@ def _emit(
     elif output.mode == "table":
         try:
             render_report(make_console(), report)
+            if output.timeline:
+                make_console().print(timeline(report))
         except BrokenPipeError:
             _silence_stdout()
             raise StdoutClosed from None
+    if output.timeline and output.mode != "table":
+        err.print(timeline(report))
     if output.file is not None:
         try:
             output.file.write_text(dumps(document), encoding="utf-8")
@@ -809,16 +890,18 @@ def _open_history() -> History:
     return History(history_path(os.environ))
 
 
-def _trace_from_environ() -> str | None:
-    """The trace id of a W3C ``TRACEPARENT`` in the environment, to continue that trace."""
-    parts = os.environ.get("TRACEPARENT", "").strip().split("-")
-    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        try:
-            int(parts[1], 16)
-        except ValueError:
-            return None
-        return parts[1].lower()
-    return None
+def _trace_parent(given: str | None) -> TraceParent | None:
+    """The trace to continue: ``--traceparent`` (a usage error if it is not one), else a
+    valid ``TRACEPARENT`` in the environment (one that is not is ignored, as tools do)."""
+    if given is not None:
+        parent = parse_traceparent(given)
+        if parent is None:
+            raise ConfigError(
+                f"--traceparent: {given!r} is not a W3C traceparent "
+                "(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)"
+            )
+        return parent
+    return parse_traceparent(os.environ.get("TRACEPARENT", ""))
 
 
 def _settings_record(

@@ -1,0 +1,191 @@
+"""OpenTelemetry: every run's spans reach a real OTLP/HTTP receiver, shaped by the GenAI
+semantic conventions, with the run's own trace and span ids; nothing of it loads unless asked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+pytest.importorskip("opentelemetry.proto")
+
+from fanout.tracing import parse_traceparent, traceparent
+from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI, Fault, Reply
+from tests.otlpreceiver import OtlpReceiver, ReceivedSpan
+
+INTERNAL, CLIENT, ERROR = 1, 3, 2
+QUICK_503 = Fault(503, headers={"retry-after-ms": "1"})
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as running:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", running.endpoint)
+        yield running
+
+
+def one(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
+    (found,) = [s for s in spans if s.name == name]
+    return found
+
+
+def ask(invoke: Invoke, *args: str | Path) -> dict[str, Any]:
+    result = invoke("ask", "--json", *args)
+    assert result.exit_code in (0, 3), result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_a_run_exports_workflow_agent_and_chat_spans_with_genai_attributes(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, receiver: OtlpReceiver
+) -> None:
+    server.script("m-physicist", QUICK_503, Reply(text="second time lucky"))
+    server.script("m-chemist", Fault(400, body={"error": {"message": "nope"}}))
+    config = agents_file(
+        "physicist", "chemist", extra={"physicist": {"temperature": 0.3, "max_tokens": 50}}
+    )
+    document = ask(invoke, "-c", config, "--synthesize", "Why is the sky blue?")
+    spans = receiver.spans
+    calls = {c["name"]: c for s in document["stages"] for c in s["calls"]}
+
+    run = one(spans, "invoke_workflow fanout")
+    assert (run.trace_id, run.span_id, run.parent_span_id) == (
+        document["trace_id"], document["span_id"], ""
+    )  # fmt: skip
+    assert run.kind == INTERNAL and run.attributes["gen_ai.operation.name"] == "invoke_workflow"
+    assert run.resource["service.name"] == "fanout"
+    assert {s.trace_id for s in spans} == {document["trace_id"]}
+
+    agents = {
+        s.attributes["gen_ai.agent.name"]: s for s in spans if s.name.startswith("invoke_agent")
+    }
+    assert set(agents) == {"physicist", "chemist", "synthesizer"}
+    for name, span in agents.items():
+        assert span.name == f"invoke_agent {name}" and span.kind == INTERNAL
+        assert span.parent_span_id == run.span_id
+        assert span.span_id == calls[name]["timing"]["span_id"]
+        assert span.attributes["gen_ai.operation.name"] == "invoke_agent"
+        assert span.attributes["gen_ai.provider.name"] == "openai"
+        assert span.attributes["gen_ai.request.model"] == calls[name]["model"]
+        assert run.start_ns <= span.start_ns <= span.end_ns <= run.end_ns
+
+    physicist = agents["physicist"].attributes
+    assert physicist["gen_ai.response.model"] == "m-physicist"
+    assert physicist["gen_ai.request.temperature"] == pytest.approx(0.3)
+    assert physicist["gen_ai.request.max_tokens"] == 50
+    usage = calls["physicist"]["usage"]
+    assert physicist["gen_ai.usage.input_tokens"] == usage["input_tokens"]
+    assert physicist["gen_ai.usage.output_tokens"] == usage["output_tokens"]
+    assert physicist["gen_ai.response.finish_reasons"] == ["stop"]
+    assert "error.type" not in physicist
+    chemist = agents["chemist"]
+    assert chemist.attributes["error.type"] == "bad_request" and chemist.status_code == ERROR
+    assert "gen_ai.request.temperature" not in chemist.attributes
+
+    chats = [s for s in spans if s.name.startswith("chat ")]
+    sent = {}
+    for request in server.requests:
+        parent = parse_traceparent(request.headers["traceparent"])
+        assert parent is not None
+        sent[parent.span_id] = request.model
+    # One client span per request, with the span id the request carried.
+    assert {c.span_id: c.attributes["gen_ai.request.model"] for c in chats} == sent
+    by_parent: dict[str, list[ReceivedSpan]] = {}
+    for chat in chats:
+        model = chat.attributes["gen_ai.request.model"]
+        assert chat.kind == CLIENT and chat.name == f"chat {model}"
+        assert chat.attributes["gen_ai.operation.name"] == "chat"
+        by_parent.setdefault(chat.parent_span_id, []).append(chat)
+    failed, answered = sorted(by_parent[agents["physicist"].span_id], key=lambda s: s.start_ns)
+    assert failed.attributes["error.type"] == "server_error" and failed.status_code == ERROR
+    assert "gen_ai.usage.output_tokens" not in failed.attributes
+    assert answered.attributes["gen_ai.usage.output_tokens"] == usage["output_tokens"]
+    assert answered.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert answered.attributes["gen_ai.request.max_tokens"] == 50
+    assert failed.end_ns <= answered.start_ns
+    # No prompt or answer text unless asked for.
+    for span in spans:
+        assert not any(k.startswith(("gen_ai.input", "gen_ai.output")) for k in span.attributes)
+        assert "Why is the sky blue?" not in json.dumps(span.attributes)
+
+
+def test_message_content_is_exported_only_when_asked(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    receiver: OtlpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    server.script("m-physicist", Reply(text="Rayleigh scattering"))
+    ask(invoke, "-c", agents_file("physicist"), "Why is the sky blue?")
+    chat = next(s for s in receiver.spans if s.name.startswith("chat "))
+    sent = json.loads(chat.attributes["gen_ai.input.messages"])
+    question = {"type": "text", "content": "Why is the sky blue?"}
+    assert sent == [{"role": "user", "parts": [question]}]
+    system = json.loads(chat.attributes["gen_ai.system_instructions"])
+    assert system == [{"type": "text", "content": "You are a physicist."}]
+    (answer,) = json.loads(chat.attributes["gen_ai.output.messages"])
+    assert answer["parts"][0]["content"] == "Rayleigh scattering"
+
+
+def test_a_traceparent_makes_the_run_a_child_of_the_callers_span(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    receiver: OtlpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRACEPARENT", traceparent("e" * 32, "f" * 16))
+    document = ask(invoke, "-c", agents_file("physicist"), "Q")
+    run = one(receiver.spans, "invoke_workflow fanout")
+    assert (run.trace_id, run.parent_span_id) == ("e" * 32, "f" * 16)
+    assert run.span_id == document["span_id"]
+    assert {s.trace_id for s in receiver.spans} == {"e" * 32}
+
+
+def test_retry_spans_join_the_runs_trace_under_its_span(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, receiver: OtlpReceiver
+) -> None:
+    server.script("m-chemist", Fault(400))
+    document = ask(invoke, "-c", agents_file("physicist", "chemist"), "Q")
+    before = len(receiver.spans)
+    result = invoke("runs", "retry", document["run_id"], "--json")
+    assert result.exit_code == 0, result.output
+    retried = receiver.spans[before:]
+    run = one(retried, "invoke_workflow fanout")
+    assert run.trace_id == document["trace_id"] and run.parent_span_id == document["span_id"]
+    (agent,) = [s for s in retried if s.name.startswith("invoke_agent")]
+    assert agent.name == "invoke_agent chemist" and agent.parent_span_id == run.span_id
+
+
+def test_nothing_of_opentelemetry_loads_without_the_variable(
+    server: FakeOpenAI, agents_file: AgentsFile
+) -> None:
+    config = agents_file("physicist")
+    script = (
+        "import sys\n"
+        "from fanout.cli import main\n"
+        f"sys.argv = ['fanout', 'ask', '-c', {str(config)!r}, '--json', '--no-log', 'Q']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "loaded = [m for m in sys.modules if m.startswith(('opentelemetry', 'fanout.telemetry'))]\n"
+        "print(loaded, file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = str(SRC)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+    assert json.loads(done.stdout)["status"] == "completed"
