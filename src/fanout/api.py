@@ -123,7 +123,14 @@ def prepare(
     if check:
         check_credentials(plan.callers, os.environ)
     if engine is None:
-        engine = Engine(provider or _openai(), plan.callers, plan.request.settings, plan.pricing)
+        provider = provider or _openai()
+        # One-time client set-up (openai builds its resources lazily, ~0.5 s the first time)
+        # happens here, before the first call: not inside every persona's measured latency,
+        # and not bunching rate-limited starts at the server.
+        warm = getattr(provider, "prepare", None)
+        if callable(warm):
+            warm(a.endpoint for a in plan.callers)
+        engine = Engine(provider, plan.callers, plan.request.settings, plan.pricing)
     observer = Broadcast(*observers)  # each observer isolated: one that raises is cut off
     context = RunContext(plan.request.prompt, plan.agents, plan.roles, plan.request.options)
     return Execution(
