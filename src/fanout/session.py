@@ -52,6 +52,7 @@ from fanout.export import (
     report_document,
     report_from_document,
 )
+from fanout.export import settings_record as _settings_record
 from fanout.history import History, HistoryRecorder, StoredRun, history_path
 from fanout.local import LOCAL_ENV, LOCAL_URL, LocalServer, model_path, on_local, wants_local
 from fanout.models import Agent, CallResult, Endpoint, RunReport
@@ -699,25 +700,6 @@ def _trace_from_environ() -> str | None:
             return None
         return parts[1].lower()
     return None
-
-
-def _settings_record(
-    settings: RunSettings, shape: str, options: Mapping[str, Any], pricing: Mapping[str, Price]
-) -> dict[str, Any]:
-    return {
-        "concurrency": settings.concurrency,
-        "timeout": settings.timeout,
-        "retries": settings.retry.retries,
-        "max_retry_after": settings.retry.max_retry_after,
-        "rpm": settings.rpm,
-        "tpm": settings.tpm,
-        "stream": settings.stream,
-        "max_cost": settings.max_cost,
-        "shape": shape,
-        "options": dict(options),
-        "synthesize": bool(options.get("synthesize")),  # version 1 readers
-        "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
-    }
 
 
 def _settings_from_record(
