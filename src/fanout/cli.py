@@ -410,7 +410,7 @@ def serve(
 ) -> None:
     """Serve the panel over HTTP: a runs API, an OpenAI-compatible model, a live dashboard.
 
-    Needs pip install 'fanout[serve]'. Runs go into the same history as `fanout ask`.
+    Needs the serve extra (Starlette, uvicorn). Runs go into the same history as `fanout ask`.
 
     Examples:
 
