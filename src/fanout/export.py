@@ -41,10 +41,11 @@ from fanout.models import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from fanout.config import Panel
-    from fanout.cost import PlannedCall
+    from fanout.cost import PlannedCall, Price
+    from fanout.engine import RunSettings
 
 SCHEMA_VERSION = 2
 _CALL_KEYS = ("call_id", "stage", "role")
@@ -319,6 +320,11 @@ class JsonlWriter:
             self._out.write(json_line(line) + "\n")
             self._out.flush()
 
+    def line(self, event: Event) -> dict[str, Any] | None:
+        """The object ``event`` is written as (None: not written): for other transports of the
+        same stream (the server's Server-Sent Events)."""
+        return self._line(event)
+
     def _line(self, event: Event) -> dict[str, Any] | None:
         body: dict[str, Any]
         if isinstance(event, RunStarted):
@@ -429,6 +435,33 @@ def agent_settings(agent: Agent) -> dict[str, Any]:
         "rpm": agent.limits.rpm,
         "tpm": agent.limits.tpm,
         "concurrency": agent.limits.concurrency,
+    }
+
+
+def settings_record(
+    settings: RunSettings,
+    shape: str,
+    options: Mapping[str, Any],
+    pricing: Mapping[str, Price],
+    roles: Mapping[str, Agent] | None = None,
+) -> dict[str, Any]:
+    """A run's settings as the history records them (what ``runs retry`` runs it again with),
+    for every client that records runs: the CLI and the server."""
+    return {
+        # Roles beside the synthesizer (router, orchestrator), so a retry asks the same ones.
+        "roles": {r: agent_settings(a) for r, a in (roles or {}).items() if r != "synthesizer"},
+        "concurrency": settings.concurrency,
+        "timeout": settings.timeout,
+        "retries": settings.retry.retries,
+        "max_retry_after": settings.retry.max_retry_after,
+        "rpm": settings.rpm,
+        "tpm": settings.tpm,
+        "stream": settings.stream,
+        "max_cost": settings.max_cost,
+        "shape": shape,
+        "options": dict(options),
+        "synthesize": bool(options.get("synthesize")),  # version 1 readers
+        "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
     }
 
 

@@ -242,6 +242,14 @@ class History:
             self._store_final(run_id, document)
         self._unfinished.discard(run_id)
 
+    def purge(self, run_id: str) -> bool:
+        """Delete a run and its calls from the history; whether it was there."""
+        with self._transaction():
+            deleted = self._db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount
+            self._db.execute("DELETE FROM calls WHERE run_id = ?", (run_id,))
+        self._unfinished.discard(run_id)
+        return bool(deleted)
+
     def _store_final(self, run_id: str, document: dict[str, Any]) -> None:
         self._db.execute(
             "UPDATE runs SET document = ?, writer = NULL WHERE run_id = ?",

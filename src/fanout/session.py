@@ -54,6 +54,7 @@ from fanout.export import (
     report_document,
     report_from_document,
 )
+from fanout.export import settings_record as _settings_record
 from fanout.history import History, HistoryRecorder, StoredRun, history_path
 from fanout.local import LOCAL_URL, LocalServer, local_everyone, model_path, on_local, wants_local
 from fanout.models import Agent, CallResult, Endpoint, RunReport
@@ -902,31 +903,6 @@ def _trace_parent(given: str | None) -> TraceParent | None:
             )
         return parent
     return parse_traceparent(os.environ.get("TRACEPARENT", ""))
-
-
-def _settings_record(
-    settings: RunSettings,
-    shape: str,
-    options: Mapping[str, Any],
-    pricing: Mapping[str, Price],
-    roles: Mapping[str, Agent] | None = None,
-) -> dict[str, Any]:
-    return {
-        # Roles beside the synthesizer (router, orchestrator), so a retry asks the same ones.
-        "roles": {r: agent_settings(a) for r, a in (roles or {}).items() if r != "synthesizer"},
-        "concurrency": settings.concurrency,
-        "timeout": settings.timeout,
-        "retries": settings.retry.retries,
-        "max_retry_after": settings.retry.max_retry_after,
-        "rpm": settings.rpm,
-        "tpm": settings.tpm,
-        "stream": settings.stream,
-        "max_cost": settings.max_cost,
-        "shape": shape,
-        "options": dict(options),
-        "synthesize": bool(options.get("synthesize")),  # version 1 readers
-        "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
-    }
 
 
 def _settings_from_record(

@@ -1,0 +1,219 @@
+"""The panel as an OpenAI model: ``GET /v1/models`` and ``POST /v1/chat/completions``.
+
+``model: "fanout"`` asks the panel the conversation's last user message and answers with the
+synthesis; ``fanout/<shape>`` runs that shape (whatever ``SHAPES`` registers) and answers with
+its verdict. ``usage`` is summed over every call and the whole result document rides along
+under a top-level ``fanout`` field. Run options (``agents``, ``timeout``...) go in a ``fanout``
+object in the body (``extra_body={"fanout": {...}}`` with the openai client). A chat run is a
+run like any other: it counts against ``--max-runs``, shows in the dashboard and the history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import Response, StreamingResponse
+
+from fanout.export import json_line
+from fanout.serve.runs import BadRequest, LiveRun, final_answer, shape_names
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+MODEL = "fanout"
+KEEPALIVE_S = 15.0
+# What OpenAI clients send beside model and messages: accepted and not used (each persona
+# keeps its own sampling settings from the agents file).
+IGNORED = {"stream_options", "temperature", "top_p", "max_tokens", "max_completion_tokens",
+           "user", "metadata", "store", "seed", "stop", "presence_penalty", "frequency_penalty",
+           "logit_bias", "logprobs", "top_logprobs", "response_format", "service_tier",
+           "parallel_tool_calls", "reasoning_effort", "n"}  # fmt: skip
+KNOWN = {"model", "messages", "stream", "fanout", *IGNORED}
+
+
+def models() -> list[str]:
+    """``fanout`` (the panel with synthesis) and ``fanout/<shape>`` per registered shape."""
+    return [MODEL, *(f"{MODEL}/{shape}" for shape in shape_names())]
+
+
+def openai_error(status: int, message: str, code: str | None = None) -> Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": " ".join(message.split()), "type": kind, "code": code}}
+    return Response(json_line(body), status_code=status, media_type="application/json")
+
+
+async def list_models(request: Request) -> Response:
+    created = int(request.app.state.started)
+    data = [
+        {"id": m, "object": "model", "created": created, "owned_by": "fanout"} for m in models()
+    ]
+    return Response(json_line({"object": "list", "data": data}), media_type="application/json")
+
+
+def run_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The runs API body a chat request stands for; ``BadRequest`` naming what is wrong."""
+    for key in body:
+        if key not in KNOWN:
+            raise BadRequest(f"unknown parameter {key!r}")
+    if body.get("n") not in (None, 1):
+        raise BadRequest("n: fanout gives one answer (n=1)")
+    model = body.get("model")
+    if model not in models():
+        raise _UnknownModel(f"the model {model!r} does not exist (known: {', '.join(models())})")
+    options = body.get("fanout") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("fanout: an object of run options (agents, timeout...)")
+    if "prompt" in options:
+        raise BadRequest("fanout.prompt: the prompt is the last user message")
+    run: dict[str, Any] = {"prompt": last_user_message(body.get("messages")), **options}
+    if model == MODEL:
+        run.setdefault("synthesize", True)
+    else:
+        shape = str(model).split("/", 1)[1]
+        run.setdefault(shape, True)
+    return run
+
+
+class _UnknownModel(BadRequest):
+    pass
+
+
+def last_user_message(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages: a non-empty list of chat messages")
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: the text ones
+                content = "\n".join(
+                    str(p.get("text", "")) for p in content if isinstance(p, dict)
+                    and p.get("type") == "text"
+                )  # fmt: skip
+            if isinstance(content, str) and content.strip():
+                return content
+            raise BadRequest("the last user message has no text")
+    raise BadRequest("messages: no user message to answer")
+
+
+def answer_text(document: Mapping[str, Any]) -> str:
+    """What the assistant says: the synthesis or verdict, else each answer under its name."""
+    final = final_answer(document)
+    if final is not None:
+        return final
+    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    last = stages[-1] if stages else {}
+    parts = []
+    if isinstance(last.get("verdict"), dict):
+        parts.append(f"Verdict: {json_line(last['verdict'])}")
+    for call in last.get("calls") or []:
+        if isinstance(call, dict) and call.get("status") == "ok":
+            parts.append(f"{call.get('name')}: {call.get('answer')}")
+    return "\n\n".join(parts)
+
+
+def usage_of(document: Mapping[str, Any]) -> dict[str, int]:
+    usage = document.get("usage") or {}
+    return {
+        "prompt_tokens": int(usage.get("input_tokens") or 0),
+        "completion_tokens": int(usage.get("output_tokens") or 0),
+        "total_tokens": int(usage.get("total_tokens") or 0),
+    }
+
+
+async def chat_completions(request: Request) -> Response:
+    from fanout.serve.app import manager_of, read_json
+
+    body = await read_json(request)
+    try:
+        wanted = run_body(body)
+    except _UnknownModel as exc:
+        return openai_error(404, str(exc), "model_not_found")
+    run = manager_of(request).start(wanted)
+    model = str(body["model"])
+    if body.get("stream") is True:
+        return StreamingResponse(
+            _chunks(run, model),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    await run.done.wait()
+    document = run.document()
+    text = answer_text(document)
+    if not text and document.get("status") in ("failed", "cancelled"):
+        return openai_error(502, f"run {run.id} {document.get('status')}: no call answered")
+    completion = {
+        "id": f"chatcmpl-{run.id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_of(document),
+        "fanout": document,
+    }
+    return Response(json_line(completion), media_type="application/json")
+
+
+async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
+    """The answer as ``chat.completion.chunk`` events: the final stage's one call streamed as
+    it is written, else the answer whole at the end; then usage and the document."""
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = {
+            "id": f"chatcmpl-{run.id}",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json_line(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    last_stage = run.plan.stages[-1].id if len(run.plan.stages) > 1 else None
+    streaming: str | None = None  # the call id whose deltas are the answer
+    streamed: list[str] = []
+    index = 0
+    while True:
+        while index < len(run.lines):
+            line = run.lines[index]
+            index += 1
+            kind = line.get("type")
+            if kind == "stage_started" and line.get("stage") == last_stage:
+                calls = line.get("calls") or []
+                streaming = calls[0].get("call_id") if len(calls) == 1 else None
+            elif kind == "delta" and streaming and line.get("call_id") == streaming:
+                streamed.append(str(line.get("text")))
+                yield chunk({"content": line.get("text")})
+            elif kind == "retry" and line.get("call_id") == streaming:
+                streaming = None  # a second attempt would repeat itself: answer whole at the end
+        if run.over:
+            break
+        await run.changed(KEEPALIVE_S)
+        if index >= len(run.lines) and not run.over:
+            yield ": keep-alive\n\n"
+    document = run.document()
+    text = answer_text(document)
+    if not streamed and text:
+        yield chunk({"content": text})
+    yield chunk({}, "stop")
+    empty = {
+        "id": f"chatcmpl-{run.id}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage_of(document),
+        "fanout": document,
+    }
+    yield f"data: {json_line(empty)}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,565 @@
+"""Runs started over HTTP: what a request may ask for, the runs in flight, and how a run
+looks to a poller (the durable-orchestration status shape).
+
+A ``RunManager`` starts each run as a task of its own, through the same API as the CLI
+(``resolve`` -> ``prepare`` -> ``execute`` -> ``conclude``), with two observers: the run's event
+log (the ``--jsonl`` lines, kept for SSE replay) and the history recorder, so ``fanout runs
+list`` shows server runs too. Runs this process started are answered from memory; any other
+run (an older one, the CLI's, one a killed server left behind) from the history.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from fanout.api import Plan, RunRequest, prepare, resolve
+from fanout.config import Panel, check_credentials
+from fanout.engine import Execution, Provider, RunSettings
+from fanout.errors import FanoutError
+from fanout.event import (
+    Broadcast,
+    CallDelta,
+    CallFinished,
+    CallRetrying,
+    CallStarted,
+    CallWaiting,
+    Event,
+    RunFinished,
+    StageStarted,
+)
+from fanout.export import (
+    SCHEMA_VERSION,
+    JsonlWriter,
+    agent_settings,
+    report_document,
+    settings_record,
+)
+from fanout.history import History, HistoryRecorder, history_path
+from fanout.models import RunReport
+from fanout.retry import RetryPolicy
+from fanout.shapes import SHAPES
+
+# The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
+RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
+               "concurrency")  # fmt: skip
+FINISHED_KEPT = 256  # finished runs answered from memory (with their deltas); older: history
+MAX_PROMPT_CHARS = 200_000
+_log = logging.getLogger("fanout.serve")
+
+RUNTIME_STATUS = {
+    "running": "Running",
+    "completed": "Completed",
+    "partial": "Completed",  # the run ended; some personas failing is in customStatus
+    "failed": "Failed",
+    "cancelled": "Terminated",
+    "interrupted": "Failed",  # the server stopped under it: customStatus.interrupted
+}
+
+
+class BadRequest(Exception):
+    """What a client asked for cannot run: a 400 with this one-line message."""
+
+
+class TooBusy(Exception):
+    """``--max-runs`` runs are in flight already: a 429."""
+
+
+class NotFound(Exception):
+    """No such run: a 404."""
+
+
+def shape_names() -> list[str]:
+    """The shapes a request may name beside the panel (whatever ``SHAPES`` holds now), leaving
+    out those that cannot run from a prompt alone (a flow needs its definition)."""
+    return [name for name in SHAPES if name != "panel" and _standalone(name)]
+
+
+def _standalone(shape: str) -> bool:
+    try:
+        SHAPES[shape]({})
+    except Exception:  # a shape that needs options of its own to make a plan
+        return False
+    return True
+
+
+def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunRequest:
+    """A ``RunRequest`` from a JSON body; ``BadRequest`` naming the first thing wrong."""
+    shapes = shape_names()
+    for key in body:
+        if key not in RUN_OPTIONS and key not in shapes:
+            known = ", ".join([*RUN_OPTIONS, *shapes])
+            raise BadRequest(f"unknown option {key!r} (known: {known})")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest("the prompt is empty: give a non-empty string as prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise BadRequest(f"the prompt is longer than {MAX_PROMPT_CHARS} characters")
+    chosen = [name for name in shapes if body.get(name) not in (None, False)]
+    if len(chosen) > 1:
+        raise BadRequest(f"choose one shape: {', '.join(chosen)}")
+    shape, options = "panel", dict[str, Any]()
+    if chosen:
+        shape, value = chosen[0], body[chosen[0]]
+        if value is True:
+            options = {}
+        elif isinstance(value, dict):
+            options = dict(value)
+        else:
+            raise BadRequest(f"{shape}: true or an object of its options")
+    synthesize = body.get("synthesize", False)
+    if not isinstance(synthesize, bool):
+        raise BadRequest("synthesize: true or false")
+    if synthesize:
+        options["synthesize"] = True
+    elif shape == "panel":
+        options["synthesize"] = False
+    settings = RunSettings(
+        concurrency=_number(body, "concurrency", int, 1, RunSettings().concurrency),
+        timeout=_number(body, "timeout", float, 0.001, RunSettings().timeout),
+        retry=RetryPolicy(retries=_number(body, "retries", int, 0, RetryPolicy().retries)),
+        max_cost=_number(body, "max_cost", float, 0.0, None),
+    )
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise BadRequest("model: a model name")
+    return RunRequest(
+        prompt.strip(),
+        panel,
+        agents=_agents(body.get("agents")),
+        shape=shape,
+        options=options,
+        settings=settings,
+        model=model,
+        run_id=run_id,
+    )
+
+
+def _agents(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [n.strip() for n in value.split(",") if n.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
+        raise BadRequest("agents: a non-empty list of persona names")
+    return list(value)
+
+
+def _number(body: Mapping[str, Any], key: str, kind: type, least: float, default: Any) -> Any:
+    value = body.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok or not math.isfinite(value) or value < least:
+        what = "an integer" if kind is int else "a number"
+        raise BadRequest(f"{key}: {what} of at least {least:g}")
+    return kind(value)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(eq=False)
+class LiveRun:
+    """A run this server started: its plan, its event lines so far, how each call stands."""
+
+    id: str
+    plan: Plan
+    created: str
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    calls: dict[str, str] = field(default_factory=dict)  # call name -> pending, running...
+    updated: str = ""
+    execution: Execution | None = None
+    report: RunReport | None = None  # set when it is over
+    started: bool = False
+    terminated: bool = False
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    _changed: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def over(self) -> bool:
+        return self.report is not None
+
+    def append(self, line: dict[str, Any]) -> None:
+        self.lines.append(line)
+        self.updated = str(line.get("ts") or _now())
+        self._changed.set()  # wake every SSE reader, then arm a new event for the next line
+        self._changed = anyio.Event()
+
+    def finish(self, report: RunReport, line: dict[str, Any] | None) -> None:
+        self.report = report
+        if line is not None:
+            self.append(line)
+        self.done.set()
+        self._changed.set()
+
+    async def changed(self, seconds: float) -> None:
+        """Wait for a new line (or ``seconds``, for a keep-alive)."""
+        event = self._changed
+        with anyio.move_on_after(seconds):
+            await event.wait()
+
+    def document(self) -> dict[str, Any]:
+        """The ``--json`` document as it stands (status ``running`` until the run is over)."""
+        if self.report is not None:
+            return report_document(self.report)
+        if self.execution is None:
+            return _pending_document(self)
+        return report_document(replace(self.execution.report(), recorded_status="running"))
+
+    @property
+    def input(self) -> dict[str, Any]:
+        request = self.plan.request
+        return {
+            "prompt": request.prompt,
+            "agents": [a.name for a in self.plan.agents],
+            "shape": request.shape,
+            "options": dict(request.options),
+        }
+
+
+def _empty_report(run: LiveRun) -> RunReport:
+    request = run.plan.request
+    return RunReport(run.id, request.prompt, run.created, _now(), 0.0, [], shape=request.shape)
+
+
+def _pending_document(run: LiveRun) -> dict[str, Any]:
+    request = run.plan.request
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run.id,
+        "shape": request.shape,
+        "prompt": request.prompt,
+        "status": "running",
+        "started_at": run.created,
+        "finished_at": None,
+        "stages": [],
+        "agents": [],
+        "output": {},
+        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+    }
+
+
+class RunLog(JsonlWriter):
+    """The run's events as ``--jsonl`` lines (deltas included), kept on the ``LiveRun``."""
+
+    wants_deltas = True
+
+    def __init__(self, run: LiveRun) -> None:
+        super().__init__(io.StringIO(), deltas=True)
+        self.run = run
+
+    def handle(self, event: Event) -> None:
+        self._track(event)
+        # The end is told by the manager once the run is recorded (``RunManager._drive``), so
+        # whoever reads run_finished finds the run over everywhere.
+        line = None if isinstance(event, RunFinished) else self.line(event)
+        if line is not None:
+            self.run.append(line)
+
+    def _track(self, event: Event) -> None:
+        calls = self.run.calls
+        if isinstance(event, StageStarted):
+            for call in event.calls:
+                calls[call.name] = "pending"
+        elif isinstance(event, CallStarted | CallDelta):
+            calls[event.call.name] = "running"
+        elif isinstance(event, CallWaiting | CallRetrying):
+            calls[event.call.name] = "waiting"
+        elif isinstance(event, CallFinished):
+            calls[event.call.name] = event.result.status
+
+
+class _UntilFinished:
+    """Hands the recorder every event but the end: the manager records how the run ended
+    (a server going down records ``interrupted``, not ``cancelled``)."""
+
+    def __init__(self, recorder: HistoryRecorder) -> None:
+        self.recorder = recorder
+
+    def handle(self, event: Event) -> None:
+        if not isinstance(event, RunFinished):
+            self.recorder.handle(event)
+
+
+class RunManager:
+    """The runs of one server: started, watched, terminated, purged; ``max_runs`` in flight."""
+
+    def __init__(self, panel: Panel, *, max_runs: int = 16, provider: Provider | None = None):
+        self.panel = panel
+        self.max_runs = max_runs
+        self._provider = provider
+        self._runs: OrderedDict[str, LiveRun] = OrderedDict()
+        self._history: History | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closing = False
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[RunManager]:
+        """Open the history and the provider; on the way out, stop every run (recorded as
+        interrupted, with the answers it had) and close them."""
+        if self._provider is None:
+            from fanout.provider import OpenAIProvider
+
+            self._provider = OpenAIProvider()
+        self._history = await anyio.to_thread.run_sync(History, history_path(os.environ))
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    yield self
+                finally:
+                    self._closing = True
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._provider.aclose()
+                await anyio.to_thread.run_sync(self._history.close)
+
+    @property
+    def history(self) -> History:
+        assert self._history is not None, "RunManager.running() first"
+        return self._history
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for run in self._runs.values() if not run.over)
+
+    def start(self, body: Mapping[str, Any] | RunRequest) -> LiveRun:
+        """Check a request and start its run; ``BadRequest``, ``TooBusy``."""
+        run_id = uuid.uuid4().hex[:12]
+        try:
+            request = (
+                body
+                if isinstance(body, RunRequest)
+                else run_request(body, self.panel, run_id=run_id)
+            )
+            plan = resolve(replace(request, run_id=run_id))
+            check_credentials(plan.callers, os.environ)
+        except FanoutError as exc:
+            raise BadRequest(str(exc)) from None
+        if self.in_flight >= self.max_runs:
+            raise TooBusy(f"{self.max_runs} runs are in flight already (--max-runs)")
+        assert self._tg is not None, "RunManager.running() first"
+        run = LiveRun(run_id, plan, _now())
+        run.updated = run.created
+        self._runs[run_id] = run
+        self._forget_old()
+        self._tg.start_soon(self._drive, run, name=f"fanout run {run_id}")
+        return run
+
+    async def _drive(self, run: LiveRun) -> None:
+        try:
+            await self._execute(run)
+        except Exception:  # a bug in one run must not take the server (its task group) down
+            _log.exception("run %s failed", run.id)
+            if not run.over:
+                execution = run.execution
+                report = execution.report() if execution is not None else _empty_report(run)
+                run.finish(report, None)
+
+    async def _execute(self, run: LiveRun) -> None:
+        plan = run.plan
+        request = plan.request
+        recorder = HistoryRecorder(
+            self.history,
+            agents=[agent_settings(a) for a in plan.agents],
+            synthesizer=agent_settings(self.panel.synthesizer),
+            settings=settings_record(
+                request.settings, request.shape, request.options, self.panel.pricing
+            ),
+        )
+        log = RunLog(run)
+        observer = Broadcast(log, _UntilFinished(recorder))
+        execution = prepare(plan, [observer], provider=self._provider, check=False)
+        run.execution = execution
+        try:
+            recorder.start(execution.report())
+            run.started = True
+            with run.scope:
+                await execution.execute()
+        finally:
+            with anyio.CancelScope(shield=True):
+                # Cut short by terminate or by the server going down: the answers that
+                # arrived, and the text that was streaming, stay in the report.
+                execution.interrupted = run.scope.cancel_called or self._closing
+                report = execution.conclude()
+                if self._closing and not run.terminated:
+                    report = replace(report, recorded_status="interrupted")
+                recorder.finish(report)
+                await anyio.to_thread.run_sync(recorder.close)
+                run.finish(report, log.line(RunFinished(report)))
+
+    def terminate(self, run: LiveRun) -> None:
+        run.terminated = True
+        run.scope.cancel()
+
+    def live(self, run_id: str) -> LiveRun | None:
+        return self._runs.get(run_id)
+
+    def forget(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def live_runs(self) -> list[LiveRun]:
+        return list(self._runs.values())
+
+    def _forget_old(self) -> None:
+        """Finished runs beyond ``FINISHED_KEPT`` are read from the history from now on."""
+        finished = [run_id for run_id, run in self._runs.items() if run.over]
+        for run_id in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            del self._runs[run_id]
+
+
+# -- how a run looks to a poller -----------------------------------------------------------------
+
+
+def status_document(
+    document: Mapping[str, Any],
+    *,
+    created: str | None = None,
+    updated: str | None = None,
+    calls: Mapping[str, str] | None = None,
+    pending: bool = False,
+    input: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``GET /api/runs/{id}``: ``{instanceId, name, runtimeStatus, createdTime,
+    lastUpdatedTime, input, customStatus: {done, total, calls, status}, output}``."""
+    status = str(document.get("status"))
+    runtime = "Pending" if pending else RUNTIME_STATUS.get(status, "Running")
+    if calls is None:
+        calls = {
+            str(c.get("name")): str(c.get("status"))
+            for s in document.get("stages") or []
+            if isinstance(s, dict)
+            for c in s.get("calls") or []
+            if isinstance(c, dict)
+        }
+    settled = ("ok", "error", "skipped", "cancelled")
+    custom: dict[str, Any] = {
+        "status": status,
+        "done": sum(1 for s in calls.values() if s in settled),
+        "total": len(calls),
+        "calls": dict(calls),
+        "interrupted": status == "interrupted",
+    }
+    final = final_answer(document)
+    if final is not None:
+        custom["final"] = final
+    return {
+        "instanceId": document.get("run_id"),
+        "name": document.get("shape") or "panel",
+        "runtimeStatus": runtime,
+        "createdTime": created or document.get("started_at"),
+        "lastUpdatedTime": updated or document.get("finished_at") or document.get("started_at"),
+        "input": dict(input) if input is not None else document_input(document),
+        "customStatus": custom,
+        "output": dict(document.get("output") or {}),
+    }
+
+
+def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
+    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    first = stages[0].get("calls") or [] if stages else []
+    return {
+        "prompt": document.get("prompt"),
+        "agents": [c.get("name") for c in first if isinstance(c, dict)],
+        "shape": document.get("shape") or "panel",
+    }
+
+
+def final_answer(document: Mapping[str, Any]) -> str | None:
+    """The run's one answer, whatever its shape: a verdict's ``answer``, else the answer of a
+    later stage's single call (a synthesis, a judge), else None (a bare panel)."""
+    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    for stage in reversed(stages[1:]):
+        verdict = stage.get("verdict")
+        if isinstance(verdict, dict) and isinstance(verdict.get("answer"), str):
+            return str(verdict["answer"])
+        calls = [c for c in stage.get("calls") or [] if isinstance(c, dict)]
+        if len(calls) == 1 and calls[0].get("status") == "ok":
+            answer = calls[0].get("answer")
+            if isinstance(answer, str):
+                return answer
+    return None
+
+
+def is_finished(document: Mapping[str, Any]) -> bool:
+    return RUNTIME_STATUS.get(str(document.get("status")), "Running") != "Running"
+
+
+def replay_lines(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The event lines of a run known only from the history: what ``--jsonl`` would have
+    shown of it, without the deltas (``run_started``, each call's end, ``run_finished``)."""
+    stamp = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": document.get("run_id"),
+        "trace_id": document.get("trace_id"),
+    }
+    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    started = document.get("started_at")
+    lines: list[dict[str, Any]] = [
+        {
+            **stamp,
+            "ts": started,
+            "type": "run_started",
+            "prompt": document.get("prompt"),
+            "agents": document_input(document)["agents"],
+            "shape": document.get("shape") or "panel",
+            "stages": [{"id": s.get("id"), "kind": s.get("kind")} for s in stages],
+            "replayed": True,
+        }
+    ]
+    for stage in stages:
+        calls = [c for c in stage.get("calls") or [] if isinstance(c, dict)]
+        lines.append(
+            {
+                **stamp,
+                "ts": started,
+                "type": "stage_started",
+                "stage": stage.get("id"),
+                "kind": stage.get("kind"),
+                "calls": [
+                    {
+                        "call_id": c.get("call_id"),
+                        "agent": c.get("name"),
+                        "role": c.get("role"),
+                        "model": c.get("model"),
+                    }
+                    for c in calls
+                ],
+            }
+        )
+        for call in calls:
+            kind = "synthesis_finished" if call.get("role") == "synthesizer" else "agent_finished"
+            lines.append(
+                {
+                    **stamp,
+                    "ts": document.get("finished_at") or started,
+                    "type": kind,
+                    "agent": call.get("name"),
+                    "stage": call.get("stage"),
+                    "call_id": call.get("call_id"),
+                    "role": call.get("role"),
+                    "result": call,
+                }
+            )
+    if is_finished(document):
+        finished = document.get("finished_at") or started
+        lines.append({**stamp, "ts": finished, "type": "run_finished", "document": dict(document)})
+    return lines
