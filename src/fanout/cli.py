@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -101,6 +101,37 @@ TpmOption = Annotated[
 NoLogOption = Annotated[
     bool, typer.Option("--no-log", help="Do not record this run in the history.")
 ]
+VoteOption = Annotated[
+    bool,
+    typer.Option("--vote", help="Group the answers and show the tally, the winner and its share."),
+]
+ChoicesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--choices",
+        help='With --vote: comma-separated answers, each persona picks one ("Paris,Lyon").',
+    ),
+]
+QuorumOption = Annotated[
+    float | None,
+    typer.Option(
+        "--quorum",
+        min=0,
+        max=1,
+        help="With --vote: the share of votes the winner needs (default: more than half).",
+    ),
+]
+BestOfOption = Annotated[
+    int | None,
+    typer.Option("--best-of", min=1, max=50, help="Ask every chosen persona N times."),
+]
+JudgeOption = Annotated[
+    bool,
+    typer.Option(
+        "--judge",
+        help="A blind judge picks the best answer (the agents file's judge: section).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -132,6 +163,27 @@ def ask(
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
+    agreement_map: Annotated[
+        bool,
+        typer.Option(
+            "--map",
+            help="Synthesize an agreement map: consensus, contradictions, points only one "
+            "persona made, then the merged answer (implies --synthesize).",
+        ),
+    ] = False,
+    vote: VoteOption = False,
+    choices: ChoicesOption = None,
+    quorum: QuorumOption = None,
+    best_of: BestOfOption = None,
+    judge: JudgeOption = False,
+    council: Annotated[
+        bool,
+        typer.Option(
+            "--council",
+            help="Personas rank each other's answers blind (Borda count), then the "
+            "synthesizer writes the final answer seeing the ranking.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -180,6 +232,12 @@ def ask(
 
       fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
 
+      fanout ask --vote --choices "Paris,Lyon" "What is the capital of France?"
+
+      fanout ask -a translator:3 --judge "Translate 'carpe diem'"
+
+      fanout ask --council "Is P = NP likely?"
+
       echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
 
       fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'
@@ -188,7 +246,11 @@ def ask(
 
     with _errors_to_exit():
         text = _read_prompt(prompt)
-        names = _names(agents, model)
+        names, repeat = _repeats(_names(agents, model))
+        shape, options = _shape(
+            vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
+            best_of=best_of, repeat=repeat, agreement_map=agreement_map,
+        )  # fmt: skip
         out = _output(json_output, jsonl, jsonl_deltas, output)
         settings = _settings(concurrency, timeout, retries, max_retry_after, rpm, tpm, max_cost)
         settings = replace(settings, stream=stream)
@@ -198,6 +260,8 @@ def ask(
             config=config,
             model=model,
             synthesize=synthesize,
+            shape=shape,
+            options=options,
             settings=settings,
             output=out,
             dry_run=dry_run,
@@ -412,6 +476,60 @@ def _names(agents: str | None, model: str | None) -> list[str] | None:
     if model is not None and not model.strip():
         raise ConfigError("--model: give a model name")
     return names
+
+
+def _repeats(names: list[str] | None) -> tuple[list[str] | None, dict[str, int]]:
+    """``translator:3`` in ``--agents``: ask that persona three times."""
+    if names is None:
+        return None, {}
+    plain: list[str] = []
+    repeat: dict[str, int] = {}
+    for name in names:
+        base, colon, times = name.rpartition(":")
+        if colon and base and times.isdigit():
+            if not 1 <= int(times) <= 50:
+                raise ConfigError(f"--agents: {name!r}: ask a persona 1 to 50 times")
+            repeat[base] = int(times)
+            name = base
+        plain.append(name)
+    return plain, repeat
+
+
+def _shape(
+    *,
+    vote: bool,
+    choices: str | None,
+    quorum: float | None,
+    judge: bool,
+    council: bool,
+    best_of: int | None,
+    repeat: dict[str, int],
+    agreement_map: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """The shape the flags ask for and its options (``--choices``/``--quorum`` mean a vote)."""
+    wanted = [
+        flag
+        for flag, on in (
+            ("vote", vote or choices is not None or quorum is not None),
+            ("judge", judge),
+            ("council", council),
+        )
+        if on
+    ]
+    if len(wanted) > 1:
+        raise ConfigError(f"--{wanted[0]} and --{wanted[1]}: choose one")
+    options: dict[str, Any] = {}
+    if choices is not None:
+        options["choices"] = [c.strip() for c in choices.split(",") if c.strip()]
+    if quorum is not None:
+        options["quorum"] = quorum
+    if best_of is not None:
+        options["best_of"] = best_of
+    if repeat:
+        options["repeat"] = repeat
+    if agreement_map:
+        options["map"] = True
+    return (wanted[0] if wanted else "panel"), options
 
 
 def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> Output:

@@ -33,6 +33,12 @@ DEFAULT_SYNTHESIS_INSTRUCTIONS = (
     "Write one answer that keeps what the answers agree on, states plainly where they disagree "
     "and why, and credits each distinct insight to the persona who gave it. Be concise."
 )
+DEFAULT_JUDGE_INSTRUCTIONS = (
+    "You are an impartial judge. You receive a question and candidate answers labelled A, B, "
+    "C... in no particular order. Pick the answer that best serves the person who asked: "
+    "correct, complete, clear and concise, in that order. Judge the content, not the length, "
+    "the position or the label. If no candidate is better than the others, say tie."
+)
 
 
 class _AgentFields(BaseModel):
@@ -76,6 +82,10 @@ class SynthesizerSpec(_AgentFields):
     name: str = Field(default="synthesizer", min_length=1, pattern=r"^[^\s,]+$")
 
 
+class JudgeSpec(_AgentFields):
+    name: str = Field(default="judge", min_length=1, pattern=r"^[^\s,]+$")
+
+
 class PriceSpec(BaseModel):
     """USD per million tokens."""
 
@@ -93,9 +103,10 @@ class PanelSpec(BaseModel):
     defaults: _AgentFields = Field(default_factory=_AgentFields)
     agents: list[AgentSpec] = Field(min_length=1)
     synthesizer: SynthesizerSpec | None = None
+    judge: JudgeSpec | None = None
     pricing: dict[str, PriceSpec] = Field(default_factory=dict)
 
-    @field_validator("defaults", "synthesizer", "pricing", mode="before")
+    @field_validator("defaults", "synthesizer", "judge", "pricing", mode="before")
     @classmethod
     def _empty_section_is_no_section(cls, value: Any) -> Any:
         # `defaults:` with every line commented out parses as null
@@ -104,16 +115,20 @@ class PanelSpec(BaseModel):
 
 @dataclass(frozen=True)
 class Panel:
-    """A loaded agents file: its personas in file order, its synthesizer and where it came from."""
+    """A loaded agents file: its personas in file order, its synthesizer, its judge and where
+    it came from."""
 
     source: str
     agents: list[Agent]
     synthesizer: Agent
     pricing: dict[str, Price] = field(default_factory=dict)  # the file's, over the shipped
+    judge: Agent | None = None  # None: the default judge, with no defaults: applied
 
     def role(self, name: str) -> Agent:
-        """The agent that plays ``name`` (``synthesizer``...) in the shapes that need one."""
-        roles = {"synthesizer": self.synthesizer}
+        """The agent that plays ``name`` (``synthesizer``, ``judge``) in the shapes that need
+        one."""
+        judge = self.judge or Agent("judge", instructions=DEFAULT_JUDGE_INSTRUCTIONS)
+        roles = {"synthesizer": self.synthesizer, "judge": judge}
         if name not in roles:
             raise ConfigError(f"the agents file has no {name}: section and no default for it")
         return roles[name]
@@ -330,6 +345,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(AgentSpec.model_fields)
     if loc[0] == "synthesizer":
         return list(SynthesizerSpec.model_fields)
+    if loc[0] == "judge":
+        return list(JudgeSpec.model_fields)
     if loc[0] == "pricing":
         return list(PriceSpec.model_fields)
     return list(_AgentFields.model_fields)
@@ -409,5 +426,12 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         build(synth_spec, synth_spec.name),
         instructions=synth_spec.instructions or DEFAULT_SYNTHESIS_INSTRUCTIONS,
     )
+    judge_spec = spec.judge or JudgeSpec()
+    judge = replace(
+        build(judge_spec, judge_spec.name),
+        instructions=judge_spec.instructions or DEFAULT_JUDGE_INSTRUCTIONS,
+    )
     pricing = {model: Price(p.input, p.output) for model, p in spec.pricing.items()}
-    return Panel(source=source, agents=agents, synthesizer=synthesizer, pricing=pricing)
+    return Panel(
+        source=source, agents=agents, synthesizer=synthesizer, pricing=pricing, judge=judge
+    )

@@ -321,8 +321,10 @@ def plan_document(
         "prompt": prompt,
         "calls": [
             {
-                "name": c.agent.name,
+                "name": c.name or c.agent.name,
                 "model": c.agent.model,
+                "stage": c.stage,
+                "role": c.role,
                 "base_url": c.agent.endpoint.display_url,
                 "rpm": c.agent.limits.rpm,
                 "tpm": c.agent.limits.tpm,

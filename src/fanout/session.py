@@ -9,6 +9,7 @@ Everything here belongs to the command line: printing, exit codes, the event loo
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import anyio
 from platformdirs import user_cache_path
 
-from fanout.api import Plan, RunRequest, prepare, resolve
+from fanout.api import Plan, RunRequest, planned_calls, prepare, resolve
 from fanout.batch import (
     BatchTally,
     ResultWriter,
@@ -39,7 +40,7 @@ from fanout.config import (
     find_config,
     load_panel,
 )
-from fanout.cost import Price, Pricing, plan_calls
+from fanout.cost import Price, Pricing
 from fanout.engine import Engine, Execution, RunSettings, unwrap_fanout_error
 from fanout.errors import ConfigError, FanoutError
 from fanout.events import Broadcast, Event, Observer
@@ -109,13 +110,17 @@ def ask(
     local: bool = False,
     local_model: Path | None = None,
     panel: Panel | None = None,
-    recorded: tuple[list[Agent], Agent] | None = None,
+    recorded: tuple[list[Agent], Agent, Agent] | None = None,
+    shape: str = "panel",
+    options: Mapping[str, Any] | None = None,
 ) -> int:
-    """``fanout ask`` (``panel``: already loaded, and pointed at the local server)."""
+    """``fanout ask`` (``panel``: already loaded, and pointed at the local server).
+    ``shape`` and ``options``: what the run decides (a vote, a judge, a council...)."""
     panel_given = panel
     panel = panel or load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
+    recorded_judge = apply_model([panel.role("judge")], model)[0]
     local_wanted = wants_local([*chosen, recorded_synthesizer], local, os.environ)
     if panel_given is None and not dry_run and local_wanted:
         with _local_server(chosen, local, local_model, model is not None) as point_local:
@@ -132,19 +137,27 @@ def ask(
                     panel,
                     agents=[point_local(a) for a in chosen],
                     synthesizer=point_local(recorded_synthesizer),
+                    judge=point_local(recorded_judge),
                 ),
                 # The history keeps `base_url: local`, not this run's port: a retry or a
                 # re-synth starts a server of its own.
                 recorded=(
                     [_as_local(a, local) for a in chosen],
                     _as_local(recorded_synthesizer, local),
+                    _as_local(recorded_judge, local),
                 ),
+                shape=shape,
+                options=options,
             )
-    options = {"synthesize": synthesize}
+    options = {"synthesize": synthesize, **(options or {})}
+    if shape != "panel" and "seed" not in options:
+        # Recorded with the run, so a retry shows a judge or a reviewer the same labels.
+        options["seed"] = secrets.randbits(32)
     request = RunRequest(
         prompt,
         panel,
         agents=names,
+        shape=shape,
         options=options,
         settings=settings,
         model=model,
@@ -163,7 +176,16 @@ def ask(
                 history,
                 agents=[agent_settings(a) for a in (recorded[0] if recorded else plan.agents)],
                 synthesizer=agent_settings(recorded[1] if recorded else recorded_synthesizer),
-                settings=_settings_record(settings, "panel", options, panel.pricing),
+                settings=_settings_record(
+                    settings,
+                    shape,
+                    options,
+                    panel.pricing,
+                    roles={
+                        r: recorded[2] if recorded and r == "judge" else a
+                        for r, a in plan.roles.items()
+                    },
+                ),
             )
         report, interrupted = _drive(lambda observer: prepare(plan, [observer], check=False),
                                      output, recorder, plan.agents)  # fmt: skip
@@ -174,13 +196,18 @@ def _dry_run(
     plan: Plan, output: Output, everyone: bool, model_named: bool, settings: RunSettings
 ) -> int:
     """``--dry-run``: what the run would send (on the local model, with ``--local``)."""
-    agents, synthesizer = plan.agents, plan.roles.get("synthesizer")
-    if wants_local([*agents, *([synthesizer] if synthesizer else [])], everyone, os.environ):
+    if wants_local(plan.callers, everyone, os.environ):
         every = everyone or os.environ.get(LOCAL_ENV, "") not in ("", "0")
-        agents = [on_local(a, LOCAL_URL, everyone=every, model_named=model_named) for a in agents]
-        if synthesizer:
-            synthesizer = on_local(synthesizer, LOCAL_URL, everyone=every, model_named=model_named)
-    calls = plan_calls(plan.request.prompt, agents, synthesizer, plan.pricing)
+
+        def local(agent: Agent) -> Agent:
+            return on_local(agent, LOCAL_URL, everyone=every, model_named=model_named)
+
+        plan = replace(
+            plan,
+            agents=[local(a) for a in plan.agents],
+            roles={r: local(a) for r, a in plan.roles.items()},
+        )
+    calls = planned_calls(plan)
     if output.mode == "json":
         _write_stdout(dumps(plan_document(plan.request.prompt, calls, settings.max_cost)))
     else:
@@ -266,13 +293,19 @@ def _stored_plan(
     synthesizer = agent_from_settings(stored.synthesizer) if stored.synthesizer else None
     if synthesizer is not None:
         synthesizer = apply_model([synthesizer], model)[0]
-    everyone = _with_local(stack, [*agents, *([synthesizer] if synthesizer else [])])
-    agents, synthesizer = everyone[: len(agents)], (everyone[-1] if synthesizer else None)
+    recorded_judge = (stored.settings.get("roles") or {}).get("judge")
+    judge = agent_from_settings(recorded_judge) if recorded_judge else None
+    others = [*([synthesizer] if synthesizer else []), *([judge] if judge else [])]
+    everyone = _with_local(stack, [*agents, *others])
+    agents, others = everyone[: len(agents)], everyone[len(agents) :]
+    synthesizer = others.pop(0) if synthesizer else None
+    judge = others.pop(0) if judge else None
     panel = Panel(
         source="<history>",
         agents=agents,
         synthesizer=synthesizer or Agent("synthesizer"),
         pricing=prices,
+        judge=judge,
     )
     request = RunRequest(
         stored.prompt,
@@ -702,9 +735,17 @@ def _trace_from_environ() -> str | None:
 
 
 def _settings_record(
-    settings: RunSettings, shape: str, options: Mapping[str, Any], pricing: Mapping[str, Price]
+    settings: RunSettings,
+    shape: str,
+    options: Mapping[str, Any],
+    pricing: Mapping[str, Price],
+    *,
+    roles: Mapping[str, Agent] | None = None,
 ) -> dict[str, Any]:
+    # Roles beside the synthesizer (which has a column of its own): a retry asks them again.
+    others = {r: agent_settings(a) for r, a in (roles or {}).items() if r != "synthesizer"}
     return {
+        "roles": others,
         "concurrency": settings.concurrency,
         "timeout": settings.timeout,
         "retries": settings.retry.retries,

@@ -14,20 +14,32 @@ from fanout.engine import Stage
 from fanout.errors import ConfigError
 from fanout.shapes.panel import PanelStage
 from fanout.shapes.synthesis import SynthesisStage
+from fanout.shapes.vote import VoteStage, check_vote
 
 Shape = Callable[[Mapping[str, Any]], list[Stage]]
 
 
 def panel_plan(options: Mapping[str, Any]) -> list[Stage]:
-    """Every persona answers; with ``synthesize``, a synthesizer merges the answers."""
-    stages: list[Stage] = [PanelStage()]
-    if options.get("synthesize"):
-        stages.append(SynthesisStage())
-    return stages
+    """Every persona answers; with ``synthesize``, a synthesizer merges the answers (with
+    ``map`` too, into an agreement map)."""
+    return [PanelStage(), *_synthesis(options)]
+
+
+def vote_plan(options: Mapping[str, Any]) -> list[Stage]:
+    """Every persona votes (``choices``, ``quorum``); the tally is the ``vote`` verdict."""
+    check_vote(options)
+    return [VoteStage(), *_synthesis(options)]
+
+
+def _synthesis(options: Mapping[str, Any]) -> list[Stage]:
+    if options.get("synthesize") or options.get("map"):
+        return [SynthesisStage(agreement_map=bool(options.get("map")))]
+    return []
 
 
 SHAPES: dict[str, Shape] = {
     "panel": panel_plan,
+    "vote": vote_plan,
 }
 
 

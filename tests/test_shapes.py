@@ -1,0 +1,168 @@
+"""The deciding shapes against the loopback server: vote and quorum, best-of-N with a blind
+judge, a council that ranks itself, the agreement map. What the judges and reviewers were
+sent is read back from the server's record of every request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI, Fault, RecordedRequest, Reply
+
+
+def run_json(invoke: Invoke, *args: str | Path, code: int = 0) -> dict[str, Any]:
+    result = invoke("ask", *args, "--json")
+    assert result.exit_code == code, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def said(server: FakeOpenAI, model: str, text: str, times: int = 1) -> None:
+    server.script(model, *[Reply(text=text)] * times)
+
+
+def sent_text(request: RecordedRequest) -> str:
+    """Everything a request's messages said, as one string."""
+    return "\n".join(str(m.get("content")) for m in request.body["messages"])
+
+
+# -- vote -----------------------------------------------------------------------------------
+
+
+def test_vote_groups_normalised_answers_and_meets_the_default_quorum(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    said(server, "m-a", "Paris")
+    said(server, "m-b", "The answer is: PARIS!")
+    said(server, "m-c", "  paris.  ")
+    said(server, "m-d", "Lyon")
+    config = agents_file("a", "b", "c", "d")
+    document = run_json(invoke, "-c", config, "--vote", "What is the capital of France?")
+    vote = document["vote"]
+    assert vote["winner"] == "Paris"
+    assert vote["share"] == 0.75
+    assert vote["quorum_met"] is True
+    assert vote["tally"] == {"Paris": 3, "Lyon": 1}
+    assert vote["groups"][0] == {"answer": "Paris", "members": ["a", "b", "c"]}
+    assert vote["abstained"] == []
+    assert vote["method"] == "exact"
+    assert document["stages"][0]["verdict"] == vote  # stored like any verdict
+    asked = sent_text(server.requests[0])
+    assert "What is the capital of France?" in asked and "answer only" in asked
+
+
+def test_half_the_votes_is_no_quorum_by_default_and_the_run_says_so(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    said(server, "m-a", "Paris", times=2)
+    said(server, "m-b", "Paris", times=2)
+    said(server, "m-c", "Lyon", times=2)
+    said(server, "m-d", "Marseille", times=2)
+    config = agents_file("a", "b", "c", "d")
+    vote = run_json(invoke, "-c", config, "--vote", "Capital?")["vote"]
+    assert (vote["winner"], vote["share"], vote["quorum_met"]) == ("Paris", 0.5, False)
+    table = invoke("ask", "-c", config, "--vote", "Capital?")
+    assert table.exit_code == 0, table.output
+    out = table.stdout
+    assert "no quorum: Paris has 2 of 4 votes (50%); it needs more than half" in out
+    assert "No decision" in out
+    # The verdict is drawn above the answers.
+    assert out.index("No decision") < out.index("Persona")
+
+
+def test_quorum_flag_sets_the_share_the_winner_needs(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    for model in ("m-a", "m-b", "m-c", "m-a", "m-b", "m-c"):
+        said(server, model, "Paris" if model != "m-c" else "Lyon")
+    config = agents_file("a", "b", "c")
+    met = run_json(invoke, "-c", config, "--quorum", "0.6", "Capital?")["vote"]
+    assert (met["share"], met["quorum"], met["quorum_met"]) == (0.6667, 0.6, True)
+    missed = run_json(invoke, "-c", config, "--quorum", "0.7", "Capital?")["vote"]
+    assert (missed["winner"], missed["quorum_met"]) == ("Paris", False)
+
+
+def test_choices_are_asked_through_structured_output_and_misfits_abstain(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    said(server, "m-a", json.dumps({"choice": "Paris"}))
+    said(server, "m-b", '```json\n{"choice": "paris"}\n```')  # a server ignoring the schema
+    said(server, "m-c", "Lyon")  # plain text that names a choice exactly
+    said(server, "m-d", "Probably Marseille, or Paris")  # fits no choice: abstains
+    config = agents_file("a", "b", "c", "d")
+    document = run_json(invoke, "-c", config, "--vote", "--choices", "Paris, Lyon", "Capital?")
+    vote = document["vote"]
+    assert vote["method"] == "choices"
+    assert vote["tally"] == {"Paris": 2, "Lyon": 1}
+    assert vote["abstained"] == ["d"]
+    assert (vote["winner"], vote["share"], vote["quorum_met"]) == ("Paris", 0.6667, True)
+    for request in server.requests:
+        schema = request.body["response_format"]["json_schema"]["schema"]
+        assert request.body["response_format"]["type"] == "json_schema"
+        assert schema["properties"]["choice"]["enum"] == ["Paris", "Lyon"]
+
+
+def test_a_server_without_structured_output_still_gets_a_vote(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-a", Reply(refuse_response_format=True), Reply(text="Lyon"))
+    config = agents_file("a")
+    vote = run_json(invoke, "-c", config, "--choices", "Paris,Lyon", "Capital?")["vote"]
+    assert vote["tally"] == {"Lyon": 1}
+    assert "response_format" not in server.requests[-1].body
+
+
+def test_failed_personas_do_not_vote_and_a_tie_has_no_winner(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    said(server, "m-a", "Paris")
+    said(server, "m-b", "Lyon")
+    server.script("m-c", Fault(400))
+    config = agents_file("a", "b", "c")
+    document = run_json(invoke, "-c", config, "--vote", "Capital?", code=3)
+    vote = document["vote"]
+    assert (vote["winner"], vote["quorum_met"], vote["failed"]) == (None, False, ["c"])
+    assert "no quorum: Paris and Lyon tie with 1 votes each" in vote["warnings"]
+
+
+def test_bad_choices_and_clashing_shapes_are_usage_errors(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("a")
+    one = invoke("ask", "-c", config, "--choices", "Paris", "Capital?")
+    assert one.exit_code == 2 and "at least two different choices" in one.stderr
+    same = invoke("ask", "-c", config, "--choices", "Paris,paris!", "Capital?")
+    assert same.exit_code == 2
+    both = invoke("ask", "-c", config, "--vote", "--judge", "Capital?")
+    assert both.exit_code == 2 and "choose one" in both.stderr
+    assert server.count() == 0
+
+
+def test_repeat_and_best_of_name_each_call(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("translator", "poet")
+    document = run_json(invoke, "-c", config, "-a", "translator:3,poet", "--vote", "Hi?")
+    names = [a["name"] for a in document["agents"]]
+    assert names == ["translator#1", "translator#2", "translator#3", "poet"]
+    assert server.count("m-translator") == 3
+    best = run_json(invoke, "-c", config, "--best-of", "2", "Hi?")
+    assert [a["name"] for a in best["agents"]] == ["translator#1", "translator#2", "poet#1", "poet#2"]
+
+
+@pytest.mark.parametrize("flag", ["--vote", "--judge"])
+def test_dry_run_lists_the_shape_calls(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, flag: str
+) -> None:
+    config = agents_file("a", "b")
+    plan = run_json(invoke, "-c", config, "--dry-run", flag, "Capital?")
+    names = [(c["name"], c["role"]) for c in plan["calls"]]
+    judges = [("judge#1", "judge"), ("judge#2", "judge")] if flag == "--judge" else []
+    # Two candidates: the judge sees them in both orders, two calls.
+    assert names == [("a", "persona"), ("b", "persona"), *judges]
+    assert plan["worst_case_usd"] is None  # m-a's price is unknown
+    assert server.count() == 0
