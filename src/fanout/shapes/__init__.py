@@ -12,6 +12,7 @@ from typing import Any
 
 from fanout.engine import Stage
 from fanout.errors import ConfigError
+from fanout.shapes.judge import JudgeStage
 from fanout.shapes.panel import PanelStage
 from fanout.shapes.synthesis import SynthesisStage
 from fanout.shapes.vote import VoteStage, check_vote
@@ -31,6 +32,11 @@ def vote_plan(options: Mapping[str, Any]) -> list[Stage]:
     return [VoteStage(), *_synthesis(options)]
 
 
+def judge_plan(options: Mapping[str, Any]) -> list[Stage]:
+    """The panel answers (``repeat``/``best_of`` for several tries); a blind judge picks one."""
+    return [PanelStage(), JudgeStage(), *_synthesis(options)]
+
+
 def _synthesis(options: Mapping[str, Any]) -> list[Stage]:
     if options.get("synthesize") or options.get("map"):
         return [SynthesisStage(agreement_map=bool(options.get("map")))]
@@ -40,6 +46,7 @@ def _synthesis(options: Mapping[str, Any]) -> list[Stage]:
 SHAPES: dict[str, Shape] = {
     "panel": panel_plan,
     "vote": vote_plan,
+    "judge": judge_plan,
 }
 
 
