@@ -286,3 +286,155 @@ def test_runs_retry_asks_a_failed_judge_again_with_the_same_blind_labels(
     assert server.count("m-a") == 1  # the panel's answers were kept
     shown = invoke("runs", "show", first["run_id"])
     assert "Judge's pick" in shown.stdout
+
+
+# -- council ----------------------------------------------------------------------------------
+
+SCIENTISTS = ("physicist", "chemist", "biologist", "geologist", "botanist")
+ANSWERS = {
+    "physicist": "Answer one.",
+    "chemist": "Answer two.",
+    "biologist": "Answer three.",
+    "geologist": "Answer four.",
+    "botanist": "Answer five.",
+}
+
+
+def ranked(*labels: str) -> Reply:
+    return Reply(text=json.dumps({"reasoning": "by merit", "ranking": list(labels)}))
+
+
+def review_requests(server: FakeOpenAI) -> dict[str, RecordedRequest]:
+    """Each reviewer's request, by persona (a review asks for a ranking)."""
+    return {
+        r.model.removeprefix("m-"): r
+        for r in server.requests
+        if (r.body.get("response_format") or {}).get("json_schema", {}).get("name") == "ranking"
+    }
+
+
+def test_council_reviewers_are_blind_never_see_their_own_answer_and_see_their_own_order(
+    server: FakeOpenAI, agents_file: AgentsFile
+) -> None:
+    from fanout.api import RunRequest, load_panel, run
+
+    for name in SCIENTISTS:
+        server.script(f"m-{name}", Reply(text=ANSWERS[name]), ranked("A", "B", "C", "D"))
+    server.script("m-synth", Reply(text="The council's answer."))
+    config = agents_file(*SCIENTISTS, synthesizer={"model": "m-synth"})
+    request = RunRequest("Why?", load_panel(config), shape="council", options={"seed": 7})
+    report = run(request)
+    assert report.stages[1].verdict is not None and report.status == "completed"
+    seen: dict[str, list[str]] = {}
+    for reviewer, sent in review_requests(server).items():
+        text = sent_text(sent)
+        for name in SCIENTISTS:
+            assert name not in text and f"m-{name}" not in text
+        assert ANSWERS[reviewer] not in text  # never its own answer
+        seen[reviewer] = sorted(
+            (a for a in ANSWERS.values() if a in text), key=lambda a: text.index(a)
+        )
+        assert len(seen[reviewer]) == 4
+        response_format = sent.body["response_format"]
+        assert response_format["type"] == "json_schema"
+        items = response_format["json_schema"]["schema"]["properties"]["ranking"]["items"]
+        assert items["enum"] == ["A", "B", "C", "D"]
+
+    # Some two reviewers read the answers they both see in a different order.
+    def common(x: str, y: str) -> tuple[list[str], list[str]]:
+        both = set(seen[x]) & set(seen[y])
+        return [a for a in seen[x] if a in both], [a for a in seen[y] if a in both]
+
+    assert any(common(x, y)[0] != common(x, y)[1] for x in seen for y in seen if x < y)
+
+
+def test_council_borda_ranking_abstentions_and_a_synthesis_that_sees_the_ranking(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    names = SCIENTISTS[:4]
+    for name in names:
+        server.script(f"m-{name}", Reply(text=ANSWERS[name]))
+    server.script("m-physicist", ranked("A", "B", "C"))
+    server.script("m-chemist", ranked("C", "B", "A"))
+    server.script("m-biologist", Reply(text="They are all good."))  # no ranking: abstains
+    server.script("m-geologist", ranked("A", "A", "B"))  # not a strict ranking: abstains
+    server.script("m-synth", Reply(text="The council's answer."))
+    config = agents_file(*names, synthesizer={"model": "m-synth"})
+    document = run_json(invoke, "-c", config, "--council", "Why?", code=0)
+    review = document["review"]
+    by_reviewer = {r["reviewer"]: r for r in review["reviews"]}
+    assert by_reviewer["biologist"]["abstained"] and by_reviewer["geologist"]["abstained"]
+    assert by_reviewer["biologist"]["ranking"] == []
+    labels = {c["name"]: c["labels"] for c in document["stages"][1]["calls"]}
+    first = [labels["physicist"][x] for x in "ABC"]
+    second = [labels["chemist"][x] for x in "CBA"]
+    assert by_reviewer["physicist"]["ranking"] == first
+    assert by_reviewer["chemist"]["ranking"] == second
+    borda: dict[str, int] = {}
+    for ranking in (first, second):
+        for place, name in enumerate(ranking):
+            borda[name] = borda.get(name, 0) + 2 - place
+    assert {r["name"]: r["borda"] for r in review["aggregate"]} == {
+        n: borda.get(n, 0) for n in names
+    }
+    scores = [r["borda"] for r in review["aggregate"]]
+    assert scores == sorted(scores, reverse=True)
+    assert "2 reviewer(s) abstained" in review["warnings"][0]
+    synthesis = next(r for r in server.requests if r.model == "m-synth")
+    assert "Borda" in sent_text(synthesis)
+    assert review["aggregate"][0]["name"] in sent_text(synthesis)
+    assert document["synthesis"]["answer"] == "The council's answer."
+    # The terminal shows the ranking table and the abstentions above the answers.
+    for name in names:
+        server.script(f"m-{name}", Reply(text=ANSWERS[name]), Reply(text="no idea"))
+    table = invoke("ask", "-c", config, "--council", "Why?")
+    out = table.stdout
+    assert "Peer ranking (Borda count)" in out and "Mean position" in out
+    assert "4 reviewer(s) abstained" in out
+    assert out.index("Peer ranking") < out.index("Persona ")
+
+
+def test_borda_count_by_hand() -> None:
+    from fanout.models import CallResult
+    from fanout.shapes.council import review_verdict
+
+    def review(name: str, labels: dict[str, str], ranking: list[str]) -> CallResult:
+        answer = json.dumps({"reasoning": "", "ranking": ranking})
+        result = CallResult(name, "m", "ok", answer, details={"labels": labels})
+        return result
+
+    verdict = review_verdict(
+        [
+            review("x", {"A": "y", "B": "z"}, ["B", "A"]),
+            review("y", {"A": "x", "B": "z"}, ["B", "A"]),
+            review("z", {"A": "y", "B": "x"}, ["a", "b"]),  # labels in lower case still count
+        ],
+        ["x", "y", "z"],
+        [],
+    )
+    assert verdict["aggregate"] == [
+        {"name": "z", "borda": 2, "mean_position": 1.0, "votes": 2},
+        {"name": "y", "borda": 1, "mean_position": 1.5, "votes": 2},
+        {"name": "x", "borda": 0, "mean_position": 2.0, "votes": 2},
+    ]
+
+
+def test_runs_retry_redoes_failed_reviews_and_the_synthesis(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    names = SCIENTISTS[:3]
+    for name in names:
+        review = Fault(400) if name == "chemist" else ranked("A", "B")
+        server.script(f"m-{name}", Reply(text=ANSWERS[name]), review)
+    config = agents_file(*names, synthesizer={"model": "m-synth"})
+    first = run_json(invoke, "-c", config, "--council", "Why?", code=3)
+    failed = {r["reviewer"]: r for r in first["review"]["reviews"]}["chemist"]
+    assert failed["abstained"] and "error" in failed["reason"]
+    server.script("m-chemist", ranked("B", "A"))
+    retried = invoke("runs", "retry", first["run_id"], "--json")
+    assert retried.exit_code == 0, retried.output
+    review = json.loads(retried.stdout)["review"]
+    assert not any(r["abstained"] for r in review["reviews"])
+    assert sum(r["borda"] for r in review["aggregate"]) == 3
+    assert server.count("m-physicist") == 2  # its answer and its review were kept
+    assert server.count("m-synth") == 2

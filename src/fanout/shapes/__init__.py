@@ -12,6 +12,7 @@ from typing import Any
 
 from fanout.engine import Stage
 from fanout.errors import ConfigError
+from fanout.shapes.council import CouncilSynthesisStage, ReviewStage
 from fanout.shapes.judge import JudgeStage
 from fanout.shapes.panel import PanelStage
 from fanout.shapes.synthesis import SynthesisStage
@@ -37,6 +38,16 @@ def judge_plan(options: Mapping[str, Any]) -> list[Stage]:
     return [PanelStage(), JudgeStage(), *_synthesis(options)]
 
 
+def council_plan(options: Mapping[str, Any]) -> list[Stage]:
+    """The panel answers, each persona ranks the others blind (Borda count), then the
+    synthesizer writes the final answer seeing the ranking."""
+    return [
+        PanelStage(),
+        ReviewStage(),
+        CouncilSynthesisStage(agreement_map=bool(options.get("map"))),
+    ]
+
+
 def _synthesis(options: Mapping[str, Any]) -> list[Stage]:
     if options.get("synthesize") or options.get("map"):
         return [SynthesisStage(agreement_map=bool(options.get("map")))]
@@ -47,6 +58,7 @@ SHAPES: dict[str, Shape] = {
     "panel": panel_plan,
     "vote": vote_plan,
     "judge": judge_plan,
+    "council": council_plan,
 }
 
 
