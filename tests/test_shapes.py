@@ -438,3 +438,66 @@ def test_runs_retry_redoes_failed_reviews_and_the_synthesis(
     assert sum(r["borda"] for r in review["aggregate"]) == 3
     assert server.count("m-physicist") == 2  # its answer and its review were kept
     assert server.count("m-synth") == 2
+
+
+# -- the agreement map --------------------------------------------------------------------------
+
+AGREEMENT = {
+    "consensus": ["Ice has a slippery surface layer."],
+    "contradictions": [
+        {
+            "topic": "Why the layer forms",
+            "stances": [
+                {"name": "physicist", "stance": "premelting"},
+                {"name": "chemist", "stance": "pressure melting"},
+            ],
+        }
+    ],
+    "unique": [{"name": "chemist", "points": ["Skates add friction heat."]}],
+    "answer": "A thin liquid-like layer makes ice slippery.",
+}
+
+
+def test_map_is_a_structured_synthesis_with_sections_and_fields(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-synth", Reply(text=json.dumps(AGREEMENT)), Reply(text=json.dumps(AGREEMENT)))
+    config = agents_file("physicist", "chemist", synthesizer={"model": "m-synth"})
+    document = run_json(invoke, "-c", config, "--map", "Why is ice slippery?")
+    synthesis = document["synthesis"]
+    assert synthesis["answer"] == "A thin liquid-like layer makes ice slippery."
+    assert synthesis["map"] == {
+        "consensus": ["Ice has a slippery surface layer."],
+        "contradictions": [
+            {
+                "topic": "Why the layer forms",
+                "stances": {"physicist": "premelting", "chemist": "pressure melting"},
+            }
+        ],
+        "unique": {"chemist": ["Skates add friction heat."]},
+    }
+    request = next(r for r in server.requests if r.model == "m-synth")
+    response_format = request.body["response_format"]
+    assert response_format["json_schema"]["name"] == "agreement_map"
+    stance = response_format["json_schema"]["schema"]["properties"]["contradictions"]["items"]
+    assert stance["properties"]["stances"]["items"]["properties"]["name"]["enum"] == [
+        "physicist",
+        "chemist",
+    ]
+    out = invoke("ask", "-c", config, "-s", "--map", "Why is ice slippery?").stdout
+    for section in ("Consensus", "Contradictions", "Only one persona said", "Answer"):
+        assert section in out
+    assert "physicist: premelting" in out and "chemist: Skates add friction heat." in out
+
+
+def test_a_reply_that_is_no_map_is_kept_as_it_came_and_flagged(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-synth", Reply(text="Just prose."))
+    config = agents_file("physicist", synthesizer={"model": "m-synth"})
+    document = run_json(invoke, "-c", config, "--map", "Why?")
+    assert document["synthesis"]["answer"] == "Just prose."
+    assert document["synthesis"]["map"] is None
+    assert document["stages"][1]["verdict"]["warnings"] == [
+        "no agreement map: the reply was not one (shown as is)"
+    ]
