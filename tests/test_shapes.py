@@ -501,3 +501,43 @@ def test_a_reply_that_is_no_map_is_kept_as_it_came_and_flagged(
     assert document["stages"][1]["verdict"]["warnings"] == [
         "no agreement map: the reply was not one (shown as is)"
     ]
+
+
+# -- batch ------------------------------------------------------------------------------------
+
+
+def test_batch_votes_and_judges_per_prompt_with_their_lines_in_the_output(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("Capital of France?\nCapital of Italy?\n")
+    out = tmp_path / "votes.jsonl"
+    server.default = Reply(text='{"choice": "yes"}')
+    config = with_judge(agents_file("a", "b", "c"))
+    result = invoke("batch", source, "-c", config, "--choices", "yes,no", "-o", out)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    verdicts = [line for line in lines if line.get("verdict") == "vote"]
+    assert sorted(v["id"] for v in verdicts) == ["1", "2"]
+    assert all(v["vote"]["winner"] == "yes" and v["vote"]["quorum_met"] for v in verdicts)
+    assert len([line for line in lines if "status" in line]) == 6
+    # Run again: every prompt is decided, nothing is asked, no verdict is written twice.
+    again = invoke("batch", source, "-c", config, "--choices", "yes,no", "-o", out)
+    assert again.exit_code == 0, again.output
+    assert server.count() == 6 and len(out.read_text().splitlines()) == len(lines)
+
+    server.reset()
+    server.script("m-judge", judged("A"), judged("A"))
+    judged_out = tmp_path / "judged.jsonl"
+    source.write_text("Translate carpe diem\n")
+    result = invoke("batch", source, "-c", config, "-a", "a:2", "--judge", "-o", judged_out)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in judged_out.read_text().splitlines()]
+    (verdict,) = [line for line in lines if line.get("verdict") == "judge"]
+    assert verdict["judge"]["winner"] == verdict["judge"]["labels"]["A"]
+    assert sorted(line["name"] for line in lines if "status" in line) == [
+        "a#1",
+        "a#2",
+        "judge#1",
+        "judge#2",
+    ]

@@ -308,6 +308,11 @@ def batch(
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
+    vote: VoteOption = False,
+    choices: ChoicesOption = None,
+    quorum: QuorumOption = None,
+    best_of: BestOfOption = None,
+    judge: JudgeOption = False,
     max_cost: MaxCostOption = None,
     concurrency: ConcurrencyOption = 8,
     retries: RetriesOption = 3,
@@ -339,11 +344,17 @@ def batch(
       fanout batch questions.txt -o answers.jsonl
 
       fanout batch prompts.jsonl -a physicist,chemist --rpm 500 -o out.jsonl
+
+      fanout batch questions.txt --vote --choices "yes,no" -o votes.jsonl
     """
     from fanout import session
 
     with _errors_to_exit():
-        names = _names(agents, model)
+        names, repeat = _repeats(_names(agents, model))
+        shape, options = _shape(
+            vote=vote, choices=choices, quorum=quorum, judge=judge, council=False,
+            best_of=best_of, repeat=repeat,
+        )  # fmt: skip
         if via not in ("direct", "openai-batch"):
             raise ConfigError(f"--via: {via!r} is not direct or openai-batch")
         if output is not None and (output.is_dir() or not output.parent.is_dir()):
@@ -361,6 +372,8 @@ def batch(
             via=via,
             poll_s=poll_interval,
             local=local,
+            shape=shape,
+            options=options,
         )
     raise typer.Exit(code)
 

@@ -273,6 +273,7 @@ class JsonlWriter:
             }
         elif isinstance(event, StageFinished) and event.verdict is not None:
             body = {"type": "stage_finished", "stage": event.stage, "kind": event.kind}
+            body["key"] = event.key
             body["verdict"] = event.verdict
         elif isinstance(event, CallStarted):
             kind = "synthesis_started" if event.call.role == "synthesizer" else "agent_started"

@@ -355,17 +355,27 @@ def batch(
     via: str = "direct",
     poll_s: float = 30.0,
     local: bool = False,
+    shape: str = "panel",
+    options: Mapping[str, Any] | None = None,
 ) -> int:
-    """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines."""
+    """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines (``shape``:
+    each prompt run as a vote, a judge..., its verdict a line of its own)."""
     panel = load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
     synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
+    options = {"synthesize": synthesize, **(options or {})}
+    plan = resolve(RunRequest("", panel, agents=names, shape=shape, options=options, model=model))
+    roles = {r: a for r, a in plan.roles.items() if r != "synthesizer"}
     with ExitStack() as stack:
         if wants_local([*chosen, *([synthesizer] if synthesizer else [])], local, os.environ):
             on_local = stack.enter_context(_local_server(chosen, local, None, model is not None))
             chosen = [on_local(a) for a in chosen]
             synthesizer = on_local(synthesizer) if synthesizer else None
-        return _batch(path, panel, chosen, synthesizer, settings, output, via, poll_s)
+            roles = {r: on_local(a) for r, a in roles.items()}
+        return _batch(
+            path, panel, chosen, synthesizer, settings, output, via, poll_s,
+            shape=shape, options=options, roles=roles, per_prompt=len(planned_calls(plan)),
+        )  # fmt: skip
 
 
 def _batch(
@@ -377,16 +387,24 @@ def _batch(
     output: Path | None,
     via: str,
     poll_s: float,
+    *,
+    shape: str = "panel",
+    options: Mapping[str, Any] | None = None,
+    roles: Mapping[str, Agent] | None = None,
+    per_prompt: int | None = None,
 ) -> int:
     synthesize = synthesizer is not None
+    roles = dict(roles or {})
     if settings.max_cost is not None:
         chosen = [bound_answer(a) for a in chosen]
         synthesizer = bound_answer(synthesizer) if synthesizer else None
-    callers = [*chosen, *([synthesizer] if synthesizer else [])]
+        roles = {r: bound_answer(a) for r, a in roles.items()}
+    callers = [*chosen, *([synthesizer] if synthesizer else []), *roles.values()]
     check_credentials(callers, os.environ)
     prompts = count_prompts(path)  # reads the whole file once: a bad line stops us before any call
-    answered = answered_jobs(output, keep_answers=synthesize)
-    tally = BatchTally(total=prompts * len(callers))
+    # A later stage or a verdict needs the answers an earlier run already has.
+    answered = answered_jobs(output, keep_answers=synthesize or shape != "panel")
+    tally = BatchTally(total=prompts * (per_prompt or len(callers)))
     err = make_console(stderr=True)
     provider = OpenAIProvider()
     provider.prepare(a.endpoint for a in callers)
@@ -396,6 +414,10 @@ def _batch(
     if via == "openai-batch":
         if synthesize:
             raise ConfigError("--synthesize needs the answers first: not with --via openai-batch")
+        if shape != "panel":
+            raise ConfigError(f"--{shape} needs the answers first: not with --via openai-batch")
+        if (options or {}).get("repeat") or (options or {}).get("best_of"):
+            raise ConfigError("asking a persona several times: not with --via openai-batch")
         if output is None:
             raise ConfigError("--via openai-batch needs -o FILE (it keeps the batch ids beside it)")
         if settings.max_cost is not None:
@@ -433,6 +455,9 @@ def _batch(
                         tally=tally,
                         answered=answered,
                         shown=progress,
+                        shape=shape,
+                        options=options,
+                        roles=roles,
                     ),
                     cleanup=provider.aclose,
                 )
