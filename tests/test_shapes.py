@@ -541,3 +541,30 @@ def test_batch_votes_and_judges_per_prompt_with_their_lines_in_the_output(
         "judge#1",
         "judge#2",
     ]
+
+
+# -- the same engine: events, --local planning ---------------------------------------------------
+
+
+def test_jsonl_carries_the_judges_calls_and_verdict_like_any_other(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-judge", judged("A"))
+    config = with_judge(agents_file("a", "b", "c"))
+    result = invoke("ask", "-c", config, "--judge", "--jsonl", "Which?")
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    started = [e for e in events if e["type"] == "agent_started" and e["role"] == "judge"]
+    assert [e["agent"] for e in started] == ["judge"]
+    (verdict,) = [e for e in events if e["type"] == "stage_finished" and e["key"] == "judge"]
+    assert verdict["verdict"]["winner"] == verdict["verdict"]["labels"]["A"]
+    assert events[-1]["document"]["judge"] == verdict["verdict"]
+
+
+def test_dry_run_with_local_puts_the_judge_on_the_local_model_too(
+    agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = with_judge(agents_file("a", "b", "c"))
+    plan = run_json(invoke, "-c", config, "--dry-run", "--local", "--judge", "Which?")
+    assert [c["role"] for c in plan["calls"]] == ["persona"] * 3 + ["judge"]
+    assert len({(c["model"], c["base_url"]) for c in plan["calls"]}) == 1
