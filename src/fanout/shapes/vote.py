@@ -136,6 +136,8 @@ def tally_votes(
     # The default is a strict majority: exactly half is not "more than half".
     met = winner is not None and (share > needed if quorum is None else share >= needed)
     warnings = _vote_warnings(cast, share, met, winner, leaders, top, quorum, failed, abstained)
+    if abstained and choices:
+        warnings[-1] = warnings[-1].replace("(no usable answer)", "(fits no choice)")
     return {
         "winner": winner,
         "share": share,
