@@ -573,14 +573,12 @@ def test_dry_run_with_local_puts_the_judge_on_the_local_model_too(
 def test_the_judge_section_is_a_persona_with_the_defaults_under_it(
     agents_file: AgentsFile, invoke: Invoke
 ) -> None:
-    config = agents_file("a", defaults={"model": "m-default", "temperature": 0.3})
-    listed = invoke("agents", "-c", config, "--json")
-    judge = json.loads(listed.stdout)["judge"]
-    assert (judge["name"], judge["model"]) == ("judge", "m-default")
     from fanout.config import load_panel
 
+    config = agents_file("a", defaults={"model": "m-default", "temperature": 0.3})
     default = load_panel(config).role("judge")
-    assert default.temperature == 0.3 and "impartial judge" in default.instructions
+    assert (default.name, default.model, default.temperature) == ("judge", "m-default", 0.3)
+    assert "impartial judge" in default.instructions
     wrong = with_judge(agents_file("a"), modle="x")
     result = invoke("ask", "-c", wrong, "--judge", "Which?")
     assert result.exit_code == 2

@@ -211,7 +211,6 @@ def panel_document(panel: Panel) -> dict[str, Any]:
         "source": panel.source,
         "agents": [_agent_entry(a) for a in panel.agents],
         "synthesizer": _agent_entry(panel.synthesizer),
-        "judge": _agent_entry(panel.role("judge")),
     }
 
 
