@@ -30,7 +30,7 @@ import anyio
 
 from fanout.config import Panel, apply_model, bound_answer, check_credentials
 from fanout.config import load_panel as _load_panel
-from fanout.cost import Pricing
+from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, PlannedCall, Pricing, planned_call
 from fanout.engine import (
     Engine,
     Execution,
@@ -40,7 +40,7 @@ from fanout.engine import (
     unwrap_fanout_error,
 )
 from fanout.event import Broadcast, Event, Observer
-from fanout.models import Agent, CallResult, RunReport
+from fanout.models import Agent, Call, CallResult, RunReport, StageResult
 from fanout.shapes import build_plan, roles_of
 
 if TYPE_CHECKING:
@@ -101,6 +101,45 @@ def resolve(request: RunRequest) -> Plan:
         agents = [bound_answer(a) for a in agents]
         roles = {r: bound_answer(a) for r, a in roles.items()}
     return Plan(request, agents, roles, stages, Pricing.shipped(panel.pricing))
+
+
+def planned_calls(plan: Plan) -> list[PlannedCall]:
+    """Every call ``plan`` would make, with its worst-case cost, for ``--dry-run``; nothing
+    is sent. Each stage is built as if every call before it had answered with all of its
+    ``max_tokens``, so what a later stage is sent (a synthesis, a judge's candidates, each
+    reviewer's) is bounded whatever the shape."""
+    context = RunContext(plan.request.prompt, plan.agents, plan.roles, plan.request.options)
+    planned: list[PlannedCall] = []
+    for stage in plan.stages:
+        calls = stage.calls(context)
+        results = [_longest_answer(c) for c in calls]
+        stage_result = StageResult(stage.id, stage.kind, results, key=stage.key)
+        context.stages[stage.id] = stage_result
+        try:
+            stage_result.verdict = stage.verdict(context, results)
+        except Exception:  # a verdict on placeholder answers is no one's business
+            stage_result.verdict = None
+        for call in calls:
+            if call.skip is None:
+                planned.append(
+                    planned_call(
+                        call.agent,
+                        call.messages,
+                        plan.pricing,
+                        name=call.name,
+                        stage=call.stage,
+                        role=call.role,
+                    )
+                )
+    return planned
+
+
+def _longest_answer(call: Call) -> CallResult:
+    """A placeholder answer as long as ``call`` may give: one byte per token."""
+    result = CallResult.of(call)
+    result.status = "ok"
+    result.answer = "x" * (call.agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
+    return result
 
 
 def prepare(

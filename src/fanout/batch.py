@@ -17,7 +17,7 @@ import re
 import stat
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -337,6 +337,25 @@ class ResultWriter:
             "synthesis": result.role == "synthesizer",
             **call_document(result),
         }
+        self._line(line)
+
+    def write_verdict(self, prompt: BatchPrompt, event: StageFinished) -> None:
+        """What a stage decided for one prompt (a vote's tally, a judge's pick): ``id``,
+        ``prompt``, ``stage``, ``kind`` and the verdict under its key. It has no ``status``, so
+        resuming never takes it for an answer; for a prompt decided twice, the last line holds."""
+        key = event.key or event.kind
+        line = {
+            "schema_version": SCHEMA_VERSION,
+            "id": prompt.id,
+            "prompt": prompt.prompt,
+            "stage": event.stage,
+            "kind": event.kind,
+            "verdict": key,
+            key: event.verdict,
+        }
+        self._line(line)
+
+    def _line(self, line: dict[str, Any]) -> None:
         try:
             self._out.write(json_line(line) + "\n")
             self._out.flush()
@@ -345,18 +364,22 @@ class ResultWriter:
 
 
 class _PromptObserver:
-    """Hears one prompt's run; writes each result and keeps the tally."""
+    """Hears one prompt's run; writes each result and each verdict, and keeps the tally."""
 
     def __init__(
         self, prompt: BatchPrompt, writer: ResultWriter, tally: BatchTally, shown: Observer
     ) -> None:
         self._prompt, self._writer, self._tally, self._shown = prompt, writer, tally, shown
+        self._asked = False  # a call was made for this prompt in this run
 
     def handle(self, event: Event) -> None:
         tally = self._tally
         call = getattr(event, "call", None)
         key = (self._prompt.id, call.call_id) if call is not None else None
-        if isinstance(event, CallWaiting) and key is not None:
+        if isinstance(event, StageFinished) and event.verdict is not None and self._asked:
+            # A prompt resumed with nothing asked keeps the verdict line it already has.
+            self._writer.write_verdict(self._prompt, event)
+        elif isinstance(event, CallWaiting) and key is not None:
             tally.waiting_for.add(key)
         elif isinstance(event, CallSending) and key is not None:
             tally.waiting_for.discard(key)
@@ -369,6 +392,7 @@ class _PromptObserver:
             tally.waiting_for.discard(key)
             result = event.result
             if result.status != "cancelled":  # a cancelled one is not finished: a re-run asks it
+                self._asked = True
                 self._writer.write(self._prompt, result)
                 tally.done += 1
                 tally.failed += result.status != "ok"
@@ -391,13 +415,19 @@ async def run_batch(
     tally: BatchTally,
     answered: dict[tuple[str, str], Any],
     shown: Observer,
+    shape: str = "panel",
+    options: Mapping[str, Any] | None = None,
+    roles: Mapping[str, Agent] | None = None,
 ) -> None:
     """Ask every prompt x persona not yet answered; ``concurrency`` prompts are in progress at
-    once (their calls share the engine's limits), the next read only as one finishes."""
+    once (their calls share the engine's limits), the next read only as one finishes.
+    ``shape``/``options``/``roles``: each prompt is run as that shape (a vote, a judge...)."""
     send, receive = anyio.create_memory_object_stream[BatchPrompt](0)
-    stages = build_plan("panel", {"synthesize": synthesizer is not None})
-    roles = {"synthesizer": synthesizer} if synthesizer is not None else {}
-    options = {"synthesize": synthesizer is not None}
+    options = {"synthesize": synthesizer is not None, **(options or {})}
+    stages = build_plan(shape, options)
+    roles = dict(roles or {})
+    if synthesizer is not None:
+        roles["synthesizer"] = synthesizer
     by_prompt: dict[str, dict[str, CallResult]] = {}
     for (prompt_id, call_id), entry in answered.items():
         by_prompt.setdefault(prompt_id, {})[call_id] = _answered_result(entry, call_id)

@@ -195,6 +195,37 @@ TpmOption = Annotated[
 NoLogOption = Annotated[
     bool, typer.Option("--no-log", help="Do not record this run in the history.")
 ]
+VoteOption = Annotated[
+    bool,
+    typer.Option("--vote", help="Group the answers and show the tally, the winner and its share."),
+]
+ChoicesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--choices",
+        help='With --vote: comma-separated answers, each persona picks one ("Paris,Lyon").',
+    ),
+]
+QuorumOption = Annotated[
+    float | None,
+    typer.Option(
+        "--quorum",
+        min=0,
+        max=1,
+        help="With --vote: the share of votes the winner needs (default: more than half).",
+    ),
+]
+BestOfOption = Annotated[
+    int | None,
+    typer.Option("--best-of", min=1, max=50, help="Ask every chosen persona N times."),
+]
+JudgeOption = Annotated[
+    bool,
+    typer.Option(
+        "--judge",
+        help="A blind judge picks the best answer (the agents file's judge: section).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -226,6 +257,27 @@ def ask(
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
+    agreement_map: Annotated[
+        bool,
+        typer.Option(
+            "--map",
+            help="Synthesize an agreement map: consensus, contradictions, points only one "
+            "persona made, then the merged answer (implies --synthesize).",
+        ),
+    ] = False,
+    vote: VoteOption = False,
+    choices: ChoicesOption = None,
+    quorum: QuorumOption = None,
+    best_of: BestOfOption = None,
+    judge: JudgeOption = False,
+    council: Annotated[
+        bool,
+        typer.Option(
+            "--council",
+            help="Personas rank each other's answers blind (Borda count), then the "
+            "synthesizer writes the final answer seeing the ranking.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -313,6 +365,12 @@ def ask(
 
       fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
 
+      fanout ask --vote --choices "Paris,Lyon" "What is the capital of France?"
+
+      fanout ask -a translator:3 --judge "Translate 'carpe diem'"
+
+      fanout ask --council "Is P = NP likely?"
+
       echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
 
       fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'
@@ -324,7 +382,12 @@ def ask(
 
             out = replace(_output(json_output, jsonl, jsonl_deltas, output), timeline=show_timeline)
             text = _read_prompt(prompt)
-            names = _names(agents, model)
+            names, repeat = _repeats(_names(agents, model))
+            shape, options = _shape(
+                vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
+                best_of=best_of, repeat=repeat, agreement_map=agreement_map,
+            )  # fmt: skip
+            shape, options = _routed(shape, options, route, route_max, orchestrate, max_turns)
             _utf8(None if local_model is None else str(local_model), "--local-model")
             settings = _settings(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
@@ -337,6 +400,8 @@ def ask(
                 config=config,
                 model=model,
                 synthesize=synthesize,
+                shape=shape,
+                options=options,
                 settings=settings,
                 output=out,
                 dry_run=dry_run,
@@ -344,7 +409,6 @@ def ask(
                 local=local or local_model is not None,
                 local_model=local_model,
                 traceparent=traceparent,
-                **_shape_of(route, route_max, orchestrate, max_turns),
             )
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still
@@ -391,6 +455,11 @@ def batch(
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
+    vote: VoteOption = False,
+    choices: ChoicesOption = None,
+    quorum: QuorumOption = None,
+    best_of: BestOfOption = None,
+    judge: JudgeOption = False,
     max_cost: MaxCostOption = None,
     concurrency: ConcurrencyOption = None,
     retries: RetriesOption = 3,
@@ -427,11 +496,17 @@ def batch(
       fanout batch questions.txt -o answers.jsonl
 
       fanout batch prompts.jsonl -a physicist,chemist --rpm 500 -o out.jsonl
+
+      fanout batch questions.txt --vote --choices "yes,no" -o votes.jsonl
     """
     from fanout import session
 
     with _errors_to_exit():
-        names = _names(agents, model)
+        names, repeat = _repeats(_names(agents, model))
+        shape, options = _shape(
+            vote=vote, choices=choices, quorum=quorum, judge=judge, council=False,
+            best_of=best_of, repeat=repeat,
+        )  # fmt: skip
         if via not in ("direct", "openai-batch"):
             raise ConfigError(f"--via: {via!r} is not direct or openai-batch")
         if output is not None:
@@ -452,6 +527,8 @@ def batch(
             via=via,
             poll_s=poll_interval,
             local=local,
+            shape=shape,
+            options=options,
         )
     raise typer.Exit(code)
 
@@ -680,21 +757,30 @@ def flow_check(flow: FlowArgument, config: ConfigOption = None) -> None:
         typer.echo(session.flow_check(flow, config=config))
 
 
-def _shape_of(
-    route: bool, route_max: int | None, orchestrate: bool, max_turns: int | None
-) -> dict[str, Any]:
-    """The shape the ``ask`` flags ask for, as ``session.ask`` takes it."""
+def _routed(
+    shape: str,
+    options: dict[str, Any],
+    route: bool,
+    route_max: int | None,
+    orchestrate: bool,
+    max_turns: int | None,
+) -> tuple[str, dict[str, Any]]:
+    """The shape once ``--route``/``--orchestrate`` are taken into account (each is a shape of
+    its own, so neither goes with a vote, a judge or a council)."""
     if route_max is not None and not route:
         raise ConfigError("--route-max goes with --route")
     if max_turns is not None and not orchestrate:
         raise ConfigError("--max-turns goes with --orchestrate")
     if route and orchestrate:
         raise ConfigError("--route and --orchestrate: choose one")
+    wanted = "orchestrate" if orchestrate else "route" if route else None
+    if wanted is None:
+        return shape, options
+    if shape != "panel":
+        raise ConfigError(f"--{shape} and --{wanted}: choose one")
     if orchestrate:
-        return {"shape": "orchestrate", "shape_options": {"max_turns": max_turns or 4}}
-    if route:
-        return {"shape": "route", "shape_options": {"route_max": route_max}}
-    return {}
+        return "orchestrate", {**options, "max_turns": max_turns or 4}
+    return "route", {**options, "route_max": route_max}
 
 
 @app.command()
@@ -780,6 +866,60 @@ def _names(agents: str | None, model: str | None) -> list[str] | None:
     if model is not None and not model.strip():
         raise ConfigError("--model: give a model name")
     return names
+
+
+def _repeats(names: list[str] | None) -> tuple[list[str] | None, dict[str, int]]:
+    """``translator:3`` in ``--agents``: ask that persona three times."""
+    if names is None:
+        return None, {}
+    plain: list[str] = []
+    repeat: dict[str, int] = {}
+    for name in names:
+        base, colon, times = name.rpartition(":")
+        if colon and base and times.isdigit():
+            if not 1 <= int(times) <= 50:
+                raise ConfigError(f"--agents: {name!r}: ask a persona 1 to 50 times")
+            repeat[base] = int(times)
+            name = base
+        plain.append(name)
+    return plain, repeat
+
+
+def _shape(
+    *,
+    vote: bool,
+    choices: str | None,
+    quorum: float | None,
+    judge: bool,
+    council: bool,
+    best_of: int | None,
+    repeat: dict[str, int],
+    agreement_map: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """The shape the flags ask for and its options (``--choices``/``--quorum`` mean a vote)."""
+    wanted = [
+        flag
+        for flag, on in (
+            ("vote", vote or choices is not None or quorum is not None),
+            ("judge", judge),
+            ("council", council),
+        )
+        if on
+    ]
+    if len(wanted) > 1:
+        raise ConfigError(f"--{wanted[0]} and --{wanted[1]}: choose one")
+    options: dict[str, Any] = {}
+    if choices is not None:
+        options["choices"] = [c.strip() for c in choices.split(",") if c.strip()]
+    if quorum is not None:
+        options["quorum"] = quorum
+    if best_of is not None:
+        options["best_of"] = best_of
+    if repeat:
+        options["repeat"] = repeat
+    if agreement_map:
+        options["map"] = True
+    return (wanted[0] if wanted else "panel"), options
 
 
 def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> Output:

@@ -44,6 +44,12 @@ DEFAULT_SYNTHESIS_INSTRUCTIONS = (
     "Write one answer that keeps what the answers agree on, states plainly where they disagree "
     "and why, and credits each distinct insight to the persona who gave it. Be concise."
 )
+DEFAULT_JUDGE_INSTRUCTIONS = (
+    "You are an impartial judge. You receive a question and candidate answers labelled A, B, "
+    "C... in no particular order. Pick the answer that best serves the person who asked: "
+    "correct, complete, clear and concise, in that order. Judge the content, not the length, "
+    "the position or the label. If no candidate is better than the others, say tie."
+)
 
 ROLE_INSTRUCTIONS = {
     "router": (
@@ -116,6 +122,10 @@ class OrchestratorSpec(_AgentFields):
     name: str = Field(default="orchestrator", min_length=1, pattern=r"^[^\s,]+$")
 
 
+class JudgeSpec(_AgentFields):
+    name: str = Field(default="judge", min_length=1, pattern=r"^[^\s,]+$")
+
+
 class PriceSpec(BaseModel):
     """USD per million tokens."""
 
@@ -135,9 +145,12 @@ class PanelSpec(BaseModel):
     synthesizer: SynthesizerSpec | None = None
     router: RouterSpec | None = None  # fanout ask --route
     orchestrator: OrchestratorSpec | None = None  # fanout ask --orchestrate
+    judge: JudgeSpec | None = None  # fanout ask --judge, --best-of
     pricing: dict[str, PriceSpec] = Field(default_factory=dict)
 
-    @field_validator("defaults", "synthesizer", "router", "orchestrator", "pricing", mode="before")
+    @field_validator(
+        "defaults", "synthesizer", "router", "orchestrator", "judge", "pricing", mode="before"
+    )
     @classmethod
     def _empty_section_is_no_section(cls, value: Any) -> Any:
         # `defaults:` with every line commented out parses as null
@@ -146,7 +159,8 @@ class PanelSpec(BaseModel):
 
 @dataclass(frozen=True)
 class Panel:
-    """A loaded agents file: its personas in file order, its synthesizer and where it came from."""
+    """A loaded agents file: its personas in file order, its synthesizer, its judge and where
+    it came from."""
 
     source: str
     agents: list[Agent]
@@ -157,12 +171,15 @@ class Panel:
     # Roles that could not be built (a default role on an unusable $OPENAI_BASE_URL): an error
     # only for a run that needs them.
     role_errors: dict[str, str] = field(default_factory=dict)
+    judge: Agent | None = None  # None: the default judge, with no defaults: applied
 
     def role(self, name: str) -> Agent:
-        """The agent that plays ``name`` (``synthesizer``...) in the shapes that need one."""
+        """The agent that plays ``name`` (``synthesizer``, ``judge``, ``router``...) in the
+        shapes that need one."""
         if name in self.role_errors:
             raise ConfigError(self.role_errors[name])
-        roles = {**default_roles(), **self.roles, "synthesizer": self.synthesizer}
+        judge = self.judge or Agent("judge", instructions=DEFAULT_JUDGE_INSTRUCTIONS)
+        roles = {**default_roles(), **self.roles, "synthesizer": self.synthesizer, "judge": judge}
         if name not in roles:
             raise ConfigError(f"the agents file has no {name}: section and no default for it")
         return roles[name]
@@ -548,6 +565,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(SynthesizerSpec.model_fields)
     if loc[0] in ("router", "orchestrator"):
         return list(RouterSpec.model_fields)
+    if loc[0] == "judge":
+        return list(JudgeSpec.model_fields)
     if loc[0] == "pricing":
         return list(PriceSpec.model_fields)
     return list(_AgentFields.model_fields)
@@ -650,6 +669,17 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
             continue
         # Like the synthesizer: the file's defaults apply, but never the personas' brief.
         roles[role] = replace(built, instructions=role_spec.instructions or ROLE_INSTRUCTIONS[role])
+    judge: Agent | None = None
+    judge_spec = spec.judge or JudgeSpec()
+    try:
+        judge = replace(
+            build(judge_spec, judge_spec.name),
+            instructions=judge_spec.instructions or DEFAULT_JUDGE_INSTRUCTIONS,
+        )
+    except ConfigError as exc:
+        if spec.judge is not None:
+            raise
+        role_errors["judge"] = str(exc)
     return Panel(
         source=source,
         agents=agents,
@@ -657,6 +687,7 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         pricing=pricing,
         roles=roles,
         role_errors=role_errors,
+        judge=judge,
     )
 
 

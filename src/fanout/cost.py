@@ -17,7 +17,7 @@ from importlib import resources
 
 import anyio
 
-from fanout.models import Agent, Usage, chat_messages
+from fanout.models import Agent, Usage
 
 PER = 1_000_000
 _CENT_FRACTION = 1e-12  # float noise, far below any price
@@ -119,27 +119,22 @@ class PlannedCall:
     prompt_tokens: int  # at most
     max_tokens: int | None  # as it would be sent
     worst_case_usd: float | None  # None: price unknown
+    name: str = ""  # the call's name (``translator#2``); "" means the agent's
+    stage: str = "panel"
+    role: str = "persona"
 
 
-def plan_calls(
-    prompt: str, agents: Sequence[Agent], synthesizer: Agent | None, pricing: Pricing
-) -> list[PlannedCall]:
-    """Every call of a run, with its estimated prompt and worst-case cost; nothing is sent.
-
-    The synthesis prompt is estimated as if every persona used all of its ``max_tokens``.
-    """
-    calls = []
-    for agent in agents:
-        calls.append(_planned(agent, most_tokens(chat_messages(agent, prompt)), pricing))
-    if synthesizer is not None:
-        answers = sum(a.max_tokens or DEFAULT_COMPLETION_ESTIMATE for a in agents)
-        framing = [{"role": "system", "content": synthesizer.instructions}]
-        framing.append({"role": "user", "content": prompt})
-        calls.append(_planned(synthesizer, most_tokens(framing) + answers, pricing))
-    return calls
-
-
-def _planned(agent: Agent, prompt_tokens: int, pricing: Pricing) -> PlannedCall:
+def planned_call(
+    agent: Agent,
+    messages: Sequence[Mapping[str, str]],
+    pricing: Pricing,
+    *,
+    name: str = "",
+    stage: str = "panel",
+    role: str = "persona",
+) -> PlannedCall:
+    """One call with its prompt bounded (``most_tokens``) and its worst-case cost."""
+    prompt_tokens = most_tokens(messages)
     answer = agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
     worst = pricing.worst_case(agent.model, prompt_tokens, answer)
-    return PlannedCall(agent, prompt_tokens, agent.max_tokens, worst)
+    return PlannedCall(agent, prompt_tokens, agent.max_tokens, worst, name, stage, role)

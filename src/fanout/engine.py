@@ -568,7 +568,7 @@ class Execution:
                 stage_result.verdict = stage.verdict(self.context, stage_result.calls)
             except Exception as exc:  # a shape's bug costs its verdict, never the answers
                 stage_result.verdict = {"error": f"{type(exc).__name__}: {exc}"}
-        self.observer.handle(StageFinished(stage.id, stage.kind, stage_result.verdict))
+        self.observer.handle(StageFinished(stage.id, stage.kind, stage_result.verdict, stage.key))
 
     async def _call(self, call: Call, result: CallResult) -> None:
         await self.engine.call(call, result, self.observer, stream=self.stream, trace=self._trace)

@@ -98,6 +98,7 @@ class StageFinished:
     stage: str
     kind: str
     verdict: dict[str, object] | None
+    key: str | None = None  # the verdict's name in the result document (``vote``...)
 
 
 @dataclass(frozen=True)

@@ -180,8 +180,11 @@ def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
     shows what it has, consistently). Tolerates entries that are not what they should be."""
     stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     calls = [c for s in stages for c in s.get("calls") or [] if isinstance(c, dict)]
-    # The answers are the first stage without a verdict (a router's choice runs before them).
-    answers = next((s for s in stages if not isinstance(s.get("key"), str)), None)
+    # The answers: the first panel (a vote's tally sits on it), else the first stage without a
+    # verdict (a router's choice runs before the panel it picks). As RunReport.answers.
+    answers = next(
+        (s for s in stages if s.get("kind") == "panel" or not isinstance(s.get("key"), str)), None
+    )
     first = [c for c in (answers.get("calls") or []) if isinstance(c, dict)] if answers else []
     synthesis = next(
         (
@@ -350,6 +353,7 @@ class JsonlWriter:
             }
         elif isinstance(event, StageFinished) and event.verdict is not None:
             body = {"type": "stage_finished", "stage": event.stage, "kind": event.kind}
+            body["key"] = event.key
             body["verdict"] = event.verdict
         elif isinstance(event, CallStarted):
             kind = "synthesis_started" if event.call.role == "synthesizer" else "agent_started"
@@ -398,8 +402,10 @@ def plan_document(
         "prompt": prompt,
         "calls": [
             {
-                "name": c.agent.name,
+                "name": c.name or c.agent.name,
                 "model": c.agent.model,
+                "stage": c.stage,
+                "role": c.role,
                 "base_url": c.agent.endpoint.display_url,
                 "rpm": c.agent.limits.rpm,
                 "tpm": c.agent.limits.tpm,

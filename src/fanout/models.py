@@ -272,9 +272,9 @@ class RunReport:
 
     @property
     def answers(self) -> StageResult | None:
-        """The stage holding the panel's answers: the first with no verdict (a router's
-        choice, run before it, is a verdict)."""
-        return next((s for s in self.stages if s.key is None), None)
+        """The stage holding the panel's answers: the first panel (a vote's tally sits on it)
+        or else the first without a verdict (a router's choice, run before it, is one)."""
+        return next((s for s in self.stages if s.kind == "panel" or s.key is None), None)
 
     @property
     def agents(self) -> list[CallResult]:

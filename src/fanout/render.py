@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
@@ -88,7 +88,26 @@ def call_panel(stage: StageResult, result: CallResult) -> Panel:
         border = "yellow"
     if result.status != "ok":
         border = "red"
-    return Panel(_answer_cell(result), title=escape(title), title_align="left", border_style=border)
+    agreement = result.details.get("map")
+    body = _map_sections(agreement, result) if isinstance(agreement, dict) else _answer_cell(result)
+    return Panel(body, title=escape(title), title_align="left", border_style=border)
+
+
+def _map_sections(agreement: dict[str, Any], result: CallResult) -> RenderableType:
+    """An agreement map: consensus, contradictions with each stance, points only one persona
+    made, then the merged answer."""
+    parts: list[RenderableType] = [Text("Consensus", style="bold green")]
+    parts.extend(Text(f"• {p}") for p in agreement.get("consensus") or [])
+    parts.append(Text("Contradictions", style="bold yellow"))
+    for item in agreement.get("contradictions") or []:
+        parts.append(Text(f"• {item.get('topic', '')}"))
+        stances = item.get("stances") or {}
+        parts.extend(Text(f"    {name}: {stance}", style="dim") for name, stance in stances.items())
+    parts.append(Text("Only one persona said", style="bold cyan"))
+    for name, points in (agreement.get("unique") or {}).items():
+        parts.extend(Text(f"• {name}: {point}") for point in points)
+    parts.extend([Text("Answer", style="bold"), _answer_cell(result)])
+    return Group(*parts)
 
 
 def synthesis_panel(report: RunReport) -> Panel | None:
@@ -100,13 +119,143 @@ def synthesis_panel(report: RunReport) -> Panel | None:
 
 
 def render_report(console: Console, report: RunReport) -> None:
-    """The full human-readable result: the first stage's table, then each later call."""
-    parts: list[RenderableType] = [results_table(report)]
+    """The full human-readable result: what the run decided (each stage's verdict, and what
+    degraded it) above the answers' table, then each later call. A stage whose verdict has a
+    view of its own is summed up by it rather than shown call by call."""
+    parts: list[RenderableType] = [*verdict_views(report), results_table(report)]
     for stage in report.stages:
         if stage is report.answers:
             continue
+        if stage.key in VERDICT_VIEWS and isinstance(stage.verdict, dict):
+            parts.extend(call_panel(stage, r) for r in stage.calls if r.status == "error")
+            continue
         parts.extend(call_panel(stage, result) for result in stage.calls)
     console.print(Group(*parts))
+
+
+def verdict_views(report: RunReport) -> list[RenderableType]:
+    """Each stage's verdict as its view (keyed by the verdict's ``key``; a key without one
+    gets its plain fields), with its warnings above it."""
+    parts: list[RenderableType] = []
+    for stage in report.stages:
+        verdict = stage.verdict
+        if not isinstance(verdict, dict):
+            continue
+        for warning in verdict.get("warnings") or []:
+            parts.append(Text(f"⚠ {warning}", style="bold yellow"))
+        if "error" in verdict and len(verdict) == 1:
+            parts.append(Text(f"⚠ {stage.kind}: no verdict: {verdict['error']}", style="red"))
+            continue
+        if stage.key is None:
+            continue
+        view = VERDICT_VIEWS.get(stage.key, _plain_verdict)
+        try:
+            parts.append(view(stage, verdict))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            parts.append(_plain_verdict(stage, verdict))  # a verdict stored by another version
+    return parts
+
+
+def _plain_verdict(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
+    """A verdict nobody taught us to draw: its plain fields, one a line."""
+    lines = [
+        Text(f"{name}: {value}")
+        for name, value in verdict.items()
+        if name != "warnings" and isinstance(value, str | int | float | bool | None)
+    ]
+    title = escape(f"{(stage.key or stage.kind).capitalize()}")
+    return Panel(Group(*lines), title=title, title_align="left", border_style="cyan")
+
+
+def vote_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
+    """The tally as a bar chart: each answer, its votes and share; the winner marked."""
+    tally: dict[str, int] = verdict.get("tally") or {}
+    cast = sum(tally.values())
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, max_width=40, overflow="ellipsis")
+    grid.add_column(no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
+    winner = verdict.get("winner")
+    for answer, count in tally.items():
+        filled = round(_BAR * count / cast) if cast else 0
+        style = "green" if answer == winner else "blue"
+        bar = Text("█" * filled, style=style) + Text("░" * (_BAR - filled), style="dim")
+        name = Text(
+            ("✓ " if answer == winner else "  ") + answer, style="bold" * (answer == winner)
+        )
+        grid.add_row(name, bar, str(count), f"{count / cast:.0%}" if cast else "-")
+    quorum = verdict.get("quorum")
+    need = "more than half" if quorum == 0.5 else f"{quorum:.0%}" if quorum is not None else "?"
+    if winner is not None and verdict.get("quorum_met"):
+        head = Text(f"Winner: {winner} · {verdict.get('share', 0):.0%} · quorum ({need}) met")
+        head.stylize("bold green")
+    else:
+        head = Text(f"No decision: no quorum ({need})", style="bold yellow")
+    method = "choices" if verdict.get("method") == "choices" else "exact match"
+    counted = Text(
+        f"{cast} votes cast ({method}) · {len(verdict.get('abstained') or [])} abstained · "
+        f"{len(verdict.get('failed') or [])} without an answer",
+        style="dim",
+    )
+    return Panel(Group(head, grid, counted), title="Vote", title_align="left", border_style="cyan")
+
+
+def judge_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
+    """The judge's pick (or tie), the labels it saw and its reasoning."""
+    labels: dict[str, str] = verdict.get("labels") or {}
+    winner = verdict.get("winner")
+    if winner is not None:
+        label = next((k for k, v in labels.items() if v == winner), "?")
+        head = Text(f"Judge's pick: {winner} (shown as {label})", style="bold green")
+    elif verdict.get("tie"):
+        why = " (the two orders disagreed)" if verdict.get("inconsistent") else ""
+        head = Text(f"Judge: a tie{why}", style="bold yellow")
+    else:
+        head = Text("Judge: no decision", style="bold yellow")
+    shown = Text(
+        "Candidates, blind: " + ", ".join(f"{k} = {v}" for k, v in labels.items()), style="dim"
+    )
+    parts: list[RenderableType] = [head, shown]
+    if verdict.get("reasoning"):
+        parts.append(Text(str(verdict["reasoning"])))
+    return Panel(Group(*parts), title="Judge", title_align="left", border_style="cyan")
+
+
+def review_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
+    """The council's ranking: persona, Borda score, mean position, how many ranked it; then
+    each reviewer's ranking (or that it abstained)."""
+    table = Table(title="Peer ranking (Borda count)", title_justify="left", expand=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("Persona", style="bold", no_wrap=True)
+    table.add_column("Borda", justify="right", no_wrap=True)
+    table.add_column("Mean position", justify="right", no_wrap=True)
+    table.add_column("Votes", justify="right", no_wrap=True)
+    for place, row in enumerate(verdict.get("aggregate") or [], 1):
+        mean = row.get("mean_position")
+        table.add_row(
+            str(place),
+            Text(str(row.get("name"))),
+            str(row.get("borda")),
+            f"{mean:.2f}" if isinstance(mean, int | float) else "-",
+            str(row.get("votes")),
+        )
+    lines: list[RenderableType] = [table]
+    for review in verdict.get("reviews") or []:
+        if review.get("abstained"):
+            lines.append(Text(f"{review.get('reviewer')}: abstained", style="yellow"))
+        else:
+            ranking = " > ".join(map(str, review.get("ranking") or []))
+            lines.append(Text(f"{review.get('reviewer')}: {ranking}", style="dim"))
+    return Group(*lines)
+
+
+_BAR = 24
+VERDICT_VIEWS: dict[str, Callable[[StageResult, dict[str, Any]], RenderableType]] = {
+    "vote": vote_view,
+    "judge": judge_view,
+    "review": review_view,
+}
 
 
 def plan_table(
@@ -125,7 +274,7 @@ def plan_table(
     table.add_column("Worst", justify="right", no_wrap=True)
     for call, limit in zip(calls, limits, strict=True):
         agent = call.agent
-        cells = [agent.name, agent.model, agent.endpoint.host]
+        cells = [call.name or agent.name, agent.model, agent.endpoint.host]
         cells += [limit or "-"] if any(limits) else []
         cells += [
             f"~{call.prompt_tokens:,}",

@@ -9,6 +9,7 @@ Everything here belongs to the command line: printing, exit codes, the event loo
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from platformdirs import user_cache_path
 
-from fanout.api import Plan, RunRequest, prepare, resolve
+from fanout.api import Plan, RunRequest, planned_calls, prepare, resolve
 from fanout.batch import (
     BatchTally,
     ResultWriter,
@@ -40,7 +41,7 @@ from fanout.config import (
     find_config,
     load_panel,
 )
-from fanout.cost import Price, Pricing, plan_calls
+from fanout.cost import Price, Pricing
 from fanout.engine import Engine, Execution, RunSettings, unwrap_fanout_error
 from fanout.errors import ConfigError, FanoutError, StdoutClosed
 from fanout.event import Broadcast, Event, Observer
@@ -114,19 +115,20 @@ def ask(
     local: bool = False,
     local_model: Path | None = None,
     panel: Panel | None = None,
-    recorded: tuple[list[Agent], Agent] | None = None,
+    recorded: tuple[list[Agent], Agent, Agent] | None = None,
     shape: str = "panel",
-    shape_options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
     traceparent: str | None = None,
 ) -> int:
-    """``fanout ask`` (``panel``: already loaded, and pointed at the local server; ``shape``
-    and ``shape_options``: another shape than the panel, e.g. ``route`` with ``route_max``;
+    """``fanout ask`` (``panel``: already loaded, and pointed at the local server). ``shape``
+    and ``options``: what the run decides (a vote, a judge, a council, a router...);
     ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid)."""
     parent = _trace_parent(traceparent)
     panel_given = panel
     panel = panel or load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
+    recorded_judge = apply_model([panel.role("judge")], model)[0]
     local_wanted = wants_local([*chosen, recorded_synthesizer], local, os.environ)
     if panel_given is None and not dry_run and local_wanted:
         with _local_server(chosen, local, local_model, model is not None) as point_local:
@@ -139,22 +141,27 @@ def ask(
                 settings=settings,
                 output=output,
                 log=log,
-                shape=shape,
-                shape_options=shape_options,
                 panel=replace(
                     panel,
                     agents=[point_local(a) for a in chosen],
                     synthesizer=point_local(recorded_synthesizer),
+                    judge=point_local(recorded_judge),
                 ),
                 # The history keeps `base_url: local`, not this run's port: a retry or a
                 # re-synth starts a server of its own.
                 recorded=(
                     [_as_local(a, local) for a in chosen],
                     _as_local(recorded_synthesizer, local),
+                    _as_local(recorded_judge, local),
                 ),
+                shape=shape,
+                options=options,
                 traceparent=traceparent,
             )
-    options = {**(shape_options or {}), "synthesize": synthesize}
+    options = {"synthesize": synthesize, **(options or {})}
+    if shape != "panel" and "seed" not in options:
+        # Recorded with the run, so a retry shows a judge or a reviewer the same labels.
+        options["seed"] = secrets.randbits(32)
     request = RunRequest(
         prompt,
         panel,
@@ -180,7 +187,14 @@ def ask(
                 agents=[agent_settings(a) for a in (recorded[0] if recorded else plan.agents)],
                 synthesizer=agent_settings(recorded[1] if recorded else recorded_synthesizer),
                 settings=_settings_record(
-                    settings, shape, options, panel.pricing, _recorded_roles(plan, recorded)
+                    settings,
+                    shape,
+                    options,
+                    panel.pricing,
+                    roles={
+                        r: recorded[2] if recorded and r == "judge" else a
+                        for r, a in _recorded_roles(plan, recorded).items()
+                    },
                 ),
             )
         report, interrupted = _drive(lambda observer: prepare(plan, [observer], check=False),
@@ -276,7 +290,9 @@ def _run_plan(plan: Plan, output: Output, log: bool) -> int:
     return _emit(report, output, recorder, interrupted)
 
 
-def _recorded_roles(plan: Plan, recorded: tuple[list[Agent], Agent] | None) -> Mapping[str, Agent]:
+def _recorded_roles(
+    plan: Plan, recorded: tuple[list[Agent], Agent, Agent] | None
+) -> Mapping[str, Agent]:
     """The roles as the history keeps them: on ``base_url: local`` if they ran on it."""
     if recorded is None:
         return plan.roles
@@ -294,21 +310,18 @@ def _dry_run(
     plan: Plan, output: Output, everyone: bool, model_named: bool, settings: RunSettings
 ) -> int:
     """``--dry-run``: what the run would send (on the local model, with ``--local``)."""
-    agents, synthesizer = plan.agents, plan.roles.get("synthesizer")
-    if wants_local([*agents, *([synthesizer] if synthesizer else [])], everyone, os.environ):
+    if wants_local(plan.callers, everyone, os.environ):
         every = everyone or local_everyone(os.environ)
-        agents = [on_local(a, LOCAL_URL, everyone=every, model_named=model_named) for a in agents]
-        if synthesizer:
-            synthesizer = on_local(synthesizer, LOCAL_URL, everyone=every, model_named=model_named)
-    calls = plan_calls(plan.request.prompt, agents, synthesizer, plan.pricing)
-    if "router" in plan.roles:  # asked first; the worst case still counts every persona
-        from fanout.shapes.route import planned_router_call, route_max
 
-        most = route_max(plan.request.options, len(agents))
-        router = planned_router_call(
-            plan.roles["router"], plan.request.prompt, agents, most, plan.pricing
+        def local(agent: Agent) -> Agent:
+            return on_local(agent, LOCAL_URL, everyone=every, model_named=model_named)
+
+        plan = replace(
+            plan,
+            agents=[local(a) for a in plan.agents],
+            roles={r: local(a) for r, a in plan.roles.items()},
         )
-        calls = [router, *calls]
+    calls = planned_calls(plan)
     if output.mode == "json":
         _write_stdout(dumps(plan_document(plan.request.prompt, calls, settings.max_cost)))
     else:
@@ -394,15 +407,20 @@ def _stored_plan(
     synthesizer = agent_from_settings(stored.synthesizer) if stored.synthesizer else None
     if synthesizer is not None:
         synthesizer = apply_model([synthesizer], model)[0]
-    everyone = _with_local(stack, [*agents, *([synthesizer] if synthesizer else [])])
-    agents, synthesizer = everyone[: len(agents)], (everyone[-1] if synthesizer else None)
     roles = {r: agent_from_settings(a) for r, a in (stored.settings.get("roles") or {}).items()}
+    others = [*([synthesizer] if synthesizer else []), *roles.values()]
+    everyone = _with_local(stack, [*agents, *others])  # one local server for all of them
+    agents, others = everyone[: len(agents)], everyone[len(agents) :]
+    synthesizer = others.pop(0) if synthesizer else None
+    roles = dict(zip(roles, others, strict=True))
+    judge = roles.pop("judge", None)
     panel = Panel(
         source="<history>",
         agents=agents,
         synthesizer=synthesizer or Agent("synthesizer"),
         pricing=prices,
-        roles=dict(zip(roles, _with_local(stack, list(roles.values())), strict=True)),
+        roles=roles,
+        judge=judge,
     )
     request = RunRequest(
         stored.prompt,
@@ -456,17 +474,27 @@ def batch(
     via: str = "direct",
     poll_s: float = 30.0,
     local: bool = False,
+    shape: str = "panel",
+    options: Mapping[str, Any] | None = None,
 ) -> int:
-    """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines."""
+    """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines (``shape``:
+    each prompt run as a vote, a judge..., its verdict a line of its own)."""
     panel = load_panel(find_config(config, os.environ))
     chosen = apply_model(panel.select(names), model)
     synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
+    options = {"synthesize": synthesize, **(options or {})}
+    plan = resolve(RunRequest("", panel, agents=names, shape=shape, options=options, model=model))
+    roles = {r: a for r, a in plan.roles.items() if r != "synthesizer"}
     with ExitStack() as stack:
         if wants_local([*chosen, *([synthesizer] if synthesizer else [])], local, os.environ):
             on_local = stack.enter_context(_local_server(chosen, local, None, model is not None))
             chosen = [on_local(a) for a in chosen]
             synthesizer = on_local(synthesizer) if synthesizer else None
-        return _batch(path, panel, chosen, synthesizer, settings, output, via, poll_s)
+            roles = {r: on_local(a) for r, a in roles.items()}
+        return _batch(
+            path, panel, chosen, synthesizer, settings, output, via, poll_s,
+            shape=shape, options=options, roles=roles, per_prompt=len(planned_calls(plan)),
+        )  # fmt: skip
 
 
 def _batch(
@@ -478,16 +506,26 @@ def _batch(
     output: Path | None,
     via: str,
     poll_s: float,
+    *,
+    shape: str = "panel",
+    options: Mapping[str, Any] | None = None,
+    roles: Mapping[str, Agent] | None = None,
+    per_prompt: int | None = None,
 ) -> int:
     synthesize = synthesizer is not None
+    roles = dict(roles or {})
     if settings.max_cost is not None:
         chosen = [bound_answer(a) for a in chosen]
         synthesizer = bound_answer(synthesizer) if synthesizer else None
-    callers = [*chosen, *([synthesizer] if synthesizer else [])]
+        roles = {r: bound_answer(a) for r, a in roles.items()}
+    callers = [*chosen, *([synthesizer] if synthesizer else []), *roles.values()]
     check_credentials(callers, os.environ)
     prompts = count_prompts(path)  # reads the whole file once: a bad line stops us before any call
-    answered = answered_jobs(output, keep_answers=synthesize)
-    tally = BatchTally(total=prompts * len(callers), output=str(output) if output else None)
+    # A later stage or a verdict needs the answers an earlier run already has.
+    answered = answered_jobs(output, keep_answers=synthesize or shape != "panel")
+    tally = BatchTally(
+        total=prompts * (per_prompt or len(callers)), output=str(output) if output else None
+    )
     started = time.perf_counter()
     err = make_console(stderr=True)
     provider = OpenAIProvider()
@@ -498,6 +536,10 @@ def _batch(
     if via == "openai-batch":
         if synthesize:
             raise ConfigError("--synthesize needs the answers first: not with --via openai-batch")
+        if shape != "panel":
+            raise ConfigError(f"--{shape} needs the answers first: not with --via openai-batch")
+        if (options or {}).get("repeat") or (options or {}).get("best_of"):
+            raise ConfigError("asking a persona several times: not with --via openai-batch")
         if output is None:
             raise ConfigError("--via openai-batch needs -o FILE (it keeps the batch ids beside it)")
         if settings.max_cost is not None:
@@ -535,6 +577,9 @@ def _batch(
                         tally=tally,
                         answered=answered,
                         shown=progress,
+                        shape=shape,
+                        options=options,
+                        roles=roles,
                     ),
                     cleanup=provider.aclose,
                 )

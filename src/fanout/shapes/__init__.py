@@ -12,21 +12,49 @@ from typing import Any
 
 from fanout.engine import Stage
 from fanout.errors import ConfigError
+from fanout.shapes.council import CouncilSynthesisStage, ReviewStage
 from fanout.shapes.flow import flow_plan
+from fanout.shapes.judge import JudgeStage
 from fanout.shapes.orchestrate import orchestrate_plan
 from fanout.shapes.panel import PanelStage
 from fanout.shapes.route import route_plan
 from fanout.shapes.synthesis import SynthesisStage
+from fanout.shapes.vote import VoteStage, check_vote
 
 Shape = Callable[[Mapping[str, Any]], list[Stage]]
 
 
 def panel_plan(options: Mapping[str, Any]) -> list[Stage]:
-    """Every persona answers; with ``synthesize``, a synthesizer merges the answers."""
-    stages: list[Stage] = [PanelStage()]
-    if options.get("synthesize"):
-        stages.append(SynthesisStage())
-    return stages
+    """Every persona answers; with ``synthesize``, a synthesizer merges the answers (with
+    ``map`` too, into an agreement map)."""
+    return [PanelStage(), *_synthesis(options)]
+
+
+def vote_plan(options: Mapping[str, Any]) -> list[Stage]:
+    """Every persona votes (``choices``, ``quorum``); the tally is the ``vote`` verdict."""
+    check_vote(options)
+    return [VoteStage(), *_synthesis(options)]
+
+
+def judge_plan(options: Mapping[str, Any]) -> list[Stage]:
+    """The panel answers (``repeat``/``best_of`` for several tries); a blind judge picks one."""
+    return [PanelStage(), JudgeStage(), *_synthesis(options)]
+
+
+def council_plan(options: Mapping[str, Any]) -> list[Stage]:
+    """The panel answers, each persona ranks the others blind (Borda count), then the
+    synthesizer writes the final answer seeing the ranking."""
+    return [
+        PanelStage(),
+        ReviewStage(),
+        CouncilSynthesisStage(agreement_map=bool(options.get("map"))),
+    ]
+
+
+def _synthesis(options: Mapping[str, Any]) -> list[Stage]:
+    if options.get("synthesize") or options.get("map"):
+        return [SynthesisStage(agreement_map=bool(options.get("map")))]
+    return []
 
 
 SHAPES: dict[str, Shape] = {
@@ -34,6 +62,9 @@ SHAPES: dict[str, Shape] = {
     "flow": flow_plan,  # the stages of a flow file (fanout flow run)
     "route": route_plan,  # a router picks the personas (fanout ask --route)
     "orchestrate": orchestrate_plan,  # personas as tools (fanout ask --orchestrate)
+    "vote": vote_plan,
+    "judge": judge_plan,
+    "council": council_plan,
 }
 
 

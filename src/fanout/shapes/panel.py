@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fanout.engine import RunContext
-from fanout.models import Call, CallResult, chat_messages
+from fanout.models import Agent, Call, CallResult, Message, chat_messages
 
 
 class PanelStage:
-    """One call per persona; a persona asked N times (``repeat``) gets ``name#1`` .. ``name#N``."""
+    """One call per persona; a persona asked N times (``repeat``: ``{name: N}``, or
+    ``best_of``: N for every persona) gets ``name#1`` .. ``name#N``."""
 
     kind = "panel"
     key: str | None = None
@@ -21,16 +22,36 @@ class PanelStage:
 
     def calls(self, context: RunContext) -> list[Call]:
         repeat: dict[str, int] = dict(context.options.get("repeat") or {})
+        every = int(context.options.get("best_of") or 1)
+        response_format = self.response_format(context)
         calls = []
         for agent in context.agents:
-            times = repeat.get(agent.name, 1)
+            times = repeat.get(agent.name, every)
             names = (
                 [agent.name] if times == 1 else [f"{agent.name}#{i}" for i in range(1, times + 1)]
             )
-            messages = tuple(chat_messages(agent, context.prompt))
+            messages = tuple(self.messages(agent, context))
             for name in names:
-                calls.append(Call(f"{self.id}/{name}", self.id, "persona", name, agent, messages))
+                calls.append(
+                    Call(
+                        f"{self.id}/{name}",
+                        self.id,
+                        "persona",
+                        name,
+                        agent,
+                        messages,
+                        response_format=response_format,
+                    )
+                )
         return calls
+
+    def messages(self, agent: Agent, context: RunContext) -> list[Message]:
+        """What a persona is sent (a vote adds how to answer)."""
+        return chat_messages(agent, context.prompt)
+
+    def response_format(self, context: RunContext) -> Mapping[str, Any] | None:
+        """Structured output the answers must take, if any."""
+        return None
 
     def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
         return None
