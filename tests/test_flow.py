@@ -357,8 +357,8 @@ BROKEN = [
         ":2: stage 'a': refers to stage 'a', which is this one",
     ),
     (
-        "stages:\n  - {id: a, agent: teacher, prompt: hi, then: vote}\n",
-        "then: vote is not available yet",
+        "stages:\n  - {id: a, agent: teacher, prompt: hi, then: council}\n",
+        "then: council is not available yet",
     ),
     ("stages:\n  - {id: a, agent: teacher, prompt: hi}\noutput: [b]\n", ":3: output: no stage 'b'"),
     (
@@ -391,3 +391,39 @@ def test_flow_check_names_file_line_and_problem(
     assert "\n" not in line
     assert line.startswith(f"fanout: error: {flow}:"), line
     assert problem in line, line
+
+
+def test_then_judge_and_then_vote_follow_a_flow_stage(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    config = agents_file("a", "b", "c")
+    server.script("m-a", Reply(text="Paris"))
+    server.script("m-b", Reply(text="paris."))
+    server.script("m-c", Reply(text="Lyon"))
+    server.script("m-a", Reply(text="draft one"))
+    server.script("m-b", Reply(text="draft two"))
+    judge = json.dumps({"reasoning": "B is clearer", "winner": "B"})
+    server.script("gpt-4o-mini", Reply(text=judge), Reply(text=judge))
+    flow = write_flow(
+        tmp_path,
+        """\
+stages:
+  - id: capital
+    panel: [a, b, c]
+    prompt: "Capital of France?"
+    then: vote
+  - id: drafts
+    panel: [a, b]
+    prompt: "Draft a line about {{capital.a}}"
+    then: judge
+""",
+    )
+    document = run_json(invoke, flow, "-c", config)
+    ids = [s["id"] for s in document["stages"]]
+    assert ids == ["capital", "capital-vote", "drafts", "drafts-judge", "output"]
+    vote = document["stages"][1]["verdict"]
+    assert (vote["winner"], vote["tally"][vote["winner"]]) == ("Paris", 2)
+    verdict = document["stages"][3]["verdict"]
+    assert verdict["winner"] in ("a", "b") and verdict["tie"] is False
+    judged = [r for r in server.requests if r.model == "gpt-4o-mini"]
+    assert judged and all("m-a" not in user_text(r) and " a " not in user_text(r) for r in judged)

@@ -42,8 +42,13 @@ OUTPUT_STAGE = "output"  # the id of the stage that gathers the flow's output: r
 
 # What may follow a stage (``then:``), and the suffix of the stage it adds. Adding vote, judge
 # or council is one entry here and one in ``shapes.flow.THEN_STAGES``.
-THEN_SUFFIX: dict[str, str | None] = {"none": None, "synthesize": "synthesis"}
-THEN_LATER = ("vote", "judge", "council")  # shapes being built elsewhere
+THEN_SUFFIX: dict[str, str | None] = {
+    "none": None,
+    "synthesize": "synthesis",
+    "judge": "judge",
+    "vote": "vote",
+}
+THEN_LATER = ("council",)  # a council is two stages (reviews, then a synthesis): not yet
 
 
 class InputSpec(BaseModel):
@@ -252,7 +257,9 @@ def _check_stage(
     if stage.then not in THEN_SUFFIX:
         where = _where(source, text, (*at, "then"))
         if stage.then in THEN_LATER:
-            problem = f"then: {stage.then} is not available yet (use none or synthesize)"
+            problem = (
+                f"then: {stage.then} is not available yet (use none, synthesize, judge or vote)"
+            )
         else:
             known = ", ".join([*THEN_SUFFIX, *THEN_LATER])
             problem = f"then: unknown step {stage.then!r} (known: {known})"

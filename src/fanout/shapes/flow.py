@@ -12,14 +12,16 @@ the document carries at its top level as ``output``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, PlannedCall, Pricing, most_tokens
 from fanout.engine import RunContext, Stage
 from fanout.flow import OUTPUT_STAGE, TEMPLATE, FlowSpec, StageSpec
 from fanout.models import Agent, AgentError, Call, CallResult, StageResult, chat_messages
+from fanout.shapes.judge import JudgeStage
 from fanout.shapes.synthesis import synthesis_messages
+from fanout.shapes.vote import tally_votes
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,56 @@ class OutputStage:
         return output
 
 
-# A stage's ``then:`` -> what builds the stage that follows it. Vote, judge and council join
-# with one entry each (and their suffix in ``flow.THEN_SUFFIX``).
+class _Guarded:
+    """A shape's stage after a flow stage: itself, but skipped when the flow stopped earlier."""
+
+    def __init__(self, stage: Stage, guards: Sequence[Guard]) -> None:
+        self.stage = stage
+        self.guards = list(guards)
+        self.id, self.kind, self.key = stage.id, stage.kind, stage.key
+        self.roles: tuple[str, ...] = tuple(getattr(stage, "roles", ()))
+        self.makes_calls: bool = getattr(stage, "makes_calls", True)
+
+    def calls(self, context: RunContext) -> list[Call]:
+        calls = self.stage.calls(context)
+        skip = stopped(self.guards, context)
+        return calls if skip is None else [replace(c, skip=skip) for c in calls]
+
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+        return self.stage.verdict(context, results)
+
+
+class _VoteOver:
+    """``then: vote``: the tally of a flow stage's answers (no call of its own)."""
+
+    kind = "vote"
+    key: str | None = "vote"
+    roles: tuple[str, ...] = ()
+    makes_calls = False
+
+    def __init__(self, stage_id: str, source: str) -> None:
+        self.id, self.source = stage_id, source
+
+    def calls(self, context: RunContext) -> list[Call]:
+        return []
+
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+        stage = context.stages.get(self.source)
+        options = context.options
+        return tally_votes(stage.calls if stage else [], [], options.get("quorum"))
+
+
+def _judge(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> Stage:
+    return _Guarded(JudgeStage(stage_id, source.id), guards)
+
+
+def _vote(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> Stage:
+    return _Guarded(_VoteOver(stage_id, source.id), guards)
+
+
+# A stage's ``then:`` -> what builds the stage that follows it (its suffix: ``flow.THEN_SUFFIX``).
 ThenStage = Callable[[FlowStage, str, Sequence[Guard]], Stage]
-THEN_STAGES: dict[str, ThenStage] = {"synthesize": FlowSynthesis}
+THEN_STAGES: dict[str, ThenStage] = {"synthesize": FlowSynthesis, "judge": _judge, "vote": _vote}
 
 
 def flow_plan(options: Mapping[str, Any]) -> list[Stage]:
@@ -149,8 +197,10 @@ def flow_plan(options: Mapping[str, Any]) -> list[Stage]:
         guards = [*guards, Guard(stage.id, least, stops)]
         make = THEN_STAGES.get(stage_spec.then)
         if make is not None and stage_spec.follow_id:
-            stages.append(make(stage, stage_spec.follow_id, guards))
-            guards = [*guards, Guard(stage_spec.follow_id, 1, stops)]
+            follow = make(stage, stage_spec.follow_id, guards)
+            stages.append(follow)
+            if getattr(follow, "makes_calls", True):  # a tally has no answer to count
+                guards = [*guards, Guard(stage_spec.follow_id, 1, stops)]
     last = stages[-1].id
     stages.append(OutputStage(spec.output or [last]))
     return stages
