@@ -106,3 +106,26 @@ def test_the_public_surface_is_declared_once() -> None:
     for name in fanout.__all__:
         assert getattr(fanout, name) is not None, name
     assert callable(fanout.events) and callable(fanout.run) and callable(fanout.arun)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"settings": fanout.RunSettings(concurrency=0)}, "settings.concurrency"),
+        ({"settings": fanout.RunSettings(timeout=-1)}, "settings.timeout"),
+        ({"agents": "ab"}, "list of persona names"),
+        ({"panel": "agents.yaml"}, "give a Panel"),
+        ({"trace_id": "zz"}, "trace_id"),
+        ({"prompt": "\ud800"}, "not valid text"),
+        ({"prompt": "  "}, "non-empty"),
+    ],
+)
+def test_a_bad_request_is_one_config_error_before_any_call(
+    server: FakeOpenAI, agents_file: AgentsFile, change: dict[str, object], message: str
+) -> None:
+    import dataclasses
+
+    request = fanout.RunRequest("Why?", fanout.load_panel(agents_file("a")))
+    with pytest.raises(fanout.ConfigError, match=message):
+        fanout.run(dataclasses.replace(request, **change))  # type: ignore[arg-type]
+    assert server.count() == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from fanout.engine import (
     RunSettings,
     unwrap_fanout_error,
 )
+from fanout.errors import ConfigError
 from fanout.event import Broadcast, Event, Observer
 from fanout.models import Agent, Call, CallResult, RunReport, StageResult
 from fanout.shapes import build_plan, roles_of
@@ -92,6 +94,7 @@ class Plan:
 
 def resolve(request: RunRequest) -> Plan:
     """Check a request and work out who will be asked; ``ConfigError`` if it can't run."""
+    _check(request)
     panel = request.panel or load_panel()
     agents = apply_model(panel.select(request.agents), request.model)
     stages = build_plan(request.shape, request.options)
@@ -101,6 +104,47 @@ def resolve(request: RunRequest) -> Plan:
         agents = [bound_answer(a) for a in agents]
         roles = {r: bound_answer(a) for r, a in roles.items()}
     return Plan(request, agents, roles, stages, Pricing.shipped(panel.pricing))
+
+
+def _check(request: RunRequest) -> None:
+    """The request's own values, as the CLI checks its flags: one ``ConfigError`` each."""
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise ConfigError("the prompt must be non-empty text")
+    try:
+        request.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError("the prompt is not valid text (a lone surrogate)") from None
+    if request.panel is not None and not isinstance(request.panel, Panel):
+        raise ConfigError("panel: give a Panel (fanout.load_panel(path)), not a path or text")
+    agents = request.agents
+    if agents is not None and (
+        isinstance(agents, str) or not all(isinstance(a, str) and a for a in agents)
+    ):
+        raise ConfigError("agents: give a list of persona names, e.g. ['physicist']")
+    if request.trace_id is not None and not _HEX32.fullmatch(request.trace_id):
+        raise ConfigError("trace_id: 32 lowercase hex digits, not all zero")
+    settings = request.settings
+    bounds = (
+        ("concurrency", settings.concurrency, 1, 1000),
+        ("timeout", settings.timeout, 0.001, 86_400),
+        ("rpm", settings.rpm, 0.001, 1e6),
+        ("tpm", settings.tpm, 1, 1e10),
+        ("max_cost", settings.max_cost, 0, 1e6),
+        ("retries", settings.retry.retries, 0, 100),
+        ("max_retry_after", settings.retry.max_retry_after, 0, 86_400),
+    )
+    for name, value, low, high in bounds:
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ConfigError(f"settings.{name}: {value!r} is not between {low:g} and {high:g}")
+
+
+_HEX32 = re.compile(r"(?!0{32})[0-9a-f]{32}")
 
 
 def planned_calls(plan: Plan) -> list[PlannedCall]:

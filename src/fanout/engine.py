@@ -52,6 +52,7 @@ from fanout.models import (
     Endpoint,
     Message,
     RunReport,
+    RunStatus,
     StageResult,
     Usage,
 )
@@ -588,6 +589,9 @@ class Execution:
             trace_id=self.trace_id,
             shape=self.shape,
             interrupted=self.interrupted and self.previous is None,
+            # A carried-on run that was interrupted keeps the status it had: what it did not
+            # redo is exactly as it was.
+            recorded_status=_kept_status(self.previous) if self.interrupted else None,
             span_id=self.span_id,
             parent_span_id=self.parent_span_id,
         )
@@ -625,6 +629,13 @@ class Execution:
             verdict = stage.verdict if stage.verdict is not None or old is None else old.verdict
             merged.append(StageResult(stage.id, stage.kind, calls, verdict, stage.key))
         return merged
+
+
+def _kept_status(previous: RunReport | None) -> RunStatus | None:
+    if previous is None:
+        return None
+    status = previous.status
+    return "cancelled" if status in ("running", "interrupted") else status
 
 
 def _estimated_usage(messages: Sequence[Message], text: str) -> Usage:

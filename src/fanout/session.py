@@ -483,7 +483,16 @@ def batch(
     chosen = apply_model(panel.select(names), model)
     synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
     options = {"synthesize": synthesize, **(options or {})}
-    plan = resolve(RunRequest("", panel, agents=names, shape=shape, options=options, model=model))
+    plan = resolve(
+        RunRequest(
+            "(each prompt of the batch)",
+            panel,
+            agents=names,
+            shape=shape,
+            options=options,
+            model=model,
+        )
+    )
     roles = {r: a for r, a in plan.roles.items() if r != "synthesizer"}
     with ExitStack() as stack:
         if wants_local([*chosen, *([synthesizer] if synthesizer else [])], local, os.environ):
