@@ -58,6 +58,42 @@ def test_no_log_records_nothing(
 ) -> None:
     ask_json(invoke, "-c", agents_file("a"), "--no-log", "Why?")
     assert json.loads(invoke("runs", "list", "--json").stdout)["runs"] == []
+    # Nor does it print a run id that `runs show` could not find.
+    for view in ("md", "table"):
+        shown = invoke("ask", "-c", agents_file("a"), "--no-log", "--format", view, "Why?")
+        assert shown.exit_code == 0 and "1/1 answered" in shown.stdout, shown.output
+        assert " run " not in shown.stdout
+
+
+def test_piped_output_is_markdown_and_format_picks_the_view(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("physicist", "chemist")
+    piped = invoke("ask", "-c", config, "Why?")
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout.startswith("## physicist\nm-physicist says: Why?\n\n## chemist\n")
+    assert "┃" not in piped.stdout and "│" not in piped.stdout
+    columns = invoke("ask", "-c", config, "--format", "columns", "Why?").stdout
+    assert any("physicist" in row and "chemist" in row for row in columns.splitlines())
+    assert "Persona" in invoke("ask", "-c", config, "--format", "table", "Why?").stdout
+    run_id = json.loads(invoke("ask", "-c", config, "--json", "Why?").stdout)["run_id"]
+    shown = invoke("runs", "show", run_id, "--format", "text")
+    assert "physicist (m-physicist)\nm-physicist says: Why?" in shown.stdout
+    bad = invoke("ask", "-c", config, "--format", "html", "Why?")
+    assert bad.exit_code == 2 and "--format: 'html'" in bad.stderr
+
+
+def test_runs_show_raw_prints_one_answer_as_written(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-chemist", Reply(text="**Bold** claim\n\n| a | b |"))
+    run_id = ask_json(invoke, "-c", agents_file("physicist", "chemist"), "Why?")["run_id"]
+    raw = invoke("runs", "show", run_id, "-a", "Chemist", "--raw")
+    assert raw.exit_code == 0, raw.output
+    assert raw.stdout == "**Bold** claim\n\n| a | b |\n"
+    unknown = invoke("runs", "show", run_id, "-a", "nobody", "--raw")
+    assert unknown.exit_code == 2 and "physicist, chemist" in unknown.stderr
+    assert invoke("runs", "show", run_id, "--raw").exit_code == 2
 
 
 def test_retry_asks_only_the_failed_personas_and_folds_them_in(

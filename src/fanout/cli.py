@@ -122,6 +122,16 @@ JsonlDeltasOption = Annotated[
     bool,
     typer.Option("--jsonl-deltas", help="With --jsonl, also every streamed piece of text."),
 ]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="The final view: table, columns (answers side by side), md or text. Default: "
+        "columns on a terminal, else md.",
+        show_default=False,
+    ),
+]
+VIEWS = ("table", "columns", "md", "text")  # render.VIEWS, named here to keep Rich unloaded
 OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Also write the JSON document to this file."),
@@ -281,6 +291,7 @@ def ask(
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
+    view: FormatOption = None,
     output: OutputOption = None,
     stream: Annotated[
         bool | None,
@@ -380,7 +391,9 @@ def ask(
         try:
             from fanout import session
 
-            out = replace(_output(json_output, jsonl, jsonl_deltas, output), timeline=show_timeline)
+            out = replace(
+                _output(json_output, jsonl, jsonl_deltas, output, view), timeline=show_timeline
+            )
             text = _read_prompt(prompt)
             names, repeat = _repeats(_names(agents, model))
             shape, options = _shape(
@@ -570,6 +583,14 @@ def runs_show(
             "streaming) on one time axis.",
         ),
     ] = False,
+    view: FormatOption = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", "-a", help="With --raw: the persona whose answer to print."),
+    ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Print one persona's answer as it was written.")
+    ] = False,
 ) -> None:
     """Show a recorded run as `ask` showed it; --json gives the same document as `ask --json`.
 
@@ -578,12 +599,18 @@ def runs_show(
       fanout runs show 3f9c
 
       fanout runs show 3f9c --timeline
+
+      fanout runs show 3f9c -a physicist --raw > physicist.md
     """
     from fanout import session
 
     with _errors_to_exit():
         _utf8(run_id, "the run id")
-        code = session.show_run(run_id, json_output, with_timeline=show_timeline)
+        _utf8(agent, "--agent")
+        _view(view)
+        code = session.show_run(
+            run_id, json_output, with_timeline=show_timeline, view=view, agent=agent, raw=raw
+        )
     raise typer.Exit(code)
 
 
@@ -628,6 +655,7 @@ def runs_retry(
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
+    view: FormatOption = None,
     output: OutputOption = None,
     no_log: NoLogOption = False,
 ) -> None:
@@ -640,7 +668,7 @@ def runs_retry(
 
     with _errors_to_exit():
         _utf8(run_id, "the run id")
-        out = _output(json_output, jsonl, jsonl_deltas, output)
+        out = _output(json_output, jsonl, jsonl_deltas, output, view)
         code = session.retry(run_id, output=out, log=not no_log)
     raise typer.Exit(code)
 
@@ -653,6 +681,7 @@ def runs_synth(
     ] = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
+    view: FormatOption = None,
     output: OutputOption = None,
     no_log: NoLogOption = False,
 ) -> None:
@@ -665,7 +694,7 @@ def runs_synth(
     with _errors_to_exit():
         _utf8(run_id, "the run id")
         _utf8(model, "--model")
-        out = _output(json_output, jsonl, False, output)
+        out = _output(json_output, jsonl, False, output, view)
         code = session.synth(run_id, model=model, output=out, log=not no_log)
     raise typer.Exit(code)
 
@@ -922,8 +951,17 @@ def _shape(
     return (wanted[0] if wanted else "panel"), options
 
 
-def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> Output:
+def _view(view: str | None) -> None:
+    if view is not None and view not in VIEWS:
+        raise ConfigError(f"--format: {view!r} is not one of {', '.join(VIEWS)}")
+
+
+def _output(
+    json_output: bool, jsonl: bool, deltas: bool, file: Path | None, view: str | None = None
+) -> Output:
     from fanout.session import Output
+
+    _view(view)
 
     if json_output and jsonl:
         raise ConfigError("--json and --jsonl: choose one")
@@ -934,7 +972,7 @@ def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> 
     mode: Literal["table", "json", "jsonl"] = (
         "json" if json_output else "jsonl" if jsonl else "table"
     )
-    return Output(mode=mode, deltas=deltas, file=file)
+    return Output(mode=mode, deltas=deltas, file=file, view=view)
 
 
 def _check_output(file: Path) -> None:

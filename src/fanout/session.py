@@ -69,6 +69,7 @@ from fanout.render import (
     plan_table,
     print_warning,
     render_report,
+    report_text,
     runs_table,
     timeline,
 )
@@ -99,6 +100,8 @@ class Output:
     deltas: bool = False  # --jsonl-deltas
     file: Path | None = None  # -o
     timeline: bool = False  # --timeline: after the result (on stderr when stdout is JSON)
+    view: str | None = None  # --format: table, columns, md, text; None: columns on a terminal,
+    # else Markdown, which pipes and copies cleanly where a box table would be cut
 
 
 def ask(
@@ -638,20 +641,48 @@ def list_runs(limit: int, json_output: bool) -> None:
         make_console().print(runs_table(summaries))
 
 
-def show_run(run_id: str, json_output: bool, *, with_timeline: bool = False) -> int:
+def show_run(
+    run_id: str,
+    json_output: bool,
+    *,
+    with_timeline: bool = False,
+    view: str | None = None,
+    agent: str | None = None,
+    raw: bool = False,
+) -> int:
     """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document;
-    ``--timeline``: its timeline after it, on stderr when stdout is JSON)."""
+    ``--timeline``: its timeline after it, on stderr when stdout is JSON; ``agent`` with
+    ``raw``: that persona's answer alone, as it was written)."""
     with _open_history() as history:
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
     report = report_from_document(stored.document)
+    if raw:
+        _write_stdout(_one_answer(report, agent))
+        return EXIT_OK
     if json_output:
         _write_stdout(dumps(stored.document))
     else:
-        render_report(make_console(), report)
+        show_report(report, view)
     if with_timeline:
         make_console(stderr=json_output).print(timeline(report))
     return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+
+
+def _one_answer(report: RunReport, name: str | None) -> str:
+    """``runs show -a NAME --raw``: the answer as the persona wrote it."""
+    if name is None:
+        raise ConfigError("--raw goes with --agent NAME: whose answer?")
+    names = [r.name for r in report.agents]
+    found = [r for r in report.agents if r.name.casefold() == name.casefold()]
+    if not found:
+        raise ConfigError(
+            f"--agent: no persona {name!r} in run {report.run_id} (it has {', '.join(names)})"
+        )
+    result = found[0]
+    if result.answer is None:
+        raise FanoutError(f"{result.name} gave no answer in run {report.run_id}")
+    return result.answer if result.answer.endswith("\n") else result.answer + "\n"
 
 
 EXPORT_FORMATS = ("perfetto", "html")
@@ -800,7 +831,7 @@ def _emit(
         _write_stdout(dumps(document))
     elif output.mode == "table":
         try:
-            render_report(make_console(), report)
+            show_report(report, output.view, recorded=recorder is not None)
             if output.timeline:
                 make_console().print(timeline(report))
         except BrokenPipeError:
@@ -821,6 +852,17 @@ def _emit(
         print_warning(err, "interrupted: unfinished personas are marked cancelled")
         return EXIT_INTERRUPTED
     return EXIT_FOR_STATUS[report.status]
+
+
+def show_report(report: RunReport, view: str | None, *, recorded: bool = True) -> None:
+    """The final view on stdout: ``view`` as ``--format`` named it, else answers in columns
+    on a terminal and plain Markdown anywhere else."""
+    out = make_console()
+    view = view or ("columns" if out.is_terminal else "md")
+    if view in ("md", "text"):
+        _write_stdout(report_text(report, view, recorded=recorded))
+    else:
+        render_report(out, report, view, recorded=recorded)
 
 
 def _write_stdout(text: str) -> None:
