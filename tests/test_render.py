@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 from rich.console import Console
 
+from fanout.history import RunSummary
 from fanout.models import (
     Agent,
     AgentError,
@@ -17,7 +19,7 @@ from fanout.models import (
     StageResult,
     Usage,
 )
-from fanout.render import agents_table, print_error, render_report, report_text
+from fanout.render import agents_table, print_error, render_report, report_text, runs_table
 
 
 def console(width: int) -> Console:
@@ -177,3 +179,17 @@ def test_the_summary_names_the_run_only_when_it_was_recorded() -> None:
     out = console(120)
     render_report(out, report(), "table", recorded=False)
     assert "abc123" not in text_of(out)
+
+
+def test_runs_table_times_are_local_with_their_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "JST-9")
+    time.tzset()
+    try:
+        out = console(120)
+        run = RunSummary("abc123", "Why?", "completed", "2026-01-01T12:00:00.000+00:00",
+                         None, 1, 1, 0.0)  # fmt: skip
+        out.print(runs_table([run]))
+        assert "2026-01-01 21:00 JST" in text_of(out)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

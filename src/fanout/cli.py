@@ -546,8 +546,20 @@ def batch(
     raise typer.Exit(code)
 
 
+class _RunsGroup(TyperGroup):
+    """``fanout runs``: its help ends with where the history is (``FANOUT_HOME`` moves it),
+    found when the help is asked for, not when the module loads."""
+
+    def get_help(self, ctx: Any) -> str:
+        from fanout.history import history_path
+
+        self.epilog = f"History: {history_path(os.environ)} (set FANOUT_HOME to move it)"
+        return super().get_help(ctx)
+
+
 runs_app = typer.Typer(
-    help="Past runs: list them, show one, retry its failures, synthesize it again.",
+    cls=_RunsGroup,
+    help="Past runs: list, search, show, retry, synthesize again or delete them.",
     no_args_is_help=True,
 )
 app.add_typer(runs_app, name="runs")
@@ -560,15 +572,62 @@ def runs_list(
         int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, help="How many runs.")
     ] = 20,
     json_output: JsonOption = False,
+    query: Annotated[
+        str | None,
+        typer.Option("--query", "-q", help="Only runs whose prompt or an answer holds TEXT."),
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", help="Only runs that asked this persona.")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Only runs that ended so: " + ", ".join(RUN_STATUSES) + "."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only runs started since: 30m, 2h, 3d, 1w or a date."),
+    ] = None,
 ) -> None:
-    """List recorded runs, newest first.
+    """List recorded runs, newest first (times are local).
 
-    Example: fanout runs list --json | jq -r '.runs[0].run_id'
+    Examples:
+
+      fanout runs list -q entropy --since 3d
+
+      fanout runs list --agent physicist --status failed
+
+      fanout runs list --json | jq -r '.runs[0].run_id'
+    """
+    from fanout import session
+    from fanout.history import RunFilter, parse_since
+
+    with _errors_to_exit():
+        for value, what in ((query, "--query"), (agent, "--agent"), (since, "--since")):
+            _utf8(value, what)
+        if status is not None and status not in RUN_STATUSES:
+            raise ConfigError(f"--status: {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        where = None
+        if (query, agent, status, since) != (None, None, None, None):
+            when = parse_since(since) if since is not None else None
+            where = RunFilter(text=query, agent=agent, status=status, since=when)
+        session.list_runs(limit, json_output, where)
+
+
+RUN_STATUSES = ("completed", "partial", "failed", "cancelled", "interrupted", "running")
+
+
+@runs_app.command("delete")
+def runs_delete(run_id: RunIdArgument) -> None:
+    """Delete a recorded run (its prompt, answers and document) from the history.
+
+    Example: fanout runs delete 3f9c
     """
     from fanout import session
 
     with _errors_to_exit():
-        session.list_runs(limit, json_output)
+        _utf8(run_id, "the run id")
+        full = session.delete_run(run_id)
+        typer.echo(f"deleted run {full}", err=True)
 
 
 @runs_app.command("show")
@@ -591,8 +650,15 @@ def runs_show(
     raw: Annotated[
         bool, typer.Option("--raw", help="Print one persona's answer as it was written.")
     ] = False,
+    exit_status: Annotated[
+        bool,
+        typer.Option(
+            "--exit-status", help="Exit with the run's own code (3 partial, 1 failed, 130...)."
+        ),
+    ] = False,
 ) -> None:
-    """Show a recorded run as `ask` showed it; --json gives the same document as `ask --json`.
+    """Show a recorded run as `ask` showed it, under its prompt, local time and settings;
+    --json gives the same document as `ask --json`. Exits 0 once shown (see --exit-status).
 
     Examples:
 
@@ -609,7 +675,13 @@ def runs_show(
         _utf8(agent, "--agent")
         _view(view)
         code = session.show_run(
-            run_id, json_output, with_timeline=show_timeline, view=view, agent=agent, raw=raw
+            run_id,
+            json_output,
+            with_timeline=show_timeline,
+            view=view,
+            agent=agent,
+            raw=raw,
+            exit_status=exit_status,
         )
     raise typer.Exit(code)
 

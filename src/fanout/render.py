@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -455,7 +456,7 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
     for run in runs:
         table.add_row(
             run.run_id,
-            run.started_at[:19].replace("T", " "),
+            local_time(run.started_at),
             Text(run.status, style=styles.get(run.status, "yellow")),
             f"{run.answered}/{run.agents}",
             usd(run.cost_usd),
@@ -464,6 +465,41 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
     if not runs:
         table.caption = "no runs recorded yet"
     return table
+
+
+def local_time(stamp: str) -> str:
+    """An ISO time as this machine's local time, with its zone: ``2026-01-31 14:05 CET``
+    (what the history stores is UTC, which few people read at a glance)."""
+    try:
+        when = datetime.fromisoformat(stamp).astimezone()
+    except (ValueError, TypeError):
+        return stamp
+    return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or when.strftime("%z"))
+
+
+def run_header(report: RunReport, settings: dict[str, Any]) -> str:
+    """What ``runs show`` says before the answers: the run, when (local), its shape and
+    status, the settings it ran with and the prompt."""
+    shown = {
+        "concurrency": "concurrency {}",
+        "timeout": "timeout {:g} s",
+        "retries": "retries {}",
+        "rpm": "{:g} rpm",
+        "tpm": "{:g} tpm",
+        "max_cost": "max cost ${:g}",
+    }
+    figures = [form.format(settings[k]) for k, form in shown.items() if settings.get(k) is not None]
+    if settings.get("stream") is not None:
+        figures.append("streamed" if settings["stream"] else "not streamed")
+    options = settings.get("options") or {}
+    extra = [f"{k} {v}" for k, v in options.items() if k != "seed" and v not in (None, False)]
+    lines = [
+        f"run {report.run_id} · {local_time(report.started_at)} · shape {report.shape}"
+        f" · {report.status}",
+        "settings: " + (" · ".join([*figures, *extra]) or "as recorded"),
+        "prompt: " + report.prompt,
+    ]
+    return "\n".join(lines)
 
 
 def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Table:

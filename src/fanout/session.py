@@ -56,7 +56,7 @@ from fanout.export import (
     report_from_document,
 )
 from fanout.export import settings_record as _settings_record
-from fanout.history import History, HistoryRecorder, StoredRun, history_path
+from fanout.history import History, HistoryRecorder, RunFilter, StoredRun, history_path
 from fanout.local import LOCAL_URL, LocalServer, local_everyone, model_path, on_local, wants_local
 from fanout.models import Agent, CallResult, Endpoint, RunReport
 from fanout.provider import OpenAIProvider
@@ -70,6 +70,7 @@ from fanout.render import (
     print_warning,
     render_report,
     report_text,
+    run_header,
     runs_table,
     timeline,
 )
@@ -630,10 +631,10 @@ def _check_batch_budget(
         )
 
 
-def list_runs(limit: int, json_output: bool) -> None:
-    """``fanout runs list``."""
+def list_runs(limit: int, json_output: bool, where: RunFilter | None = None) -> None:
+    """``fanout runs list`` (``where``: only the runs it keeps)."""
     with _open_history() as history:
-        summaries = history.list_runs(limit)
+        summaries = history.list_runs(limit, where)
         _warn(history.warnings)
     if json_output:
         _write_stdout(dumps({"runs": [s.__dict__ for s in summaries]}))
@@ -649,24 +650,37 @@ def show_run(
     view: str | None = None,
     agent: str | None = None,
     raw: bool = False,
+    exit_status: bool = False,
 ) -> int:
-    """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document;
-    ``--timeline``: its timeline after it, on stderr when stdout is JSON; ``agent`` with
-    ``raw``: that persona's answer alone, as it was written)."""
+    """``fanout runs show``: the run as ``ask`` showed it, under its prompt, time and
+    settings (``--json``: the same document; ``--timeline``: its timeline after it, on stderr
+    when stdout is JSON; ``agent`` with ``raw``: that persona's answer alone, as it was
+    written). Exit 0 once shown, or with ``exit_status`` the code the run itself ended with."""
     with _open_history() as history:
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
     report = report_from_document(stored.document)
     if raw:
         _write_stdout(_one_answer(report, agent))
-        return EXIT_OK
-    if json_output:
+    elif json_output:
         _write_stdout(dumps(stored.document))
     else:
+        _write_stdout(run_header(report, stored.settings) + "\n\n")
         show_report(report, view)
     if with_timeline:
-        make_console(stderr=json_output).print(timeline(report))
-    return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+        make_console(stderr=json_output or raw).print(timeline(report))
+    if exit_status:
+        return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+    return EXIT_OK
+
+
+def delete_run(run_id: str) -> str:
+    """``fanout runs delete``: the run and its calls gone from the history; its full id."""
+    with _open_history() as history:
+        _warn(history.warnings)
+        full = history.resolve(run_id)
+        history.purge(full)
+    return full
 
 
 def _one_answer(report: RunReport, name: str | None) -> str:
