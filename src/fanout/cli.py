@@ -7,10 +7,11 @@ error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -59,6 +60,44 @@ class _FanoutCommand(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_flags(self)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # `fanout "What is temperature?"` is `fanout ask "What is temperature?"`, as
+        # `llm "..."` is `llm prompt "..."`.
+        if _is_prompt(args, self.commands):
+            args = ["ask", *args]
+        return list(super().parse_args(ctx, args))
+
+
+def _quiet_flags(command: Any) -> None:
+    """A switch takes no value: no ``<bool>`` beside it in ``--help`` (Typer's rich help
+    shows a type for every option that has no metavar), in every subcommand."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _quiet_flags(sub)
+
+
+_ROOT_OPTIONS = ("-h", "--help", "--version")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _is_prompt(args: Sequence[str], commands: Mapping[str, Any]) -> bool:
+    """Whether the command line is a question for ``ask`` rather than a subcommand: it starts
+    with an option of ``ask``'s, or with text that could not be a command's name (it has a
+    space, a question mark...). A bare word stays a command, so ``fanout aks`` is still
+    "No such command", not a question to the whole panel."""
+    if not args:
+        return False
+    first = args[0]
+    if first.startswith("-") and first != "-":
+        return first.split("=")[0] not in _ROOT_OPTIONS
+    return first not in commands and (first == "-" or not _WORD.fullmatch(first))
 
 
 def _usage_message(exc: typer.TyperException) -> str:
@@ -137,8 +176,14 @@ OutputOption = Annotated[
     typer.Option("--output", "-o", help="Also write the JSON document to this file."),
 ]
 AgentsOption = Annotated[
-    str | None,
-    typer.Option("--agents", "-a", help="Comma-separated personas to ask (default: all)."),
+    list[str] | None,
+    typer.Option(
+        "--agents",
+        "-a",
+        help="Personas to ask, comma-separated or repeated (-a physicist -a chemist); any "
+        "case. Default: all.",
+        show_default=False,
+    ),
 ]
 ModelOption = Annotated[
     str | None,
@@ -253,7 +298,7 @@ def _root(
 ) -> None:
     """Ask a panel of LLM personas one question at once and compare their answers.
 
-    Example: fanout ask "What is temperature?" --agents physicist,chemist
+    Example: fanout "What is temperature?" -a physicist -a chemist (short for fanout ask ...)
     """
 
 
@@ -312,7 +357,7 @@ def ask(
         bool,
         typer.Option(
             "--local",
-            help="Answer with a model on this machine (pip install 'fanout[local]'): no key, "
+            help="Answer with a model on this machine (pip install 'fanout\\[local]'): no key, "
             "no network. Also FANOUT_LOCAL=1, or base_url: local in the agents file.",
         ),
     ] = False,
@@ -441,7 +486,8 @@ def list_agents(config: ConfigOption = None, json_output: JsonOption = False) ->
     from fanout.config import find_config, load_panel
 
     with _errors_to_exit():
-        panel = load_panel(find_config(config, os.environ))
+        path = find_config(config, os.environ)
+        panel = load_panel(path)
         if json_output:
             from fanout.export import dumps, panel_document
 
@@ -449,7 +495,37 @@ def list_agents(config: ConfigOption = None, json_output: JsonOption = False) ->
             return
         from fanout.render import agents_table, make_console
 
-        make_console().print(agents_table(panel.agents, panel.synthesizer, panel.source))
+        # Where the panel came from, as a path to open (not the name it was found by).
+        source = panel.source + " (shipped with fanout; `fanout init` copies it here)"
+        if path is not None:
+            source = str(path.absolute())
+        make_console().print(agents_table(panel.agents, panel.synthesizer, source))
+
+
+@app.command()
+def init(
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an agents.yaml that is already there.")
+    ] = False,
+) -> None:
+    """Write the panel shipped with fanout to ./agents.yaml, to edit and make your own.
+
+    Example: fanout init && $EDITOR agents.yaml
+    """
+    from fanout.config import CONFIG_NAME, default_panel_text
+
+    with _errors_to_exit():
+        target = Path(CONFIG_NAME)
+        try:
+            with target.open("w" if force else "x", encoding="utf-8") as file:
+                file.write(default_panel_text())
+        except FileExistsError:
+            raise ConfigError(
+                f"{target.absolute()} already exists; edit it, or --force to overwrite it"
+            ) from None
+        except OSError as exc:
+            raise FanoutError(f"cannot write {str(target)!r}: {exc.strerror}") from None
+        typer.echo(f"wrote {target.absolute()}: fanout uses it from this directory", err=True)
 
 
 @app.command()
@@ -499,7 +575,9 @@ def batch(
     ] = 30.0,
     local: Annotated[
         bool,
-        typer.Option("--local", help="Answer with the model on this machine (fanout[local])."),
+        typer.Option(
+            "--local", help="Answer with the model on this machine (needs fanout\\[local])."
+        ),
     ] = False,
 ) -> None:
     """Ask every persona every prompt of a file; one JSON line per answer as it completes.
@@ -958,15 +1036,17 @@ def _settings(
     )
 
 
-def _names(agents: str | None, model: str | None) -> list[str] | None:
-    _utf8(agents, "--agents")
+def _names(agents: list[str] | None, model: str | None) -> list[str] | None:
+    """Every ``-a``, each split at its commas, merged in order."""
+    for given in agents or []:
+        _utf8(given, "--agents")
     _utf8(model, "--model")
-    names = [n.strip() for n in agents.split(",") if n.strip()] if agents else None
-    if agents is not None and not names:
+    names = [n.strip() for given in agents or [] for n in given.split(",") if n.strip()]
+    if agents and not names:
         raise ConfigError("--agents: give at least one persona name")
     if model is not None and not model.strip():
         raise ConfigError("--model: give a model name")
-    return names
+    return names or None
 
 
 def _repeats(names: list[str] | None) -> tuple[list[str] | None, dict[str, int]]:

@@ -467,6 +467,22 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
     return table
 
 
+def _address(base_url: str) -> str:
+    """An endpoint as ``host:port`` (the port its scheme implies when the URL names none):
+    what tells two servers on one machine apart."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:
+        return base_url
+    if not parts.hostname:
+        return base_url  # "local": fanout's own server, started per run
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}" if port else host
+
+
 def local_time(stamp: str) -> str:
     """An ISO time as this machine's local time, with its zone: ``2026-01-31 14:05 CET``
     (what the history stores is UTC, which few people read at a glance)."""
@@ -510,12 +526,12 @@ def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Ta
     table.add_column("Endpoint", no_wrap=True)
     table.add_column("Description")
     for agent in agents:
-        cells = (agent.name, agent.model, agent.endpoint.host, agent.description)
+        cells = (agent.name, agent.model, _address(agent.endpoint.base_url), agent.description)
         table.add_row(*(Text(c) for c in cells))
     table.add_row(
         Text(synthesizer.name, style="dim"),
         Text(synthesizer.model, style="dim"),
-        Text(synthesizer.endpoint.host, style="dim"),
+        Text(_address(synthesizer.endpoint.base_url), style="dim"),
         Text("merges the answers with --synthesize", style="dim"),
     )
     return table

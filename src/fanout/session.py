@@ -130,6 +130,7 @@ def ask(
     parent = _trace_parent(traceparent)
     panel_given = panel
     panel = panel or load_panel(find_config(config, os.environ))
+    names, options = _as_named(panel, names, options)
     chosen = apply_model(panel.select(names), model)
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
     recorded_judge = apply_model([panel.role("judge")], model)[0]
@@ -292,6 +293,20 @@ def _run_plan(plan: Plan, output: Output, log: bool) -> int:
             guess_panes=_guess_panes(plan),
         )
     return _emit(report, output, recorder, interrupted)
+
+
+def _as_named(
+    panel: Panel, names: Sequence[str] | None, options: Mapping[str, Any] | None
+) -> tuple[list[str] | None, Mapping[str, Any] | None]:
+    """The personas as the panel spells them (``-a`` takes any case), in the list and in
+    ``translator:3``'s count, so what the shapes and the history see is the panel's name."""
+    if not names:
+        return None, options
+    repeat = (options or {}).get("repeat")
+    if repeat:
+        spelled = {panel.select([n])[0].name: times for n, times in repeat.items()}
+        options = {**(options or {}), "repeat": spelled}
+    return [a.name for a in panel.select(names)], options
 
 
 def _recorded_roles(
@@ -484,6 +499,7 @@ def batch(
     """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines (``shape``:
     each prompt run as a vote, a judge..., its verdict a line of its own)."""
     panel = load_panel(find_config(config, os.environ))
+    names, options = _as_named(panel, names, options)
     chosen = apply_model(panel.select(names), model)
     synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
     options = {"synthesize": synthesize, **(options or {})}
