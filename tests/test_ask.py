@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from typer.testing import CliRunner
 
 from fanout.cli import app
-from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
+from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI, Fault, Reply
 
 
@@ -384,3 +385,79 @@ def test_a_prompt_that_is_not_utf8_is_a_usage_error(
     assert result.exit_code == 2
     assert "not UTF-8" in result.stderr
     assert server.count() == 0
+
+
+# --- the command line as people type it --------------------------------------------------------
+
+
+def test_a_question_alone_is_asked_like_fanout_ask(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("physicist", "chemist")
+    for args in (["What is temperature?", "-c", config], ["-c", config, "Why?"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("## physicist\nm-physicist says: "), result.stdout
+    # Subcommands, their typos, the version and the help are what they were.
+    assert invoke("--version").stdout.startswith("fanout ")
+    assert "Commands" in invoke("--help").stdout
+    assert "No such command" in invoke("aks", "Why?").stderr
+    assert invoke("agents", "-c", config).exit_code == 0
+
+
+def test_agents_repeat_merge_commas_and_match_any_case(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("physicist", "chemist", "biologist")
+    result = invoke(
+        "ask", "-c", config, "--json", "-a", "physicist", "-a", "CHEMIST,Physicist", "Why?"
+    )
+    assert result.exit_code == 0, result.output
+    assert [a["name"] for a in json.loads(result.stdout)["agents"]] == ["physicist", "chemist"]
+    assert sorted(r.model for r in server.requests) == ["m-chemist", "m-physicist"]
+
+
+def test_an_unknown_persona_names_the_closest_and_the_whole_panel(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    result = invoke("ask", "-c", agents_file(), "-a", "physicst", "Why?")
+    assert_usage_error(
+        result, "did you mean 'physicist'?", "the panel has physicist, chemist, biologist"
+    )
+
+
+def test_init_writes_the_shipped_panel_and_never_overwrites(invoke: Invoke) -> None:
+    from fanout.config import default_panel_text
+
+    written = invoke("init")
+    assert written.exit_code == 0, written.output
+    target = Path("agents.yaml")
+    assert target.read_text(encoding="utf-8") == default_panel_text()
+    target.write_text(default_panel_text() + "# mine\n", encoding="utf-8")
+    refused = invoke("init")
+    assert_usage_error(refused, "already exists")
+    assert target.read_text(encoding="utf-8").endswith("# mine\n")
+    listed = invoke("agents")
+    assert listed.exit_code == 0, listed.output
+    assert "".join(str(target.absolute()).split()) in "".join(listed.stdout.split())
+
+
+def test_agents_shows_each_endpoint_as_host_and_port(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    port = urlsplit(server.base_url).port
+    shown = invoke("agents", "-c", agents_file("physicist"))
+    assert shown.exit_code == 0, shown.output
+    assert f"127.0.0.1:{port}" in shown.stdout
+    assert "api.openai.com:443" in invoke("agents").stdout  # the shipped panel's synthesizer
+    assert "shippedwithfanout" in "".join(invoke("agents").stdout.split())
+
+
+def test_ask_help_keeps_the_extra_and_shows_no_bool_metavars(invoke: Invoke) -> None:
+    shown = invoke("ask", "--help")
+    assert shown.exit_code == 0, shown.output
+    # Rich markup would eat "[local]"; the help wraps, so read it as one line of words.
+    assert "pip install 'fanout[local]'" in " ".join(shown.stdout.replace("│", " ").split())
+    lines = shown.stdout.splitlines()
+    flags = [line for line in lines if line.startswith(("│ --synthesize ", "│ --vote "))]
+    assert len(flags) == 2 and not any("<bool>" in line for line in flags), flags

@@ -61,7 +61,7 @@ def test_cost_per_persona_and_in_total(
     assert a["cost_usd"] == pytest.approx(0.01)
     assert b["cost_usd"] is None  # m-b has no known price: unknown, never a guess
     assert document["cost_usd"] is None
-    table = invoke("ask", "-c", config, "Why?")
+    table = invoke("ask", "-c", config, "--format", "table", "Why?")
     assert "$0.0100" in table.stdout and "$?" in table.stdout
 
 

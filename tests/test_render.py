@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 from rich.console import Console
 
+from fanout.history import RunSummary
 from fanout.models import (
     Agent,
     AgentError,
@@ -17,7 +19,7 @@ from fanout.models import (
     StageResult,
     Usage,
 )
-from fanout.render import agents_table, print_error, render_report
+from fanout.render import agents_table, print_error, render_report, report_text, runs_table
 
 
 def console(width: int) -> Console:
@@ -133,3 +135,61 @@ def test_truncated_and_cut_short_answers_say_so() -> None:
     text = text_of(out)
     assert "truncated: the answer reached max_tokens" in text
     assert "Temperature is" in text and "cut short" in text
+
+
+def _synthesis() -> CallResult:
+    return CallResult("synthesizer", "gpt-4o", "ok", "Both agree.", stage="synthesis")
+
+
+def test_columns_put_the_answers_side_by_side_when_there_is_room() -> None:
+    wide = console(150)
+    render_report(wide, report(), "columns")
+    rows = text_of(wide).splitlines()
+    assert any("physicist" in r and "chemist" in r and "biologist" in r for r in rows)
+    assert all(len(r) <= 150 for r in rows)
+    narrow = console(79)  # not room for two answers of 40 columns: one under the other
+    render_report(narrow, report(), "columns")
+    rows = text_of(narrow).splitlines()
+    assert not any("physicist" in r and "chemist" in r for r in rows)
+    assert "• per particle" in text_of(narrow) and "1/3 answered" in rows[-1]
+
+
+@pytest.mark.parametrize("view", ["table", "columns"])
+def test_the_verdict_comes_above_the_answers(view: str) -> None:
+    out = console(120)
+    render_report(out, report(_synthesis()), view)
+    text = text_of(out)
+    assert text.index("Both agree.") < text.index("Temperature")
+
+
+def test_markdown_view_is_the_answers_as_written_under_their_names() -> None:
+    text = report_text(report(_synthesis()), "md")
+    assert "\x1b" not in text and "│" not in text
+    assert "## physicist\nTemperature measures **mean kinetic energy**.\n\n- per particle" in text
+    assert "## chemist\n✗ rate_limit after 4 attempts: HTTP 429: slow down" in text
+    assert text.index("## Synthesis: synthesizer\nBoth agree.") < text.index("## physicist")
+    assert text.rstrip().splitlines()[-1].startswith("_1/3 answered")
+    plain = report_text(report(), "text")
+    assert "##" not in plain and "physicist (gpt-4o-mini)\nTemperature measures" in plain
+
+
+def test_the_summary_names_the_run_only_when_it_was_recorded() -> None:
+    assert "run abc123" in report_text(report())
+    assert "abc123" not in report_text(report(), recorded=False)
+    out = console(120)
+    render_report(out, report(), "table", recorded=False)
+    assert "abc123" not in text_of(out)
+
+
+def test_runs_table_times_are_local_with_their_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "JST-9")
+    time.tzset()
+    try:
+        out = console(120)
+        run = RunSummary("abc123", "Why?", "completed", "2026-01-01T12:00:00.000+00:00",
+                         None, 1, 1, 0.0)  # fmt: skip
+        out.print(runs_table([run]))
+        assert "2026-01-01 21:00 JST" in text_of(out)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

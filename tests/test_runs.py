@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,42 @@ def test_no_log_records_nothing(
 ) -> None:
     ask_json(invoke, "-c", agents_file("a"), "--no-log", "Why?")
     assert json.loads(invoke("runs", "list", "--json").stdout)["runs"] == []
+    # Nor does it print a run id that `runs show` could not find.
+    for view in ("md", "table"):
+        shown = invoke("ask", "-c", agents_file("a"), "--no-log", "--format", view, "Why?")
+        assert shown.exit_code == 0 and "1/1 answered" in shown.stdout, shown.output
+        assert " run " not in shown.stdout
+
+
+def test_piped_output_is_markdown_and_format_picks_the_view(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("physicist", "chemist")
+    piped = invoke("ask", "-c", config, "Why?")
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout.startswith("## physicist\nm-physicist says: Why?\n\n## chemist\n")
+    assert "┃" not in piped.stdout and "│" not in piped.stdout
+    columns = invoke("ask", "-c", config, "--format", "columns", "Why?").stdout
+    assert any("physicist" in row and "chemist" in row for row in columns.splitlines())
+    assert "Persona" in invoke("ask", "-c", config, "--format", "table", "Why?").stdout
+    run_id = json.loads(invoke("ask", "-c", config, "--json", "Why?").stdout)["run_id"]
+    shown = invoke("runs", "show", run_id, "--format", "text")
+    assert "physicist (m-physicist)\nm-physicist says: Why?" in shown.stdout
+    bad = invoke("ask", "-c", config, "--format", "html", "Why?")
+    assert bad.exit_code == 2 and "--format: 'html'" in bad.stderr
+
+
+def test_runs_show_raw_prints_one_answer_as_written(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-chemist", Reply(text="**Bold** claim\n\n| a | b |"))
+    run_id = ask_json(invoke, "-c", agents_file("physicist", "chemist"), "Why?")["run_id"]
+    raw = invoke("runs", "show", run_id, "-a", "Chemist", "--raw")
+    assert raw.exit_code == 0, raw.output
+    assert raw.stdout == "**Bold** claim\n\n| a | b |\n"
+    unknown = invoke("runs", "show", run_id, "-a", "nobody", "--raw")
+    assert unknown.exit_code == 2 and "physicist, chemist" in unknown.stderr
+    assert invoke("runs", "show", run_id, "--raw").exit_code == 2
 
 
 def test_retry_asks_only_the_failed_personas_and_folds_them_in(
@@ -274,3 +310,95 @@ def test_random_bytes_over_the_database_give_one_line_not_a_traceback(
         assert "Traceback" not in result.output
         if result.exit_code == 1:
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.fixture
+def tokyo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time nine hours ahead of UTC, named JST (a POSIX TZ: no zone database needed)."""
+    monkeypatch.setenv("TZ", "JST-9")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_runs_show_gives_prompt_local_time_settings_and_shape_and_exits_0(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tokyo: None
+) -> None:
+    server.script("m-chemist", Fault(400))
+    document = ask_json(invoke, "-c", agents_file("physicist", "chemist"), "--rpm", "60", "Why?")
+    assert document["status"] == "partial"
+    shown = invoke("runs", "show", document["run_id"])
+    assert shown.exit_code == 0, shown.output  # shown: `set -e` scripts carry on
+    header = shown.stdout.split("\n\n")[0]
+    assert "prompt: Why?" in header and "shape panel" in header and "partial" in header
+    assert "JST" in header and "retries 3" in header and "60 rpm" in header
+    assert invoke("runs", "show", document["run_id"], "--exit-status").exit_code == 3
+
+
+def test_runs_list_finds_runs_by_text_persona_status_and_age(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-chemist", Reply(text="Think of Boltzmann."))
+    both = ask_json(invoke, "-c", agents_file("physicist", "chemist"), "What is entropy?")
+    server.script("m-physicist", Fault(400))
+    result = invoke("ask", "--json", "-c", agents_file("physicist"), "Why is ice slippery?")
+    assert result.exit_code == 1, result.output
+    failed = json.loads(result.stdout)
+
+    def listed(*args: str) -> list[str]:
+        result = invoke("runs", "list", "--json", *args)
+        assert result.exit_code == 0, result.output
+        return [r["run_id"] for r in json.loads(result.stdout)["runs"]]
+
+    assert listed("-q", "BOLTZMANN") == [both["run_id"]]  # an answer's text
+    assert listed("-q", "slippery") == [failed["run_id"]]  # the prompt's
+    assert listed("--agent", "Chemist") == [both["run_id"]]
+    assert listed("--status", "failed") == [failed["run_id"]]
+    assert listed("--since", "1h") == [failed["run_id"], both["run_id"]]
+    assert listed("--since", "2999-01-01") == []
+    assert listed("--since", "2000-01-01", "--limit", "1") == [failed["run_id"]]
+    assert invoke("runs", "list", "--since", "yesterday").exit_code == 2
+    assert invoke("runs", "list", "--status", "done").exit_code == 2
+
+
+def test_runs_delete_removes_a_run(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = agents_file("a")
+    kept = ask_json(invoke, "-c", config, "keep me")
+    gone = ask_json(invoke, "-c", config, "delete me")
+    deleted = invoke("runs", "delete", gone["run_id"][:8])
+    assert deleted.exit_code == 0, deleted.output
+    assert gone["run_id"] in deleted.stderr
+    runs = json.loads(invoke("runs", "list", "--json").stdout)["runs"]
+    assert [r["run_id"] for r in runs] == [kept["run_id"]]
+    assert invoke("runs", "show", gone["run_id"]).exit_code == 2
+    assert invoke("runs", "delete", gone["run_id"]).exit_code == 2
+
+
+def test_runs_help_names_the_database(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FANOUT_HOME", str(tmp_path / "h"))
+    shown = invoke("runs", "--help")
+    assert shown.exit_code == 0, shown.output
+    flat = "".join(shown.stdout.replace("│", "").split())
+    assert "".join(str(history_path(os.environ)).split()) in flat
+
+
+def test_synth_of_a_run_without_answers_refuses_and_leaves_it_as_it_was(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-a", Fault(400))
+    server.script("m-b", Fault(400))
+    result = invoke("ask", "--json", "-c", agents_file("a", "b"), "Why?")
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.stdout)
+    assert document["status"] == "failed"
+    server.reset()
+    refused = invoke("runs", "synth", document["run_id"])
+    assert refused.exit_code == 2 and "no persona answered" in refused.stderr
+    assert server.requests == []
+    after = json.loads(invoke("runs", "show", document["run_id"], "--json").stdout)
+    assert after == document

@@ -65,7 +65,7 @@ def test_half_the_votes_is_no_quorum_by_default_and_the_run_says_so(
     config = agents_file("a", "b", "c", "d")
     vote = run_json(invoke, "-c", config, "--vote", "Capital?")["vote"]
     assert (vote["winner"], vote["share"], vote["quorum_met"]) == ("Paris", 0.5, False)
-    table = invoke("ask", "-c", config, "--vote", "Capital?")
+    table = invoke("ask", "-c", config, "--vote", "--format", "table", "Capital?")
     assert table.exit_code == 0, table.output
     out = table.stdout
     assert "no quorum: Paris has 2 of 4 votes (50%); it needs more than half" in out
@@ -261,7 +261,7 @@ def test_an_unreadable_verdict_is_no_decision_and_says_so_above_the_answers(
     server.script("m-b", Fault(400))
     server.script("m-judge", Reply(text="They are all lovely."))
     config = with_judge(agents_file("a", "b", "c"))
-    result = invoke("ask", "-c", config, "--judge", "Which?")
+    result = invoke("ask", "-c", config, "--judge", "--format", "table", "Which?")
     assert result.exit_code == 3, result.output
     out = result.stdout
     assert "1 candidate(s) failed before judging: b" in out
@@ -387,7 +387,7 @@ def test_council_borda_ranking_abstentions_and_a_synthesis_that_sees_the_ranking
     # The terminal shows the ranking table and the abstentions above the answers.
     for name in names:
         server.script(f"m-{name}", Reply(text=ANSWERS[name]), Reply(text="no idea"))
-    table = invoke("ask", "-c", config, "--council", "Why?")
+    table = invoke("ask", "-c", config, "--council", "--format", "table", "Why?")
     out = table.stdout
     assert "Peer ranking (Borda count)" in out and "Mean position" in out
     assert "4 reviewer(s) abstained" in out

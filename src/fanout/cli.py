@@ -7,10 +7,11 @@ error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -59,6 +60,44 @@ class _FanoutCommand(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_flags(self)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # `fanout "What is temperature?"` is `fanout ask "What is temperature?"`, as
+        # `llm "..."` is `llm prompt "..."`.
+        if _is_prompt(args, self.commands):
+            args = ["ask", *args]
+        return list(super().parse_args(ctx, args))
+
+
+def _quiet_flags(command: Any) -> None:
+    """A switch takes no value: no ``<bool>`` beside it in ``--help`` (Typer's rich help
+    shows a type for every option that has no metavar), in every subcommand."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _quiet_flags(sub)
+
+
+_ROOT_OPTIONS = ("-h", "--help", "--version")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _is_prompt(args: Sequence[str], commands: Mapping[str, Any]) -> bool:
+    """Whether the command line is a question for ``ask`` rather than a subcommand: it starts
+    with an option of ``ask``'s, or with text that could not be a command's name (it has a
+    space, a question mark...). A bare word stays a command, so ``fanout aks`` is still
+    "No such command", not a question to the whole panel."""
+    if not args:
+        return False
+    first = args[0]
+    if first.startswith("-") and first != "-":
+        return first.split("=")[0] not in _ROOT_OPTIONS
+    return first not in commands and (first == "-" or not _WORD.fullmatch(first))
 
 
 def _usage_message(exc: typer.TyperException) -> str:
@@ -122,13 +161,29 @@ JsonlDeltasOption = Annotated[
     bool,
     typer.Option("--jsonl-deltas", help="With --jsonl, also every streamed piece of text."),
 ]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="The final view: table, columns (answers side by side), md or text. Default: "
+        "columns on a terminal, else md.",
+        show_default=False,
+    ),
+]
+VIEWS = ("table", "columns", "md", "text")  # render.VIEWS, named here to keep Rich unloaded
 OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Also write the JSON document to this file."),
 ]
 AgentsOption = Annotated[
-    str | None,
-    typer.Option("--agents", "-a", help="Comma-separated personas to ask (default: all)."),
+    list[str] | None,
+    typer.Option(
+        "--agents",
+        "-a",
+        help="Personas to ask, comma-separated or repeated (-a physicist -a chemist); any "
+        "case. Default: all.",
+        show_default=False,
+    ),
 ]
 ModelOption = Annotated[
     str | None,
@@ -243,7 +298,7 @@ def _root(
 ) -> None:
     """Ask a panel of LLM personas one question at once and compare their answers.
 
-    Example: fanout ask "What is temperature?" --agents physicist,chemist
+    Example: fanout "What is temperature?" -a physicist -a chemist (short for fanout ask ...)
     """
 
 
@@ -281,6 +336,7 @@ def ask(
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
+    view: FormatOption = None,
     output: OutputOption = None,
     stream: Annotated[
         bool | None,
@@ -301,7 +357,7 @@ def ask(
         bool,
         typer.Option(
             "--local",
-            help="Answer with a model on this machine (pip install 'fanout[local]'): no key, "
+            help="Answer with a model on this machine (pip install 'fanout\\[local]'): no key, "
             "no network. Also FANOUT_LOCAL=1, or base_url: local in the agents file.",
         ),
     ] = False,
@@ -380,7 +436,9 @@ def ask(
         try:
             from fanout import session
 
-            out = replace(_output(json_output, jsonl, jsonl_deltas, output), timeline=show_timeline)
+            out = replace(
+                _output(json_output, jsonl, jsonl_deltas, output, view), timeline=show_timeline
+            )
             text = _read_prompt(prompt)
             names, repeat = _repeats(_names(agents, model))
             shape, options = _shape(
@@ -428,7 +486,8 @@ def list_agents(config: ConfigOption = None, json_output: JsonOption = False) ->
     from fanout.config import find_config, load_panel
 
     with _errors_to_exit():
-        panel = load_panel(find_config(config, os.environ))
+        path = find_config(config, os.environ)
+        panel = load_panel(path)
         if json_output:
             from fanout.export import dumps, panel_document
 
@@ -436,7 +495,37 @@ def list_agents(config: ConfigOption = None, json_output: JsonOption = False) ->
             return
         from fanout.render import agents_table, make_console
 
-        make_console().print(agents_table(panel.agents, panel.synthesizer, panel.source))
+        # Where the panel came from, as a path to open (not the name it was found by).
+        source = panel.source + " (shipped with fanout; `fanout init` copies it here)"
+        if path is not None:
+            source = str(path.absolute())
+        make_console().print(agents_table(panel.agents, panel.synthesizer, source))
+
+
+@app.command()
+def init(
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an agents.yaml that is already there.")
+    ] = False,
+) -> None:
+    """Write the panel shipped with fanout to ./agents.yaml, to edit and make your own.
+
+    Example: fanout init && $EDITOR agents.yaml
+    """
+    from fanout.config import CONFIG_NAME, default_panel_text
+
+    with _errors_to_exit():
+        target = Path(CONFIG_NAME)
+        try:
+            with target.open("w" if force else "x", encoding="utf-8") as file:
+                file.write(default_panel_text())
+        except FileExistsError:
+            raise ConfigError(
+                f"{target.absolute()} already exists; edit it, or --force to overwrite it"
+            ) from None
+        except OSError as exc:
+            raise FanoutError(f"cannot write {str(target)!r}: {exc.strerror}") from None
+        typer.echo(f"wrote {target.absolute()}: fanout uses it from this directory", err=True)
 
 
 @app.command()
@@ -486,7 +575,9 @@ def batch(
     ] = 30.0,
     local: Annotated[
         bool,
-        typer.Option("--local", help="Answer with the model on this machine (fanout[local])."),
+        typer.Option(
+            "--local", help="Answer with the model on this machine (needs fanout\\[local])."
+        ),
     ] = False,
 ) -> None:
     """Ask every persona every prompt of a file; one JSON line per answer as it completes.
@@ -533,8 +624,20 @@ def batch(
     raise typer.Exit(code)
 
 
+class _RunsGroup(TyperGroup):
+    """``fanout runs``: its help ends with where the history is (``FANOUT_HOME`` moves it),
+    found when the help is asked for, not when the module loads."""
+
+    def get_help(self, ctx: Any) -> str:
+        from fanout.history import history_path
+
+        self.epilog = f"History: {history_path(os.environ)} (set FANOUT_HOME to move it)"
+        return super().get_help(ctx)
+
+
 runs_app = typer.Typer(
-    help="Past runs: list them, show one, retry its failures, synthesize it again.",
+    cls=_RunsGroup,
+    help="Past runs: list, search, show, retry, synthesize again or delete them.",
     no_args_is_help=True,
 )
 app.add_typer(runs_app, name="runs")
@@ -547,15 +650,62 @@ def runs_list(
         int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, help="How many runs.")
     ] = 20,
     json_output: JsonOption = False,
+    query: Annotated[
+        str | None,
+        typer.Option("--query", "-q", help="Only runs whose prompt or an answer holds TEXT."),
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", help="Only runs that asked this persona.")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Only runs that ended so: " + ", ".join(RUN_STATUSES) + "."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only runs started since: 30m, 2h, 3d, 1w or a date."),
+    ] = None,
 ) -> None:
-    """List recorded runs, newest first.
+    """List recorded runs, newest first (times are local).
 
-    Example: fanout runs list --json | jq -r '.runs[0].run_id'
+    Examples:
+
+      fanout runs list -q entropy --since 3d
+
+      fanout runs list --agent physicist --status failed
+
+      fanout runs list --json | jq -r '.runs[0].run_id'
+    """
+    from fanout import session
+    from fanout.history import RunFilter, parse_since
+
+    with _errors_to_exit():
+        for value, what in ((query, "--query"), (agent, "--agent"), (since, "--since")):
+            _utf8(value, what)
+        if status is not None and status not in RUN_STATUSES:
+            raise ConfigError(f"--status: {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        where = None
+        if (query, agent, status, since) != (None, None, None, None):
+            when = parse_since(since) if since is not None else None
+            where = RunFilter(text=query, agent=agent, status=status, since=when)
+        session.list_runs(limit, json_output, where)
+
+
+RUN_STATUSES = ("completed", "partial", "failed", "cancelled", "interrupted", "running")
+
+
+@runs_app.command("delete")
+def runs_delete(run_id: RunIdArgument) -> None:
+    """Delete a recorded run (its prompt, answers and document) from the history.
+
+    Example: fanout runs delete 3f9c
     """
     from fanout import session
 
     with _errors_to_exit():
-        session.list_runs(limit, json_output)
+        _utf8(run_id, "the run id")
+        full = session.delete_run(run_id)
+        typer.echo(f"deleted run {full}", err=True)
 
 
 @runs_app.command("show")
@@ -570,20 +720,47 @@ def runs_show(
             "streaming) on one time axis.",
         ),
     ] = False,
+    view: FormatOption = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", "-a", help="With --raw: the persona whose answer to print."),
+    ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Print one persona's answer as it was written.")
+    ] = False,
+    exit_status: Annotated[
+        bool,
+        typer.Option(
+            "--exit-status", help="Exit with the run's own code (3 partial, 1 failed, 130...)."
+        ),
+    ] = False,
 ) -> None:
-    """Show a recorded run as `ask` showed it; --json gives the same document as `ask --json`.
+    """Show a recorded run as `ask` showed it, under its prompt, local time and settings;
+    --json gives the same document as `ask --json`. Exits 0 once shown (see --exit-status).
 
     Examples:
 
       fanout runs show 3f9c
 
       fanout runs show 3f9c --timeline
+
+      fanout runs show 3f9c -a physicist --raw > physicist.md
     """
     from fanout import session
 
     with _errors_to_exit():
         _utf8(run_id, "the run id")
-        code = session.show_run(run_id, json_output, with_timeline=show_timeline)
+        _utf8(agent, "--agent")
+        _view(view)
+        code = session.show_run(
+            run_id,
+            json_output,
+            with_timeline=show_timeline,
+            view=view,
+            agent=agent,
+            raw=raw,
+            exit_status=exit_status,
+        )
     raise typer.Exit(code)
 
 
@@ -628,6 +805,7 @@ def runs_retry(
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
+    view: FormatOption = None,
     output: OutputOption = None,
     no_log: NoLogOption = False,
 ) -> None:
@@ -640,7 +818,7 @@ def runs_retry(
 
     with _errors_to_exit():
         _utf8(run_id, "the run id")
-        out = _output(json_output, jsonl, jsonl_deltas, output)
+        out = _output(json_output, jsonl, jsonl_deltas, output, view)
         code = session.retry(run_id, output=out, log=not no_log)
     raise typer.Exit(code)
 
@@ -653,6 +831,7 @@ def runs_synth(
     ] = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
+    view: FormatOption = None,
     output: OutputOption = None,
     no_log: NoLogOption = False,
 ) -> None:
@@ -665,7 +844,7 @@ def runs_synth(
     with _errors_to_exit():
         _utf8(run_id, "the run id")
         _utf8(model, "--model")
-        out = _output(json_output, jsonl, False, output)
+        out = _output(json_output, jsonl, False, output, view)
         code = session.synth(run_id, model=model, output=out, log=not no_log)
     raise typer.Exit(code)
 
@@ -857,15 +1036,17 @@ def _settings(
     )
 
 
-def _names(agents: str | None, model: str | None) -> list[str] | None:
-    _utf8(agents, "--agents")
+def _names(agents: list[str] | None, model: str | None) -> list[str] | None:
+    """Every ``-a``, each split at its commas, merged in order."""
+    for given in agents or []:
+        _utf8(given, "--agents")
     _utf8(model, "--model")
-    names = [n.strip() for n in agents.split(",") if n.strip()] if agents else None
-    if agents is not None and not names:
+    names = [n.strip() for given in agents or [] for n in given.split(",") if n.strip()]
+    if agents and not names:
         raise ConfigError("--agents: give at least one persona name")
     if model is not None and not model.strip():
         raise ConfigError("--model: give a model name")
-    return names
+    return names or None
 
 
 def _repeats(names: list[str] | None) -> tuple[list[str] | None, dict[str, int]]:
@@ -922,8 +1103,17 @@ def _shape(
     return (wanted[0] if wanted else "panel"), options
 
 
-def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> Output:
+def _view(view: str | None) -> None:
+    if view is not None and view not in VIEWS:
+        raise ConfigError(f"--format: {view!r} is not one of {', '.join(VIEWS)}")
+
+
+def _output(
+    json_output: bool, jsonl: bool, deltas: bool, file: Path | None, view: str | None = None
+) -> Output:
     from fanout.session import Output
+
+    _view(view)
 
     if json_output and jsonl:
         raise ConfigError("--json and --jsonl: choose one")
@@ -934,7 +1124,7 @@ def _output(json_output: bool, jsonl: bool, deltas: bool, file: Path | None) -> 
     mode: Literal["table", "json", "jsonl"] = (
         "json" if json_output else "jsonl" if jsonl else "table"
     )
-    return Output(mode=mode, deltas=deltas, file=file)
+    return Output(mode=mode, deltas=deltas, file=file, view=view)
 
 
 def _check_output(file: Path) -> None:

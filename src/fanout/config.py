@@ -185,16 +185,22 @@ class Panel:
         return roles[name]
 
     def select(self, names: Sequence[str] | None) -> list[Agent]:
-        """The personas named (in the order given), or the whole panel."""
+        """The personas named (in the order given, each once; any case), or the whole panel.
+        An unknown name is an error naming the closest persona and the whole panel."""
         if not names:
             return list(self.agents)
-        by_name = {a.name: a for a in self.agents}
-        chosen: list[Agent] = []
-        for name in dict.fromkeys(names):
-            if name not in by_name:
-                raise ConfigError(f"unknown agent {name!r}{_suggest(name, by_name)}")
-            chosen.append(by_name[name])
-        return chosen
+        by_name = {a.name.casefold(): a for a in self.agents}
+        chosen: dict[str, Agent] = {}
+        for name in names:
+            agent = by_name.get(name.casefold())
+            if agent is None:
+                panel = ", ".join(a.name for a in self.agents)
+                raise ConfigError(
+                    f"unknown agent {name!r}{_suggest(name, [a.name for a in self.agents])}; "
+                    f"the panel has {panel}"
+                )
+            chosen.setdefault(agent.name, agent)
+        return list(chosen.values())
 
 
 def find_config(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:
@@ -344,6 +350,11 @@ def mask_url(url: str) -> str:
     if cut >= 0:
         rest = rest[: cut + 1] + "***"
     return f"{scheme}{sep}{rest}"
+
+
+def default_panel_text() -> str:
+    """The agents file shipped with fanout, as written (comments and all)."""
+    return _read_default()[1]
 
 
 def _read_default() -> tuple[str, str]:

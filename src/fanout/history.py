@@ -49,6 +49,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -103,6 +104,61 @@ class RunSummary:
     agents: int
     answered: int
     cost_usd: float | None
+
+
+_SPANS = {"m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: an age (``30m``, ``2h``, ``3d``, ``1w``) or an ISO date or time (local
+    unless it names its zone), as an aware datetime."""
+    now = now or datetime.now().astimezone()
+    match = re.fullmatch(r"\s*(\d{1,6})\s*([mhdw])\s*", text.lower())
+    if match:
+        return now - timedelta(seconds=int(match[1]) * _SPANS[match[2]])
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--since: {text!r} is neither an age (30m, 2h, 3d, 1w) nor an ISO date (2026-01-31)"
+        ) from None
+    return when if when.tzinfo is not None else when.astimezone()
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What ``runs list`` keeps: each criterion given must hold (``text`` in the prompt or an
+    answer, case-insensitive; a persona of that name; that status; started at ``since`` or
+    later)."""
+
+    text: str | None = None
+    agent: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+
+    def keeps(self, document: dict[str, Any]) -> bool:
+        calls = [
+            c
+            for stage in document.get("stages") or []
+            if isinstance(stage, dict)
+            for c in stage.get("calls") or []
+            if isinstance(c, dict)
+        ]
+        if self.status is not None and document.get("status") != self.status:
+            return False
+        if self.agent is not None:
+            wanted = self.agent.casefold()
+            if not any(str(c.get("name", "")).casefold() == wanted for c in calls):
+                return False
+        if self.since is not None:
+            started = datetime.fromisoformat(str(document.get("started_at")))
+            if started < self.since:
+                return False
+        if self.text is not None:
+            needle = self.text.casefold()
+            texts = [str(document.get("prompt", "")), *(str(c.get("answer") or "") for c in calls)]
+            return any(needle in t.casefold() for t in texts)
+        return True
 
 
 @dataclass(frozen=True)
@@ -257,24 +313,30 @@ class History:
         )
         self._db.execute("DELETE FROM calls WHERE run_id = ?", (run_id,))
 
-    def list_runs(self, limit: int = 20) -> list[RunSummary]:
-        """The latest `limit` runs, newest first. A row that cannot be read is skipped, with a
-        warning naming it in ``warnings``."""
+    def list_runs(self, limit: int = 20, where: RunFilter | None = None) -> list[RunSummary]:
+        """The latest `limit` runs (of those ``where`` keeps), newest first. A row that cannot
+        be read is skipped, with a warning naming it in ``warnings``."""
+        # A filter reads every document (answers are inside them), so it needs every row.
+        fetch = min(limit, 2**62) if where is None else 2**62
         try:
             with self._lock:
                 rows = self._db.execute(
                     "SELECT run_id, writer, document FROM runs "
                     "ORDER BY started_at DESC, rowid DESC LIMIT ?",
-                    (min(limit, 2**62),),
+                    (fetch,),
                 ).fetchall()
         except sqlite3.DatabaseError:
-            rows = self._rows_one_by_one(limit)
+            rows = self._rows_one_by_one(fetch)
         summaries = []
         for run_id, writer, document in rows:
             try:
-                summaries.append(_summary(self._folded(run_id, writer, document)))
+                folded = self._folded(run_id, writer, document)
+                if where is None or where.keeps(folded):
+                    summaries.append(_summary(folded))
             except (ValueError, TypeError, AttributeError, KeyError, sqlite3.DatabaseError):
                 self.warnings.append(f"run {run_id} is damaged in the history and was skipped")
+            if len(summaries) >= limit:
+                break
         return summaries
 
     def _rows_one_by_one(self, limit: int) -> list[tuple[str, str | None, str]]:

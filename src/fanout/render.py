@@ -5,10 +5,13 @@ stdout carries the answers (table or JSON); progress, retries and errors go to s
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -64,7 +67,7 @@ def print_warning(console: Console, message: str, *, style: str = "yellow") -> N
     console.print(Text(message, style=style), soft_wrap=True, highlight=False)
 
 
-def results_table(report: RunReport) -> Table:
+def results_table(report: RunReport, *, recorded: bool = True) -> Table:
     """One row per persona, in panel order: who, which model, the answer, time and tokens."""
     table = Table(show_lines=True, expand=True, title_justify="left", caption_justify="left")
     table.add_column("Persona", style="bold", no_wrap=True, max_width=24)
@@ -73,7 +76,7 @@ def results_table(report: RunReport) -> Table:
     table.add_column("Tokens", justify="right", no_wrap=True)
     for result in report.agents:
         table.add_row(*_row(result))
-    table.caption = _summary(report)
+    table.caption = _summary(report, recorded)
     return table
 
 
@@ -118,11 +121,30 @@ def synthesis_panel(report: RunReport) -> Panel | None:
     return None
 
 
-def render_report(console: Console, report: RunReport) -> None:
-    """The full human-readable result: what the run decided (each stage's verdict, and what
-    degraded it) above the answers' table, then each later call. A stage whose verdict has a
-    view of its own is summed up by it rather than shown call by call."""
-    parts: list[RenderableType] = [*verdict_views(report), results_table(report)]
+VIEWS = ("table", "columns", "md", "text")
+MIN_ANSWER_WIDTH = 40  # narrower than this, a Markdown answer is mostly wrapping: stack them
+
+
+def render_report(
+    console: Console, report: RunReport, view: str = "table", *, recorded: bool = True
+) -> None:
+    """The full human-readable result: what the run decided (each stage's verdict, what
+    degraded it, each later call such as a synthesis) above the answers, then the summary
+    line. ``view``: ``table`` (one row per persona) or ``columns`` (answers side by side
+    when the console is wide enough, stacked otherwise). ``recorded``: whether the run is in
+    the history, so its id is worth printing."""
+    parts: list[RenderableType] = [*verdict_views(report), *_later_calls(report)]
+    if view == "columns":
+        parts.extend([answer_columns(report, console.width), Text(_summary(report, recorded))])
+    else:
+        parts.append(results_table(report, recorded=recorded))
+    console.print(Group(*parts))
+
+
+def _later_calls(report: RunReport) -> list[RenderableType]:
+    """The calls of the stages after the answers. A stage whose verdict has a view of its
+    own is summed up by it rather than shown call by call (but its failures are shown)."""
+    parts: list[RenderableType] = []
     for stage in report.stages:
         if stage is report.answers:
             continue
@@ -130,7 +152,130 @@ def render_report(console: Console, report: RunReport) -> None:
             parts.extend(call_panel(stage, r) for r in stage.calls if r.status == "error")
             continue
         parts.extend(call_panel(stage, result) for result in stage.calls)
+    return parts
+
+
+def answer_columns(report: RunReport, width: int) -> RenderableType:
+    """The answers side by side, as many columns as leave each ``MIN_ANSWER_WIDTH``
+    (balanced, as the live board is), one under the other when not even two fit."""
+    answers = report.agents
+    if not answers:
+        return Text("no answers", style="dim")
+    fit = max(1, min(len(answers), width // MIN_ANSWER_WIDTH))
+    rows = math.ceil(len(answers) / fit)
+    columns = math.ceil(len(answers) / rows)
+    grid = Table.grid(expand=True)
+    for _ in range(columns):
+        grid.add_column(ratio=1)
+    cells = [answer_panel(result) for result in answers]
+    for start in range(0, len(cells), columns):
+        row: list[RenderableType] = list(cells[start : start + columns])
+        grid.add_row(*row, *[""] * (columns - len(row)))
+    return grid
+
+
+def answer_panel(result: CallResult) -> Panel:
+    """One persona's answer in a box: its name and model above, its figures below."""
+    figures = [f"{result.latency_s:.2f} s" if result.latency_s is not None else ""]
+    if result.usage.total_tokens:
+        figures += [f"{result.usage.total_tokens:,} tok", usd(result.cost_usd)]
+    if result.attempts > 1:
+        figures.append(f"{result.attempts} attempts")
+    border = {"ok": "green", "error": "red"}.get(result.status, "yellow")
+    return Panel(
+        _answer_cell(result),
+        title=f"[bold]{escape(result.name)}[/] · {escape(result.model)}",
+        title_align="left",
+        subtitle=escape(" · ".join(f for f in figures if f)),
+        subtitle_align="right",
+        border_style=border,
+    )
+
+
+def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -> str:
+    """The result as plain text for a pipe or a file: ``md`` (``## physicist`` then the
+    answer as written) or ``text`` (a ``physicist (model)`` line then the answer). Verdicts
+    and later calls come first, the summary line last. No escape codes, no wrapping."""
+    markdown = view == "md"
+
+    def heading(title: str) -> str:
+        return f"## {title}" if markdown else title
+
+    blocks: list[str] = []
+    verdicts = _plain_render(verdict_views(report))
+    if verdicts:
+        # A tally or a ranking is a chart, not prose: drawn as on a terminal (without colour),
+        # fenced so that Markdown keeps its alignment.
+        blocks.append(f"{heading('Verdict')}\n```text\n{verdicts}\n```" if markdown else verdicts)
+    for stage in report.stages:
+        if stage is report.answers:
+            continue
+        shown = stage.calls
+        if stage.key in VERDICT_VIEWS and isinstance(stage.verdict, dict):
+            shown = [r for r in stage.calls if r.status == "error"]
+        for result in shown:
+            kind = stage.kind.replace("_", " ").capitalize()
+            blocks.append(f"{heading(f'{kind}: {result.name}')}\n{_plain_answer(result)}")
+    for result in report.agents:
+        title = result.name if markdown else f"{result.name} ({result.model})"
+        blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
+    summary = _summary(report, recorded)
+    blocks.append(f"_{summary}_" if markdown else summary)
+    return "\n\n".join(blocks) + "\n"
+
+
+def _plain_render(parts: Sequence[RenderableType], width: int = 100) -> str:
+    """Renderables as plain text lines (no colour, no escape codes, no trailing blanks)."""
+    if not parts:
+        return ""
+    console = Console(
+        width=width, file=io.StringIO(), color_system=None, highlight=False, soft_wrap=False
+    )
     console.print(Group(*parts))
+    assert isinstance(console.file, io.StringIO)
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()).strip("\n")
+
+
+def _plain_map(agreement: dict[str, Any]) -> str:
+    """An agreement map as Markdown lists, ahead of its merged answer."""
+    lines = ["Consensus:", *(f"- {p}" for p in agreement.get("consensus") or [])]
+    lines.append("Contradictions:")
+    for item in agreement.get("contradictions") or []:
+        lines.append(f"- {item.get('topic', '')}")
+        stances = item.get("stances") or {}
+        lines.extend(f"  - {name}: {stance}" for name, stance in stances.items())
+    lines.append("Only one persona said:")
+    for name, points in (agreement.get("unique") or {}).items():
+        lines.extend(f"- {name}: {point}" for point in points)
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def _plain_answer(result: CallResult) -> str:
+    """An answer as written; a failure as one line (and what a cut-short call had)."""
+    notes: list[str] = []
+    agreement = result.details.get("map")
+    if isinstance(agreement, dict) and result.status == "ok":
+        # A map stored by another version may not read: its merged answer still stands.
+        with suppress(AttributeError, TypeError):
+            notes.append(_plain_map(agreement))
+    missing = result.details.get("missing")
+    if result.details.get("partial") and isinstance(missing, list):
+        notes.append(f"(partial (no answer from {', '.join(map(str, missing))}))")
+    if result.status == "ok":
+        if result.truncated:
+            notes.append("(truncated: the answer reached max_tokens)")
+        if agreement is not None and notes:
+            return "\n".join([notes.pop(0), (result.answer or "").strip(), *notes])
+        return "\n\n".join([(result.answer or "").strip(), *notes])
+    if result.error is not None:
+        attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
+        line = f"✗ {result.error.type}{attempts}: {result.error.message}"
+    else:
+        line = result.status
+    if result.answer:
+        return "\n\n".join([line, result.answer.strip(), "(cut short)", *notes])
+    return "\n\n".join([line, *notes])
 
 
 def verdict_views(report: RunReport) -> list[RenderableType]:
@@ -311,7 +456,7 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
     for run in runs:
         table.add_row(
             run.run_id,
-            run.started_at[:19].replace("T", " "),
+            local_time(run.started_at),
             Text(run.status, style=styles.get(run.status, "yellow")),
             f"{run.answered}/{run.agents}",
             usd(run.cost_usd),
@@ -322,6 +467,57 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
     return table
 
 
+def _address(base_url: str) -> str:
+    """An endpoint as ``host:port`` (the port its scheme implies when the URL names none):
+    what tells two servers on one machine apart."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:
+        return base_url
+    if not parts.hostname:
+        return base_url  # "local": fanout's own server, started per run
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}" if port else host
+
+
+def local_time(stamp: str) -> str:
+    """An ISO time as this machine's local time, with its zone: ``2026-01-31 14:05 CET``
+    (what the history stores is UTC, which few people read at a glance)."""
+    try:
+        when = datetime.fromisoformat(stamp).astimezone()
+    except (ValueError, TypeError):
+        return stamp
+    return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or when.strftime("%z"))
+
+
+def run_header(report: RunReport, settings: dict[str, Any]) -> str:
+    """What ``runs show`` says before the answers: the run, when (local), its shape and
+    status, the settings it ran with and the prompt."""
+    shown = {
+        "concurrency": "concurrency {}",
+        "timeout": "timeout {:g} s",
+        "retries": "retries {}",
+        "rpm": "{:g} rpm",
+        "tpm": "{:g} tpm",
+        "max_cost": "max cost ${:g}",
+    }
+    figures = [form.format(settings[k]) for k, form in shown.items() if settings.get(k) is not None]
+    if settings.get("stream") is not None:
+        figures.append("streamed" if settings["stream"] else "not streamed")
+    options = settings.get("options") or {}
+    extra = [f"{k} {v}" for k, v in options.items() if k != "seed" and v not in (None, False)]
+    lines = [
+        f"run {report.run_id} · {local_time(report.started_at)} · shape {report.shape}"
+        f" · {report.status}",
+        "settings: " + (" · ".join([*figures, *extra]) or "as recorded"),
+        "prompt: " + report.prompt,
+    ]
+    return "\n".join(lines)
+
+
 def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Table:
     """``fanout agents``: the panel at a glance."""
     table = Table(title=Text(f"Panel from {source}"), title_justify="left", expand=False)
@@ -330,12 +526,12 @@ def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Ta
     table.add_column("Endpoint", no_wrap=True)
     table.add_column("Description")
     for agent in agents:
-        cells = (agent.name, agent.model, agent.endpoint.host, agent.description)
+        cells = (agent.name, agent.model, _address(agent.endpoint.base_url), agent.description)
         table.add_row(*(Text(c) for c in cells))
     table.add_row(
         Text(synthesizer.name, style="dim"),
         Text(synthesizer.model, style="dim"),
-        Text(synthesizer.endpoint.host, style="dim"),
+        Text(_address(synthesizer.endpoint.base_url), style="dim"),
         Text("merges the answers with --synthesize", style="dim"),
     )
     return table
@@ -731,14 +927,17 @@ def _answer_cell(result: CallResult) -> RenderableType:
     return line
 
 
-def _summary(report: RunReport) -> str:
+def _summary(report: RunReport, recorded: bool = True) -> str:
+    """One line: answered, time, tokens, cost, status, and the run id when the history has
+    it (an id ``runs show`` cannot find would only mislead)."""
     answered = sum(1 for r in report.agents if r.status == "ok")
     usage = report.usage
-    return (
+    line = (
         f"{answered}/{len(report.agents)} answered · {report.duration_s:.2f} s · "
         f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
-        f" · {usd(report.cost_usd)} · {report.status} · run {report.run_id}"
+        f" · {usd(report.cost_usd)} · {report.status}"
     )
+    return f"{line} · run {report.run_id}" if recorded else line
 
 
 # -- the timeline -------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ from fanout.export import (
     report_from_document,
 )
 from fanout.export import settings_record as _settings_record
-from fanout.history import History, HistoryRecorder, StoredRun, history_path
+from fanout.history import History, HistoryRecorder, RunFilter, StoredRun, history_path
 from fanout.local import LOCAL_URL, LocalServer, local_everyone, model_path, on_local, wants_local
 from fanout.models import Agent, CallResult, Endpoint, RunReport
 from fanout.provider import OpenAIProvider
@@ -69,6 +69,8 @@ from fanout.render import (
     plan_table,
     print_warning,
     render_report,
+    report_text,
+    run_header,
     runs_table,
     timeline,
 )
@@ -99,6 +101,8 @@ class Output:
     deltas: bool = False  # --jsonl-deltas
     file: Path | None = None  # -o
     timeline: bool = False  # --timeline: after the result (on stderr when stdout is JSON)
+    view: str | None = None  # --format: table, columns, md, text; None: columns on a terminal,
+    # else Markdown, which pipes and copies cleanly where a box table would be cut
 
 
 def ask(
@@ -126,6 +130,7 @@ def ask(
     parent = _trace_parent(traceparent)
     panel_given = panel
     panel = panel or load_panel(find_config(config, os.environ))
+    names, options = _as_named(panel, names, options)
     chosen = apply_model(panel.select(names), model)
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
     recorded_judge = apply_model([panel.role("judge")], model)[0]
@@ -288,6 +293,20 @@ def _run_plan(plan: Plan, output: Output, log: bool) -> int:
             guess_panes=_guess_panes(plan),
         )
     return _emit(report, output, recorder, interrupted)
+
+
+def _as_named(
+    panel: Panel, names: Sequence[str] | None, options: Mapping[str, Any] | None
+) -> tuple[list[str] | None, Mapping[str, Any] | None]:
+    """The personas as the panel spells them (``-a`` takes any case), in the list and in
+    ``translator:3``'s count, so what the shapes and the history see is the panel's name."""
+    if not names:
+        return None, options
+    repeat = (options or {}).get("repeat")
+    if repeat:
+        spelled = {panel.select([n])[0].name: times for n, times in repeat.items()}
+        options = {**(options or {}), "repeat": spelled}
+    return [a.name for a in panel.select(names)], options
 
 
 def _recorded_roles(
@@ -480,6 +499,7 @@ def batch(
     """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines (``shape``:
     each prompt run as a vote, a judge..., its verdict a line of its own)."""
     panel = load_panel(find_config(config, os.environ))
+    names, options = _as_named(panel, names, options)
     chosen = apply_model(panel.select(names), model)
     synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
     options = {"synthesize": synthesize, **(options or {})}
@@ -636,10 +656,10 @@ def _check_batch_budget(
         )
 
 
-def list_runs(limit: int, json_output: bool) -> None:
-    """``fanout runs list``."""
+def list_runs(limit: int, json_output: bool, where: RunFilter | None = None) -> None:
+    """``fanout runs list`` (``where``: only the runs it keeps)."""
     with _open_history() as history:
-        summaries = history.list_runs(limit)
+        summaries = history.list_runs(limit, where)
         _warn(history.warnings)
     if json_output:
         _write_stdout(dumps({"runs": [s.__dict__ for s in summaries]}))
@@ -647,20 +667,61 @@ def list_runs(limit: int, json_output: bool) -> None:
         make_console().print(runs_table(summaries))
 
 
-def show_run(run_id: str, json_output: bool, *, with_timeline: bool = False) -> int:
-    """``fanout runs show``: the run as ``ask`` showed it (``--json``: the same document;
-    ``--timeline``: its timeline after it, on stderr when stdout is JSON)."""
+def show_run(
+    run_id: str,
+    json_output: bool,
+    *,
+    with_timeline: bool = False,
+    view: str | None = None,
+    agent: str | None = None,
+    raw: bool = False,
+    exit_status: bool = False,
+) -> int:
+    """``fanout runs show``: the run as ``ask`` showed it, under its prompt, time and
+    settings (``--json``: the same document; ``--timeline``: its timeline after it, on stderr
+    when stdout is JSON; ``agent`` with ``raw``: that persona's answer alone, as it was
+    written). Exit 0 once shown, or with ``exit_status`` the code the run itself ended with."""
     with _open_history() as history:
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
     report = report_from_document(stored.document)
-    if json_output:
+    if raw:
+        _write_stdout(_one_answer(report, agent))
+    elif json_output:
         _write_stdout(dumps(stored.document))
     else:
-        render_report(make_console(), report)
+        _write_stdout(run_header(report, stored.settings) + "\n\n")
+        show_report(report, view)
     if with_timeline:
-        make_console(stderr=json_output).print(timeline(report))
-    return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+        make_console(stderr=json_output or raw).print(timeline(report))
+    if exit_status:
+        return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+    return EXIT_OK
+
+
+def delete_run(run_id: str) -> str:
+    """``fanout runs delete``: the run and its calls gone from the history; its full id."""
+    with _open_history() as history:
+        _warn(history.warnings)
+        full = history.resolve(run_id)
+        history.purge(full)
+    return full
+
+
+def _one_answer(report: RunReport, name: str | None) -> str:
+    """``runs show -a NAME --raw``: the answer as the persona wrote it."""
+    if name is None:
+        raise ConfigError("--raw goes with --agent NAME: whose answer?")
+    names = [r.name for r in report.agents]
+    found = [r for r in report.agents if r.name.casefold() == name.casefold()]
+    if not found:
+        raise ConfigError(
+            f"--agent: no persona {name!r} in run {report.run_id} (it has {', '.join(names)})"
+        )
+    result = found[0]
+    if result.answer is None:
+        raise FanoutError(f"{result.name} gave no answer in run {report.run_id}")
+    return result.answer if result.answer.endswith("\n") else result.answer + "\n"
 
 
 EXPORT_FORMATS = ("perfetto", "html")
@@ -809,7 +870,7 @@ def _emit(
         _write_stdout(dumps(document))
     elif output.mode == "table":
         try:
-            render_report(make_console(), report)
+            show_report(report, output.view, recorded=recorder is not None)
             if output.timeline:
                 make_console().print(timeline(report))
         except BrokenPipeError:
@@ -830,6 +891,17 @@ def _emit(
         print_warning(err, "interrupted: unfinished personas are marked cancelled")
         return EXIT_INTERRUPTED
     return EXIT_FOR_STATUS[report.status]
+
+
+def show_report(report: RunReport, view: str | None, *, recorded: bool = True) -> None:
+    """The final view on stdout: ``view`` as ``--format`` named it, else answers in columns
+    on a terminal and plain Markdown anywhere else."""
+    out = make_console()
+    view = view or ("columns" if out.is_terminal else "md")
+    if view in ("md", "text"):
+        _write_stdout(report_text(report, view, recorded=recorded))
+    else:
+        render_report(out, report, view, recorded=recorded)
 
 
 def _write_stdout(text: str) -> None:
