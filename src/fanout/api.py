@@ -281,7 +281,7 @@ async def events(
                 yield receive
             finally:
                 tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
+    except ExceptionGroup as group:
         error = unwrap_fanout_error(group)
         if error is None:
             raise

@@ -1190,6 +1190,8 @@ def _errors_to_exit() -> Iterator[None]:
     except BaseExceptionGroup as group:
         # A task group gathers the error a run failed on with what it broke on the way out
         # (a closed stream, a cancelled sibling): the FanoutError among them is the one to say.
+        # This runs after the event loop has ended, so no live cancellation can be swallowed
+        # here; a Ctrl-C inside the group is re-raised.
         cause = _first_fanout_error(group)
         if cause is None or group.subgroup(KeyboardInterrupt) is not None:
             raise
