@@ -1187,13 +1187,12 @@ def _errors_to_exit() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
     except StdoutClosed:
         raise typer.Exit(EXIT_PIPE) from None
-    except BaseExceptionGroup as group:
+    except ExceptionGroup as group:
         # A task group gathers the error a run failed on with what it broke on the way out
-        # (a closed stream, a cancelled sibling): the FanoutError among them is the one to say.
-        # This runs after the event loop has ended, so no live cancellation can be swallowed
-        # here; a Ctrl-C inside the group is re-raised.
+        # (a closed stream): the FanoutError among them is the one to say. A group holding a
+        # cancellation or a Ctrl-C is a BaseExceptionGroup and is never caught here.
         cause = _first_fanout_error(group)
-        if cause is None or group.subgroup(KeyboardInterrupt) is not None:
+        if cause is None:
             raise
         _print_error(str(cause))
         raise typer.Exit(cause.exit_code) from None
