@@ -53,6 +53,21 @@ Clock = Callable[[], float]
 _STATUS_STYLE = {"ok": "green", "error": "red", "cancelled": "yellow", "skipped": "yellow"}
 
 
+# C0 controls but newline and tab, DEL, the C1 block (0x9b is a one-byte CSI) and the bidi
+# overrides: what an answer could use to move the cursor, set the title or reorder the line.
+_UNPRINTABLE = {c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)}
+_UNPRINTABLE[0x7F] = "\u2421"
+_UNPRINTABLE.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
+_UNPRINTABLE.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+
+
+def printable(text: str) -> str:
+    """``text`` safe to draw on a terminal: an escape sequence or a control character in an
+    answer is shown as a visible symbol (``␛]0;title␇``), never acted on. Only for the
+    screen: JSON, JSONL and the history keep the answer as the server sent it."""
+    return text.replace("\r\n", "\n").translate(_UNPRINTABLE)
+
+
 def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
     return Console(file=file, stderr=stderr, highlight=False, soft_wrap=False)
 
