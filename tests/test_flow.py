@@ -357,6 +357,10 @@ BROKEN = [
         ":2: stage 'a': refers to stage 'a', which is this one",
     ),
     (
+        "stages:\n  - {id: a, panel: [teacher, skeptic], min_success: 3, prompt: hi}\n",
+        ":2: stage 'a': min_success 3 is more than its 2 persona(s) can give",
+    ),
+    (
         "stages:\n  - {id: a, agent: teacher, prompt: hi, then: council}\n",
         "then: council is not available yet",
     ),
@@ -427,3 +431,41 @@ stages:
     assert verdict["winner"] in ("a", "b") and verdict["tie"] is False
     judged = [r for r in server.requests if r.model == "gpt-4o-mini"]
     assert judged and all("m-a" not in user_text(r) and " a " not in user_text(r) for r in judged)
+
+
+def test_a_later_stage_quotes_the_vote_s_winner_and_the_judge_s_pick(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    # {{capital-vote}} used to render as nothing (a tally has no calls to quote) and
+    # {{drafts-judge}} as the judge's JSON about labels.
+    config = agents_file("a", "b", "c")
+    server.script("m-a", Reply(text="Paris"), Reply(text="draft one"))
+    server.script("m-b", Reply(text="paris."), Reply(text="draft two"))
+    server.script("m-c", Reply(text="Lyon"), Reply(text="OK"))
+    judge = json.dumps({"reasoning": "clearer", "winner": "tie"})
+    server.script("gpt-4o-mini", Reply(text=judge), Reply(text=judge))
+    flow = write_flow(
+        tmp_path,
+        """\
+stages:
+  - id: capital
+    panel: [a, b, c]
+    prompt: "Capital of France?"
+    then: vote
+  - id: drafts
+    panel: [a, b]
+    prompt: "Draft a line about {{capital-vote}}"
+    then: judge
+  - id: final
+    agent: c
+    prompt: "Polish: {{drafts-judge}}"
+""",
+    )
+    document = run_json(invoke, flow, "-c", config)
+    drafts = [user_text(r) for r in of(server, "m-a")][1]
+    assert drafts == "Draft a line about Paris"
+    final = user_text(of(server, "m-c")[-1])
+    # The judge called a tie: no pick to quote, and the prompt says why instead of nothing.
+    assert final.startswith("Polish: [no decision: ") and "tie" in final, final
+    final_call = document["stages"][-2]["calls"][0]
+    assert final_call["missing"] == ["drafts-judge"] and final_call["partial"] is True

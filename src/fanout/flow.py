@@ -254,6 +254,14 @@ def _check_stage(
                     f"{name!r}{_suggest(name, personas)}"
                 )
             )
+    if stage.min_success is not None and stage.min_success > len(stage.personas):
+        where = _where(source, text, (*at, "min_success"))
+        raise ConfigError(
+            _one_line(
+                f"{where}: stage {stage.id!r}: min_success {stage.min_success} is more than "
+                f"its {len(stage.personas)} persona(s) can give"
+            )
+        )
     if stage.then not in THEN_SUFFIX:
         where = _where(source, text, (*at, "then"))
         if stage.then in THEN_LATER:

@@ -235,9 +235,45 @@ def render(template: str, context: RunContext) -> tuple[str, list[str]]:
         stage = context.stages.get(name)
         if stage is None:
             return ""  # an optional input not given
+        if stage.key in DECIDED and persona is None:
+            return DECIDED[stage.key](stage, context, missing)
         return quoted(stage, persona, missing)
 
     return TEMPLATE.sub(fill, template), missing
+
+
+def _voted(stage: StageResult, context: RunContext, missing: list[str]) -> str:
+    """``{{capital-vote}}``: the winning answer; without one, why there is none."""
+    verdict = stage.verdict or {}
+    winner = verdict.get("winner")
+    if isinstance(winner, str) and winner:
+        return winner
+    missing.append(stage.id)
+    reasons = "; ".join(str(w) for w in verdict.get("warnings") or []) or "no winner"
+    return f"[no decision: {reasons}]"
+
+
+def _judged(stage: StageResult, context: RunContext, missing: list[str]) -> str:
+    """``{{drafts-judge}}``: the answer the judge picked, as its author wrote it (the
+    judge's own reply is JSON about labels, no use to a later prompt)."""
+    verdict = stage.verdict or {}
+    winner = verdict.get("winner")
+    source = context.stages.get(stage.id.removesuffix("-judge"))
+    for call in source.calls if source else []:
+        if call.name == winner and call.status == "ok" and call.answer:
+            return call.answer
+    missing.append(stage.id)
+    reasons = [str(w) for w in verdict.get("warnings") or []]
+    if verdict.get("tie"):
+        reasons.insert(0, "the judge called a tie")
+    return f"[no decision: {'; '.join(reasons) or 'no winner'}]"
+
+
+# A follow-up stage whose verdict, not its calls, is what a later prompt quotes.
+DECIDED: dict[str, Callable[[StageResult, RunContext, list[str]], str]] = {
+    "vote": _voted,
+    "judge": _judged,
+}
 
 
 def quoted(stage: StageResult, persona: str | None, missing: list[str]) -> str:
