@@ -118,6 +118,14 @@ def test_the_public_surface_is_declared_once() -> None:
         ({"trace_id": "zz"}, "trace_id"),
         ({"prompt": "\ud800"}, "not valid text"),
         ({"prompt": "  "}, "non-empty"),
+        (
+            {"shape": "vote", "options": {"quorom": 0.6}},
+            r"vote shape takes no option 'quorom' \(did you mean 'quorum'\?\)",
+        ),
+        ({"shape": "route", "options": {"route_max": "two"}}, "route_max: 'two' is not a whole"),
+        ({"shape": "judge", "options": {"repeat": {"a": 0}}}, "repeat: .* is not persona"),
+        ({"options": {"synthesize": "yes"}}, "synthesize: 'yes' is not true or false"),
+        ({"shape": "orchestrate", "options": {"best_of": 2}}, "orchestrate shape takes no"),
     ],
 )
 def test_a_bad_request_is_one_config_error_before_any_call(

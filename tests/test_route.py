@@ -122,3 +122,17 @@ def test_a_routed_run_retries_with_its_router(
     assert result.exit_code == 0, result.output
     assert [r.model for r in server.requests] == ["m-chemist"]  # the routing is kept
     assert json.loads(result.stdout)["router"]["selected"] == ["chemist", "biologist"]
+
+
+def test_route_with_map_draws_the_agreement_map_of_the_routed_answers(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # --map was accepted with --route and silently gave no synthesis at all.
+    config = agents_file("a", "b", defaults={"model": "m-all"}, synthesizer={"model": "m-syn"})
+    server.script("m-all", route_answer("a", "b"))
+    result = invoke("ask", "-c", config, "--route", "--map", "--json", "Why?")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["synthesis"]["sources"] == ["a", "b"]
+    syn = [r for r in server.requests if r.model == "m-syn"]
+    assert syn[0].body["response_format"]["json_schema"]["name"] == "agreement_map"

@@ -489,6 +489,7 @@ def test_body_over_one_megabyte_is_413(serve: Serve) -> None:
         (json.dumps({"prompt": "Why?", "retries": 1.5}).encode(), "retries"),
         (json.dumps({"prompt": "Why?", "agents": []}).encode(), "agents"),
         (b'{"prompt": "Why?", "timeout": NaN}', "timeout"),
+        (json.dumps({"prompt": "Why?", "vote": {"qourum": 0.6}}).encode(), "'qourum'"),
     ],
 )
 def test_bad_requests_are_400_with_one_line(serve: Serve, body: bytes, message: str) -> None:

@@ -68,13 +68,84 @@ SHAPES: dict[str, Shape] = {
 }
 
 
+# The options each shape reads; any other is a mistake worth one line, not a silent no-op.
+_PANEL_OPTIONS = ("synthesize", "map", "seed", "best_of", "repeat")
+SHAPE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "panel": _PANEL_OPTIONS,
+    "flow": ("synthesize", "seed", "flow", "inputs"),
+    "route": (*_PANEL_OPTIONS, "route_max"),
+    "orchestrate": ("synthesize", "seed", "max_turns"),
+    "vote": (*_PANEL_OPTIONS, "choices", "quorum"),
+    "judge": _PANEL_OPTIONS,
+    "council": _PANEL_OPTIONS,
+}
+
+
+def _whole(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _flag(value: Any) -> bool:
+    return value is None or isinstance(value, bool)
+
+
+def _counts(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and _whole(1, 50)(v) for k, v in value.items()
+    )
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+# What each option's value must be, and how to say so.
+_OPTION_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "synthesize": (_flag, "true or false"),
+    "map": (_flag, "true or false"),
+    "seed": (lambda v: v is None or _whole(0, 2**63)(v), "a whole number from 0"),
+    "best_of": (lambda v: v is None or _whole(1, 50)(v), "a whole number from 1 to 50"),
+    "repeat": (lambda v: v is None or _counts(v), "persona names to counts from 1 to 50"),
+    "route_max": (lambda v: v is None or _whole(1, 1000)(v), "a whole number from 1"),
+    "max_turns": (lambda v: v is None or _whole(1, 50)(v), "a whole number from 1 to 50"),
+    "flow": (lambda v: isinstance(v, dict), "a flow definition"),
+    "inputs": (lambda v: v is None or _texts(v), "input names to text"),
+}
+
+
+def check_options(shape: str, options: Mapping[str, Any]) -> None:
+    """ConfigError for an option ``shape`` does not read (``quorom``) or a value it cannot
+    use, so a typo in an API call or a server request is not silently ignored."""
+    known = SHAPE_OPTIONS.get(shape, ())
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(
+                f"options: the {shape} shape takes no option {key!r}"
+                f"{_closest(key, known)} (its options: {', '.join(known)})"
+            )
+        test, wanted = _OPTION_VALUES.get(key, (lambda v: True, ""))
+        if not test(value):
+            raise ConfigError(f"options: {key}: {value!r:.60} is not {wanted}")
+
+
+def _closest(key: str, known: Sequence[str]) -> str:
+    from difflib import get_close_matches
+
+    match = get_close_matches(key, known, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 def build_plan(shape: str, options: Mapping[str, Any]) -> list[Stage]:
-    """The stages of ``shape`` with ``options``; ConfigError for a shape nobody registered."""
+    """The stages of ``shape`` with ``options``; ConfigError for a shape nobody registered or
+    an option it does not take."""
     try:
         make = SHAPES[shape]
     except KeyError:
         known = ", ".join(sorted(SHAPES))
         raise ConfigError(f"unknown shape {shape!r} (known: {known})") from None
+    check_options(shape, options)
     return make(options)
 
 

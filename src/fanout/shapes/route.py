@@ -76,8 +76,8 @@ class RoutedPanelStage(PanelStage):
 def route_plan(options: Mapping[str, Any]) -> list[Stage]:
     """The router, the panel it picks and, with ``synthesize``, a synthesis of their answers."""
     stages: list[Stage] = [RouterStage(), RoutedPanelStage()]
-    if options.get("synthesize"):
-        stages.append(SynthesisStage())
+    if options.get("synthesize") or options.get("map"):
+        stages.append(SynthesisStage(agreement_map=bool(options.get("map"))))
     return stages
 
 
