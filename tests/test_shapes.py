@@ -583,3 +583,17 @@ def test_the_judge_section_is_a_persona_with_the_defaults_under_it(
     result = invoke("ask", "-c", wrong, "--judge", "Which?")
     assert result.exit_code == 2
     assert "judge.modle: unknown key 'modle' (did you mean 'model'?)" in result.stderr
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_council_of_fewer_than_three_is_refused_before_any_call(
+    count: int, server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # Two personas each have one other answer to rank: every review was skipped and the run
+    # ended partial (exit 3) after paying for the answers.
+    config = agents_file(*SCIENTISTS[:count])
+    result = invoke("ask", "-c", config, "--council", "Why?")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "the council shape needs at least 3 personas" in result.stderr
+    assert server.count() == 0

@@ -81,6 +81,23 @@ SHAPE_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# How many personas a shape needs to mean anything: a council's reviewers each rank the
+# others' answers, and ranking fewer than two is no ranking.
+SHAPE_MIN_PERSONAS: dict[str, tuple[int, str]] = {
+    "council": (3, "each persona ranks the others' answers, at least two of them"),
+}
+
+
+def check_personas(shape: str, count: int) -> None:
+    """ConfigError when ``count`` personas are too few for ``shape``."""
+    least, why = SHAPE_MIN_PERSONAS.get(shape, (1, ""))
+    if count < least:
+        raise ConfigError(
+            f"the {shape} shape needs at least {least} personas ({why}); "
+            f"{count} {'was' if count == 1 else 'were'} chosen"
+        )
+
+
 def _whole(low: int, high: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
