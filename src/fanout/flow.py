@@ -40,15 +40,21 @@ TEMPLATE = re.compile(r"\{\{\s*([A-Za-z0-9_-]+)(?:\.([^{}\s]+))?\s*\}\}")
 STAGE_ID = r"^[A-Za-z][A-Za-z0-9_-]*$"
 OUTPUT_STAGE = "output"  # the id of the stage that gathers the flow's output: reserved
 
-# What may follow a stage (``then:``), and the suffix of the stage it adds. Adding vote, judge
-# or council is one entry here and one in ``shapes.flow.THEN_STAGES``.
+# What may follow a stage (``then:``), and the suffix of the (last) stage it adds. Adding a
+# step is one entry here and one in ``shapes.flow.THEN_STAGES``.
 THEN_SUFFIX: dict[str, str | None] = {
     "none": None,
     "synthesize": "synthesis",
     "judge": "judge",
     "vote": "vote",
+    "council": "council",
 }
-THEN_LATER = ("council",)  # a council is two stages (reviews, then a synthesis): not yet
+COUNCIL_LEAST = 3  # a council's reviewers each rank at least two other answers
+
+
+def council_review_id(stage_id: str) -> str:
+    """The id of the review stage ``then: council`` adds before its synthesis."""
+    return f"{stage_id}-review"
 
 
 class InputSpec(BaseModel):
@@ -217,8 +223,15 @@ def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> None:
             problem = "is reserved" if stage.id == OUTPUT_STAGE else "appears twice"
             raise ConfigError(_one_line(f"{where}: stage id {stage.id!r} {problem}"))
         order[stage.id] = index
-        if stage.follow_id:
-            order[stage.follow_id] = index
+        added = [stage.follow_id] if stage.follow_id else []
+        if stage.then == "council":
+            added.insert(0, council_review_id(stage.id))
+        for name in added:
+            if name in order:
+                raise ConfigError(
+                    _one_line(f"{where}: stage id {name!r} (added by then: {stage.then}) is taken")
+                )
+            order[name] = index
     for index, stage in enumerate(stages):
         _check_stage(source, text, spec, index, stage, personas, order)
     for position, name in enumerate(spec.output or []):
@@ -262,15 +275,20 @@ def _check_stage(
                 f"its {len(stage.personas)} persona(s) can give"
             )
         )
+    if stage.then == "council" and len(stage.personas) < COUNCIL_LEAST:
+        where = _where(source, text, (*at, "then"))
+        raise ConfigError(
+            _one_line(
+                f"{where}: stage {stage.id!r}: then: council needs at least {COUNCIL_LEAST} "
+                f"personas (each ranks the others' answers); it has {len(stage.personas)}"
+            )
+        )
     if stage.then not in THEN_SUFFIX:
         where = _where(source, text, (*at, "then"))
-        if stage.then in THEN_LATER:
-            problem = (
-                f"then: {stage.then} is not available yet (use none, synthesize, judge or vote)"
-            )
-        else:
-            known = ", ".join([*THEN_SUFFIX, *THEN_LATER])
-            problem = f"then: unknown step {stage.then!r} (known: {known})"
+        known = ", ".join(THEN_SUFFIX)
+        problem = (
+            f"then: unknown step {stage.then!r}{_suggest(stage.then, THEN_SUFFIX)} (known: {known})"
+        )
         raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
     where = _where(source, text, (*at, "prompt"))
     for name, persona in references(stage.prompt):

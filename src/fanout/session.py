@@ -222,7 +222,6 @@ def flow_run(
     """``fanout flow run``: the stages of a flow file, one run (one history entry, one
     document, one budget)."""
     from fanout.flow import load_flow
-    from fanout.shapes.flow import planned_calls
 
     parent = _trace_parent(None)
     flow = load_flow(path, load_panel(find_config(config, os.environ)))
@@ -240,7 +239,11 @@ def flow_run(
     )
     plan = resolve(request)
     if dry_run:
-        calls = planned_calls(plan.stages, plan.agents, plan.roles, request.options, plan.pricing)
+        # As any shape's (every stage built on answers as long as they may be), named
+        # stage/persona: a flow asks the same persona in several stages.
+        calls = [
+            replace(c, name=f"{c.stage}/{c.name or c.agent.name}") for c in planned_calls(plan)
+        ]
         if output.mode == "json":
             _write_stdout(dumps(plan_document(request.prompt, calls, settings.max_cost)))
         else:

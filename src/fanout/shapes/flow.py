@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, PlannedCall, Pricing, most_tokens
 from fanout.engine import RunContext, Stage
-from fanout.flow import OUTPUT_STAGE, TEMPLATE, FlowSpec, StageSpec
-from fanout.models import Agent, AgentError, Call, CallResult, StageResult, chat_messages
+from fanout.flow import OUTPUT_STAGE, TEMPLATE, FlowSpec, StageSpec, council_review_id
+from fanout.models import AgentError, Call, CallResult, StageResult, chat_messages
+from fanout.shapes.council import CouncilSynthesisStage, ReviewStage
 from fanout.shapes.judge import JudgeStage
 from fanout.shapes.synthesis import synthesis_messages
 from fanout.shapes.vote import tally_votes
@@ -133,22 +133,27 @@ class OutputStage:
 
 
 class _Guarded:
-    """A shape's stage after a flow stage: itself, but skipped when the flow stopped earlier."""
+    """A shape's stage after a flow stage: itself, asked the flow stage's question (not the
+    run's prompt, which only names the flow), and skipped when the flow stopped earlier."""
 
-    def __init__(self, stage: Stage, guards: Sequence[Guard]) -> None:
+    def __init__(self, stage: Stage, source: FlowStage, guards: Sequence[Guard]) -> None:
         self.stage = stage
+        self.source = source
         self.guards = list(guards)
         self.id, self.kind, self.key = stage.id, stage.kind, stage.key
         self.roles: tuple[str, ...] = tuple(getattr(stage, "roles", ()))
         self.makes_calls: bool = getattr(stage, "makes_calls", True)
 
+    def _asked(self, context: RunContext) -> RunContext:
+        return replace(context, prompt=self.source.prompt or context.prompt)
+
     def calls(self, context: RunContext) -> list[Call]:
-        calls = self.stage.calls(context)
+        calls = self.stage.calls(self._asked(context))
         skip = stopped(self.guards, context)
         return calls if skip is None else [replace(c, skip=skip) for c in calls]
 
     def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
-        return self.stage.verdict(context, results)
+        return self.stage.verdict(self._asked(context), results)
 
 
 class _VoteOver:
@@ -171,17 +176,38 @@ class _VoteOver:
         return tally_votes(stage.calls if stage else [], [], options.get("quorum"))
 
 
-def _judge(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> Stage:
-    return _Guarded(JudgeStage(stage_id, source.id), guards)
+def _synthesize(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> list[Stage]:
+    return [FlowSynthesis(source, stage_id, guards)]
 
 
-def _vote(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> Stage:
-    return _Guarded(_VoteOver(stage_id, source.id), guards)
+def _judge(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> list[Stage]:
+    return [_Guarded(JudgeStage(stage_id, source.id), source, guards)]
 
 
-# A stage's ``then:`` -> what builds the stage that follows it (its suffix: ``flow.THEN_SUFFIX``).
-ThenStage = Callable[[FlowStage, str, Sequence[Guard]], Stage]
-THEN_STAGES: dict[str, ThenStage] = {"synthesize": FlowSynthesis, "judge": _judge, "vote": _vote}
+def _vote(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> list[Stage]:
+    return [_Guarded(_VoteOver(stage_id, source.id), source, guards)]
+
+
+def _council(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> list[Stage]:
+    """The stage's personas rank each other's answers blind (``<id>-review``), then the
+    synthesizer writes the answer seeing the ranking (``<id>-council``, what a later prompt
+    quotes)."""
+    review_id = council_review_id(source.id)
+    review = ReviewStage(review_id, source.id)
+    synthesis = CouncilSynthesisStage(review_id)
+    synthesis.id, synthesis.source = stage_id, source.id
+    return [_Guarded(review, source, guards), _Guarded(synthesis, source, guards)]
+
+
+# A stage's ``then:`` -> what builds the stages that follow it (the last one's id is the
+# stage's ``follow_id``: ``flow.THEN_SUFFIX``).
+ThenStages = Callable[[FlowStage, str, Sequence[Guard]], list[Stage]]
+THEN_STAGES: dict[str, ThenStages] = {
+    "synthesize": _synthesize,
+    "judge": _judge,
+    "vote": _vote,
+    "council": _council,
+}
 
 
 def flow_plan(options: Mapping[str, Any]) -> list[Stage]:
@@ -198,8 +224,8 @@ def flow_plan(options: Mapping[str, Any]) -> list[Stage]:
         make = THEN_STAGES.get(stage_spec.then)
         if make is not None and stage_spec.follow_id:
             follow = make(stage, stage_spec.follow_id, guards)
-            stages.append(follow)
-            if getattr(follow, "makes_calls", True):  # a tally has no answer to count
+            stages.extend(follow)
+            if getattr(follow[-1], "makes_calls", True):  # a tally has no answer to count
                 guards = [*guards, Guard(stage_spec.follow_id, 1, stops)]
     last = stages[-1].id
     stages.append(OutputStage(spec.output or [last]))
@@ -290,56 +316,3 @@ def quoted(stage: StageResult, persona: str | None, missing: list[str]) -> str:
     if gone:
         blocks.append("[missing: no answer from " + ", ".join(c.name for c in gone) + "]")
     return "\n\n".join(blocks)
-
-
-def planned_calls(
-    stages: Sequence[Stage],
-    agents: Sequence[Agent],
-    roles: Mapping[str, Agent],
-    options: Mapping[str, Any],
-    pricing: Pricing,
-) -> list[PlannedCall]:
-    """``--dry-run``: every call of the flow, named ``stage/persona``, with its worst case. A
-    later stage's prompt is sized as if each answer it quotes used all its ``max_tokens``."""
-    inputs: Mapping[str, str] = options.get("inputs") or {}
-    by_name = {a.name: a for a in agents}
-    answers: dict[str, dict[str, int]] = {}  # stage -> persona -> most answer tokens
-    prompts: dict[str, int] = {}  # stage -> most prompt tokens (a synthesis quotes it)
-    planned: list[PlannedCall] = []
-
-    def bound(agent: Agent) -> int:
-        return agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
-
-    for stage in stages:
-        if isinstance(stage, FlowStage):
-            text = TEMPLATE.sub(lambda m: str(inputs.get(m.group(1), "")), stage.spec.prompt)
-            quoted_tokens = 0
-            for match in TEMPLATE.finditer(stage.spec.prompt):
-                earlier = answers.get(match.group(1), {})
-                picked = [v for k, v in earlier.items() if match.group(2) in (None, k)]
-                quoted_tokens += sum(picked) + 8 * len(picked)  # labels and framing
-            answers[stage.id] = {}
-            for name in stage.spec.personas:
-                agent = by_name[name]
-                tokens = most_tokens(chat_messages(agent, text)) + quoted_tokens
-                prompts[stage.id] = max(prompts.get(stage.id, 0), tokens)
-                planned.append(_planned(agent, f"{stage.id}/{name}", tokens, pricing))
-                answers[stage.id][name] = bound(agent)
-        elif isinstance(stage, FlowSynthesis) and "synthesizer" in roles:
-            agent = roles["synthesizer"]
-            framing = [{"role": "system", "content": agent.instructions}]
-            quoted_tokens = sum(answers.get(stage.source.id, {}).values())
-            tokens = most_tokens(framing) + prompts.get(stage.source.id, 0) + quoted_tokens
-            planned.append(_planned(agent, f"{stage.id}/{agent.name}", tokens, pricing))
-            answers[stage.id] = {agent.name: bound(agent)}
-    return planned
-
-
-def _planned(agent: Agent, label: str, prompt_tokens: int, pricing: Pricing) -> PlannedCall:
-    from dataclasses import replace
-
-    worst = pricing.worst_case(
-        agent.model, prompt_tokens, agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
-    )
-    # The dry-run table names a call by its persona; in a flow, stage/persona says more.
-    return PlannedCall(replace(agent, name=label), prompt_tokens, agent.max_tokens, worst)
