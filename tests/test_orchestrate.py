@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import AgentsFile, Invoke
-from tests.fakeserver import FakeOpenAI, Reply
+from tests.fakeserver import FakeOpenAI, Fault, Reply
 
 
 @pytest.fixture
@@ -75,7 +75,9 @@ def test_the_loop_ends_at_max_turns(server: FakeOpenAI, config: Path, invoke: In
         Reply(tool_calls=[ask("biologist", "cells?")]),
         Reply(tool_calls=[ask("biologist", "again?")]),
     )
-    document = orchestrated(invoke, config, "--max-turns", "2")
+    # Every call answered, but no final answer: the run did not do its job (it said completed).
+    document = orchestrated(invoke, config, "--max-turns", "2", code=3)
+    assert document["status"] == "partial"
     turns = [r for r in server.requests if r.model == "m-orch"]
     assert len(turns) == 2 and server.count("m-biologist") == 1  # turn 2's tools not run
     assert "last turn" in turns[1].body["messages"][-1]["content"]
@@ -91,8 +93,9 @@ def test_a_tool_that_does_not_exist_is_answered_with_an_error(
         Reply(tool_calls=[{"name": "ask_wizard", "arguments": {"question": "?"}, "id": "w"}]),
         Reply(text="done without it"),
     )
-    # The status counts the personas' answers (here: none), as for every shape.
-    document = orchestrated(invoke, config, code=1)
+    # The orchestrator answered, one tool call did not: partial (it said failed, exit 1).
+    document = orchestrated(invoke, config, code=3)
+    assert document["status"] == "partial"
     tool = document["stages"][1]["calls"][0]
     assert tool["status"] == "skipped" and tool["error"]["type"] == "bad_tool_call"
     turn2 = [r for r in server.requests if r.model == "m-orch"][1]
@@ -112,3 +115,51 @@ def test_an_orchestrator_that_answers_at_once_asks_nobody(
 def test_max_turns_goes_with_orchestrate(config: Path, invoke: Invoke) -> None:
     result = invoke("ask", "-c", config, "--max-turns", "2", "Why?")
     assert result.exit_code == 2 and "--max-turns goes with --orchestrate" in result.stderr
+
+
+def test_retry_carries_on_from_a_failed_later_turn_keeping_the_tools_answers(
+    server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    # The plan starts with turn 1 only; a failed turn 2 got "every persona already answered".
+    server.script("m-orch", Reply(tool_calls=[ask("physicist", "q?", "c1")]), Fault(500))
+    server.script("m-physicist", Reply(text="pressure"))
+    first = orchestrated(invoke, config, "--retries", "0", code=3)
+    assert [s["id"] for s in first["stages"]] == ["turn1", "tools1", "turn2", "answer"]
+    server.script("m-orch", Reply(text="it is pressure"))
+    result = invoke("runs", "retry", first["run_id"], "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["output"] == {"orchestrator": "it is pressure"}
+    assert server.count("m-physicist") == 1 and server.count("m-orch") == 3
+    resent = [r for r in server.requests if r.model == "m-orch"][-1]
+    assert resent.body["messages"][-1] == {
+        "role": "tool", "tool_call_id": "c1", "content": "pressure",
+    }  # fmt: skip
+
+
+def test_dry_run_lists_every_turn_with_every_persona_asked(
+    server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    # It listed the first turn only: the worst case left out every persona and later turn.
+    result = invoke(
+        "ask", "-c", config, "--orchestrate", "--max-turns", "2", "--dry-run", "--json", "Why?"
+    )
+    assert result.exit_code == 0, result.output
+    calls = json.loads(result.stdout)["calls"]
+    assert [c["name"] for c in calls] == [
+        "turn1/orchestrator", "tools1/physicist", "tools1/chemist", "tools1/biologist",
+        "turn2/orchestrator",
+    ]  # fmt: skip
+    # the last turn reads every answer: its prompt bounds them all
+    tokens = [c["prompt_tokens_estimate"] for c in calls]
+    assert tokens[-1] > tokens[0] + 3 * 1024
+    assert server.count() == 0
+
+
+def test_synthesize_does_not_go_with_orchestrate(
+    server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    result = invoke("ask", "-c", config, "--orchestrate", "-s", "Why?")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "--synthesize does not go with --orchestrate" in result.stderr
+    assert server.count() == 0

@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -155,15 +155,27 @@ def planned_calls(plan: Plan) -> list[PlannedCall]:
     reviewer's) is bounded whatever the shape."""
     context = RunContext(plan.request.prompt, plan.agents, plan.roles, plan.request.options)
     planned: list[PlannedCall] = []
-    for stage in plan.stages:
+    stages = list(plan.stages)
+    index, grown = 0, False
+    while index < len(stages) and index < _MOST_PLANNED_STAGES:
+        stage = stages[index]
+        index += 1
         calls = stage.calls(context)
-        results = [_longest_answer(c) for c in calls]
+        # A stage whose worst case is more than a long answer (an orchestrator's turn that
+        # asks every persona) says what its placeholder is.
+        longest = getattr(stage, "longest_answer", None) or _longest_answer
+        results = [longest(c) for c in calls]
         stage_result = StageResult(stage.id, stage.kind, results, key=stage.key)
         context.stages[stage.id] = stage_result
         try:
             stage_result.verdict = stage.verdict(context, results)
         except Exception:  # a verdict on placeholder answers is no one's business
             stage_result.verdict = None
+        follow = getattr(stage, "follow", None)
+        if follow is not None:  # a plan that grows: as it would, on those answers
+            added = list(follow(context))
+            stages[index:index] = added
+            grown = grown or bool(added)
         for call in calls:
             if call.skip is None:
                 planned.append(
@@ -176,7 +188,12 @@ def planned_calls(plan: Plan) -> list[PlannedCall]:
                         role=call.role,
                     )
                 )
+    if grown:  # the same persona in several turns: each row says which
+        planned = [replace(c, name=f"{c.stage}/{c.name or c.agent.name}") for c in planned]
     return planned
+
+
+_MOST_PLANNED_STAGES = 1000  # a shape that grows without end is a bug, not a plan
 
 
 def _longest_answer(call: Call) -> CallResult:

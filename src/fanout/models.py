@@ -300,6 +300,13 @@ class RunReport:
         if self.interrupted:
             return "cancelled"
         calls = self.calls
+        product = next((s.verdict for s in self.stages if s.key == "output"), False)
+        if isinstance(product, dict):
+            # A flow's or an orchestrator's product is its output: without any, the run did not
+            # do its job, however many calls answered on the way.
+            if not any(product.values()):
+                return "partial" if any(c.status == "ok" for c in calls) else "failed"
+            return "completed" if all(c.status == "ok" for c in calls) else "partial"
         if calls and all(c.status == "ok" for c in calls):
             return "completed"
         if any(r.status == "ok" for r in self.agents):

@@ -397,7 +397,15 @@ def retry(run_id: str, *, output: Output, log: bool = True) -> int:
                 break
             kept.update({c.call_id: c for c in done.calls})
         else:
-            raise ConfigError(f"run {stored.run_id}: every persona already answered")
+            # A plan that grows (the orchestrator's turns) starts with its first stage only:
+            # the stages it grew are in the stored run, and a failed one is carried on too.
+            planned = {stage.id for stage in plan.stages}
+            grown = [s for s in before.stages if s.id not in planned]
+            failed = [s for s in grown if any(c.status != "ok" for c in s.calls)]
+            if not failed:
+                raise ConfigError(f"run {stored.run_id}: every persona already answered")
+            for stage_result in grown[: grown.index(failed[0]) + 1]:
+                kept.update({c.call_id: c for c in stage_result.calls if c.status == "ok"})
         return _carry_on(history, stored, before, plan, kept, output, log)
 
 

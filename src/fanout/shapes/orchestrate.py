@@ -16,7 +16,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fanout.cost import DEFAULT_COMPLETION_ESTIMATE
 from fanout.engine import RunContext, Stage
+from fanout.errors import ConfigError
 from fanout.models import Agent, AgentError, Call, CallResult, Message, chat_messages
 
 DEFAULT_MAX_TURNS = 4
@@ -56,6 +58,21 @@ class OrchestratorTurn:
         result = results[0] if results else None
         asked = [c["name"] for c in _tool_calls(result)]
         return {"turn": self.turn, "tool_calls": asked, "answered": _answered(result)}
+
+    def longest_answer(self, call: Call) -> CallResult:
+        """``--dry-run``'s worst case for a turn: every persona asked (the next turn then sees
+        every answer), until the last turn, which must answer."""
+        result = CallResult.of(call)
+        result.status = "ok"
+        bound = call.agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+        result.answer = "x" * bound
+        names = [t["function"]["name"] for t in call.tools or ()]
+        question = json.dumps({"question": "x" * (bound // max(len(names), 1))})
+        result.details["tool_calls"] = [
+            {"id": f"planned-{i}", "name": name, "arguments": question}
+            for i, name in enumerate(names)
+        ]
+        return result
 
     def follow(self, context: RunContext) -> list[Stage]:
         """The tools it asked for and the next turn; or, once it answered, the answer."""
@@ -132,6 +149,10 @@ class AnswerStage:
 
 def orchestrate_plan(options: Mapping[str, Any]) -> list[Stage]:
     """The first turn; the rest of the plan grows from the orchestrator's answers."""
+    if options.get("synthesize"):
+        raise ConfigError(
+            "--synthesize does not go with --orchestrate: the orchestrator writes the answer"
+        )
     return [OrchestratorTurn(1)]
 
 
