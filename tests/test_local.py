@@ -134,3 +134,22 @@ def test_a_local_run_can_be_synthesized_again_later(
     again = invoke("runs", "synth", run_id, "--json")
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["synthesis"]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("flag", "role"), [("--route", "router"), ("--orchestrate", "orchestrator")]
+)
+def test_a_router_and_an_orchestrator_run_on_the_local_model_too(
+    flag: str, role: str, invoke: Invoke, agents_file: AgentsFile, model: Path
+) -> None:
+    # --local pointed the personas at the local server but left the router and the
+    # orchestrator on api.openai.com, which wants a key this machine does not have.
+    config = agents_file("physicist", "teacher", defaults={"temperature": 0.0, "max_tokens": 64})
+    result = invoke(
+        "ask", "-c", config, "--local", "--local-model", model, flag, "--json", "--retries", "0",
+        "--max-turns" if flag == "--orchestrate" else "--route-max", "1", "Why is ice cold?",
+    )  # fmt: skip
+    assert "OPENAI_API_KEY" not in result.stderr, result.output
+    document = json.loads(result.stdout)
+    first = document["stages"][0]["calls"][0]
+    assert first["role"] == role and first["model"] == "gemma-3-270m", first

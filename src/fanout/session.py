@@ -134,7 +134,11 @@ def ask(
     chosen = apply_model(panel.select(names), model)
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
     recorded_judge = apply_model([panel.role("judge")], model)[0]
-    local_wanted = wants_local([*chosen, recorded_synthesizer], local, os.environ)
+    # The roles only some shapes have (a router, an orchestrator) run locally too.
+    shape_roles = {r: apply_model([panel.role(r)], model)[0] for r in _SHAPE_ROLES.get(shape, ())}
+    local_wanted = wants_local(
+        [*chosen, recorded_synthesizer, *shape_roles.values()], local, os.environ
+    )
     if panel_given is None and not dry_run and local_wanted:
         with _local_server(chosen, local, local_model, model is not None) as point_local:
             return ask(
@@ -151,6 +155,7 @@ def ask(
                     agents=[point_local(a) for a in chosen],
                     synthesizer=point_local(recorded_synthesizer),
                     judge=point_local(recorded_judge),
+                    roles={**panel.roles, **{r: point_local(a) for r, a in shape_roles.items()}},
                 ),
                 # The history keeps `base_url: local`, not this run's port: a retry or a
                 # re-synth starts a server of its own.
@@ -296,6 +301,9 @@ def _run_plan(plan: Plan, output: Output, log: bool) -> int:
             guess_panes=_guess_panes(plan),
         )
     return _emit(report, output, recorder, interrupted)
+
+
+_SHAPE_ROLES = {"route": ("router",), "orchestrate": ("orchestrator",)}
 
 
 def _as_named(
