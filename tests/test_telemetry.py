@@ -189,3 +189,27 @@ def test_nothing_of_opentelemetry_loads_without_the_variable(
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "[]"
     assert json.loads(done.stdout)["status"] == "completed"
+
+
+def test_each_batch_prompt_is_a_run_with_its_spans(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    receiver: OtlpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # fanout batch exported nothing: its calls were invisible to the collector.
+    monkeypatch.setenv("TRACEPARENT", traceparent("d" * 32, "c" * 16))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Why?\nHow?\nWhen?\n", encoding="utf-8")
+    config = agents_file("physicist", "chemist")
+    result = invoke("batch", prompts, "-c", config)
+    assert result.exit_code == 0, result.output
+    spans = receiver.spans
+    runs = [s for s in spans if s.name == "invoke_workflow fanout"]
+    assert len(runs) == 3  # one per prompt
+    assert {(r.trace_id, r.parent_span_id) for r in runs} == {("d" * 32, "c" * 16)}
+    agents = [s for s in spans if s.name.startswith("invoke_agent")]
+    assert len(agents) == 6 and {a.parent_span_id for a in agents} == {r.span_id for r in runs}
+    assert len([s for s in spans if s.name.startswith("chat ")]) == 6

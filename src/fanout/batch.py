@@ -30,6 +30,7 @@ from fanout.cost import Pricing
 from fanout.engine import Engine, Execution, RunContext
 from fanout.errors import ConfigError, FanoutError, ProviderError
 from fanout.event import (
+    Broadcast,
     CallFinished,
     CallRetrying,
     CallSending,
@@ -418,10 +419,14 @@ async def run_batch(
     shape: str = "panel",
     options: Mapping[str, Any] | None = None,
     roles: Mapping[str, Agent] | None = None,
+    traced: Callable[[], Observer] | None = None,
+    parent: tuple[str, str] | None = None,
 ) -> None:
     """Ask every prompt x persona not yet answered; ``concurrency`` prompts are in progress at
     once (their calls share the engine's limits), the next read only as one finishes.
-    ``shape``/``options``/``roles``: each prompt is run as that shape (a vote, a judge...)."""
+    ``shape``/``options``/``roles``: each prompt is run as that shape (a vote, a judge...).
+    ``traced``: a new observer for each prompt's run (its OpenTelemetry spans); each prompt is
+    a trace of its own, or a child of ``parent`` (trace id, span id) when one is given."""
     send, receive = anyio.create_memory_object_stream[BatchPrompt](0)
     options = {"synthesize": synthesizer is not None, **(options or {})}
     stages = build_plan(shape, options)
@@ -441,9 +446,22 @@ async def run_batch(
         kept = by_prompt.pop(prompt.id, {})
         tally.skipped += len(kept)
         context = RunContext(prompt.prompt, agents, roles, options)
-        observer = _PromptObserver(prompt, writer, tally, shown)
-        execution = Execution(engine, stages, context, observer, kept=kept)
+        observer: Observer = _PromptObserver(prompt, writer, tally, shown)
+        if traced is not None:
+            observer = Broadcast(observer, traced())
+        trace_id, span_id = parent or (None, None)
+        execution = Execution(
+            engine,
+            stages,
+            context,
+            observer,
+            shape=shape,
+            kept=kept,
+            trace_id=trace_id,
+            parent_span_id=span_id,
+        )
         await execution.execute()
+        execution.conclude()  # RunFinished: the prompt's run span ends
 
     async with anyio.create_task_group() as tg:
         for _ in range(engine.settings.concurrency):

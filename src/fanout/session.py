@@ -593,6 +593,8 @@ def _batch(
         if settings.max_cost is not None:
             _check_batch_budget(path, chosen, pricing, settings.max_cost, answered)
     sink = open_results(output) if output is not None else sys.stdout
+    telemetry = _telemetry() if via != "openai-batch" else None
+    parent = _trace_parent(None)
     try:
         with BatchProgress(err, tally) as progress:
 
@@ -628,6 +630,8 @@ def _batch(
                         shape=shape,
                         options=options,
                         roles=roles,
+                        traced=telemetry.observer if telemetry is not None else None,
+                        parent=(parent.trace_id, parent.span_id) if parent else None,
                     ),
                     cleanup=provider.aclose,
                 )
@@ -637,6 +641,8 @@ def _batch(
         tally.over(round(time.perf_counter() - started, 1))
         if output is not None:
             sink.close()
+        if telemetry is not None:
+            telemetry.shutdown()
     err.print(batch_summary(tally), soft_wrap=True, highlight=False)
     if interrupted:
         print_warning(err, "interrupted: run the same command again to carry on")
