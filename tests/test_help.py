@@ -63,6 +63,7 @@ def test_ask_help_groups_its_options(invoke: Invoke, monkeypatch: pytest.MonkeyP
     where = panels(text)
     expected = {
         "--agents": cli.GROUP_PANEL,
+        "--persona": cli.GROUP_PANEL,
         "--config": cli.GROUP_PANEL,
         "--model": cli.GROUP_PANEL,
         "--vote": cli.GROUP_SHAPES,
@@ -96,7 +97,7 @@ def test_batch_help_groups_its_options_and_shows_via_as_a_choice(
 ) -> None:
     text = help_at_80(invoke, monkeypatch, "batch")
     where = panels(text)
-    assert where["--agents"] == cli.GROUP_PANEL
+    assert where["--persona"] == where["--agents"] == cli.GROUP_PANEL
     assert where["--via"] == where["--poll-interval"] == cli.GROUP_BATCH_API
     assert where["--rpm"] == cli.GROUP_LIMITS
     assert "<direct|openai-batch>" in text

@@ -473,6 +473,7 @@ def ask(
         typer.Argument(help="The question. Use - (or leave it out) to read it from stdin."),
     ] = None,
     agents: AgentsOption = None,
+    personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
@@ -635,6 +636,8 @@ def ask(
             )
             text = _read_prompt(prompt)
             names, repeat = _repeats(_names(agents, model))
+            adhoc = _personas(personas)
+            names = _panel_names(names, adhoc)
             shape, options = _shape(
                 vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
                 best_of=best_of, repeat=repeat, agreement_map=agreement_map,
@@ -649,6 +652,7 @@ def ask(
             code = session.ask(
                 text,
                 names=names,
+                personas=adhoc,
                 config=config,
                 model=model,
                 synthesize=synthesize,
@@ -726,6 +730,7 @@ def init(
 def batch(
     file: Annotated[Path, typer.Argument(help='Prompts: .jsonl ({"id", "prompt"}), .txt or .csv.')],
     agents: AgentsOption = None,
+    personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
@@ -794,6 +799,8 @@ def batch(
 
     with _errors_to_exit():
         names, repeat = _repeats(_names(agents, model))
+        adhoc = _personas(personas)
+        names = _panel_names(names, adhoc)
         shape, options = _shape(
             vote=vote, choices=choices, quorum=quorum, judge=judge, council=False,
             best_of=best_of, repeat=repeat,
@@ -808,6 +815,7 @@ def batch(
         code = session.batch(
             file,
             names=names,
+            personas=adhoc,
             config=config,
             model=model,
             synthesize=synthesize,
@@ -1271,6 +1279,44 @@ def _names(agents: list[str] | None, model: str | None) -> list[str] | None:
     if model is not None and not model.strip():
         raise ConfigError("--model: give a model name")
     return names or None
+
+
+def _personas(given: list[str] | None) -> list[tuple[str, str]]:
+    """Every ``-p NAME=INSTRUCTIONS``, as (name, instructions): a malformed one is an error
+    naming ``-p`` and the value (a clash with the panel's personas is found when it loads)."""
+    from fanout.config import is_persona_name
+
+    personas: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for value in given or []:
+        _utf8(value, "-p/--persona")
+        name, equals, instructions = value.partition("=")
+        name, instructions = name.strip(), instructions.strip()
+        problem = (
+            "give NAME=INSTRUCTIONS, e.g. -p 'pirate=You answer like a pirate'"
+            if not equals
+            else "the name before = is empty"
+            if not name
+            else "a name has no spaces, commas or control characters"
+            if not is_persona_name(name)
+            else "the instructions after = are empty"
+            if not instructions
+            else f"{name!r} is given twice"
+            if name.casefold() in seen
+            else None
+        )
+        if problem:
+            raise ConfigError(f"-p/--persona {value!r}: {problem}")
+        seen.add(name.casefold())
+        personas.append((name, instructions))
+    return personas
+
+
+def _panel_names(names: list[str] | None, personas: list[tuple[str, str]]) -> list[str] | None:
+    """Who is asked: the ``-a`` personas and the ``-p`` ones; ``-p`` alone, only those."""
+    if not personas:
+        return names
+    return [*(names or []), *(name for name, _ in personas)]
 
 
 def _repeats(names: list[str] | None) -> tuple[list[str] | None, dict[str, int]]:
