@@ -153,3 +153,15 @@ def test_good_numbers_still_pass(server: FakeOpenAI, invoke: Invoke, agents_file
 
 def test_the_views_the_cli_offers_are_the_renderer_s() -> None:
     assert get_args(cli.View) == render.VIEWS
+
+
+@pytest.mark.parametrize("path", [(), ("ask",)], ids=["fanout", "ask"])
+def test_help_ends_with_short_examples(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch, path: tuple[str, ...]
+) -> None:
+    text = help_at_80(invoke, monkeypatch, *path)
+    tail = text.rsplit("╰", 1)[-1]  # after the last box
+    assert "Examples:" in tail
+    examples = [line.strip() for line in tail.splitlines() if "fanout" in line]
+    assert len(examples) >= 3
+    assert 'fanout ask -p "pirate=You answer like a pirate" "Why is the sea salty?"' in examples

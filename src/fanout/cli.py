@@ -152,6 +152,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""Examples:
+
+  fanout "What is temperature?"
+  fanout ask -a physicist,chemist -s "Why is ice slippery?"
+  fanout ask -p "pirate=You answer like a pirate" "Why is the sea salty?"
+  fanout ask --help     every flag of ask, in groups""",
 )
 
 # Every number a flag takes has an upper bound: besides nonsense (a timeout of 10**30 s), an
@@ -466,7 +472,22 @@ def _root(
     """
 
 
-@app.command(cls=_Command)
+# Examples close a command's help, under its options, one a line: at the top they pushed the
+# options off the screen. Rich markup applies: no [brackets] in them.
+ASK_EXAMPLES = """Examples:
+
+  fanout ask "What is temperature?"
+  fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
+  fanout ask -p "pirate=You answer like a pirate" "Why is the sea salty?"
+  fanout ask --vote --choices "Paris,Lyon" "What is the capital of France?"
+  fanout ask -a translator:3 --judge "Translate 'carpe diem'"
+  fanout ask --council "Is P = NP likely?"
+  fanout ask --local "What is temperature?"
+  echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
+  fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'"""
+
+
+@app.command(cls=_Command, epilog=ASK_EXAMPLES)
 def ask(
     prompt: Annotated[
         str | None,
@@ -608,23 +629,7 @@ def ask(
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
-    Examples:
-
-      fanout ask "What is temperature?"
-
-      fanout ask --local "What is temperature?"
-
-      fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
-
-      fanout ask --vote --choices "Paris,Lyon" "What is the capital of France?"
-
-      fanout ask -a translator:3 --judge "Translate 'carpe diem'"
-
-      fanout ask --council "Is P = NP likely?"
-
-      echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
-
-      fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'
+    Example: fanout ask -a physicist,chemist -s "Why is ice slippery?"
     """
     with _errors_to_exit(), _terminate_as_interrupt():
         text, out = "", None
