@@ -28,7 +28,9 @@ Every step waits ``latency`` seconds first. Waits never block other requests, an
 when the client disconnects or the server stops, so ``stop()`` releases hung handlers promptly.
 Accepted chat requests are recorded in ``server.requests``; ``server.max_in_flight`` is the
 peak number of chat requests being handled at once (counted from "body read" until "response
-complete or connection dropped"). Other paths get a 404, bodies that are not a JSON object
+complete or connection dropped"). ``/v1/files`` and ``/v1/batches`` hold a Batch API
+(``server.script(UPLOADS, Fault(400))`` fails the next upload, ``Hang()`` hangs it;
+``server.uploads`` counts them). Other paths get a 404, bodies that are not a JSON object
 with a string ``model`` get a 400; neither is recorded.
 """
 
@@ -55,9 +57,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["BadLine", "EmptyChoices", "FakeOpenAI", "Fault", "Hang", "Malformed", "RecordedRequest"]
-__all__ += ["Reply", "Reset", "Step", "Trickle"]
+__all__ += ["UPLOADS", "Reply", "Reset", "Step", "Trickle"]
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+UPLOADS = "/v1/files"  # server.script(UPLOADS, Fault(400)): how the next upload is answered
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -205,6 +208,7 @@ class FakeOpenAI:
         self._live: dict[int, RecordedRequest] = {}  # in flight, recorded since the last reset
         self._files: dict[str, bytes] = {}
         self._batches: dict[str, dict[str, Any]] = {}
+        self.uploads = 0  # /v1/files uploads received (answered or not)
         self._max_in_flight = 0
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -273,6 +277,7 @@ class FakeOpenAI:
             self._max_in_flight = 0
             self._files.clear()
             self._batches.clear()
+            self.uploads = 0
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -287,6 +292,20 @@ class FakeOpenAI:
     def max_in_flight(self) -> int:
         with self._cond:
             return self._max_in_flight
+
+    def wait_for_uploads(self, n: int, timeout: float = 10.0) -> None:
+        """Block until at least ``n`` /v1/files uploads were received; else TimeoutError."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.uploads >= n, timeout):
+                raise TimeoutError(f"got {self.uploads} uploads, wanted {n}")
+
+    def _upload_step(self) -> Step | None:
+        """The next step of the ``UPLOADS`` script, if any (an upload is otherwise stored)."""
+        with self._cond:
+            self.uploads += 1
+            self._cond.notify_all()
+            queue = self._scripts.get(UPLOADS)
+            return queue.popleft() if queue else None
 
     def wait_for_requests(self, n: int, timeout: float = 10.0) -> None:
         """Block until at least ``n`` chat requests were received; else raise TimeoutError."""
@@ -531,6 +550,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _batch_api_post(self, path: str, raw: bytes) -> None:
         fake = self.server.fake
         if path == "/v1/files":
+            step = fake._upload_step()
+            if isinstance(step, Fault):
+                fault_body = _error(step.status) if step.body is None else step.body
+                return self._send_json(step.status, fault_body, step.headers)
+            if isinstance(step, Hang):
+                self._idle(None)
+                self.close_connection = True
+                return None
             message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
                 b"content-type: " + self.headers["content-type"].encode() + b"\r\n\r\n" + raw
             )

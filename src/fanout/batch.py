@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -522,12 +523,10 @@ async def run_via_batch_api(
     for endpoint, jobs in jobs_by_endpoint.items():
         if (endpoint.base_url, endpoint.api_key_env) in pending:
             continue  # submitted by an earlier run: picked up below
-        requests = state_file.with_name(f"{state_file.name}.{len(state)}.requests.jsonl")
-        _write_requests(requests, jobs, texts)
-        file_id = await _retried(provider.upload_batch_file, endpoint, requests)
+        file_id = await _upload(provider, endpoint, jobs, texts)
         entry = {"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env}
         state.append({**entry, "input_file_id": file_id, "token": uuid.uuid4().hex, "id": ""})
-        _save_state(state_file, state, done_with=requests)
+        _save_state(state_file, state)
     for entry in state:
         if not entry["id"]:
             endpoint = Endpoint(entry["base_url"], entry["api_key_env"])
@@ -572,25 +571,48 @@ async def _retried(call: Callable[..., Awaitable[T]], *args: Any) -> T:
     return await call_with_retries(lambda _: call(*args), RetryPolicy(retries=3))
 
 
+async def _upload(
+    provider: OpenAIProvider,
+    endpoint: Endpoint,
+    jobs: list[tuple[str, Agent]],
+    texts: dict[str, str],
+) -> str:
+    """Upload the Batch API's input file for ``endpoint``; the file's id. The file lives in a
+    directory of its own under the system's temporary directory (``$TMPDIR``), removed when
+    the upload ends however it ends (done, failed, Ctrl-C): never left beside the output."""
+    with tempfile.TemporaryDirectory(prefix="fanout-batch-") as directory:
+        requests = Path(directory) / "requests.jsonl"
+        _write_requests(requests, jobs, texts)
+        return await _retried(provider.upload_batch_file, endpoint, requests)
+
+
 def _write_requests(path: Path, jobs: list[tuple[str, Agent]], texts: dict[str, str]) -> None:
     """The Batch API's input file: one chat request a line, ``custom_id`` = [prompt id, name]."""
-    with path.open("w", encoding="utf-8") as out:
-        for prompt_id, agent in jobs:
-            messages = chat_messages(agent, texts[prompt_id])
-            custom_id = json.dumps([prompt_id, agent.name])
-            out.write(json.dumps(request_line(custom_id, agent, messages)) + "\n")
+    try:
+        with path.open("w", encoding="utf-8") as out:
+            for prompt_id, agent in jobs:
+                messages = chat_messages(agent, texts[prompt_id])
+                custom_id = json.dumps([prompt_id, agent.name])
+                out.write(json.dumps(request_line(custom_id, agent, messages)) + "\n")
+    except OSError as exc:
+        raise FanoutError(f"cannot write the Batch API requests ({path}): {exc.strerror}") from None
 
 
-def _save_state(
-    state_file: Path, state: list[dict[str, str]], done_with: Path | None = None
-) -> None:
-    """Remember the submitted batches (or forget them all: ``state`` empty)."""
-    if state:
-        state_file.write_text(json.dumps({"batches": state}), encoding="utf-8")
-    else:
+def _save_state(state_file: Path, state: list[dict[str, str]]) -> None:
+    """Remember the submitted batches (or forget them all: ``state`` empty). The file is
+    replaced whole: a run killed while writing it leaves the old state, not half of the new
+    one, which would lose the ids of batches already paid for."""
+    if not state:
         state_file.unlink(missing_ok=True)
-    if done_with is not None:
-        done_with.unlink(missing_ok=True)
+        return
+    partial = state_file.with_name(f".{state_file.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps({"batches": state}), encoding="utf-8")
+        os.replace(partial, state_file)
+    except OSError as exc:
+        raise FanoutError(f"cannot write {state_file}: {exc.strerror}") from None
+    finally:
+        partial.unlink(missing_ok=True)  # gone already once it replaced the state
 
 
 def _load_state(state_file: Path) -> list[dict[str, str]]:

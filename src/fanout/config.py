@@ -97,9 +97,19 @@ class _AgentFields(BaseModel):
 def _a_name(value: str) -> str:
     """A name is typed after ``-a`` and printed in tables: no spaces or commas, nothing
     invisible (control or format characters)."""
-    if not value or not value.isprintable() or "," in value or any(c.isspace() for c in value):
+    if not is_persona_name(value):
         raise ValueError("must be a non-empty name without spaces, commas or control characters")
     return value
+
+
+def is_persona_name(value: str) -> bool:
+    """Whether ``value`` can name a persona (in an agents file or ``-p NAME=...``)."""
+    return (
+        bool(value)
+        and value.isprintable()
+        and "," not in value
+        and not any(c.isspace() for c in value)
+    )
 
 
 class AgentSpec(_AgentFields):
@@ -172,6 +182,9 @@ class Panel:
     # only for a run that needs them.
     role_errors: dict[str, str] = field(default_factory=dict)
     judge: Agent | None = None  # None: the default judge, with no defaults: applied
+    # What a persona named on the command line (-p NAME=TEXT) starts from: the file's
+    # defaults: section alone, or why it could not be built (an unusable $OPENAI_BASE_URL).
+    template: Agent | str | None = None
 
     def role(self, name: str) -> Agent:
         """The agent that plays ``name`` (``synthesizer``, ``judge``, ``router``...) in the
@@ -183,6 +196,32 @@ class Panel:
         if name not in roles:
             raise ConfigError(f"the agents file has no {name}: section and no default for it")
         return roles[name]
+
+    def with_personas(self, personas: Sequence[tuple[str, str]]) -> Panel:
+        """The panel with personas given as (name, instructions) added after its own: each
+        has the panel's defaults (model, endpoint, parameters). A name the panel already has
+        (in any case) is an error naming ``-p``."""
+        if not personas:
+            return self
+        if not isinstance(self.template, Agent):
+            raise ConfigError(self.template or f"{self.source}: no defaults for a -p persona")
+        taken = {a.name.casefold(): a.name for a in self.agents}
+        added: list[Agent] = []
+        for name, instructions in personas:
+            if name.casefold() in taken:
+                raise ConfigError(
+                    f"-p/--persona {name + '=' + instructions!r}: the panel ({self.source}) "
+                    "already has a persona "
+                    f"named {taken[name.casefold()]!r}; choose another name"
+                )
+            taken[name.casefold()] = name
+            # The instructions are all there is to say about it (a router reads this).
+            added.append(
+                replace(
+                    self.template, name=name, instructions=instructions, description=instructions
+                )
+            )
+        return replace(self, agents=[*self.agents, *added])
 
     def select(self, names: Sequence[str] | None) -> list[Agent]:
         """The personas named (in the order given, each once; any case), or the whole panel.
@@ -658,6 +697,11 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         )
 
     agents = [build(a, a.name) for a in spec.agents]
+    template: Agent | str
+    try:
+        template = build(_AgentFields(), "-p")
+    except ConfigError as exc:  # only an error for a run that adds a persona with -p
+        template = str(exc)
     synth_spec = spec.synthesizer or SynthesizerSpec()
     # The defaults' instructions speak to personas; the synthesizer gets its own brief.
     synthesizer = replace(
@@ -699,6 +743,7 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         roles=roles,
         role_errors=role_errors,
         judge=judge,
+        template=template,
     )
 
 

@@ -114,6 +114,7 @@ def ask(
     synthesize: bool,
     settings: RunSettings,
     output: Output,
+    personas: Sequence[tuple[str, str]] = (),
     dry_run: bool = False,
     log: bool = True,
     local: bool = False,
@@ -129,7 +130,8 @@ def ask(
     ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid)."""
     parent = _trace_parent(traceparent)
     panel_given = panel
-    panel = panel or load_panel(find_config(config, os.environ))
+    # -p personas join the panel here; a panel given is one already built (and holds them).
+    panel = panel or load_panel(find_config(config, os.environ)).with_personas(personas)
     names, options = _as_named(panel, names, options)
     chosen = apply_model(panel.select(names), model)
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
@@ -514,10 +516,12 @@ def batch(
     local: bool = False,
     shape: str = "panel",
     options: Mapping[str, Any] | None = None,
+    personas: Sequence[tuple[str, str]] = (),
 ) -> int:
     """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines (``shape``:
-    each prompt run as a vote, a judge..., its verdict a line of its own)."""
-    panel = load_panel(find_config(config, os.environ))
+    each prompt run as a vote, a judge..., its verdict a line of its own; ``personas``: the
+    ``-p`` ones, added to the panel)."""
+    panel = load_panel(find_config(config, os.environ)).with_personas(personas)
     names, options = _as_named(panel, names, options)
     chosen = apply_model(panel.select(names), model)
     synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
