@@ -303,3 +303,35 @@ def test_a_broken_batch_state_file_is_one_line(
     result = batch_api(invoke, prompts("q0\n"), agents_file("a"), out)
     assert_usage_error(result, "not a fanout batch state file")
     assert server.count() == 0
+
+
+@pytest.mark.parametrize("command", ["ask", "init"])
+def test_a_file_that_cannot_be_written_whole_keeps_what_it_had(
+    command: str, server: FakeOpenAI, agents_file: AgentsFile
+) -> None:
+    """`ask -o` and `init --force` wrote in place: a full disk (here, the file size limit) left
+    half a document, or half an agents.yaml that the next run would try to use."""
+    target = Path.cwd() / ("run.json" if command == "ask" else "agents.yaml")
+    target.write_text("the old one\n", encoding="utf-8")
+    args = (
+        ["ask", "-c", agents_file("a"), "--no-log", "-o", target, "Why?"]
+        if command == "ask"
+        else ["init", "--force"]
+    )
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+
+    proc = fanout_process(
+        *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=small_files
+    )
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text and "cannot write" in text.splitlines()[-1], text
+    assert target.read_text(encoding="utf-8") == "the old one\n"
+    assert sorted(p.name for p in Path.cwd().iterdir()) == [target.name]  # no partial left

@@ -716,12 +716,12 @@ def init(
     Example: fanout init && $EDITOR agents.yaml
     """
     from fanout.config import CONFIG_NAME, default_panel_text
+    from fanout.files import write_whole
 
     with _errors_to_exit():
         target = Path(CONFIG_NAME)
         try:
-            with target.open("w" if force else "x", encoding="utf-8") as file:
-                file.write(default_panel_text())
+            write_whole(target, default_panel_text(), exclusive=not force)
         except FileExistsError:
             raise ConfigError(
                 f"{target.absolute()} already exists; edit it, or --force to overwrite it"

@@ -56,6 +56,7 @@ from fanout.export import (
     report_from_document,
 )
 from fanout.export import settings_record as _settings_record
+from fanout.files import write_whole
 from fanout.history import History, HistoryRecorder, RunFilter, StoredRun, history_path
 from fanout.local import LOCAL_URL, LocalServer, local_everyone, model_path, on_local, wants_local
 from fanout.models import Agent, CallResult, Endpoint, RunReport
@@ -777,7 +778,7 @@ def export_run(run_id: str, fmt: str, output: Path | None) -> int:
         _write_stdout(text)
         return EXIT_OK
     try:
-        output.write_text(text, encoding="utf-8")
+        write_whole(output, text)
     except OSError as exc:
         raise FanoutError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
     return EXIT_OK
@@ -909,7 +910,7 @@ def _emit(
         err.print(timeline(report))
     if output.file is not None:
         try:
-            output.file.write_text(dumps(document), encoding="utf-8")
+            write_whole(output.file, dumps(document))
         except OSError as exc:
             raise FanoutError(
                 f"--output: cannot write {str(output.file)!r}: {exc.strerror}"
