@@ -543,6 +543,42 @@ def test_batch_votes_and_judges_per_prompt_with_their_lines_in_the_output(
     ]
 
 
+def test_batch_council_and_map_run_each_prompt_as_that_shape(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    # batch had no --council and no --map ("No such option").
+    source = tmp_path / "q.txt"
+    source.write_text("Why is ice slippery?\nWhy is the sky blue?\n")
+    names = SCIENTISTS[:3]
+    for name in names:
+        server.script(f"m-{name}", *[Reply(text=ANSWERS[name]), ranked("A", "B")] * 2)
+    server.script("m-synth", Reply(text="merged one"), Reply(text="merged two"))
+    config = agents_file(*names, synthesizer={"model": "m-synth"})
+    out = tmp_path / "council.jsonl"
+    # one prompt at a time: each persona's scripted replies (answer, ranking) go in order
+    result = invoke("batch", source, "-c", config, "--council", "--concurrency", "1", "-o", out)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    reviews = [line for line in lines if line.get("verdict") == "review"]
+    assert sorted(r["id"] for r in reviews) == ["1", "2"]
+    assert all(sum(row["votes"] for row in r["review"]["aggregate"]) == 6 for r in reviews)
+    merged = sorted(line["answer"] for line in lines if line.get("role") == "synthesizer")
+    assert merged == ["merged one", "merged two"]
+    assert server.count() == 2 * (3 + 3 + 1)
+
+    server.reset()
+    server.default = Reply(text=json.dumps(AGREEMENT))
+    mapped = tmp_path / "map.jsonl"
+    result = invoke("batch", source, "-c", config, "--map", "-o", mapped)
+    assert result.exit_code == 0, result.output
+    syntheses = [
+        json.loads(line)
+        for line in mapped.read_text().splitlines()
+        if json.loads(line).get("role") == "synthesizer"
+    ]
+    assert len(syntheses) == 2 and all(s["map"]["consensus"] for s in syntheses)
+
+
 # -- the same engine: events, --local planning ---------------------------------------------------
 
 

@@ -452,6 +452,25 @@ JudgeOption = Annotated[
     ),
 ]
 
+MapOption = Annotated[
+    bool,
+    typer.Option(
+        "--map",
+        help="Synthesize an agreement map: consensus, contradictions, points only one "
+        "persona made, then the merged answer (implies --synthesize).",
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
+CouncilOption = Annotated[
+    bool,
+    typer.Option(
+        "--council",
+        help="Personas rank each other's answers blind (Borda count), then the "
+        "synthesizer writes the final answer seeing the ranking.",
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -498,29 +517,13 @@ def ask(
     config: ConfigOption = None,
     model: ModelOption = None,
     synthesize: SynthesizeOption = False,
-    agreement_map: Annotated[
-        bool,
-        typer.Option(
-            "--map",
-            help="Synthesize an agreement map: consensus, contradictions, points only one "
-            "persona made, then the merged answer (implies --synthesize).",
-            rich_help_panel=GROUP_SHAPES,
-        ),
-    ] = False,
+    agreement_map: MapOption = False,
     vote: VoteOption = False,
     choices: ChoicesOption = None,
     quorum: QuorumOption = None,
     best_of: BestOfOption = None,
     judge: JudgeOption = False,
-    council: Annotated[
-        bool,
-        typer.Option(
-            "--council",
-            help="Personas rank each other's answers blind (Borda count), then the "
-            "synthesizer writes the final answer seeing the ranking.",
-            rich_help_panel=GROUP_SHAPES,
-        ),
-    ] = False,
+    council: CouncilOption = False,
     route: Annotated[
         bool,
         typer.Option(
@@ -744,6 +747,8 @@ def batch(
     quorum: QuorumOption = None,
     best_of: BestOfOption = None,
     judge: JudgeOption = False,
+    council: CouncilOption = False,
+    agreement_map: MapOption = False,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -807,8 +812,8 @@ def batch(
         adhoc = _personas(personas)
         names = _panel_names(names, adhoc)
         shape, options = _shape(
-            vote=vote, choices=choices, quorum=quorum, judge=judge, council=False,
-            best_of=best_of, repeat=repeat,
+            vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
+            best_of=best_of, repeat=repeat, agreement_map=agreement_map,
         )  # fmt: skip
         if output is not None:
             _check_output(output)

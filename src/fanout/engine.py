@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -212,6 +213,9 @@ class Engine:
             result.usage = completion.usage or _estimated_usage(call.messages, completion.text)
             if completion.tool_calls:  # what the model asked for; the shape acts on it
                 result.details["tool_calls"] = [dict(t) for t in completion.tool_calls]
+            if call.read is not None:
+                with suppress(Exception):  # a shape's reader bug: the answer stays as it came
+                    call.read(result)
         attempts.settle()
         observer.handle(CallFinished(call, result))
 

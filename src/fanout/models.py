@@ -8,7 +8,7 @@ a ``StageResult`` holds one stage's results and the verdict its shape drew from 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -190,6 +190,9 @@ class Call:
     skip: AgentError | None = None
     tools: tuple[Mapping[str, Any], ...] | None = None  # functions offered to the model
     details: Mapping[str, Any] = field(default_factory=dict)
+    # How the stage reads an answer into its result (an agreement map's merged text), done
+    # before anyone hears the call finished, so every observer (a batch line) gets it so.
+    read: Callable[[CallResult], object] | None = field(default=None, compare=False)
 
 
 @dataclass

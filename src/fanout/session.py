@@ -525,7 +525,6 @@ def batch(
     panel = load_panel(find_config(config, os.environ)).with_personas(personas)
     names, options = _as_named(panel, names, options)
     chosen = apply_model(panel.select(names), model)
-    synthesizer = apply_model([panel.synthesizer], model)[0] if synthesize else None
     options = {"synthesize": synthesize, **(options or {})}
     plan = resolve(
         RunRequest(
@@ -538,6 +537,8 @@ def batch(
         )
     )
     roles = {r: a for r, a in plan.roles.items() if r != "synthesizer"}
+    # -s, --map and a council's last stage all need the synthesizer.
+    synthesizer = plan.roles.get("synthesizer")
     with ExitStack() as stack:
         if wants_local([*chosen, *([synthesizer] if synthesizer else [])], local, os.environ):
             on_local = stack.enter_context(_local_server(chosen, local, None, model is not None))

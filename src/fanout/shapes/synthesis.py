@@ -69,6 +69,7 @@ class SynthesisStage:
                 response_format=map_format([r.name for r in answered]) if self.map else None,
                 skip=skip,
                 details=details,
+                read=read_map if self.map else None,
             )
         ]
 
