@@ -347,16 +347,28 @@ def test_a_frame_writes_only_the_lines_that_changed_inside_synchronized_output()
     for name in ("alpha", "beta", "gamma"):
         live.handle(AgentSending(Agent(name, model=f"m-{name}"), 1))
         live.handle(AgentDelta(Agent(name, model=f"m-{name}"), f"{name} says"))
-    first = live.update(live.frame(60, 30), (60, 30))
+    first = live.update(live.frame_cells(60, 30), (60, 30))
     assert first.startswith("\x1b[?2026h") and first.endswith("\x1b[?2026l")
-    assert live.update(live.frame(60, 30), (60, 30)) == ""  # nothing changed: nothing written
+    assert live.update(live.frame_cells(60, 30), (60, 30)) == ""  # nothing changed: nothing
     clock.t += 0.3
     live.handle(AgentDelta(Agent("beta", model="m-beta"), " more"))
-    again = live.update(live.frame(60, 30), (60, 30))
-    # Each pane's spinner and clock moved on, and beta's answer grew: 3 + 3 + 1 lines of 15.
+    again = live.update(live.frame_cells(60, 30), (60, 30))
+    # Each pane's spinner and clock moved on, and beta's answer and figures grew (with them
+    # the border left of its figures): 3 + 3 + 2 pieces, no whole line.
     assert again.count("\x1b[?2026h") == 1
-    assert len(re.findall(r"\x1b\[\d+;1H", again)) == 7
-    resized = live.update(live.frame(50, 30), (50, 30))
+    assert len(re.findall(r"\x1b\[\d+;\d+H", again)) == 8
+    assert "╭" not in again and "│" not in again
+    side_by_side = colour_board(["alpha", "beta", "gamma"], clock, 150)
+    side_by_side.handle(AgentSending(Agent("beta", model="m-beta"), 1))
+    side_by_side.handle(AgentDelta(Agent("beta", model="m-beta"), "hello"))
+    side_by_side.update(side_by_side.frame_cells(150, 30), (150, 30))
+    clock.t += 0.3
+    side_by_side.handle(AgentDelta(Agent("beta", model="m-beta"), " world"))
+    changed = side_by_side.update(side_by_side.frame_cells(150, 30), (150, 30))
+    assert "alpha" not in changed and "gamma" not in changed  # only beta's cells of the lines
+    columns = [int(c) for c in re.findall(r"\x1b\[\d+;(\d+)H", changed)]
+    assert len(columns) == 4 and all(51 <= c <= 100 for c in columns)  # within beta's pane
+    resized = live.update(live.frame_cells(50, 30), (50, 30))
     assert resized.startswith("\x1b[?2026h\x1b[H\x1b[2J")  # a new size: drawn again whole
 
 

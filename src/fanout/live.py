@@ -59,6 +59,7 @@ except ImportError:  # Windows: keys are echoed, as before
 _log = logging.getLogger("fanout")
 
 Clock = Callable[[], float]
+Line = list[tuple[int, str]]  # a screen line: pieces (a pane's, the blank after) and their column
 
 MIN_PANE_WIDTH = 38
 PANE_ROWS = 3  # a pane's least: its borders and its status line
@@ -172,11 +173,15 @@ class Pane:
 @dataclass
 class _Body:
     """A pane's answer rendered for one width: its lines (with escape codes), and for which
-    version of the text."""
+    version of the text. The blocks that are over (up to ``done``, a paragraph's end) are
+    rendered once, into ``settled``; only the block still growing is rendered again."""
 
     width: int
     version: int
     at: float
+    text: str = ""  # the text rendered, to tell appended text from new text
+    done: int = 0
+    settled: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
 
@@ -221,7 +226,7 @@ class LiveBoard:
         self._markdown = _MarkdownRenderer(console)
         self._color = None if console.color_system is None else console.color_system
         self._no_color = console.no_color
-        self._shown: list[str] = []
+        self._shown: list[Line] = []
         self._shown_size: tuple[int, int] | None = None
         self._fd: int | None = None
         self._stdin_fd: int | None = None
@@ -303,7 +308,7 @@ class LiveBoard:
         try:
             columns, rows = self._size()
             with self._state_lock:
-                lines = self.frame(columns, rows)
+                lines = self.frame_cells(columns, rows)
             update = self.update(lines, (columns, rows))
             if update:
                 with self._write_lock:
@@ -321,20 +326,32 @@ class LiveBoard:
                 pass
         return self.console.width, self.console.height
 
-    def update(self, lines: list[str], size: tuple[int, int]) -> str:
-        """What turns the screen last drawn into ``lines``: the changed lines only, inside
-        synchronized output; everything again after a resize. Empty if nothing changed."""
+    def update(self, lines: Sequence[str | Line], size: tuple[int, int]) -> str:
+        """What turns the screen last drawn into ``lines`` (each a string, or its panes' cells
+        side by side): only the cells that changed, inside synchronized output; everything
+        again after a resize. Empty if nothing changed."""
         parts: list[str] = []
         if size != self._shown_size:
             parts.append("\x1b[H\x1b[2J")
             self._shown, self._shown_size = [], size
         shown = self._shown
-        for y, line in enumerate(lines):
-            if y >= len(shown) or shown[y] != line:
-                parts.append(f"\x1b[{y + 1};1H{line}\x1b[0m\x1b[K")
-        for y in range(len(lines), len(shown)):
+        new: list[Line] = [[(0, line)] if isinstance(line, str) else line for line in lines]
+        for y, line in enumerate(new):
+            before = shown[y] if y < len(shown) else None
+            if before == line:
+                continue
+            if before is None:
+                parts.append(f"\x1b[{y + 1};1H{''.join(c for _, c in line)}\x1b[0m\x1b[K")
+                continue
+            # Both lines tile the whole width: a piece found at the same column with the
+            # same text is already on the screen; every other piece is written.
+            kept = set(before)
+            parts.extend(
+                f"\x1b[{y + 1};{x + 1}H{cell}\x1b[0m" for x, cell in line if (x, cell) not in kept
+            )
+        for y in range(len(new), len(shown)):
             parts.append(f"\x1b[{y + 1};1H\x1b[2K")
-        self._shown = list(lines)
+        self._shown = new
         if not parts:
             return ""
         self.frames_written += 1
@@ -420,6 +437,10 @@ class LiveBoard:
     def frame(self, width: int, height: int) -> list[str]:
         """The board as at most ``height`` lines of ``width`` cells each (with escape codes
         when the console has colours)."""
+        return ["".join(cell for _, cell in line) for line in self.frame_cells(width, height)]
+
+    def frame_cells(self, width: int, height: int) -> list[Line]:
+        """``frame``, each line as its panes' pieces and the column each starts at."""
         now = self._clock()
         if not self.stages or width < 4 or height < 1:
             return []
@@ -429,25 +450,31 @@ class LiveBoard:
             body = index == len(self.stages) - 1  # earlier stages shrink to their status
             columns = self._columns(width, len(panes))
             widths = _split(width, columns)
+            # The most a pane of this stage could show: what it renders need be no longer.
+            share = max(height // math.ceil(len(panes) / columns) - PANE_ROWS, 1)
             for start in range(0, len(panes), columns):
                 row = _Row(panes[start : start + columns], widths, body)
                 if body:
                     row.wanted = max(
-                        PANE_ROWS + len(self._body(key, pane, w - 4, height, now))
+                        PANE_ROWS + len(self._body(key, pane, w - 4, share, now))
                         for (key, pane), w in zip(row.panes, widths, strict=False)
                     )
                 rows.append(row)
         shown, hidden = _fit(rows, height)
-        lines: list[str] = []
+        lines: list[Line] = []
         for row in shown:
-            cells = [
+            drawn = [
                 self._pane(key, pane, w, row.height, now, body=row.body)
                 for (key, pane), w in zip(row.panes, row.widths, strict=False)
             ]
-            blank = " " * (width - sum(row.widths[: len(cells)]))
-            lines.extend("".join(parts) + blank for parts in zip(*cells, strict=True))
+            starts = [sum(row.widths[:i]) for i in range(len(drawn) + 1)]
+            blank = [(starts[-1], " " * (width - starts[-1]))] if starts[-1] < width else []
+            for pieces in zip(*drawn, strict=True):
+                line = [(x + dx, cell) for x, piece in zip(starts, pieces, strict=False)
+                        for dx, cell in piece]  # fmt: skip
+                lines.append([*line, *blank])
         if hidden:
-            lines.append(self._more_line(hidden, width, now))
+            lines.append([(0, self._more_line(hidden, width, now))])
         return lines
 
     def _columns(self, width: int, count: int) -> int:
@@ -463,13 +490,16 @@ class LiveBoard:
 
     def _pane(
         self, key: str, pane: Pane, width: int, height: int, now: float, *, body: bool
-    ) -> list[str]:
-        """One pane: ``height`` lines of ``width`` cells."""
+    ) -> list[Line]:
+        """One pane: ``height`` lines of ``width`` cells, each in pieces (borders, status,
+        answer, figures) that change apart, so a frame rewrites only the piece that did."""
+        if width < 4:  # too narrow to draw: blank
+            return [[(0, " " * width)]] * height
         border = _BORDER.get(pane.state, "blue")
-        inner = max(width - 4, 1)
+        inner = width - 4
         name, model = printable(pane.name), printable(pane.model)
         title = f"{printable(pane.title)} · " if pane.title else ""
-        label = set_cell_size(f" {title}{name} · {model} ", max(width - 4, 0)).rstrip()
+        label = set_cell_size(f" {title}{name} · {model} ", inner).rstrip()
         label = f"{label} " if label else ""
         top = (
             self._paint("╭─", border)
@@ -478,41 +508,55 @@ class LiveBoard:
         )
         stats = pane.stats(now, max(width - 6, 0))
         stats = f" {stats} " if stats else ""
-        bottom = self._paint("╰" + "─" * max(width - 3 - cell_len(stats), 0), border)
-        bottom += self._paint(stats, "dim") + self._paint("─╯", border)
-        side = self._paint("│", border)
+        at = width - 2 - cell_len(stats)
+        bottom: Line = [(0, self._paint("╰" + "─" * (at - 1), border))]
+        if stats:
+            bottom.append((at, self._paint(stats, "dim")))
+        bottom.append((width - 2, self._paint("─╯", border)))
+        left, right = self._paint("│", border) + " ", " " + self._paint("│", border)
         status, style = pane.status_line(now)
-        lines = [top, f"{side} {self._paint(set_cell_size(status, inner), style)} {side}"]
+        lines: list[Line] = [
+            [(0, top)],
+            [(0, left), (2, self._paint(set_cell_size(status, inner), style)), (width - 2, right)],
+        ]
         room = height - PANE_ROWS
-        if body and room > 0:
-            text = self._body(key, pane, inner, room, now)[-room:]
-            text += [" " * inner] * (room - len(text))
-            lines.extend(f"{side} {line} {side}" for line in text)
-        elif room > 0:
-            lines.extend([f"{side} {' ' * inner} {side}"] * room)
+        text = self._body(key, pane, inner, room, now)[-room:] if body and room > 0 else []
+        text += [" " * inner] * (room - len(text))
+        lines.extend([(0, left), (2, line), (width - 2, right)] for line in text)
         lines.append(bottom)
-        if width < 4:  # too narrow to draw: blank
-            return [" " * width] * height
         return lines
 
     def _body(self, key: str, pane: Pane, width: int, rows: int, now: float) -> list[str]:
-        """The pane's answer as Markdown, ``width`` cells wide: rendered again only when its
-        text changed, and while it streams at most every ``MARKDOWN_EVERY_S``. Only the tail
-        of a long answer is rendered (enough for ``rows`` lines): it is all a pane shows."""
+        """The pane's answer as Markdown, ``width`` cells wide, at least its last ``rows``
+        lines: rendered again only when its text changed, and while it streams at most every
+        ``MARKDOWN_EVERY_S``. Each paragraph is rendered once, when it is over; only the one
+        still streaming is rendered again. A new text (another attempt) or width starts from
+        the text's tail: all a pane shows."""
         if not pane.text:
+            self._bodies.pop(key, None)
             return []
-        cached = self._bodies.get(key)
-        if cached is not None and cached.width == width:
-            if cached.version == pane.version:
-                return cached.lines
-            if pane.result is None and now - cached.at < MARKDOWN_EVERY_S:
-                return cached.lines
-        tail = markdown_tail(pane.text, max(rows, 1) * width * 2)
-        lines = self._markdown.lines(printable(tail), width)
-        if len(lines) > rows * 2:
-            lines = lines[-rows * 2 :]
-        self._bodies[key] = _Body(width, pane.version, now, lines)
-        return lines
+        body = self._bodies.get(key)
+        if body is not None and body.width == width:
+            if body.version == pane.version:
+                return body.lines
+            if pane.result is None and now - body.at < MARKDOWN_EVERY_S:
+                return body.lines
+        text, keep = pane.text, max(rows, 1) * 2
+        if body is None or body.width != width or not text.startswith(body.text[: body.done]):
+            start = len(text) - len(markdown_tail(text, max(rows, 1) * width * 2))
+            body = _Body(width, pane.version, now, done=start)
+            self._bodies[key] = body
+        end = _settled_end(text, body.done)
+        if end > body.done:
+            lines = self._markdown.lines(printable(text[body.done : end]), width)
+            gap = [" " * width] if body.settled and lines else []
+            body.settled = [*body.settled, *gap, *lines][-keep:]
+            body.done = end
+        live = self._markdown.lines(printable(text[body.done :]), width)
+        gap = [" " * width] if body.settled and live else []
+        body.lines = [*body.settled, *gap, *live][-keep:]
+        body.text, body.version, body.at = text, pane.version, now
+        return body.lines
 
     def _paint(self, text: str, style: str) -> str:
         if self._color is None or not text:
@@ -581,6 +625,15 @@ def markdown_tail(text: str, chars: int) -> str:
     if text.count("```", 0, start) % 2:
         tail = "```\n" + tail
     return tail
+
+
+def _settled_end(text: str, start: int) -> int:
+    """Where the blocks of ``text`` after ``start`` that are over end: its last blank line
+    outside a code block (``start`` if none)."""
+    end = text.rfind("\n\n", start)
+    while end > start and text.count("```", 0, end) % 2:
+        end = text.rfind("\n\n", start, end)
+    return end + 2 if end > start else start
 
 
 def _split(width: int, columns: int) -> list[int]:
