@@ -24,6 +24,7 @@ import io
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -437,7 +438,10 @@ class LiveBoard:
     def frame(self, width: int, height: int) -> list[str]:
         """The board as at most ``height`` lines of ``width`` cells each (with escape codes
         when the console has colours)."""
-        return ["".join(cell for _, cell in line) for line in self.frame_cells(width, height)]
+        return [
+            _ERASED.sub(lambda m: " " * int(m[1]), "".join(cell for _, cell in line))
+            for line in self.frame_cells(width, height)
+        ]
 
     def frame_cells(self, width: int, height: int) -> list[Line]:
         """``frame``, each line as its panes' pieces and the column each starts at."""
@@ -515,13 +519,13 @@ class LiveBoard:
         bottom.append((width - 2, self._paint("─╯", border)))
         left, right = self._paint("│", border) + " ", " " + self._paint("│", border)
         status, style = pane.status_line(now)
-        lines: list[Line] = [
-            [(0, top)],
-            [(0, left), (2, self._paint(set_cell_size(status, inner), style)), (width - 2, right)],
-        ]
+        status = set_cell_size(status, inner).rstrip(" ")
+        status = self._paint(status, style) + _erase(inner - cell_len(status))
+        lines: list[Line] = [[(0, top)], [(0, left), (2, status), (width - 2, right)]]
         room = height - PANE_ROWS
         text = self._body(key, pane, inner, room, now)[-room:] if body and room > 0 else []
-        text += [" " * inner] * (room - len(text))
+        text = [_erase_padding(line) for line in text]
+        text += [_erase(inner)] * (room - len(text))
         lines.extend([(0, left), (2, line), (width - 2, right)] for line in text)
         lines.append(bottom)
         return lines
@@ -625,6 +629,21 @@ def markdown_tail(text: str, chars: int) -> str:
     if text.count("```", 0, start) % 2:
         tail = "```\n" + tail
     return tail
+
+
+_ERASED = re.compile(r"\x1b\[(\d+)X")
+
+
+def _erase(cells: int) -> str:
+    """Blank ``cells`` cells from the cursor on (ECH: 5 bytes instead of a run of spaces)."""
+    return f"\x1b[{cells}X" if cells > 4 else " " * max(cells, 0)
+
+
+def _erase_padding(line: str) -> str:
+    """A rendered line with its padding (plain spaces at its end) erased rather than
+    written."""
+    text = line.rstrip(" ")
+    return text + _erase(len(line) - len(text))
 
 
 def _settled_end(text: str, start: int) -> int:
