@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import termios
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,10 @@ class Terminal:
         self.child.setwinsize(rows, columns)
 
     def finish(self) -> int | None:
-        """Wait for the end; the exit code (None if a signal killed it)."""
+        """Wait for the end; the exit code (None if a signal killed it). ``echo_after``:
+        whether the terminal echoed keys once the command was over."""
         self.child.expect(pexpect.EOF)
+        self.echo_after = bool(termios.tcgetattr(self.child.child_fd)[3] & termios.ECHO)
         self.child.close()
         return self.child.exitstatus  # type: ignore[no-any-return]
 

@@ -22,7 +22,7 @@ from fanout.event import (
     CallWaiting,
     StageStarted,
 )
-from fanout.live import LiveBoard
+from fanout.live import LiveBoard, markdown_tail
 from fanout.models import Agent, AgentError, AgentResult, Call, CallResult, Usage
 from tests.conftest import AgentsFile
 from tests.fakeserver import FakeOpenAI, Reply
@@ -388,7 +388,7 @@ def held_panel(
 def assert_clean_hand_over(term: Terminal, names: list[str]) -> None:
     """What stays on the terminal is the final view alone: no piece of the board above it."""
     main = term.main_text()
-    assert not term.screen.on_alt
+    assert not term.screen.on_alt and term.echo_after
     for fragment in BOARD_ONLY:
         assert fragment not in main, (fragment, main)
     for name in names:
@@ -453,4 +453,24 @@ def test_a_second_ctrl_c_ends_at_once_and_quietly(
     assert code == 130
     assert "Exception ignored" not in term.output and "Traceback" not in term.output
     assert not term.screen.on_alt  # the terminal is given back
+    assert term.echo_after  # with its echo
     assert term.output.rindex("\x1b[?25h") > term.output.rindex("\x1b[?25l")  # and its cursor
+
+
+def test_a_code_block_cut_by_the_tail_or_still_streaming_stays_a_code_block() -> None:
+    code = "```python\n" + "".join(f"x{i} = {i}\n\n" for i in range(400)) + "print(x)\n"
+    tail = markdown_tail("Intro.\n\n" + code + "```\n", 200)
+    assert tail.startswith("```\n") and "print(x)" in tail and len(tail) < 600
+    clock = Clock()
+    live, console = board(["alpha"], clock, 80)
+    agent = Agent("alpha", model="m-alpha")
+    live.handle(AgentSending(agent, 1))
+    live.handle(AgentDelta(agent, "Intro.\n\n```python\na = 1\n\nb = 2\n"))
+    text = screen(live, console, 80)
+    # The blank line inside the block does not end it: nothing of it is read as prose.
+    assert "```" not in text
+    lines = text.splitlines()
+    a = next(line for line in lines if "a = 1" in line)
+    b = next(line for line in lines if "b = 2" in line)
+    intro = next(line for line in lines if "Intro." in line)
+    assert a.index("a = 1") == b.index("b = 2") != intro.index("Intro.")  # both code

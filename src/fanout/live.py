@@ -222,7 +222,9 @@ class LiveBoard:
         self._declared = bool(agents)  # the panel's panes are a guess until it starts
         self._clock = clock or time.monotonic
         self._state_lock = threading.Lock()  # events (the event loop) against frames (a thread)
-        self._write_lock = threading.Lock()  # frames against restore (a signal handler)
+        # Frames against restore, which a signal handler may call while this very thread is
+        # in restore already: reentrant.
+        self._write_lock = threading.RLock()
         self._bodies: dict[str, _Body] = {}
         self._markdown = _MarkdownRenderer(console)
         self._color = None if console.color_system is None else console.color_system
@@ -275,8 +277,8 @@ class LiveBoard:
         self._stop.set()
         with self._write_lock:
             if self._up:
+                self._write_now(LEAVE)  # then marked down: cut short, it is written again
                 self._up = False
-                self._write_now(LEAVE)
         saved, self._saved_termios = self._saved_termios, None
         if saved is not None and self._stdin_fd is not None and termios is not None:
             with contextlib.suppress(OSError, termios.error):
