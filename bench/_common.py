@@ -20,16 +20,17 @@ __all__ = ["FakeOpenAI", "Reply", "ServerProcess", "panel_file", "run_fanout"]
 
 
 class ServerProcess:
-    """The test server in its own process (``with ServerProcess(latency) as base_url``)."""
+    """The test server in its own process (``with ServerProcess(latency) as base_url``);
+    ``words``: a streamed Markdown answer of about that many words (see ``_server.py``)."""
 
-    def __init__(self, latency: float = 0.0) -> None:
-        self._latency = latency
+    def __init__(self, latency: float = 0.0, words: int = 0, chunk_delay: float = 0.0) -> None:
+        self._args = [str(latency), str(words), str(chunk_delay)]
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> str:
         script = Path(__file__).with_name("_server.py")
         self._proc = subprocess.Popen(
-            [sys.executable, str(script), str(self._latency)],
+            [sys.executable, str(script), *self._args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -21,6 +21,7 @@ FULL = [
     ["startup.py"],
     ["memory.py"],
     ["engine_overhead.py"],
+    ["live_view.py"],
 ]
 QUICK = [
     ["fanout_efficiency.py", "--sizes", "1,8", "--repeat", "1", "--latency", "0.2"],
@@ -29,6 +30,7 @@ QUICK = [
     ["startup.py", "--repeat", "1"],
     ["memory.py", "--sizes", "200"],
     ["engine_overhead.py", "--calls", "300", "--repeat", "1"],
+    ["live_view.py", "--personas", "2", "--words", "200"],
 ]
 
 

@@ -14,7 +14,15 @@ from fanout.config import Panel
 from fanout.cost import Price, estimate_tokens
 from fanout.engine import DEFAULT_CONCURRENCY, Execution, RunSettings
 from fanout.errors import ProviderError
-from fanout.event import CallDelta, CallFinished, CallRetrying, CallStarted, Event, Observer
+from fanout.event import (
+    CallDelta,
+    CallFinished,
+    CallRetrying,
+    CallStarted,
+    CallWaiting,
+    Event,
+    Observer,
+)
 from fanout.models import Agent, Completion, Message, Usage
 from fanout.retry import RetryPolicy
 
@@ -72,6 +80,9 @@ class Recorder:
             self.events.append(f"delta {event.call.name} {event.text}")
         elif isinstance(event, CallFinished):
             self.events.append(f"finished {event.result.name} {event.result.status}")
+        elif isinstance(event, CallWaiting):
+            waits = "?" if event.wait_s is None else f"{round(event.wait_s)}s"
+            self.events.append(f"waiting {event.call.name} {waits}")
 
 
 def answer(text: str, usage: Usage | None = None) -> Behaviour:
@@ -494,6 +505,8 @@ async def test_a_call_cancelled_while_waiting_for_the_rate_limit_is_reported_fin
     run.conclude()
     assert "finished a cancelled" in recorder.events
     assert "finished b cancelled" in recorder.events  # it had a slot and was waiting
+    # The display can count down: the limiter said when b's turn comes.
+    assert "waiting b 60s" in recorder.events
 
 
 class _Growing:

@@ -147,6 +147,22 @@ async def test_pause_holds_every_request_of_the_endpoint() -> None:
     assert clock.t == pytest.approx(2.5)
 
 
+async def test_the_limiter_tells_how_long_a_call_would_wait() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=60, clock=clock)  # one start a second
+    assert limiter.expected_wait() == 0.0
+    await limiter.acquire()
+    assert limiter.expected_wait() == pytest.approx(1.0 + GUARD_S)
+    clock.t = 0.5
+    assert limiter.expected_wait() == pytest.approx(0.5 + GUARD_S)
+    told: list[float] = []
+    await limiter.acquire(on_wait=told.append)  # and a waiter hears it when it waits
+    assert told == [pytest.approx(0.5 + GUARD_S)]
+    unlimited = RateLimiter(clock=clock)
+    unlimited.pause_for(3)
+    assert unlimited.expected_wait() == pytest.approx(3.0)
+
+
 async def test_pause_only_ever_extends() -> None:
     clock = FakeClock()
     limiter = RateLimiter(rpm=600, clock=clock)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pexpect
@@ -20,10 +22,11 @@ from fanout.event import (
     CallWaiting,
     StageStarted,
 )
+from fanout.live import LiveBoard, markdown_tail
 from fanout.models import Agent, AgentError, AgentResult, Call, CallResult, Usage
-from fanout.render import LiveBoard
 from tests.conftest import AgentsFile
 from tests.fakeserver import FakeOpenAI, Reply
+from tests.terminal import Terminal
 
 
 def call_of(agent: Agent, stage: str = "panel", role: str = "persona") -> Call:
@@ -64,13 +67,10 @@ def board(names: list[str], clock: Clock, width: int) -> tuple[LiveBoard, Consol
 
 
 def screen(live: LiveBoard, console: Console, width: int, height: int = 30) -> str:
-    console.print(live.layout(width, height))
-    file = console.file
-    assert isinstance(file, io.StringIO)
-    text = file.getvalue()
-    file.seek(0)
-    file.truncate()
-    return text
+    lines = live.frame(width, height)
+    assert len(lines) <= height
+    assert all(len(line) == width for line in lines), [len(line) for line in lines]
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("width", [80, 200])
@@ -227,6 +227,250 @@ def test_terminal_preferences_are_honoured(
     assert child.exitstatus == 0
     output = child.before
     assert "m-alpha says: Why?" in output
-    assert "\x1b[3" not in output  # no colour codes
+    sgr = [int(c) for p in re.findall(r"\x1b\[([\d;]*)m", output) for c in p.split(";") if c]
+    assert not [c for c in sgr if 30 <= c <= 49 or 90 <= c <= 107]  # no colour codes
     if env.get("TERM") == "dumb":
         assert "streaming" not in output  # no live view on a dumb terminal
+
+
+# -- the board's layout and drawing -------------------------------------------------------------
+
+
+def colour_board(names: list[str], clock: Clock, width: int) -> LiveBoard:
+    console = Console(width=width, height=30, file=io.StringIO(), color_system="truecolor")
+    return LiveBoard(console, [Agent(n, model=f"m-{n}") for n in names], clock=clock)
+
+
+def finish(live: LiveBoard, name: str, answer: str, **fields: Any) -> None:
+    live.handle(AgentFinished(AgentResult(name, f"m-{name}", "ok", answer, **fields)))
+
+
+def test_a_pane_takes_only_the_rows_its_answer_needs() -> None:
+    clock = Clock()
+    live, _ = board(["alpha", "beta", "gamma"], clock, 120)
+    for name in ("alpha", "beta", "gamma"):
+        finish(live, name, f"{name} in one line")
+    lines = live.frame(120, 40)
+    assert len(lines) == 4  # borders, status, the answer: not a third of the screen each
+    stacked = live.frame(60, 40)
+    assert len(stacked) == 12
+
+
+def test_a_long_answer_takes_its_share_and_a_short_one_no_more() -> None:
+    clock = Clock()
+    live, _ = board(["short", "long"], clock, 60)
+    finish(live, "short", "yes")
+    finish(live, "long", "\n\n".join(f"paragraph {i}" for i in range(100)))
+    lines = live.frame(60, 30)
+    assert len(lines) == 30
+    text = "\n".join(lines)
+    assert text.count("yes") == 1 and "paragraph 99" in text
+    assert lines[3].startswith("╰")  # the short pane is four rows; the long one has the rest
+
+
+def test_panes_that_do_not_fit_are_counted_with_their_states() -> None:
+    clock = Clock()
+    names = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    live, console = board(names, clock, 70)
+    finish(live, "zeta", "done")
+    text = screen(live, console, 70, height=16)
+    assert "+1 more: zeta ✓ done" in text
+    assert all(name in text for name in names[:5])
+
+
+def test_answers_are_drawn_as_markdown_like_the_final_view() -> None:
+    clock = Clock()
+    live, console = board(["alpha"], clock, 80)
+    agent = Agent("alpha", model="m-alpha")
+    live.handle(AgentSending(agent, 1))
+    live.handle(AgentDelta(agent, "## Heat\n\nEnergy moves **from hot to cold**.\n\n- one item"))
+    text = screen(live, console, 80)
+    assert "Heat" in text and "from hot to cold" in text and "• one item" in text
+    assert "##" not in text and "**" not in text
+
+
+def test_a_streaming_answer_is_rendered_again_a_few_times_a_second_not_every_frame() -> None:
+    clock = Clock()
+    live, console = board(["alpha"], clock, 80)
+    agent = Agent("alpha", model="m-alpha")
+    live.handle(AgentSending(agent, 1))
+    live.handle(AgentDelta(agent, "first words"))
+    assert "first words" in screen(live, console, 80)
+    live.handle(AgentDelta(agent, " and more"))
+    assert "and more" not in screen(live, console, 80)  # the cached rendering, for now
+    clock.t += 0.3
+    assert "first words and more" in screen(live, console, 80)
+    live.handle(AgentDelta(agent, " and the end"))
+    finish(live, "alpha", "first words and more and the end")
+    assert "and the end" in screen(live, console, 80)  # a finished answer is drawn at once
+
+
+def test_escape_sequences_from_a_server_are_shown_never_acted_on() -> None:
+    clock = Clock()
+    evil = Agent("alpha", model="m-\x1b[2J")
+    console = Console(width=100, height=30, file=io.StringIO(), color_system="truecolor")
+    live = LiveBoard(console, [evil, Agent("beta", model="m-beta")], clock=clock)
+    live.handle(AgentSending(evil, 1))
+    live.handle(AgentDelta(evil, "Title: \x1b]0;pwned\x07 and \x9b31m red"))
+    failed = AgentResult(
+        "beta", "m-beta", "error", error=AgentError("server", "HTTP 500: \x1b[5mboom", 500)
+    )
+    live.handle(AgentFinished(failed))
+    text = "\n".join(live.frame(100, 30))
+    assert re.findall(r"\x1b(?!\[[0-9;]*m)", text) == []  # colours only
+    assert "\x9b" not in text
+    assert "␛]0;pwned␇" in text and "m-␛[2J" in text and "␛[5mboom" in text
+
+
+def test_a_pane_counts_from_its_first_wait_and_shows_the_attempt() -> None:
+    clock = Clock()
+    live, console = board(["alpha"], clock, 100)
+    agent = Agent("alpha", model="m-alpha")
+    live.handle(CallWaiting(call_of(agent), wait_s=7.0))
+    clock.t += 2
+    text = screen(live, console, 100)
+    assert "waiting for the rate limit, 5.0 s" in text and "2.0s" in text
+    clock.t += 5
+    live.handle(AgentSending(agent, 1))
+    live.handle(AgentRetrying(agent, 1, 4, 2.0, "503", "HTTP 503"))
+    clock.t += 2
+    live.handle(AgentSending(agent, 2))
+    clock.t += 0.5
+    text = screen(live, console, 100)
+    assert "asking… · attempt 2/4" in text
+    assert "9.5s" in text  # since its first wait, not since the last attempt
+
+
+def test_a_frame_writes_only_the_lines_that_changed_inside_synchronized_output() -> None:
+    clock = Clock()
+    live = colour_board(["alpha", "beta", "gamma"], clock, 60)
+    for name in ("alpha", "beta", "gamma"):
+        live.handle(AgentSending(Agent(name, model=f"m-{name}"), 1))
+        live.handle(AgentDelta(Agent(name, model=f"m-{name}"), f"{name} says"))
+    first = live.update(live.frame_cells(60, 30), (60, 30))
+    assert first.startswith("\x1b[?2026h") and first.endswith("\x1b[?2026l")
+    assert live.update(live.frame_cells(60, 30), (60, 30)) == ""  # nothing changed: nothing
+    clock.t += 0.3
+    live.handle(AgentDelta(Agent("beta", model="m-beta"), " more"))
+    again = live.update(live.frame_cells(60, 30), (60, 30))
+    # Each pane's spinner and clock moved on, and beta's answer and figures grew (with them
+    # the border left of its figures): 3 + 3 + 2 pieces, no whole line.
+    assert again.count("\x1b[?2026h") == 1
+    assert len(re.findall(r"\x1b\[\d+;\d+H", again)) == 8
+    assert "╭" not in again and "│" not in again
+    side_by_side = colour_board(["alpha", "beta", "gamma"], clock, 150)
+    side_by_side.handle(AgentSending(Agent("beta", model="m-beta"), 1))
+    side_by_side.handle(AgentDelta(Agent("beta", model="m-beta"), "hello"))
+    side_by_side.update(side_by_side.frame_cells(150, 30), (150, 30))
+    clock.t += 0.3
+    side_by_side.handle(AgentDelta(Agent("beta", model="m-beta"), " world"))
+    changed = side_by_side.update(side_by_side.frame_cells(150, 30), (150, 30))
+    assert "alpha" not in changed and "gamma" not in changed  # only beta's cells of the lines
+    columns = [int(c) for c in re.findall(r"\x1b\[\d+;(\d+)H", changed)]
+    assert len(columns) == 4 and all(51 <= c <= 100 for c in columns)  # within beta's pane
+    resized = live.update(live.frame_cells(50, 30), (50, 30))
+    assert resized.startswith("\x1b[?2026h\x1b[H\x1b[2J")  # a new size: drawn again whole
+
+
+# -- the real CLI on an emulated terminal ---------------------------------------------------------
+
+BOARD_ONLY = ("streaming", "asking…", "queued", "ttft", "tok/s", "more:")
+
+
+def held_panel(
+    server: FakeOpenAI, agents_file: AgentsFile, names: list[str], hold: threading.Event
+) -> Path:
+    for name in names:
+        server.script(f"m-{name}", Reply(text=f"{name}-start and the rest", hold=hold))
+    return agents_file(*names)
+
+
+def assert_clean_hand_over(term: Terminal, names: list[str]) -> None:
+    """What stays on the terminal is the final view alone: no piece of the board above it."""
+    main = term.main_text()
+    assert not term.screen.on_alt and term.echo_after
+    for fragment in BOARD_ONLY:
+        assert fragment not in main, (fragment, main)
+    for name in names:
+        assert main.count(f"{name} · m-{name}") == 1, (name, main)
+    assert "Traceback" not in term.output
+
+
+@pytest.mark.parametrize("case", ["enter", "resize", "interrupt", "small"])
+def test_the_final_view_replaces_the_board_whatever_happened(
+    server: FakeOpenAI, agents_file: AgentsFile, case: str
+) -> None:
+    names = (
+        ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+        if case == "small"
+        else ["alpha", "beta", "gamma"]
+    )
+    size = {"small": (16, 70), "resize": (45, 160)}.get(case, (30, 120))
+    hold = threading.Event()
+    config = held_panel(server, agents_file, names, hold)
+    term = Terminal(["ask", "-c", config, "Why?"], *size)
+    try:
+        server.wait_for_requests(len(names))
+        # The board is up and streaming (at 70x16, five panes of three rows: no answers).
+        term.expect("streaming" if case == "small" else "alpha-start")
+        if case == "enter":
+            assert not term.child.getecho()  # keys typed meanwhile are not echoed
+            term.send("\r\r\rtyped\r")
+        elif case == "resize":
+            term.resize(30, 100)
+            term.expect(r"\x1b\[H\x1b\[2J")  # drawn again at the new size
+        elif case == "interrupt":
+            term.interrupt()
+        elif case == "small":
+            term.expect(r"\+1 more: zeta")  # the pane with no room is accounted for
+        hold.set()
+        code = term.finish()
+    finally:
+        hold.set()
+        term.close()
+    assert code == (130 if case == "interrupt" else 0), term.output
+    assert_clean_hand_over(term, names)
+
+
+@pytest.mark.parametrize("when", ["at-once", "once-the-board-is-gone"])
+def test_a_second_ctrl_c_ends_at_once_and_quietly(
+    server: FakeOpenAI, agents_file: AgentsFile, when: str
+) -> None:
+    hold = threading.Event()
+    config = held_panel(server, agents_file, ["alpha", "beta"], hold)
+    term = Terminal(["ask", "-c", config, "Why?"], 30, 120)
+    try:
+        server.wait_for_requests(2)
+        term.expect("alpha-start")
+        term.interrupt()
+        if when != "at-once":
+            term.expect(re.escape("\x1b[?25h"))  # the run is over: the final view, the exit
+        term.interrupt()
+        code = term.finish()
+    finally:
+        hold.set()
+        term.close()
+    assert code == 130
+    assert "Exception ignored" not in term.output and "Traceback" not in term.output
+    assert not term.screen.on_alt  # the terminal is given back
+    assert term.echo_after  # with its echo
+    assert term.output.rindex("\x1b[?25h") > term.output.rindex("\x1b[?25l")  # and its cursor
+
+
+def test_a_code_block_cut_by_the_tail_or_still_streaming_stays_a_code_block() -> None:
+    code = "```python\n" + "".join(f"x{i} = {i}\n\n" for i in range(400)) + "print(x)\n"
+    tail = markdown_tail("Intro.\n\n" + code + "```\n", 200)
+    assert tail.startswith("```\n") and "print(x)" in tail and len(tail) < 600
+    clock = Clock()
+    live, console = board(["alpha"], clock, 80)
+    agent = Agent("alpha", model="m-alpha")
+    live.handle(AgentSending(agent, 1))
+    live.handle(AgentDelta(agent, "Intro.\n\n```python\na = 1\n\nb = 2\n"))
+    text = screen(live, console, 80)
+    # The blank line inside the block does not end it: nothing of it is read as prose.
+    assert "```" not in text
+    lines = text.splitlines()
+    a = next(line for line in lines if "a = 1" in line)
+    b = next(line for line in lines if "b = 2" in line)
+    intro = next(line for line in lines if "Intro." in line)
+    assert a.index("a = 1") == b.index("b = 2") != intro.index("Intro.")  # both code

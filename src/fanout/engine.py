@@ -291,6 +291,9 @@ class _Attempts:
         self.parts.append(text)
         self.observer.handle(CallDelta(self.call, text))
 
+    def _waiting(self, seconds: float) -> None:
+        self.observer.handle(CallWaiting(self.call, seconds))
+
     def on_retry(self, event: RetryEvent) -> None:
         if self.timing.attempts:
             self.timing.attempts[-1].backoff_s = round(event.wait_s, 6)
@@ -343,8 +346,10 @@ class _Attempts:
         timed_out = False
         try:
             if self.limiter.would_wait(self.estimate):
-                self.observer.handle(CallWaiting(call))
-            reservation = await self.limiter.acquire(self.estimate)
+                # How long, if the limiter knows yet (not while others queue ahead of us):
+                # told again by acquire once it does, so the display can count down.
+                self.observer.handle(CallWaiting(call, self.limiter.expected_wait(self.estimate)))
+            reservation = await self.limiter.acquire(self.estimate, on_wait=self._waiting)
             result.attempts, result.ttft_s = number, None
             self.parts = []
             self.attempt_started = time.perf_counter()

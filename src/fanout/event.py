@@ -53,9 +53,11 @@ class CallStarted:
 
 @dataclass(frozen=True)
 class CallWaiting:
-    """The call's endpoint is rate-limited: the next attempt waits for its turn."""
+    """The call's endpoint is rate-limited: the next attempt waits for its turn, for about
+    ``wait_s`` seconds if the limiter can tell (None: it cannot, as when others queue first)."""
 
     call: Call
+    wait_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import heapq
 import math
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -134,8 +134,12 @@ class RateLimiter:
     def paused_until(self) -> float:
         return self._paused_until
 
-    async def acquire(self, tokens: int = 0) -> Reservation:
+    async def acquire(
+        self, tokens: int = 0, on_wait: Callable[[float], None] | None = None
+    ) -> Reservation:
         """Wait until one request of ``tokens`` estimated tokens may start, then record it.
+        ``on_wait`` hears how many seconds it is about to wait, whenever that becomes known
+        or changes (for the display).
 
         The start is recorded now; ``Reservation.mark_sent`` moves it to when the request
         actually left. A burst admitted at one instant leaves over the time it takes to build
@@ -147,12 +151,16 @@ class RateLimiter:
             return Reservation(self, None, None)
         async with self._lock:
             held_by_window = False
+            told = -math.inf
             while True:
                 now = self._clock.now()
                 ready, window_bound = self._ready_at(now, tokens)
                 if ready <= now + _EPSILON:
                     return self._record(now, tokens, held_by_window)
                 held_by_window |= window_bound
+                if on_wait is not None and abs(ready - told) > 0.05:
+                    told = ready
+                    on_wait(ready - now)
                 await self._clock.sleep_until(ready, self._wake)
                 self._check_blocked()
 
@@ -162,6 +170,17 @@ class RateLimiter:
             return self._paused_until > self._clock.now()
         now = self._clock.now()
         return self._lock.locked() or self._ready_at(now, tokens)[0] > now + _EPSILON
+
+    def expected_wait(self, tokens: int = 0) -> float | None:
+        """How long ``acquire`` would wait now, as far as the limiter can tell (for the
+        display): 0 if not at all, None when other callers queue first, whose own requests
+        will move the time."""
+        now = self._clock.now()
+        if not self.rpm and not self.tpm:
+            return max(self._paused_until - now, 0.0)
+        if self._lock.locked():
+            return None
+        return max(self._ready_at(now, tokens)[0] - now, 0.0)
 
     def pause_for(self, seconds: float) -> None:
         """Hold every request to this endpoint for ``seconds`` (a 429's Retry-After); beyond

@@ -1,4 +1,5 @@
-"""Everything the user sees in a terminal: the only module that imports Rich.
+"""Everything the user sees in a terminal (but the live board, in ``live.py``): with
+``live.py``, the only module that imports Rich.
 
 stdout carries the answers (table or JSON); progress, retries and errors go to stderr.
 """
@@ -7,16 +8,13 @@ from __future__ import annotations
 
 import io
 import math
-import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
-from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
@@ -32,23 +30,17 @@ from rich.table import Table
 from rich.text import Text
 
 from fanout.event import (
-    CallDelta,
     CallFinished,
     CallRetrying,
-    CallSending,
-    CallWaiting,
     Event,
-    StageStarted,
 )
-from fanout.models import Agent, Call, CallResult, CallTiming, RunReport, StageResult
+from fanout.models import Agent, CallResult, CallTiming, RunReport, StageResult
 from fanout.timing import PHASE_KINDS, PHASE_NAMES, PhaseKind, axis_end, phases
 
 if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engine to start
     from fanout.batch import BatchTally
     from fanout.cost import PlannedCall
     from fanout.history import RunSummary
-
-Clock = Callable[[], float]
 
 _STATUS_STYLE = {"ok": "green", "error": "red", "cancelled": "yellow", "skipped": "yellow"}
 
@@ -554,9 +546,9 @@ def agents_table(agents: Sequence[Agent], synthesizer: Agent, source: str) -> Ta
 
 class _Display:
     """A display that lasts as long as its ``with`` block; ``_widget`` is the Rich piece
-    (status, live view or progress bar) to stop at the end."""
+    (status or progress bar) to stop at the end."""
 
-    _widget: Status | Live | Progress | None = None
+    _widget: Status | Progress | None = None
 
     def __exit__(
         self,
@@ -668,238 +660,6 @@ def retry_notice(event: CallRetrying) -> str:
         f"[yellow]{escape(event.call.name)}[/]: {escape(event.reason)}, retrying in "
         f"{event.wait_s:.1f} s (attempt {event.attempt + 1}/{event.max_attempts})"
     )
-
-
-# -- the live view ------------------------------------------------------------------------------
-
-MIN_PANE_WIDTH = 38
-_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-
-
-@dataclass
-class Pane:
-    """What one call's pane shows; updated from events, drawn a few times a second."""
-
-    name: str
-    model: str
-    title: str = ""  # the stage's kind, for calls after the first stage
-    state: str = "queued"
-    text: str = ""
-    attempt: int = 0
-    max_attempts: int = 0
-    retry_reason: str = ""
-    retry_until: float | None = None
-    sent_at: float | None = None
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    chunks: int = 0
-    result: CallResult | None = None
-
-    def status_line(self, now: float) -> Text:
-        spin = _SPINNER[int(now * 10) % len(_SPINNER)]
-        if self.state == "retrying" and self.retry_until is not None:
-            left = max(self.retry_until - now, 0.0)
-            return Text(
-                f"↻ {self.retry_reason}, retry {self.attempt + 1}/{self.max_attempts} "
-                f"in {left:.1f} s",
-                style="yellow",
-            )
-        if self.result is not None:
-            if self.result.status == "ok" and self.result.truncated:
-                return Text("✓ done · truncated (max_tokens)", style="yellow")
-            if self.result.status == "ok":
-                return Text("✓ done", style="green")
-            if self.result.error is not None:
-                return Text(f"✗ {self.result.error.message}", style="red")
-            return Text(self.result.status, style="yellow")
-        labels = {
-            "queued": ("· queued", "dim"),
-            "waiting": (f"{spin} waiting for the rate limit", "yellow"),
-            "sending": (f"{spin} asking…", "cyan"),
-            "streaming": (f"{spin} streaming", "cyan"),
-        }
-        label, style = labels.get(self.state, (self.state, ""))
-        return Text(label, style=style)
-
-    def stats(self, now: float, width: int) -> str:
-        """Time to first token, tokens/s, tokens and time: the least useful go first when the
-        pane is too narrow for all four."""
-        ttft = rate = count = elapsed = ""
-        if self.sent_at is not None and self.first_token_at is not None:
-            ttft = f"ttft {self.first_token_at - self.sent_at:.2f}s"
-        tokens = self.chunks
-        if self.result is not None and self.result.usage.output_tokens:
-            tokens = self.result.usage.output_tokens
-        if self.first_token_at is not None and tokens > 1:
-            span = (self.finished_at or now) - self.first_token_at
-            rate = f"{tokens / span:.0f} tok/s" if span > 0 else ""
-        count = f"{tokens} tok" if tokens else ""
-        if self.result is not None and self.result.latency_s is not None:
-            elapsed = f"{self.result.latency_s:.2f}s"
-        elif self.sent_at is not None:
-            elapsed = f"{now - self.sent_at:.1f}s"
-        for parts in ([ttft, rate, count, elapsed], [ttft, rate, elapsed], [ttft, elapsed]):
-            line = " · ".join(p for p in parts if p)
-            if len(line) <= width:
-                return line
-        return ttft[:width]
-
-
-class LiveBoard(_Display):
-    """One pane per call, answers streaming in side by side (stdout is a terminal).
-
-    Columns when they fit, stacked when they don't; each pane shows the tail of its answer
-    while it streams. A pane appears when its stage starts; once a later stage starts, the
-    earlier ones shrink to their status lines and the new one gets the room. The board is
-    transient: once the run ends, the final view replaces it.
-    """
-
-    wants_deltas = True
-
-    def __init__(
-        self,
-        console: Console,
-        agents: Sequence[Agent] = (),
-        clock: Clock | None = None,
-    ) -> None:
-        self.console = console
-        # Stages in the order they started, each with its panes by call id. Agents given up
-        # front are the first stage's, queued until it starts.
-        self.stages: list[dict[str, Pane]] = []
-        if agents:
-            self.stages.append({f"panel/{a.name}": Pane(a.name, a.model) for a in agents})
-        self._panes: dict[str, Pane] = dict(self.stages[0]) if self.stages else {}
-        self._declared = bool(agents)  # the panel's panes are a guess until it starts
-        self._clock = clock or time.monotonic
-
-    @property
-    def panes(self) -> dict[str, Pane]:
-        """Every pane, by call id."""
-        return self._panes
-
-    def __enter__(self) -> LiveBoard:
-        self._widget = Live(
-            self,
-            console=self.console,
-            refresh_per_second=8,
-            transient=True,
-            vertical_overflow="crop",
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-        self._widget.start()
-        return self
-
-    def handle(self, event: Event) -> None:
-        now = self._clock()
-        if isinstance(event, StageStarted):
-            self._add_stage(event.stage, event.kind, event.calls)
-            return
-        call: Call | None = getattr(event, "call", None)
-        pane = self._panes.get(call.call_id) if call is not None else None
-        if pane is None:
-            return
-        if isinstance(event, CallWaiting):
-            pane.state = "waiting"
-        elif isinstance(event, CallSending):
-            pane.state, pane.attempt, pane.sent_at = "sending", event.attempt, now
-            pane.text, pane.chunks, pane.first_token_at, pane.retry_until = "", 0, None, None
-        elif isinstance(event, CallDelta):
-            if pane.first_token_at is None:
-                pane.first_token_at = now
-            pane.state = "streaming"
-            pane.text += event.text
-            pane.chunks += 1
-        elif isinstance(event, CallRetrying):
-            pane.state = "retrying"
-            pane.attempt, pane.max_attempts = event.attempt, event.max_attempts
-            pane.retry_reason, pane.retry_until = event.reason, now + event.wait_s
-        elif isinstance(event, CallFinished):
-            pane.result, pane.finished_at, pane.state = event.result, now, event.result.status
-            if event.result.answer is not None:
-                pane.text = event.result.answer
-
-    def _add_stage(self, stage: str, kind: str, calls: Sequence[Call]) -> None:
-        if not calls:
-            return
-        if self._declared and stage == "panel":  # its real calls replace the guessed panes
-            self._declared = False
-            guessed = self.stages.pop()
-            self._panes = {}
-            panes = {
-                c.call_id: guessed.get(c.call_id) or Pane(c.name, c.agent.model) for c in calls
-            }
-        else:
-            title = "" if not self.stages else kind.replace("_", " ").capitalize()
-            panes = {c.call_id: Pane(c.name, c.agent.model, title=title) for c in calls}
-        self.stages.append(panes)
-        self._panes.update(panes)
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        # One line short of the screen: a board as tall as the terminal scrolls its first
-        # line away, and the transient clean-up then leaves it behind.
-        yield self.layout(options.max_width, (options.height or console.height) - 1)
-
-    def layout(self, width: int, height: int) -> RenderableType:
-        """The board for a ``width`` x ``height`` screen."""
-        now = self._clock()
-        if not self.stages:
-            return Text("")
-        *earlier, latest = [list(s.values()) for s in self.stages]
-        if not earlier:
-            return self._grid(latest, width, height, now, body=True)
-        # Earlier stages are done: shrink them to their status lines, the latest gets the room.
-        parts: list[RenderableType] = []
-        used = 0
-        for panes in earlier:
-            rows = math.ceil(len(panes) / self._columns(width, panes))
-            stage_height = max(min(height // 3, 3 * rows), 3)
-            parts.append(self._grid(panes, width, stage_height, now, body=False))
-            used += stage_height
-        parts.append(self._grid(latest, width, max(height - used, 5), now, body=True))
-        return Group(*parts)
-
-    def _columns(self, width: int, panes: Sequence[Pane]) -> int:
-        """As many columns as fit, balanced: 5 panes on room for 4 make rows of 3 and 2."""
-        fit = max(1, min(len(panes), width // MIN_PANE_WIDTH))
-        rows = math.ceil(len(panes) / fit)
-        return math.ceil(len(panes) / rows)
-
-    def _grid(
-        self, panes: Sequence[Pane], width: int, height: int, now: float, *, body: bool
-    ) -> Table:
-        columns = self._columns(width, panes)
-        rows = math.ceil(len(panes) / columns)
-        pane_height = max(height // max(rows, 1), 3 if not body else 4)
-        grid = Table.grid(expand=True)
-        for _ in range(columns):
-            grid.add_column(ratio=1)
-        pane_width = width // columns
-        cells = [self._pane(p, pane_height, pane_width, now, body=body) for p in panes]
-        for start in range(0, len(cells), columns):
-            row: list[RenderableType] = list(cells[start : start + columns])
-            grid.add_row(*row, *[""] * (columns - len(row)))
-        return grid
-
-    def _pane(self, pane: Pane, height: int, width: int, now: float, *, body: bool = True) -> Panel:
-        lines: list[Text] = [pane.status_line(now)]
-        room = height - 3  # borders and the status line
-        if body and room > 0 and pane.text:
-            wrapped = Text(pane.text).wrap(self.console, max(width - 4, 10))
-            lines.extend(list(wrapped)[-room:])
-        border = {"ok": "green", "error": "red", "cancelled": "yellow"}.get(pane.state, "blue")
-        title = f"[bold]{escape(pane.name)}[/] · {escape(pane.model)}"
-        if pane.title:
-            title = f"[bold]{escape(pane.title)}[/] · {title}"
-        return Panel(
-            Group(*lines),
-            title=title,
-            title_align="left",
-            subtitle=pane.stats(now, width - 6),
-            subtitle_align="right",
-            height=height,
-            border_style=border,
-        )
 
 
 def _row(result: CallResult) -> tuple[RenderableType, ...]:

@@ -12,9 +12,10 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,12 +59,12 @@ from fanout.export import (
 from fanout.export import settings_record as _settings_record
 from fanout.files import write_whole
 from fanout.history import History, HistoryRecorder, RunFilter, StoredRun, history_path
+from fanout.live import LiveBoard
 from fanout.local import LOCAL_URL, LocalServer, local_everyone, model_path, on_local, wants_local
 from fanout.models import Agent, CallResult, Endpoint, RunReport
 from fanout.provider import OpenAIProvider
 from fanout.render import (
     BatchProgress,
-    LiveBoard,
     ProgressDisplay,
     batch_summary,
     make_console,
@@ -805,7 +806,9 @@ def _drive(
         shown = _PipedJsonl(sys.stdout, deltas=output.deltas, on_closed=lambda: _closed(closed))
         display = nullcontext()
     elif output.mode == "table" and out.is_terminal and not out.is_dumb_terminal:
-        shown = display = LiveBoard(out, asked if guess_panes else ())
+        board = LiveBoard(out, asked if guess_panes else ())
+        on_hard_exit(board.restore)  # a second Ctrl-C must still give the terminal back
+        shown = display = board
     else:
         shown = display = ProgressDisplay(err, len(asked))
     telemetry = _telemetry()
@@ -833,6 +836,8 @@ def _drive(
             if recorder is not None:
                 recorder.finish(report)
     finally:
+        if isinstance(display, LiveBoard):
+            _HARD_EXIT.remove(display.restore)  # restored by now
         if recorder is not None:
             recorder.close()
         if telemetry is not None:
@@ -962,6 +967,24 @@ def _warn(warnings: list[str]) -> None:
     warnings.clear()
 
 
+_HARD_EXIT: list[Callable[[], None]] = []
+
+
+def on_hard_exit(restore: Callable[[], None]) -> None:
+    """Have ``restore`` (quick, safe twice, safe in a signal handler) called before a second
+    signal ends the process."""
+    _HARD_EXIT.append(restore)
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    """The second SIGINT/SIGTERM: the user insists. Give the terminal back and end now with
+    130: no clean-up, no traceback, no "Exception ignored" from a thread being joined."""
+    for restore in reversed(_HARD_EXIT):
+        with suppress(Exception):  # nothing may stop this exit
+            restore()
+    os._exit(EXIT_INTERRUPTED)
+
+
 async def interruptibly(
     body: Callable[[], Awaitable[None]],
     cleanup: Callable[[], Awaitable[None]] | None = None,
@@ -969,23 +992,29 @@ async def interruptibly(
     stop: anyio.Event | None = None,
 ) -> bool:
     """Run ``body`` until it ends, or SIGINT/SIGTERM (or ``stop``) cancels it, then
-    ``cleanup`` (shielded). Returns whether it was cut short. A second signal ends the
-    process at once."""
+    ``cleanup`` (shielded). Returns whether it was cut short. From the first signal on, a
+    second one, whenever it comes (during the clean-up, the final view, the history's last
+    write), ends the process at once with 130."""
+    import asyncio  # the loop anyio.run runs on: signals are handed to it thread-safely
+
+    loop = asyncio.get_running_loop()
     interrupted = False
+    work = anyio.CancelScope()
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        if interrupted:
+            _exit_at_once(signum, frame)
+        interrupted = True
+        # From now until the process ends, the next signal is the last word.
+        for number in _SIGNALS:
+            signal.signal(number, _exit_at_once)
+        loop.call_soon_threadsafe(work.cancel)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {n: signal.signal(n, on_signal) for n in _SIGNALS} if main_thread else {}
     try:
         async with anyio.create_task_group() as tg:
-            work = anyio.CancelScope()
-
-            async def watch_signals() -> None:
-                nonlocal interrupted
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        if interrupted:
-                            # The user insists: die of the signal, as if we had never caught it.
-                            signal.signal(signum, signal.SIG_DFL)
-                            os.kill(os.getpid(), signum)
-                        interrupted = True
-                        work.cancel()
 
             async def watch_stop(flag: anyio.Event) -> None:
                 nonlocal interrupted
@@ -993,7 +1022,6 @@ async def interruptibly(
                 interrupted = True
                 work.cancel()
 
-            tg.start_soon(watch_signals)
             if stop is not None:
                 tg.start_soon(watch_stop, stop)
             try:
@@ -1010,7 +1038,14 @@ async def interruptibly(
         if error is not None:
             raise error from None
         raise
+    finally:
+        if not interrupted:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
     return interrupted
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
