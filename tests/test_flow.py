@@ -550,3 +550,67 @@ def test_dry_run_lists_the_calls_a_then_step_adds(
         "r-council/synthesizer", "d/teacher", "d/skeptic", "d-judge/judge#1", "d-judge/judge#2",
     ]  # fmt: skip
     assert server.count() == 0
+
+
+def test_a_flow_ending_in_a_vote_is_completed_with_the_winners_as_its_output(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    # The output quoted the vote stage's calls (it has none): {"cap-vote": {}}, and the run
+    # then counted as partial (exit 3).
+    config = agents_file("a", "b", "c")
+    server.script("m-a", Reply(text="Paris"))
+    server.script("m-b", Reply(text="paris."))
+    server.script("m-c", Reply(text="Lyon"))
+    flow = write_flow(
+        tmp_path, "stages:\n  - {id: cap, panel: [a, b, c], prompt: 'Capital?', then: vote}\n"
+    )
+    document = run_json(invoke, flow, "-c", config)
+    assert document["status"] == "completed"
+    assert document["output"] == {"cap-vote": {"a": "Paris", "b": "paris."}}
+
+
+def test_a_judge_in_the_output_gives_the_picked_answer(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    config = agents_file("a", "b")
+    server.script("m-a", Reply(text="draft one"))
+    server.script("m-b", Reply(text="draft two"))
+    judge = json.dumps({"reasoning": "r", "winner": "A"})
+    server.script("gpt-4o-mini", Reply(text=judge), Reply(text=judge))
+    flow = write_flow(
+        tmp_path,
+        "stages:\n  - {id: d, panel: [a, b], prompt: 'Draft', then: judge}\noutput: [d-judge]\n",
+    )
+    document = run_json(invoke, flow, "-c", config)
+    (picked,) = document["output"]["d-judge"].items()
+    assert picked in {("a", "draft one"), ("b", "draft two")}
+    assert document["stages"][1]["verdict"]["winner"] == picked[0]
+
+
+def test_retry_of_a_flow_with_a_vote_asks_only_what_failed(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    # The retry stopped at the vote stage (no calls, by design) and asked everything after it
+    # again; a complete flow was even run again.
+    config = agents_file("a", "b", "c")
+    server.script("m-a", Reply(text="Paris"), Reply(text="a draft"))
+    server.script("m-b", Reply(text="Paris"), Reply(text="fine"))
+    server.script("m-c", Reply(text="Lyon"), Fault(400))
+    flow = write_flow(
+        tmp_path,
+        """\
+stages:
+  - {id: cap, panel: [a, b, c], prompt: 'Capital?', then: vote}
+  - {id: draft, agent: a, prompt: 'About {{cap-vote}}'}
+  - {id: review, panel: [b, c], prompt: 'Review {{draft}}', on_error: continue}
+""",
+    )
+    first = run_json(invoke, flow, "-c", config, "--retries", "0", code=3)
+    server.reset()
+    server.script("m-c", Reply(text="good"))
+    result = invoke("runs", "retry", first["run_id"], "--json")
+    assert result.exit_code == 0, result.output
+    assert [r.model for r in server.requests] == ["m-c"]
+    again = invoke("runs", "retry", first["run_id"])
+    assert again.exit_code == 2 and "nothing to retry" in again.stderr
+    assert server.count() == 1

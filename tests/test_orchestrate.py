@@ -163,3 +163,28 @@ def test_synthesize_does_not_go_with_orchestrate(
     assert result.exit_code == 2 and result.stdout == ""
     assert "--synthesize does not go with --orchestrate" in result.stderr
     assert server.count() == 0
+
+
+def test_retry_of_an_orchestration_with_nothing_failed_says_why_and_asks_nobody(
+    server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    # Out of turns: partial, but the retry said "every persona already answered". A made-up
+    # tool: the retry asked the orchestrator again, paying to change nothing.
+    server.script(
+        "m-orch",
+        Reply(tool_calls=[ask("biologist", "cells?")]),
+        Reply(tool_calls=[ask("biologist", "again?")]),
+    )
+    out_of_turns = orchestrated(invoke, config, "--max-turns", "2", code=3)
+    server.script(
+        "m-orch",
+        Reply(tool_calls=[{"name": "ask_wizard", "arguments": {"question": "?"}, "id": "w"}]),
+        Reply(text="done without it"),
+    )
+    made_up = orchestrated(invoke, config, code=3)
+    before = server.count()
+    for document in (out_of_turns, made_up):
+        result = invoke("runs", "retry", document["run_id"])
+        assert result.exit_code == 2, result.output
+        assert "no call failed, so nothing to retry" in result.stderr
+    assert server.count() == before

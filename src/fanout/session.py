@@ -400,25 +400,54 @@ def retry(run_id: str, *, output: Output, log: bool = True) -> int:
         before = report_from_document(stored.document)
         plan = _stored_plan(stack, stored, None, synthesize=None)
         kept: dict[str, CallResult] = {}
-        for stage in plan.stages:
-            done = before.stage(stage.id)
-            if done is None or not done.calls or any(c.status != "ok" for c in done.calls):
-                kept.update(
-                    {c.call_id: c for c in (done.calls if done else []) if c.status == "ok"}
-                )
+        # The plan's stages, then those a growing plan (the orchestrator's turns) added in
+        # the stored run: the first with a call to redo is where the run carries on.
+        planned = {stage.id for stage in plan.stages}
+        order: list[tuple[str, bool]] = [
+            (s.id, bool(getattr(s, "makes_calls", True))) for s in plan.stages
+        ] + [
+            (s.id, bool(s.calls) or s.verdict is None) for s in before.stages if s.id not in planned
+        ]
+        for stage_id, makes_calls in order:
+            done = before.stage(stage_id)
+            if done is not None and not makes_calls:  # a tally, the output: nothing to redo
+                continue
+            if done is None or not done.calls or not all(_settled(c) for c in done.calls):
+                kept.update({c.call_id: c for c in (done.calls if done else []) if _settled(c)})
                 break
             kept.update({c.call_id: c for c in done.calls})
         else:
-            # A plan that grows (the orchestrator's turns) starts with its first stage only:
-            # the stages it grew are in the stored run, and a failed one is carried on too.
-            planned = {stage.id for stage in plan.stages}
-            grown = [s for s in before.stages if s.id not in planned]
-            failed = [s for s in grown if any(c.status != "ok" for c in s.calls)]
-            if not failed:
-                raise ConfigError(f"run {stored.run_id}: every persona already answered")
-            for stage_result in grown[: grown.index(failed[0]) + 1]:
-                kept.update({c.call_id: c for c in stage_result.calls if c.status == "ok"})
+            raise ConfigError(f"run {stored.run_id}: {_nothing_to_retry(before)}")
         return _carry_on(history, stored, before, plan, kept, output, log)
+
+
+# Calls skipped for a reason a retry cannot change (a tool the orchestrator made up, a
+# reviewer with fewer than two answers to rank): kept as they are, never asked again.
+_FINAL_SKIPS = ("bad_tool_call", "no_contest")
+
+
+def _settled(result: CallResult) -> bool:
+    """Whether a retry keeps ``result``: an answer, or a skip no retry can change."""
+    if result.status == "ok":
+        return True
+    return (
+        result.status == "skipped"
+        and result.error is not None
+        and (result.error.type in _FINAL_SKIPS)
+    )
+
+
+def _nothing_to_retry(report: RunReport) -> str:
+    """Why ``runs retry`` has nothing to do, in the run's own terms."""
+    if report.status == "completed":
+        return "every call already answered: nothing to retry"
+    final = [c for s in report.stages for c in s.calls if not _settled(c)]
+    if not final and report.shape == "orchestrate":
+        return (
+            f"it ended {report.status}: the orchestrator used its turns without a final "
+            "answer (or asked for tools that do not exist); no call failed, so nothing to retry"
+        )
+    return f"it ended {report.status}, but no call failed: nothing to retry"
 
 
 def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -> int:

@@ -116,6 +116,7 @@ class OutputStage:
     kind = "output"
     key: str | None = "output"
     roles: tuple[str, ...] = ()
+    makes_calls = False
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = list(names)
@@ -127,6 +128,9 @@ class OutputStage:
         output: dict[str, Any] = {}
         for name in self.names:
             stage = context.stages.get(name)
+            if stage is not None and stage.key in DECIDED:  # a tally or a pick: who won
+                output[name] = decided_answers(stage, context)
+                continue
             calls = stage.calls if stage else []
             output[name] = {c.name: c.answer for c in calls if c.status == "ok" and c.answer}
         return output
@@ -284,7 +288,7 @@ def _judged(stage: StageResult, context: RunContext, missing: list[str]) -> str:
     judge's own reply is JSON about labels, no use to a later prompt)."""
     verdict = stage.verdict or {}
     winner = verdict.get("winner")
-    source = context.stages.get(stage.id.removesuffix("-judge"))
+    source = context.stages.get(stage.id.rsplit("-", 1)[0])
     for call in source.calls if source else []:
         if call.name == winner and call.status == "ok" and call.answer:
             return call.answer
@@ -293,6 +297,26 @@ def _judged(stage: StageResult, context: RunContext, missing: list[str]) -> str:
     if verdict.get("tie"):
         reasons.insert(0, "the judge called a tie")
     return f"[no decision: {'; '.join(reasons) or 'no winner'}]"
+
+
+def decided_answers(stage: StageResult, context: RunContext) -> dict[str, str]:
+    """A vote's or a judge's stage in ``output:``: the winning answers, by who gave them
+    (every member of the winning group; the persona the judge picked), as any stage's are."""
+    verdict = stage.verdict or {}
+    winner = verdict.get("winner")
+    if not isinstance(winner, str) or not winner:
+        return {}
+    source = context.stages.get(stage.id.rsplit("-", 1)[0])
+    answers = {
+        c.name: c.answer for c in (source.calls if source else []) if c.status == "ok" and c.answer
+    }
+    if stage.key == "judge":
+        return {winner: answers[winner]} if winner in answers else {}
+    members: list[str] = []
+    for group in verdict.get("groups") or []:
+        if isinstance(group, dict) and group.get("answer") == winner:
+            members = [str(m) for m in group.get("members") or []]
+    return {m: answers[m] for m in members if m in answers}
 
 
 # A follow-up stage whose verdict, not its calls, is what a later prompt quotes.

@@ -132,6 +132,7 @@ class AnswerStage:
     kind = "output"
     key: str | None = "output"
     roles: tuple[str, ...] = ()
+    makes_calls = False
 
     def __init__(self, last_turn: str) -> None:
         self.last_turn = last_turn
