@@ -126,6 +126,18 @@ def test_the_public_surface_is_declared_once() -> None:
         ({"shape": "judge", "options": {"repeat": {"a": 0}}}, "repeat: .* is not persona"),
         ({"options": {"synthesize": "yes"}}, "synthesize: 'yes' is not true or false"),
         ({"shape": "orchestrate", "options": {"best_of": 2}}, "orchestrate shape takes no"),
+        ({"shape": "orchestrate", "options": {"synthesize": True}}, "takes no option 'synth"),
+        ({"options": None}, "options: give a mapping"),
+        ({"shape": "flow", "options": {}}, "options: flow: "),
+        ({"shape": "flow", "options": {"flow": {"stages": []}}}, "options: flow: stages"),
+        ({"options": {"repeat": {"zzz": 3}}}, "repeat: 'zzz' is not one of the personas asked"),
+        (
+            {
+                "shape": "flow",
+                "options": {"flow": {"stages": [{"id": "s", "agent": "x", "prompt": "p"}]}},
+            },
+            "flow: persona 'x' is not one of the personas asked",
+        ),
     ],
 )
 def test_a_bad_request_is_one_config_error_before_any_call(
@@ -137,3 +149,18 @@ def test_a_bad_request_is_one_config_error_before_any_call(
     with pytest.raises(fanout.ConfigError, match=message):
         fanout.run(dataclasses.replace(request, **change))  # type: ignore[arg-type]
     assert server.count() == 0
+
+
+def test_a_stored_run_is_carried_on_with_the_options_its_shape_still_takes() -> None:
+    from fanout.shapes import stored_options
+
+    # An orchestration recorded by an earlier version with -s (it ignored it): carried on
+    # without it, rather than refused for a flag nobody typed this time.
+    assert stored_options("orchestrate", {"synthesize": True, "max_turns": 2, "seed": 1}) == {
+        "max_turns": 2,
+        "seed": 1,
+    }
+    assert stored_options("panel", {"synthesize": True, "map": False}) == {
+        "synthesize": True,
+        "map": False,
+    }

@@ -98,3 +98,15 @@ def test_the_state_of_a_batch_in_flight_is_whole_json(
     assert again.exit_code == 0, again.output
     assert server.uploads == 3 and len(server.batches) == 2
     assert left_in(out.parent) == {"q.txt", "out.jsonl"}
+
+
+def test_a_shape_the_batch_api_cannot_run_is_named_as_typed(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source, out = setup(tmp_path)
+    config = agents_file("a", "b", "c")
+    for flag in ("--council", "--map"):
+        result = invoke(*via_batch(source, config, out), flag)
+        assert result.exit_code == 2, result.output
+        assert f"{flag} needs the answers first" in result.stderr
+    assert server.count() == 0

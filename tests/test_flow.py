@@ -614,3 +614,15 @@ stages:
     again = invoke("runs", "retry", first["run_id"])
     assert again.exit_code == 2 and "nothing to retry" in again.stderr
     assert server.count() == 1
+
+
+def test_runs_synth_of_a_flow_says_what_to_do_instead(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    # It exited 0 having synthesized nothing.
+    flow = write_flow(tmp_path, THREE_STAGES)
+    document = run_json(invoke, flow, "-c", config, "-i", "topic=ice")
+    before = server.count()
+    result = invoke("runs", "synth", document["run_id"])
+    assert result.exit_code == 2 and "a flow run has no panel to synthesize again" in result.stderr
+    assert server.count() == before

@@ -188,3 +188,21 @@ def test_retry_of_an_orchestration_with_nothing_failed_says_why_and_asks_nobody(
         assert result.exit_code == 2, result.output
         assert "no call failed, so nothing to retry" in result.stderr
     assert server.count() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--route", "--route-max", "1001"], "--route-max"),
+        (["--orchestrate", "--max-turns", "51"], "--max-turns"),
+        (["--orchestrate", "--map"], "--map does not go with --orchestrate"),
+    ],
+)
+def test_shape_flags_are_bounded_where_they_are_typed(
+    args: list[str], message: str, config: Path, invoke: Invoke
+) -> None:
+    # --route-max 1001 passed the flag and failed the shape's check with a message about
+    # "options: route_max", a name nobody typed.
+    result = invoke("ask", "-c", config, *args, "--dry-run", "Why?")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert message in result.stderr and "options:" not in result.stderr, result.stderr

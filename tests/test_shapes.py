@@ -631,5 +631,18 @@ def test_a_council_of_fewer_than_three_is_refused_before_any_call(
     result = invoke("ask", "-c", config, "--council", "Why?")
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
-    assert "the council shape needs at least 3 personas" in result.stderr
+    assert "the council shape needs at least 3 answers" in result.stderr
     assert server.count() == 0
+
+
+def test_a_council_of_one_persona_asked_three_times_is_a_council(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # The minimum counted personas, not answers: -a a:3 was refused (it ran before).
+    config = agents_file("physicist", synthesizer={"model": "m-synth"})
+    server.script("m-physicist", *[Reply(text="one"), Reply(text="two"), Reply(text="three")])
+    server.default = ranked("A", "B")
+    result = invoke("ask", "-c", config, "--council", "-a", "physicist:3", "--json", "Why?")
+    assert result.exit_code == 0, result.output
+    review = json.loads(result.stdout)["review"]
+    assert sum(row["votes"] for row in review["aggregate"]) == 6

@@ -43,7 +43,7 @@ from fanout.engine import (
 from fanout.errors import ConfigError
 from fanout.event import Broadcast, Event, Observer
 from fanout.models import Agent, Call, CallResult, RunReport, StageResult
-from fanout.shapes import build_plan, check_personas, roles_of
+from fanout.shapes import build_plan, check_plan, roles_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,7 +98,7 @@ def resolve(request: RunRequest) -> Plan:
     panel = request.panel or load_panel()
     agents = apply_model(panel.select(request.agents), request.model)
     stages = build_plan(request.shape, request.options)
-    check_personas(request.shape, len(agents))
+    check_plan(request.shape, request.options, agents)
     roles = {r: apply_model([panel.role(r)], request.model)[0] for r in roles_of(stages)}
     if request.settings.max_cost is not None:
         # A budget needs a bound on every answer: personas without max_tokens get the default.
@@ -122,6 +122,8 @@ def _check(request: RunRequest) -> None:
         isinstance(agents, str) or not all(isinstance(a, str) and a for a in agents)
     ):
         raise ConfigError("agents: give a list of persona names, e.g. ['physicist']")
+    if not isinstance(request.options, Mapping):
+        raise ConfigError("options: give a mapping of the shape's options, e.g. {'quorum': 0.6}")
     if request.trace_id is not None and not _HEX32.fullmatch(request.trace_id):
         raise ConfigError("trace_id: 32 lowercase hex digits, not all zero")
     settings = request.settings

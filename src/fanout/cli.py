@@ -538,8 +538,8 @@ def ask(
         typer.Option(
             "--route-max",
             metavar="N",
-            parser=_count(1, MAX_LIMIT),
-            help="With --route, pick at most this many.",
+            parser=_count(1, 1000),
+            help="With --route, pick at most this many (up to 1,000).",
             rich_help_panel=GROUP_SHAPES,
         ),
     ] = None,
@@ -557,8 +557,8 @@ def ask(
         typer.Option(
             "--max-turns",
             metavar="N",
-            parser=_count(1, MAX_LIMIT),
-            help="With --orchestrate, at most this many turns.",
+            parser=_count(1, 50),
+            help="With --orchestrate, at most this many turns (up to 50; default 4).",
             rich_help_panel=GROUP_SHAPES,
         ),
     ] = None,
@@ -650,7 +650,9 @@ def ask(
                 vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
                 best_of=best_of, repeat=repeat, agreement_map=agreement_map,
             )  # fmt: skip
-            shape, options = _routed(shape, options, route, route_max, orchestrate, max_turns)
+            shape, options = _routed(
+                shape, options, route, route_max, orchestrate, max_turns, synthesize
+            )
             _utf8(None if local_model is None else str(local_model), "--local-model")
             settings = _settings(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
@@ -1176,6 +1178,7 @@ def _routed(
     route_max: int | None,
     orchestrate: bool,
     max_turns: int | None,
+    synthesize: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """The shape once ``--route``/``--orchestrate`` are taken into account (each is a shape of
     its own, so neither goes with a vote, a judge or a council)."""
@@ -1190,6 +1193,11 @@ def _routed(
         return shape, options
     if shape != "panel":
         raise ConfigError(f"--{shape} and --{wanted}: choose one")
+    if orchestrate and (synthesize or options.get("map")):
+        flag = "--map" if options.get("map") else "--synthesize"
+        raise ConfigError(
+            f"{flag} does not go with --orchestrate: the orchestrator writes the answer"
+        )
     if orchestrate:
         return "orchestrate", {**options, "max_turns": max_turns or 4}
     return "route", {**options, "route_max": route_max}

@@ -77,6 +77,7 @@ from fanout.render import (
     timeline,
 )
 from fanout.retry import RetryPolicy
+from fanout.shapes import stored_options
 from fanout.tracing import TraceParent, parse_traceparent, telemetry_wanted
 
 if TYPE_CHECKING:
@@ -457,6 +458,12 @@ def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -
         before = report_from_document(stored.document)
         if stored.synthesizer is None:
             raise ConfigError(f"run {stored.run_id}: no synthesizer was recorded")
+        if before.shape in ("flow", "orchestrate"):
+            raise ConfigError(
+                f"run {stored.run_id}: a {before.shape} run has no panel to synthesize again "
+                "(a flow's synthesis is one of its stages, then: synthesize); runs retry "
+                "carries it on"
+            )
         if not any(c.status == "ok" for c in before.agents):
             raise ConfigError(f"run {stored.run_id}: no persona answered; nothing to synthesize")
         plan = _stored_plan(stack, stored, model, synthesize=True)
@@ -471,6 +478,7 @@ def _stored_plan(
     """The plan of a stored run, with its recorded personas, roles and settings (a local
     server started for those recorded on ``base_url: local``)."""
     settings, prices, shape, options = _settings_from_record(stored.settings)
+    options = stored_options(shape, options)
     if synthesize is not None:
         options = {**options, "synthesize": synthesize}
     agents = [agent_from_settings(a) for a in stored.agents]
@@ -617,10 +625,11 @@ def _batch(
     pricing = engine.pricing
     pricing = Pricing.shipped(panel.pricing)
     if via == "openai-batch":
-        if synthesize:
-            raise ConfigError("--synthesize needs the answers first: not with --via openai-batch")
         if shape != "panel":
             raise ConfigError(f"--{shape} needs the answers first: not with --via openai-batch")
+        if synthesize:
+            flag = "--map" if (options or {}).get("map") else "--synthesize"
+            raise ConfigError(f"{flag} needs the answers first: not with --via openai-batch")
         if (options or {}).get("repeat") or (options or {}).get("best_of"):
             raise ConfigError("asking a persona several times: not with --via openai-batch")
         if output is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fanout.engine import Stage
 from fanout.errors import ConfigError
+from fanout.models import Agent
 from fanout.shapes.council import CouncilSynthesisStage, ReviewStage
 from fanout.shapes.flow import flow_plan
 from fanout.shapes.judge import JudgeStage
@@ -74,28 +75,64 @@ SHAPE_OPTIONS: dict[str, tuple[str, ...]] = {
     "panel": _PANEL_OPTIONS,
     "flow": ("synthesize", "seed", "flow", "inputs"),
     "route": (*_PANEL_OPTIONS, "route_max"),
-    "orchestrate": ("synthesize", "seed", "max_turns"),
+    "orchestrate": ("seed", "max_turns"),  # it writes the answer: no synthesis
     "vote": (*_PANEL_OPTIONS, "choices", "quorum"),
     "judge": _PANEL_OPTIONS,
     "council": _PANEL_OPTIONS,
 }
 
 
-# How many personas a shape needs to mean anything: a council's reviewers each rank the
-# others' answers, and ranking fewer than two is no ranking.
-SHAPE_MIN_PERSONAS: dict[str, tuple[int, str]] = {
+# How many answers a shape needs to mean anything: a council's reviewers each rank the others'
+# answers, and ranking fewer than two is no ranking.
+SHAPE_MIN_ANSWERS: dict[str, tuple[int, str]] = {
     "council": (3, "each persona ranks the others' answers, at least two of them"),
 }
 
 
-def check_personas(shape: str, count: int) -> None:
-    """ConfigError when ``count`` personas are too few for ``shape``."""
-    least, why = SHAPE_MIN_PERSONAS.get(shape, (1, ""))
-    if count < least:
+def check_plan(shape: str, options: Mapping[str, Any], agents: Sequence[Agent]) -> None:
+    """ConfigError for what ``options`` say about the personas asked: a name in ``repeat``
+    or in a flow that is not among them, or too few answers for ``shape``."""
+    names = [a.name for a in agents]
+    repeat = options.get("repeat") or {}
+    for name in repeat:
+        if name not in names:
+            raise ConfigError(
+                f"options: repeat: {name!r} is not one of the personas asked "
+                f"({', '.join(names)}){_closest(name, names)}"
+            )
+    if shape == "flow":
+        for name in _flow_personas(options):
+            if name not in names:
+                raise ConfigError(
+                    f"options: flow: persona {name!r} is not one of the personas asked "
+                    f"({', '.join(names)})"
+                )
+    least, why = SHAPE_MIN_ANSWERS.get(shape, (1, ""))
+    every = options.get("best_of") or 1
+    answers = sum(repeat.get(name) or every for name in names)
+    if answers < least:
         raise ConfigError(
-            f"the {shape} shape needs at least {least} personas ({why}); "
-            f"{count} {'was' if count == 1 else 'were'} chosen"
+            f"the {shape} shape needs at least {least} answers ({why}); the personas asked "
+            f"give {answers}"
         )
+
+
+def _flow_personas(options: Mapping[str, Any]) -> list[str]:
+    stages = (options.get("flow") or {}).get("stages") or []
+    found: list[str] = []
+    for stage in stages:
+        if isinstance(stage, Mapping):
+            found += [str(n) for n in stage.get("panel") or []]
+            found += [str(stage["agent"])] if stage.get("agent") else []
+    return list(dict.fromkeys(found))
+
+
+def stored_options(shape: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored run's options as its shape takes them today: one set that the shape no
+    longer reads (an earlier version's ``synthesize`` beside an orchestrator, which ignored
+    it) is dropped rather than making the run impossible to carry on."""
+    known = SHAPE_OPTIONS.get(shape, ())
+    return {k: v for k, v in options.items() if k in known or not v}
 
 
 def _whole(low: int, high: int) -> Callable[[Any], bool]:
@@ -125,7 +162,7 @@ _OPTION_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: v is None or _whole(0, 2**63)(v), "a whole number from 0"),
     "best_of": (lambda v: v is None or _whole(1, 50)(v), "a whole number from 1 to 50"),
     "repeat": (lambda v: v is None or _counts(v), "persona names to counts from 1 to 50"),
-    "route_max": (lambda v: v is None or _whole(1, 1000)(v), "a whole number from 1"),
+    "route_max": (lambda v: v is None or _whole(1, 1000)(v), "a whole number from 1 to 1,000"),
     "max_turns": (lambda v: v is None or _whole(1, 50)(v), "a whole number from 1 to 50"),
     "flow": (lambda v: isinstance(v, dict), "a flow definition"),
     "inputs": (lambda v: v is None or _texts(v), "input names to text"),
@@ -137,6 +174,8 @@ def check_options(shape: str, options: Mapping[str, Any]) -> None:
     use, so a typo in an API call or a server request is not silently ignored."""
     known = SHAPE_OPTIONS.get(shape, ())
     for key, value in options.items():
+        if key not in known and value in (None, False):
+            continue  # an option left unset is no mistake (a CLI run sends synthesize: false)
         if key not in known:
             raise ConfigError(
                 f"options: the {shape} shape takes no option {key!r}"

@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydantic import ValidationError
+
 from fanout.engine import RunContext, Stage
+from fanout.errors import ConfigError
 from fanout.flow import OUTPUT_STAGE, TEMPLATE, FlowSpec, StageSpec, council_review_id
 from fanout.models import AgentError, Call, CallResult, StageResult, chat_messages
 from fanout.shapes.council import CouncilSynthesisStage, ReviewStage
@@ -216,7 +219,12 @@ THEN_STAGES: dict[str, ThenStages] = {
 
 def flow_plan(options: Mapping[str, Any]) -> list[Stage]:
     """The stages of the flow recorded in ``options["flow"]``, then the output stage."""
-    spec = FlowSpec.model_validate(options["flow"])
+    try:
+        spec = FlowSpec.model_validate(options.get("flow"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "the definition"
+        raise ConfigError(f"options: flow: {where}: {first.get('msg', 'invalid')}") from None
     stages: list[Stage] = []
     guards: list[Guard] = []
     for stage_spec in spec.stages:

@@ -18,7 +18,6 @@ from typing import Any
 
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE
 from fanout.engine import RunContext, Stage
-from fanout.errors import ConfigError
 from fanout.models import Agent, AgentError, Call, CallResult, Message, chat_messages
 
 DEFAULT_MAX_TURNS = 4
@@ -150,10 +149,6 @@ class AnswerStage:
 
 def orchestrate_plan(options: Mapping[str, Any]) -> list[Stage]:
     """The first turn; the rest of the plan grows from the orchestrator's answers."""
-    if options.get("synthesize"):
-        raise ConfigError(
-            "--synthesize does not go with --orchestrate: the orchestrator writes the answer"
-        )
     return [OrchestratorTurn(1)]
 
 
