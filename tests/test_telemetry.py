@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ pytest.importorskip("opentelemetry.proto")
 
 from fanout.tracing import parse_traceparent, traceparent
 from tests.conftest import AgentsFile, Invoke
-from tests.fakeserver import FakeOpenAI, Fault, Reply
+from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
 from tests.otlpreceiver import OtlpReceiver, ReceivedSpan
 
 INTERNAL, CLIENT, ERROR = 1, 3, 2
@@ -213,3 +214,43 @@ def test_each_batch_prompt_is_a_run_with_its_spans(
     agents = [s for s in spans if s.name.startswith("invoke_agent")]
     assert len(agents) == 6 and {a.parent_span_id for a in agents} == {r.span_id for r in runs}
     assert len([s for s in spans if s.name.startswith("chat ")]) == 6
+
+
+def test_an_interrupted_batch_ends_its_run_spans_and_a_resume_adds_none_for_done_prompts(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    receiver: OtlpReceiver,
+    tmp_path: Path,
+) -> None:
+    # Ctrl-C left the prompt's run span unended (never exported: its calls' spans pointed at
+    # a parent nobody had), and a resume exported an empty run for a prompt already done.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Why?\nHow?\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    config = agents_file("chemist")
+    server.script("m-chemist", Reply(text="first"), Hang())
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "batch", str(prompts), "-c", str(config), "-o", str(out),
+         "--concurrency", "1"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        server.wait_for_requests(2, timeout=30)  # prompt 2's call is held
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    spans = receiver.spans
+    runs = [s for s in spans if s.name == "invoke_workflow fanout"]
+    assert len(runs) == 2
+    agents = [s for s in spans if s.name.startswith("invoke_agent")]
+    assert {a.parent_span_id for a in agents} <= {r.span_id for r in runs}
+    before = len(spans)
+    server.script("m-chemist", Reply(text="second"))
+    result = invoke("batch", prompts, "-c", config, "-o", out)
+    assert result.exit_code == 0, result.output
+    resumed = [s for s in receiver.spans[before:] if s.name == "invoke_workflow fanout"]
+    assert len(resumed) == 1  # prompt 2 only: prompt 1 was answered whole

@@ -38,6 +38,7 @@ from fanout.event import (
     CallWaiting,
     Event,
     Observer,
+    RunStarted,
     StageFinished,
 )
 from fanout.export import SCHEMA_VERSION, call_document, json_line, result_from_entry
@@ -449,7 +450,7 @@ async def run_batch(
         context = RunContext(prompt.prompt, agents, roles, options)
         observer: Observer = _PromptObserver(prompt, writer, tally, shown)
         if traced is not None:
-            observer = Broadcast(observer, traced())
+            observer = Broadcast(observer, _OnceAsked(traced()))
         trace_id, span_id = parent or (None, None)
         execution = Execution(
             engine,
@@ -461,8 +462,10 @@ async def run_batch(
             trace_id=trace_id,
             parent_span_id=span_id,
         )
-        await execution.execute()
-        execution.conclude()  # RunFinished: the prompt's run span ends
+        try:
+            await execution.execute()
+        finally:  # interrupted too: RunFinished ends the prompt's run span, calls cut short
+            execution.conclude()
 
     async with anyio.create_task_group() as tg:
         for _ in range(engine.settings.concurrency):
@@ -471,6 +474,28 @@ async def run_batch(
         async with send:
             for prompt in prompts:
                 await send.send(prompt)
+
+
+class _OnceAsked:
+    """Hands a prompt's events on only once one of its calls is made: a prompt an earlier
+    batch answered whole is no run of this one (no empty span for it)."""
+
+    def __init__(self, inner: Observer) -> None:
+        self._inner = inner
+        self._started: RunStarted | None = None
+        self._live = False
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self._started = event
+            return
+        if not self._live:
+            if not isinstance(event, CallWaiting | CallSending | CallFinished):
+                return
+            self._live = True
+            if self._started is not None:
+                self._inner.handle(self._started)
+        self._inner.handle(event)
 
 
 def _answered_result(entry: Any, call_id: str) -> CallResult:
