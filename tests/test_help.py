@@ -9,7 +9,8 @@ from typing import Any, get_args
 import pytest
 import typer
 
-from fanout import cli, render
+from fanout import render
+from fanout.cli import app, options
 from tests.conftest import Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI
 
@@ -22,7 +23,7 @@ def command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, .
     return paths
 
 
-ALL_COMMANDS = command_paths(typer.main.get_command(cli.app))
+ALL_COMMANDS = command_paths(typer.main.get_command(app))
 
 
 def help_at_80(invoke: Invoke, monkeypatch: pytest.MonkeyPatch, *path: str) -> str:
@@ -62,28 +63,28 @@ def test_ask_help_groups_its_options(invoke: Invoke, monkeypatch: pytest.MonkeyP
     text = help_at_80(invoke, monkeypatch, "ask")
     where = panels(text)
     expected = {
-        "--agents": cli.GROUP_PANEL,
-        "--persona": cli.GROUP_PANEL,
-        "--config": cli.GROUP_PANEL,
-        "--model": cli.GROUP_PANEL,
-        "--vote": cli.GROUP_SHAPES,
-        "--judge": cli.GROUP_SHAPES,
-        "--council": cli.GROUP_SHAPES,
-        "--route": cli.GROUP_SHAPES,
-        "--orchestrate": cli.GROUP_SHAPES,
-        "--synthesize": cli.GROUP_SHAPES,
-        "--json": cli.GROUP_OUTPUT,
-        "--format": cli.GROUP_OUTPUT,
-        "--stream": cli.GROUP_OUTPUT,
-        "--rpm": cli.GROUP_LIMITS,
-        "--timeout": cli.GROUP_LIMITS,
-        "--retries": cli.GROUP_LIMITS,
-        "--max-cost": cli.GROUP_COST,
-        "--dry-run": cli.GROUP_COST,
-        "--local": cli.GROUP_LOCAL,
-        "--local-model": cli.GROUP_LOCAL,
-        "--no-log": cli.GROUP_HISTORY,
-        "--traceparent": cli.GROUP_HISTORY,
+        "--agents": options.GROUP_PANEL,
+        "--persona": options.GROUP_PANEL,
+        "--config": options.GROUP_PANEL,
+        "--model": options.GROUP_PANEL,
+        "--vote": options.GROUP_SHAPES,
+        "--judge": options.GROUP_SHAPES,
+        "--council": options.GROUP_SHAPES,
+        "--route": options.GROUP_SHAPES,
+        "--orchestrate": options.GROUP_SHAPES,
+        "--synthesize": options.GROUP_SHAPES,
+        "--json": options.GROUP_OUTPUT,
+        "--format": options.GROUP_OUTPUT,
+        "--stream": options.GROUP_OUTPUT,
+        "--rpm": options.GROUP_LIMITS,
+        "--timeout": options.GROUP_LIMITS,
+        "--retries": options.GROUP_LIMITS,
+        "--max-cost": options.GROUP_COST,
+        "--dry-run": options.GROUP_COST,
+        "--local": options.GROUP_LOCAL,
+        "--local-model": options.GROUP_LOCAL,
+        "--no-log": options.GROUP_HISTORY,
+        "--traceparent": options.GROUP_HISTORY,
         "--help": "Options",
     }
     assert {flag: where.get(flag) for flag in expected} == expected
@@ -97,9 +98,9 @@ def test_batch_help_groups_its_options_and_shows_via_as_a_choice(
 ) -> None:
     text = help_at_80(invoke, monkeypatch, "batch")
     where = panels(text)
-    assert where["--persona"] == where["--agents"] == cli.GROUP_PANEL
-    assert where["--via"] == where["--poll-interval"] == cli.GROUP_BATCH_API
-    assert where["--rpm"] == cli.GROUP_LIMITS
+    assert where["--persona"] == where["--agents"] == options.GROUP_PANEL
+    assert where["--via"] == where["--poll-interval"] == options.GROUP_BATCH_API
+    assert where["--rpm"] == options.GROUP_LIMITS
     assert "<direct|openai-batch>" in text
 
 
@@ -152,7 +153,7 @@ def test_good_numbers_still_pass(server: FakeOpenAI, invoke: Invoke, agents_file
 
 
 def test_the_views_the_cli_offers_are_the_renderer_s() -> None:
-    assert get_args(cli.View) == render.VIEWS
+    assert get_args(options.View) == render.VIEWS
 
 
 @pytest.mark.parametrize("path", [(), ("ask",)], ids=["fanout", "ask"])

@@ -1,0 +1,218 @@
+"""The root command: ``fanout`` itself, how its errors read, and what every command shares to
+end well (one ``fanout: error:`` line and its exit code, SIGTERM as Ctrl-C)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from fanout import __version__
+from fanout.errors import FanoutError, StdoutClosed
+
+
+class Command(TyperCommand):
+    """A command whose ``--help`` shows no ``<bool>`` beside a switch (Typer's rich help shows
+    a type for every option that has no metavar), ``-h, --help`` included."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_switches(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _quiet_switches([super().get_help_option(ctx)])[0]
+
+
+class Group(TyperGroup):
+    """A group of commands, its own switches quiet like ``Command``'s."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_switches(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _quiet_switches([super().get_help_option(ctx)])[0]
+
+
+def _quiet_switches(params: list[Any]) -> list[Any]:
+    """A switch takes no value: no metavar beside it."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class _FanoutCommand(Group):
+    """The root command. A usage error (an unknown flag, a bad value, a missing argument) ends
+    as one ``fanout: error:`` line on stderr like every other error, not click's boxed usage
+    text; ``fanout`` and ``fanout runs`` alone show their help on stdout and exit 0."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            # Not standalone: click hands us its errors instead of printing them its way.
+            returned = super().main(
+                args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+            code = returned if isinstance(returned, int) else 0
+        except typer.TyperException as exc:  # click's UsageError, BadParameter...
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                code = 0  # the help was printed on stdout when the error was made
+            else:
+                say_error(_usage_message(exc))
+                code = exc.exit_code
+        except typer.Abort:
+            say_error("aborted")
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # `fanout "What is temperature?"` is `fanout ask "What is temperature?"`, as
+        # `llm "..."` is `llm prompt "..."`.
+        if _is_prompt(args, self.commands):
+            args = ["ask", *args]
+        return list(super().parse_args(ctx, args))
+
+
+_ROOT_OPTIONS = ("-h", "--help", "--version")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _is_prompt(args: Sequence[str], commands: Mapping[str, Any]) -> bool:
+    """Whether the command line is a question for ``ask`` rather than a subcommand: it starts
+    with an option of ``ask``'s, or with text that could not be a command's name (it has a
+    space, a question mark...). A bare word stays a command, so ``fanout aks`` is still
+    "No such command", not a question to the whole panel."""
+    if not args:
+        return False
+    first = args[0]
+    if first.startswith("-") and first != "-":
+        return first.split("=")[0] not in _ROOT_OPTIONS
+    return first not in commands and (first == "-" or not _WORD.fullmatch(first))
+
+
+def _usage_message(exc: typer.TyperException) -> str:
+    """Click's message, with the command whose ``--help`` explains it."""
+    message = exc.format_message()
+    bad = exc.param if isinstance(exc, typer.BadParameter) else None
+    if bad is not None and bad.param_type_name == "option" and "Invalid value" in message:
+        # "--rpm: '0' is not ...", worded as fanout's own errors are
+        message = f"{' / '.join(bad.opts)}: {exc.message}"
+    # Typer words a choice's error as pydantic does ("Value error, 'x' is not one of ...").
+    message = message.strip().rstrip(".").replace("Value error, ", "")
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None)
+    return f"{message} (see '{command} --help')" if command else message
+
+
+def say_error(message: str) -> None:
+    from fanout.render import make_console, print_error
+
+    print_error(make_console(stderr=True), _printable(message))
+
+
+def _printable(message: str) -> str:
+    """The error as one printable line: a value typed on the command line can hold line
+    breaks, control characters or bytes that are not UTF-8 (surrogates), shown escaped."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+app = typer.Typer(
+    name="fanout",
+    cls=_FanoutCommand,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""Examples:
+
+  fanout "What is temperature?"
+  fanout ask -a physicist,chemist -s "Why is ice slippery?"
+  fanout ask -p "pirate=You answer like a pirate" "Why is the sea salty?"
+  fanout ask --help     every flag of ask, in groups""",
+)
+
+EXIT_PIPE = 141  # stdout closed by its reader: what a death by SIGPIPE would give
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fanout {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Ask a panel of LLM personas one question at once and compare their answers.
+
+    Example: fanout "What is temperature?" -a physicist -a chemist (short for fanout ask ...)
+    """
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Turn a ``FanoutError`` into its one-line message on stderr and its exit code; a reader
+    that closed our stdout (``| head``) ends the command quietly, as SIGPIPE would."""
+    try:
+        yield
+    except FanoutError as exc:
+        say_error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except StdoutClosed:
+        raise typer.Exit(EXIT_PIPE) from None
+    except ExceptionGroup as group:
+        # A task group gathers the error a run failed on with what it broke on the way out
+        # (a closed stream): the FanoutError among them is the one to say. A group holding a
+        # cancellation or a Ctrl-C is a BaseExceptionGroup and is never caught here.
+        cause = _first_fanout_error(group)
+        if cause is None:
+            raise
+        say_error(str(cause))
+        raise typer.Exit(cause.exit_code) from None
+
+
+def _first_fanout_error(group: BaseExceptionGroup[BaseException]) -> FanoutError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, FanoutError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_fanout_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C from the moment a command starts: the run's own handlers take
+    over while it runs, and a signal before that still ends in a cancelled run's exit."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,322 @@
+"""The flags several commands share, their groups in ``--help``, and the bounded parsers of
+their numbers (a bad value is one line naming the flag and the value as typed)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+# Every number a flag takes has an upper bound: besides nonsense (a timeout of 10**30 s), an
+# unbounded value can overflow (SQLite's LIMIT), be inf (a poll that never wakes) or start
+# a worker per unit of --concurrency. The bounds also refuse nan.
+MAX_CONCURRENCY = 1_000
+MAX_RETRIES = 100
+MAX_SECONDS = 86_400.0  # a day: --timeout, --max-retry-after
+MAX_POLL_S = 3_600.0
+MAX_COST_USD = 1_000_000.0
+MAX_RPM = 1e6
+MAX_TPM = 1e10
+MAX_LIMIT = 1_000_000
+MAX_PROMPT_BYTES = 16 * 2**20  # more than any model's context
+
+
+def _plain(number: float) -> str:
+    """A bound as people write it: 1,000,000 and 0.001, not 1e+06."""
+    return f"{number:,.10g}"
+
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def number_parser(low: float, high: float, unit: str = "") -> Callable[[str | float], float]:
+    """The parser of a flag's number. Its bounds are checked here instead of by Typer, which
+    would print them in the help as ``[0.001<=x<=1000000.0]``; a value out of them (or nan,
+    or inf) is a usage error that names the flag and the value as typed."""
+    wanted = f"a number from {_plain(low)} to {_plain(high)}{' ' + unit if unit else ''}"
+
+    def parse(given: str | float) -> float:
+        text = str(given)  # a default comes as the number it is
+        # ASCII digits only: float() would also read "٣" and "1_000".
+        value = float(text) if _DECIMAL.fullmatch(text.strip()) else math.nan
+        if not low <= value <= high:
+            raise typer.BadParameter(f"{text!r} is not {wanted}")
+        return value
+
+    return parse
+
+
+def count_parser(low: int, high: int) -> Callable[[str | float], int]:
+    """The parser of a flag's whole number, bounded like ``number_parser``'s."""
+    wanted = f"a whole number from {_plain(low)} to {_plain(high)}"
+
+    def parse(given: str | float) -> int:
+        text = str(given)  # a default comes as the number it is
+        digits = text.strip()
+        # ASCII digits only (int() would also read "٣"), and few enough to read at all.
+        if not _INTEGER.fullmatch(digits) or len(digits) > 30 or not low <= int(digits) <= high:
+            raise typer.BadParameter(f"{text!r} is not {wanted}")
+        return int(digits)
+
+    return parse
+
+
+# The groups of options in a command's --help: 20-odd options in one box do not read at 80
+# columns. Options of no group (-h) stay under "Options".
+GROUP_PANEL = "Panel & prompt"
+GROUP_SHAPES = "Shapes (vote, judge, council...)"
+GROUP_OUTPUT = "Output"
+GROUP_LIMITS = "Limits & retries"
+GROUP_COST = "Cost"
+GROUP_LOCAL = "Local model"
+GROUP_HISTORY = "History & tracing"
+GROUP_BATCH_API = "Batch API"
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="Agents file. Default: $FANOUT_CONFIG, ./agents.yaml, the user config dir, "
+        "then the panel shipped with fanout.",
+        show_default=False,
+        rich_help_panel=GROUP_PANEL,
+    ),
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON document on stdout and nothing else.",
+        rich_help_panel=GROUP_OUTPUT,
+    ),
+]
+JsonlOption = Annotated[
+    bool,
+    typer.Option(
+        "--jsonl",
+        help="Print events as JSON lines while the run goes on.",
+        rich_help_panel=GROUP_OUTPUT,
+    ),
+]
+JsonlDeltasOption = Annotated[
+    bool,
+    typer.Option(
+        "--jsonl-deltas",
+        help="With --jsonl, also every streamed piece of text.",
+        rich_help_panel=GROUP_OUTPUT,
+    ),
+]
+View = Literal["table", "columns", "md", "text"]  # render.VIEWS, named here: Rich stays unloaded
+FormatOption = Annotated[
+    View | None,
+    typer.Option(
+        "--format",
+        metavar="VIEW",
+        help="The final view: table, columns (answers side by side), md or text. Default: "
+        "columns on a terminal, else md.",
+        show_default=False,
+        rich_help_panel=GROUP_OUTPUT,
+    ),
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Also write the JSON document to this file.",
+        rich_help_panel=GROUP_OUTPUT,
+    ),
+]
+AgentsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--agents",
+        "-a",
+        metavar="NAMES",
+        help="Personas to ask, comma-separated or repeated (-a physicist -a chemist); any "
+        "case. Default: all.",
+        show_default=False,
+        rich_help_panel=GROUP_PANEL,
+    ),
+]
+PersonaOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--persona",
+        "-p",
+        metavar="NAME=TEXT",
+        help='A persona for this run only, no agents file needed: -p "pirate=You answer like '
+        "a pirate\" (repeatable). It takes the panel's defaults, or --model. With -a, asked "
+        "along with those; alone, the only ones asked.",
+        show_default=False,
+        rich_help_panel=GROUP_PANEL,
+    ),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="Use this model for every persona in this run.",
+        rich_help_panel=GROUP_PANEL,
+    ),
+]
+SynthesizeOption = Annotated[
+    bool,
+    typer.Option(
+        "--synthesize", "-s", help="Merge the answers into one.", rich_help_panel=GROUP_SHAPES
+    ),
+]
+MaxCostOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost",
+        metavar="USD",
+        parser=number_parser(0, MAX_COST_USD, "USD"),
+        help="Budget in USD: a call whose worst case could break it is not made.",
+        rich_help_panel=GROUP_COST,
+    ),
+]
+ConcurrencyOption = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        metavar="N",
+        parser=count_parser(1, MAX_CONCURRENCY),
+        help="Most calls in flight at once (ask: 64, each endpoint also bounded by its own "
+        "concurrency:/rpm:/tpm:; batch: 8).",
+        show_default=False,
+        rich_help_panel=GROUP_LIMITS,
+    ),
+]
+DEFAULT_ASK_CONCURRENCY = 64  # every call of a stage at once, within each endpoint's limits
+DEFAULT_BATCH_CONCURRENCY = 8  # a batch keeps a bounded window of prompts in progress
+RetriesOption = Annotated[
+    int,
+    typer.Option(
+        "--retries",
+        metavar="N",
+        parser=count_parser(0, MAX_RETRIES),
+        help="Retries per persona after a failed attempt.",
+        rich_help_panel=GROUP_LIMITS,
+    ),
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        parser=number_parser(0.001, MAX_SECONDS, "seconds"),
+        help="Per attempt; a persona's own timeout: wins.",
+        rich_help_panel=GROUP_LIMITS,
+    ),
+]
+MaxRetryAfterOption = Annotated[
+    float,
+    typer.Option(
+        "--max-retry-after",
+        metavar="SECONDS",
+        parser=number_parser(0, MAX_SECONDS, "seconds"),
+        help="Fail at once if a server asks to wait longer.",
+        rich_help_panel=GROUP_LIMITS,
+    ),
+]
+RpmOption = Annotated[
+    float | None,
+    typer.Option(
+        "--rpm",
+        metavar="RATE",
+        parser=number_parser(0.001, MAX_RPM, "requests a minute"),
+        help="Requests per minute to each endpoint (0.5: one every two minutes).",
+        rich_help_panel=GROUP_LIMITS,
+    ),
+]
+TpmOption = Annotated[
+    float | None,
+    typer.Option(
+        "--tpm",
+        metavar="RATE",
+        parser=number_parser(1, MAX_TPM, "tokens a minute"),
+        help="Tokens per minute to each endpoint.",
+        rich_help_panel=GROUP_LIMITS,
+    ),
+]
+NoLogOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-log", help="Do not record this run in the history.", rich_help_panel=GROUP_HISTORY
+    ),
+]
+VoteOption = Annotated[
+    bool,
+    typer.Option(
+        "--vote",
+        help="Group the answers and show the tally, the winner and its share.",
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
+ChoicesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--choices",
+        metavar="A,B,...",
+        help='With --vote: the answers to pick from ("Paris,Lyon").',
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
+QuorumOption = Annotated[
+    float | None,
+    typer.Option(
+        "--quorum",
+        metavar="SHARE",
+        parser=number_parser(0, 1),
+        help="With --vote: the share of votes (0 to 1) the winner needs. Default: more than half.",
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
+BestOfOption = Annotated[
+    int | None,
+    typer.Option(
+        "--best-of",
+        metavar="N",
+        parser=count_parser(1, 50),
+        help="Ask every chosen persona N times (up to 50).",
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
+JudgeOption = Annotated[
+    bool,
+    typer.Option(
+        "--judge",
+        help="A blind judge picks the best answer (the agents file's judge: section).",
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
+
+MapOption = Annotated[
+    bool,
+    typer.Option(
+        "--map",
+        help="Synthesize an agreement map: consensus, contradictions, points only one "
+        "persona made, then the merged answer (implies --synthesize).",
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
+CouncilOption = Annotated[
+    bool,
+    typer.Option(
+        "--council",
+        help="Personas rank each other's answers blind (Borda count), then the "
+        "synthesizer writes the final answer seeing the ranking.",
+        rich_help_panel=GROUP_SHAPES,
+    ),
+]
