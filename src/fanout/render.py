@@ -10,6 +10,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -60,18 +61,61 @@ def printable(text: str) -> str:
     return text.replace("\r\n", "\n").translate(_UNPRINTABLE)
 
 
+def printable_report(report: RunReport) -> RunReport:
+    """A copy of ``report`` to draw on a terminal: every string a server could have written
+    (answers, error messages, models, verdicts and details, keys included) passed through
+    ``printable``. The report itself is left as it came, for JSON and the history."""
+    return replace(
+        report,
+        prompt=printable(report.prompt),
+        stages=[
+            replace(
+                stage,
+                calls=[_printable_call(result) for result in stage.calls],
+                verdict=_printable_value(stage.verdict),
+            )
+            for stage in report.stages
+        ],
+    )
+
+
+def _printable_call(result: CallResult) -> CallResult:
+    error = result.error
+    return replace(
+        result,
+        name=printable(result.name),
+        model=printable(result.model),
+        answer=printable(result.answer) if result.answer is not None else None,
+        error=replace(error, message=printable(error.message)) if error is not None else None,
+        response_model=_printable_value(result.response_model),
+        finish_reason=_printable_value(result.finish_reason),
+        details=_printable_value(result.details),
+    )
+
+
+def _printable_value(value: Any) -> Any:
+    """``value`` with every string in it (dict keys too, however deep) made printable."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable_value(k): _printable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_printable_value(v) for v in value)
+    return value
+
+
 def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
     return Console(file=file, stderr=stderr, highlight=False, soft_wrap=False)
 
 
 def print_error(console: Console, message: str) -> None:
-    """The one-line error every failure ends in."""
-    console.print(f"[bold red]fanout: error:[/] {escape(message)}", soft_wrap=True)
+    """The one-line error every failure ends in (it may quote a server: made printable)."""
+    console.print(f"[bold red]fanout: error:[/] {escape(printable(message))}", soft_wrap=True)
 
 
 def print_warning(console: Console, message: str, *, style: str = "yellow") -> None:
     """A line of chatter on stderr (a warning, a note), whatever characters it holds."""
-    console.print(Text(message, style=style), soft_wrap=True, highlight=False)
+    console.print(Text(printable(message), style=style), soft_wrap=True, highlight=False)
 
 
 def results_table(report: RunReport, *, recorded: bool = True) -> Table:
@@ -467,7 +511,7 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
             Text(run.status, style=styles.get(run.status, "yellow")),
             f"{run.answered}/{run.agents}",
             usd(run.cost_usd),
-            Text(" ".join(run.prompt.split())),
+            Text(printable(" ".join(run.prompt.split()))),
         )
     if not runs:
         table.caption = "no runs recorded yet"
@@ -584,7 +628,8 @@ class ProgressDisplay(_Display):
             self._done += 1 if event.call.role == "persona" else 0
             if result.status == "error" and result.error is not None:
                 self._console.print(
-                    f"[red]{escape(result.name)}[/]: failed: {escape(result.error.message)}",
+                    f"[red]{escape(printable(result.name))}[/]: failed: "
+                    f"{escape(printable(result.error.message))}",
                     soft_wrap=True,
                 )
             if self._status is not None:
@@ -657,7 +702,8 @@ def batch_summary(tally: BatchTally, *, with_totals: bool = True) -> str:
 def retry_notice(event: CallRetrying) -> str:
     """``physicist: 429, retrying in 1.2 s (attempt 2/4)``"""
     return (
-        f"[yellow]{escape(event.call.name)}[/]: {escape(event.reason)}, retrying in "
+        f"[yellow]{escape(printable(event.call.name))}[/]: {escape(printable(event.reason))}, "
+        "retrying in "
         f"{event.wait_s:.1f} s (attempt {event.attempt + 1}/{event.max_attempts})"
     )
 

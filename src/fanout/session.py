@@ -70,6 +70,8 @@ from fanout.render import (
     make_console,
     plan_table,
     print_warning,
+    printable,
+    printable_report,
     render_report,
     report_text,
     run_header,
@@ -717,12 +719,16 @@ def show_run(
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
     report = report_from_document(stored.document)
+    on_terminal = make_console().is_terminal
     if raw:
-        _write_stdout(_one_answer(report, agent))
+        # As written when piped (the point of --raw); never acted on by a terminal.
+        answer = _one_answer(report, agent)
+        _write_stdout(printable(answer) if on_terminal else answer)
     elif json_output:
         _write_stdout(dumps(stored.document))
     else:
-        _write_stdout(run_header(report, stored.settings) + "\n\n")
+        header = run_header(report, stored.settings)
+        _write_stdout((printable(header) if on_terminal else header) + "\n\n")
         show_report(report, view)
     if with_timeline:
         make_console(stderr=json_output or raw).print(timeline(report))
@@ -935,9 +941,11 @@ def show_report(report: RunReport, view: str | None, *, recorded: bool = True) -
     out = make_console()
     view = view or ("columns" if out.is_terminal else "md")
     if view in ("md", "text"):
-        _write_stdout(report_text(report, view, recorded=recorded))
+        # Plain text piped on keeps the answers as written; a terminal must not act on them.
+        shown = printable_report(report) if out.is_terminal else report
+        _write_stdout(report_text(shown, view, recorded=recorded))
     else:
-        render_report(out, report, view, recorded=recorded)
+        render_report(out, printable_report(report), view, recorded=recorded)
 
 
 def _write_stdout(text: str) -> None:

@@ -1,0 +1,106 @@
+"""The final view of a run (issue #13): what the user reads once the run is over, on a terminal
+and through a pipe, driven through the real ``fanout`` against the loopback server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgentsFile, Invoke
+from tests.fakeserver import FakeOpenAI, Fault, Reply
+from tests.terminal import Terminal
+
+# A title-setting OSC, a clear-screen CSI and a one-byte CSI (0x9b): what an answer must never
+# get a terminal to do.
+EVIL = "Hi \x1b]0;pwned\x07 there \x1b[2J and \x9b31m red"
+EVIL_SHOWN = "Hi ␛]0;pwned␇ there ␛[2J and \\x9b31m red"
+EVIL_ERROR = {"error": {"message": "bad \x1b]0;err\x07 key \x9b2J", "type": "x", "code": None}}
+
+
+def acted_on(text: str) -> list[str]:
+    """Escape sequences in ``text`` that do something but set a colour or a style, or leave
+    the alternate screen (the board's, not the answer's), and any one-byte CSI."""
+    found = re.findall(r"\x1b(?!\[[0-9;]*m|\[\?(?:1049|25|2026)[hl])..?", text)
+    return found + (["\x9b"] if "\x9b" in text else [])
+
+
+def ask_json(invoke: Invoke, *args: str | Path) -> dict[str, Any]:
+    result = invoke("ask", *args, "--json")
+    assert result.exit_code in (0, 3), (result.stdout, result.stderr)
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def evil_panel(server: FakeOpenAI, agents_file: AgentsFile) -> Path:
+    server.script("m-alpha", Reply(text=EVIL))
+    server.script("m-beta", Fault(500, body=EVIL_ERROR), Fault(400, body=EVIL_ERROR))
+    return agents_file("alpha", "beta")
+
+
+@pytest.mark.parametrize("view", ["table", "columns", "md", "text"])
+def test_escape_sequences_in_answers_are_shown_never_acted_on_in_a_terminal(
+    server: FakeOpenAI, agents_file: AgentsFile, view: str
+) -> None:
+    config = evil_panel(server, agents_file)
+    term = Terminal(["ask", "-c", config, "--format", view, "Why?"], 30, 120)
+    try:
+        code = term.finish()
+    finally:
+        term.close()
+    assert code == 3, term.output
+    final = term.output[term.output.rfind("\x1b[?1049l") :]  # after the board
+    assert acted_on(final) == [], final
+    main = term.main_text()
+    assert "␛]0;pwned␇" in main and "␛[2J" in main and "\\x9b31m" in main, main
+    assert "␛]0;err␇" in main, main
+    assert "pwned" not in (term.screen.title or "")
+
+
+def test_json_and_the_history_keep_the_answer_as_the_server_sent_it(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = evil_panel(server, agents_file)
+    document = ask_json(invoke, "-c", config, "Why?")
+    answers = {a["name"]: a for a in document["agents"]}
+    assert answers["alpha"]["answer"] == EVIL
+    assert "\x1b]0;err\x07" in answers["beta"]["error"]["message"]
+    stored = json.loads(invoke("runs", "show", document["run_id"], "--json").stdout)
+    assert stored["agents"][0]["answer"] == EVIL
+    piped = invoke("runs", "show", document["run_id"], "-a", "alpha", "--raw")
+    assert piped.stdout == EVIL + "\n"  # --raw through a pipe: as written
+    md = invoke("runs", "show", document["run_id"], "--format", "md")
+    assert EVIL in md.stdout  # Markdown through a pipe: as written too
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["--format", "table"], ["--format", "md"], ["--format", "text"], ["--raw"]]
+)
+def test_runs_show_on_a_terminal_neutralises_what_the_server_wrote(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+) -> None:
+    config = evil_panel(server, agents_file)
+    run_id = ask_json(invoke, "-c", config, "Why \x1b[2J?")["run_id"]
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # stdout counts as a terminal
+    shown = invoke("runs", "show", run_id, *(["-a", "alpha"] if "--raw" in args else []), *args)
+    assert shown.exit_code == 0, shown.stderr
+    assert acted_on(shown.stdout) == [], shown.stdout
+    assert "␛]0;pwned␇" in shown.stdout
+    if "--raw" not in args:
+        assert "␛]0;err␇" in shown.stdout and "Why ␛[2J?" in shown.stdout
+
+
+def test_progress_and_errors_on_stderr_are_neutralised(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = evil_panel(server, agents_file)
+    result = invoke("ask", "-c", config, "--json", "Why?")
+    assert "beta: failed: HTTP 400: bad ␛]0;err␇ key \\x9b2J" in result.stderr, result.stderr
+    assert "\x1b" not in result.stderr and "\x9b" not in result.stderr, result.stderr
