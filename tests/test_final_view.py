@@ -104,3 +104,37 @@ def test_progress_and_errors_on_stderr_are_neutralised(
     result = invoke("ask", "-c", config, "--json", "Why?")
     assert "beta: failed: HTTP 400: bad ␛]0;err␇ key \\x9b2J" in result.stderr, result.stderr
     assert "\x1b" not in result.stderr and "\x9b" not in result.stderr, result.stderr
+
+
+def retried_panel(server: FakeOpenAI, agents_file: AgentsFile) -> Path:
+    quick = {"retry-after-ms": "1"}  # the server's wait wins over backoff: no time lost
+    server.script("m-alpha", Fault(500, headers=quick), Fault(502, headers=quick), Reply())
+    server.script("m-beta", Fault(500, headers=quick), Fault(400))
+    return agents_file("alpha", "beta", "gamma")
+
+
+def test_the_table_shows_the_attempts_under_the_latency(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    config = retried_panel(server, agents_file)
+    result = invoke("ask", "-c", config, "--format", "table", "Why?")
+    assert result.exit_code == 3, result.stderr
+    rows = result.stdout.split("├")
+    alpha = next(r for r in rows if "alpha" in r)
+    assert re.search(r"│\s+\d+\.\d\d s │.*\n.*│\s+3 attempts │", alpha), alpha
+    beta = next(r for r in rows if "beta" in r)
+    assert "2 attempts │" in beta and "after 2 attempts" in beta, beta
+    gamma = next(r for r in rows if "gamma" in r)
+    assert "attempts" not in gamma, gamma
+
+
+@pytest.mark.parametrize("view", ["md", "text"])
+def test_plain_output_mentions_the_attempts_of_an_answer_that_took_retries(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, view: str
+) -> None:
+    config = retried_panel(server, agents_file)
+    result = invoke("ask", "-c", config, "--format", view, "Why?")
+    heading = "## alpha · 3 attempts" if view == "md" else "alpha (m-alpha) · 3 attempts"
+    assert f"{heading}\nm-alpha says: Why?" in result.stdout, result.stdout
+    assert "✗ bad_request after 2 attempts: HTTP 400" in result.stdout
+    assert "gamma ·" not in result.stdout and "gamma (m-gamma) ·" not in result.stdout

@@ -266,13 +266,20 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
             shown = [r for r in stage.calls if r.status == "error"]
         for result in shown:
             kind = stage.kind.replace("_", " ").capitalize()
-            blocks.append(f"{heading(f'{kind}: {result.name}')}\n{_plain_answer(result)}")
+            title = f"{kind}: {result.name}{_retried(result)}"
+            blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
     for result in report.agents:
         title = result.name if markdown else f"{result.name} ({result.model})"
-        blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
+        blocks.append(f"{heading(title + _retried(result))}\n{_plain_answer(result)}")
     summary = _summary(report, recorded)
     blocks.append(f"_{summary}_" if markdown else summary)
     return "\n\n".join(blocks) + "\n"
+
+
+def _retried(result: CallResult) -> str:
+    """`` · 3 attempts`` after the heading of an answer that took retries (a failure says
+    it in its own line)."""
+    return f" · {result.attempts} attempts" if result.status == "ok" and result.attempts > 1 else ""
 
 
 def _plain_render(parts: Sequence[RenderableType], width: int = 100) -> str:
@@ -710,7 +717,9 @@ def retry_notice(event: CallRetrying) -> str:
 
 def _row(result: CallResult) -> tuple[RenderableType, ...]:
     persona = Text.assemble((result.name, "bold"), "\n", (result.model, "dim"))
-    latency = f"{result.latency_s:.2f} s" if result.latency_s is not None else "-"
+    latency = Text(f"{result.latency_s:.2f} s" if result.latency_s is not None else "-")
+    if result.attempts > 1:  # retries cost time: say how many it took
+        latency.append(f"\n{result.attempts} attempts", style="yellow")
     tokens = Text(f"{result.usage.total_tokens:,}" if result.usage.total_tokens else "-")
     if result.usage.total_tokens:
         tokens.append("\n" + usd(result.cost_usd), style="dim")
