@@ -42,7 +42,7 @@ from fanout.config import (
     find_config,
     load_panel,
 )
-from fanout.cost import Price, Pricing
+from fanout.cost import PlannedCall, Price, Pricing, plan_fits, plan_worst_case
 from fanout.engine import Engine, Execution, RunSettings, unwrap_fanout_error
 from fanout.errors import ConfigError, FanoutError, StdoutClosed
 from fanout.event import Broadcast, Event, Observer
@@ -77,6 +77,7 @@ from fanout.render import (
     run_header,
     runs_table,
     timeline,
+    usd,
 )
 from fanout.retry import RetryPolicy
 from fanout.tracing import TraceParent, parse_traceparent, telemetry_wanted
@@ -255,11 +256,7 @@ def flow_run(
         calls = [
             replace(c, name=f"{c.stage}/{c.name or c.agent.name}") for c in planned_calls(plan)
         ]
-        if output.mode == "json":
-            _write_stdout(dumps(plan_document(request.prompt, calls, settings.max_cost)))
-        else:
-            make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
-        return EXIT_OK
+        return _show_plan(request.prompt, calls, output, settings)
     check_credentials(plan.callers, os.environ)
     return _run_plan(plan, output, log)
 
@@ -357,11 +354,33 @@ def _dry_run(
             agents=[local(a) for a in plan.agents],
             roles={r: local(a) for r, a in plan.roles.items()},
         )
-    calls = planned_calls(plan)
+    return _show_plan(plan.request.prompt, planned_calls(plan), output, settings)
+
+
+def _show_plan(
+    prompt: str, calls: Sequence[PlannedCall], output: Output, settings: RunSettings
+) -> int:
+    """The dry run's plan on stdout (a table or its document) and, when even its worst case
+    would not fit ``--max-cost``, one line on stderr saying so. Exit 0: nothing failed."""
     if output.mode == "json":
-        _write_stdout(dumps(plan_document(plan.request.prompt, calls, settings.max_cost)))
+        _write_stdout(dumps(plan_document(prompt, calls, settings.max_cost)))
     else:
         make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
+    max_cost = settings.max_cost
+    if max_cost is not None and not plan_fits(calls, max_cost):
+        worst = plan_worst_case(calls)
+        if worst is None:
+            unknown = sorted({c.agent.model for c in calls if c.worst_case_usd is None})
+            line = (
+                f"worst case unknown (no price for {', '.join(unknown)}): --max-cost "
+                f"${max_cost:g} would skip those calls"
+            )
+        else:
+            line = (
+                f"worst case {usd(worst)} is above --max-cost ${max_cost:g}: "
+                "the run would stop early or skip calls"
+            )
+        print_warning(make_console(stderr=True), line)
     return EXIT_OK
 
 
