@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AgentsFile, Invoke
+from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Reply
 from tests.terminal import Terminal
 
@@ -138,3 +138,81 @@ def test_plain_output_mentions_the_attempts_of_an_answer_that_took_retries(
     assert f"{heading}\nm-alpha says: Why?" in result.stdout, result.stdout
     assert "✗ bad_request after 2 attempts: HTTP 400" in result.stdout
     assert "gamma ·" not in result.stdout and "gamma (m-gamma) ·" not in result.stdout
+
+
+SIX = ("a", "b", "c", "d", "e", "f")
+REJECTED = {"error": {"message": f"Incorrect API key provided: {SENTINEL_KEY}.", "type": "x"}}
+
+
+def bad_key_panel(
+    server: FakeOpenAI, agents_file: AgentsFile, monkeypatch: pytest.MonkeyPatch, status: int
+) -> Path:
+    monkeypatch.setenv("FANOUT_BAD_KEY", SENTINEL_KEY)
+    server.default = Fault(status, body=REJECTED)
+    return agents_file(*SIX, defaults={"api_key_env": "FANOUT_BAD_KEY"})
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_rejected_key_is_said_once_and_closes_the_endpoint(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+) -> None:
+    config = bad_key_panel(server, agents_file, monkeypatch, status)
+    result = invoke("ask", "-c", config, "-s", "--concurrency", "1", "--json", "Why?")
+    assert result.exit_code == 1, result.stderr
+    assert server.count() == 1  # the first call learnt it; the others were never sent
+    verb = "refused" if status == 401 else "denied access to"
+    said = f"(127.0.0.1 {verb} the key in $FANOUT_BAD_KEY)"
+    assert result.stderr.count(said) == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"HTTP {status}: Incorrect API key provided: ***.")
+    document = json.loads(result.stdout)
+    for answer in document["agents"]:  # each call keeps its error in the document
+        assert answer["status"] == "error"
+        assert answer["error"]["status_code"] == status and said in answer["error"]["message"]
+    synthesis = document["stages"][1]["calls"][0]
+    assert synthesis["status"] == "skipped"
+    assert synthesis["error"]["message"] == "no persona answered, nothing to synthesize"
+    assert SENTINEL_KEY not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("view", ["table", "md", "text"])
+def test_the_final_view_says_a_rejected_key_once(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    view: str,
+) -> None:
+    config = bad_key_panel(server, agents_file, monkeypatch, 401)
+    result = invoke("ask", "-c", config, "--format", view, "Why?")
+    assert result.exit_code == 1, result.stderr
+    said = "(127.0.0.1 refused the key in $FANOUT_BAD_KEY)"
+    assert result.stdout.count(said) == 1, result.stdout
+    assert "6 calls failed on it" in result.stdout
+    assert result.stdout.count("HTTP 401, key refused") == 6, result.stdout
+    assert result.stderr.count(said) == 1, result.stderr
+    assert SENTINEL_KEY not in result.stdout + result.stderr
+
+
+def test_a_batch_with_a_rejected_key_says_it_once(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    config = bad_key_panel(server, agents_file, monkeypatch, 401)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"Question {n}?\n" for n in range(5)))
+    result = invoke("batch", prompts, "-c", config, "-a", "a,b", "--concurrency", "1")
+    assert result.exit_code == 1, result.stderr
+    assert server.count() == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 10 and all(line["error"]["status_code"] == 401 for line in lines)
+    notices = [line for line in result.stderr.splitlines() if "refused the key" in line]
+    assert len(notices) == 1, result.stderr
+    assert SENTINEL_KEY not in result.stdout + result.stderr

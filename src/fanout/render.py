@@ -118,6 +118,53 @@ def print_warning(console: Console, message: str, *, style: str = "yellow") -> N
     console.print(Text(printable(message), style=style), soft_wrap=True, highlight=False)
 
 
+REFUSED_KEY = (401, 403)  # as the engine has it: the endpoint refused the key, once for all
+
+
+def _refused(result: CallResult) -> bool:
+    return result.error is not None and result.error.status_code in REFUSED_KEY
+
+
+def refused_keys(report: RunReport) -> dict[str, int]:
+    """Each refused key's error (it names the host and the variable holding the key) and
+    how many calls failed on it: said once above the answers, not once per call."""
+    counts: dict[str, int] = {}
+    for result in report.calls:
+        if _refused(result) and result.error is not None:
+            counts[result.error.message] = counts.get(result.error.message, 0) + 1
+    return counts
+
+
+def _refused_lines(report: RunReport) -> list[str]:
+    return [
+        f"✗ {message}: {count} call{'s' if count != 1 else ''} failed on it"
+        for message, count in refused_keys(report).items()
+    ]
+
+
+class RefusedKeyNotice:
+    """Says a refused key once on stderr, however many calls fail on it (a panel's six, a
+    batch's thousands): the first such failure is told, the others are not."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._said: set[str] = set()
+
+    def tell(self, result: CallResult) -> bool:
+        """Whether ``result`` failed on a refused key (then it has been said)."""
+        if not _refused(result) or result.error is None:
+            return False
+        message = result.error.message
+        if message not in self._said:
+            self._said.add(message)
+            print_warning(
+                self._console,
+                f"{message}: no more calls are sent to it",
+                style="red",
+            )
+        return True
+
+
 def results_table(report: RunReport, *, recorded: bool = True) -> Table:
     """One row per persona, in panel order: who, which model, the answer, time and tokens."""
     table = Table(show_lines=True, expand=True, title_justify="left", caption_justify="left")
@@ -184,7 +231,8 @@ def render_report(
     line. ``view``: ``table`` (one row per persona) or ``columns`` (answers side by side
     when the console is wide enough, stacked otherwise). ``recorded``: whether the run is in
     the history, so its id is worth printing."""
-    parts: list[RenderableType] = [*verdict_views(report), *_later_calls(report)]
+    parts: list[RenderableType] = [Text(line, style="bold red") for line in _refused_lines(report)]
+    parts += [*verdict_views(report), *_later_calls(report)]
     if view == "columns":
         parts.extend([answer_columns(report, console.width), Text(_summary(report, recorded))])
     else:
@@ -252,7 +300,7 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
     def heading(title: str) -> str:
         return f"## {title}" if markdown else title
 
-    blocks: list[str] = []
+    blocks: list[str] = ["\n".join(_refused_lines(report))] if refused_keys(report) else []
     verdicts = _plain_render(verdict_views(report))
     if verdicts:
         # A tally or a ranking is a chart, not prose: drawn as on a terminal (without colour),
@@ -326,11 +374,7 @@ def _plain_answer(result: CallResult) -> str:
         if agreement is not None and notes:
             return "\n".join([notes.pop(0), (result.answer or "").strip(), *notes])
         return "\n\n".join([(result.answer or "").strip(), *notes])
-    if result.error is not None:
-        attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
-        line = f"✗ {result.error.type}{attempts}: {result.error.message}"
-    else:
-        line = result.status
+    line = _failure(result) if result.error is not None else result.status
     if result.answer:
         return "\n\n".join([line, result.answer.strip(), "(cut short)", *notes])
     return "\n\n".join([line, *notes])
@@ -620,6 +664,7 @@ class ProgressDisplay(_Display):
         self._total = total
         self._done = 0
         self._status: Status | None = None
+        self._refused = RefusedKeyNotice(console)
 
     def __enter__(self) -> ProgressDisplay:
         if self._console.is_terminal and not self._console.is_dumb_terminal:
@@ -633,7 +678,9 @@ class ProgressDisplay(_Display):
         elif isinstance(event, CallFinished):
             result = event.result
             self._done += 1 if event.call.role == "persona" else 0
-            if result.status == "error" and result.error is not None:
+            if self._refused.tell(result):
+                pass  # said once, not once per call
+            elif result.status == "error" and result.error is not None:
                 self._console.print(
                     f"[red]{escape(printable(result.name))}[/]: failed: "
                     f"{escape(printable(result.error.message))}",
@@ -655,6 +702,7 @@ class BatchProgress(_Display):
         self._tally = tally
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._refused = RefusedKeyNotice(console)
 
     def __enter__(self) -> BatchProgress:
         if self._console.is_terminal and not self._console.is_dumb_terminal:
@@ -674,6 +722,8 @@ class BatchProgress(_Display):
         return self
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, CallFinished):
+            self._refused.tell(event.result)
         self._refresh()
 
     def _refresh(self) -> None:
@@ -747,14 +797,19 @@ def _answer_cell(result: CallResult) -> RenderableType:
             return Group(answer, note)
         return answer
     style = _STATUS_STYLE.get(result.status, "red")
-    if result.error is not None:
-        attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
-        line = Text(f"✗ {result.error.type}{attempts}: {result.error.message}", style=style)
-    else:
-        line = Text(result.status, style=style)
+    line = Text(_failure(result) if result.error is not None else result.status, style=style)
     if result.answer:  # the text a call cut short had, for what it is worth
         return Group(line, Text(result.answer, style="dim"), Text("✂ cut short", style=style))
     return line
+
+
+def _failure(result: CallResult) -> str:
+    """A failed call's line; a refused key's (told once above the answers) in short."""
+    assert result.error is not None
+    attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
+    if _refused(result):
+        return f"✗ {result.error.type}{attempts}: HTTP {result.error.status_code}, key refused"
+    return f"✗ {result.error.type}{attempts}: {result.error.message}"
 
 
 def _summary(report: RunReport, recorded: bool = True) -> str:
