@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
-from tests.fakeserver import FakeOpenAI, Fault, Reply
+from tests.fakeserver import FakeOpenAI, Fault, Malformed, Reply
 from tests.terminal import Terminal
 
 # A title-setting OSC, a clear-screen CSI and a one-byte CSI (0x9b): what an answer must never
@@ -216,3 +216,77 @@ def test_a_batch_with_a_rejected_key_says_it_once(
     notices = [line for line in result.stderr.splitlines() if "refused the key" in line]
     assert len(notices) == 1, result.stderr
     assert SENTINEL_KEY not in result.stdout + result.stderr
+
+
+def sse(*chunks: dict[str, Any]) -> Malformed:
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    return Malformed(body=body, content_type="text/event-stream")
+
+
+NUMBER_CONTENT = {"choices": [{"index": 0, "message": {"content": 5}, "finish_reason": "stop"}]}
+PLAIN_FAULTS = {
+    "no choices": (
+        Malformed(body=json.dumps({"id": "x", "model": "m"})),
+        "the server's reply has no choices",
+    ),
+    "content a number": (
+        Malformed(body=json.dumps(NUMBER_CONTENT)),
+        "choices[0].message.content is a number, not text",
+    ),
+    "streamed content a number": (
+        sse({"choices": [{"index": 0, "delta": {"content": 5}, "finish_reason": "stop"}]}),
+        "choices[0].delta.content is a number, not text",
+    ),
+    "streamed choices an object": (
+        sse({"choices": {"a": 1}}),
+        "choices in a stream chunk is an object, not a list",
+    ),
+    "streamed delta a list": (
+        sse({"choices": [{"index": 0, "delta": [1], "finish_reason": "stop"}]}),
+        "choices[0].delta is a list, not an object",
+    ),
+    "structured reply with no message": (
+        Malformed(body=json.dumps({"choices": [{"index": 0, "message": "x"}]})),
+        "choices[0].message is text, not an object",
+    ),
+}
+PYDANTIC = ("validation error", "type=", "errors.pydantic.dev", "Input should")
+
+
+@pytest.mark.parametrize("fault", PLAIN_FAULTS)
+def test_a_malformed_reply_is_told_in_plain_words(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, fault: str
+) -> None:
+    step, words = PLAIN_FAULTS[fault]
+    server.script("m-alpha", step)
+    flags = ["--stream"] if "streamed" in fault else ["--no-stream"]
+    if "structured" in fault:
+        flags += ["--vote"]  # its ballots ask for structured output
+    result = invoke("ask", "-c", agents_file("alpha", "beta"), *flags, "--json", "Why?")
+    document = json.loads(result.stdout)
+    alpha = next(c for s in document["stages"] for c in s["calls"] if c["name"] == "alpha")
+    assert alpha["error"]["message"] == f"malformed response: {words}", alpha["error"]
+    assert f"alpha: failed: malformed response: {words}" in result.stderr
+    for jargon in PYDANTIC:
+        assert jargon not in result.stdout + result.stderr
+
+
+def test_a_batch_api_result_that_is_not_an_answer_is_told_in_plain_words(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "prompts.txt"
+    source.write_text("one\ntwo\n")
+    out = tmp_path / "out.jsonl"
+    server.script("m-a", Malformed(body=json.dumps(NUMBER_CONTENT)))
+    result = invoke(
+        "batch", source, "-c", agents_file("a"), "-o", out, "--via", "openai-batch",
+        "--poll-interval", "0.01",
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    bad = [line for line in lines if line["status"] != "ok"]
+    assert len(bad) == 1 and bad[0]["error"]["message"] == (
+        "malformed response: choices[0].message.content is a number, not text"
+    )
+    for jargon in PYDANTIC:
+        assert jargon not in result.stdout + result.stderr + out.read_text()
