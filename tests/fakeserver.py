@@ -353,6 +353,12 @@ class FakeOpenAI:
             if isinstance(step, Fault):
                 fault = _error(step.status, code=step.code) if step.body is None else step.body
                 response = {"status_code": step.status, "body": fault}
+            elif isinstance(step, Malformed):  # a result line whose body is not a chat answer
+                try:
+                    odd: Any = json.loads(step.body)
+                except ValueError:
+                    odd = step.body
+                response = {"status_code": step.status, "body": odd}
             else:
                 text = (
                     step.text

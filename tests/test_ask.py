@@ -234,7 +234,8 @@ def test_synthesis_merges_the_answers(
 def test_synthesis_after_a_failure_is_partial_and_says_so(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:
-    server.script("m-chemist", Fault(401))
+    # Not a 401: a refused key closes the endpoint, the synthesizer's too (it shares it).
+    server.script("m-chemist", Fault(400))
     config = agents_file(synthesizer={"model": "m-synth"})
     result = invoke("ask", "-c", config, "-s", "Why?")
     assert result.exit_code == 3

@@ -371,3 +371,39 @@ def test_a_prompt_on_stdin_is_read_to_a_bound(server: FakeOpenAI, agents_file: A
     assert proc.stdout == b""
     assert proc.stderr.decode().splitlines() == ["fanout: error: the prompt on stdin is over 16 MB"]
     assert server.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("text", "not a GGUF model"),
+        ("empty", "the file is empty, not a GGUF model"),
+        ("directory", "is a directory, not a GGUF model file"),
+        ("missing", "no such file"),
+        ("unreadable", "cannot read it"),
+    ],
+)
+def test_local_model_that_is_not_a_gguf_file_is_a_usage_error(
+    invoke: Invoke,
+    agents_file: AgentsFile,
+    server: FakeOpenAI,
+    tmp_path: Path,
+    case: str,
+    fragment: str,
+) -> None:
+    model = tmp_path / "model.bin"
+    if case == "text":
+        model.write_text("this is not a model\n")
+    elif case == "empty":
+        model.write_bytes(b"")
+    elif case == "directory":
+        model.mkdir()
+    elif case == "unreadable":
+        if os.geteuid() != 0:
+            model.write_bytes(b"GGUF")
+            model.chmod(0)
+        else:  # root reads any file: one the kernel refuses to read at offset 0
+            model = Path("/proc/self/mem")
+    result = invoke("ask", "-c", agents_file("a"), "--local-model", model, "Why?")
+    assert_usage_error(result, f"--local-model: {model}: {fragment}")
+    assert server.count() == 0

@@ -185,3 +185,35 @@ def test_the_budget_holds_for_text_a_character_count_underestimates(
     result = invoke("ask", "-c", config, "--json", "--max-cost", "0.05", "温" * 4000)
     document = json.loads(result.stdout)
     assert document["cost_usd"] <= 0.05
+
+
+@pytest.mark.parametrize(("budget", "fits"), [("0.01", False), ("5", True), (None, None)])
+def test_dry_run_says_whether_the_worst_case_fits_max_cost(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, budget: str | None, fits: bool
+) -> None:
+    config = budget_config(agents_file)
+    flags = ["--max-cost", budget] if budget else []
+    document = invoke("ask", "-c", config, "--dry-run", "--json", *flags, "Why?")
+    assert document.exit_code == 0, document.stderr
+    assert json.loads(document.stdout)["fits"] is fits
+    table = invoke("ask", "-c", config, "--dry-run", *flags, "Why?")
+    assert table.exit_code == 0, table.stderr
+    for result in (document, table):
+        if fits is False:
+            worst = f"${3 * worst_case():.4f}"
+            assert result.stderr == (
+                f"worst case {worst} is above --max-cost $0.01: the run would stop early or "
+                "skip calls\n"
+            )
+        else:
+            assert result.stderr == ""
+    assert server.count() == 0
+
+
+def test_dry_run_with_an_unknown_price_does_not_fit_max_cost(
+    agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    result = invoke("ask", "-c", agents_file("x"), "--dry-run", "--json", "--max-cost", "1", "Q")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["fits"] is False
+    assert "worst case unknown (no price for m-x)" in result.stderr

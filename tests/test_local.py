@@ -116,10 +116,12 @@ def test_ctrl_c_during_a_local_run_exits_130_and_leaves_nothing_behind(
 
 
 def test_local_without_the_extra_says_how_to_get_it(
-    invoke: Invoke, agents_file: AgentsFile, monkeypatch: pytest.MonkeyPatch
+    invoke: Invoke, agents_file: AgentsFile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "xllamacpp", None)  # as if it were not installed
-    result = invoke("ask", "-c", agents_file("a"), "--local", "--local-model", __file__, "Why?")
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))  # passes the magic check; never loaded
+    result = invoke("ask", "-c", agents_file("a"), "--local", "--local-model", model, "Why?")
     assert result.exit_code == 2
     assert "pip install 'fanout[local]'" in result.stderr
 

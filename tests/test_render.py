@@ -193,3 +193,14 @@ def test_runs_table_times_are_local_with_their_zone(monkeypatch: pytest.MonkeyPa
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_errors_and_warnings_on_stderr_cannot_drive_the_terminal() -> None:
+    from fanout.render import print_warning
+
+    target = Console(width=200, file=io.StringIO(), color_system="truecolor", highlight=False)
+    print_error(target, "HTTP 500: \x1b]0;pwned\x07 \x9b2J")
+    print_warning(target, "warning: \x1b[2J gone")
+    text = text_of(target)
+    assert "␛]0;pwned␇" in text and "\\x9b2J" in text and "␛[2J gone" in text
+    assert "\x9b" not in text and "\x1b]" not in text and "\x1b[2J" not in text

@@ -138,3 +138,18 @@ def planned_call(
     answer = agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
     worst = pricing.worst_case(agent.model, prompt_tokens, answer)
     return PlannedCall(agent, prompt_tokens, agent.max_tokens, worst, name, stage, role)
+
+
+def plan_worst_case(calls: Sequence[PlannedCall]) -> float | None:
+    """The worst case of every call together; ``None`` when a price is unknown."""
+    costs = [c.worst_case_usd for c in calls]
+    return None if None in costs else sum(c or 0.0 for c in costs)
+
+
+def plan_fits(calls: Sequence[PlannedCall], max_cost: float | None) -> bool | None:
+    """Whether the whole plan fits ``--max-cost`` even at its worst (``None``: no budget).
+    A call of unknown price cannot be bounded, so it never fits: the run would skip it."""
+    if max_cost is None:
+        return None
+    worst = plan_worst_case(calls)
+    return worst is not None and worst <= max_cost

@@ -63,6 +63,9 @@ from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, trace
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
 # rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it).
 DEFAULT_CONCURRENCY = 64
+# A key the endpoint refuses (401) or denies (403) will not do better on the next call: the
+# endpoint is closed for the rest of the run, as a day-long 429 closes it.
+REFUSED_KEY = (401, 403)
 
 
 class Provider(Protocol):
@@ -111,6 +114,7 @@ class EndpointGates:
         self._settings = settings
         self._limiters: dict[Endpoint, RateLimiter] = {}
         self._caps: dict[Endpoint, anyio.CapacityLimiter | None] = {}
+        self._refused: dict[Endpoint, ProviderError] = {}  # a 401/403: closed for good
         by_endpoint: dict[Endpoint, list[Agent]] = {}
         for agent in agents:
             by_endpoint.setdefault(agent.endpoint, []).append(agent)
@@ -134,6 +138,27 @@ class EndpointGates:
         if agent.endpoint not in self._caps:
             self._add(agent.endpoint, [agent])
         return self._caps[agent.endpoint]
+
+    def refuse(self, agent: Agent, error: ProviderError) -> ProviderError:
+        """The endpoint refused the key (401) or what it may do (403): no other call of the
+        run (or batch) is sent to it; each fails at once with this error, which names the
+        host and the variable holding the key (never the key)."""
+        endpoint = agent.endpoint
+        verb = "refused" if error.status_code == 401 else "denied access to"
+        refused = ProviderError(
+            f"{error.message} ({endpoint.host} {verb} the key in ${endpoint.api_key_env})",
+            kind=error.kind,
+            status_code=error.status_code,
+            usage=error.usage,
+        )
+        self._refused.setdefault(endpoint, refused)
+        return refused
+
+    def check_open(self, agent: Agent) -> None:
+        """Raise the error an endpoint was closed with, if it was."""
+        refused = self._refused.get(agent.endpoint)
+        if refused is not None:
+            raise ProviderError(refused.message, kind=refused.kind, status_code=refused.status_code)
 
 
 @dataclass(frozen=True)
@@ -341,6 +366,7 @@ class _Attempts:
         if self.started is None:
             self.started = granted
             self.observer.handle(CallStarted(call))
+        engine.gates.check_open(call.agent)  # a refused key is not sent again
         reserved = await engine._reserve(call)
         spent: Usage | None = None
         timed_out = False
@@ -385,6 +411,8 @@ class _Attempts:
                 self.limiter.observe(exc.headers)
                 if exc.status_code == 429 and exc.retryable and exc.retry_after:
                     self.limiter.pause_for(exc.retry_after)
+                if exc.status_code in REFUSED_KEY:
+                    raise engine.gates.refuse(call.agent, exc) from None
                 raise
             finally:
                 CURRENT_TRACEPARENT.reset(token)

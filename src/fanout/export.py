@@ -395,6 +395,8 @@ def plan_document(
     prompt: str, calls: Sequence[PlannedCall], max_cost: float | None
 ) -> dict[str, Any]:
     """``--dry-run --json``: the calls a run would make; nothing was sent."""
+    from fanout.cost import plan_fits  # only a dry run needs the budget's arithmetic
+
     costs = [c.worst_case_usd for c in calls]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -418,6 +420,8 @@ def plan_document(
         ],
         "worst_case_usd": None if None in costs else _usd(sum(c or 0.0 for c in costs)),
         "max_cost_usd": max_cost,
+        # Whether even the worst case fits --max-cost (null without one).
+        "fits": plan_fits(calls, max_cost),
     }
 
 

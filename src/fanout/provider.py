@@ -498,13 +498,36 @@ def _kind_of(value: object) -> str:
     return "a list" if isinstance(value, list) else "an object"
 
 
+# What a pydantic error type expected, in words (its own ``msg`` is pydantic's jargon).
+_EXPECTED = {
+    "string_type": "text",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true/false",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "literal_error": "one of the values the API allows",
+}
+
+
 def _plain_validation(exc: pydantic.ValidationError) -> str:
-    """pydantic's report, as "where: what" (``choices[0].message.content: ...``)."""
+    """pydantic's report as one line in plain words, saying where and what
+    (``choices[0].message.content is a number, not text``): never its ``[type=...]`` codes
+    or errors.pydantic.dev links."""
     first = exc.errors()[0]
     where = ""
     for part in first.get("loc", ()):
         where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
-    return f"{where or 'the answer'}: {first.get('msg', 'invalid')}"
+    where = where or "the reply"
+    kind = first.get("type", "")
+    if kind == "missing":
+        return f"{where} is missing"
+    got = _kind_of(first.get("input"))
+    expected = _EXPECTED.get(kind)
+    return f"{where} is {got}, not {expected}" if expected else f"{where} is {got}: not valid here"
 
 
 def _json_of(text: str | bytes) -> object:
@@ -545,14 +568,16 @@ def _completion_of(data: object) -> Completion:
     if choices is None and isinstance(error, dict):
         detail = _scrub(" ".join(str(error.get("message") or "no message").split()))[:300]
         raise ProviderError(f"the server answered with an error: {detail}", kind="bad_response")
+    if choices is None:
+        raise _malformed("the server's reply has no choices")
     if not isinstance(choices, list):
-        raise _malformed(f"choices: expected a list (got {_kind_of(choices)})")
+        raise _malformed(f"choices is {_kind_of(choices)}, not a list")
     if not choices:
         raise ProviderError("the server returned no choices", kind="bad_response", usage=usage)
     choice = choices[0]
     message = choice.get("message") if isinstance(choice, dict) else None
     if not isinstance(message, dict):
-        raise _malformed(f"choices[0].message: expected an object (got {_kind_of(message)})")
+        raise _malformed(f"choices[0].message is {_kind_of(message)}, not an object")
     # content null and no refusal: an empty answer (a model may say nothing), not an error.
     text = _text(message.get("content"), "choices[0].message.content") or _text(
         message.get("refusal"), "choices[0].message.refusal"
@@ -597,7 +622,7 @@ class _StreamedAnswer:
         if choices is None or choices == []:  # the usage chunk has no choices
             return ""
         if not isinstance(choices, list) or not isinstance(choices[0], dict):
-            raise _malformed("choices: expected a list of objects")
+            raise _malformed(f"choices in a stream chunk is {_kind_of(choices)}, not a list")
         self.chose = True
         choice = choices[0]
         self.finish_reason = _reason(choice) or self.finish_reason
@@ -605,7 +630,7 @@ class _StreamedAnswer:
         if delta is None:
             return ""
         if not isinstance(delta, dict):
-            raise _malformed(f"choices[0].delta: expected an object (got {_kind_of(delta)})")
+            raise _malformed(f"choices[0].delta is {_kind_of(delta)}, not an object")
         self._add_tool_calls(delta.get("tool_calls"))
         piece = _text(delta.get("content"), "choices[0].delta.content") or _text(
             delta.get("refusal"), "choices[0].delta.refusal"
@@ -721,7 +746,7 @@ def _text(content: object, where: str) -> str:
         if all(isinstance(p, str) for p in parts) and parts:
             content = "".join(p for p in parts if isinstance(p, str))
     if not isinstance(content, str):
-        raise _malformed(f"{where}: expected text (got {_kind_of(content)})")
+        raise _malformed(f"{where} is {_kind_of(content)}, not text")
     return content.encode("utf-8", "replace").decode("utf-8")
 
 

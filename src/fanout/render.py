@@ -10,6 +10,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -60,18 +61,108 @@ def printable(text: str) -> str:
     return text.replace("\r\n", "\n").translate(_UNPRINTABLE)
 
 
+def printable_report(report: RunReport) -> RunReport:
+    """A copy of ``report`` to draw on a terminal: every string a server could have written
+    (answers, error messages, models, verdicts and details, keys included) passed through
+    ``printable``. The report itself is left as it came, for JSON and the history."""
+    return replace(
+        report,
+        prompt=printable(report.prompt),
+        stages=[
+            replace(
+                stage,
+                calls=[_printable_call(result) for result in stage.calls],
+                verdict=_printable_value(stage.verdict),
+            )
+            for stage in report.stages
+        ],
+    )
+
+
+def _printable_call(result: CallResult) -> CallResult:
+    error = result.error
+    return replace(
+        result,
+        name=printable(result.name),
+        model=printable(result.model),
+        answer=printable(result.answer) if result.answer is not None else None,
+        error=replace(error, message=printable(error.message)) if error is not None else None,
+        response_model=_printable_value(result.response_model),
+        finish_reason=_printable_value(result.finish_reason),
+        details=_printable_value(result.details),
+    )
+
+
+def _printable_value(value: Any) -> Any:
+    """``value`` with every string in it (dict keys too, however deep) made printable."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable_value(k): _printable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_printable_value(v) for v in value)
+    return value
+
+
 def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
     return Console(file=file, stderr=stderr, highlight=False, soft_wrap=False)
 
 
 def print_error(console: Console, message: str) -> None:
-    """The one-line error every failure ends in."""
-    console.print(f"[bold red]fanout: error:[/] {escape(message)}", soft_wrap=True)
+    """The one-line error every failure ends in (it may quote a server: made printable)."""
+    console.print(f"[bold red]fanout: error:[/] {escape(printable(message))}", soft_wrap=True)
 
 
 def print_warning(console: Console, message: str, *, style: str = "yellow") -> None:
     """A line of chatter on stderr (a warning, a note), whatever characters it holds."""
-    console.print(Text(message, style=style), soft_wrap=True, highlight=False)
+    console.print(Text(printable(message), style=style), soft_wrap=True, highlight=False)
+
+
+REFUSED_KEY = (401, 403)  # as the engine has it: the endpoint refused the key, once for all
+
+
+def _refused(result: CallResult) -> bool:
+    return result.error is not None and result.error.status_code in REFUSED_KEY
+
+
+def refused_keys(report: RunReport) -> dict[str, int]:
+    """Each refused key's error (it names the host and the variable holding the key) and
+    how many calls failed on it: said once above the answers, not once per call."""
+    counts: dict[str, int] = {}
+    for result in report.calls:
+        if _refused(result) and result.error is not None:
+            counts[result.error.message] = counts.get(result.error.message, 0) + 1
+    return counts
+
+
+def _refused_lines(report: RunReport) -> list[str]:
+    return [
+        f"✗ {message}: {count} call{'s' if count != 1 else ''} failed on it"
+        for message, count in refused_keys(report).items()
+    ]
+
+
+class RefusedKeyNotice:
+    """Says a refused key once on stderr, however many calls fail on it (a panel's six, a
+    batch's thousands): the first such failure is told, the others are not."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._said: set[str] = set()
+
+    def tell(self, result: CallResult) -> bool:
+        """Whether ``result`` failed on a refused key (then it has been said)."""
+        if not _refused(result) or result.error is None:
+            return False
+        message = result.error.message
+        if message not in self._said:
+            self._said.add(message)
+            print_warning(
+                self._console,
+                f"{message}: no more calls are sent to it",
+                style="red",
+            )
+        return True
 
 
 def results_table(report: RunReport, *, recorded: bool = True) -> Table:
@@ -140,7 +231,8 @@ def render_report(
     line. ``view``: ``table`` (one row per persona) or ``columns`` (answers side by side
     when the console is wide enough, stacked otherwise). ``recorded``: whether the run is in
     the history, so its id is worth printing."""
-    parts: list[RenderableType] = [*verdict_views(report), *_later_calls(report)]
+    parts: list[RenderableType] = [Text(line, style="bold red") for line in _refused_lines(report)]
+    parts += [*verdict_views(report), *_later_calls(report)]
     if view == "columns":
         parts.extend([answer_columns(report, console.width), Text(_summary(report, recorded))])
     else:
@@ -208,7 +300,7 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
     def heading(title: str) -> str:
         return f"## {title}" if markdown else title
 
-    blocks: list[str] = []
+    blocks: list[str] = ["\n".join(_refused_lines(report))] if refused_keys(report) else []
     verdicts = _plain_render(verdict_views(report))
     if verdicts:
         # A tally or a ranking is a chart, not prose: drawn as on a terminal (without colour),
@@ -222,13 +314,20 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
             shown = [r for r in stage.calls if r.status == "error"]
         for result in shown:
             kind = stage.kind.replace("_", " ").capitalize()
-            blocks.append(f"{heading(f'{kind}: {result.name}')}\n{_plain_answer(result)}")
+            title = f"{kind}: {result.name}{_retried(result)}"
+            blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
     for result in report.agents:
         title = result.name if markdown else f"{result.name} ({result.model})"
-        blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
+        blocks.append(f"{heading(title + _retried(result))}\n{_plain_answer(result)}")
     summary = _summary(report, recorded)
     blocks.append(f"_{summary}_" if markdown else summary)
     return "\n\n".join(blocks) + "\n"
+
+
+def _retried(result: CallResult) -> str:
+    """`` · 3 attempts`` after the heading of an answer that took retries (a failure says
+    it in its own line)."""
+    return f" · {result.attempts} attempts" if result.status == "ok" and result.attempts > 1 else ""
 
 
 def _plain_render(parts: Sequence[RenderableType], width: int = 100) -> str:
@@ -275,11 +374,7 @@ def _plain_answer(result: CallResult) -> str:
         if agreement is not None and notes:
             return "\n".join([notes.pop(0), (result.answer or "").strip(), *notes])
         return "\n\n".join([(result.answer or "").strip(), *notes])
-    if result.error is not None:
-        attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
-        line = f"✗ {result.error.type}{attempts}: {result.error.message}"
-    else:
-        line = result.status
+    line = _failure(result) if result.error is not None else result.status
     if result.answer:
         return "\n\n".join([line, result.answer.strip(), "(cut short)", *notes])
     return "\n\n".join([line, *notes])
@@ -467,7 +562,7 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
             Text(run.status, style=styles.get(run.status, "yellow")),
             f"{run.answered}/{run.agents}",
             usd(run.cost_usd),
-            Text(" ".join(run.prompt.split())),
+            Text(printable(" ".join(run.prompt.split()))),
         )
     if not runs:
         table.caption = "no runs recorded yet"
@@ -569,6 +664,7 @@ class ProgressDisplay(_Display):
         self._total = total
         self._done = 0
         self._status: Status | None = None
+        self._refused = RefusedKeyNotice(console)
 
     def __enter__(self) -> ProgressDisplay:
         if self._console.is_terminal and not self._console.is_dumb_terminal:
@@ -582,9 +678,12 @@ class ProgressDisplay(_Display):
         elif isinstance(event, CallFinished):
             result = event.result
             self._done += 1 if event.call.role == "persona" else 0
-            if result.status == "error" and result.error is not None:
+            if self._refused.tell(result):
+                pass  # said once, not once per call
+            elif result.status == "error" and result.error is not None:
                 self._console.print(
-                    f"[red]{escape(result.name)}[/]: failed: {escape(result.error.message)}",
+                    f"[red]{escape(printable(result.name))}[/]: failed: "
+                    f"{escape(printable(result.error.message))}",
                     soft_wrap=True,
                 )
             if self._status is not None:
@@ -603,6 +702,7 @@ class BatchProgress(_Display):
         self._tally = tally
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._refused = RefusedKeyNotice(console)
 
     def __enter__(self) -> BatchProgress:
         if self._console.is_terminal and not self._console.is_dumb_terminal:
@@ -622,6 +722,8 @@ class BatchProgress(_Display):
         return self
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, CallFinished):
+            self._refused.tell(event.result)
         self._refresh()
 
     def _refresh(self) -> None:
@@ -657,14 +759,17 @@ def batch_summary(tally: BatchTally, *, with_totals: bool = True) -> str:
 def retry_notice(event: CallRetrying) -> str:
     """``physicist: 429, retrying in 1.2 s (attempt 2/4)``"""
     return (
-        f"[yellow]{escape(event.call.name)}[/]: {escape(event.reason)}, retrying in "
+        f"[yellow]{escape(printable(event.call.name))}[/]: {escape(printable(event.reason))}, "
+        "retrying in "
         f"{event.wait_s:.1f} s (attempt {event.attempt + 1}/{event.max_attempts})"
     )
 
 
 def _row(result: CallResult) -> tuple[RenderableType, ...]:
     persona = Text.assemble((result.name, "bold"), "\n", (result.model, "dim"))
-    latency = f"{result.latency_s:.2f} s" if result.latency_s is not None else "-"
+    latency = Text(f"{result.latency_s:.2f} s" if result.latency_s is not None else "-")
+    if result.attempts > 1:  # retries cost time: say how many it took
+        latency.append(f"\n{result.attempts} attempts", style="yellow")
     tokens = Text(f"{result.usage.total_tokens:,}" if result.usage.total_tokens else "-")
     if result.usage.total_tokens:
         tokens.append("\n" + usd(result.cost_usd), style="dim")
@@ -692,14 +797,19 @@ def _answer_cell(result: CallResult) -> RenderableType:
             return Group(answer, note)
         return answer
     style = _STATUS_STYLE.get(result.status, "red")
-    if result.error is not None:
-        attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
-        line = Text(f"✗ {result.error.type}{attempts}: {result.error.message}", style=style)
-    else:
-        line = Text(result.status, style=style)
+    line = Text(_failure(result) if result.error is not None else result.status, style=style)
     if result.answer:  # the text a call cut short had, for what it is worth
         return Group(line, Text(result.answer, style="dim"), Text("✂ cut short", style=style))
     return line
+
+
+def _failure(result: CallResult) -> str:
+    """A failed call's line; a refused key's (told once above the answers) in short."""
+    assert result.error is not None
+    attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
+    if _refused(result):
+        return f"✗ {result.error.type}{attempts}: HTTP {result.error.status_code}, key refused"
+    return f"✗ {result.error.type}{attempts}: {result.error.message}"
 
 
 def _summary(report: RunReport, recorded: bool = True) -> str:

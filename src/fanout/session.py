@@ -42,7 +42,7 @@ from fanout.config import (
     find_config,
     load_panel,
 )
-from fanout.cost import Price, Pricing
+from fanout.cost import PlannedCall, Price, Pricing, plan_fits, plan_worst_case
 from fanout.engine import Engine, Execution, RunSettings, unwrap_fanout_error
 from fanout.errors import ConfigError, FanoutError, StdoutClosed
 from fanout.event import Broadcast, Event, Observer
@@ -70,11 +70,14 @@ from fanout.render import (
     make_console,
     plan_table,
     print_warning,
+    printable,
+    printable_report,
     render_report,
     report_text,
     run_header,
     runs_table,
     timeline,
+    usd,
 )
 from fanout.retry import RetryPolicy
 from fanout.shapes import stored_options
@@ -263,11 +266,7 @@ def flow_run(
         calls = [
             replace(c, name=f"{c.stage}/{c.name or c.agent.name}") for c in planned_calls(plan)
         ]
-        if output.mode == "json":
-            _write_stdout(dumps(plan_document(request.prompt, calls, settings.max_cost)))
-        else:
-            make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
-        return EXIT_OK
+        return _show_plan(request.prompt, calls, output, settings)
     check_credentials(plan.callers, os.environ)
     return _run_plan(plan, output, log)
 
@@ -355,11 +354,33 @@ def _dry_run(
             agents=[local(a) for a in plan.agents],
             roles={r: local(a) for r, a in plan.roles.items()},
         )
-    calls = planned_calls(plan)
+    return _show_plan(plan.request.prompt, planned_calls(plan), output, settings)
+
+
+def _show_plan(
+    prompt: str, calls: Sequence[PlannedCall], output: Output, settings: RunSettings
+) -> int:
+    """The dry run's plan on stdout (a table or its document) and, when even its worst case
+    would not fit ``--max-cost``, one line on stderr saying so. Exit 0: nothing failed."""
     if output.mode == "json":
-        _write_stdout(dumps(plan_document(plan.request.prompt, calls, settings.max_cost)))
+        _write_stdout(dumps(plan_document(prompt, calls, settings.max_cost)))
     else:
         make_console().print(plan_table(calls, settings.rpm, settings.max_cost))
+    max_cost = settings.max_cost
+    if max_cost is not None and not plan_fits(calls, max_cost):
+        worst = plan_worst_case(calls)
+        if worst is None:
+            unknown = sorted({c.agent.model for c in calls if c.worst_case_usd is None})
+            line = (
+                f"worst case unknown (no price for {', '.join(unknown)}): --max-cost "
+                f"${max_cost:g} would skip those calls"
+            )
+        else:
+            line = (
+                f"worst case {usd(worst)} is above --max-cost ${max_cost:g}: "
+                "the run would stop early or skip calls"
+            )
+        print_warning(make_console(stderr=True), line)
     return EXIT_OK
 
 
@@ -754,12 +775,16 @@ def show_run(
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
     report = report_from_document(stored.document)
+    on_terminal = make_console().is_terminal
     if raw:
-        _write_stdout(_one_answer(report, agent))
+        # As written when piped (the point of --raw); never acted on by a terminal.
+        answer = _one_answer(report, agent)
+        _write_stdout(printable(answer) if on_terminal else answer)
     elif json_output:
         _write_stdout(dumps(stored.document))
     else:
-        _write_stdout(run_header(report, stored.settings) + "\n\n")
+        header = run_header(report, stored.settings)
+        _write_stdout((printable(header) if on_terminal else header) + "\n\n")
         show_report(report, view)
     if with_timeline:
         make_console(stderr=json_output or raw).print(timeline(report))
@@ -972,9 +997,11 @@ def show_report(report: RunReport, view: str | None, *, recorded: bool = True) -
     out = make_console()
     view = view or ("columns" if out.is_terminal else "md")
     if view in ("md", "text"):
-        _write_stdout(report_text(report, view, recorded=recorded))
+        # Plain text piped on keeps the answers as written; a terminal must not act on them.
+        shown = printable_report(report) if out.is_terminal else report
+        _write_stdout(report_text(shown, view, recorded=recorded))
     else:
-        render_report(out, report, view, recorded=recorded)
+        render_report(out, printable_report(report), view, recorded=recorded)
 
 
 def _write_stdout(text: str) -> None:
