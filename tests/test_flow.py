@@ -626,3 +626,13 @@ def test_runs_synth_of_a_flow_says_what_to_do_instead(
     result = invoke("runs", "synth", document["run_id"])
     assert result.exit_code == 2 and "a flow run has no panel to synthesize again" in result.stderr
     assert server.count() == before
+
+
+def test_flow_run_takes_format_like_ask(
+    server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
+) -> None:
+    flow = write_flow(tmp_path, THREE_STAGES)
+    result = invoke("flow", "run", flow, "-c", config, "-i", "topic=ice", "--format", "text")
+    assert result.exit_code == 0, result.output
+    assert "Agent: teacher\nm-teacher says: Draft on ice" in result.stdout
+    assert "## " not in result.stdout  # text, not the Markdown a pipe gets by default

@@ -206,3 +206,31 @@ def test_shape_flags_are_bounded_where_they_are_typed(
     result = invoke("ask", "-c", config, *args, "--dry-run", "Why?")
     assert result.exit_code == 2 and result.stdout == ""
     assert message in result.stderr and "options:" not in result.stderr, result.stderr
+
+
+def test_the_final_view_leads_with_the_orchestrators_answer_and_its_turns(
+    server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    # It showed each turn as a box of "turn: 1 / answered: False", an empty panel for the
+    # turn that called tools, the answer twice, and "0/0 answered" when nobody was asked.
+    for _ in range(2):
+        server.script(
+            "m-orch",
+            Reply(tool_calls=[ask("physicist", "pressure?"), ask("chemist", "film?")]),
+            Reply(text="It is the **water film**."),
+        )
+    md = invoke("ask", "-c", config, "--orchestrate", "--format", "md", "Why?")
+    assert md.exit_code == 0, md.output
+    assert "turn 1: asked physicist, chemist" in md.stdout
+    assert "## Answer: orchestrator\nIt is the **water film**." in md.stdout
+    assert md.stdout.count("water film") == 1
+    assert "## physicist\n_asked: pressure?_" in md.stdout
+    assert "answered: False" not in md.stdout
+    columns = invoke("ask", "-c", config, "--orchestrate", "--format", "columns", "Why?")
+    text = columns.stdout
+    assert text.index("Answer · orchestrator") < text.index("physicist · m-physicist")
+    assert "asked: film?" in text and text.count("water film") == 1
+    server.script("m-orch", Reply(text="I know this one."))
+    alone = invoke("ask", "-c", config, "--orchestrate", "--format", "columns", "Why?")
+    assert "answered without asking a persona" in alone.stdout
+    assert "0/0" not in alone.stdout and "no answers" not in alone.stdout

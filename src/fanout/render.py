@@ -234,7 +234,9 @@ def render_report(
     parts: list[RenderableType] = [Text(line, style="bold red") for line in _refused_lines(report)]
     parts += [*verdict_views(report), *_later_calls(report)]
     if view == "columns":
-        parts.extend([answer_columns(report, console.width), Text(_summary(report, recorded))])
+        if report.agents or not _own_answers(report):
+            parts.append(answer_columns(report, console.width))
+        parts.append(Text(_summary(report, recorded)))
     else:
         parts.append(results_table(report, recorded=recorded))
     console.print(Group(*parts))
@@ -281,8 +283,11 @@ def answer_panel(result: CallResult) -> Panel:
     if result.attempts > 1:
         figures.append(f"{result.attempts} attempts")
     border = {"ok": "green", "error": "red"}.get(result.status, "yellow")
+    cell = _answer_cell(result)
+    if question := _question(result):
+        cell = Group(Text(f"asked: {question}", style="dim italic"), cell)
     return Panel(
-        _answer_cell(result),
+        cell,
         title=f"[bold]{escape(result.name)}[/] · {escape(result.model)}",
         title_align="left",
         subtitle=escape(" · ".join(f for f in figures if f)),
@@ -301,11 +306,13 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
         return f"## {title}" if markdown else title
 
     blocks: list[str] = ["\n".join(_refused_lines(report))] if refused_keys(report) else []
-    verdicts = _plain_render(verdict_views(report))
+    verdicts = _plain_render(verdict_views(report, plain=True))
     if verdicts:
         # A tally or a ranking is a chart, not prose: drawn as on a terminal (without colour),
         # fenced so that Markdown keeps its alignment.
         blocks.append(f"{heading('Verdict')}\n```text\n{verdicts}\n```" if markdown else verdicts)
+    for name, answer in _own_answers(report):
+        blocks.append(f"{heading(f'Answer: {name}')}\n{answer.strip()}")
     for stage in report.stages:
         if stage is report.answers:
             continue
@@ -318,10 +325,32 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
             blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
     for result in report.agents:
         title = result.name if markdown else f"{result.name} ({result.model})"
-        blocks.append(f"{heading(title + _retried(result))}\n{_plain_answer(result)}")
+        asked = _question(result)
+        body = (
+            f"_asked: {asked}_\n\n"
+            if asked and markdown
+            else f"asked: {asked}\n\n"
+            if asked
+            else ""
+        )
+        blocks.append(f"{heading(title + _retried(result))}\n{body}{_plain_answer(result)}")
     summary = _summary(report, recorded)
     blocks.append(f"_{summary}_" if markdown else summary)
     return "\n\n".join(blocks) + "\n"
+
+
+def _own_answers(report: RunReport) -> list[tuple[str, str]]:
+    """The run's own answer (an orchestrator's ``output``), by who wrote it."""
+    for stage in report.stages:
+        if stage.key == "output" and isinstance(stage.verdict, dict):
+            return [(n, t) for n, t in stage.verdict.items() if isinstance(t, str)]
+    return []
+
+
+def _question(result: CallResult) -> str:
+    """What a persona asked as a tool was asked (the orchestrator's question), if it was."""
+    question = result.details.get("question")
+    return question.strip() if isinstance(question, str) else ""
 
 
 def _retried(result: CallResult) -> str:
@@ -380,9 +409,10 @@ def _plain_answer(result: CallResult) -> str:
     return "\n\n".join([line, *notes])
 
 
-def verdict_views(report: RunReport) -> list[RenderableType]:
+def verdict_views(report: RunReport, *, plain: bool = False) -> list[RenderableType]:
     """Each stage's verdict as its view (keyed by the verdict's ``key``; a key without one
-    gets its plain fields), with its warnings above it."""
+    gets its plain fields), with its warnings above it. ``plain``: for text, where the run's
+    own answer (an orchestrator's) is written as prose, not drawn in a box."""
     parts: list[RenderableType] = []
     for stage in report.stages:
         verdict = stage.verdict
@@ -395,11 +425,15 @@ def verdict_views(report: RunReport) -> list[RenderableType]:
             continue
         if stage.key is None:
             continue
+        if plain and stage.key == "output":
+            continue
         view = VERDICT_VIEWS.get(stage.key, _plain_verdict)
         try:
-            parts.append(view(stage, verdict))
+            drawn = view(stage, verdict)
         except (KeyError, TypeError, ValueError, AttributeError):
-            parts.append(_plain_verdict(stage, verdict))  # a verdict stored by another version
+            drawn = _plain_verdict(stage, verdict)  # a verdict stored by another version
+        if drawn is not None:
+            parts.append(drawn)
     return parts
 
 
@@ -498,10 +532,48 @@ def review_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
 
 
 _BAR = 24
-VERDICT_VIEWS: dict[str, Callable[[StageResult, dict[str, Any]], RenderableType]] = {
+
+
+def orchestrator_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
+    """One line per turn of an orchestrator: whom it asked, or that it answered."""
+    asked = [str(name).removeprefix("ask_") for name in verdict.get("tool_calls") or []]
+    turn = verdict.get("turn", "?")
+    if asked:
+        return Text(f"↳ turn {turn}: asked {', '.join(asked)}", style="cyan")
+    if verdict.get("answered"):
+        return Text(f"↳ turn {turn}: answered", style="cyan")
+    failed = [r for r in stage.calls if r.status != "ok"]
+    return Text(f"↳ turn {turn}: {'failed' if failed else 'no answer'}", style="yellow")
+
+
+def output_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType | None:
+    """The run's own answer (an orchestrator's), on top; a flow's output is its stages'
+    answers, shown with them (nothing to add)."""
+    answers = [(name, text) for name, text in verdict.items() if isinstance(text, str)]
+    if not answers:
+        return None
+    from rich.markdown import Markdown
+
+    return Group(
+        *(
+            Panel(
+                Markdown(text),
+                title=f"[bold]Answer[/] · {escape(name)}",
+                title_align="left",
+                border_style="green",
+            )
+            for name, text in answers
+        )
+    )
+
+
+VerdictView = Callable[[StageResult, dict[str, Any]], RenderableType | None]
+VERDICT_VIEWS: dict[str, VerdictView] = {
     "vote": vote_view,
     "judge": judge_view,
     "review": review_view,
+    "orchestrator": orchestrator_view,
+    "output": output_view,
 }
 
 
@@ -817,8 +889,11 @@ def _summary(report: RunReport, recorded: bool = True) -> str:
     it (an id ``runs show`` cannot find would only mislead)."""
     answered = sum(1 for r in report.agents if r.status == "ok")
     usage = report.usage
+    asked = f"{answered}/{len(report.agents)} answered"
+    if not report.agents and _own_answers(report):
+        asked = "answered without asking a persona"
     line = (
-        f"{answered}/{len(report.agents)} answered · {report.duration_s:.2f} s · "
+        f"{asked} · {report.duration_s:.2f} s · "
         f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
         f" · {usd(report.cost_usd)} · {report.status}"
     )

@@ -25,6 +25,7 @@ from fanout.cli.options import (
     GROUP_PANEL,
     ConcurrencyOption,
     ConfigOption,
+    FormatOption,
     JsonlDeltasOption,
     JsonlOption,
     JsonOption,
@@ -67,6 +68,7 @@ def flow_run(
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
+    view: FormatOption = None,
     output: OutputOption = None,
     stream: Annotated[
         bool | None,
@@ -106,7 +108,7 @@ def flow_run(
     from fanout.flow import parse_inputs
 
     with errors_to_exit(), terminate_as_interrupt():
-        out = output_of(json_output, jsonl, jsonl_deltas, output)
+        out = output_of(json_output, jsonl, jsonl_deltas, output, view)
         if model is not None and not model.strip():
             raise ConfigError("--model: give a model name")
         settings = run_settings(
