@@ -163,7 +163,9 @@ def test_a_rejected_key_is_said_once_and_closes_the_endpoint(
     config = bad_key_panel(server, agents_file, monkeypatch, status)
     result = invoke("ask", "-c", config, "-s", "--concurrency", "1", "--json", "Why?")
     assert result.exit_code == 1, result.stderr
-    assert server.count() == 1  # the first call learnt it; the others were never sent
+    # A 401 closes the endpoint: the first call learnt it, the others were never sent. A 403
+    # closes it for that model only (a key may lack one model): one call per model.
+    assert server.count() == (1 if status == 401 else len(SIX))
     verb = "refused" if status == 401 else "denied access to"
     said = f"(127.0.0.1 {verb} the key in $FANOUT_BAD_KEY)"
     assert result.stderr.count(said) == 1, result.stderr
@@ -290,3 +292,17 @@ def test_a_batch_api_result_that_is_not_an_answer_is_told_in_plain_words(
     )
     for jargon in PYDANTIC:
         assert jargon not in result.stdout + result.stderr + out.read_text()
+
+
+def test_a_403_for_one_model_leaves_the_other_models_of_the_endpoint_open(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # A 403 closed the whole endpoint: a persona on a model the key may use lost its answer
+    # to one on a model it may not.
+    server.script("m-first", Fault(403, body=REJECTED))
+    config = agents_file("first", "second")
+    result = invoke("ask", "-c", config, "--concurrency", "1", "--json", "Why?")
+    assert result.exit_code == 3, result.output
+    document = json.loads(result.stdout)
+    statuses = {a["name"]: a["status"] for a in document["agents"]}
+    assert statuses == {"first": "error", "second": "ok"}
