@@ -164,9 +164,9 @@ def test_a_rejected_key_is_said_once_and_closes_the_endpoint(
     result = invoke("ask", "-c", config, "-s", "--concurrency", "1", "--json", "Why?")
     assert result.exit_code == 1, result.stderr
     # A 401 closes the endpoint: the first call learnt it, the others were never sent. A 403
-    # closes it for that model only (a key may lack one model): one call per model.
+    # closes nothing (it may be about one model, or one request): said once all the same.
     assert server.count() == (1 if status == 401 else len(SIX))
-    verb = "refused" if status == 401 else "denied access to"
+    verb = "refused" if status == 401 else "denied a request made with"
     said = f"(127.0.0.1 {verb} the key in $FANOUT_BAD_KEY)"
     assert result.stderr.count(said) == 1, result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
@@ -294,15 +294,30 @@ def test_a_batch_api_result_that_is_not_an_answer_is_told_in_plain_words(
         assert jargon not in result.stdout + result.stderr + out.read_text()
 
 
-def test_a_403_for_one_model_leaves_the_other_models_of_the_endpoint_open(
+def test_a_403_leaves_the_endpoint_open_for_the_other_calls(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:
     # A 403 closed the whole endpoint: a persona on a model the key may use lost its answer
-    # to one on a model it may not.
+    # to one on a model it may not (and a synthesis on another model was never asked).
     server.script("m-first", Fault(403, body=REJECTED))
-    config = agents_file("first", "second")
-    result = invoke("ask", "-c", config, "--concurrency", "1", "--json", "Why?")
+    config = agents_file("first", "second", synthesizer={"model": "m-synth"})
+    result = invoke("ask", "-c", config, "--concurrency", "1", "-s", "--json", "Why?")
     assert result.exit_code == 3, result.output
     document = json.loads(result.stdout)
     statuses = {a["name"]: a["status"] for a in document["agents"]}
     assert statuses == {"first": "error", "second": "ok"}
+    assert document["synthesis"]["status"] == "ok"
+
+
+def test_a_403_in_a_batch_fails_only_its_own_call(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("one\ntwo\nthree\n")
+    server.script("m-second", Fault(403, body=REJECTED))
+    config = agents_file("first", "second")
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", source, "-c", config, "--concurrency", "1", "-o", out)
+    assert result.exit_code == 3, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["status"] for line in lines) == ["error"] + ["ok"] * 5

@@ -64,8 +64,8 @@ from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, trace
 # rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it).
 DEFAULT_CONCURRENCY = 64
 # A key the endpoint refuses (401) will not do better on the next call: the endpoint is closed
-# for the rest of the run, as a day-long 429 closes it. A 403 denies what the key may do,
-# often one model (a project without access to it): it closes that endpoint for that model.
+# for the rest of the run, as a day-long 429 closes it. A 403 is said the same way (the host,
+# the key's variable) but closes nothing: it may be about one model, or one request's content.
 REFUSED_KEY = (401, 403)
 
 
@@ -115,8 +115,7 @@ class EndpointGates:
         self._settings = settings
         self._limiters: dict[Endpoint, RateLimiter] = {}
         self._caps: dict[Endpoint, anyio.CapacityLimiter | None] = {}
-        # A 401 closes an endpoint (model None), a 403 the endpoint for one model: for good.
-        self._refused: dict[tuple[Endpoint, str | None], ProviderError] = {}
+        self._refused: dict[Endpoint, ProviderError] = {}  # a 401: closed for good
         by_endpoint: dict[Endpoint, list[Agent]] = {}
         for agent in agents:
             by_endpoint.setdefault(agent.endpoint, []).append(agent)
@@ -142,30 +141,26 @@ class EndpointGates:
         return self._caps[agent.endpoint]
 
     def refuse(self, agent: Agent, error: ProviderError) -> ProviderError:
-        """The endpoint refused the key (401), or what the key may do with this model (403):
-        no other such call of the run (or batch) is sent; each fails at once with this error,
-        which names the host and the variable holding the key (never the key)."""
+        """The endpoint refused the key (401): no other call of the run (or batch) is sent to
+        it; each fails at once with this error, which names the host and the variable holding
+        the key (never the key). A 403 gets the same words, and closes nothing."""
         endpoint = agent.endpoint
-        model = None if error.status_code == 401 else agent.model
-        verb = "refused" if model is None else "denied access to"
+        verb = "refused" if error.status_code == 401 else "denied a request made with"
         refused = ProviderError(
-            # The same words for every model: said once per key, however many models fail.
             f"{error.message} ({endpoint.host} {verb} the key in ${endpoint.api_key_env})",
             kind=error.kind,
             status_code=error.status_code,
             usage=error.usage,
         )
-        self._refused.setdefault((endpoint, model), refused)
+        if error.status_code == 401:
+            self._refused.setdefault(endpoint, refused)
         return refused
 
     def check_open(self, agent: Agent) -> None:
-        """Raise the error an endpoint (or this model on it) was closed with, if it was."""
-        for key in ((agent.endpoint, None), (agent.endpoint, agent.model)):
-            refused = self._refused.get(key)
-            if refused is not None:
-                raise ProviderError(
-                    refused.message, kind=refused.kind, status_code=refused.status_code
-                )
+        """Raise the error an endpoint was closed with, if it was."""
+        refused = self._refused.get(agent.endpoint)
+        if refused is not None:
+            raise ProviderError(refused.message, kind=refused.kind, status_code=refused.status_code)
 
 
 @dataclass(frozen=True)

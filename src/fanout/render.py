@@ -118,7 +118,7 @@ def print_warning(console: Console, message: str, *, style: str = "yellow") -> N
     console.print(Text(printable(message), style=style), soft_wrap=True, highlight=False)
 
 
-REFUSED_KEY = (401, 403)  # as the engine has it: the endpoint refused the key, once for all
+REFUSED_KEY = (401, 403)  # as the engine has it: said once (the host, the key's variable)
 
 
 def _refused(result: CallResult) -> bool:
@@ -880,7 +880,8 @@ def _failure(result: CallResult) -> str:
     assert result.error is not None
     attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
     if _refused(result):
-        return f"✗ {result.error.type}{attempts}: HTTP {result.error.status_code}, key refused"
+        said = "key refused" if result.error.status_code == 401 else "denied"
+        return f"✗ {result.error.type}{attempts}: HTTP {result.error.status_code}, {said}"
     return f"✗ {result.error.type}{attempts}: {result.error.message}"
 
 
