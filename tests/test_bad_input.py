@@ -379,6 +379,7 @@ def test_a_prompt_on_stdin_is_read_to_a_bound(server: FakeOpenAI, agents_file: A
         ("text", "not a GGUF model"),
         ("empty", "the file is empty, not a GGUF model"),
         ("directory", "is a directory, not a GGUF model file"),
+        ("fifo", "is a pipe (FIFO), not a GGUF model file"),  # it hung, waiting for a writer
         ("missing", "no such file"),
         ("unreadable", "cannot read it"),
     ],
@@ -398,6 +399,8 @@ def test_local_model_that_is_not_a_gguf_file_is_a_usage_error(
         model.write_bytes(b"")
     elif case == "directory":
         model.mkdir()
+    elif case == "fifo":
+        os.mkfifo(model)
     elif case == "unreadable":
         if os.geteuid() != 0:
             model.write_bytes(b"GGUF")

@@ -13,12 +13,14 @@ OpenAI-compatible endpoint, streaming included.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from fanout.config import file_kind
 from fanout.errors import ConfigError
 from fanout.models import Agent, Endpoint
 
@@ -108,14 +110,23 @@ def check_gguf(path: Path) -> None:
     with the GGUF magic. A ``ConfigError`` naming the file otherwise."""
     where = f"--local-model: {path}"
     try:
-        with path.open("rb") as model:
-            magic = model.read(len(GGUF_MAGIC))
-    except IsADirectoryError:
-        raise ConfigError(f"{where}: is a directory, not a GGUF model file") from None
+        # O_NONBLOCK: a FIFO with no writer must be refused, not waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file") from None
-    except OSError as exc:  # permissions, a name too long, an I/O error
+    except (OSError, ValueError) as exc:  # permissions, a name too long, a NUL in it
+        reason = exc.strerror if isinstance(exc, OSError) else "not a usable file name"
+        raise ConfigError(f"{where}: cannot read it ({reason or exc})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: {file_kind(mode)}, not a GGUF model file")
+        os.set_blocking(fd, True)
+        magic = os.read(fd, len(GGUF_MAGIC))
+    except OSError as exc:  # an I/O error
         raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if not magic:
         raise ConfigError(f"{where}: the file is empty, not a GGUF model")
     if magic != GGUF_MAGIC:
