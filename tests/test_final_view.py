@@ -243,6 +243,10 @@ PLAIN_FAULTS = {
         sse({"choices": {"a": 1}}),
         "choices in a stream chunk is an object, not a list",
     ),
+    "streamed choices of text": (  # it said "choices ... is a list, not a list"
+        sse({"choices": ["oops"]}),
+        "choices[0] in a stream chunk is text, not an object",
+    ),
     "streamed delta a list": (
         sse({"choices": [{"index": 0, "delta": [1], "finish_reason": "stop"}]}),
         "choices[0].delta is a list, not an object",

@@ -621,8 +621,12 @@ class _StreamedAnswer:
         choices = chunk.get("choices")
         if choices is None or choices == []:  # the usage chunk has no choices
             return ""
-        if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        if not isinstance(choices, list):
             raise _malformed(f"choices in a stream chunk is {_kind_of(choices)}, not a list")
+        if not isinstance(choices[0], dict):
+            raise _malformed(
+                f"choices[0] in a stream chunk is {_kind_of(choices[0])}, not an object"
+            )
         self.chose = True
         choice = choices[0]
         self.finish_reason = _reason(choice) or self.finish_reason
