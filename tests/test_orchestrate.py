@@ -224,13 +224,35 @@ def test_the_final_view_leads_with_the_orchestrators_answer_and_its_turns(
     assert "turn 1: asked physicist, chemist" in md.stdout
     assert "## Answer: orchestrator\nIt is the **water film**." in md.stdout
     assert md.stdout.count("water film") == 1
-    assert "## physicist\n_asked: pressure?_" in md.stdout
+    assert "## physicist\n_asked (turn 1) pressure?_" in md.stdout
     assert "answered: False" not in md.stdout
     columns = invoke("ask", "-c", config, "--orchestrate", "--format", "columns", "Why?")
     text = columns.stdout
     assert text.index("Answer · orchestrator") < text.index("physicist · m-physicist")
-    assert "asked: film?" in text and text.count("water film") == 1
+    assert "asked (turn 1) film?" in text and text.count("water film") == 1
     server.script("m-orch", Reply(text="I know this one."))
     alone = invoke("ask", "-c", config, "--orchestrate", "--format", "columns", "Why?")
     assert "answered without asking a persona" in alone.stdout
     assert "0/0" not in alone.stdout and "no answers" not in alone.stdout
+
+
+@pytest.mark.parametrize("view", ["md", "text", "columns", "table"])
+def test_every_turns_answers_are_shown_in_order_under_their_questions(
+    server: FakeOpenAI, config: Path, invoke: Invoke, view: str
+) -> None:
+    # Only turn 1's answers were the answers: turn 2's showed above them as "Tools: ...",
+    # without their question, and the summary counted 2 where 4 personas answered.
+    server.script(
+        "m-orch",
+        Reply(tool_calls=[ask("physicist", "Q-phys?"), ask("chemist", "Q-chem?")]),
+        Reply(tool_calls=[ask("biologist", "Q-bio?"), ask("physicist", "Q-phys2?")]),
+        Reply(text="FINAL ANSWER"),
+    )
+    result = invoke("ask", "-c", config, "--orchestrate", "--format", view, "Why?")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())  # the table wraps its cells
+    order = ["(turn 1) Q-phys?", "(turn 1) Q-chem?", "(turn 2) Q-bio?", "(turn 2) Q-phys2?"]
+    places = [text.index(q) for q in order]
+    assert places == sorted(places), text
+    assert "4/4 answered" in text and "Tools:" not in text
+    assert text.index("FINAL ANSWER") < places[0]

@@ -172,7 +172,7 @@ def results_table(report: RunReport, *, recorded: bool = True) -> Table:
     table.add_column("Answer", ratio=1, overflow="fold")
     table.add_column("Latency", justify="right", no_wrap=True)
     table.add_column("Tokens", justify="right", no_wrap=True)
-    for result in report.agents:
+    for result in _answers(report):
         table.add_row(*_row(result))
     table.caption = _summary(report, recorded)
     return table
@@ -234,7 +234,7 @@ def render_report(
     parts: list[RenderableType] = [Text(line, style="bold red") for line in _refused_lines(report)]
     parts += [*verdict_views(report), *_later_calls(report)]
     if view == "columns":
-        if report.agents or not _own_answers(report):
+        if _answers(report) or not _own_answers(report):
             parts.append(answer_columns(report, console.width))
         parts.append(Text(_summary(report, recorded)))
     else:
@@ -247,7 +247,7 @@ def _later_calls(report: RunReport) -> list[RenderableType]:
     own is summed up by it rather than shown call by call (but its failures are shown)."""
     parts: list[RenderableType] = []
     for stage in report.stages:
-        if stage is report.answers:
+        if _holds_answers(report, stage):
             continue
         if stage.key in VERDICT_VIEWS and isinstance(stage.verdict, dict):
             parts.extend(call_panel(stage, r) for r in stage.calls if r.status == "error")
@@ -259,7 +259,7 @@ def _later_calls(report: RunReport) -> list[RenderableType]:
 def answer_columns(report: RunReport, width: int) -> RenderableType:
     """The answers side by side, as many columns as leave each ``MIN_ANSWER_WIDTH``
     (balanced, as the live board is), one under the other when not even two fit."""
-    answers = report.agents
+    answers = _answers(report)
     if not answers:
         return Text("no answers", style="dim")
     fit = max(1, min(len(answers), width // MIN_ANSWER_WIDTH))
@@ -283,11 +283,8 @@ def answer_panel(result: CallResult) -> Panel:
     if result.attempts > 1:
         figures.append(f"{result.attempts} attempts")
     border = {"ok": "green", "error": "red"}.get(result.status, "yellow")
-    cell = _answer_cell(result)
-    if question := _question(result):
-        cell = Group(Text(f"asked: {question}", style="dim italic"), cell)
     return Panel(
-        cell,
+        _answer_cell(result),
         title=f"[bold]{escape(result.name)}[/] · {escape(result.model)}",
         title_align="left",
         subtitle=escape(" · ".join(f for f in figures if f)),
@@ -314,7 +311,7 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
     for name, answer in _own_answers(report):
         blocks.append(f"{heading(f'Answer: {name}')}\n{answer.strip()}")
     for stage in report.stages:
-        if stage is report.answers:
+        if _holds_answers(report, stage):
             continue
         shown = stage.calls
         if stage.key in VERDICT_VIEWS and isinstance(stage.verdict, dict):
@@ -323,20 +320,29 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
             kind = stage.kind.replace("_", " ").capitalize()
             title = f"{kind}: {result.name}{_retried(result)}"
             blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
-    for result in report.agents:
+    for result in _answers(report):
         title = result.name if markdown else f"{result.name} ({result.model})"
         asked = _question(result)
         body = (
-            f"_asked: {asked}_\n\n"
-            if asked and markdown
-            else f"asked: {asked}\n\n"
-            if asked
-            else ""
+            f"_asked {asked}_\n\n" if asked and markdown else f"asked {asked}\n\n" if asked else ""
         )
         blocks.append(f"{heading(title + _retried(result))}\n{body}{_plain_answer(result)}")
     summary = _summary(report, recorded)
     blocks.append(f"_{summary}_" if markdown else summary)
     return "\n\n".join(blocks) + "\n"
+
+
+def _holds_answers(report: RunReport, stage: StageResult) -> bool:
+    """Whether ``stage`` is drawn as the answers (the panel's; every turn's tool calls of an
+    orchestrator, which asks personas in several turns) rather than as a later stage."""
+    if report.shape == "orchestrate":
+        return stage.kind == "tools"
+    return stage is report.answers
+
+
+def _answers(report: RunReport) -> list[CallResult]:
+    """The personas' answers to show side by side, in the order they were asked."""
+    return [r for stage in report.stages if _holds_answers(report, stage) for r in stage.calls]
 
 
 def _own_answers(report: RunReport) -> list[tuple[str, str]]:
@@ -348,9 +354,13 @@ def _own_answers(report: RunReport) -> list[tuple[str, str]]:
 
 
 def _question(result: CallResult) -> str:
-    """What a persona asked as a tool was asked (the orchestrator's question), if it was."""
+    """What a persona asked as a tool was asked (the orchestrator's question, and in which
+    turn), if it was."""
     question = result.details.get("question")
-    return question.strip() if isinstance(question, str) else ""
+    if not isinstance(question, str):
+        return ""
+    turn = result.stage.removeprefix("tools")
+    return f"(turn {turn}) {question.strip()}" if turn.isdigit() else question.strip()
 
 
 def _retried(result: CallResult) -> str:
@@ -860,6 +870,13 @@ def usd(amount: float | None) -> str:
 
 
 def _answer_cell(result: CallResult) -> RenderableType:
+    cell = _answer_body(result)
+    if question := _question(result):  # a persona the orchestrator asked: what it was asked
+        return Group(Text(f"asked {question}", style="dim italic"), cell)
+    return cell
+
+
+def _answer_body(result: CallResult) -> RenderableType:
     if result.status == "ok":
         from rich.markdown import Markdown  # 40 ms to import: only when there are answers
 
@@ -888,10 +905,11 @@ def _failure(result: CallResult) -> str:
 def _summary(report: RunReport, recorded: bool = True) -> str:
     """One line: answered, time, tokens, cost, status, and the run id when the history has
     it (an id ``runs show`` cannot find would only mislead)."""
-    answered = sum(1 for r in report.agents if r.status == "ok")
+    answers = _answers(report)
+    answered = sum(1 for r in answers if r.status == "ok")
     usage = report.usage
-    asked = f"{answered}/{len(report.agents)} answered"
-    if not report.agents and _own_answers(report):
+    asked = f"{answered}/{len(answers)} answered"
+    if not answers and _own_answers(report):
         asked = "answered without asking a persona"
     line = (
         f"{asked} · {report.duration_s:.2f} s · "
