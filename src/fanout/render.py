@@ -627,28 +627,59 @@ def _limits(agent: Agent, settings_rpm: float | None) -> str:
     return " ".join(p for p in (f"{rpm:g} rpm" if rpm else "", f"{tpm:g} tpm" if tpm else "") if p)
 
 
-def runs_table(runs: Sequence[RunSummary]) -> Table:
-    """``fanout runs list``: newest first."""
-    table = Table(title="Recent runs", title_justify="left")
-    table.add_column("Run", no_wrap=True, style="bold")
-    table.add_column("Started", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Answered", justify="right", no_wrap=True)
-    table.add_column("Cost", justify="right", no_wrap=True)
-    table.add_column("Prompt", overflow="ellipsis", no_wrap=True, ratio=1)
-    styles = {"completed": "green", "partial": "yellow", "failed": "red"}
-    for run in runs:
-        table.add_row(
-            run.run_id,
-            local_time(run.started_at),
-            Text(run.status, style=styles.get(run.status, "yellow")),
-            f"{run.answered}/{run.agents}",
-            usd(run.cost_usd),
-            Text(printable(" ".join(run.prompt.split()))),
-        )
-    if not runs:
-        table.caption = "no runs recorded yet"
-    return table
+def runs_table(runs: Sequence[RunSummary]) -> RenderableType:
+    """``fanout runs list``: newest first, as wide as the console it is printed on."""
+    return _RunsTable(runs)
+
+
+class _RunsTable:
+    """The runs table laid out for the width it is given: the run id and status are never
+    cut; the prompt takes the room left (cut with an ellipsis), as ``gh run list`` does. When
+    that leaves the prompt too little, the start time drops its year and zone, then cost,
+    start time and answered count give way, in that order."""
+
+    def __init__(self, runs: Sequence[RunSummary]) -> None:
+        self.runs = runs
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+    def table(self, width: int) -> Table:
+        runs = self.runs
+        styles = {"completed": "green", "partial": "yellow", "failed": "red"}
+        cells: dict[str, list[Text]] = {
+            "Run": [Text(r.run_id, style="bold") for r in runs],
+            "Started": [Text(local_time(r.started_at)) for r in runs],
+            "Status": [Text(r.status, style=styles.get(r.status, "yellow")) for r in runs],
+            "Answered": [Text(f"{r.answered}/{r.agents}") for r in runs],
+            "Cost": [Text(usd(r.cost_usd)) for r in runs],
+        }
+        prompts = [Text(printable(" ".join(r.prompt.split()))) for r in runs]
+        longest = max([len("Prompt"), *(p.cell_len for p in prompts)])
+
+        def room() -> int:  # a column takes its cells, its padding and one border
+            widths = [max([len(k), *(c.cell_len for c in v)]) for k, v in cells.items()]
+            return width - 1 - 3 * (len(cells) + 1) - sum(widths)
+
+        for squeeze in ("time", "Cost", "Started", "Answered"):
+            if room() >= min(longest, 12):
+                break
+            if squeeze == "time":
+                cells["Started"] = [Text(local_time(r.started_at, short=True)) for r in runs]
+            else:
+                del cells[squeeze]
+        table = Table(title="Recent runs", title_justify="left")
+        for name, column in cells.items():
+            numbers = name in ("Answered", "Cost")
+            table.add_column(name, justify="right" if numbers else "left", no_wrap=True)
+            table.columns[-1].min_width = max([len(name), *(c.cell_len for c in column)])
+        prompt_width = max(min(longest, room()), 1)
+        table.add_column("Prompt", no_wrap=True, overflow="ellipsis", width=prompt_width)
+        for i, prompt in enumerate(prompts):
+            table.add_row(*(column[i] for column in cells.values()), prompt)
+        if not runs:
+            table.caption = "no runs recorded yet"
+        return table
 
 
 def _address(base_url: str) -> str:
@@ -667,13 +698,16 @@ def _address(base_url: str) -> str:
     return f"{host}:{port}" if port else host
 
 
-def local_time(stamp: str) -> str:
+def local_time(stamp: str, *, short: bool = False) -> str:
     """An ISO time as this machine's local time, with its zone: ``2026-01-31 14:05 CET``
-    (what the history stores is UTC, which few people read at a glance)."""
+    (what the history stores is UTC, which few people read at a glance); ``short``:
+    ``01-31 14:05``."""
     try:
         when = datetime.fromisoformat(stamp).astimezone()
     except (ValueError, TypeError):
         return stamp
+    if short:
+        return when.strftime("%m-%d %H:%M")
     return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or when.strftime("%z"))
 
 
