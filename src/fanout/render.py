@@ -35,6 +35,7 @@ from fanout.event import (
     CallRetrying,
     Event,
 )
+from fanout.markdown import demote_headings
 from fanout.models import Agent, CallResult, CallTiming, RunReport, StageResult
 from fanout.timing import PHASE_KINDS, PHASE_NAMES, PhaseKind, axis_end, phases
 
@@ -308,8 +309,12 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
         # A tally or a ranking is a chart, not prose: drawn as on a terminal (without colour),
         # fenced so that Markdown keeps its alignment.
         blocks.append(f"{heading('Verdict')}\n```text\n{verdicts}\n```" if markdown else verdicts)
+
+    def body(text: str) -> str:  # an answer's own headings go below the ones above it
+        return demote_headings(text) if markdown else text
+
     for name, answer in _own_answers(report):
-        blocks.append(f"{heading(f'Answer: {name}')}\n{answer.strip()}")
+        blocks.append(f"{heading(f'Answer: {name}')}\n{body(answer.strip())}")
     for stage in report.stages:
         if _holds_answers(report, stage):
             continue
@@ -319,14 +324,16 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
         for result in shown:
             kind = stage.kind.replace("_", " ").capitalize()
             title = f"{kind}: {result.name}{_retried(result)}"
-            blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
+            blocks.append(f"{heading(title)}\n{body(_plain_answer(result))}")
     for result in _answers(report):
         title = result.name if markdown else f"{result.name} ({result.model})"
         asked = _question(result)
-        body = (
+        asked_line = (
             f"_asked {asked}_\n\n" if asked and markdown else f"asked {asked}\n\n" if asked else ""
         )
-        blocks.append(f"{heading(title + _retried(result))}\n{body}{_plain_answer(result)}")
+        blocks.append(
+            f"{heading(title + _retried(result))}\n{asked_line}{body(_plain_answer(result))}"
+        )
     summary = _summary(report, recorded)
     blocks.append(f"_{summary}_" if markdown else summary)
     return "\n\n".join(blocks) + "\n"
@@ -921,8 +928,11 @@ def _answer_body(result: CallResult) -> RenderableType:
         return answer
     style = _STATUS_STYLE.get(result.status, "red")
     line = Text(_failure(result) if result.error is not None else result.status, style=style)
-    if result.answer:  # the text a call cut short had, for what it is worth
-        return Group(line, Text(result.answer, style="dim"), Text("✂ cut short", style=style))
+    if result.answer:  # the text a call cut short had, for what it is worth: as Markdown too
+        from rich.markdown import Markdown
+
+        cut = Markdown(result.answer, style="dim")
+        return Group(line, cut, Text("✂ cut short", style=style))
     return line
 
 
