@@ -62,6 +62,7 @@ from fanout.history import History, HistoryRecorder, RunFilter, StoredRun, histo
 from fanout.live import LiveBoard
 from fanout.local import LOCAL_URL, LocalServer, local_everyone, model_path, on_local, wants_local
 from fanout.models import Agent, CallResult, Endpoint, RunReport
+from fanout.params import with_params
 from fanout.provider import OpenAIProvider
 from fanout.render import (
     BatchProgress,
@@ -582,7 +583,7 @@ def batch(
     ``-p`` ones, added to the panel)."""
     panel = load_panel(find_config(config, os.environ)).with_personas(personas)
     names, options = _as_named(panel, names, options)
-    chosen = apply_model(panel.select(names), model)
+    chosen = [with_params(a, settings.params) for a in apply_model(panel.select(names), model)]
     options = {"synthesize": synthesize, **(options or {})}
     plan = resolve(
         RunRequest(
@@ -1173,6 +1174,7 @@ def _settings_from_record(
         rpm=record.get("rpm"),
         tpm=record.get("tpm"),
         stream=record.get("stream", True),
+        params=dict(record.get("params") or {}),
     )
     prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
     options = dict(record.get("options") or {"synthesize": bool(record.get("synthesize"))})
