@@ -124,7 +124,7 @@ def batch(
 
       fanout batch questions.txt --vote --choices "yes,no" -o votes.jsonl
     """
-    from fanout import session
+    from fanout import batchrun
     from fanout.params import params_of_flags
 
     with errors_to_exit():
@@ -143,7 +143,7 @@ def batch(
         )  # fmt: skip
         # Nobody watches a batch: whole answers.
         settings = replace(settings, stream=False, params=params_of_flags(params))
-        code = session.batch(
+        code = batchrun.batch(
             file,
             names=names,
             personas=adhoc,
