@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import pytest
 
 from fanout.cost import Budget, Price, Pricing, most_tokens
 from fanout.models import Usage
-from tests.conftest import AgentsFile, Invoke
+from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import EmptyChoices, FakeOpenAI, Reply
 
 # $0.001 a token each way: the arithmetic stays readable.
@@ -127,14 +128,23 @@ def test_max_cost_with_room_for_all_skips_nothing(
     assert server.count() == 3
 
 
-def test_max_cost_refuses_unknown_prices_and_bounds_answers(
-    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+@pytest.mark.parametrize("command", ["ask", "batch"])
+def test_max_cost_with_a_model_of_unknown_price_is_one_usage_error_before_any_call(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path, command: str
 ) -> None:
-    result = invoke("ask", "-c", agents_file("x"), "--json", "--max-cost", "1", "Why?")
-    entry = json.loads(result.stdout)["agents"][0]
-    assert entry["status"] == "skipped"
-    assert "price of m-x is unknown" in entry["error"]["message"]
+    # It failed every persona with the same long line and recorded a failed run.
+    config = agents_file("x", "y")
+    if command == "batch":
+        prompts = tmp_path / "q.txt"
+        prompts.write_text("Why?\nHow?\n", encoding="utf-8")
+        result = invoke("batch", "-c", config, "--max-cost", "1", prompts)
+    else:
+        result = invoke("ask", "-c", config, "--json", "--max-cost", "1", "Why?")
+    assert_usage_error(
+        result, "--max-cost", "no price is known for m-x (x); m-y (y)", "pricing: {m-x: {input:"
+    )
     assert server.count() == 0
+    assert json.loads(invoke("runs", "list", "--json").stdout)["runs"] == []
 
 
 def test_dry_run_sends_nothing_and_shows_the_plan(

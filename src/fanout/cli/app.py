@@ -183,8 +183,11 @@ def errors_to_exit() -> Iterator[None]:
         raise typer.Exit(EXIT_PIPE) from None
     except ExceptionGroup as group:
         # A task group gathers the error a run failed on with what it broke on the way out
-        # (a closed stream): the FanoutError among them is the one to say. A group holding a
-        # cancellation or a Ctrl-C is a BaseExceptionGroup and is never caught here.
+        # (a closed stream): the FanoutError among them is the one to say, unless the reader
+        # of stdout left (a batch writing lines as they come). A group holding a cancellation
+        # or a Ctrl-C is a BaseExceptionGroup and is never caught here.
+        if group.subgroup(StdoutClosed) is not None:
+            raise typer.Exit(EXIT_PIPE) from None
         cause = _first_fanout_error(group)
         if cause is None:
             raise
