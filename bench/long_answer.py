@@ -30,7 +30,7 @@ def main() -> None:
         with ServerProcess(0.0, int(megabytes * WORDS_PER_MB), 0.0) as base_url:
             config = panel_file(base_url, 1)
             ask = [sys.executable, "-m", "fanout", "ask", "-c", str(config), "--no-log"]
-            ask += ["--format", "md", "Explain heat."]
+            ask += ["--format", "md", "--timeout", "3600", "Explain heat."]
             live_cpu, live_wall, _, _ = on_pty(ask, rows, columns)
             cpu, wall, _ = piped([*ask, "--stream"])
         print(

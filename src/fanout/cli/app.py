@@ -82,9 +82,17 @@ class _FanoutCommand(Group):
         return code
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        # `fanout "What is temperature?"` is `fanout ask "What is temperature?"`, as
-        # `llm "..."` is `llm prompt "..."`.
-        if _is_prompt(args, self.commands):
+        # `fanout "What is temperature?"` and `fanout why` are `fanout ask ...`, as
+        # `llm "..."` is `llm prompt "..."`; `fanout help runs` is `fanout runs --help`.
+        if args and args[0] == "help" and "help" not in self.commands:
+            args = [*args[1:2], "--help"]
+        elif _is_prompt(args, self.commands):
+            near = _near_miss(args[0], self.commands)
+            if near is not None:
+                ctx.fail(
+                    f"No such command '{args[0]}': did you mean {near}? To ask it, "
+                    f"fanout ask {args[0]}"
+                )
             args = ["ask", *args]
         return list(super().parse_args(ctx, args))
 
@@ -95,15 +103,40 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 def _is_prompt(args: Sequence[str], commands: Mapping[str, Any]) -> bool:
     """Whether the command line is a question for ``ask`` rather than a subcommand: it starts
-    with an option of ``ask``'s, or with text that could not be a command's name (it has a
-    space, a question mark...). A bare word stays a command, so ``fanout aks`` is still
-    "No such command", not a question to the whole panel."""
+    with an option of ``ask``'s, or with anything but a command's name."""
     if not args:
         return False
     first = args[0]
     if first.startswith("-") and first != "-":
         return first.split("=")[0] not in _ROOT_OPTIONS
-    return first not in commands and (first == "-" or not _WORD.fullmatch(first))
+    return first not in commands
+
+
+def _near_miss(word: str, commands: Mapping[str, Any]) -> str | None:
+    """The command a bare word is a typo of (one letter wrong, missing, extra or two swapped;
+    two in a word of six letters or more), if one is: ``fanout runz`` is not a question."""
+    if not _WORD.fullmatch(word):
+        return None
+    word = word.lower()
+    allowed = 2 if len(word) >= 6 else 1
+    found = [(_typos(word, name), name) for name in commands if not name.startswith("_")]
+    close = sorted((typos, name) for typos, name in found if typos <= allowed)
+    return close[0][1] if close else None
+
+
+def _typos(a: str, b: str) -> int:
+    """Edits from ``a`` to ``b``: a letter changed, added or dropped, or two swapped."""
+    before: list[int] = []
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            cost = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (x != y))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                cost = min(cost, before[j - 2] + 1)
+            current.append(cost)
+        before, row = row, current
+    return row[-1]
 
 
 def _usage_message(exc: typer.TyperException) -> str:
