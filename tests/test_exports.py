@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fanout.perfetto import perfetto_trace
-from tests.conftest import AgentsFile, Invoke
+from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI, Fault, Reply
 from tests.test_timeline import sample_report
 
@@ -125,6 +125,13 @@ def test_html_export_is_one_page_with_nothing_to_fetch(
     assert "Why &lt;this&gt;?" in page and "no &lt;b&gt;way&lt;/b&gt;" in page
     assert page.count('class="row"') == 1 + 3  # the axis, then physicist, chemist, synthesizer
     assert "Synthesis" in page and document["trace_id"] in page
+
+
+def test_export_without_a_format_is_one_line_naming_the_choices(invoke: Invoke) -> None:
+    # It printed "Choose from:\n\tperfetto,\n\thtml" literally.
+    assert_usage_error(
+        invoke("runs", "export", "3f9c"), "Missing option '--format'", "one of 'perfetto', 'html'"
+    )
 
 
 def test_export_refuses_an_unknown_format(

@@ -40,11 +40,26 @@ class Group(TyperGroup):
         return _quiet_switches([super().get_help_option(ctx)])[0]
 
 
+def _is_choice(param: Any) -> bool:
+    """A choice shows its choices (``<direct|openai-batch>``): that says what it takes."""
+    return bool(getattr(getattr(param, "type_descriptor", None), "is_choice", False))
+
+
 def _quiet_switches(params: list[Any]) -> list[Any]:
-    """A switch takes no value: no metavar beside it."""
+    """A switch takes no value: no metavar beside it. Every other parameter is named by what
+    it takes (``RUN_ID``, ``HOST``; a choice by its choices), never by Typer's type (``<str>``,
+    ``<path>``, ``{run_id}``) when its command gives it no metavar of its own."""
     for param in params:
         if getattr(param, "is_flag", False):
             param.metavar = ""
+        elif not param.metavar and param.name and not _is_choice(param):
+            param.metavar = param.name.upper()
+        if param.param_type_name == "argument":
+            # Its name says what it takes: no type beside it, and no braces in the usage line
+            # (Typer writes a required one as {RUN_ID}); an optional one is [PROMPT].
+            shown = param.metavar if param.required else f"[{param.metavar}]"
+            param.display_type_rich = lambda ctx: None
+            param._usage_display_name = lambda shown=shown: shown
     return params
 
 
@@ -146,8 +161,13 @@ def _usage_message(exc: typer.TyperException) -> str:
     if bad is not None and bad.param_type_name == "option" and "Invalid value" in message:
         # "--rpm: '0' is not ...", worded as fanout's own errors are
         message = f"{' / '.join(bad.opts)}: {exc.message}"
-    # Typer words a choice's error as pydantic does ("Value error, 'x' is not one of ...").
+    # Typer words a choice's error as pydantic does ("Value error, 'x' is not one of ..."),
+    # and a missing choice over several lines ("Choose from:\n\tperfetto,\n\thtml").
     message = message.strip().rstrip(".").replace("Value error, ", "")
+    choices = re.search(r"\.?\s*Choose from:\s*(.*)", message, re.DOTALL)
+    if choices:
+        names = [c.strip(" ,.\t\n") for c in re.split(r",\s*", choices[1])]
+        message = message[: choices.start()] + ": one of " + ", ".join(f"'{n}'" for n in names if n)
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None)
     return f"{message} (see '{command} --help')" if command else message
