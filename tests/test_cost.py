@@ -166,6 +166,38 @@ def test_dry_run_sends_nothing_and_shows_the_plan(
     assert server.count() == 0
 
 
+@pytest.mark.parametrize("columns", [80, 160])
+def test_dry_run_shows_host_and_port_and_squeezes_no_column_to_nothing(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+) -> None:
+    # It showed the host alone (agents shows host:port) and, at 80 columns with limits and
+    # request fields, squeezed Model to 3 cells, Endpoint to 4 and Limits to 3.
+    long = {"model": "meta-llama/llama-3.1-405b-instruct-turbo", "temperature": 0.7}
+    config = agents_file(
+        "physicist-with-a-long-name", "b", defaults={"rpm": 500, "tpm": 200000},
+        extra={"physicist-with-a-long-name": long},
+    )  # fmt: skip
+    monkeypatch.setenv("COLUMNS", str(columns))
+    table = invoke("ask", "-c", config, "--dry-run", "--param", "seed=42", "Why?")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert all(len(line) <= columns for line in lines), table.stdout
+    header = next(line for line in lines if "Persona" in line)
+    cells = [c.strip() for c in header.strip("┃").split("┃")]
+    assert cells[-3:] == ["Prompt", "Max out", "Worst"] and all(cells), header
+    # Each column read top to bottom, without the spaces its folding added.
+    rows = [line.split("│")[1:-1] for line in lines if line.startswith("│")]
+    columns_text = ["".join(row[j] for row in rows).replace(" ", "") for j in range(len(cells))]
+    shown = "|".join(columns_text)
+    for words in (f"127.0.0.1:{server.port}", "500rpm", "200000tpm", "temperature=0.7"):
+        assert words in shown, (words, table.stdout)
+    assert "seed=42" in shown and "meta-llama/llama-3.1-405b-instruct-turbo" in shown
+
+
 def test_max_cost_gives_unbounded_answers_a_max_tokens(
     agents_file: AgentsFile, invoke: Invoke
 ) -> None:

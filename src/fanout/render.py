@@ -16,6 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
 from rich.panel import Panel
@@ -597,41 +598,79 @@ VERDICT_VIEWS: dict[str, VerdictView] = {
 
 def plan_table(
     calls: Sequence[PlannedCall], settings_rpm: float | None, max_cost: float | None
-) -> Table:
+) -> RenderableType:
     """``--dry-run``: every call the run would make, and what it could cost at most."""
-    table = Table(title="Dry run: nothing was sent", title_justify="left", caption_justify="left")
-    limits = [_limits(c.agent, settings_rpm) for c in calls]
-    table.add_column("Persona", no_wrap=True)
-    # Request fields go under the model, folded to fit: they can be long.
-    with_params = any(c.agent.request_params() for c in calls)
-    table.add_column("Model", no_wrap=not with_params, overflow="fold")
-    table.add_column("Endpoint", overflow="fold")
-    if any(limits):
-        table.add_column("Limits")
-    table.add_column("Prompt", justify="right", no_wrap=True)
-    table.add_column("Max out", justify="right", no_wrap=True)
-    table.add_column("Worst", justify="right", no_wrap=True)
-    for call, limit in zip(calls, limits, strict=True):
+    return _PlanTable(calls, settings_rpm, max_cost)
+
+
+class _PlanTable:
+    """The dry run's table laid out for the width it is given: a column each for the model,
+    the endpoint (``host:port``, as ``fanout agents`` shows it) and the limits when they fit;
+    otherwise the three (and the request fields) one under the other in one column, so that
+    no column is squeezed to nothing."""
+
+    def __init__(
+        self, calls: Sequence[PlannedCall], settings_rpm: float | None, max_cost: float | None
+    ) -> None:
+        self.calls, self.settings_rpm, self.max_cost = calls, settings_rpm, max_cost
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+    def table(self, width: int) -> Table:
+        rows = [self._row(call) for call in self.calls]
+        numbers = ("Prompt", "Max out", "Worst")
+        columns = ["Persona", "Model", "Endpoint", "Limits", *numbers]
+        if not any(row["Limits"] for row in rows):
+            columns.remove("Limits")
+        widths = {
+            name: max([len(name), *(cell_len(line) for r in rows for line in r[name].split("\n"))])
+            for name in columns
+        }
+        table = Table(
+            title="Dry run: nothing was sent", title_justify="left", caption_justify="left"
+        )
+        if sum(widths.values()) + 3 * len(columns) + 1 > width:  # one column for the call
+            columns = ["Persona", "Call", *numbers]
+            for row in rows:
+                where = " · ".join(
+                    p for p in (row["Endpoint"], row["Limits"].replace("\n", " ")) if p
+                )
+                row["Call"] = "\n".join(p for p in (row["Model"], where) if p)
+        for name in columns:
+            if name in numbers:
+                table.add_column(name, justify="right", no_wrap=True)
+            elif name == "Persona":
+                table.add_column(name, overflow="fold", min_width=min(widths[name], 10))
+            else:
+                table.add_column(name, overflow="fold", min_width=min(widths.get(name, 12), 12))
+        for row in rows:
+            table.add_row(*(Text(row[name]) for name in columns))
+        table.caption = self._caption()
+        return table
+
+    def _row(self, call: PlannedCall) -> dict[str, str]:
         agent = call.agent
         params = " ".join(f"{k}={_param_text(v)}" for k, v in agent.request_params().items())
-        model = agent.model + (f"\n{params}" if params else "")
-        cells = [call.name or agent.name, model, agent.endpoint.host]
-        cells += [limit or "-"] if any(limits) else []
-        cells += [
-            f"~{call.prompt_tokens:,}",
-            f"{call.max_tokens:,}" if call.max_tokens else "unset",
-            usd(call.worst_case_usd),
-        ]
-        table.add_row(*(Text(c) for c in cells))
-    known = [c.worst_case_usd for c in calls]
-    total = None if any(c is None for c in known) else sum(c or 0.0 for c in known)
-    caption = f"{len(calls)} calls · worst case {usd(total)}"
-    if max_cost is not None:
-        caption += f" · --max-cost ${max_cost:g}"
-    if any(c.max_tokens is None for c in calls):
-        caption += " · an unset max_tokens counts as 1,024"
-    table.caption = caption
-    return table
+        return {
+            "Persona": call.name or agent.name,
+            "Model": agent.model + (f"\n{params}" if params else ""),
+            "Endpoint": _address(agent.endpoint.base_url),
+            "Limits": _limits(agent, self.settings_rpm).replace(" rpm ", " rpm\n"),
+            "Prompt": f"~{call.prompt_tokens:,}",
+            "Max out": f"{call.max_tokens:,}" if call.max_tokens else "unset",
+            "Worst": usd(call.worst_case_usd),
+        }
+
+    def _caption(self) -> str:
+        known = [c.worst_case_usd for c in self.calls]
+        total = None if any(c is None for c in known) else sum(c or 0.0 for c in known)
+        caption = f"{len(self.calls)} calls · worst case {usd(total)}"
+        if self.max_cost is not None:
+            caption += f" · --max-cost ${self.max_cost:g}"
+        if any(c.max_tokens is None for c in self.calls):
+            caption += " · an unset max_tokens counts as 1,024"
+        return caption
 
 
 def _param_text(value: object) -> str:
