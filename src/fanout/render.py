@@ -1078,7 +1078,10 @@ class Timeline:
             line.append_text(self._bar(timing, bar, end, plain))
         ttft = f"{result.ttft_s:.2f}s" if result.ttft_s is not None else "-"
         total = f"{result.latency_s:.2f}s" if result.latency_s is not None else "-"
-        tries = str(result.attempts) if result.attempts else "-"
+        # The attempts the bar draws: one refused before it was sent (a key another call
+        # found refused, the budget) is a try that failed too.
+        count = len(timing.attempts) if timing is not None else result.attempts
+        tries = str(count) if count else "-"
         style = "red" if result.status == "error" else ""
         line.append(f" {ttft:>6} {total:>7} {tries:>5}", style=style)
         return line
