@@ -168,7 +168,7 @@ class RefusedKeyNotice:
         return True
 
 
-def results_table(report: RunReport, *, recorded: bool = True) -> Table:
+def results_table(report: RunReport) -> Table:
     """One row per persona, in panel order: who, which model, the answer, time and tokens."""
     table = Table(show_lines=True, expand=True, title_justify="left", caption_justify="left")
     table.add_column("Persona", style="bold", no_wrap=True, max_width=24)
@@ -177,7 +177,6 @@ def results_table(report: RunReport, *, recorded: bool = True) -> Table:
     table.add_column("Tokens", justify="right", no_wrap=True)
     for result in _answers(report):
         table.add_row(*_row(result))
-    table.caption = _summary(report, recorded)
     return table
 
 
@@ -239,9 +238,9 @@ def render_report(
     if view == "columns":
         if _answers(report) or not _own_answers(report):
             parts.append(answer_columns(report, console.width))
-        parts.append(Text(_summary(report, recorded)))
     else:
-        parts.append(results_table(report, recorded=recorded))
+        parts.append(results_table(report))
+    parts.append(_SummaryLine(report, recorded))
     console.print(Group(*parts))
 
 
@@ -995,21 +994,38 @@ def _failure(result: CallResult) -> str:
     return f"✗ {result.error.type}{attempts}: {result.error.message}"
 
 
-def _summary(report: RunReport, recorded: bool = True) -> str:
+def _summary(report: RunReport, recorded: bool = True, width: int | None = None) -> str:
     """One line: answered, time, tokens, cost, status, and the run id when the history has
-    it (an id ``runs show`` cannot find would only mislead)."""
+    it (an id ``runs show`` cannot find would only mislead). With ``width``, the longest of
+    its forms that fits: the token counts lose their split into in and out, then words."""
     answers = _answers(report)
     answered = sum(1 for r in answers if r.status == "ok")
     usage = report.usage
     asked = f"{answered}/{len(answers)} answered"
     if not answers and _own_answers(report):
         asked = "answered without asking a persona"
-    line = (
-        f"{asked} · {report.duration_s:.2f} s · "
-        f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
-        f" · {usd(report.cost_usd)} · {report.status}"
-    )
-    return f"{line} · run {report.run_id}" if recorded else line
+    run = [f"run {report.run_id}"] if recorded else []
+    split = f"({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
+    forms = [
+        [f"{report.duration_s:.2f} s", f"{usage.total_tokens:,} tokens {split}", *run],
+        [f"{report.duration_s:.2f} s", f"{usage.total_tokens:,} tokens", *run],
+        [f"{report.duration_s:.1f} s", f"{usage.total_tokens:,} tok", *run],
+    ]
+    lines = [
+        " · ".join([asked, duration, tokens, usd(report.cost_usd), report.status, *rest])
+        for duration, tokens, *rest in forms
+    ]
+    return next((line for line in lines if width is None or len(line) <= width), lines[-1])
+
+
+class _SummaryLine:
+    """The summary line, as long as the console it is printed on lets it be."""
+
+    def __init__(self, report: RunReport, recorded: bool) -> None:
+        self.report, self.recorded = report, recorded
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(_summary(self.report, self.recorded, options.max_width))
 
 
 # -- the timeline -------------------------------------------------------------------------------
