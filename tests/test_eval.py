@@ -333,7 +333,12 @@ def test_the_html_report_opens_with_no_network_and_no_markup_from_answers(
     assert isinstance(browser, WebDriver)
     script_personas(server)
     hostile = '<img src="http://127.0.0.1:9/x.png" onerror="window.pwned=1"></script><b>Paris</b>'
-    server.script("m-right", Reply(text=hostile))  # case 1, France
+
+    def hostile_on_france(body: dict[str, Any]) -> str:
+        asked = body["messages"][-1]["content"]
+        return hostile if body["model"] == "m-right" and "France" in asked else respond(body)
+
+    server.default = Reply(respond=hostile_on_france)
     report = tmp_path / "report.html"
     result = invoke("eval", write_eval(tmp_path, rubric=True), "-c",
                     write_agents(tmp_path, server), "--pairwise", "-o", report)  # fmt: skip

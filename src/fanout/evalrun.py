@@ -55,6 +55,7 @@ from fanout.evalfile import EvalSpec, load_eval
 from fanout.evalreport import EvalDocument, build_document, compare, csv_text, document_json
 from fanout.files import write_whole
 from fanout.models import Agent, Call
+from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from fanout.provider import OpenAIProvider
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 
     from fanout.config import Panel
 
-EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 3, 130
 EXIT_REGRESSION = 4  # fanout eval compare: a case got worse
 REPORTS = (".csv", ".html", ".htm", ".json")
 
@@ -217,8 +217,8 @@ def _drive(
     journal_path: Path,
     err: Console,
 ) -> tuple[bool, BatchTally]:
+    from fanout.interrupt import interruptibly
     from fanout.render import BatchProgress, print_warning
-    from fanout.session import interruptibly
 
     tally = BatchTally(skipped=len(results.calls), output=None)
     provider = OpenAIProvider()
@@ -299,9 +299,9 @@ def _report(document: EvalDocument, options: EvalOptions, err: Console, tally: B
 
 
 def _write_stdout(text: str) -> None:
-    from fanout.session import _write_stdout as write
+    from fanout.output import write_stdout
 
-    write(text)
+    write_stdout(text)
 
 
 def load_document(reference: str) -> EvalDocument:
@@ -350,7 +350,7 @@ def check_file(path: Path, prompt: str | None) -> int:
     for problem in problems:
         sys.stderr.write(f"fanout: error: {problem}\n")
     if problems or spec is None:
-        return 2
+        return EXIT_USAGE
     checks = [a for c in spec.cases for a in c.assertions]
     graded = sum(a.graded for a in checks)
     _write_stdout(

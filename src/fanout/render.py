@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engin
     from fanout.cost import PlannedCall
     from fanout.evalreport import Change, LeaderRow, PairTally, ScoreRow
     from fanout.history import RunSummary
+    from fanout.runstats import StatsRow
 
 _STATUS_STYLE = {"ok": "green", "error": "red", "cancelled": "yellow", "skipped": "yellow"}
 
@@ -1127,3 +1128,30 @@ def eval_changes_text(worse: Sequence[Change], better: Sequence[Change]) -> str:
                 f"{printable(change['before'])} → {printable(change['after'])}"
             )
     return "\n".join(lines) + "\n"
+
+
+def stats_table(rows: Sequence[StatsRow]) -> Table:
+    """``fanout runs stats``: each persona's wins across the recorded decisions."""
+    table = Table(
+        title="Across the history", title_justify="left", caption_justify="left", box=SIMPLE,
+        pad_edge=False, padding=(0, 1, 0, 0),
+    )  # fmt: skip
+    table.add_column("Persona")
+    for name in ("Win rate", "95 % CI", "Judge", "Vote", "Council", "Cost", "Per win"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            Text(printable(row["persona"]), style="bold"),
+            Text(f"{row['win_rate']:.0%} of {row['games']}"),
+            Text(f"{row['ci_low'] * 100:.0f}-{row['ci_high']:.0%}"),
+            Text(row["judge"]),
+            Text(row["vote"]),
+            Text(row["council"]),
+            Text(usd(row["cost_usd"])),
+            Text("-" if row["cost_per_win"] is None else usd(row["cost_per_win"])),
+        )
+    table.caption = (
+        "wins/decisions: a judge's pick, the winning side of a vote, the top of a council's "
+        "ranking (a tie shared) · cost: the persona's answers in those runs"
+    )
+    return table
