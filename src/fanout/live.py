@@ -51,6 +51,7 @@ from fanout.event import (
     Event,
     StageStarted,
 )
+from fanout.launch import take as take_first_frame
 from fanout.models import Agent, Call, CallResult
 from fanout.render import printable
 
@@ -270,9 +271,15 @@ class LiveBoard:
             self._fd = self.console.file.fileno()
         except (AttributeError, OSError, ValueError):
             self._fd = None
-        self._quiet_keys()
-        self._up = True
-        self._write(ENTER)
+        handed = take_first_frame()
+        if handed is None:
+            self._quiet_keys()
+            self._up = True
+            self._write(ENTER)
+        else:  # the screen the command put up at launch, its keys already quiet
+            self._stdin_fd, self._saved_termios = handed
+            self._up = True
+            self._write("\x1b[H\x1b[2J")
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="fanout-live", daemon=True)
         self._thread.start()
