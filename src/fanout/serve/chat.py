@@ -187,14 +187,16 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
         while index < len(run.lines):
             line = run.lines[index]
             index += 1
-            kind = line.get("type")
-            if kind == "stage_started" and line.get("stage") == last_stage:
-                calls = line.get("calls") or []
-                streaming = calls[0].get("call_id") if len(calls) == 1 else None
-            elif kind == "delta" and streaming and line.get("call_id") == streaming:
-                streamed.append(str(line.get("text")))
-                yield chunk({"content": line.get("text")})
-            elif kind == "retry" and line.get("call_id") == streaming:
+            if line.kind == "stage_started":
+                value = line.value()
+                if value.get("stage") == last_stage:
+                    calls = value.get("calls") or []
+                    streaming = calls[0].get("call_id") if len(calls) == 1 else None
+            elif line.kind == "delta" and streaming and line.call_id == streaming:
+                text = str(line.value().get("text"))
+                streamed.append(text)
+                yield chunk({"content": text})
+            elif line.kind == "retry" and line.call_id == streaming:
                 streaming = None  # a second attempt would repeat itself: answer whole at the end
         if run.over:
             break

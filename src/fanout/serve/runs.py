@@ -11,6 +11,7 @@ run (an older one, the CLI's, one a killed server left behind) from the history.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -44,6 +45,7 @@ from fanout.export import (
     SCHEMA_VERSION,
     JsonlWriter,
     agent_settings,
+    json_line,
     report_document,
     settings_record,
 )
@@ -55,7 +57,11 @@ from fanout.shapes import SHAPES
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
                "concurrency")  # fmt: skip
-FINISHED_KEPT = 256  # finished runs answered from memory (with their deltas); older: history
+# Finished runs are answered from memory (their events with the deltas) while their lines take
+# no more than this many bytes in all, and there are no more than FINISHED_KEPT of them; older
+# ones are read from the history (events without the deltas).
+REPLAY_BYTES = 64 * 1024 * 1024
+FINISHED_KEPT = 1024
 MAX_PROMPT_CHARS = 200_000
 _log = logging.getLogger("fanout.serve")
 
@@ -174,14 +180,36 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One event line of a run, serialized once for every reader: its type, the call it is
+    about, and its JSON. What the server keeps of a run in memory is these."""
+
+    kind: str
+    call_id: str | None
+    json: str
+
+    @classmethod
+    def of(cls, line: dict[str, Any]) -> Line:
+        call_id = line.get("call_id")
+        kind = str(line.get("type"))
+        return cls(kind, None if call_id is None else str(call_id), json_line(line))
+
+    def value(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.json)
+        return value
+
+
 @dataclass(eq=False)
 class LiveRun:
-    """A run this server started: its plan, its event lines so far, how each call stands."""
+    """A run this server started: its plan, its event lines so far (``size``: their bytes),
+    how each call stands."""
 
     id: str
     plan: Plan
     created: str
-    lines: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)
+    size: int = 0
     calls: dict[str, str] = field(default_factory=dict)  # call name -> pending, running...
     updated: str = ""
     execution: Execution | None = None
@@ -191,13 +219,16 @@ class LiveRun:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
     _changed: anyio.Event = field(default_factory=anyio.Event)
+    _final: dict[str, Any] | None = None  # the document once it is over (asked for often)
 
     @property
     def over(self) -> bool:
         return self.report is not None
 
     def append(self, line: dict[str, Any]) -> None:
-        self.lines.append(line)
+        kept = Line.of(line)
+        self.lines.append(kept)
+        self.size += len(kept.json)
         self.updated = str(line.get("ts") or _now())
         self._changed.set()  # wake every SSE reader, then arm a new event for the next line
         self._changed = anyio.Event()
@@ -218,7 +249,9 @@ class LiveRun:
     def document(self) -> dict[str, Any]:
         """The ``--json`` document as it stands (status ``running`` until the run is over)."""
         if self.report is not None:
-            return report_document(self.report)
+            if self._final is None:
+                self._final = report_document(self.report)
+            return self._final
         if self.execution is None:
             return _pending_document(self)
         return report_document(replace(self.execution.report(), recorded_status="running"))
@@ -306,6 +339,7 @@ class RunManager:
         self.max_runs = max_runs
         self._provider = provider
         self._runs: OrderedDict[str, LiveRun] = OrderedDict()
+        self.replay_bytes = REPLAY_BYTES
         self._history: History | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
@@ -373,6 +407,7 @@ class RunManager:
                 execution = run.execution
                 report = execution.report() if execution is not None else _empty_report(run)
                 run.finish(report, None)
+                self._forget_old()
 
     async def _execute(self, run: LiveRun) -> None:
         plan = run.plan
@@ -405,6 +440,7 @@ class RunManager:
                 recorder.finish(report)
                 await anyio.to_thread.run_sync(recorder.close)
                 run.finish(report, log.line(RunFinished(report)))
+                self._forget_old()
 
     def terminate(self, run: LiveRun) -> None:
         run.terminated = True
@@ -420,10 +456,17 @@ class RunManager:
         return list(self._runs.values())
 
     def _forget_old(self) -> None:
-        """Finished runs beyond ``FINISHED_KEPT`` are read from the history from now on."""
-        finished = [run_id for run_id, run in self._runs.items() if run.over]
-        for run_id in finished[: max(0, len(finished) - FINISHED_KEPT)]:
-            del self._runs[run_id]
+        """The oldest finished runs past ``REPLAY_BYTES`` (or ``FINISHED_KEPT``) are read from
+        the history from now on."""
+        finished = [run for run in self._runs.values() if run.over]
+        size = sum(run.size for run in finished)
+        count = len(finished)
+        for run in finished:
+            if size <= self.replay_bytes and count <= FINISHED_KEPT:
+                break
+            del self._runs[run.id]
+            size -= run.size
+            count -= 1
 
 
 # -- how a run looks to a poller -----------------------------------------------------------------
@@ -461,6 +504,9 @@ def status_document(
     final = final_answer(document)
     if final is not None:
         custom["final"] = final
+    reason = failure_reason(document)
+    if reason is not None:
+        custom["error"] = reason
     return {
         "instanceId": document.get("run_id"),
         "name": document.get("shape") or "panel",
@@ -471,6 +517,33 @@ def status_document(
         "customStatus": custom,
         "output": dict(document.get("output") or {}),
     }
+
+
+def failure_reason(document: Mapping[str, Any]) -> str | None:
+    """Why a run that did not complete ended, in one line (None for one that completed)."""
+    status = document.get("status")
+    if status == "interrupted":
+        return "interrupted: the server stopped before the run ended"
+    if status == "cancelled":
+        return "terminated before the run ended"
+    if status != "failed":
+        return None
+    failed = [
+        f"{c.get('name')}: {_error_message(c)}"
+        for s in document.get("stages") or []
+        if isinstance(s, dict)
+        for c in s.get("calls") or []
+        if isinstance(c, dict) and c.get("status") != "ok"
+    ]
+    shown = "; ".join(failed[:5]) + ("; ..." if len(failed) > 5 else "")
+    return f"no call answered ({shown})" if failed else "no call answered"
+
+
+def _error_message(call: Mapping[str, Any]) -> str:
+    error = call.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return str(call.get("status"))
 
 
 def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
