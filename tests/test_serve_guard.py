@@ -480,3 +480,24 @@ def test_a_client_leaving_an_event_stream_leaves_no_noise(
         assert client.get("/healthz").status_code == 200
     noise = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert noise == []
+
+
+def test_replay_memory_is_bounded_by_bytes(server: FakeOpenAI, serve: Serve) -> None:
+    server.default = Reply(text="word " * 20_000)  # 100 KB answers, a line per word
+    served = serve()
+    manager = served.app.state.manager
+    manager.replay_bytes = 1_200_000
+    with served.client() as client:
+        ids = [
+            client.post(
+                "/api/runs?wait=60", json={"prompt": f"Q{i}", "agents": ["chemist"]}
+            ).json()["instanceId"]
+            for i in range(4)
+        ]
+        kept = [run for run in manager.live_runs() if run.over]
+        assert sum(run.size for run in kept) <= manager.replay_bytes
+        assert [run.id for run in kept] == ids[-len(kept) :] and 0 < len(kept) < 4
+        # The forgotten ones are still answered, from the history (without their deltas).
+        with client.stream("GET", f"/api/runs/{ids[0]}/events") as response:
+            kinds = [line for line in response.iter_lines() if line.startswith("event:")]
+        assert kinds[-1] == "event: run_finished" and "event: delta" not in kinds

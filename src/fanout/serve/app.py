@@ -30,11 +30,11 @@ from fanout.engine import Provider
 from fanout.errors import ConfigError, FanoutError
 from fanout.serve import chat
 from fanout.serve.errors import Json, error
+from fanout.serve.events import EventLog
 from fanout.serve.guard import Guard, HostPolicy, check_cors, check_token
 from fanout.serve.limits import Connections, Limits
 from fanout.serve.runs import (
     BadRequest,
-    Line,
     LiveRun,
     NotFound,
     RunManager,
@@ -294,9 +294,10 @@ async def run_events(request: Request) -> Response:
     ``id:`` its index, so a reconnecting reader (``Last-Event-ID``) misses none."""
     run_id = request.path_params["id"]
     run = manager_of(request).live(run_id)
-    past: list[Line] = []
+    past = EventLog()
     if run is None:
-        past = [Line.of(line) for line in replay_lines(await stored_document(request, run_id))]
+        for line in replay_lines(await stored_document(request, run_id)):
+            past.append(line)
     deltas = request.query_params.get("deltas", "true").lower() not in ("0", "false", "no")
     try:
         start = int(request.headers.get("last-event-id", "-1")) + 1
@@ -311,7 +312,7 @@ async def run_events(request: Request) -> Response:
 
 
 async def event_stream(
-    run: LiveRun | None, lines: list[Line], index: int, deltas: bool
+    run: LiveRun | None, lines: EventLog, index: int, deltas: bool
 ) -> AsyncIterator[str]:
     """The frames of ``lines`` from ``index`` on, then the live ones as they come. Frames go
     out in batches, with a turn of the event loop between: a client that left is noticed at

@@ -11,7 +11,6 @@ run (an older one, the CLI's, one a killed server left behind) from the history.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -45,13 +44,13 @@ from fanout.export import (
     SCHEMA_VERSION,
     JsonlWriter,
     agent_settings,
-    json_line,
     report_document,
     settings_record,
 )
 from fanout.history import History, HistoryRecorder, history_path
 from fanout.models import RunReport
 from fanout.retry import RetryPolicy
+from fanout.serve.events import EventLog
 from fanout.shapes import SHAPES
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
@@ -180,26 +179,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One event line of a run, serialized once for every reader: its type, the call it is
-    about, and its JSON. What the server keeps of a run in memory is these."""
-
-    kind: str
-    call_id: str | None
-    json: str
-
-    @classmethod
-    def of(cls, line: dict[str, Any]) -> Line:
-        call_id = line.get("call_id")
-        kind = str(line.get("type"))
-        return cls(kind, None if call_id is None else str(call_id), json_line(line))
-
-    def value(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.json)
-        return value
-
-
 @dataclass(eq=False)
 class LiveRun:
     """A run this server started: its plan, its event lines so far (``size``: their bytes),
@@ -208,8 +187,7 @@ class LiveRun:
     id: str
     plan: Plan
     created: str
-    lines: list[Line] = field(default_factory=list)
-    size: int = 0
+    lines: EventLog = field(default_factory=EventLog)
     calls: dict[str, str] = field(default_factory=dict)  # call name -> pending, running...
     updated: str = ""
     execution: Execution | None = None
@@ -225,12 +203,20 @@ class LiveRun:
     def over(self) -> bool:
         return self.report is not None
 
+    @property
+    def size(self) -> int:
+        """Bytes of event lines held."""
+        return self.lines.size
+
     def append(self, line: dict[str, Any]) -> None:
-        kept = Line.of(line)
-        self.lines.append(kept)
-        self.size += len(kept.json)
+        self.lines.append(line)
         self.updated = str(line.get("ts") or _now())
         self._changed.set()  # wake every SSE reader, then arm a new event for the next line
+        self._changed = anyio.Event()
+
+    def touch(self) -> None:
+        """Something changed (a delta joined a line nobody has read yet)."""
+        self._changed.set()
         self._changed = anyio.Event()
 
     def finish(self, report: RunReport, line: dict[str, Any] | None) -> None:
@@ -300,6 +286,11 @@ class RunLog(JsonlWriter):
 
     def handle(self, event: Event) -> None:
         self._track(event)
+        if isinstance(event, CallDelta) and self.run.lines.extend_delta(
+            event.call.call_id, event.text
+        ):
+            self.run.touch()
+            return
         # The end is told by the manager once the run is recorded (``RunManager._drive``), so
         # whoever reads run_finished finds the run over everywhere.
         line = None if isinstance(event, RunFinished) else self.line(event)
