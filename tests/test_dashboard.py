@@ -232,3 +232,46 @@ def test_a_page_of_another_origin_starts_nothing(
         assert server.requests == []
     finally:
         served.stop()
+
+
+def test_past_runs_show_how_they_stand_and_each_run_has_a_link(
+    server: FakeOpenAI, agents_file: AgentsFile, browser: object
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    release = threading.Event()
+    server.default = Reply(hold=release)
+    served = serve_in_thread(agents_file())
+    prompt = "What is temperature?\nAnswer for a ten-year-old,\nin three sentences."
+    try:
+        with served.client() as client:  # started by another client, not by this page
+            run_id = client.post("/api/runs", json={"prompt": prompt}).json()["id"]
+        server.wait_for_requests(3)
+        browser.get(served.url + "/")
+        wait = WebDriverWait(browser, 30)
+        row = f'#runs tbody tr[data-id="{run_id}"]'
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        assert browser.find_element(By.CSS_SELECTOR, row + " .status").text == "Running"
+        release.set()  # the run ends while the page just sits there: its row follows
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-status")
+                   == "Completed")  # fmt: skip
+        assert browser.find_element(By.CSS_SELECTOR, row + " .answered").text == "3/3"
+        link = browser.find_element(By.CSS_SELECTOR, row + " a")
+        assert link.text == "What is temperature?"
+        assert link.get_attribute("href") == f"{served.url}/#run={run_id}"
+
+        browser.get("about:blank")
+        browser.get(f"{served.url}/#run={run_id}")  # the link, opened on its own
+        current = browser.find_element(By.ID, "current")
+        wait.until(lambda d: current.get_attribute("data-status") == "completed")
+        assert current.get_attribute("data-run") == run_id
+        assert browser.find_element(By.ID, "run-title").text == "What is temperature?"
+        whole = browser.find_element(By.ID, "run-prompt")
+        assert whole.get_attribute("textContent") == prompt
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".pane[data-state=ok]")) == 3
+    finally:
+        release.set()
+        served.stop()

@@ -622,13 +622,63 @@ def _loads(text: str) -> dict[str, Any]:
     return cast(dict[str, Any], value)
 
 
+class HistoryWriter:
+    """One thread making history writes in the order they were queued, for every recorder
+    that shares it (a server's runs share one; a recorder on its own makes its own).
+    ``submit`` only queues; a write that fails is handed to its ``failed`` callback."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[], None], Callable[[str], None] | None] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(
+        self, write: Callable[[], None], failed: Callable[[str], None] | None = None
+    ) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._work, name="fanout-history", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put((write, failed))
+
+    def drain(self) -> None:
+        """Wait until every write queued so far is done."""
+        if self._thread is not None:
+            done = threading.Event()
+            self.submit(done.set)
+            done.wait()
+
+    def close(self) -> None:
+        """Drain the queue and end the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            write, failed = item
+            try:
+                write()
+            except (sqlite3.Error, OSError, ValueError, FanoutError) as exc:
+                if failed is not None:
+                    failed(str(exc))
+
+
 class HistoryRecorder:
     """Writes a run into the history as it goes (an observer): each answer is committed the
     moment it arrives, so a crash loses only the calls in flight.
 
-    The writes happen in one thread of its own, in order: ``handle`` only queues them, so a
-    database locked by another process never freezes the live view or adds to a call's
-    latency. ``close`` waits for the queue to drain. A failure to record never stops the run;
+    The writes happen in one thread, in order (its own, or a ``HistoryWriter`` it shares with
+    other recorders: a server's runs share one): ``handle`` only queues them, so a database
+    locked by another process never freezes the live view or adds to a call's latency.
+    ``close`` waits for the queue to drain. A failure to record never stops the run;
     the first one is kept in ``error`` for the command to report."""
 
     def __init__(
@@ -639,6 +689,7 @@ class HistoryRecorder:
         synthesizer: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
         resume: bool = False,
+        writer: HistoryWriter | None = None,
     ) -> None:
         self._history = history
         self._agents = agents or []
@@ -647,8 +698,8 @@ class HistoryRecorder:
         self._resume = resume  # a stored run carried on: the command records its end
         self._run_id = ""
         self.error: str | None = None
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._shared = writer is not None  # another's writer: close only waits for it
+        self._writer = writer or HistoryWriter()
 
     def start(self, report: RunReport) -> None:
         self._run_id = report.run_id
@@ -684,20 +735,13 @@ class HistoryRecorder:
 
     def close(self) -> None:
         """Wait until every queued write is done."""
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
-            self._writer = None
+        if self._shared:
+            self._writer.drain()
+        else:
+            self._writer.close()
 
     def _submit(self, write: Callable[[], None]) -> None:
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._work, name="fanout-history", daemon=True)
-            self._writer.start()
-        self._queue.put(write)
+        self._writer.submit(write, self._failed)
 
-    def _work(self) -> None:
-        while (write := self._queue.get()) is not None:
-            try:
-                write()
-            except (sqlite3.Error, OSError, ValueError, FanoutError) as exc:
-                self.error = self.error or str(exc)
+    def _failed(self, message: str) -> None:
+        self.error = self.error or message

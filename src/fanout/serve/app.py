@@ -39,6 +39,7 @@ from fanout.serve.runs import (
     NotFound,
     RunManager,
     TooBusy,
+    Unavailable,
     is_finished,
     replay_lines,
     shape_names,
@@ -143,7 +144,7 @@ def manager_of(request: Request) -> RunManager:
 async def start_run(request: Request) -> Response:
     manager = manager_of(request)
     body = await read_prompt_or_json(request)
-    run = manager.start(body)
+    run = await manager.start(body)
     wait = _wait_seconds(request)
     if wait > 0:
         with anyio.move_on_after(wait):
@@ -374,7 +375,7 @@ async def multiagent_run(request: Request) -> Response:
     if not isinstance(prompt, str) or not prompt.strip():
         return error(400, "Prompt is required")
     body["prompt"] = prompt.strip()
-    run = manager_of(request).start(body)
+    run = await manager_of(request).start(body)
     if wait > 0:
         with anyio.move_on_after(wait):
             await run.done.wait()
@@ -457,6 +458,11 @@ async def _bad_media_type(request: Request, exc: Exception) -> Response:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     return error(404, f"no run {exc}", path=request.url.path)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return error(503, str(exc), headers, path=request.url.path, code="unavailable")
 
 
 async def _too_busy(request: Request, exc: Exception) -> Response:
@@ -546,6 +552,7 @@ def create_app(
             BadMediaType: _bad_media_type,
             NotFound: _not_found,
             TooBusy: _too_busy,
+            Unavailable: _unavailable,
             HTTPException: _http_error,
             FanoutError: _fanout_error,
             Exception: _internal,

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import Response, StreamingResponse
 
 from fanout.export import json_line
-from fanout.serve.runs import BadRequest, LiveRun, final_answer, shape_names
+from fanout.serve.errors import error, error_body
+from fanout.serve.runs import BadRequest, LiveRun, failure_reason, final_answer, shape_names
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -39,9 +40,16 @@ def models() -> list[str]:
 
 
 def openai_error(status: int, message: str, code: str | None = None) -> Response:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": " ".join(message.split()), "type": kind, "code": code}}
-    return Response(json_line(body), status_code=status, media_type="application/json")
+    return error(status, message, path="/v1/", code=code)
+
+
+def run_failure(run_id: str, document: Mapping[str, Any], text: str) -> str | None:
+    """Why a run gives no answer to send (None: it has one): every call failed, or it was
+    stopped before anything answered."""
+    status = document.get("status")
+    if status == "failed" or (not text and status in ("cancelled", "interrupted")):
+        return f"run {run_id} {status}: {failure_reason(document) or 'no call answered'}"
+    return None
 
 
 async def list_models(request: Request) -> Response:
@@ -130,7 +138,7 @@ async def chat_completions(request: Request) -> Response:
         wanted = run_body(body)
     except _UnknownModel as exc:
         return openai_error(404, str(exc), "model_not_found")
-    run = manager_of(request).start(wanted)
+    run = await manager_of(request).start(wanted)
     model = str(body["model"])
     if body.get("stream") is True:
         return StreamingResponse(
@@ -141,8 +149,9 @@ async def chat_completions(request: Request) -> Response:
     await run.done.wait()
     document = run.document()
     text = answer_text(document)
-    if not text and document.get("status") in ("failed", "cancelled"):
-        return openai_error(502, f"run {run.id} {document.get('status')}: no call answered")
+    failure = run_failure(run.id, document, text)
+    if failure is not None:
+        return openai_error(502, failure, "run_failed")
     completion = {
         "id": f"chatcmpl-{run.id}",
         "object": "chat.completion",
@@ -205,6 +214,12 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
             yield ": keep-alive\n\n"
     document = run.document()
     text = answer_text(document)
+    failure = run_failure(run.id, document, text)
+    if failure is not None:
+        # What OpenAI's clients raise on in a stream (openai: APIError), not a stop.
+        yield f"data: {json_line(error_body(502, failure, path='/v1/', code='run_failed'))}\n\n"
+        yield "data: [DONE]\n\n"
+        return
     if not streamed and text:
         yield chunk({"content": text})
     yield chunk({}, "stop")

@@ -47,10 +47,11 @@ from fanout.export import (
     report_document,
     settings_record,
 )
-from fanout.history import History, HistoryRecorder, history_path
+from fanout.history import History, HistoryRecorder, HistoryWriter, history_path
 from fanout.models import RunReport
 from fanout.retry import RetryPolicy
 from fanout.serve.events import EventLog
+from fanout.serve.store import written
 from fanout.shapes import SHAPES
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
@@ -84,6 +85,11 @@ class TooBusy(Exception):
 
 class NotFound(Exception):
     """No such run: a 404."""
+
+
+class Unavailable(Exception):
+    """The server cannot take a run now (its history cannot record it, it is stopping): a
+    503."""
 
 
 def shape_names() -> list[str]:
@@ -166,11 +172,15 @@ def _number(body: Mapping[str, Any], key: str, kind: type, least: float, default
     value = body.get(key)
     if value is None:
         return default
+    what = "an integer" if kind is int else "a number"
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok or not math.isfinite(value) or value < least:
-        what = "an integer" if kind is int else "a number"
+    try:
+        if ok and kind is int:
+            ok = float(value).is_integer()
+        ok = ok and math.isfinite(value) and value >= least
+    except OverflowError:  # an integer too big for a float
+        raise BadRequest(f"{key}: {what} of at least {least:g}, not that big") from None
+    if not ok:
         raise BadRequest(f"{key}: {what} of at least {least:g}")
     return kind(value)
 
@@ -191,6 +201,7 @@ class LiveRun:
     calls: dict[str, str] = field(default_factory=dict)  # call name -> pending, running...
     updated: str = ""
     execution: Execution | None = None
+    log: RunLog | None = None
     report: RunReport | None = None  # set when it is over
     started: bool = False
     terminated: bool = False
@@ -323,15 +334,27 @@ class _UntilFinished:
 
 
 class RunManager:
-    """The runs of one server: started, watched, terminated, purged; ``max_runs`` in flight."""
+    """The runs of one server: started, watched, terminated, purged; ``max_runs`` executing
+    at once, up to ``max_queued`` more accepted and waiting (``Pending``) for a slot."""
 
-    def __init__(self, panel: Panel, *, max_runs: int = 16, provider: Provider | None = None):
+    def __init__(
+        self,
+        panel: Panel,
+        *,
+        max_runs: int = 16,
+        max_queued: int = 0,
+        provider: Provider | None = None,
+    ):
         self.panel = panel
         self.max_runs = max_runs
+        self.max_queued = max_queued
         self._provider = provider
         self._runs: OrderedDict[str, LiveRun] = OrderedDict()
         self.replay_bytes = REPLAY_BYTES
+        self._unfinished = 0
         self._history: History | None = None
+        self._writer = HistoryWriter()
+        self._slots = anyio.CapacityLimiter(max_runs)
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
 
@@ -355,6 +378,7 @@ class RunManager:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._provider.aclose()
+                await anyio.to_thread.run_sync(self._writer.close)
                 await anyio.to_thread.run_sync(self._history.close)
 
     @property
@@ -364,10 +388,33 @@ class RunManager:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for run in self._runs.values() if not run.over)
+        """Runs accepted and not over: executing or waiting for a slot."""
+        return self._unfinished
 
-    def start(self, body: Mapping[str, Any] | RunRequest) -> LiveRun:
-        """Check a request and start its run; ``BadRequest``, ``TooBusy``."""
+    async def start(self, body: Mapping[str, Any] | RunRequest) -> LiveRun:
+        """Check a request, record its run in the history (committed: whoever is told the
+        run's id will find it, even if this process dies next) and start it; ``BadRequest``,
+        ``TooBusy``, ``Unavailable``."""
+        run = self._admit(body)
+        self._unfinished += 1
+        try:
+            recorder = self._prepare(run)
+            await written(self._writer)
+        except BaseException:
+            self._unfinished -= 1
+            self._runs.pop(run.id, None)
+            raise
+        if recorder.error is not None:
+            self._unfinished -= 1
+            self._runs.pop(run.id, None)
+            _log.error("run %s could not be recorded: %s", run.id, recorder.error)
+            raise Unavailable(f"the run could not be recorded in the history: {recorder.error}")
+        assert self._tg is not None, "RunManager.running() first"
+        self._tg.start_soon(self._drive, run, recorder, name=f"fanout run {run.id}")
+        return run
+
+    def _admit(self, body: Mapping[str, Any] | RunRequest) -> LiveRun:
+        """The run a request stands for, if it can run and there is room for it."""
         run_id = uuid.uuid4().hex[:12]
         try:
             request = (
@@ -379,28 +426,21 @@ class RunManager:
             check_credentials(plan.callers, os.environ)
         except FanoutError as exc:
             raise BadRequest(str(exc)) from None
-        if self.in_flight >= self.max_runs:
-            raise TooBusy(f"{self.max_runs} runs are in flight already (--max-runs)")
-        assert self._tg is not None, "RunManager.running() first"
+        if self._closing:
+            raise Unavailable("the server is stopping")
+        if self._unfinished >= self.max_runs + self.max_queued:
+            raise TooBusy(
+                f"{self.max_runs} runs are in flight and {self.max_queued} waiting already "
+                "(--max-runs, --max-queued)"
+            )
         run = LiveRun(run_id, plan, _now())
         run.updated = run.created
         self._runs[run_id] = run
-        self._forget_old()
-        self._tg.start_soon(self._drive, run, name=f"fanout run {run_id}")
         return run
 
-    async def _drive(self, run: LiveRun) -> None:
-        try:
-            await self._execute(run)
-        except Exception:  # a bug in one run must not take the server (its task group) down
-            _log.exception("run %s failed", run.id)
-            if not run.over:
-                execution = run.execution
-                report = execution.report() if execution is not None else _empty_report(run)
-                run.finish(report, None)
-                self._forget_old()
-
-    async def _execute(self, run: LiveRun) -> None:
+    def _prepare(self, run: LiveRun) -> HistoryRecorder:
+        """The run's execution, observed by its event log and its recorder, and its start
+        queued for the history."""
         plan = run.plan
         request = plan.request
         recorder = HistoryRecorder(
@@ -410,28 +450,58 @@ class RunManager:
             settings=settings_record(
                 request.settings, request.shape, request.options, self.panel.pricing
             ),
+            writer=self._writer,
         )
-        log = RunLog(run)
-        observer = Broadcast(log, _UntilFinished(recorder))
-        execution = prepare(plan, [observer], provider=self._provider, check=False)
-        run.execution = execution
+        run.log = RunLog(run)
+        observer = Broadcast(run.log, _UntilFinished(recorder))
+        run.execution = prepare(plan, [observer], provider=self._provider, check=False)
+        recorder.start(run.execution.report())
+        return recorder
+
+    async def _drive(self, run: LiveRun, recorder: HistoryRecorder) -> None:
         try:
-            recorder.start(execution.report())
+            async with self._slots:
+                await self._execute(run, recorder)
+        except Exception:  # a bug in one run must not take the server (its task group) down
+            _log.exception("run %s failed", run.id)
+            if not run.over:
+                execution = run.execution
+                report = execution.report() if execution is not None else _empty_report(run)
+                self._finished(run, report, None)
+        finally:
+            if not run.over:  # cancelled waiting for a slot: the server is going down
+                with anyio.CancelScope(shield=True):
+                    await self._conclude(run, recorder)
+
+    async def _execute(self, run: LiveRun, recorder: HistoryRecorder) -> None:
+        execution = run.execution
+        assert execution is not None
+        try:
             run.started = True
             with run.scope:
                 await execution.execute()
         finally:
             with anyio.CancelScope(shield=True):
-                # Cut short by terminate or by the server going down: the answers that
-                # arrived, and the text that was streaming, stay in the report.
-                execution.interrupted = run.scope.cancel_called or self._closing
-                report = execution.conclude()
-                if self._closing and not run.terminated:
-                    report = replace(report, recorded_status="interrupted")
-                recorder.finish(report)
-                await anyio.to_thread.run_sync(recorder.close)
-                run.finish(report, log.line(RunFinished(report)))
-                self._forget_old()
+                await self._conclude(run, recorder)
+
+    async def _conclude(self, run: LiveRun, recorder: HistoryRecorder) -> None:
+        """Record how the run ended, then say so (``run_finished``)."""
+        execution = run.execution
+        assert execution is not None and run.log is not None
+        # Cut short by terminate or by the server going down: the answers that arrived, and
+        # the text that was streaming, stay in the report.
+        execution.interrupted = run.scope.cancel_called or self._closing
+        report = execution.conclude()
+        if self._closing and not run.terminated:
+            report = replace(report, recorded_status="interrupted")
+        recorder.finish(report)
+        await written(self._writer)
+        self._finished(run, report, run.log.line(RunFinished(report)))
+
+    def _finished(self, run: LiveRun, report: RunReport, line: dict[str, Any] | None) -> None:
+        run.finish(report, line)
+        self._unfinished -= 1
+        self._forget_old()
 
     def terminate(self, run: LiveRun) -> None:
         run.terminated = True

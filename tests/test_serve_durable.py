@@ -1,0 +1,186 @@
+"""``fanout serve``: nothing accepted is lost, hostile bodies are one line, and OpenAI's clients
+get the errors they understand (streamed ones included). Real servers, real clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import openai
+import pytest
+
+from tests.conftest import AgentsFile
+from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
+from tests.servehelp import Served, serve_in_thread, serve_process, until
+
+Serve = Callable[..., Served]
+
+
+@pytest.fixture
+def serve(agents_file: AgentsFile) -> Iterator[Serve]:
+    started: list[Served] = []
+
+    def start(config: Path | None = None, **options: Any) -> Served:
+        served = serve_in_thread(config or agents_file(), **options)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+# -- a 202 means the run is recorded --------------------------------------------------------------
+
+
+def test_every_run_accepted_before_a_kill_is_there_after_a_restart(
+    server: FakeOpenAI, agents_file: AgentsFile, tmp_path: Path
+) -> None:
+    server.default = Hang()
+    config = str(agents_file())
+    env = {"FANOUT_HOME": str(tmp_path / "home")}
+    proc, url = serve_process("-c", config, "--max-runs", "400", env=env)
+    accepted: list[str] = []
+
+    async def post_all() -> None:
+        limits = httpx.Limits(max_connections=300)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+            async def post(i: int) -> None:
+                try:
+                    response = await client.post("/api/runs", json={"prompt": f"Q{i}"})
+                except httpx.HTTPError:
+                    return  # the server died under it: not accepted
+                if response.status_code == 202:
+                    accepted.append(response.json()["id"])
+                    if len(accepted) == 1:
+                        os.kill(proc.pid, signal.SIGKILL)  # right after the first 202
+
+            async with anyio.create_task_group() as tg:
+                for i in range(300):
+                    tg.start_soon(post, i)
+
+    try:
+        anyio.run(post_all)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert accepted
+    again, url = serve_process("-c", config, env=env)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            statuses = {run_id: client.get(f"/api/runs/{run_id}") for run_id in accepted}
+    finally:
+        again.send_signal(signal.SIGINT)
+        again.communicate(timeout=30)
+    lost = [run_id for run_id, response in statuses.items() if response.status_code != 200]
+    assert lost == []
+    for response in statuses.values():
+        assert response.json()["runtimeStatus"] == "Failed"
+        assert response.json()["customStatus"]["interrupted"] is True
+
+
+# -- hostile bodies ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"prompt": "Why?", "timeout": ' + b"9" * 400 + b"}", "timeout"),
+        (b'{"prompt": "Why?", "timeout": 1' + b"0" * 5000 + b"}", "malformed JSON"),
+        (b'{"prompt": "Why?", "concurrency": ' + b"9" * 400 + b"}", "concurrency"),
+        (b'{"prompt": "Why?", "max_cost": 1e999}', "max_cost"),
+        (b'{"prompt": "' + b"\\ud800" + b'"}', "prompt"),
+    ],
+)
+def test_hostile_json_is_400_with_one_line(serve: Serve, body: bytes, message: str) -> None:
+    served = serve()
+    with served.client() as client:
+        runs = client.post("/api/runs", content=body, headers={"content-type": "application/json"})
+        chat = client.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+        assert client.get("/healthz").status_code == 200  # the same connection, still good
+    assert runs.status_code == 400, runs.text
+    assert message in runs.json()["error"]
+    assert "\n" not in runs.text and "Traceback" not in runs.text
+    assert chat.status_code == 400
+    assert set(chat.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# -- OpenAI's errors -----------------------------------------------------------------------------
+
+
+def test_v1_is_refused_with_a_rate_limit_error_and_retry_after(
+    server: FakeOpenAI, serve: Serve
+) -> None:
+    release = threading.Event()
+    server.default = Reply(hold=release)
+    served = serve(max_runs=1)
+    try:
+        with served.client() as http:
+            http.post("/api/runs", json={"prompt": "Why?", "agents": ["chemist"]})
+            server.wait_for_requests(1)
+            refused = http.post(
+                "/v1/chat/completions",
+                json={"model": "fanout", "messages": [{"role": "user", "content": "x"}]},
+            )
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        error = refused.json()["error"]
+        assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+        assert set(error) == {"message", "type", "param", "code"}
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.RateLimitError, match="--max-runs"):
+            client.chat.completions.create(
+                model="fanout", messages=[{"role": "user", "content": "x"}]
+            )
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("model", ["fanout", "fanout/vote"])
+def test_a_streamed_answer_that_every_persona_failed_raises_in_the_client(
+    server: FakeOpenAI, serve: Serve, model: str
+) -> None:
+    server.default = Fault(500)
+    served = serve()
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+    messages: Any = [{"role": "user", "content": "Why?"}]
+    options = {"fanout": {"retries": 0}}
+    with pytest.raises(openai.APIStatusError) as whole:
+        client.chat.completions.create(model=model, messages=messages, extra_body=options)
+    assert whole.value.status_code == 502
+    stream = client.chat.completions.create(
+        model=model, messages=messages, stream=True, extra_body=options
+    )
+    with pytest.raises(openai.APIError, match="no call answered"):
+        for _ in stream:
+            pass
+
+
+def test_a_failed_run_says_why_in_the_samples_status(server: FakeOpenAI, serve: Serve) -> None:
+    server.default = Fault(401, body={"error": {"message": "bad key"}})
+    with serve().client() as client:
+        started = client.post(
+            "/api/multiagent/run", json={"prompt": "Why?", "agents": ["chemist", "physicist"]}
+        ).json()
+        status = until(
+            lambda: (
+                (s := client.get(started["statusQueryGetUri"]).json())["runtimeStatus"] == "Failed"
+                and s
+            ),
+            what="Failed",
+        )
+    assert status["output"] == {}
+    assert status["error"].startswith("no call answered (chemist: ")
+    assert "bad key" in status["error"] and "physicist" in status["error"]
+    assert json.dumps(status).count("\n") == 0
