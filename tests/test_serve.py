@@ -521,7 +521,7 @@ def test_max_runs_gives_429_with_retry_after(server: FakeOpenAI, serve: Serve) -
     release = threading.Event()
     server.default = Reply(hold=release)
     try:
-        with serve(max_runs=1).client() as client:
+        with serve(max_runs=1, max_queued=0).client() as client:
             first = client.post("/api/runs", json={"prompt": "Why?"})
             assert first.status_code == 202
             refused = client.post("/api/runs", json={"prompt": "Why?"})

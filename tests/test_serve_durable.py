@@ -124,7 +124,7 @@ def test_v1_is_refused_with_a_rate_limit_error_and_retry_after(
 ) -> None:
     release = threading.Event()
     server.default = Reply(hold=release)
-    served = serve(max_runs=1)
+    served = serve(max_runs=1, max_queued=0)
     try:
         with served.client() as http:
             http.post("/api/runs", json={"prompt": "Why?", "agents": ["chemist"]})
@@ -184,3 +184,66 @@ def test_a_failed_run_says_why_in_the_samples_status(server: FakeOpenAI, serve: 
     assert status["error"].startswith("no call answered (chemist: ")
     assert "bad key" in status["error"] and "physicist" in status["error"]
     assert json.dumps(status).count("\n") == 0
+
+
+# -- a gateway: traces continued, a queue before refusing -----------------------------------------
+
+
+def test_a_callers_traceparent_is_continued(server: FakeOpenAI, serve: Serve) -> None:
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    parent = {"traceparent": f"00-{trace_id}-{span_id}-01"}
+    served = serve()
+    with served.client() as client:
+        status = client.post(
+            "/api/runs?wait=30", json={"prompt": "Why?", "agents": ["chemist"]}, headers=parent
+        ).json()
+        document = client.get(f"/api/runs/{status['instanceId']}/document").json()
+        chat = client.post(
+            "/v1/chat/completions",
+            json={"model": "fanout", "messages": [{"role": "user", "content": "x"}]},
+            headers=parent,
+        ).json()
+        fresh = client.post("/api/runs?wait=30", json={"prompt": "Why?"}).json()
+    assert status["customStatus"]["trace_id"] == trace_id
+    assert document["trace_id"] == trace_id and document["parent_span_id"] == span_id
+    assert chat["fanout"]["trace_id"] == trace_id
+    upstream = {r.headers["traceparent"].split("-")[1] for r in server.requests[:1]}
+    assert upstream == {trace_id}
+    assert fresh["customStatus"]["trace_id"] not in (None, trace_id)
+
+
+def test_runs_past_max_runs_wait_as_pending_then_run(server: FakeOpenAI, serve: Serve) -> None:
+    release = threading.Event()
+    server.default = Reply(hold=release)
+    served = serve(max_runs=1, max_queued=2)
+    try:
+        with served.client() as client:
+            body = {"prompt": "Why?", "agents": ["chemist"]}
+            running = client.post("/api/runs", json=body).json()["id"]
+            server.wait_for_requests(1)
+            queued = [client.post("/api/runs", json=body) for _ in range(2)]
+            refused = client.post("/api/runs", json=body)
+            assert [r.status_code for r in queued] == [202, 202]
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert "--max-queued" in refused.json()["error"]
+            waiting = queued[0].json()["id"]
+            assert client.get(f"/api/runs/{waiting}").json()["runtimeStatus"] == "Pending"
+            terminated = client.post(f"/api/runs/{queued[1].json()['id']}/terminate")
+            assert terminated.status_code == 202  # taken out of the queue at once
+            gone = until(
+                lambda: (
+                    (r := client.get(f"/api/runs/{queued[1].json()['id']}")).status_code == 200
+                    and r.json()
+                ),
+                what="the queued run to be terminated",
+            )
+            assert gone["runtimeStatus"] == "Terminated"
+            assert len(server.requests) == 1  # the queued runs have not asked anything yet
+            release.set()
+            assert until(
+                lambda: client.get(f"/api/runs/{waiting}").json()["runtimeStatus"] == "Completed",
+                what="the queued run to run",
+            )
+            assert client.get(f"/api/runs/{running}").json()["runtimeStatus"] == "Completed"
+    finally:
+        release.set()

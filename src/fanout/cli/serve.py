@@ -78,9 +78,18 @@ def serve(
             "--max-runs",
             metavar="N",
             parser=count_parser(1, MAX_LIMIT),
-            help="Most runs in flight; more get a 429.",
+            help="Most runs executing at once; more wait for a slot (Pending).",
         ),
-    ] = 16,
+    ] = 64,
+    max_queued: Annotated[
+        int,
+        typer.Option(
+            "--max-queued",
+            metavar="N",
+            parser=count_parser(0, MAX_LIMIT),
+            help="Most runs waiting for a slot; more get a 429 with Retry-After.",
+        ),
+    ] = 1024,
 ) -> None:
     """Serve the panel over HTTP: a runs API, an OpenAI-compatible model, a live dashboard.
 
@@ -120,5 +129,6 @@ def serve(
             token=token,
             cors=cors,
             max_runs=max_runs,
+            max_queued=max_queued,
             allowed_hosts=allowed_host or (),
         )

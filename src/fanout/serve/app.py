@@ -34,12 +34,15 @@ from fanout.serve.events import EventLog
 from fanout.serve.guard import Guard, HostPolicy, check_cors, check_token
 from fanout.serve.limits import Connections, Limits
 from fanout.serve.runs import (
+    MAX_QUEUED,
+    MAX_RUNS,
     BadRequest,
     LiveRun,
     NotFound,
     RunManager,
     TooBusy,
     Unavailable,
+    caller_trace,
     is_finished,
     replay_lines,
     shape_names,
@@ -144,7 +147,7 @@ def manager_of(request: Request) -> RunManager:
 async def start_run(request: Request) -> Response:
     manager = manager_of(request)
     body = await read_prompt_or_json(request)
-    run = await manager.start(body)
+    run = await manager.start(body, trace=caller_trace(request.headers))
     wait = _wait_seconds(request)
     if wait > 0:
         with anyio.move_on_after(wait):
@@ -177,7 +180,7 @@ def live_status(run: LiveRun) -> dict[str, Any]:
         created=run.created,
         updated=run.updated,
         calls=run.calls if not run.over else None,
-        pending=not run.started,
+        pending=not run.started and not run.over,
         input=run.input,
     )
 
@@ -375,7 +378,7 @@ async def multiagent_run(request: Request) -> Response:
     if not isinstance(prompt, str) or not prompt.strip():
         return error(400, "Prompt is required")
     body["prompt"] = prompt.strip()
-    run = await manager_of(request).start(body)
+    run = await manager_of(request).start(body, trace=caller_trace(request.headers))
     if wait > 0:
         with anyio.move_on_after(wait):
             await run.done.wait()
@@ -490,7 +493,8 @@ def create_app(
     *,
     token: str | None = None,
     cors: str | None = None,
-    max_runs: int = 16,
+    max_runs: int = MAX_RUNS,
+    max_queued: int = MAX_QUEUED,
     provider: Provider | None = None,
     host: str = "127.0.0.1",
     allowed_hosts: Sequence[str] = (),
@@ -504,7 +508,7 @@ def create_app(
     hosts = HostPolicy.of(host, allowed_hosts)
     limits = limits or Limits()
     connections = Connections(limits)
-    manager = RunManager(panel, max_runs=max_runs, provider=provider)
+    manager = RunManager(panel, max_runs=max_runs, max_queued=max_queued, provider=provider)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -18,7 +18,14 @@ from starlette.responses import Response, StreamingResponse
 
 from fanout.export import json_line
 from fanout.serve.errors import error, error_body
-from fanout.serve.runs import BadRequest, LiveRun, failure_reason, final_answer, shape_names
+from fanout.serve.runs import (
+    BadRequest,
+    LiveRun,
+    caller_trace,
+    failure_reason,
+    final_answer,
+    shape_names,
+)
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -138,15 +145,20 @@ async def chat_completions(request: Request) -> Response:
         wanted = run_body(body)
     except _UnknownModel as exc:
         return openai_error(404, str(exc), "model_not_found")
-    run = await manager_of(request).start(wanted)
+    streamed = body.get("stream") is True
+    # The client waits for its answer: nothing to record before going on, and unless it is
+    # streamed, each answer is asked for whole (less work than reading a stream of pieces).
+    run = await manager_of(request).start(
+        wanted, durable=False, deltas=streamed, trace=caller_trace(request.headers)
+    )
     model = str(body["model"])
-    if body.get("stream") is True:
+    if streamed:
         return StreamingResponse(
             _chunks(run, model),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    await run.done.wait()
+    await run.answered.wait()
     document = run.document()
     text = answer_text(document)
     failure = run_failure(run.id, document, text)
@@ -207,10 +219,10 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
                 yield chunk({"content": text})
             elif line.kind == "retry" and line.call_id == streaming:
                 streaming = None  # a second attempt would repeat itself: answer whole at the end
-        if run.over:
+        if run.answered.is_set():
             break
         await run.changed(KEEPALIVE_S)
-        if index >= len(run.lines) and not run.over:
+        if index >= len(run.lines) and not run.answered.is_set():
             yield ": keep-alive\n\n"
     document = run.document()
     text = answer_text(document)

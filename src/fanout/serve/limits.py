@@ -20,7 +20,7 @@ import resource
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 BACKLOG = 64  # connections accepted per turn of the event loop (and the listen queue)
 DEFAULT_MAX_CONNECTIONS = 4096
@@ -144,13 +144,12 @@ class GuardedProtocol(asyncio.Protocol):
         self._writing: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.peer = _peer(transport.get_extra_info("peername"))
+        self.transport = writable = cast(asyncio.Transport, transport)  # (uvloop: no subclass)
+        self.peer = _peer(self.transport.get_extra_info("peername"))
         self.inner.connection_made(transport)
         if not self.connections.opened(self):
-            transport.write(_FULL)
-            transport.close()
+            writable.write(_FULL)
+            writable.close()
             return
         self._arm_header_timeout()
 

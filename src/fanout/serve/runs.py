@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -53,6 +53,7 @@ from fanout.retry import RetryPolicy
 from fanout.serve.events import EventLog
 from fanout.serve.store import written
 from fanout.shapes import SHAPES
+from fanout.tracing import TraceParent, parse_traceparent
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
@@ -61,6 +62,10 @@ RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout",
 # no more than this many bytes in all, and there are no more than FINISHED_KEPT of them; older
 # ones are read from the history (events without the deltas).
 REPLAY_BYTES = 64 * 1024 * 1024
+# A gateway's defaults: runs executing at once, and runs accepted meanwhile that wait (Pending)
+# for a slot; past both, a 429 with Retry-After.
+MAX_RUNS = 64
+MAX_QUEUED = 1024
 FINISHED_KEPT = 1024
 MAX_PROMPT_CHARS = 200_000
 _log = logging.getLogger("fanout.serve")
@@ -73,6 +78,12 @@ RUNTIME_STATUS = {
     "cancelled": "Terminated",
     "interrupted": "Failed",  # the server stopped under it: customStatus.interrupted
 }
+
+
+def caller_trace(headers: Mapping[str, str]) -> TraceParent | None:
+    """The W3C ``traceparent`` a request came with (None: none, or not a valid one, which
+    tracing ignores), so the run it starts is a span of the caller's trace."""
+    return parse_traceparent(headers.get("traceparent", ""))
 
 
 class BadRequest(Exception):
@@ -206,13 +217,15 @@ class LiveRun:
     started: bool = False
     terminated: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    done: anyio.Event = field(default_factory=anyio.Event)
-    _changed: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)  # over and recorded
+    answered: anyio.Event = field(default_factory=anyio.Event)  # over (``report`` is set)
+    _waiter: anyio.Event | None = None  # made when a reader waits for the next change
     _final: dict[str, Any] | None = None  # the document once it is over (asked for often)
 
     @property
     def over(self) -> bool:
-        return self.report is not None
+        """Over and recorded (``run_finished`` told)."""
+        return self.done.is_set()
 
     @property
     def size(self) -> int:
@@ -222,24 +235,32 @@ class LiveRun:
     def append(self, line: dict[str, Any]) -> None:
         self.lines.append(line)
         self.updated = str(line.get("ts") or _now())
-        self._changed.set()  # wake every SSE reader, then arm a new event for the next line
-        self._changed = anyio.Event()
+        self.touch()
 
     def touch(self) -> None:
-        """Something changed (a delta joined a line nobody has read yet)."""
-        self._changed.set()
-        self._changed = anyio.Event()
+        """Wake every reader waiting for a change (a line, a delta joining an unread line)."""
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    def concluded(self, report: RunReport) -> None:
+        """The run is over (its record may still be on its way to the history)."""
+        self.report = report
+        self.answered.set()
+        self.touch()
 
     def finish(self, report: RunReport, line: dict[str, Any] | None) -> None:
-        self.report = report
+        self.concluded(report)
+        self.done.set()
         if line is not None:
             self.append(line)
-        self.done.set()
-        self._changed.set()
+        self.touch()
 
     async def changed(self, seconds: float) -> None:
         """Wait for a new line (or ``seconds``, for a keep-alive)."""
-        event = self._changed
+        if self._waiter is None:
+            self._waiter = anyio.Event()
+        event = self._waiter
         with anyio.move_on_after(seconds):
             await event.wait()
 
@@ -291,9 +312,10 @@ class RunLog(JsonlWriter):
 
     wants_deltas = True
 
-    def __init__(self, run: LiveRun) -> None:
-        super().__init__(io.StringIO(), deltas=True)
+    def __init__(self, run: LiveRun, *, deltas: bool = True) -> None:
+        super().__init__(io.StringIO(), deltas=deltas)
         self.run = run
+        self.wants_deltas = deltas
 
     def handle(self, event: Event) -> None:
         self._track(event)
@@ -341,8 +363,8 @@ class RunManager:
         self,
         panel: Panel,
         *,
-        max_runs: int = 16,
-        max_queued: int = 0,
+        max_runs: int = MAX_RUNS,
+        max_queued: int = MAX_QUEUED,
         provider: Provider | None = None,
     ):
         self.panel = panel
@@ -352,6 +374,8 @@ class RunManager:
         self._runs: OrderedDict[str, LiveRun] = OrderedDict()
         self.replay_bytes = REPLAY_BYTES
         self._unfinished = 0
+        self._finished_ids: deque[str] = deque()  # oldest first
+        self._finished_bytes = 0
         self._history: History | None = None
         self._writer = HistoryWriter()
         self._slots = anyio.CapacityLimiter(max_runs)
@@ -367,6 +391,7 @@ class RunManager:
 
             self._provider = OpenAIProvider()
         self._history = await anyio.to_thread.run_sync(History, history_path(os.environ))
+        self._writer = HistoryWriter(self._history)  # commits what is queued together
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -391,15 +416,26 @@ class RunManager:
         """Runs accepted and not over: executing or waiting for a slot."""
         return self._unfinished
 
-    async def start(self, body: Mapping[str, Any] | RunRequest) -> LiveRun:
-        """Check a request, record its run in the history (committed: whoever is told the
-        run's id will find it, even if this process dies next) and start it; ``BadRequest``,
-        ``TooBusy``, ``Unavailable``."""
-        run = self._admit(body)
+    async def start(
+        self,
+        body: Mapping[str, Any] | RunRequest,
+        *,
+        durable: bool = True,
+        deltas: bool = True,
+        trace: TraceParent | None = None,
+    ) -> LiveRun:
+        """Check a request, record its run in the history and start it; ``BadRequest``,
+        ``TooBusy``, ``Unavailable``. ``durable``: return once the record is committed (whoever
+        is told the run's id will find it, even if this process dies next); without it (a
+        client that waits for the answer itself), the record is written meanwhile.
+        ``deltas``: keep the answers' text as it streams (else each answer whole at its end,
+        which costs less). ``trace``: the caller's ``traceparent``, which the run continues."""
+        run = self._admit(body, trace)
         self._unfinished += 1
         try:
-            recorder = self._prepare(run)
-            await written(self._writer)
+            recorder = self._prepare(run, deltas)
+            if durable:
+                await written(self._writer)
         except BaseException:
             self._unfinished -= 1
             self._runs.pop(run.id, None)
@@ -413,7 +449,7 @@ class RunManager:
         self._tg.start_soon(self._drive, run, recorder, name=f"fanout run {run.id}")
         return run
 
-    def _admit(self, body: Mapping[str, Any] | RunRequest) -> LiveRun:
+    def _admit(self, body: Mapping[str, Any] | RunRequest, trace: TraceParent | None) -> LiveRun:
         """The run a request stands for, if it can run and there is room for it."""
         run_id = uuid.uuid4().hex[:12]
         try:
@@ -422,6 +458,8 @@ class RunManager:
                 if isinstance(body, RunRequest)
                 else run_request(body, self.panel, run_id=run_id)
             )
+            if trace is not None:
+                request = replace(request, trace_id=trace.trace_id, parent_span_id=trace.span_id)
             plan = resolve(replace(request, run_id=run_id))
             check_credentials(plan.callers, os.environ)
         except FanoutError as exc:
@@ -438,7 +476,7 @@ class RunManager:
         self._runs[run_id] = run
         return run
 
-    def _prepare(self, run: LiveRun) -> HistoryRecorder:
+    def _prepare(self, run: LiveRun, deltas: bool = True) -> HistoryRecorder:
         """The run's execution, observed by its event log and its recorder, and its start
         queued for the history."""
         plan = run.plan
@@ -452,34 +490,24 @@ class RunManager:
             ),
             writer=self._writer,
         )
-        run.log = RunLog(run)
+        run.log = RunLog(run, deltas=deltas)
         observer = Broadcast(run.log, _UntilFinished(recorder))
         run.execution = prepare(plan, [observer], provider=self._provider, check=False)
         recorder.start(run.execution.report())
         return recorder
 
     async def _drive(self, run: LiveRun, recorder: HistoryRecorder) -> None:
-        try:
-            async with self._slots:
-                await self._execute(run, recorder)
-        except Exception:  # a bug in one run must not take the server (its task group) down
-            _log.exception("run %s failed", run.id)
-            if not run.over:
-                execution = run.execution
-                report = execution.report() if execution is not None else _empty_report(run)
-                self._finished(run, report, None)
-        finally:
-            if not run.over:  # cancelled waiting for a slot: the server is going down
-                with anyio.CancelScope(shield=True):
-                    await self._conclude(run, recorder)
-
-    async def _execute(self, run: LiveRun, recorder: HistoryRecorder) -> None:
+        """Wait for a slot, run, record how it ended: whatever happens (terminated while it
+        waits, the server going down, a bug), the run ends recorded."""
         execution = run.execution
         assert execution is not None
         try:
-            run.started = True
             with run.scope:
-                await execution.execute()
+                async with self._slots:
+                    run.started = True
+                    await execution.execute()
+        except Exception:  # a bug in one run must not take the server (its task group) down
+            _log.exception("run %s failed", run.id)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._conclude(run, recorder)
@@ -491,9 +519,14 @@ class RunManager:
         # Cut short by terminate or by the server going down: the answers that arrived, and
         # the text that was streaming, stay in the report.
         execution.interrupted = run.scope.cancel_called or self._closing
-        report = execution.conclude()
+        try:
+            report = execution.conclude()
+        except Exception:
+            _log.exception("run %s could not be concluded", run.id)
+            report = _empty_report(run)
         if self._closing and not run.terminated:
             report = replace(report, recorded_status="interrupted")
+        run.concluded(report)  # a client waiting for the answer has it now
         recorder.finish(report)
         await written(self._writer)
         self._finished(run, report, run.log.line(RunFinished(report)))
@@ -501,6 +534,8 @@ class RunManager:
     def _finished(self, run: LiveRun, report: RunReport, line: dict[str, Any] | None) -> None:
         run.finish(report, line)
         self._unfinished -= 1
+        self._finished_ids.append(run.id)
+        self._finished_bytes += run.size
         self._forget_old()
 
     def terminate(self, run: LiveRun) -> None:
@@ -511,7 +546,9 @@ class RunManager:
         return self._runs.get(run_id)
 
     def forget(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
+        run = self._runs.pop(run_id, None)
+        if run is not None and run.over:
+            self._finished_bytes -= run.size
 
     def live_runs(self) -> list[LiveRun]:
         return list(self._runs.values())
@@ -519,15 +556,12 @@ class RunManager:
     def _forget_old(self) -> None:
         """The oldest finished runs past ``REPLAY_BYTES`` (or ``FINISHED_KEPT``) are read from
         the history from now on."""
-        finished = [run for run in self._runs.values() if run.over]
-        size = sum(run.size for run in finished)
-        count = len(finished)
-        for run in finished:
-            if size <= self.replay_bytes and count <= FINISHED_KEPT:
-                break
-            del self._runs[run.id]
-            size -= run.size
-            count -= 1
+        ids = self._finished_ids
+        while ids and (self._finished_bytes > self.replay_bytes or len(ids) > FINISHED_KEPT):
+            run = self._runs.get(ids.popleft())
+            if run is not None and run.over:  # (not purged meanwhile)
+                del self._runs[run.id]
+                self._finished_bytes -= run.size
 
 
 # -- how a run looks to a poller -----------------------------------------------------------------
@@ -561,6 +595,7 @@ def status_document(
         "total": len(calls),
         "calls": dict(calls),
         "interrupted": status == "interrupted",
+        "trace_id": document.get("trace_id"),
     }
     final = final_answer(document)
     if final is not None:

@@ -23,6 +23,7 @@ from fanout.serve.limits import (
     guarded_protocol,
     raise_open_file_limit,
 )
+from fanout.serve.runs import MAX_QUEUED, MAX_RUNS
 
 if TYPE_CHECKING:
     import uvicorn
@@ -84,6 +85,9 @@ def uvicorn_config(app: Starlette, **options: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         http=guarded_protocol(connections),
+        # asyncio's own loop even where uvloop is installed: the connection cap counts on
+        # accepting a batch of BACKLOG at a time, which libuv does not do.
+        loop="asyncio",
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -101,7 +105,8 @@ def serve(
     port: int = 8080,
     token: str | None = None,
     cors: str | None = None,
-    max_runs: int = 16,
+    max_runs: int = MAX_RUNS,
+    max_queued: int = MAX_QUEUED,
     allowed_hosts: Sequence[str] = (),
     limits: Limits | None = None,
     say: Callable[[str], None] | None = None,
@@ -124,6 +129,7 @@ def serve(
         token=token,
         cors=cors,
         max_runs=max_runs,
+        max_queued=max_queued,
         host=host,
         allowed_hosts=allowed_hosts,
         limits=limits,

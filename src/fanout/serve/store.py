@@ -24,5 +24,5 @@ async def written(writer: HistoryWriter) -> None:
     def signal() -> None:  # in the writer's thread, once what was queued before is done
         loop.call_soon_threadsafe(resolve)
 
-    writer.submit(signal)
+    writer.after(signal)
     await done
