@@ -104,7 +104,8 @@ async def latencies(url: str, body: dict[str, Any], clients: int, total: int) ->
 
 
 def added_latency(backend: str, url: str) -> None:
-    print("\n| clients | direct p50 | direct p99 | fanout p50 | fanout p99 | added p50 | added p99 |")
+    print("\n| clients | direct p50 | direct p99 | fanout p50 | fanout p99 | added p50 "
+          "| added p99 |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for clients in (1, 10, 50):
         # Interleaved, so both see the same machine.
@@ -242,7 +243,8 @@ def workers(config: Path) -> None:
             finally:
                 stop(proc)
     for n in (1, 2):
-        print(f"| {n} | {statistics.median(rates[n]):.0f} ({', '.join(f'{r:.0f}' for r in rates[n])}) |")
+        each = ", ".join(f"{r:.0f}" for r in rates[n])
+        print(f"| {n} | {statistics.median(rates[n]):.0f} ({each}) |")
     ratio = statistics.median(rates[2]) / statistics.median(rates[1])
     print(f"\n2 workers / 1 worker: {ratio:.2f}x")
 
