@@ -90,6 +90,16 @@ def serve(
             help="Most runs waiting for a slot; more get a 429 with Retry-After.",
         ),
     ] = 1024,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            parser=count_parser(1, 64),
+            help="Processes answering (each any run's status, events, terminate and purge: "
+            "they share the history); --max-runs and --max-queued are per worker.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the panel over HTTP: a runs API, an OpenAI-compatible model, a live dashboard.
 
@@ -130,5 +140,6 @@ def serve(
             cors=cors,
             max_runs=max_runs,
             max_queued=max_queued,
+            workers=workers,
             allowed_hosts=allowed_host or (),
         )

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -30,7 +31,8 @@ from fanout.engine import Provider
 from fanout.errors import ConfigError, FanoutError
 from fanout.serve import chat
 from fanout.serve.errors import Json, error
-from fanout.serve.events import EventLog
+from fanout.serve.events import Followable
+from fanout.serve.follow import StoredRun
 from fanout.serve.guard import Guard, HostPolicy, check_cors, check_token
 from fanout.serve.limits import Connections, Limits
 from fanout.serve.runs import (
@@ -44,7 +46,6 @@ from fanout.serve.runs import (
     Unavailable,
     caller_trace,
     is_finished,
-    replay_lines,
     shape_names,
     status_document,
 )
@@ -265,10 +266,14 @@ async def terminate_run(request: Request) -> Response:
         document = await stored_document(request, run_id)
         if is_finished(document):
             return error(410, f"run {run_id} has already finished")
-        return error(409, f"run {run_id} is not running in this server")
-    if run.over:
+        if manager.shared is None:
+            return error(409, f"run {run_id} is not running in this server")
+        # Another worker runs it: it will hear of this within SHARED_POLL_S.
+        await anyio.to_thread.run_sync(manager.shared.ask, run_id, "terminate")
+    elif run.over:
         return error(410, f"run {run_id} has already finished")
-    manager.terminate(run)
+    else:
+        manager.terminate(run)
     return Json(
         {"id": run_id, "terminated": True, **run_links(request, run_id)},
         status_code=202,
@@ -288,6 +293,8 @@ async def purge_run(request: Request) -> Response:
             return error(409, f"run {run_id} is still running")
     deleted = await anyio.to_thread.run_sync(manager.history.purge, run_id)
     manager.forget(run_id)
+    if manager.shared is not None:  # another worker may hold it in memory
+        await anyio.to_thread.run_sync(manager.shared.ask, run_id, "forget")
     if not deleted and run is None:
         raise NotFound(run_id)
     return Json({"instancesDeleted": 1})
@@ -297,31 +304,28 @@ async def run_events(request: Request) -> Response:
     """Server-Sent Events: the ``--jsonl`` lines (past ones replayed, then live), each with
     ``id:`` its index, so a reconnecting reader (``Last-Event-ID``) misses none."""
     run_id = request.path_params["id"]
-    run = manager_of(request).live(run_id)
-    past = EventLog()
-    if run is None:
-        for line in replay_lines(await stored_document(request, run_id)):
-            past.append(line)
+    run: Followable | None = manager_of(request).live(run_id)
+    if run is None:  # known from the history: followed there (another worker may run it)
+        document = await stored_document(request, run_id)
+        run = StoredRun(document, partial(stored_document, request, run_id))
     deltas = request.query_params.get("deltas", "true").lower() not in ("0", "false", "no")
     try:
         start = int(request.headers.get("last-event-id", "-1")) + 1
     except ValueError:
         start = 0
-    lines = run.lines if run is not None else past
     return StreamingResponse(
-        event_stream(run, lines, max(start, 0), deltas),
+        event_stream(run, max(start, 0), deltas),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def event_stream(
-    run: LiveRun | None, lines: EventLog, index: int, deltas: bool
-) -> AsyncIterator[str]:
+async def event_stream(run: Followable, index: int, deltas: bool) -> AsyncIterator[str]:
     """The frames of ``lines`` from ``index`` on, then the live ones as they come. Frames go
     out in batches, with a turn of the event loop between: a client that left is noticed at
     once (not after thousands of writes into a closed socket), and a long replay never holds
     up the other requests."""
+    lines = run.lines
     yield "retry: 1000\n\n"
     while True:
         batch: list[str] = []
@@ -340,7 +344,7 @@ async def event_stream(
             yield "".join(batch)
             await anyio.lowlevel.checkpoint()
             continue
-        if run is None or run.over:
+        if run.over:
             return
         await run.changed(KEEPALIVE_S)
         if index >= len(lines):
@@ -499,16 +503,26 @@ def create_app(
     host: str = "127.0.0.1",
     allowed_hosts: Sequence[str] = (),
     limits: Limits | None = None,
+    worker: int | None = None,
 ) -> Starlette:
     """The server's ASGI app: ``panel`` is who answers; ``token`` guards every data route;
     ``host`` (the address listened on) and ``allowed_hosts`` are the names it answers to.
+    ``worker``: this app is worker number ``worker`` of several (``--workers``), which tell
+    each other what they are asked about each other's runs (and say who answered, in a
+    ``Fanout-Worker`` header).
     ``ConfigError`` for a token, origin or host name that cannot work."""
     check_token(token)
     check_cors(cors, token)
     hosts = HostPolicy.of(host, allowed_hosts)
     limits = limits or Limits()
     connections = Connections(limits)
-    manager = RunManager(panel, max_runs=max_runs, max_queued=max_queued, provider=provider)
+    manager = RunManager(
+        panel,
+        max_runs=max_runs,
+        max_queued=max_queued,
+        provider=provider,
+        shared=worker is not None,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -533,7 +547,13 @@ def create_app(
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
     ]
     guard = Middleware(
-        Guard, token=token, hosts=hosts, cors=cors, limits=limits, connections=connections
+        Guard,
+        token=token,
+        hosts=hosts,
+        cors=cors,
+        limits=limits,
+        connections=connections,
+        worker=worker,
     )
     middleware = [guard]
     if cors:  # outermost: a browser's preflight carries no token

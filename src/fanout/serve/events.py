@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from fanout.export import json_line
 
@@ -101,3 +101,16 @@ class EventLog:
                 self._open.pop(kept.call_id, None)
         self.size += 200 if kept.open else len(kept.json)
         return kept
+
+
+class Followable(Protocol):
+    """What an event stream reads: a run's lines so far, whether it is over, and a way to
+    wait for more."""
+
+    @property
+    def lines(self) -> EventLog: ...
+
+    @property
+    def over(self) -> bool: ...
+
+    async def changed(self, seconds: float) -> None: ...

@@ -184,12 +184,14 @@ class Guard:
         limits: Limits | None = None,
         connections: Connections | None = None,
         max_body: int = MAX_BODY,
+        worker: int | None = None,
     ) -> None:
         self.app, self.hosts, self.cors = app, hosts, cors
         self.token = None if token is None else token.encode("ascii")
         self.limits = limits or Limits()
         self.connections = connections
         self.max_body = max_body
+        self.extra = [] if worker is None else [(b"fanout-worker", str(worker).encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -280,7 +282,7 @@ class Guard:
 
     def _headed(self, scope: Scope, send: Send) -> Send:
         """``send`` adding the security headers to the response's start."""
-        extra = _PAGE_HEADERS if scope["path"] == "/" else _DATA_HEADERS
+        extra = [*(_PAGE_HEADERS if scope["path"] == "/" else _DATA_HEADERS), *self.extra]
 
         async def headed(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import os
+import sqlite3
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
@@ -51,7 +52,7 @@ from fanout.history import History, HistoryRecorder, HistoryWriter, history_path
 from fanout.models import RunReport
 from fanout.retry import RetryPolicy
 from fanout.serve.events import EventLog
-from fanout.serve.store import written
+from fanout.serve.store import SharedState, written
 from fanout.shapes import SHAPES
 from fanout.tracing import TraceParent, parse_traceparent
 
@@ -66,6 +67,7 @@ REPLAY_BYTES = 64 * 1024 * 1024
 # for a slot; past both, a 429 with Retry-After.
 MAX_RUNS = 64
 MAX_QUEUED = 1024
+SHARED_POLL_S = 0.2  # how often a worker looks at what the others were asked
 FINISHED_KEPT = 1024
 MAX_PROMPT_CHARS = 200_000
 _log = logging.getLogger("fanout.serve")
@@ -366,6 +368,7 @@ class RunManager:
         max_runs: int = MAX_RUNS,
         max_queued: int = MAX_QUEUED,
         provider: Provider | None = None,
+        shared: bool = False,
     ):
         self.panel = panel
         self.max_runs = max_runs
@@ -381,6 +384,8 @@ class RunManager:
         self._slots = anyio.CapacityLimiter(max_runs)
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
+        self._sharing = shared  # one of several workers: see SharedState
+        self.shared: SharedState | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RunManager]:
@@ -392,9 +397,14 @@ class RunManager:
             self._provider = OpenAIProvider()
         self._history = await anyio.to_thread.run_sync(History, history_path(os.environ))
         self._writer = HistoryWriter(self._history)  # commits what is queued together
+        if self._sharing:
+            path = history_path(os.environ).with_name("serve.db")
+            self.shared = await anyio.to_thread.run_sync(SharedState, path)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                if self.shared is not None:
+                    tg.start_soon(self._heed, self.shared, name="fanout workers' requests")
                 try:
                     yield self
                 finally:
@@ -405,6 +415,8 @@ class RunManager:
                 await self._provider.aclose()
                 await anyio.to_thread.run_sync(self._writer.close)
                 await anyio.to_thread.run_sync(self._history.close)
+                if self.shared is not None:
+                    self.shared.close()
 
     @property
     def history(self) -> History:
@@ -538,6 +550,27 @@ class RunManager:
         self._finished_bytes += run.size
         self._forget_old()
 
+    async def _heed(self, shared: SharedState) -> None:
+        """Act on what the other workers were asked about this worker's runs."""
+        last = await anyio.to_thread.run_sync(shared.last)
+        while True:
+            await anyio.sleep(SHARED_POLL_S)
+            try:
+                asked = await anyio.to_thread.run_sync(shared.since, last)
+            except sqlite3.Error as exc:  # busy for longer than its timeout: next time
+                _log.warning("the workers' shared state cannot be read: %s", exc)
+                continue
+            if asked:
+                last = asked[-1][0]
+            for _, run_id, action in asked:
+                run = self._runs.get(run_id)
+                if run is None:
+                    continue
+                if action == "terminate" and not run.over:
+                    self.terminate(run)
+                elif action == "forget" and run.over:
+                    self.forget(run_id)
+
     def terminate(self, run: LiveRun) -> None:
         run.terminated = True
         run.scope.cancel()
@@ -581,8 +614,11 @@ def status_document(
     status = str(document.get("status"))
     runtime = "Pending" if pending else RUNTIME_STATUS.get(status, "Running")
     if calls is None:
+        # A stored run still running (another worker's) has its calls not yet ended
+        # recorded as cancelled: they are pending.
+        unended = "pending" if status == "running" else "cancelled"
         calls = {
-            str(c.get("name")): str(c.get("status"))
+            str(c.get("name")): unended if c.get("status") == "cancelled" else str(c.get("status"))
             for s in document.get("stages") or []
             if isinstance(s, dict)
             for c in s.get("calls") or []

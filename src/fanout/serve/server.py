@@ -24,6 +24,7 @@ from fanout.serve.limits import (
     raise_open_file_limit,
 )
 from fanout.serve.runs import MAX_QUEUED, MAX_RUNS
+from fanout.serve.workers import MAX_WORKERS, supervise
 
 if TYPE_CHECKING:
     import uvicorn
@@ -109,6 +110,7 @@ def serve(
     max_queued: int = MAX_QUEUED,
     allowed_hosts: Sequence[str] = (),
     limits: Limits | None = None,
+    workers: int = 1,
     say: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until Ctrl-C or SIGTERM (runs in flight are stopped and recorded interrupted,
@@ -119,30 +121,43 @@ def serve(
             f"--host {host}: other machines could reach it; set --token or {TOKEN_ENV} "
             "(clients then send Authorization: Bearer <token>)"
         )
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers: from 1 to {MAX_WORKERS}")
     import uvicorn
 
     import fanout.provider  # noqa: F401 - the openai client loads now, not after the URL shows
     from fanout.serve.app import create_app
 
-    app = create_app(
-        panel,
-        token=token,
-        cors=cors,
-        max_runs=max_runs,
-        max_queued=max_queued,
-        host=host,
-        allowed_hosts=allowed_hosts,
-        limits=limits,
-    )
+    def app(worker: int | None) -> Starlette:
+        return create_app(
+            panel,
+            token=token,
+            cors=cors,
+            max_runs=max_runs,
+            max_queued=max_queued,
+            host=host,
+            allowed_hosts=allowed_hosts,
+            limits=limits,
+            worker=worker,
+        )
+
+    first = app(None if workers == 1 else 0)  # its checks (token, origin, hosts) now
     History(history_path(os.environ)).close()  # a history that cannot open: said now, once
     raise_open_file_limit()
     sock = bind(host, port)
-    config = uvicorn_config(app)
     (say or _stdout)(f"fanout serve: {url_of(sock)} (Ctrl-C to stop)")
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    # uvicorn hands Ctrl-C back as KeyboardInterrupt once it has shut down cleanly.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run(sockets=[sock])
+
+    def work(index: int) -> None:
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        config = uvicorn_config(first if index == 0 else app(index))
+        # uvicorn hands Ctrl-C back as KeyboardInterrupt once it has shut down cleanly.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run(sockets=[sock])
+
+    if workers == 1:
+        work(0)
+    else:
+        supervise(workers, work)
 
 
 def _stdout(message: str) -> None:
