@@ -247,3 +247,34 @@ def test_runs_past_max_runs_wait_as_pending_then_run(server: FakeOpenAI, serve: 
             assert client.get(f"/api/runs/{running}").json()["runtimeStatus"] == "Completed"
     finally:
         release.set()
+
+
+def test_a_persona_asked_alone_streams_as_it_answers(server: FakeOpenAI, serve: Serve) -> None:
+    release = threading.Event()
+    server.default = Reply(text="Heat flows from hot to cold.", hold=release)
+    served = serve()
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+    try:
+        stream = client.chat.completions.create(
+            model="fanout",
+            messages=[{"role": "user", "content": "Why?"}],
+            stream=True,
+            extra_body={"fanout": {"agents": ["chemist"], "synthesize": False}},
+        )
+        pieces = []
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+                if not release.is_set():
+                    # The first words are here while the answer's last piece is held back.
+                    assert "cold." not in "".join(pieces)
+                    release.set()
+    finally:
+        release.set()
+    assert "".join(pieces) == "Heat flows from hot to cold."
+    whole = client.chat.completions.create(
+        model="fanout",
+        messages=[{"role": "user", "content": "Why?"}],
+        extra_body={"fanout": {"agents": ["chemist"], "synthesize": False}},
+    )
+    assert whole.choices[0].message.content == "Heat flows from hot to cold."

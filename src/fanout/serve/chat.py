@@ -113,12 +113,17 @@ def last_user_message(messages: Any) -> str:
 
 
 def answer_text(document: Mapping[str, Any]) -> str:
-    """What the assistant says: the synthesis or verdict, else each answer under its name."""
+    """What the assistant says: the synthesis or verdict, else each answer under its name (one
+    persona asked alone: its answer as it is, as a stream of it says)."""
     final = final_answer(document)
     if final is not None:
         return final
     stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     last = stages[-1] if stages else {}
+    calls = [c for c in last.get("calls") or [] if isinstance(c, dict)]
+    if len(stages) == 1 and len(calls) == 1 and last.get("verdict") is None:
+        answer = calls[0].get("answer")
+        return str(answer) if calls[0].get("status") == "ok" and answer is not None else ""
     parts = []
     if isinstance(last.get("verdict"), dict):
         parts.append(f"Verdict: {json_line(last['verdict'])}")
@@ -200,7 +205,12 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
         return f"data: {json_line(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    last_stage = run.plan.stages[-1].id if len(run.plan.stages) > 1 else None
+    # The stage whose one call is the answer (a synthesis; a persona asked alone) streams as
+    # it is written; a lone stage with a verdict, or one that grows the plan (the answer is
+    # what comes of it), does not.
+    stages = run.plan.stages
+    alone = len(stages) == 1 and (stages[0].key is not None or hasattr(stages[0], "follow"))
+    last_stage = None if alone else stages[-1].id
     streaming: str | None = None  # the call id whose deltas are the answer
     streamed: list[str] = []
     index = 0
