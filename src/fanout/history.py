@@ -606,7 +606,7 @@ def _identity(pid: int) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=4)
-def _identity_of(pid: int) -> tuple[tuple[str, Any], ...]:
+def _identity_of(pid: int) -> tuple[tuple[str, object], ...]:
     # Asked for every run a server starts: the answer cannot change for a given live pid.
     identity = {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _start(pid)}
     return tuple(identity.items())

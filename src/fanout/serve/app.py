@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -75,7 +75,7 @@ def is_json(kind: str) -> bool:
     return kind in JSON_TYPES or (kind.startswith("application/") and kind.endswith("+json"))
 
 
-async def read_json(request: Request) -> dict[str, Any]:
+async def read_json(request: Request) -> dict[str, object]:
     """The body as a JSON object; ``BadMediaType`` unless it says it is JSON, ``BadRequest``
     for anything but an object."""
     if not is_json(media_type(request)):
@@ -83,7 +83,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     return parse_json(await read_body(request))
 
 
-def parse_json(raw: bytes) -> dict[str, Any]:
+def parse_json(raw: bytes) -> dict[str, object]:
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -369,7 +369,7 @@ async def multiagent_run(request: Request) -> Response:
     ``/api/runs``: the status, 200, if the run ends in time)."""
     kind = media_type(request)
     if kind == "text/plain":
-        body: dict[str, Any] = {"prompt": _text(await read_body(request))}
+        body: dict[str, object] = {"prompt": _text(await read_body(request))}
     elif is_json(kind):
         body = parse_json(await read_body(request))
     else:
@@ -399,7 +399,7 @@ async def multiagent_run(request: Request) -> Response:
     )
 
 
-def _sample_wait(request: Request, given: Any) -> float:
+def _sample_wait(request: Request, given: object) -> float:
     if given is None:
         return _wait_seconds(request)
     if isinstance(given, bool):
@@ -492,6 +492,48 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error: {type(exc).__name__}", path=request.url.path)
 
 
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+    BadRequest: _bad_request,
+    BadMediaType: _bad_media_type,
+    NotFound: _not_found,
+    TooBusy: _too_busy,
+    Unavailable: _unavailable,
+    HTTPException: _http_error,
+    FanoutError: _fanout_error,
+    Exception: _internal,
+}
+
+
+def _middleware(
+    token: str | None,
+    hosts: HostPolicy,
+    cors: str | None,
+    limits: Limits,
+    connections: Connections,
+    worker: int | None,
+) -> list[Middleware]:
+    guard = Middleware(
+        Guard,
+        token=token,
+        hosts=hosts,
+        cors=cors,
+        limits=limits,
+        connections=connections,
+        worker=worker,
+    )
+    if not cors:
+        return [guard]
+    # CORS outermost: a browser's preflight carries no token.
+    allowed = Middleware(
+        CORSMiddleware,
+        allow_origins=[cors],
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["authorization", "content-type", "last-event-id", "traceparent"],
+        expose_headers=["location", "retry-after"],
+    )
+    return [allowed, guard]
+
+
 def create_app(
     panel: Panel,
     *,
@@ -546,41 +588,11 @@ def create_app(
         Route("/v1/models", chat.list_models),
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
     ]
-    guard = Middleware(
-        Guard,
-        token=token,
-        hosts=hosts,
-        cors=cors,
-        limits=limits,
-        connections=connections,
-        worker=worker,
-    )
-    middleware = [guard]
-    if cors:  # outermost: a browser's preflight carries no token
-        middleware.insert(
-            0,
-            Middleware(
-                CORSMiddleware,
-                allow_origins=[cors],
-                allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["authorization", "content-type", "last-event-id"],
-                expose_headers=["location", "retry-after"],
-            ),
-        )
     app = Starlette(
         routes=routes,
-        middleware=middleware,
+        middleware=_middleware(token, hosts, cors, limits, connections, worker),
         lifespan=lifespan,
-        exception_handlers={
-            BadRequest: _bad_request,
-            BadMediaType: _bad_media_type,
-            NotFound: _not_found,
-            TooBusy: _too_busy,
-            Unavailable: _unavailable,
-            HTTPException: _http_error,
-            FanoutError: _fanout_error,
-            Exception: _internal,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.manager = manager
     app.state.connections = connections

@@ -220,9 +220,10 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
             index += 1
             if line.kind == "stage_started":
                 value = line.value()
-                if value.get("stage") == last_stage:
-                    calls = value.get("calls") or []
-                    streaming = calls[0].get("call_id") if len(calls) == 1 else None
+                calls = value.get("calls")
+                if value.get("stage") == last_stage and isinstance(calls, list):
+                    one = calls[0] if len(calls) == 1 and isinstance(calls[0], dict) else {}
+                    streaming = one.get("call_id")
             elif line.kind == "delta" and streaming and line.call_id == streaming:
                 text = str(line.value().get("text"))
                 streamed.append(text)

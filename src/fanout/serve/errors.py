@@ -8,7 +8,6 @@ into their typed exceptions (``openai.RateLimitError``...), on every error statu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from starlette.responses import Response
 
@@ -29,7 +28,8 @@ class Json(Response):
 
     media_type = "application/json"
 
-    def render(self, content: Any) -> bytes:
+    def render(self, content: object) -> bytes:
+        assert isinstance(content, dict)
         return json_line(content).encode("utf-8")
 
 
@@ -43,7 +43,7 @@ def is_openai_path(path: str) -> bool:
 
 def error_body(
     status: int, message: str, *, path: str = "", code: str | None = None
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The body of an error response for ``path``."""
     if not is_openai_path(path):
         return {"error": one_line(message)}

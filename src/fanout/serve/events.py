@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from fanout.export import json_line
+
+JsonObject = dict[str, object]  # a line, as JSON has it
 
 _BLOCK = 256  # pieces of text joined into one string at a time (memory stays linear)
 
@@ -25,12 +27,12 @@ class Line:
 
     __slots__ = ("_base", "_blocks", "_json", "_pieces", "call_id", "kind")
 
-    def __init__(self, line: dict[str, Any]) -> None:
+    def __init__(self, line: JsonObject) -> None:
         call_id = line.get("call_id")
         self.kind = str(line.get("type"))
         self.call_id = None if call_id is None else str(call_id)
         self._json: str | None = None
-        self._base: dict[str, Any] | None = None
+        self._base: JsonObject | None = None
         self._blocks: list[str] = []
         self._pieces: list[str] = []
         if self.kind == "delta":
@@ -60,8 +62,8 @@ class Line:
             self._base, self._blocks, self._pieces = None, [], []
         return self._json
 
-    def value(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.json)
+    def value(self) -> JsonObject:
+        value: JsonObject = json.loads(self.json)
         return value
 
 
@@ -91,7 +93,7 @@ class EventLog:
         self.size += len(text)
         return True
 
-    def append(self, line: dict[str, Any]) -> Line:
+    def append(self, line: JsonObject) -> Line:
         kept = Line(line)
         self._lines.append(kept)
         if kept.call_id is not None:

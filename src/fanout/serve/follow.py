@@ -7,11 +7,10 @@ is recorded), ``run_finished`` when the run is. No deltas: those only the runnin
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 
-from fanout.serve.events import EventLog
+from fanout.serve.events import EventLog, JsonObject
 from fanout.serve.runs import NotFound, is_finished, replay_lines
 
 FOLLOW_S = 0.25
@@ -22,9 +21,7 @@ ENDED = ("ok", "error", "skipped")
 class StoredRun:
     """A ``Followable`` over the stored document of a run."""
 
-    def __init__(
-        self, document: dict[str, Any], load: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> None:
+    def __init__(self, document: JsonObject, load: Callable[[], Awaitable[JsonObject]]) -> None:
         self.lines = EventLog()
         self.over = False
         self._load = load
@@ -40,7 +37,7 @@ class StoredRun:
             return
         self._take(document)
 
-    def _take(self, document: dict[str, Any]) -> None:
+    def _take(self, document: JsonObject) -> None:
         finished = is_finished(document)
         for line in replay_lines(document):
             key = _key(line)
@@ -54,7 +51,7 @@ class StoredRun:
         self.over = finished
 
 
-def _key(line: dict[str, Any]) -> tuple[str, str]:
+def _key(line: JsonObject) -> tuple[str, str]:
     kind = str(line.get("type"))
     if kind == "stage_started":
         return kind, str(line.get("stage"))

@@ -20,7 +20,7 @@ import resource
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 BACKLOG = 64  # connections accepted per turn of the event loop (and the listen queue)
 DEFAULT_MAX_CONNECTIONS = 4096
@@ -108,14 +108,14 @@ class Connections:
         if self._idle.get(connection.peer) is connection:
             del self._idle[connection.peer]
 
-    def busy(self, peer: Any) -> None:
+    def busy(self, peer: object) -> None:
         """A request's headers are in (from the ASGI side, by the client's address)."""
         connection = self._open.get(_peer(peer))
         if connection is not None:
             self._idle.pop(connection.peer, None)
             connection.request_started()
 
-    def idle(self, peer: Any) -> None:
+    def idle(self, peer: object) -> None:
         """Its response is over: the connection may wait for the next request."""
         connection = self._open.get(_peer(peer))
         if connection is not None:
@@ -124,7 +124,7 @@ class Connections:
             connection.request_finished()
 
 
-def _peer(value: Any) -> Peer:
+def _peer(value: object) -> Peer:
     if isinstance(value, tuple | list) and len(value) >= 2:
         return (str(value[0]), int(value[1]))
     return ("", 0)
@@ -136,8 +136,8 @@ class GuardedProtocol(asyncio.Protocol):
     inner_class: ClassVar[Callable[..., asyncio.Protocol]]
     connections: ClassVar[Connections]
 
-    def __init__(self, **kwargs: Any) -> None:
-        self.inner: Any = self.inner_class(**kwargs)
+    def __init__(self, **kwargs: object) -> None:
+        self.inner = self.inner_class(**kwargs)
         self.transport: asyncio.Transport | None = None
         self.peer: Peer = ("", 0)
         self._deadline: asyncio.TimerHandle | None = None

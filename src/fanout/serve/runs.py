@@ -251,7 +251,7 @@ class LiveRun:
         self.answered.set()
         self.touch()
 
-    def finish(self, report: RunReport, line: dict[str, Any] | None) -> None:
+    def finish(self, report: RunReport, line: dict[str, object] | None) -> None:
         self.concluded(report)
         self.done.set()
         if line is not None:
@@ -543,7 +543,7 @@ class RunManager:
         await written(self._writer)
         self._finished(run, report, run.log.line(RunFinished(report)))
 
-    def _finished(self, run: LiveRun, report: RunReport, line: dict[str, Any] | None) -> None:
+    def _finished(self, run: LiveRun, report: RunReport, line: dict[str, object] | None) -> None:
         run.finish(report, line)
         self._unfinished -= 1
         self._finished_ids.append(run.id)
@@ -671,7 +671,7 @@ def failure_reason(document: Mapping[str, Any]) -> str | None:
     return f"no call answered ({shown})" if failed else "no call answered"
 
 
-def _error_message(call: Mapping[str, Any]) -> str:
+def _error_message(call: Mapping[str, object]) -> str:
     error = call.get("error")
     if isinstance(error, dict) and error.get("message"):
         return str(error["message"])

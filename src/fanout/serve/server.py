@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fanout.config import Panel
 from fanout.errors import ConfigError
@@ -76,7 +76,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}/"
 
 
-def uvicorn_config(app: Starlette, **options: Any) -> uvicorn.Config:
+def uvicorn_config(app: Starlette) -> uvicorn.Config:
     """How uvicorn runs the app: our protocol around its own (timeouts, the connection cap:
     ``limits.py``), a short accept batch, no access log (a line per poll is noise)."""
     import uvicorn
@@ -95,7 +95,6 @@ def uvicorn_config(app: Starlette, **options: Any) -> uvicorn.Config:
         backlog=BACKLOG,
         timeout_keep_alive=max(1, math.ceil(limits.keep_alive_s)),
         timeout_graceful_shutdown=GRACE_S,
-        **options,
     )
 
 
