@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -501,3 +502,29 @@ def test_replay_memory_is_bounded_by_bytes(server: FakeOpenAI, serve: Serve) -> 
         with client.stream("GET", f"/api/runs/{ids[0]}/events") as response:
             kinds = [line for line in response.iter_lines() if line.startswith("event:")]
         assert kinds[-1] == "event: run_finished" and "event: delta" not in kinds
+
+
+def test_a_long_answer_behind_a_proxy_is_not_cut_by_the_header_timeout(
+    server: FakeOpenAI, serve: Serve
+) -> None:
+    release = threading.Event()
+    server.default = Reply(hold=release)
+    served = serve(limits=QUICK)
+    # A local proxy forwards the client's address: the connection is still the proxy's own.
+    proxied = {"x-forwarded-for": "203.0.113.7", "x-forwarded-proto": "https"}
+    answers: list[httpx.Response] = []
+
+    def wait_for_the_answer() -> None:
+        with served.client() as client:
+            answers.append(
+                client.post("/api/runs?wait=30", json={"prompt": "Why?"}, headers=proxied)
+            )
+
+    waiting = threading.Thread(target=wait_for_the_answer)
+    waiting.start()
+    server.wait_for_requests(3)
+    time.sleep(4 * QUICK.header_timeout_s)  # the timeout under test must have come and gone
+    release.set()
+    waiting.join(30)
+    assert answers and answers[0].status_code == 200, answers
+    assert answers[0].json()["runtimeStatus"] == "Completed"

@@ -509,7 +509,6 @@ def _middleware(
     hosts: HostPolicy,
     cors: str | None,
     limits: Limits,
-    connections: Connections,
     worker: int | None,
 ) -> list[Middleware]:
     guard = Middleware(
@@ -518,7 +517,6 @@ def _middleware(
         hosts=hosts,
         cors=cors,
         limits=limits,
-        connections=connections,
         worker=worker,
     )
     if not cors:
@@ -590,7 +588,7 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        middleware=_middleware(token, hosts, cors, limits, connections, worker),
+        middleware=_middleware(token, hosts, cors, limits, worker),
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )

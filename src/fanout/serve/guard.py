@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fanout.errors import ConfigError
 from fanout.serve.errors import error
-from fanout.serve.limits import Connections, Limits
+from fanout.serve.limits import Limits
 
 MAX_BODY = 1024 * 1024  # bytes: a prompt, not an upload
 LOOPBACK_NAMES = frozenset({"localhost"})
@@ -182,14 +182,12 @@ class Guard:
         hosts: HostPolicy,
         cors: str | None = None,
         limits: Limits | None = None,
-        connections: Connections | None = None,
         max_body: int = MAX_BODY,
         worker: int | None = None,
     ) -> None:
         self.app, self.hosts, self.cors = app, hosts, cors
         self.token = None if token is None else token.encode("ascii")
         self.limits = limits or Limits()
-        self.connections = connections
         self.max_body = max_body
         self.extra = [] if worker is None else [(b"fanout-worker", str(worker).encode())]
 
@@ -197,14 +195,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        if self.connections is not None:
-            self.connections.busy(client)
-        try:
-            await self._checked(scope, receive, self._headed(scope, send))
-        finally:
-            if self.connections is not None:
-                self.connections.idle(client)
+        await self._checked(scope, receive, self._headed(scope, send))
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)

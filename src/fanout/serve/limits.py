@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 BACKLOG = 64  # connections accepted per turn of the event loop (and the listen queue)
 DEFAULT_MAX_CONNECTIONS = 4096
 
@@ -218,6 +220,26 @@ class GuardedProtocol(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._deadline = self._writing = None
+
+
+class Tracked:
+    """The ASGI app as uvicorn calls it: tells ``connections`` when a request is in progress
+    on a connection (known by the client's address, before any proxy header replaces it), so
+    that no timeout meant for an idle connection cuts a long answer short."""
+
+    def __init__(self, app: ASGIApp, connections: Connections) -> None:
+        self.app, self.connections = app, connections
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        self.connections.busy(client)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.connections.idle(client)
 
 
 def guarded_protocol(connections: Connections) -> type[GuardedProtocol]:

@@ -20,6 +20,7 @@ from fanout.serve.limits import (
     BACKLOG,
     Connections,
     Limits,
+    Tracked,
     guarded_protocol,
     raise_open_file_limit,
 )
@@ -80,11 +81,19 @@ def uvicorn_config(app: Starlette) -> uvicorn.Config:
     """How uvicorn runs the app: our protocol around its own (timeouts, the connection cap:
     ``limits.py``), a short accept batch, no access log (a line per poll is noise)."""
     import uvicorn
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
     connections: Connections = app.state.connections
     limits = connections.limits
+    # uvicorn's own proxy-header handling, applied inside the tracking of connections (which
+    # needs the socket's address, not the one a proxy forwards).
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    # (uvicorn and Starlette type the same ASGI callables differently.)
+    proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+    served = Tracked(proxied, connections)  # type: ignore[arg-type]
     return uvicorn.Config(
-        app,
+        served,
+        proxy_headers=False,
         http=guarded_protocol(connections),
         # asyncio's own loop even where uvloop is installed: the connection cap counts on
         # accepting a batch of BACKLOG at a time, which libuv does not do.
