@@ -86,6 +86,7 @@ class Connections:
         self.limits = limits
         self._open: dict[Peer, GuardedProtocol] = {}
         self._idle: OrderedDict[Peer, GuardedProtocol] = OrderedDict()  # no request in progress
+        self._cap: int | None = None
 
     def __len__(self) -> int:
         return len(self._open)
@@ -95,8 +96,9 @@ class Connections:
         peer = connection.peer
         self._open[peer] = connection
         self._idle[peer] = connection
-        cap = self.limits.connection_cap()
-        while len(self._open) > cap:
+        if self._cap is None:  # from the open-file limit as it is once serving (raised by then)
+            self._cap = self.limits.connection_cap()
+        while len(self._open) > self._cap:
             oldest = next((p for p in self._idle if p != peer), None)
             if oldest is None:
                 return False
