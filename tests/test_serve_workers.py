@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,30 @@ def two_workers(
 def answered_by(
     client: httpx.Client, wanted: Callable[[str], bool], method: str, path: str, **kwargs: Any
 ) -> httpx.Response:
-    """Ask until the answer comes from a worker ``wanted`` accepts."""
+    """Ask until the answer comes from a worker ``wanted`` accepts (for requests that change
+    nothing: the others were answered too)."""
     for _ in range(400):
         response = client.request(method, path, **kwargs)
         if wanted(response.headers["fanout-worker"]):
             return response
     raise AssertionError(f"no answer from the wanted worker to {method} {path}")
+
+
+@contextmanager
+def connected_to(client: httpx.Client, wanted: Callable[[str], bool]) -> Iterator[httpx.Client]:
+    """A client whose one kept-alive connection a worker ``wanted`` accepted (every request
+    on it goes to that worker)."""
+    for _ in range(400):
+        one = httpx.Client(
+            base_url=client.base_url, timeout=30, limits=httpx.Limits(max_connections=1)
+        )
+        try:
+            if wanted(one.get("/healthz").headers["fanout-worker"]):
+                yield one
+                return
+        finally:
+            one.close()
+    raise AssertionError("no connection to the wanted worker")
 
 
 def test_any_worker_answers_a_runs_status_and_events(
@@ -105,18 +124,20 @@ def test_any_worker_terminates_and_purges_a_run(
         return worker == owner
 
     server.wait_for_requests(3)
-    stop = answered_by(client, other, "POST", f"/api/runs/{run_id}/terminate")
+    with connected_to(client, other) as there:
+        stop = there.post(f"/api/runs/{run_id}/terminate")
     assert stop.status_code == 202, stop.text
     status = until(
         lambda: (r := client.get(f"/api/runs/{run_id}")).status_code == 200 and r.json(),
         what="the run to be terminated by the worker running it",
     )
     assert status["runtimeStatus"] == "Terminated"
-    again = answered_by(client, other, "POST", f"/api/runs/{run_id}/terminate")
-    assert again.status_code == 410
+    with connected_to(client, other) as there:
+        assert there.post(f"/api/runs/{run_id}/terminate").status_code == 410
     # The worker that ran it holds it in memory; the other one purges it: gone everywhere.
     assert answered_by(client, mine, "GET", f"/api/runs/{run_id}").status_code == 200
-    purged = answered_by(client, other, "DELETE", f"/api/runs/{run_id}")
+    with connected_to(client, other) as there:
+        purged = there.delete(f"/api/runs/{run_id}")
     assert purged.json() == {"instancesDeleted": 1}
     until(
         lambda: answered_by(client, mine, "GET", f"/api/runs/{run_id}").status_code == 404,
