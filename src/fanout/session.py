@@ -88,6 +88,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PIPE = 141  # stdout was closed by its reader (`| head`): as if SIGPIPE had ended us
+EXIT_UNDECIDED = 4  # it ran, but a verdict decided nothing (no quorum, a tie, a split judge)
 EXIT_FOR_STATUS = {
     "completed": EXIT_OK,
     "partial": EXIT_PARTIAL,
@@ -97,6 +98,13 @@ EXIT_FOR_STATUS = {
     "running": EXIT_OK,
 }
 Mode = Literal["table", "json", "jsonl"]
+
+
+def exit_for(status: str, decided: bool | None) -> int:
+    """A run's exit code: its status's, except that a run that ran (all or in part) and
+    whose verdict decided nothing ends with ``EXIT_UNDECIDED``, for a script to test."""
+    code = EXIT_FOR_STATUS.get(status, EXIT_OK)
+    return EXIT_UNDECIDED if decided is False and code in (EXIT_OK, EXIT_PARTIAL) else code
 
 
 @dataclass(frozen=True)
@@ -789,7 +797,7 @@ def show_run(
     if with_timeline:
         make_console(stderr=json_output or raw).print(timeline(report))
     if exit_status:
-        return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+        return exit_for(str(stored.document.get("status", "")), report.decided)
     return EXIT_OK
 
 
@@ -988,7 +996,7 @@ def _emit(
     if interrupted:
         print_warning(err, "interrupted: unfinished personas are marked cancelled")
         return EXIT_INTERRUPTED
-    return EXIT_FOR_STATUS[report.status]
+    return exit_for(report.status, report.decided)
 
 
 def show_report(report: RunReport, view: str | None, *, recorded: bool = True) -> None:

@@ -98,19 +98,18 @@ def last_user_message(messages: Any) -> str:
 
 
 def answer_text(document: Mapping[str, Any]) -> str:
-    """What the assistant says: the synthesis or verdict, else each answer under its name."""
+    """What the assistant says: what the run decided, in words (the synthesis, the judge's
+    pick, the vote's winner, or why nothing was decided), else each answer under its name.
+    The whole verdict rides along in the ``fanout`` field."""
     final = final_answer(document)
     if final is not None:
         return final
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
-    last = stages[-1] if stages else {}
-    parts = []
-    if isinstance(last.get("verdict"), dict):
-        parts.append(f"Verdict: {json_line(last['verdict'])}")
-    for call in last.get("calls") or []:
-        if isinstance(call, dict) and call.get("status") == "ok":
-            parts.append(f"{call.get('name')}: {call.get('answer')}")
-    return "\n\n".join(parts)
+    answers = document.get("agents") or []
+    return "\n\n".join(
+        f"{call.get('name')}: {call.get('answer')}"
+        for call in answers
+        if isinstance(call, dict) and call.get("status") == "ok"
+    )
 
 
 def usage_of(document: Mapping[str, Any]) -> dict[str, int]:
