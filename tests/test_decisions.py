@@ -17,7 +17,7 @@ from tests.conftest import AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
 from tests.servehelp import Served, serve_in_thread, until
 
-EXIT_UNDECIDED = 4  # the README's exit-code table
+EXIT_UNDECIDED = 5  # the README's exit-code table
 
 
 def said(server: FakeOpenAI, model: str, *texts: str) -> None:
@@ -60,7 +60,7 @@ def test_a_vote_with_choices_shows_each_answer_as_its_choice(
 # -- an undecided verdict ---------------------------------------------------------------------
 
 
-def test_a_vote_without_quorum_shows_no_check_mark_warns_once_and_exits_4(
+def test_a_vote_without_quorum_shows_no_check_mark_warns_once_and_exits_5(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:
     for model, answer in (("m-a", "Paris"), ("m-b", "Paris"), ("m-c", "Lyon"), ("m-d", "Nice")):

@@ -464,7 +464,7 @@ stages:
     prompt: "Polish: {{drafts-judge}}"
 """,
     )
-    document = run_json(invoke, flow, "-c", config, code=4)  # the judge called a tie
+    document = run_json(invoke, flow, "-c", config, code=5)  # the judge called a tie
     drafts = [user_text(r) for r in of(server, "m-a")][1]
     assert drafts == "Draft a line about Paris"
     final = user_text(of(server, "m-c")[-1])

@@ -14,7 +14,7 @@ from fanout.errors import StdoutClosed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PIPE = 141  # stdout was closed by its reader (`| head`): as if SIGPIPE had ended us
-EXIT_UNDECIDED = 4  # it ran, but a verdict decided nothing (no quorum, a tie, a split judge)
+EXIT_UNDECIDED = 5  # it ran, but a verdict decided nothing (no quorum, a tie, a split judge)
 EXIT_FOR_STATUS = {
     "completed": EXIT_OK,
     "partial": EXIT_PARTIAL,
