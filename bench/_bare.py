@@ -17,9 +17,7 @@ import openai
 async def main(base_url: str, prompts: int, personas: int, concurrency: int) -> float:
     # The same per-request timeout fanout uses by default (openai's own is 600 s, with 5 s to
     # connect, which a loaded loopback server can miss).
-    client = openai.AsyncOpenAI(
-        api_key="unused", base_url=base_url, max_retries=0, timeout=120.0
-    )
+    client = openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0, timeout=120.0)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(prompt: int, persona: int) -> str:

@@ -13,6 +13,7 @@ the bare loop's throughput (ratio >= 1.0).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -25,15 +26,26 @@ from _common import ServerProcess, panel_file
 HERE = Path(__file__).resolve().parent
 
 
-def timed(command: list[str]) -> float:
+CPU: dict[str, list[float]] = {}  # CPU seconds (user + system) of each side's processes
+
+
+def timed(command: list[str], env: dict[str, str] | None = None, side: str = "") -> float:
+    """Wall seconds of ``command``; its CPU seconds are kept in ``CPU[side]``: on a shared
+    machine the wall time moves with the load, the CPU a job costs much less."""
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - started
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed ({status})")
+    CPU.setdefault(side, []).append(usage.ru_utime + usage.ru_stime)
+    return took
 
 
 def bare(base_url: str, prompts: int, personas: int, concurrency: int) -> float:
     script = str(HERE / "_bare.py")
-    return timed([sys.executable, script, base_url, str(prompts), str(personas), str(concurrency)])
+    command = [sys.executable, script, base_url, str(prompts), str(personas), str(concurrency)]
+    return timed(command, side="bare")
 
 
 def batch(base_url: str, prompts: int, personas: int, concurrency: int) -> float:
@@ -43,7 +55,7 @@ def batch(base_url: str, prompts: int, personas: int, concurrency: int) -> float
     config = panel_file(base_url, personas)
     out = folder / "out.jsonl"
     took = timed([sys.executable, "-m", "fanout", "batch", str(source), "-c", str(config),
-                  "--concurrency", str(concurrency), "-o", str(out)])  # fmt: skip
+                  "--concurrency", str(concurrency), "-o", str(out)], side="batch")  # fmt: skip
     lines = sum(1 for _ in out.open())
     assert lines == prompts * personas, (lines, prompts * personas)
     return took
@@ -57,17 +69,13 @@ def evaluate(base_url: str, prompts: int, personas: int, concurrency: int) -> fl
     home = folder / "home"
     command = [sys.executable, "-m", "fanout", "eval", str(cases), "-c", str(config),
                "--concurrency", str(concurrency), "-o", str(folder / "cells.csv")]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=_env(home))
-    took = time.perf_counter() - started
+    took = timed(command, env=_env(home), side="eval")
     rows = sum(1 for _ in (folder / "cells.csv").open()) - 1
     assert rows == prompts * personas, (rows, prompts * personas)
     return took
 
 
 def _env(home: Path) -> dict[str, str]:
-    import os
-
     return {**os.environ, "FANOUT_HOME": str(home)}
 
 
@@ -83,19 +91,28 @@ def main() -> None:
         bare(base_url, 10, 20, c)  # warm the server's threads
         for shape in args.shapes.split(","):
             prompts, personas = (int(x) for x in shape.split("x"))
-            jobs = prompts * personas
             times: dict[str, list[float]] = {"bare": [], "batch": [], "eval": []}
+            CPU.clear()
             for _ in range(args.rounds):
                 for name, run in (("bare", bare), ("batch", batch), ("eval", evaluate)):
                     times[name].append(run(base_url, prompts, personas, c))
-            base = statistics.median(times["bare"])
-            print(f"  {prompts} prompts x {personas} personas ({jobs:,} jobs), medians of "
-                  f"{args.rounds}:")  # fmt: skip
-            for name in ("bare", "batch", "eval"):
-                took = statistics.median(times[name])
-                each = " ".join(f"{t:.2f}" for t in times[name])
-                ratio = "" if name == "bare" else f"  = {base / took:.2f} of bare"
-                print(f"    {name:5}: {took:6.2f} s  {jobs / took:7.0f} jobs/s  ({each}){ratio}")
+            report(prompts, personas, args.rounds, times)
+
+
+def report(prompts: int, personas: int, rounds: int, times: dict[str, list[float]]) -> None:
+    jobs = prompts * personas
+    wall, cpu = statistics.median(times["bare"]), statistics.median(CPU["bare"])
+    print(f"  {prompts} prompts x {personas} personas ({jobs:,} jobs), medians of {rounds}:")
+    for name in ("bare", "batch", "eval"):
+        took, spent = statistics.median(times[name]), statistics.median(CPU[name])
+        each = " ".join(f"{t:.2f}" for t in times[name])
+        ratios = (
+            ""
+            if name == "bare"
+            else f"  = {wall / took:.2f} of bare (wall), {cpu / spent:.2f} (CPU)"
+        )
+        print(f"    {name:5}: {took:6.2f} s wall ({each}), {spent:6.2f} s CPU, "
+              f"{jobs / spent:6.0f} jobs per CPU second{ratios}")  # fmt: skip
 
 
 if __name__ == "__main__":

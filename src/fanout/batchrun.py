@@ -42,6 +42,7 @@ from fanout.jobs import quiet_collector
 from fanout.local import local_server, wants_local
 from fanout.models import Agent
 from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from fanout.params import with_params
 from fanout.provider import OpenAIProvider
 from fanout.render import BatchProgress, batch_summary, make_console, print_warning
 from fanout.session import as_named
@@ -69,7 +70,7 @@ def batch(
     ``-p`` ones, added to the panel)."""
     panel = load_panel(find_config(config, os.environ)).with_personas(personas)
     names, options = as_named(panel, names, options)
-    chosen = apply_model(panel.select(names), model)
+    chosen = [with_params(a, settings.params) for a in apply_model(panel.select(names), model)]
     options = {"synthesize": synthesize, **(options or {})}
     plan = resolve(
         RunRequest(
