@@ -158,6 +158,7 @@ def answer_call(case: Case, persona: Agent) -> Call:
         persona.name,
         persona,
         tuple(chat_messages(persona, case.prompt)),
+        details={"case": case.id},
     )
 
 
@@ -187,6 +188,7 @@ def grade_call(
         grader,
         messages,
         response_format=GRADE_FORMAT,
+        details={"case": case.id},
     )
 
 
@@ -256,7 +258,7 @@ def judge_calls(
                 judge,
                 tuple(messages),
                 response_format=judge_format(["A", "B"]),
-                details={"labels": labels},
+                details={"labels": labels, "case": case.id},
             )
         )
     return calls
@@ -355,14 +357,6 @@ async def run_jobs(engine: Engine, jobs: Iterator[Job], journal: _Journal, trace
     await run_pool(engine, jobs, start, finish, trace=trace)
 
 
-def _tagged(case: Case, call: Call) -> Call:
-    """The call, knowing its case (for the progress bar's in-flight keys)."""
-    return Call(
-        call.call_id, call.stage, call.role, call.name, call.agent, call.messages,
-        response_format=call.response_format, details={**call.details, "case": case.id},
-    )  # fmt: skip
-
-
 class EvalRun:
     """One eval on an engine: the three phases, each call made once across runs."""
 
@@ -434,8 +428,7 @@ class EvalRun:
     async def _phase(self, jobs: Iterator[Job], count: int) -> None:
         """Run a phase's jobs, built one at a time as workers take them."""
         self.tally.total = self.tally.done + self.tally.skipped + count
-        tagged = ((case, _tagged(case, call)) for case, call in jobs)
-        await run_jobs(self.engine, tagged, self.journal, self.trace)
+        await run_jobs(self.engine, jobs, self.journal, self.trace)
 
 
 _NOBODY = Agent("nobody")  # builds a call only to be counted
