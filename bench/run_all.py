@@ -28,9 +28,9 @@ FULL = [
 QUICK = [
     ["fanout_efficiency.py", "--sizes", "1,8", "--repeat", "1", "--latency", "0.2"],
     ["limiter_accuracy.py", "--requests", "30"],
-    ["throughput.py", "--requests", "200", "--concurrency", "50"],
+    ["throughput.py", "--shapes", "20x5", "--rounds", "1", "--concurrency", "50"],
     ["startup.py", "--repeat", "1"],
-    ["memory.py", "--sizes", "200"],
+    ["memory.py", "--shapes", "200x1"],
     ["engine_overhead.py", "--calls", "300", "--repeat", "1"],
     ["live_view.py", "--personas", "2", "--words", "200"],
     ["first_paint.py", "--runs", "1"],

@@ -369,3 +369,17 @@ def test_the_html_report_opens_with_no_network_and_no_markup_from_answers(
     toggles = browser.find_elements(By.CSS_SELECTOR, "#personas input")
     next(t for t in toggles if t.get_attribute("data-persona") == "wrong").click()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#matrix tr")) - 1 == CASES // 2 + 1
+
+
+def test_fresh_starts_over_and_list_shows_finished_evals(
+    server: FakeOpenAI, invoke: Invoke, tmp_path: Path
+) -> None:
+    script_personas(server)
+    agents, capitals = write_agents(tmp_path, server), write_eval(tmp_path)
+    first = run_json(invoke, capitals, "-c", agents, "-a", "right")
+    second = run_json(invoke, capitals, "-c", agents, "-a", "right", "--fresh")
+    assert first["id"] != second["id"] and server.count() == 2 * CASES
+    listed = invoke("eval", "list", "--json")
+    assert listed.exit_code == 0
+    assert {row["id"] for row in json.loads(listed.stdout)} == {first["id"], second["id"]}
+    assert json.loads(listed.stdout)[0]["pass_rates"] == {"right": 1.0}

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -28,7 +28,7 @@ import anyio.abc
 
 from fanout.config import base_url_problem, file_kind, open_regular_file
 from fanout.cost import Pricing
-from fanout.engine import Engine, Execution, RunContext
+from fanout.engine import Engine, Execution, RunContext, Stage
 from fanout.errors import ConfigError, FanoutError, ProviderError, StdoutClosed
 from fanout.event import (
     Broadcast,
@@ -42,9 +42,11 @@ from fanout.event import (
     StageFinished,
 )
 from fanout.export import SCHEMA_VERSION, call_document, json_line, result_from_entry
+from fanout.jobs import run_pool
 from fanout.models import (
     Agent,
     AgentError,
+    Call,
     CallResult,
     Completion,
     Endpoint,
@@ -445,6 +447,10 @@ async def run_batch(
     roles = dict(roles or {})
     if synthesizer is not None:
         roles["synthesizer"] = synthesizer
+    if traced is None and independent_calls(stages):  # the fast path: see run_flat
+        context = RunContext("", agents, roles, options)
+        await run_flat(prompts, stages[0], context, engine, writer, tally, answered, shown)
+        return
     by_prompt: dict[str, dict[str, CallResult]] = {}
     for (prompt_id, call_id), entry in answered.items():
         by_prompt.setdefault(prompt_id, {})[call_id] = _answered_result(entry, call_id)
@@ -484,6 +490,49 @@ async def run_batch(
         async with send:
             for prompt in prompts:
                 await send.send(prompt)
+
+
+def independent_calls(stages: Sequence[Stage]) -> bool:
+    """Whether a prompt's plan is one stage of independent calls that decides nothing and
+    grows nothing (a plain panel, repeats included): then every call of the batch can be
+    made on its own, in any order, with no run around it."""
+    if len(stages) != 1:
+        return False
+    stage = stages[0]
+    return stage.key is None and getattr(stage, "follow", None) is None
+
+
+async def run_flat(
+    prompts: Iterator[BatchPrompt],
+    stage: Stage,
+    context: RunContext,
+    engine: Engine,
+    writer: ResultWriter,
+    tally: BatchTally,
+    answered: Mapping[tuple[str, str], Any],
+    shown: Observer,
+) -> None:
+    """``run_batch`` for a plan of independent calls: one flat stream of prompt x call jobs
+    through a fixed pool of workers (``jobs.run_pool``), at most ``concurrency`` calls in
+    flight and nothing made for a call before a worker takes it. Each prompt's calls are
+    built by its stage as an ``Execution`` would, and written as the same lines."""
+
+    def jobs() -> Iterator[tuple[Call, Observer]]:
+        for prompt in prompts:
+            observer = _PromptObserver(prompt, writer, tally, shown)
+            for call in stage.calls(replace(context, prompt=prompt.prompt, stages={})):
+                if (prompt.id, call.call_id) in answered:
+                    tally.skipped += 1
+                else:
+                    yield call, observer
+
+    def start(job: tuple[Call, Observer]) -> tuple[Call, Observer]:
+        return job
+
+    def finish(job: tuple[Call, Observer], result: CallResult) -> None:
+        pass  # the prompt's observer wrote it when it finished
+
+    await run_pool(engine, jobs(), start, finish)
 
 
 class _OnceAsked:

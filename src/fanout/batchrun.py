@@ -38,6 +38,7 @@ from fanout.drive import open_telemetry, say_aside
 from fanout.engine import Engine, RunSettings
 from fanout.errors import ConfigError
 from fanout.interrupt import interruptibly
+from fanout.jobs import quiet_collector
 from fanout.local import local_server, wants_local
 from fanout.models import Agent
 from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
@@ -191,7 +192,8 @@ def _batch(
                     cleanup=provider.aclose,
                 )
 
-            interrupted = anyio.run(main)
+            with quiet_collector():  # eval's speed work: see jobs.py
+                interrupted = anyio.run(main)
     finally:
         tally.over(round(time.perf_counter() - started, 1))
         if output is not None:

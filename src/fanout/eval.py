@@ -20,13 +20,11 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TextIO
-
-import anyio
 
 from fanout.batch import BatchPrompt, BatchTally, ResultWriter, answered_jobs
 from fanout.config import DEFAULT_JUDGE_INSTRUCTIONS
@@ -35,6 +33,7 @@ from fanout.errors import ConfigError
 from fanout.evalfile import Assertion, Case, EvalSpec
 from fanout.event import CallFinished, CallRetrying, CallSending, CallWaiting, Event, Observer
 from fanout.export import json_line, result_from_entry
+from fanout.jobs import run_pool
 from fanout.models import Agent, Call, CallResult, chat_messages
 from fanout.shapes.judge import judge_format, judge_messages, read_pick
 from fanout.shapes.structured import UNTRUSTED, fence, json_schema_format, parse_object
@@ -159,6 +158,7 @@ def answer_call(case: Case, persona: Agent) -> Call:
         persona.name,
         persona,
         tuple(chat_messages(persona, case.prompt)),
+        details={"case": case.id},
     )
 
 
@@ -188,6 +188,7 @@ def grade_call(
         grader,
         messages,
         response_format=GRADE_FORMAT,
+        details={"case": case.id},
     )
 
 
@@ -257,7 +258,7 @@ def judge_calls(
                 judge,
                 tuple(messages),
                 response_format=judge_format(["A", "B"]),
-                details={"labels": labels},
+                details={"labels": labels, "case": case.id},
             )
         )
     return calls
@@ -344,27 +345,16 @@ Job = tuple[Case, Call]
 
 
 async def run_jobs(engine: Engine, jobs: Iterator[Job], journal: _Journal, trace: RunTrace) -> None:
-    """Make every job's call, at most ``concurrency`` at once: a fixed pool of workers takes
-    the next job as it frees up, so a job's state exists only while it runs (no task, no
-    waiter per call queued)."""
+    """Make every job's call through a fixed pool of workers (``jobs.run_pool``): at most
+    ``concurrency`` at once, nothing made for a job before a worker takes it."""
 
-    async def worker() -> None:
-        for case, call in jobs:  # one iterator shared: each job is taken once
-            result = CallResult.of(call)
-            await engine.call(call, result, journal, stream=False, trace=trace)
-            journal.finished(case, result)
+    def start(job: Job) -> tuple[Call, Observer]:
+        return job[1], journal
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(max(1, engine.settings.concurrency)):
-            tg.start_soon(worker)
+    def finish(job: Job, result: CallResult) -> None:
+        journal.finished(job[0], result)
 
-
-def _tagged(case: Case, call: Call) -> Call:
-    """The call, knowing its case (for the progress bar's in-flight keys)."""
-    return Call(
-        call.call_id, call.stage, call.role, call.name, call.agent, call.messages,
-        response_format=call.response_format, details={**call.details, "case": case.id},
-    )  # fmt: skip
+    await run_pool(engine, jobs, start, finish, trace=trace)
 
 
 class EvalRun:
@@ -385,8 +375,8 @@ class EvalRun:
 
     async def answers(self) -> None:
         """Every persona's answer to every case, but those the journal already has."""
-        todo = list(self.unanswered())
-        await self._phase((case, answer_call(case, p)) for case, p in todo)
+        todo = sum(1 for _ in self.unanswered())
+        await self._phase(((c, answer_call(c, p)) for c, p in self.unanswered()), todo)
 
     def unanswered(self) -> Iterator[tuple[Case, Agent]]:
         for case in self.plan.spec.cases:
@@ -395,48 +385,54 @@ class EvalRun:
                     yield case, persona
 
     async def grades(self) -> None:
-        grader = self.plan.grader
-        if grader is None:
-            return
-        jobs: list[Job] = []
+        """The grader's grade of every answer a rubric applies to, but those already in."""
+        if self.plan.grader is not None:
+            await self._phase(self._grades(self.plan.grader), sum(1 for _ in self._grades()))
+
+    def _grades(self, grader: Agent | None = None) -> Iterator[Job]:
+        """The grade jobs to do (``grader`` None: only counted, no call built)."""
         for case in self.plan.spec.cases:
             for persona in self.plan.names:
                 answer = self.results.answered(case.id, persona)
                 for index, rubric in rubrics(case) if answer is not None else ():
                     done = self.results.get(case.id, grade_id(persona, index))
-                    if done is None or done.status != "ok":
+                    if done is not None and done.status == "ok":
+                        continue
+                    if grader is None:
+                        yield case, _COUNTED
+                    else:
                         text = answer.answer or "" if answer is not None else ""
-                        jobs.append(
-                            (
-                                case,
-                                grade_call(case, persona, index, rubric.text or "", text, grader),
-                            )
+                        yield (
+                            case,
+                            grade_call(case, persona, index, rubric.text or "", text, grader),
                         )
-        await self._phase(iter(jobs))
 
     async def pairs(self) -> None:
-        plan, judge = self.plan.pairwise, self.plan.grader
-        if plan is None or judge is None:
-            return
-        jobs: list[Job] = []
+        """The judge's calls for every pair of answers to compare, but those already in."""
+        if self.plan.pairwise is not None and self.plan.grader is not None:
+            await self._phase(self._pairs(self.plan.grader), sum(1 for _ in self._pairs()))
+
+    def _pairs(self, judge: Agent | None = None) -> Iterator[Job]:
+        assert self.plan.pairwise is not None
         for case in self.plan.spec.cases:
-            for first, second in plan.pairs(case.id, self.plan.names):
+            for first, second in self.plan.pairwise.pairs(case.id, self.plan.names):
                 a, b = self.results.answered(case.id, first), self.results.answered(case.id, second)
-                if a is None or b is None:
-                    continue  # no contest: an answer against none wins without a judge
+                if a is None or b is None or same_answers(a, b):
+                    continue  # decided without a judge: see evalreport.comparisons
                 texts = {first: a.answer or "", second: b.answer or ""}
-                if same_answers(a, b):
-                    continue  # a tie, without asking
-                for call in judge_calls(case, first, second, texts, judge):
+                for call in judge_calls(case, first, second, texts, judge or _NOBODY):
                     done = self.results.get(case.id, call.call_id)
                     if done is None or done.status != "ok":
-                        jobs.append((case, call))
-        await self._phase(iter(jobs))
+                        yield case, call
 
-    async def _phase(self, jobs: Iterable[Job]) -> None:
-        listed = [(case, _tagged(case, call)) for case, call in jobs]
-        self.tally.total = self.tally.done + self.tally.skipped + len(listed)
-        await run_jobs(self.engine, iter(listed), self.journal, self.trace)
+    async def _phase(self, jobs: Iterator[Job], count: int) -> None:
+        """Run a phase's jobs, built one at a time as workers take them."""
+        self.tally.total = self.tally.done + self.tally.skipped + count
+        await run_jobs(self.engine, jobs, self.journal, self.trace)
+
+
+_NOBODY = Agent("nobody")  # builds a call only to be counted
+_COUNTED = Call("counted", "", "", "", _NOBODY, ())
 
 
 # -- where evals are kept -----------------------------------------------------------------------

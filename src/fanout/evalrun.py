@@ -54,6 +54,7 @@ from fanout.eval import (
 from fanout.evalfile import EvalSpec, load_eval
 from fanout.evalreport import EvalDocument, build_document, compare, csv_text, document_json
 from fanout.files import write_whole
+from fanout.jobs import quiet_collector
 from fanout.models import Agent, Call
 from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from fanout.provider import OpenAIProvider
@@ -259,7 +260,8 @@ def _drive(
                 await run.grades()
                 await run.pairs()
 
-            interrupted: bool = anyio.run(interruptibly, body, provider.aclose)
+            with quiet_collector():
+                interrupted: bool = anyio.run(interruptibly, body, provider.aclose)
     finally:
         tally.over(round(time.perf_counter() - started, 1))
     return interrupted, tally

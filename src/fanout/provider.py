@@ -150,10 +150,9 @@ class OpenAIProvider:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
             model=agent.model,
-            messages=_wire(messages),
+            messages=[],  # sent in extra_body: see _as_built
             timeout=timeout_s,
-            tools=_given(_tools(tools)),
-            extra_body=dict(body),
+            extra_body=_as_built(messages, tools, body),
             extra_headers=self._headers(agent),
         )
         content = await raw.http_response.aread()  # read already; this only hands it over
@@ -450,6 +449,23 @@ def request_line(custom_id: str, agent: Agent, messages: Sequence[Message]) -> d
     body: dict[str, Any] = {"model": agent.model, "messages": list(messages)}
     body.update(request_fields(agent, None, token_field(agent)))
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def _as_built(
+    messages: Sequence[Message],
+    tools: Sequence[Mapping[str, Any]] | None,
+    body: Mapping[str, object],
+) -> dict[str, object]:
+    """The messages and tools as fanout built them (plain JSON already), for ``extra_body``,
+    which the client sends as it is. Passed as typed parameters, they would go through the
+    client's transform, which walks every message against its TypedDicts on every request to
+    change nothing here: 1.3 of 3.7 ms of CPU per call of a batch (measured by eval's speed
+    work, issue 26)."""
+    built: dict[str, object] = {"messages": list(messages)}
+    if tools:
+        built["tools"] = list(tools)
+    built.update(body)
+    return built
 
 
 def _wire(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:

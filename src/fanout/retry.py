@@ -1,24 +1,22 @@
-"""When and how long to retry a failed call. tenacity runs the loop; this module is its policy.
+"""When and how long to retry a failed call: the policy and the loop that follows it.
 
 The openai client never retries by itself (``max_retries=0``), so ``retries=N`` means at most
 N + 1 HTTP attempts. The server's ``retry-after-ms`` / ``retry-after`` wins over backoff; a server
 asking for longer than ``max_retry_after`` fails the call at once instead of stalling the run.
+
+The loop is a plain ``for``: tenacity ran it once, but built a retrier (several objects and
+closures) for every call, and a batch makes hundreds of thousands of calls that mostly succeed
+at once. Backoff is tenacity's ``wait_random_exponential`` ("full jitter"), unchanged.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from fanout.errors import ProviderError
 
@@ -60,56 +58,43 @@ async def call_with_retries(
 
     The last error is raised as it is, so the caller sees the provider's own message.
     """
-    backoff = wait_random_exponential(multiplier=policy.backoff_base, max=policy.backoff_cap)
-
-    def wait(state: RetryCallState) -> float:
-        error = _error_of(state)
-        if error is not None and error.retry_after is not None:
-            return error.retry_after
-        return float(backoff(state))
-
-    def before_sleep(state: RetryCallState) -> None:
-        error = _error_of(state)
-        if on_retry is not None and error is not None and state.next_action is not None:
-            on_retry(
-                RetryEvent(
-                    state.attempt_number, policy.max_attempts, state.next_action.sleep, error
-                )
-            )
-
-    async def guarded(number: int) -> T:
+    number = 1
+    while True:
         try:
             return await attempt(number)
         except ProviderError as exc:
-            asked = exc.retry_after
-            if exc.retryable and asked is not None and asked > policy.max_retry_after:
-                raise ProviderError(
-                    f"{exc.message} (the server asked to wait {asked:g} s, "
-                    f"more than --max-retry-after {policy.max_retry_after:g} s)",
-                    kind=exc.kind,
-                    status_code=exc.status_code,
-                    retryable=False,
-                    retry_after=asked,
-                    headers=exc.headers,
-                ) from None
-            raise
-
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts),
-        retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
-        wait=wait,
-        before_sleep=before_sleep,
-        sleep=sleep,
-        reraise=True,
-    )
-    async for state in retrying:
-        with state:
-            return await guarded(state.retry_state.attempt_number)
-    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+            error = _bounded(exc, policy)
+            if not error.retryable or number >= policy.max_attempts:
+                if error is exc:
+                    raise
+                raise error from None
+            wait = error.retry_after if error.retry_after is not None else backoff(number, policy)
+            if on_retry is not None:
+                on_retry(RetryEvent(number, policy.max_attempts, wait, error))
+        await sleep(wait)
+        number += 1
 
 
-def _error_of(state: RetryCallState) -> ProviderError | None:
-    if state.outcome is None or not state.outcome.failed:
-        return None
-    exc = state.outcome.exception()
-    return exc if isinstance(exc, ProviderError) else None
+def backoff(failed: int, policy: RetryPolicy) -> float:
+    """Full jitter: a random wait up to ``backoff_base * 2 ** (failed - 1)``, at most
+    ``backoff_cap`` (tenacity's ``wait_random_exponential``)."""
+    exponent = failed - 1
+    high = policy.backoff_cap if exponent > 60 else policy.backoff_base * 2.0**exponent
+    return random.uniform(0, max(0.0, min(high, policy.backoff_cap)))
+
+
+def _bounded(exc: ProviderError, policy: RetryPolicy) -> ProviderError:
+    """The error as the loop treats it: a server asking to wait longer than
+    ``max_retry_after`` is not retried, and the error says why."""
+    asked = exc.retry_after
+    if exc.retryable and asked is not None and asked > policy.max_retry_after:
+        return ProviderError(
+            f"{exc.message} (the server asked to wait {asked:g} s, "
+            f"more than --max-retry-after {policy.max_retry_after:g} s)",
+            kind=exc.kind,
+            status_code=exc.status_code,
+            retryable=False,
+            retry_after=asked,
+            headers=exc.headers,
+        )
+    return exc
