@@ -1,22 +1,29 @@
-"""When and how long to retry a failed call: the policy and the loop that follows it.
+"""When and how long to retry a failed call. tenacity runs the loop; this module is its policy.
 
 The openai client never retries by itself (``max_retries=0``), so ``retries=N`` means at most
 N + 1 HTTP attempts. The server's ``retry-after-ms`` / ``retry-after`` wins over backoff; a server
 asking for longer than ``max_retry_after`` fails the call at once instead of stalling the run.
 
-The loop is a plain ``for``: tenacity ran it once, but built a retrier (several objects and
-closures) for every call, and a batch makes hundreds of thousands of calls that mostly succeed
-at once. Backoff is tenacity's ``wait_random_exponential`` ("full jitter"), unchanged.
+The first attempt is made before any retrier exists: tenacity builds several objects and
+closures per retrier, and a batch makes hundreds of thousands of calls that mostly succeed at
+once. A call that fails worth retrying hands that failure to tenacity as its first attempt, so
+the waits, the events and the attempt numbers are tenacity's, as if it had run them all.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from fanout.errors import ProviderError
 
@@ -58,29 +65,73 @@ async def call_with_retries(
 
     The last error is raised as it is, so the caller sees the provider's own message.
     """
-    number = 1
-    while True:
+
+    async def bounded(number: int) -> T:
         try:
             return await attempt(number)
         except ProviderError as exc:
             error = _bounded(exc, policy)
-            if not error.retryable or number >= policy.max_attempts:
-                if error is exc:
-                    raise
-                raise error from None
-            wait = error.retry_after if error.retry_after is not None else backoff(number, policy)
-            if on_retry is not None:
-                on_retry(RetryEvent(number, policy.max_attempts, wait, error))
-        await sleep(wait)
-        number += 1
+            if error is exc:
+                raise
+            raise error from None
+
+    try:
+        return await bounded(1)  # most calls end here, with no retrier built
+    except ProviderError as exc:
+        if not exc.retryable or policy.max_attempts <= 1:
+            raise
+        first = exc
+
+    async def replayed(number: int) -> T:
+        if number == 1:
+            raise first  # tenacity's first attempt is the one already made
+        return await bounded(number)
+
+    return await _retrying(replayed, policy, on_retry, sleep)
 
 
-def backoff(failed: int, policy: RetryPolicy) -> float:
-    """Full jitter: a random wait up to ``backoff_base * 2 ** (failed - 1)``, at most
-    ``backoff_cap`` (tenacity's ``wait_random_exponential``)."""
-    exponent = failed - 1
-    high = policy.backoff_cap if exponent > 60 else policy.backoff_base * 2.0**exponent
-    return random.uniform(0, max(0.0, min(high, policy.backoff_cap)))
+async def _retrying(
+    attempt: Callable[[int], Awaitable[T]],
+    policy: RetryPolicy,
+    on_retry: Callable[[RetryEvent], None] | None,
+    sleep: Callable[[float], Awaitable[None]],
+) -> T:
+    backoff = wait_random_exponential(multiplier=policy.backoff_base, max=policy.backoff_cap)
+
+    def wait(state: RetryCallState) -> float:
+        error = _error_of(state)
+        if error is not None and error.retry_after is not None:
+            return error.retry_after
+        return float(backoff(state))
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = _error_of(state)
+        if on_retry is not None and error is not None and state.next_action is not None:
+            on_retry(
+                RetryEvent(
+                    state.attempt_number, policy.max_attempts, state.next_action.sleep, error
+                )
+            )
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
+        wait=wait,
+        before_sleep=before_sleep,
+        sleep=sleep,
+        reraise=True,
+    )
+    async for state in retrying:
+        with state:
+            return await attempt(state.retry_state.attempt_number)
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+def _error_of(state: RetryCallState) -> ProviderError | None:
+    if state.outcome is None or not state.outcome.failed:
+        return None
+    exc = state.outcome.exception()
+    return exc if isinstance(exc, ProviderError) else None
 
 
 def _bounded(exc: ProviderError, policy: RetryPolicy) -> ProviderError:
