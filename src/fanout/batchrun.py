@@ -37,7 +37,7 @@ from fanout.cost import Pricing
 from fanout.drive import open_telemetry, say_aside
 from fanout.engine import Engine, RunSettings
 from fanout.errors import ConfigError
-from fanout.interrupt import interruptibly
+from fanout.interrupt import checkpoint, interruptibly
 from fanout.local import local_server, wants_local
 from fanout.models import Agent
 from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
@@ -145,6 +145,7 @@ def _batch(
             raise ConfigError("--via openai-batch needs -o FILE (it keeps the batch ids beside it)")
         if settings.max_cost is not None:
             _check_batch_budget(path, chosen, pricing, settings.max_cost, answered)
+    checkpoint()  # nothing asked yet: a signal so far ends the batch here
     sink = open_results(output) if output is not None else sys.stdout
     telemetry = open_telemetry() if via != "openai-batch" else None
     parent = trace_parent(None, os.environ)

@@ -20,7 +20,7 @@ import anyio
 from fanout.engine import Engine, Execution
 from fanout.errors import FanoutError, StdoutClosed
 from fanout.event import Broadcast, Event, Observer
-from fanout.export import JsonlWriter, dumps, report_document
+from fanout.export import JsonlWriter, dumps, json_line, report_document
 from fanout.files import write_whole
 from fanout.history import History, HistoryRecorder, history_path
 from fanout.interrupt import forget_hard_exit, interruptibly, on_hard_exit
@@ -227,7 +227,7 @@ def cancelled_before_start(prompt: str, output: Output) -> int:
             write_stdout(dumps(report_document(report)))
         elif output.mode == "jsonl":
             line = {"type": "run_finished", "document": report_document(report)}
-            write_stdout(dumps(line).replace("\n", " ").rstrip() + "\n")
+            write_stdout(json_line(line) + "\n")
     except StdoutClosed:
         return EXIT_PIPE
     print_warning(make_console(stderr=True), "interrupted before the run started")

@@ -21,6 +21,7 @@ from fanout.drive import drive, emit, guess_panes, open_history, say_aside, warn
 from fanout.engine import RunSettings
 from fanout.export import agent_settings, settings_record
 from fanout.history import HistoryRecorder
+from fanout.interrupt import checkpoint
 from fanout.local import as_local, local_server, wants_local
 from fanout.models import Agent
 from fanout.output import Output
@@ -114,6 +115,7 @@ def ask(
         parent_span_id=parent.span_id if parent else None,
     )
     plan = resolve(request)
+    checkpoint()  # the run does not exist yet: a signal so far ends here, with nothing recorded
     if dry_run:
         return dryrun.dry_run(plan, output, local_wanted and local, model is not None, settings)
     check_credentials(plan.callers, os.environ)
@@ -176,6 +178,7 @@ def flow_run(
         parent_span_id=parent.span_id if parent else None,
     )
     plan = resolve(request)
+    checkpoint()
     if dry_run:
         # As any shape's (every stage built on answers as long as they may be), named
         # stage/persona: a flow asks the same persona in several stages.

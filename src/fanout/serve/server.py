@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from fanout.config import Panel
 from fanout.errors import ConfigError
+from fanout.interrupt import hand_over
 
 TOKEN_ENV = "FANOUT_SERVE_TOKEN"
 GRACE_S = 5  # on Ctrl-C, open streams get this long before they are cut
@@ -88,6 +89,7 @@ def serve(
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     # uvicorn hands Ctrl-C back as KeyboardInterrupt once it has shut down cleanly.
     with contextlib.suppress(KeyboardInterrupt):
+        hand_over()  # Ctrl-C is uvicorn's from here (a signal while loading ends it now)
         uvicorn.Server(config).run(sockets=[sock])
 
 
