@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from datetime import datetime
@@ -677,7 +677,7 @@ def local_time(stamp: str) -> str:
     return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or when.strftime("%z"))
 
 
-def run_header(report: RunReport, settings: dict[str, Any]) -> str:
+def run_header(report: RunReport, settings: Mapping[str, Any]) -> str:
     """What ``runs show`` says before the answers: the run, when (local), its shape and
     status, the settings it ran with and the prompt."""
     shown = {

@@ -40,14 +40,8 @@ from fanout.event import (
     RunFinished,
     StageStarted,
 )
-from fanout.export import (
-    SCHEMA_VERSION,
-    JsonlWriter,
-    agent_settings,
-    report_document,
-    settings_record,
-)
-from fanout.history import History, HistoryRecorder, history_path
+from fanout.export import SCHEMA_VERSION, JsonlWriter, report_document
+from fanout.history import History, HistoryRecorder, history_path, recorder_for
 from fanout.models import RunReport
 from fanout.retry import RetryPolicy
 from fanout.shapes import SHAPES
@@ -376,15 +370,7 @@ class RunManager:
 
     async def _execute(self, run: LiveRun) -> None:
         plan = run.plan
-        request = plan.request
-        recorder = HistoryRecorder(
-            self.history,
-            agents=[agent_settings(a) for a in plan.agents],
-            synthesizer=agent_settings(self.panel.synthesizer),
-            settings=settings_record(
-                request.settings, request.shape, request.options, self.panel.pricing
-            ),
-        )
+        recorder = recorder_for(self.history, plan)  # as the CLI records its runs
         log = RunLog(run)
         observer = Broadcast(log, _UntilFinished(recorder))
         execution = prepare(plan, [observer], provider=self._provider, check=False)
