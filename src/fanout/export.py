@@ -41,6 +41,8 @@ from fanout.models import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pydantic import JsonValue
+
     from fanout.config import Panel
     from fanout.cost import PlannedCall
 
@@ -100,6 +102,7 @@ def call_document(result: CallResult) -> dict[str, Any]:
         "finish_reason": result.finish_reason,
         "truncated": result.truncated,
         "response_model": result.response_model,
+        "params": result.params,
         "timing": timing_document(result.timing) if result.timing is not None else None,
         **result.details,
     }
@@ -411,6 +414,7 @@ def plan_document(
                 "concurrency": c.agent.limits.concurrency,
                 "prompt_tokens_estimate": c.prompt_tokens,
                 "max_tokens": c.max_tokens,
+                "params": c.agent.request_params(),
                 "worst_case_usd": _usd(c.worst_case_usd),
             }
             for c in calls
@@ -431,7 +435,7 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
     known = {
         "name", "model", "status", "answer", "error", "attempts", "latency_s", "ttft_s", "usage",
         "usage_estimated", "cost_usd", "call_id", "stage", "role", "finish_reason", "truncated",
-        "response_model", "timing",
+        "response_model", "timing", "params",
     }  # fmt: skip
     usage = _usage_of(entry)
     return CallResult(
@@ -456,7 +460,13 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
         details={k: v for k, v in entry.items() if k not in known},
         timing=timing_from_document(entry.get("timing")),
         response_model=_text_or_none(entry.get("response_model")),
+        params=_mapping(entry.get("params")),
     )
+
+
+def _mapping(value: object) -> dict[str, JsonValue]:
+    """A JSON object read back (from a document or the history), or nothing."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _text_or_none(value: Any) -> str | None:

@@ -3,7 +3,7 @@ written (no secret: a key's variable, never its value) and the settings it ran w
 ``runs retry`` and ``runs synth`` rebuild the same plan, whoever started the run.
 
 One writer, ``run_record(plan)``, for every client that records runs (the CLI and the
-server, through ``history.recorder_for``); one reader, ``plan_inputs(stored)``. The records are
+server, through ``history.recorder_for``); one reader, ``recorded_plan``. The records are
 typed (``AgentRecord``, ``SettingsRecord``); the history stores them as JSON.
 """
 
@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, TypedDict
 from fanout.cost import Price
 from fanout.engine import RunSettings
 from fanout.models import Agent, Endpoint, Limits
+from fanout.params import recorded_headers
 from fanout.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from pydantic import JsonValue
+
     from fanout.api import Plan
 
 SYNTHESIZER = "synthesizer"  # the role ``runs synth`` asks, recorded for every run
@@ -41,6 +44,10 @@ class AgentRecord(TypedDict, total=False):
     rpm: float | None
     tpm: float | None
     concurrency: int | None
+    params: dict[str, JsonValue]  # request fields (reasoning_effort, seed...)
+    token_field: str | None
+    extra_body: dict[str, JsonValue]
+    extra_headers: dict[str, str]  # a value made of ${VAR} references, else masked
 
 
 class PriceRecord(TypedDict):
@@ -60,6 +67,7 @@ class SettingsRecord(TypedDict, total=False):
     tpm: float | None
     stream: bool | None
     max_cost: float | None
+    params: dict[str, JsonValue]  # --param, for every persona
     shape: str
     options: dict[str, object]
     synthesize: bool  # version 1 readers
@@ -92,6 +100,11 @@ def agent_record(agent: Agent) -> AgentRecord:
         "rpm": agent.limits.rpm,
         "tpm": agent.limits.tpm,
         "concurrency": agent.limits.concurrency,
+        "params": dict(agent.params),
+        "token_field": agent.token_field,
+        "extra_body": dict(agent.extra_body),
+        # A value made of ${VAR} references is kept; any other is a secret, never stored.
+        "extra_headers": recorded_headers(agent.extra_headers),
     }
 
 
@@ -110,7 +123,20 @@ def agent_from_record(data: AgentRecord) -> Agent:
         timeout=data.get("timeout"),
         endpoint=Endpoint(data["base_url"], data["api_key_env"]),
         limits=Limits(data.get("rpm"), data.get("tpm"), data.get("concurrency")),
+        params=_mapping(data.get("params")),
+        token_field=_text_or_none(data.get("token_field")),
+        extra_body=_mapping(data.get("extra_body")),
+        extra_headers={str(k): str(v) for k, v in _mapping(data.get("extra_headers")).items()},
     )
+
+
+def _mapping(value: object) -> dict[str, JsonValue]:
+    """A JSON object read back from the history, or nothing."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def settings_record(
@@ -131,6 +157,7 @@ def settings_record(
         "tpm": settings.tpm,
         "stream": settings.stream,
         "max_cost": settings.max_cost,
+        "params": dict(settings.params),
         "shape": shape,
         "options": dict(options),
         "synthesize": bool(options.get("synthesize")),
@@ -182,6 +209,7 @@ def recorded_plan(
         rpm=record.get("rpm"),
         tpm=record.get("tpm"),
         stream=record.get("stream", True),
+        params=_mapping(record.get("params")),
     )
     prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
     options = dict(record.get("options") or {"synthesize": bool(record.get("synthesize"))})

@@ -52,6 +52,7 @@ from fanout.cli.options import (
     ModelOption,
     NoLogOption,
     OutputOption,
+    ParamOption,
     PersonaOption,
     QuorumOption,
     RetriesOption,
@@ -90,6 +91,7 @@ def ask(
     personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
+    params: ParamOption = None,
     synthesize: SynthesizeOption = False,
     agreement_map: MapOption = False,
     vote: VoteOption = False,
@@ -217,6 +219,7 @@ def ask(
             )
             checkpoint()
             from fanout import session
+            from fanout.params import params_of_flags
 
             text = read_prompt(prompt)
             names, repeat = repeats(agent_names(agents, model))
@@ -234,7 +237,7 @@ def ask(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
                 rpm, tpm, max_cost,
             )  # fmt: skip
-            settings = replace(settings, stream=stream)
+            settings = replace(settings, stream=stream, params=params_of_flags(params))
             code = session.ask(
                 text,
                 names=names,

@@ -40,6 +40,7 @@ from fanout.cli.options import (
     MaxCostOption,
     MaxRetryAfterOption,
     ModelOption,
+    ParamOption,
     PersonaOption,
     QuorumOption,
     RetriesOption,
@@ -60,6 +61,7 @@ def batch(
     personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
+    params: ParamOption = None,
     synthesize: SynthesizeOption = False,
     vote: VoteOption = False,
     choices: ChoicesOption = None,
@@ -128,6 +130,7 @@ def batch(
         try:
             checkpoint()
             from fanout import batchrun
+            from fanout.params import params_of_flags
 
             names, repeat = repeats(agent_names(agents, model))
             adhoc = adhoc_personas(personas)
@@ -142,7 +145,8 @@ def batch(
                 concurrency or DEFAULT_BATCH_CONCURRENCY, timeout, retries, max_retry_after,
                 rpm, tpm, max_cost,
             )  # fmt: skip
-            settings = replace(settings, stream=False)  # nobody watches a batch: whole answers
+            # Nobody watches a batch: whole answers.
+            settings = replace(settings, stream=False, params=params_of_flags(params))
             code = batchrun.batch(
                 file,
                 names=names,

@@ -34,6 +34,7 @@ from fanout.cli.options import (
     ModelOption,
     NoLogOption,
     OutputOption,
+    ParamOption,
     RetriesOption,
     RpmOption,
     TimeoutOption,
@@ -66,6 +67,7 @@ def flow_run(
     inputs: InputOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
+    params: ParamOption = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -111,6 +113,7 @@ def flow_run(
             checkpoint()  # the output mode is known: a signal from now on gets its document
             from fanout import session
             from fanout.flow import parse_inputs
+            from fanout.params import params_of_flags
 
             if model is not None and not model.strip():
                 raise ConfigError("--model: give a model name")
@@ -123,7 +126,7 @@ def flow_run(
                 given=parse_inputs(inputs or []),
                 config=config,
                 model=model,
-                settings=replace(settings, stream=stream),
+                settings=replace(settings, stream=stream, params=params_of_flags(params)),
                 output=out,
                 dry_run=dry_run,
                 log=not no_log,
