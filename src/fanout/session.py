@@ -13,7 +13,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fanout import dryrun
 from fanout.api import Plan, RunRequest, planned_calls, prepare, resolve
 from fanout.config import Panel, check_credentials, find_config, load_panel
 from fanout.drive import drive, emit, guess_panes, open_history, say_aside, warn
@@ -70,6 +69,8 @@ def ask(
     checkpoint()  # the run does not exist yet: a signal so far ends here, with nothing recorded
     on_local = wants_local(plan.callers, local, os.environ)
     if dry_run:
+        from fanout import dryrun
+
         return dryrun.dry_run(plan, output, on_local and local, model is not None, settings)
     where = LocalModel(local, local_model) if on_local else None
     return run_plan(plan, output, log, local=where)
@@ -121,6 +122,8 @@ def flow_run(
         calls = [
             replace(c, name=f"{c.stage}/{c.name or c.agent.name}") for c in planned_calls(plan)
         ]
+        from fanout import dryrun
+
         return dryrun.show_plan(request.prompt, calls, output, settings)
     return run_plan(plan, output, log)
 
