@@ -228,7 +228,7 @@ def emit(
         except BrokenPipeError:
             silence_stdout()
             raise StdoutClosed from None
-    elif output.timeline:  # stdout carries the document
+    if output.timeline and output.mode != "table":  # stdout carries the document
         _timeline(report, stderr=True)
     if output.file is not None:
         try:
