@@ -12,13 +12,14 @@ The Python API (the CLI is one client of it)::
         async for event in stream:            # RunStarted, CallDelta, CallFinished, RunFinished...
             ...
 
-The API loads on first use, so ``fanout --help`` does not pay for it, and the command line
-has its signal handlers in place before anything heavy loads.
+The API loads on first use, so ``fanout --help`` does not pay for it, nor the live board's
+first frame (drawn by ``fanout.launch`` before anything else loads), and the command line
+has its signal handlers in place first.
 """
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # not typing's: `import fanout` loads nothing (see fanout.cli.main)
+TYPE_CHECKING = False  # not typing's: `import fanout` loads nothing (see fanout.launch)
 if TYPE_CHECKING:
     from typing import Any
 

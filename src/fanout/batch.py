@@ -30,7 +30,7 @@ from fanout.api import Plan, prepare
 from fanout.config import base_url_problem, file_kind, open_regular_file
 from fanout.cost import Pricing
 from fanout.engine import Engine
-from fanout.errors import ConfigError, FanoutError, ProviderError
+from fanout.errors import ConfigError, FanoutError, ProviderError, StdoutClosed
 from fanout.event import (
     CallFinished,
     CallRetrying,
@@ -51,6 +51,7 @@ from fanout.models import (
     Usage,
     chat_messages,
 )
+from fanout.output import silence_stdout
 from fanout.provider import OpenAIProvider, request_line
 from fanout.retry import RetryPolicy, call_with_retries
 
@@ -361,6 +362,11 @@ class ResultWriter:
         try:
             self._out.write(json_line(line) + "\n")
             self._out.flush()
+        except BrokenPipeError:
+            # Whoever read the results stopped (`| head -1`): the batch ends quietly, as ask does.
+            if self._out is sys.stdout:
+                silence_stdout()
+            raise StdoutClosed from None
         except OSError as exc:
             raise FanoutError(f"cannot write the results: {exc.strerror or exc}") from None
 
@@ -380,12 +386,13 @@ class _PromptObserver:
         self._prompt, self._writer, self._tally, self._shown = prompt, writer, tally, shown
         self._asked = False  # a call was made for this prompt in this run
         self._stop = stop
-        self.error: FanoutError | None = None  # the write that failed: the batch ends on it
+        # The write that failed (a full disk, a reader gone): the batch ends on it.
+        self.error: FanoutError | StdoutClosed | None = None
 
     def handle(self, event: Event) -> None:
         try:
             self._record(event)
-        except FanoutError as exc:
+        except (FanoutError, StdoutClosed) as exc:
             self.error = self.error or exc
             self._stop()
             raise

@@ -17,6 +17,7 @@ from importlib import resources
 
 import anyio
 
+from fanout.errors import ConfigError
 from fanout.models import Agent, Usage
 
 PER = 1_000_000
@@ -75,6 +76,28 @@ class Pricing:
     def worst_case(self, model: str, prompt_tokens: int, max_tokens: int) -> float | None:
         """The most one call can cost: its prompt plus ``max_tokens`` of answer."""
         return self.cost(model, Usage(prompt_tokens, max_tokens, prompt_tokens + max_tokens))
+
+
+def check_prices(callers: Sequence[Agent], pricing: Pricing) -> None:
+    """``--max-cost`` bounds what a run may spend, so every model it calls needs a price:
+    one ``ConfigError`` before any call, naming the models and how to give them one."""
+    unknown: dict[str, list[str]] = {}
+    for agent in callers:
+        if pricing.price(agent.model) is None:
+            unknown.setdefault(agent.model, []).append(agent.name)
+    if not unknown:
+        return
+
+    def who(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    models = "; ".join(f"{model} ({who(names)})" for model, names in unknown.items())
+    example = next(iter(unknown))
+    raise ConfigError(
+        f"--max-cost: no price is known for {models}, so the budget cannot bound the run: "
+        f"give it one in the agents file (pricing: {{{example}: {{input: 0.15, output: 0.6}}}}, "
+        "USD per million tokens), or leave out --max-cost"
+    )
 
 
 class Budget:

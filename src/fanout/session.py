@@ -65,7 +65,7 @@ def ask(
         trace_id=parent.trace_id if parent else None,
         parent_span_id=parent.span_id if parent else None,
     )
-    plan = resolve(request)
+    plan = resolve(request, priced=not dry_run)
     checkpoint()  # the run does not exist yet: a signal so far ends here, with nothing recorded
     on_local = wants_local(plan.callers, local, os.environ)
     if dry_run:
@@ -114,7 +114,7 @@ def flow_run(
         trace_id=parent.trace_id if parent else None,
         parent_span_id=parent.span_id if parent else None,
     )
-    plan = resolve(request)
+    plan = resolve(request, priced=not dry_run)
     checkpoint()
     if dry_run:
         # As any shape's (every stage built on answers as long as they may be), named

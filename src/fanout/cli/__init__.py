@@ -25,7 +25,7 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """The command line (``fanout.__main__.main`` calls it once the signal handlers are in
+    """The command line (``fanout.launch.main`` calls it once the signal handlers are in
     place; an older console script calls it directly, and gets them here)."""
     from fanout.interrupt import install
 

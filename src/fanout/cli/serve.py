@@ -47,7 +47,11 @@ def serve(
     ] = None,
     cors: Annotated[
         str | None,
-        typer.Option("--cors", help="Allow this browser origin (no CORS headers without it)."),
+        typer.Option(
+            "--cors",
+            metavar="ORIGIN",
+            help="Allow this browser origin (no CORS headers without it).",
+        ),
     ] = None,
     max_runs: Annotated[
         int,

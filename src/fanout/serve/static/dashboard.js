@@ -79,6 +79,30 @@ function pane(call) {
   return node;
 }
 
+// An answer is drawn as Markdown (markdown.js: DOM nodes only, an answer's HTML stays text),
+// at most once an animation frame while it streams; an error message as plain text.
+const answerText = new WeakMap();
+const toDraw = new Set();
+let drawing = 0;
+
+function drawAnswer(node) {
+  const box = node.querySelector(".text");
+  const { text, plain } = answerText.get(node) || { text: "", plain: true };
+  box.classList.toggle("plain", plain);
+  if (plain) box.textContent = text; else box.replaceChildren(renderMarkdown(text));
+}
+
+function showAnswer(node, text, { plain = false, now = false } = {}) {
+  answerText.set(node, { text, plain });
+  if (now) { toDraw.delete(node); drawAnswer(node); return; }
+  toDraw.add(node);
+  drawing = drawing || requestAnimationFrame(() => {
+    drawing = 0;
+    for (const n of toDraw) drawAnswer(n);
+    toDraw.clear();
+  });
+}
+
 function setState(node, state) {
   const badge = node.querySelector(".state");
   badge.textContent = state;
@@ -106,18 +130,19 @@ function onLine(run, line) {
       c.sent = t; setState(node, "running");
     } else if (line.type === "delta") {
       if (c.firstDelta === undefined) c.firstDelta = t;
-      node.querySelector(".text").textContent += line.text;
+      showAnswer(node, ((answerText.get(node) || {}).text || "") + line.text);
       setState(node, "streaming");
     } else if (line.type === "retry") {
       c.spans.push(["waiting", t, t + line.wait_s * 1000]);
-      node.querySelector(".text").textContent = "";
+      showAnswer(node, "", { now: true });
       c.firstDelta = undefined;
       setState(node, "waiting");
     } else if (line.type === "agent_finished" || line.type === "synthesis_finished") {
       const r = line.result;
       c.end = t;
       if (c.sent === undefined && r.latency_s != null) c.sent = t - r.latency_s * 1000;
-      node.querySelector(".text").textContent = r.answer || (r.error ? r.error.message : "");
+      if (r.answer) showAnswer(node, r.answer, { now: true });
+      else showAnswer(node, r.error ? r.error.message : "", { plain: true, now: true });
       const meta = [];
       if (r.latency_s != null) meta.push(r.latency_s.toFixed(2) + " s");
       if (r.usage) meta.push(r.usage.total_tokens + " tokens");
