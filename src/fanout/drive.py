@@ -27,10 +27,10 @@ from fanout.history import History, HistoryRecorder, history_path
 from fanout.interrupt import forget_hard_exit, interruptibly, on_hard_exit
 from fanout.models import Agent, RunReport
 from fanout.output import (
-    EXIT_FOR_STATUS,
     EXIT_INTERRUPTED,
     EXIT_PIPE,
     Output,
+    exit_for,
     silence_stdout,
     write_stdout,
 )
@@ -242,7 +242,7 @@ def emit(
     if interrupted:
         say("interrupted: unfinished personas are marked cancelled")
         return EXIT_INTERRUPTED
-    return EXIT_FOR_STATUS[report.status]
+    return exit_for(report.status, report.decided)
 
 
 def _timeline(report: RunReport, *, stderr: bool) -> None:
