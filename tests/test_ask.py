@@ -40,6 +40,17 @@ def test_personas_are_asked_concurrently(
     assert server.max_in_flight == 4
 
 
+def test_a_panel_of_128_personas_goes_in_one_wave_by_default(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # Held until all 128 are in flight at once: two waves of 64 never get there.
+    server.default = Reply(gate=128)
+    config = agents_file(*(f"p{i}" for i in range(128)))
+    result = invoke("ask", "-c", config, "--json", "--no-stream", "hello")
+    assert result.exit_code == 0, result.output
+    assert server.max_in_flight == 128
+
+
 def test_concurrency_flag_caps_requests_in_flight(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:

@@ -12,16 +12,17 @@ The Python API (the CLI is one client of it)::
         async for event in stream:            # RunStarted, CallDelta, CallFinished, RunFinished...
             ...
 
-The API loads on first use, so ``fanout --help`` does not pay for it (nor the live board's
-first frame, drawn by ``fanout.launch`` before anything else loads).
+The API loads on first use, so ``fanout --help`` does not pay for it, nor the live board's
+first frame (drawn by ``fanout.launch`` before anything else loads), and the command line
+has its signal handlers in place first.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: `import fanout` loads nothing (see fanout.launch)
 if TYPE_CHECKING:
+    from typing import Any
+
     from fanout.api import RunRequest, arun, events, load_panel, prepare, run
     from fanout.config import Panel
     from fanout.engine import Execution, RunSettings
@@ -66,29 +67,22 @@ __all__ = [
     "run",
 ]
 
-# Everything loads on first use: `fanout` is imported before the live board's first frame.
+_ERRORS = ("ConfigError", "FanoutError", "ProviderError", "StorageError")
 _LAZY = {
-    **dict.fromkeys(
-        ("ConfigError", "FanoutError", "ProviderError", "StorageError"), "fanout.errors"
-    ),
-    **{name: "fanout.models" for name in ("Agent", "AgentError", "AgentResult", "Call")},
-    **{name: "fanout.models" for name in ("CallResult", "Endpoint", "RunReport", "StageResult")},
-    "Usage": "fanout.models",
-    "RunRequest": "fanout.api",
-    "arun": "fanout.api",
-    "events": "fanout.api",
-    "load_panel": "fanout.api",
-    "prepare": "fanout.api",
-    "run": "fanout.api",
+    **dict.fromkeys(("RunRequest", "arun", "events", "load_panel", "prepare", "run"), "fanout.api"),
     "Panel": "fanout.config",
-    "Execution": "fanout.engine",
-    "RunSettings": "fanout.engine",
+    **dict.fromkeys(("Execution", "RunSettings"), "fanout.engine"),
+    **dict.fromkeys(_ERRORS, "fanout.errors"),
+    **dict.fromkeys(("Agent", "AgentError", "AgentResult", "Call", "CallResult"), "fanout.models"),
+    **dict.fromkeys(("Endpoint", "RunReport", "StageResult", "Usage"), "fanout.models"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fanout' has no attribute {name!r}")

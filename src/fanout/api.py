@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -44,6 +44,7 @@ from fanout.engine import (
     Provider,
     RunContext,
     RunSettings,
+    Stage,
     unwrap_fanout_error,
 )
 from fanout.errors import ConfigError
@@ -91,12 +92,40 @@ class Plan:
     request: RunRequest
     agents: list[Agent]
     roles: dict[str, Agent]
-    stages: list[Any]
+    stages: list[Stage]
     pricing: Pricing
+    panel: Panel | None = None  # where the personas and roles came from
 
     @property
     def callers(self) -> list[Agent]:
         return [*self.agents, *self.roles.values()]
+
+    def role(self, name: str) -> Agent:
+        """The agent that plays ``name``: the plan's own, else the panel's as this request
+        would have it (``--model``, a budget's bound on answers), for a run carried on later
+        (``runs synth`` asks the synthesizer of a run that had no synthesis)."""
+        if name in self.roles:
+            return self.roles[name]
+        panel = self.panel or load_panel()
+        agent = apply_model([panel.role(name)], self.request.model)[0]
+        return bound_answer(agent) if self.request.settings.max_cost is not None else agent
+
+    def context(self) -> RunContext:
+        """What the plan's first stage sees: its question, personas, roles and options."""
+        return RunContext(self.request.prompt, self.agents, self.roles, self.request.options)
+
+    def asking(self, prompt: str) -> Plan:
+        """The same plan for another prompt (a batch's next line)."""
+        return replace(self, request=replace(self.request, prompt=prompt))
+
+    def pointed(self, point: Callable[[Agent], Agent]) -> Plan:
+        """The plan with every persona and role passed through ``point`` (onto the local
+        server for this run)."""
+        return replace(
+            self,
+            agents=[point(a) for a in self.agents],
+            roles={r: point(a) for r, a in self.roles.items()},
+        )
 
 
 def resolve(request: RunRequest, *, priced: bool = True) -> Plan:
@@ -119,7 +148,7 @@ def resolve(request: RunRequest, *, priced: bool = True) -> Plan:
             check_prices([*agents, *roles.values()], pricing)
         agents = [bound_answer(a) for a in agents]
         roles = {r: bound_answer(a) for r, a in roles.items()}
-    return Plan(request, agents, roles, stages, pricing)
+    return Plan(request, agents, roles, stages, pricing, panel)
 
 
 def _check(request: RunRequest) -> None:
@@ -244,20 +273,12 @@ def prepare(
     if check:
         check_credentials(plan.callers, os.environ)
     if engine is None:
-        provider = provider or _openai()
-        # One-time client set-up (openai builds its resources lazily, ~0.5 s the first time)
-        # happens here, before the first call: not inside every persona's measured latency,
-        # and not bunching rate-limited starts at the server.
-        warm = getattr(provider, "prepare", None)
-        if callable(warm):
-            warm(a.endpoint for a in plan.callers)
-        engine = Engine(provider, plan.callers, plan.request.settings, plan.pricing)
+        engine = engine_for(plan, provider or _openai())
     observer = Broadcast(*observers)  # each observer isolated: one that raises is cut off
-    context = RunContext(plan.request.prompt, plan.agents, plan.roles, plan.request.options)
     return Execution(
         engine,
         plan.stages,
-        context,
+        plan.context(),
         observer,
         shape=plan.request.shape,
         run_id=plan.request.run_id,
@@ -266,6 +287,18 @@ def prepare(
         previous=previous,
         parent_span_id=plan.request.parent_span_id,
     )
+
+
+def engine_for(plan: Plan, provider: Provider) -> Engine:
+    """The engine ``plan``'s calls go through: its limits, prices and budget, on ``provider``
+    (shared by every prompt of a batch)."""
+    # One-time client set-up (openai builds its resources lazily, ~0.5 s the first time)
+    # happens here, before the first call: not inside every persona's measured latency,
+    # and not bunching rate-limited starts at the server.
+    warm = getattr(provider, "prepare", None)
+    if callable(warm):
+        warm(a.endpoint for a in plan.callers)
+    return Engine(provider, plan.callers, plan.request.settings, plan.pricing)
 
 
 async def arun(

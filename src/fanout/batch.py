@@ -26,12 +26,12 @@ from typing import Any, TextIO, TypeVar
 import anyio
 import anyio.abc
 
+from fanout.api import Plan, prepare
 from fanout.config import base_url_problem, file_kind, open_regular_file
 from fanout.cost import Pricing
-from fanout.engine import Engine, Execution, RunContext, Stage
+from fanout.engine import Engine, RunContext, Stage
 from fanout.errors import ConfigError, FanoutError, ProviderError, StdoutClosed
 from fanout.event import (
-    Broadcast,
     CallFinished,
     CallRetrying,
     CallSending,
@@ -56,7 +56,6 @@ from fanout.models import (
 from fanout.output import silence_stdout
 from fanout.provider import OpenAIProvider, request_line
 from fanout.retry import RetryPolicy, call_with_retries
-from fanout.shapes import build_plan
 
 FORMATS = (".jsonl", ".ndjson", ".txt", ".csv")
 T = TypeVar("T")
@@ -379,12 +378,29 @@ class _PromptObserver:
     """Hears one prompt's run; writes each result and each verdict, and keeps the tally."""
 
     def __init__(
-        self, prompt: BatchPrompt, writer: ResultWriter, tally: BatchTally, shown: Observer
+        self,
+        prompt: BatchPrompt,
+        writer: ResultWriter,
+        tally: BatchTally,
+        shown: Observer,
+        *,
+        stop: Callable[[], None],
     ) -> None:
         self._prompt, self._writer, self._tally, self._shown = prompt, writer, tally, shown
         self._asked = False  # a call was made for this prompt in this run
+        self._stop = stop
+        # The write that failed (a full disk, a reader gone): the batch ends on it.
+        self.error: FanoutError | StdoutClosed | None = None
 
     def handle(self, event: Event) -> None:
+        try:
+            self._record(event)
+        except (FanoutError, StdoutClosed) as exc:
+            self.error = self.error or exc
+            self._stop()
+            raise
+
+    def _record(self, event: Event) -> None:
         tally = self._tally
         call = getattr(event, "call", None)
         key = (self._prompt.id, call.call_id) if call is not None else None
@@ -422,34 +438,24 @@ class _PromptObserver:
 
 async def run_batch(
     prompts: Iterator[BatchPrompt],
-    agents: Sequence[Agent],
-    synthesizer: Agent | None,
+    plan: Plan,
     *,
     engine: Engine,
     writer: ResultWriter,
     tally: BatchTally,
     answered: dict[tuple[str, str], Any],
     shown: Observer,
-    shape: str = "panel",
-    options: Mapping[str, Any] | None = None,
-    roles: Mapping[str, Agent] | None = None,
     traced: Callable[[], Observer] | None = None,
-    parent: tuple[str, str] | None = None,
 ) -> None:
     """Ask every prompt x persona not yet answered; ``concurrency`` prompts are in progress at
-    once (their calls share the engine's limits), the next read only as one finishes.
-    ``shape``/``options``/``roles``: each prompt is run as that shape (a vote, a judge...).
+    once (their calls share the engine's limits), the next read only as one finishes. Each
+    prompt is ``plan`` asked that prompt, through the API as any run (a vote, a judge...).
     ``traced``: a new observer for each prompt's run (its OpenTelemetry spans); each prompt is
-    a trace of its own, or a child of ``parent`` (trace id, span id) when one is given."""
+    a trace of its own, or a child of the span the plan's request continues."""
     send, receive = anyio.create_memory_object_stream[BatchPrompt](0)
-    options = {"synthesize": synthesizer is not None, **(options or {})}
-    stages = build_plan(shape, options)
-    roles = dict(roles or {})
-    if synthesizer is not None:
-        roles["synthesizer"] = synthesizer
-    if traced is None and independent_calls(stages):  # the fast path: see run_flat
-        context = RunContext("", agents, roles, options)
-        await run_flat(prompts, stages[0], context, engine, writer, tally, answered, shown)
+    if traced is None and independent_calls(plan.stages):  # the fast path: see run_flat
+        context = plan.context()
+        await run_flat(prompts, plan.stages[0], context, engine, writer, tally, answered, shown)
         return
     by_prompt: dict[str, dict[str, CallResult]] = {}
     for (prompt_id, call_id), entry in answered.items():
@@ -463,25 +469,20 @@ async def run_batch(
     async def ask_one(prompt: BatchPrompt) -> None:
         kept = by_prompt.pop(prompt.id, {})
         tally.skipped += len(kept)
-        context = RunContext(prompt.prompt, agents, roles, options)
-        observer: Observer = _PromptObserver(prompt, writer, tally, shown)
-        if traced is not None:
-            observer = Broadcast(observer, _OnceAsked(traced()))
-        trace_id, span_id = parent or (None, None)
-        execution = Execution(
-            engine,
-            stages,
-            context,
-            observer,
-            shape=shape,
-            kept=kept,
-            trace_id=trace_id,
-            parent_span_id=span_id,
-        )
-        try:
-            await execution.execute()
-        finally:  # interrupted too: RunFinished ends the prompt's run span, calls cut short
-            execution.conclude()
+        with anyio.CancelScope() as scope:
+            written = _PromptObserver(prompt, writer, tally, shown, stop=scope.cancel)
+            observers: list[Observer] = [written]
+            if traced is not None:
+                observers.append(_OnceAsked(traced()))
+            execution = prepare(
+                plan.asking(prompt.prompt), observers, engine=engine, kept=kept, check=False
+            )
+            try:
+                await execution.execute()
+            finally:  # interrupted too: RunFinished ends the prompt's run span, calls cut short
+                execution.conclude()
+        if written.error is not None:  # a result that could not be written ends the batch
+            raise written.error
 
     async with anyio.create_task_group() as tg:
         for _ in range(engine.settings.concurrency):
@@ -519,7 +520,8 @@ async def run_flat(
 
     def jobs() -> Iterator[tuple[Call, Observer]]:
         for prompt in prompts:
-            observer = _PromptObserver(prompt, writer, tally, shown)
+            # A write that fails raises out of the call and ends the pool (and the batch).
+            observer = _PromptObserver(prompt, writer, tally, shown, stop=_nothing)
             for call in stage.calls(replace(context, prompt=prompt.prompt, stages={})):
                 if (prompt.id, call.call_id) in answered:
                     tally.skipped += 1
@@ -533,6 +535,10 @@ async def run_flat(
         pass  # the prompt's observer wrote it when it finished
 
     await run_pool(engine, jobs(), start, finish)
+
+
+def _nothing() -> None:
+    pass
 
 
 class _OnceAsked:

@@ -9,12 +9,13 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from fanout.api import RunRequest, planned_calls, resolve
+from fanout.api import Plan, RunRequest, engine_for, planned_calls, resolve
 from fanout.batch import (
     BatchTally,
     ResultWriter,
@@ -26,23 +27,19 @@ from fanout.batch import (
     run_via_batch_api,
 )
 from fanout.config import (
-    Panel,
-    apply_model,
-    bound_answer,
     check_credentials,
     find_config,
     load_panel,
 )
 from fanout.cost import Pricing
 from fanout.drive import open_telemetry, say_aside
-from fanout.engine import Engine, RunSettings
+from fanout.engine import RunSettings
 from fanout.errors import ConfigError
-from fanout.interrupt import interruptibly
+from fanout.interrupt import checkpoint, interruptibly
 from fanout.jobs import quiet_collector
 from fanout.local import local_server, wants_local
 from fanout.models import Agent
 from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
-from fanout.params import with_params
 from fanout.provider import OpenAIProvider
 from fanout.render import BatchProgress, batch_summary, make_console, print_warning
 from fanout.session import as_named
@@ -62,135 +59,79 @@ def batch(
     poll_s: float = 30.0,
     local: bool = False,
     shape: str = "panel",
-    options: Mapping[str, Any] | None = None,
+    options: Mapping[str, object] | None = None,
     personas: Sequence[tuple[str, str]] = (),
 ) -> int:
     """``fanout batch``: every prompt of ``path`` x every persona, as JSON lines (``shape``:
     each prompt run as a vote, a judge..., its verdict a line of its own; ``personas``: the
-    ``-p`` ones, added to the panel)."""
+    ``-p`` ones, added to the panel). One plan, resolved through the API as ``ask``'s is, asked
+    each prompt in turn."""
     panel = load_panel(find_config(config, os.environ)).with_personas(personas)
-    names, options = as_named(panel, names, options)
-    chosen = [with_params(a, settings.params) for a in apply_model(panel.select(names), model)]
-    options = {"synthesize": synthesize, **(options or {})}
+    names, options = as_named(panel, names, options or {})
+    parent = trace_parent(None, os.environ)
     plan = resolve(
         RunRequest(
             "(each prompt of the batch)",
             panel,
             agents=names,
             shape=shape,
-            options=options,
+            options={"synthesize": synthesize, **options},
+            settings=settings,
             model=model,
-            settings=settings,  # --max-cost: every model priced, checked before any call
+            trace_id=parent.trace_id if parent else None,
+            parent_span_id=parent.span_id if parent else None,
         )
     )
-    roles = {r: a for r, a in plan.roles.items() if r != "synthesizer"}
-    # -s, --map and a council's last stage all need the synthesizer.
-    synthesizer = plan.roles.get("synthesizer")
+    per_prompt = len(planned_calls(plan))
     with ExitStack() as stack:
-        if wants_local([*chosen, *([synthesizer] if synthesizer else [])], local, os.environ):
-            on_local = stack.enter_context(
-                local_server(chosen, local, None, model is not None, say_aside)
-            )
-            chosen = [on_local(a) for a in chosen]
-            synthesizer = on_local(synthesizer) if synthesizer else None
-            roles = {r: on_local(a) for r, a in roles.items()}
-        return _batch(
-            path, panel, chosen, synthesizer, settings, output, via, poll_s,
-            shape=shape, options=options, roles=roles, per_prompt=len(planned_calls(plan)),
-        )  # fmt: skip
+        if wants_local(plan.callers, local, os.environ):
+            named = model is not None
+            point = stack.enter_context(local_server(plan.agents, local, None, named, say_aside))
+            plan = plan.pointed(point)
+        return _batch(path, plan, output, via, poll_s, per_prompt)
 
 
 def _batch(
-    path: Path,
-    panel: Panel,
-    chosen: list[Agent],
-    synthesizer: Agent | None,
-    settings: RunSettings,
-    output: Path | None,
-    via: str,
-    poll_s: float,
-    *,
-    shape: str = "panel",
-    options: Mapping[str, Any] | None = None,
-    roles: Mapping[str, Agent] | None = None,
-    per_prompt: int | None = None,
+    path: Path, plan: Plan, output: Path | None, via: str, poll_s: float, per_prompt: int
 ) -> int:
-    synthesize = synthesizer is not None
-    roles = dict(roles or {})
-    if settings.max_cost is not None:
-        chosen = [bound_answer(a) for a in chosen]
-        synthesizer = bound_answer(synthesizer) if synthesizer else None
-        roles = {r: bound_answer(a) for r, a in roles.items()}
-    callers = [*chosen, *([synthesizer] if synthesizer else []), *roles.values()]
-    check_credentials(callers, os.environ)
+    """The batch itself: checked, then run with a progress bar; the summary and the exit
+    code."""
+    check_credentials(plan.callers, os.environ)
     prompts = count_prompts(path)  # reads the whole file once: a bad line stops us before any call
     # A later stage or a verdict needs the answers an earlier run already has.
-    answered = answered_jobs(output, keep_answers=synthesize or shape != "panel")
-    tally = BatchTally(
-        total=prompts * (per_prompt or len(callers)), output=str(output) if output else None
-    )
+    decided = len(plan.stages) > 1 or any(stage.key is not None for stage in plan.stages)
+    answered = answered_jobs(output, keep_answers=decided)
+    tally = BatchTally(total=prompts * per_prompt, output=str(output) if output else None)
+    if via == "openai-batch":
+        _check_via_batch_api(path, plan, output, answered)
     started = time.perf_counter()
     err = make_console(stderr=True)
     provider = OpenAIProvider()
-    provider.prepare(a.endpoint for a in callers)
-    engine = Engine(provider, callers, settings, Pricing.shipped(panel.pricing))
-    pricing = engine.pricing
-    pricing = Pricing.shipped(panel.pricing)
-    if via == "openai-batch":
-        if shape != "panel":
-            raise ConfigError(f"--{shape} needs the answers first: not with --via openai-batch")
-        if synthesize:
-            flag = "--map" if (options or {}).get("map") else "--synthesize"
-            raise ConfigError(f"{flag} needs the answers first: not with --via openai-batch")
-        if (options or {}).get("repeat") or (options or {}).get("best_of"):
-            raise ConfigError("asking a persona several times: not with --via openai-batch")
-        if output is None:
-            raise ConfigError("--via openai-batch needs -o FILE (it keeps the batch ids beside it)")
-        if settings.max_cost is not None:
-            _check_batch_budget(path, chosen, pricing, settings.max_cost, answered)
+    engine = engine_for(plan, provider)
+    checkpoint()  # nothing asked yet: a signal so far ends the batch here
     sink = open_results(output) if output is not None else sys.stdout
     telemetry = open_telemetry() if via != "openai-batch" else None
-    parent = trace_parent(None, os.environ)
     try:
         with BatchProgress(err, tally) as progress:
-
-            async def via_batch_api() -> None:
-                assert output is not None
-                await run_via_batch_api(
-                    read_prompts(path),
-                    chosen,
-                    provider=provider,
-                    pricing=pricing,
-                    writer=ResultWriter(sink),
-                    tally=tally,
-                    answered=answered,
-                    state_file=output.with_name(output.name + ".batches.json"),
-                    poll_s=poll_s,
-                    shown=progress,
-                    say=lambda message: print_warning(err, message),
-                )
+            writer = ResultWriter(sink)
 
             async def main() -> bool:
                 if via == "openai-batch":
-                    return await interruptibly(via_batch_api, cleanup=provider.aclose)
-                return await interruptibly(
-                    lambda: run_batch(
-                        read_prompts(path),
-                        chosen,
-                        synthesizer,
-                        engine=engine,
-                        writer=ResultWriter(sink),
-                        tally=tally,
-                        answered=answered,
-                        shown=progress,
-                        shape=shape,
-                        options=options,
-                        roles=roles,
-                        traced=telemetry.observer if telemetry is not None else None,
-                        parent=(parent.trace_id, parent.span_id) if parent else None,
-                    ),
-                    cleanup=provider.aclose,
-                )
+                    assert output is not None
+                    state_file = output.with_name(output.name + ".batches.json")
+                    work = partial(
+                        run_via_batch_api, read_prompts(path), plan.agents,
+                        provider=provider, pricing=plan.pricing, writer=writer, tally=tally,
+                        answered=answered, state_file=state_file, poll_s=poll_s, shown=progress,
+                        say=lambda message: print_warning(err, message),
+                    )  # fmt: skip
+                else:
+                    traced = telemetry.observer if telemetry is not None else None
+                    work = partial(
+                        run_batch, read_prompts(path), plan, engine=engine, writer=writer,
+                        tally=tally, answered=answered, shown=progress, traced=traced,
+                    )  # fmt: skip
+                return await interruptibly(work, cleanup=provider.aclose)
 
             with quiet_collector():  # eval's speed work: see jobs.py
                 interrupted = anyio.run(main)
@@ -207,6 +148,29 @@ def _batch(
     if tally.failed == 0:
         return EXIT_OK
     return EXIT_PARTIAL if tally.failed < tally.done else EXIT_FAILED
+
+
+def _check_via_batch_api(
+    path: Path, plan: Plan, output: Path | None, answered: dict[tuple[str, str], Any]
+) -> None:
+    """What the provider's Batch API cannot do: a later stage (it needs the answers first), a
+    persona asked several times, a run without an output file to keep the batch ids beside;
+    and a budget it could not stop half-way through."""
+    options = plan.request.options
+    if plan.request.shape != "panel":
+        raise ConfigError(
+            f"--{plan.request.shape} needs the answers first: not with --via openai-batch"
+        )
+    if len(plan.stages) > 1:
+        flag = "--map" if options.get("map") else "--synthesize"
+        raise ConfigError(f"{flag} needs the answers first: not with --via openai-batch")
+    if options.get("repeat") or options.get("best_of"):
+        raise ConfigError("asking a persona several times: not with --via openai-batch")
+    if output is None:
+        raise ConfigError("--via openai-batch needs -o FILE (it keeps the batch ids beside it)")
+    max_cost = plan.request.settings.max_cost
+    if max_cost is not None:
+        _check_batch_budget(path, plan.agents, plan.pricing, max_cost, answered)
 
 
 def _check_batch_budget(

@@ -7,21 +7,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from contextlib import ExitStack
-from typing import Any
 
 from fanout.api import Plan, RunRequest, prepare, resolve
 from fanout.config import Panel, apply_model, check_credentials
-from fanout.cost import Price
 from fanout.drive import drive, emit, guess_panes, open_history, say_aside, warn
-from fanout.engine import Execution, RunSettings
+from fanout.engine import Execution
 from fanout.errors import ConfigError
 from fanout.event import Observer
-from fanout.export import agent_from_settings, report_from_document
-from fanout.history import History, HistoryRecorder, StoredRun
+from fanout.export import report_from_document
+from fanout.history import History, StoredRun, recorder_for
 from fanout.local import with_local
 from fanout.models import Agent, CallResult, RunReport
 from fanout.output import Output
-from fanout.retry import RetryPolicy
+from fanout.record import SYNTHESIZER, recorded_plan
 from fanout.shapes import stored_options
 
 
@@ -111,35 +109,30 @@ def _stored_plan(
 ) -> Plan:
     """The plan of a stored run, with its recorded personas, roles and settings (a local
     server started for those recorded on ``base_url: local``)."""
-    settings, prices, shape, options = _settings_from_record(stored.settings)
-    options = stored_options(shape, options)
+    recorded = recorded_plan(stored.agents, stored.synthesizer, stored.settings)
+    options = stored_options(recorded.shape, recorded.options)
     if synthesize is not None:
         options = {**options, "synthesize": synthesize}
-    agents = [agent_from_settings(a) for a in stored.agents]
-    synthesizer = agent_from_settings(stored.synthesizer) if stored.synthesizer else None
-    if synthesizer is not None:
-        synthesizer = apply_model([synthesizer], model)[0]
-    roles = {r: agent_from_settings(a) for r, a in (stored.settings.get("roles") or {}).items()}
-    others = [*([synthesizer] if synthesizer else []), *roles.values()]
-    everyone = with_local(stack, [*agents, *others], say_aside)  # one server for all of them
-    agents, others = everyone[: len(agents)], everyone[len(agents) :]
-    synthesizer = others.pop(0) if synthesizer else None
-    roles = dict(zip(roles, others, strict=True))
-    judge = roles.pop("judge", None)
+    roles = dict(recorded.roles)
+    if SYNTHESIZER in roles:  # runs synth --model: the merge on another model
+        roles[SYNTHESIZER] = apply_model([roles[SYNTHESIZER]], model)[0]
+    count = len(recorded.agents)
+    # One local server for every persona and role recorded on it.
+    everyone = with_local(stack, [*recorded.agents, *roles.values()], say_aside)
+    roles = dict(zip(roles, everyone[count:], strict=True))
     panel = Panel(
         source="<history>",
-        agents=agents,
-        synthesizer=synthesizer or Agent("synthesizer"),
-        pricing=prices,
+        agents=everyone[:count],
+        synthesizer=roles.get(SYNTHESIZER) or Agent(SYNTHESIZER),
+        pricing=recorded.prices,
         roles=roles,
-        judge=judge,
     )
     request = RunRequest(
         stored.prompt,
         panel,
-        shape=shape,
+        shape=recorded.shape,
         options=options,
-        settings=settings,
+        settings=recorded.settings,
         run_id=stored.run_id,
         trace_id=str(stored.document.get("trace_id") or "") or None,
         # The new work is a child of the run's span, in the run's trace.
@@ -167,27 +160,8 @@ def _carry_on(
     def make(observer: Observer) -> Execution:
         return prepare(plan, [observer], check=False, kept=kept, previous=before)
 
-    recorder = HistoryRecorder(history, resume=True) if log else None
+    recorder = recorder_for(history, plan, resume=True) if log else None
     report, interrupted = drive(
         make, output, recorder, asked, previous=before, guess_panes=guess_panes(plan)
     )
     return emit(report, output, recorder, interrupted)
-
-
-def _settings_from_record(
-    record: dict[str, Any],
-) -> tuple[RunSettings, dict[str, Price], str, dict[str, Any]]:
-    """The recorded run settings, prices, shape and options (a budget is not carried over:
-    it was the first run's)."""
-    settings = RunSettings(
-        concurrency=record.get("concurrency", 8),
-        timeout=record.get("timeout", 120.0),
-        retry=RetryPolicy(record.get("retries", 3), record.get("max_retry_after", 60.0)),
-        rpm=record.get("rpm"),
-        tpm=record.get("tpm"),
-        stream=record.get("stream", True),
-        params=dict(record.get("params") or {}),  # --param
-    )
-    prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
-    options = dict(record.get("options") or {"synthesize": bool(record.get("synthesize"))})
-    return settings, prices, str(record.get("shape") or "panel"), options

@@ -241,7 +241,9 @@ class Panel:
         if name in self.role_errors:
             raise ConfigError(self.role_errors[name])
         judge = self.judge or Agent("judge", instructions=DEFAULT_JUDGE_INSTRUCTIONS)
-        roles = {**default_roles(), **self.roles, "synthesizer": self.synthesizer, "judge": judge}
+        # Every role by name, as ordinary as the others; ``roles`` may name any of them (a
+        # stored run's panel holds them all there).
+        roles = {**default_roles(), "synthesizer": self.synthesizer, "judge": judge, **self.roles}
         if name not in roles:
             raise ConfigError(f"the agents file has no {name}: section and no default for it")
         return roles[name]

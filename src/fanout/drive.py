@@ -13,18 +13,18 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TextIO
+from types import TracebackType
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import anyio
 
 from fanout.engine import Engine, Execution
 from fanout.errors import FanoutError, StdoutClosed
-from fanout.event import Broadcast, Event, Observer
-from fanout.export import JsonlWriter, dumps, report_document
+from fanout.event import Broadcast, CallFinished, CallRetrying, Event, Observer
+from fanout.export import JsonlWriter, dumps, json_line, report_document
 from fanout.files import write_whole
 from fanout.history import History, HistoryRecorder, history_path
 from fanout.interrupt import forget_hard_exit, interruptibly, on_hard_exit
-from fanout.live import LiveBoard
 from fanout.models import Agent, RunReport
 from fanout.output import (
     EXIT_INTERRUPTED,
@@ -34,20 +34,16 @@ from fanout.output import (
     silence_stdout,
     write_stdout,
 )
-from fanout.render import (
-    ProgressDisplay,
-    make_console,
-    print_warning,
-    printable_report,
-    render_report,
-    report_text,
-    timeline,
-)
 from fanout.tracing import telemetry_wanted
 
 if TYPE_CHECKING:
     from fanout.api import Plan
+    from fanout.render import ProgressDisplay
     from fanout.telemetry import Telemetry
+
+# Rich (render.py, live.py) loads only for what a terminal shows: a run whose result is JSON
+# starts without it, unless it has something to say on stderr.
+Display = AbstractContextManager[object]
 
 
 def drive(
@@ -62,19 +58,8 @@ def drive(
     """Run with the right display (panes on a terminal, JSON lines, or a spinner on stderr)
     and the history recorder listening; return the report and whether it was interrupted.
     A reader that closes our stdout ends the run, quietly."""
-    out, err = make_console(), make_console(stderr=True)
-    display: AbstractContextManager[Any]
-    shown: Observer
     closed = anyio.Event() if output.mode == "jsonl" else None
-    if output.mode == "jsonl":
-        shown = PipedJsonl(sys.stdout, deltas=output.deltas, on_closed=lambda: _closed(closed))
-        display = nullcontext()
-    elif output.mode == "table" and out.is_terminal and not out.is_dumb_terminal:
-        board = LiveBoard(out, asked if guess_panes else ())
-        on_hard_exit(board.restore)  # a second Ctrl-C must still give the terminal back
-        shown = display = board
-    else:
-        shown = display = ProgressDisplay(err, len(asked))
+    shown, display, restore = _display(output, asked if guess_panes else (), len(asked), closed)
     telemetry = open_telemetry()
     observer = Broadcast(
         shown,
@@ -100,8 +85,8 @@ def drive(
             if recorder is not None:
                 recorder.finish(report)
     finally:
-        if isinstance(display, LiveBoard):
-            forget_hard_exit(display.restore)  # restored by now
+        if restore is not None:
+            forget_hard_exit(restore)  # restored by now
         if recorder is not None:
             recorder.close()
         if telemetry is not None:
@@ -109,6 +94,67 @@ def drive(
     if closed is not None and closed.is_set():
         raise StdoutClosed
     return report, execution.interrupted
+
+
+def _display(
+    output: Output, panes: Sequence[Agent], asked: int, closed: anyio.Event | None
+) -> tuple[Observer, Display, Callable[[], None] | None]:
+    """What shows the run: JSON lines on stdout, the live board on a terminal, else a spinner
+    and notices on stderr. Also how to give the terminal back, if a board has it."""
+    if output.mode == "jsonl":
+        lines = PipedJsonl(sys.stdout, deltas=output.deltas, on_closed=lambda: _closed(closed))
+        return lines, nullcontext(), None
+    if output.mode == "table":
+        from fanout.render import make_console
+
+        out = make_console()
+        if out.is_terminal and not out.is_dumb_terminal:
+            from fanout.live import LiveBoard
+
+            board = LiveBoard(out, panes)
+            on_hard_exit(board.restore)  # a second Ctrl-C must still give the terminal back
+            return board, board, board.restore
+    if sys.stderr.isatty():
+        progress = _progress(asked)
+        return progress, progress, None
+    notices = _NoticesOnly(asked)
+    return notices, notices, None
+
+
+def _progress(asked: int) -> ProgressDisplay:
+    from fanout.render import ProgressDisplay, make_console
+
+    return ProgressDisplay(make_console(stderr=True), asked)
+
+
+class _NoticesOnly:
+    """The spinner's notices (a retry, a failure) on a stderr that is no terminal: Rich loads
+    with the first of them, not before."""
+
+    def __init__(self, asked: int) -> None:
+        self._asked = asked
+        self._progress: ProgressDisplay | None = None
+
+    def __enter__(self) -> _NoticesOnly:
+        return self
+
+    def handle(self, event: Event) -> None:
+        if self._progress is None:
+            if not isinstance(event, CallRetrying | CallFinished):
+                return
+            if isinstance(event, CallFinished) and event.result.status != "error":
+                return
+            self._progress = _progress(self._asked).__enter__()
+        self._progress.handle(event)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(exc_type, exc, tb)
 
 
 def guess_panes(plan: Plan) -> bool:
@@ -125,10 +171,9 @@ def open_telemetry() -> Telemetry | None:
     try:
         from fanout.telemetry import Telemetry
     except ImportError as exc:
-        print_warning(
-            make_console(stderr=True),
+        say(
             f"warning: OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is missing ({exc}):"
-            " pip install 'fanout[otel]' to export spans",
+            " pip install 'fanout[otel]' to export spans"
         )
         return None
     return Telemetry()
@@ -173,19 +218,18 @@ def emit(
     """The run's result where ``output`` says (stdout, ``-o``, the timeline), what went wrong
     recording it, and the exit code."""
     document = report_document(report)
-    err = make_console(stderr=True)
     if output.mode == "json":
         write_stdout(dumps(document))
     elif output.mode == "table":
         try:
             show_report(report, output.view, recorded=recorder is not None)
             if output.timeline:
-                make_console().print(timeline(report))
+                _timeline(report, stderr=False)
         except BrokenPipeError:
             silence_stdout()
             raise StdoutClosed from None
-    if output.timeline and output.mode != "table":
-        err.print(timeline(report))
+    if output.timeline and output.mode != "table":  # stdout carries the document
+        _timeline(report, stderr=True)
     if output.file is not None:
         try:
             write_whole(output.file, dumps(document))
@@ -194,16 +238,24 @@ def emit(
                 f"--output: cannot write {str(output.file)!r}: {exc.strerror}"
             ) from None
     if recorder is not None and recorder.error is not None:
-        print_warning(err, f"warning: the run was not fully recorded: {recorder.error}")
+        say(f"warning: the run was not fully recorded: {recorder.error}")
     if interrupted:
-        print_warning(err, "interrupted: unfinished personas are marked cancelled")
+        say("interrupted: unfinished personas are marked cancelled")
         return EXIT_INTERRUPTED
     return exit_for(report.status, report.decided)
+
+
+def _timeline(report: RunReport, *, stderr: bool) -> None:
+    from fanout.render import make_console, timeline
+
+    make_console(stderr=stderr).print(timeline(report))
 
 
 def show_report(report: RunReport, view: str | None, *, recorded: bool = True) -> None:
     """The final view on stdout: ``view`` as ``--format`` named it, else answers in columns
     on a terminal and plain Markdown anywhere else."""
+    from fanout.render import make_console, printable_report, render_report, report_text
+
     out = make_console()
     view = view or ("columns" if out.is_terminal else "md")
     if view in ("md", "text"):
@@ -227,15 +279,15 @@ def cancelled_before_start(prompt: str, output: Output) -> int:
             write_stdout(dumps(report_document(report)))
         elif output.mode == "jsonl":
             line = {"type": "run_finished", "document": report_document(report)}
-            write_stdout(dumps(line).replace("\n", " ").rstrip() + "\n")
+            write_stdout(json_line(line) + "\n")
     except StdoutClosed:
         return EXIT_PIPE
-    print_warning(make_console(stderr=True), "interrupted before the run started")
+    say("interrupted before the run started")
     return EXIT_INTERRUPTED
 
 
 class _NoProvider:
-    async def complete(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover
+    async def complete(self, *args: object, **kwargs: object) -> NoReturn:  # pragma: no cover
         raise AssertionError("nothing is asked")
 
     async def aclose(self) -> None:  # pragma: no cover
@@ -249,12 +301,18 @@ def open_history() -> History:
 
 def warn(warnings: list[str]) -> None:
     """Say each warning once on stderr (the list is emptied)."""
-    err = make_console(stderr=True)
     for warning in warnings:
-        print_warning(err, f"warning: {warning}")
+        say(f"warning: {warning}")
     warnings.clear()
+
+
+def say(message: str, *, style: str = "yellow") -> None:
+    """A line of chatter on stderr (a warning, a note), whatever characters it holds."""
+    from fanout.render import make_console, print_warning
+
+    print_warning(make_console(stderr=True), message, style=style)
 
 
 def say_aside(message: str) -> None:
     """A note on stderr that is no warning (the local model being prepared)."""
-    print_warning(make_console(stderr=True), message, style="dim")
+    say(message, style="dim")

@@ -66,8 +66,9 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
-# rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it).
-DEFAULT_CONCURRENCY = 64
+# rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it): a panel of a few
+# hundred personas goes in one wave.
+DEFAULT_CONCURRENCY = 256
 # A key the endpoint refuses (401) will not do better on the next call: the endpoint is closed
 # for the rest of the run, as a day-long 429 closes it. A 403 is said the same way (the host,
 # the key's variable) but closes nothing: it may be about one model, or one request's content.

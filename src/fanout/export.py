@@ -33,21 +33,18 @@ from fanout.models import (
     AttemptTiming,
     CallResult,
     CallTiming,
-    Endpoint,
-    Limits,
     RunReport,
     StageResult,
     Usage,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from pydantic import JsonValue
 
     from fanout.config import Panel
-    from fanout.cost import PlannedCall, Price
-    from fanout.engine import RunSettings
+    from fanout.cost import PlannedCall
 
 SCHEMA_VERSION = 2
 _CALL_KEYS = ("call_id", "stage", "role")
@@ -454,82 +451,6 @@ def plan_document(
 
 
 # -- back from JSON: the run history stores documents and settings --------------------------
-
-
-def agent_settings(agent: Agent) -> dict[str, Any]:
-    """A persona as recorded in the history: everything needed to ask it again, no secret."""
-    from fanout.params import recorded_headers
-
-    return {
-        "name": agent.name,
-        "description": agent.description,
-        "instructions": agent.instructions,
-        "model": agent.model,
-        "temperature": agent.temperature,
-        "top_p": agent.top_p,
-        "max_tokens": agent.max_tokens,
-        "stop": list(agent.stop) if agent.stop else None,
-        "timeout": agent.timeout,
-        "base_url": agent.endpoint.base_url,
-        "api_key_env": agent.endpoint.api_key_env,
-        "rpm": agent.limits.rpm,
-        "tpm": agent.limits.tpm,
-        "concurrency": agent.limits.concurrency,
-        "params": dict(agent.params),
-        "token_field": agent.token_field,
-        "extra_body": dict(agent.extra_body),
-        # A value made of ${VAR} references is kept; any other is a secret, never stored.
-        "extra_headers": recorded_headers(agent.extra_headers),
-    }
-
-
-def settings_record(
-    settings: RunSettings,
-    shape: str,
-    options: Mapping[str, Any],
-    pricing: Mapping[str, Price],
-    roles: Mapping[str, Agent] | None = None,
-) -> dict[str, Any]:
-    """A run's settings as the history records them (what ``runs retry`` runs it again with),
-    for every client that records runs: the CLI and the server."""
-    return {
-        # Roles beside the synthesizer (router, orchestrator), so a retry asks the same ones.
-        "roles": {r: agent_settings(a) for r, a in (roles or {}).items() if r != "synthesizer"},
-        "concurrency": settings.concurrency,
-        "timeout": settings.timeout,
-        "retries": settings.retry.retries,
-        "max_retry_after": settings.retry.max_retry_after,
-        "rpm": settings.rpm,
-        "tpm": settings.tpm,
-        "stream": settings.stream,
-        "max_cost": settings.max_cost,
-        "params": dict(settings.params),  # --param, for every persona
-        "shape": shape,
-        "options": dict(options),
-        "synthesize": bool(options.get("synthesize")),  # version 1 readers
-        "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
-    }
-
-
-def agent_from_settings(data: dict[str, Any]) -> Agent:
-    """A persona as the history recorded it, ready to be asked again."""
-    return Agent(
-        name=data["name"],
-        instructions=data.get("instructions") or "",
-        description=data.get("description") or "",
-        model=data["model"],
-        temperature=data.get("temperature"),
-        top_p=data.get("top_p"),
-        max_tokens=data.get("max_tokens"),
-        stop=tuple(data["stop"]) if data.get("stop") else None,
-        timeout=data.get("timeout"),
-        endpoint=Endpoint(data["base_url"], data["api_key_env"]),
-        limits=Limits(data.get("rpm"), data.get("tpm"), data.get("concurrency")),
-        params=_mapping(data.get("params")),
-        token_field=_text_or_none(data.get("token_field")),
-        extra_body=_mapping(data.get("extra_body")),
-        extra_headers={str(k): str(v) for k, v in _mapping(data.get("extra_headers")).items()},
-    )
 
 
 def result_from_entry(entry: dict[str, Any]) -> CallResult:

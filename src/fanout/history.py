@@ -52,7 +52,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import platformdirs
 
@@ -60,6 +60,11 @@ from fanout.errors import ConfigError, FanoutError, StorageError
 from fanout.event import CallFinished, Event, RunFinished, RunStarted, StageStarted
 from fanout.export import call_document, derive_totals, report_document, upgrade_document
 from fanout.models import CallResult, RunReport
+
+if TYPE_CHECKING:
+    from fanout.api import Plan
+    from fanout.models import Agent
+    from fanout.record import AgentRecord, SettingsRecord
 
 HISTORY_ENV = "FANOUT_HOME"
 SCHEMA_VERSION = 2
@@ -168,9 +173,9 @@ class StoredRun:
 
     run_id: str
     prompt: str
-    agents: list[dict[str, Any]]
-    synthesizer: dict[str, Any] | None
-    settings: dict[str, Any]
+    agents: list[AgentRecord]
+    synthesizer: AgentRecord | None
+    settings: SettingsRecord
     document: dict[str, Any]
 
 
@@ -230,9 +235,9 @@ class History:
         self,
         document: dict[str, Any],
         *,
-        agents: list[dict[str, Any]],
-        synthesizer: dict[str, Any] | None,
-        settings: dict[str, Any],
+        agents: list[AgentRecord],
+        synthesizer: AgentRecord | None,
+        settings: SettingsRecord,
     ) -> None:
         """Record a run as it starts. `document` is the initial result document (status
         "running", every agent entry present with status "cancelled"/pending)."""
@@ -410,9 +415,11 @@ class History:
             return StoredRun(
                 run_id=run_id,
                 prompt=str(current.get("prompt", "")),
-                agents=cast(list[dict[str, Any]], listed),
-                synthesizer=None if synthesizer is None else _loads(synthesizer),
-                settings=_loads(settings),
+                agents=cast("list[AgentRecord]", listed),
+                synthesizer=None
+                if synthesizer is None
+                else cast("AgentRecord", _loads(synthesizer)),
+                settings=cast("SettingsRecord", _loads(settings)),
                 document=current,
             )
         except (ValueError, TypeError, AttributeError, KeyError, sqlite3.DatabaseError) as exc:
@@ -771,16 +778,16 @@ class HistoryRecorder:
         self,
         history: History,
         *,
-        agents: list[dict[str, Any]] | None = None,
-        synthesizer: dict[str, Any] | None = None,
-        settings: dict[str, Any] | None = None,
+        agents: list[AgentRecord] | None = None,
+        synthesizer: AgentRecord | None = None,
+        settings: SettingsRecord | None = None,
         resume: bool = False,
         writer: HistoryWriter | None = None,
     ) -> None:
         self._history = history
         self._agents = agents or []
         self._synthesizer = synthesizer
-        self._settings = settings or {}
+        self._settings: SettingsRecord = settings or {}
         self._resume = resume  # a stored run carried on: the command records its end
         self._run_id = ""
         self.error: str | None = None
@@ -831,3 +838,30 @@ class HistoryRecorder:
 
     def _failed(self, message: str) -> None:
         self.error = self.error or message
+
+
+def recorder_for(
+    history: History,
+    plan: Plan,
+    *,
+    written: Callable[[Agent], Agent] | None = None,
+    resume: bool = False,
+    writer: HistoryWriter | None = None,
+) -> HistoryRecorder:
+    """The one way a run gets its recorder, whoever starts it (``ask``, ``flow run``, the
+    server; ``runs retry``/``runs synth`` with ``resume``: the run is recorded already, only
+    its new answers are written). ``written``: how each persona and role was written, when
+    this run asked some elsewhere (on this run's local server); ``writer``: a writer thread
+    shared by many runs (the server's), else one of the recorder's own."""
+    if resume:
+        return HistoryRecorder(history, resume=True, writer=writer)
+    from fanout.record import run_record
+
+    record = run_record(plan, written)
+    return HistoryRecorder(
+        history,
+        agents=record.agents,
+        synthesizer=record.synthesizer,
+        settings=record.settings,
+        writer=writer,
+    )

@@ -137,9 +137,15 @@ def _quiet_keys() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the signal handlers before anything else (a Ctrl-C while
+    the command loads is a cancelled run, never a traceback: ``fanout.interrupt``, standard
+    library only too), the first frame when the run is shown live, then the command line."""
+    from fanout.interrupt import install, on_hard_exit
+
+    install()
     if shows_live(sys.argv[1:], os.environ, _is_tty(sys.stdout), _is_tty(sys.stdin)):
         paint()
+        on_hard_exit(restore)  # a second Ctrl-C before the board takes the screen gives it back
     try:
         from fanout.cli import main as cli_main
 

@@ -191,9 +191,13 @@ def local_server(
     """Start the embedded llama.cpp server for the run; yield how to point an agent at it."""
     from platformdirs import user_cache_path
 
-    path = model_path(model_file, user_cache_path("fanout"), say)
-    everyone = everyone or local_everyone(os.environ)
-    with LocalServer(path, parallel=len(agents)) as base_url:
+    from fanout.interrupt import raising
+
+    with ExitStack() as stack:
+        with raising():  # a model prepared or loaded for seconds: a signal ends the wait
+            path = model_path(model_file, user_cache_path("fanout"), say)
+            base_url = stack.enter_context(LocalServer(path, parallel=len(agents)))
+        everyone = everyone or local_everyone(os.environ)
         yield lambda agent: on_local(agent, base_url, everyone=everyone, model_named=model_named)
 
 

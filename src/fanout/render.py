@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 from datetime import datetime
 from types import TracebackType
@@ -698,7 +698,7 @@ def local_time(stamp: str, *, short: bool = False) -> str:
     return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or when.strftime("%z"))
 
 
-def run_header(report: RunReport, settings: dict[str, Any]) -> str:
+def run_header(report: RunReport, settings: Mapping[str, Any]) -> str:
     """What ``runs show`` says before the answers: the run, when (local), its shape and
     status, the settings it ran with and the prompt."""
     shown = {

@@ -9,18 +9,16 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from fanout import dryrun
 from fanout.api import Plan, RunRequest, planned_calls, prepare, resolve
-from fanout.config import Panel, apply_model, check_credentials, find_config, load_panel
+from fanout.config import Panel, check_credentials, find_config, load_panel
 from fanout.drive import drive, emit, guess_panes, open_history, say_aside, warn
 from fanout.engine import RunSettings
-from fanout.export import agent_settings, settings_record
-from fanout.history import HistoryRecorder
+from fanout.history import recorder_for
+from fanout.interrupt import checkpoint
 from fanout.local import as_local, local_server, wants_local
 from fanout.models import Agent
 from fanout.output import Output
@@ -41,64 +39,18 @@ def ask(
     log: bool = True,
     local: bool = False,
     local_model: Path | None = None,
-    panel: Panel | None = None,
-    recorded: tuple[list[Agent], dict[str, Agent]] | None = None,
     shape: str = "panel",
-    options: Mapping[str, Any] | None = None,
+    options: Mapping[str, object] | None = None,
     traceparent: str | None = None,
 ) -> int:
-    """``fanout ask`` (``panel``: already loaded, and pointed at the local server). ``shape``
-    and ``options``: what the run decides (a vote, a judge, a council, a router...);
-    ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid)."""
+    """``fanout ask``. ``shape`` and ``options``: what the run decides (a vote, a judge, a
+    council, a router...); ``local``/``local_model``: every call on the model of this machine;
+    ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid."""
     parent = trace_parent(traceparent, os.environ)
-    panel_given = panel
-    # -p personas join the panel here; a panel given is one already built (and holds them).
-    panel = panel or load_panel(find_config(config, os.environ)).with_personas(personas)
-    names, options = as_named(panel, names, options)
-    chosen = apply_model(panel.select(names), model)
-    recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
-    recorded_judge = apply_model([panel.role("judge")], model)[0]
-    # The roles only some shapes have (a router, an orchestrator) run locally too.
-    shape_roles = {r: apply_model([panel.role(r)], model)[0] for r in _SHAPE_ROLES.get(shape, ())}
-    local_wanted = wants_local(
-        [*chosen, recorded_synthesizer, *shape_roles.values()], local, os.environ
-    )
-    if panel_given is None and not dry_run and local_wanted:
-        with local_server(chosen, local, local_model, model is not None, say_aside) as point_local:
-            return ask(
-                prompt,
-                names=None,
-                config=None,
-                model=None,
-                synthesize=synthesize,
-                settings=settings,
-                output=output,
-                log=log,
-                panel=replace(
-                    panel,
-                    agents=[point_local(a) for a in chosen],
-                    synthesizer=point_local(recorded_synthesizer),
-                    judge=point_local(recorded_judge),
-                    roles={**panel.roles, **{r: point_local(a) for r, a in shape_roles.items()}},
-                ),
-                # The history keeps `base_url: local`, not this run's port: a retry or a
-                # re-synth starts a server of its own.
-                recorded=(
-                    [as_local(a, local) for a in chosen],
-                    {
-                        r: as_local(a, local)
-                        for r, a in {
-                            "synthesizer": recorded_synthesizer,
-                            "judge": recorded_judge,
-                            **shape_roles,
-                        }.items()
-                    },
-                ),
-                shape=shape,
-                options=options,
-                traceparent=traceparent,
-            )
-    options = {"synthesize": synthesize, **(options or {})}
+    # -p personas join the panel here.
+    panel = load_panel(find_config(config, os.environ)).with_personas(personas)
+    names, options = as_named(panel, names, options or {})
+    options = {"synthesize": synthesize, **options}
     if shape != "panel" and "seed" not in options:
         # Recorded with the run, so a retry shows a judge or a reviewer the same labels.
         options["seed"] = secrets.randbits(32)
@@ -114,36 +66,23 @@ def ask(
         parent_span_id=parent.span_id if parent else None,
     )
     plan = resolve(request, priced=not dry_run)
+    checkpoint()  # the run does not exist yet: a signal so far ends here, with nothing recorded
+    on_local = wants_local(plan.callers, local, os.environ)
     if dry_run:
-        return dryrun.dry_run(plan, output, local_wanted and local, model is not None, settings)
-    check_credentials(plan.callers, os.environ)
-    history = open_history() if log else None
-    with history or nullcontext():
-        recorder = None
-        if history is not None:
-            warn(history.warnings)
-            recorder = HistoryRecorder(
-                history,
-                agents=[agent_settings(a) for a in (recorded[0] if recorded else plan.agents)],
-                synthesizer=agent_settings(
-                    recorded[1]["synthesizer"] if recorded else recorded_synthesizer
-                ),
-                settings=settings_record(
-                    settings,
-                    shape,
-                    options,
-                    panel.pricing,
-                    # Each role as it was written: on `base_url: local` if it ran there.
-                    roles={
-                        r: (recorded[1] if recorded else {}).get(r, a)
-                        for r, a in plan.roles.items()
-                    },
-                ),
-            )
-        report, interrupted = drive(lambda observer: prepare(plan, [observer], check=False),
-                                     output, recorder, plan.agents,
-                                     guess_panes=guess_panes(plan))  # fmt: skip
-    return emit(report, output, recorder, interrupted)
+        from fanout import dryrun
+
+        return dryrun.dry_run(plan, output, on_local and local, model is not None, settings)
+    where = LocalModel(local, local_model) if on_local else None
+    return run_plan(plan, output, log, local=where)
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """The run answers on this machine: every call (``everyone``: ``--local``, else those on
+    ``base_url: local``), on ``model_file`` or the packaged model."""
+
+    everyone: bool
+    model_file: Path | None = None
 
 
 def flow_run(
@@ -176,15 +115,17 @@ def flow_run(
         parent_span_id=parent.span_id if parent else None,
     )
     plan = resolve(request, priced=not dry_run)
+    checkpoint()
     if dry_run:
         # As any shape's (every stage built on answers as long as they may be), named
         # stage/persona: a flow asks the same persona in several stages.
         calls = [
             replace(c, name=f"{c.stage}/{c.name or c.agent.name}") for c in planned_calls(plan)
         ]
+        from fanout import dryrun
+
         return dryrun.show_plan(request.prompt, calls, output, settings)
-    check_credentials(plan.callers, os.environ)
-    return _run_plan(plan, output, log)
+    return run_plan(plan, output, log)
 
 
 def flow_check(path: Path, *, config: Path | None) -> str:
@@ -198,52 +139,48 @@ def flow_check(path: Path, *, config: Path | None) -> str:
     )
 
 
-def _run_plan(plan: Plan, output: Output, log: bool) -> int:
+def run_plan(plan: Plan, output: Output, log: bool, *, local: LocalModel | None = None) -> int:
     """Run a resolved plan with the displays and the history listening (every persona and
-    role recorded, so ``runs retry`` can rebuild it)."""
-    settings = plan.request.settings
-    history = open_history() if log else None
-    with history or nullcontext():
-        recorder = None
-        if history is not None:
-            warn(history.warnings)
-            synthesizer = plan.roles.get("synthesizer")
-            if synthesizer is None and plan.request.panel is not None:
-                synthesizer = plan.request.panel.synthesizer
-            recorder = HistoryRecorder(
-                history,
-                agents=[agent_settings(a) for a in plan.agents],
-                synthesizer=agent_settings(synthesizer) if synthesizer else None,
-                settings=settings_record(
-                    settings,
-                    plan.request.shape,
-                    plan.request.options,
-                    plan.request.panel.pricing if plan.request.panel else {},
-                    plan.roles,
-                ),
+    role recorded, so ``runs retry`` can rebuild it); on the local server with ``local``."""
+    with ExitStack() as stack:
+        run, written = plan, None
+        if local is not None:
+            named = plan.request.model is not None
+            point = stack.enter_context(
+                local_server(plan.agents, local.everyone, local.model_file, named, say_aside)
             )
+            run = plan.pointed(point)
+            # Recorded on `base_url: local`, not this run's port: a retry starts its own.
+            everyone = local.everyone
+
+            def written(agent: Agent) -> Agent:
+                return as_local(agent, everyone)
+
+        check_credentials(run.callers, os.environ)
+        recorder = None
+        if log:
+            history = stack.enter_context(open_history())
+            warn(history.warnings)
+            recorder = recorder_for(history, plan, written=written)
         report, interrupted = drive(
-            lambda observer: prepare(plan, [observer], check=False),
+            lambda observer: prepare(run, [observer], check=False),
             output,
             recorder,
-            plan.agents,
-            guess_panes=guess_panes(plan),
+            run.agents,
+            guess_panes=guess_panes(run),
         )
-    return emit(report, output, recorder, interrupted)
-
-
-_SHAPE_ROLES = {"route": ("router",), "orchestrate": ("orchestrator",)}
+        return emit(report, output, recorder, interrupted)
 
 
 def as_named(
-    panel: Panel, names: Sequence[str] | None, options: Mapping[str, Any] | None
-) -> tuple[list[str] | None, Mapping[str, Any] | None]:
+    panel: Panel, names: Sequence[str] | None, options: Mapping[str, object]
+) -> tuple[list[str] | None, dict[str, object]]:
     """The personas as the panel spells them (``-a`` takes any case), in the list and in
     ``translator:3``'s count, so what the shapes and the history see is the panel's name."""
+    options = dict(options)
     if not names:
         return None, options
-    repeat = (options or {}).get("repeat")
-    if repeat:
-        spelled = {panel.select([n])[0].name: times for n, times in repeat.items()}
-        options = {**(options or {}), "repeat": spelled}
+    repeat = options.get("repeat")
+    if isinstance(repeat, Mapping) and repeat:
+        options["repeat"] = {panel.select([str(n)])[0].name: t for n, t in repeat.items()}
     return [a.name for a in panel.select(names)], options

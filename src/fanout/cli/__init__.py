@@ -25,5 +25,9 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """The command line (``fanout.launch.main`` calls it once the signal handlers are in
+    place; an older console script calls it directly, and gets them here)."""
+    from fanout.interrupt import install
+
+    install()
     app()

@@ -4,7 +4,6 @@ end well (one ``fanout: error:`` line and its exit code, SIGTERM as Ctrl-C)."""
 from __future__ import annotations
 
 import re
-import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -92,6 +91,7 @@ class _FanoutCommand(Group):
         except typer.Abort:
             say_error("aborted")
             code = 1
+        code = _interrupted_or(code)
         if standalone_mode:
             sys.exit(code)
         return code
@@ -110,6 +110,13 @@ class _FanoutCommand(Group):
                 )
             args = ["ask", *args]
         return list(super().parse_args(ctx, args))
+
+
+def _interrupted_or(code: int) -> int:
+    """A signal came while the command ran (however it ended): it was interrupted, 130."""
+    from fanout.interrupt import EXIT_INTERRUPTED, requested
+
+    return EXIT_INTERRUPTED if requested() and code != EXIT_PIPE else code
 
 
 _ROOT_OPTIONS = ("-h", "--help", "--version")
@@ -261,14 +268,10 @@ def _first_fanout_error(group: BaseExceptionGroup[BaseException]) -> FanoutError
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM acts as Ctrl-C from the moment a command starts: the run's own handlers take
-    over while it runs, and a signal before that still ends in a cancelled run's exit."""
+    """SIGTERM acts as Ctrl-C from the moment a command starts (``fanout.interrupt``; the
+    ``fanout`` command has them from its first line): noted while the command loads, so a
+    ``checkpoint()`` or the run's loop ends it as a cancelled run, never a traceback."""
+    from fanout.interrupt import handled
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
+    with handled():
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

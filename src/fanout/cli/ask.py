@@ -64,6 +64,7 @@ from fanout.cli.options import (
     count_parser,
 )
 from fanout.errors import ConfigError, FanoutError
+from fanout.interrupt import checkpoint
 
 # Examples close a command's help, under its options, one a line: at the top they pushed the
 # options off the screen. Rich markup applies: no [brackets] in them.
@@ -212,12 +213,14 @@ def ask(
     with errors_to_exit(), terminate_as_interrupt():
         text, out = "", None
         try:
-            from fanout import session
-            from fanout.params import params_of_flags
-
+            # The output mode first: a signal from now on ends in its cancelled document.
             out = replace(
                 output_of(json_output, jsonl, jsonl_deltas, output, view), timeline=show_timeline
             )
+            checkpoint()
+            from fanout import session
+            from fanout.params import params_of_flags
+
             text = read_prompt(prompt)
             names, repeat = repeats(agent_names(agents, model))
             adhoc = adhoc_personas(personas)

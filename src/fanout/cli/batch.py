@@ -12,6 +12,7 @@ from fanout.cli.app import (
     Command,
     app,
     errors_to_exit,
+    terminate_as_interrupt,
 )
 from fanout.cli.flags import (
     adhoc_personas,
@@ -50,6 +51,7 @@ from fanout.cli.options import (
     VoteOption,
     number_parser,
 )
+from fanout.interrupt import EXIT_INTERRUPTED, checkpoint
 
 
 @app.command(cls=Command)
@@ -124,38 +126,45 @@ def batch(
 
       fanout batch questions.txt --vote --choices "yes,no" -o votes.jsonl
     """
-    from fanout import batchrun
-    from fanout.params import params_of_flags
+    with errors_to_exit(), terminate_as_interrupt():
+        try:
+            checkpoint()
+            from fanout import batchrun
+            from fanout.params import params_of_flags
 
-    with errors_to_exit():
-        names, repeat = repeats(agent_names(agents, model))
-        adhoc = adhoc_personas(personas)
-        names = panel_names(names, adhoc)
-        shape, options = shape_of(
-            vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
-            best_of=best_of, repeat=repeat, agreement_map=agreement_map,
-        )  # fmt: skip
-        if output is not None:
-            check_output(output)
-        settings = run_settings(
-            concurrency or DEFAULT_BATCH_CONCURRENCY, timeout, retries, max_retry_after,
-            rpm, tpm, max_cost,
-        )  # fmt: skip
-        # Nobody watches a batch: whole answers.
-        settings = replace(settings, stream=False, params=params_of_flags(params))
-        code = batchrun.batch(
-            file,
-            names=names,
-            personas=adhoc,
-            config=config,
-            model=model,
-            synthesize=synthesize,
-            settings=settings,
-            output=output,
-            via=via,
-            poll_s=poll_interval,
-            local=local,
-            shape=shape,
-            options=options,
-        )
+            names, repeat = repeats(agent_names(agents, model))
+            adhoc = adhoc_personas(personas)
+            names = panel_names(names, adhoc)
+            shape, options = shape_of(
+                vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
+                best_of=best_of, repeat=repeat, agreement_map=agreement_map,
+            )  # fmt: skip
+            if output is not None:
+                check_output(output)
+            settings = run_settings(
+                concurrency or DEFAULT_BATCH_CONCURRENCY, timeout, retries, max_retry_after,
+                rpm, tpm, max_cost,
+            )  # fmt: skip
+            # Nobody watches a batch: whole answers.
+            settings = replace(settings, stream=False, params=params_of_flags(params))
+            code = batchrun.batch(
+                file,
+                names=names,
+                personas=adhoc,
+                config=config,
+                model=model,
+                synthesize=synthesize,
+                settings=settings,
+                output=output,
+                via=via,
+                poll_s=poll_interval,
+                local=local,
+                shape=shape,
+                options=options,
+            )
+        except KeyboardInterrupt:  # before the first prompt was asked: nothing written
+            from fanout.render import make_console, print_warning
+
+            print_warning(make_console(stderr=True), "interrupted before the batch started")
+            code = EXIT_INTERRUPTED
     raise typer.Exit(code)

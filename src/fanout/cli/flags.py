@@ -216,8 +216,11 @@ def read_prompt(prompt: str | None) -> str:
     if prompt is None or prompt == "-":
         if prompt is None and sys.stdin.isatty():
             raise ConfigError('no prompt: give one as an argument, e.g. fanout ask "Why?"')
-        # Bounded: stdin can be /dev/zero, or a pipe that never ends.
-        raw = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+        from fanout.interrupt import raising
+
+        # Bounded: stdin can be /dev/zero, or a pipe that never ends; a signal ends the wait.
+        with raising():
+            raw = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
         if len(raw) > MAX_PROMPT_BYTES:
             raise ConfigError(f"the prompt on stdin is over {MAX_PROMPT_BYTES // 2**20} MB")
         try:

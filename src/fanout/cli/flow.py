@@ -41,6 +41,7 @@ from fanout.cli.options import (
     TpmOption,
 )
 from fanout.errors import ConfigError
+from fanout.interrupt import checkpoint
 
 flow_app = typer.Typer(
     cls=Group,
@@ -106,28 +107,34 @@ def flow_run(
 
       fanout flow run review.yaml -i file="$(cat notes.md)" --json | jq '.output'
     """
-    from fanout import session
-    from fanout.flow import parse_inputs
-    from fanout.params import params_of_flags
-
     with errors_to_exit(), terminate_as_interrupt():
         out = output_of(json_output, jsonl, jsonl_deltas, output, view)
-        if model is not None and not model.strip():
-            raise ConfigError("--model: give a model name")
-        settings = run_settings(
-            concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
-            rpm, tpm, max_cost,
-        )  # fmt: skip
-        code = session.flow_run(
-            flow,
-            given=parse_inputs(inputs or []),
-            config=config,
-            model=model,
-            settings=replace(settings, stream=stream, params=params_of_flags(params)),
-            output=out,
-            dry_run=dry_run,
-            log=not no_log,
-        )
+        try:
+            checkpoint()  # the output mode is known: a signal from now on gets its document
+            from fanout import session
+            from fanout.flow import parse_inputs
+            from fanout.params import params_of_flags
+
+            if model is not None and not model.strip():
+                raise ConfigError("--model: give a model name")
+            settings = run_settings(
+                concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
+                rpm, tpm, max_cost,
+            )  # fmt: skip
+            code = session.flow_run(
+                flow,
+                given=parse_inputs(inputs or []),
+                config=config,
+                model=model,
+                settings=replace(settings, stream=stream, params=params_of_flags(params)),
+                output=out,
+                dry_run=dry_run,
+                log=not no_log,
+            )
+        except KeyboardInterrupt:  # before the run could start: a cancelled run's document
+            from fanout.drive import cancelled_before_start
+
+            code = cancelled_before_start("", out)
     raise typer.Exit(code)
 
 

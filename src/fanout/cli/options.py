@@ -203,13 +203,13 @@ ConcurrencyOption = Annotated[
         "--concurrency",
         metavar="N",
         parser=count_parser(1, MAX_CONCURRENCY),
-        help="Most calls in flight at once (ask: 64, each endpoint also bounded by its own "
+        help="Most calls in flight at once (ask: 256, each endpoint also bounded by its own "
         "concurrency:/rpm:/tpm:; batch: 8).",
         show_default=False,
         rich_help_panel=GROUP_LIMITS,
     ),
 ]
-DEFAULT_ASK_CONCURRENCY = 64  # every call of a stage at once, within each endpoint's limits
+DEFAULT_ASK_CONCURRENCY = 256  # every call of a stage at once, within each endpoint's limits
 DEFAULT_BATCH_CONCURRENCY = 8  # a batch keeps a bounded window of prompts in progress
 RetriesOption = Annotated[
     int,

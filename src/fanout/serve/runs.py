@@ -41,14 +41,8 @@ from fanout.event import (
     RunFinished,
     StageStarted,
 )
-from fanout.export import (
-    SCHEMA_VERSION,
-    JsonlWriter,
-    agent_settings,
-    report_document,
-    settings_record,
-)
-from fanout.history import History, HistoryRecorder, HistoryWriter, history_path
+from fanout.export import SCHEMA_VERSION, JsonlWriter, report_document
+from fanout.history import History, HistoryRecorder, HistoryWriter, history_path, recorder_for
 from fanout.models import RunReport
 from fanout.retry import RetryPolicy
 from fanout.serve.events import EventLog
@@ -485,16 +479,7 @@ class RunManager:
         """The run's execution, observed by its event log and its recorder, and its start
         queued for the history."""
         plan = run.plan
-        request = plan.request
-        recorder = HistoryRecorder(
-            self.history,
-            agents=[agent_settings(a) for a in plan.agents],
-            synthesizer=agent_settings(self.panel.synthesizer),
-            settings=settings_record(
-                request.settings, request.shape, request.options, self.panel.pricing
-            ),
-            writer=self._writer,
-        )
+        recorder = recorder_for(self.history, plan, writer=self._writer)  # as the CLI records
         run.log = RunLog(run, deltas=deltas)
         observer = Broadcast(run.log, _UntilFinished(recorder))
         run.execution = prepare(plan, [observer], provider=self._provider, check=False)

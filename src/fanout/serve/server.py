@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from fanout.config import Panel
 from fanout.errors import ConfigError
 from fanout.history import History, history_path
+from fanout.interrupt import hand_over
 from fanout.serve.limits import (
     BACKLOG,
     Connections,
@@ -162,10 +163,14 @@ def serve(
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(config).run(sockets=[sock])
 
-    if workers == 1:
-        work(0)
-    else:
-        supervise(workers, work)
+    with contextlib.suppress(KeyboardInterrupt):
+        # Ctrl-C is uvicorn's (or the supervisor's) from here; one that came while the command
+        # loaded ends it now.
+        hand_over()
+        if workers == 1:
+            work(0)
+        else:
+            supervise(workers, work)
 
 
 def _stdout(message: str) -> None:

@@ -1,0 +1,226 @@
+"""What the history keeps of a run beside its document: every persona and role as it was
+written (no secret: a key's variable, never its value) and the settings it ran with, so that
+``runs retry`` and ``runs synth`` rebuild the same plan, whoever started the run.
+
+One writer, ``run_record(plan)``, for every client that records runs (the CLI and the
+server, through ``history.recorder_for``); one reader, ``recorded_plan``. The records are
+typed (``AgentRecord``, ``SettingsRecord``); the history stores them as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
+
+from fanout.cost import Price
+from fanout.engine import RunSettings
+from fanout.models import Agent, Endpoint, Limits
+from fanout.params import recorded_headers
+from fanout.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
+
+    from fanout.api import Plan
+
+SYNTHESIZER = "synthesizer"  # the role ``runs synth`` asks, recorded for every run
+
+
+class AgentRecord(TypedDict, total=False):
+    """A persona or a role as recorded: everything needed to ask it again."""
+
+    name: str
+    description: str
+    instructions: str
+    model: str
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    stop: list[str] | None
+    timeout: float | None
+    base_url: str
+    api_key_env: str
+    rpm: float | None
+    tpm: float | None
+    concurrency: int | None
+    params: dict[str, JsonValue]  # request fields (reasoning_effort, seed...)
+    token_field: str | None
+    extra_body: dict[str, JsonValue]
+    extra_headers: dict[str, str]  # a value made of ${VAR} references, else masked
+
+
+class PriceRecord(TypedDict):
+    input: float
+    output: float
+
+
+class SettingsRecord(TypedDict, total=False):
+    """A run's settings as recorded (an older run's record may lack any key)."""
+
+    roles: dict[str, AgentRecord]  # every role the run asked (the synthesizer too, when it did)
+    concurrency: int
+    timeout: float
+    retries: int
+    max_retry_after: float
+    rpm: float | None
+    tpm: float | None
+    stream: bool | None
+    max_cost: float | None
+    params: dict[str, JsonValue]  # --param, for every persona
+    shape: str
+    options: dict[str, object]
+    synthesize: bool  # version 1 readers
+    pricing: dict[str, PriceRecord]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What ``History.start_run`` keeps beside the document."""
+
+    agents: list[AgentRecord]
+    synthesizer: AgentRecord  # the role ``runs synth`` asks, whether this run asked it or not
+    settings: SettingsRecord
+
+
+def agent_record(agent: Agent) -> AgentRecord:
+    """A persona as recorded in the history: everything needed to ask it again, no secret."""
+    return {
+        "name": agent.name,
+        "description": agent.description,
+        "instructions": agent.instructions,
+        "model": agent.model,
+        "temperature": agent.temperature,
+        "top_p": agent.top_p,
+        "max_tokens": agent.max_tokens,
+        "stop": list(agent.stop) if agent.stop else None,
+        "timeout": agent.timeout,
+        "base_url": agent.endpoint.base_url,
+        "api_key_env": agent.endpoint.api_key_env,
+        "rpm": agent.limits.rpm,
+        "tpm": agent.limits.tpm,
+        "concurrency": agent.limits.concurrency,
+        "params": dict(agent.params),
+        "token_field": agent.token_field,
+        "extra_body": dict(agent.extra_body),
+        # A value made of ${VAR} references is kept; any other is a secret, never stored.
+        "extra_headers": recorded_headers(agent.extra_headers),
+    }
+
+
+def agent_from_record(data: AgentRecord) -> Agent:
+    """A persona as the history recorded it, ready to be asked again."""
+    stop = data.get("stop")
+    return Agent(
+        name=data["name"],
+        instructions=data.get("instructions") or "",
+        description=data.get("description") or "",
+        model=data["model"],
+        temperature=data.get("temperature"),
+        top_p=data.get("top_p"),
+        max_tokens=data.get("max_tokens"),
+        stop=tuple(stop) if stop else None,
+        timeout=data.get("timeout"),
+        endpoint=Endpoint(data["base_url"], data["api_key_env"]),
+        limits=Limits(data.get("rpm"), data.get("tpm"), data.get("concurrency")),
+        params=_mapping(data.get("params")),
+        token_field=_text_or_none(data.get("token_field")),
+        extra_body=_mapping(data.get("extra_body")),
+        extra_headers={str(k): str(v) for k, v in _mapping(data.get("extra_headers")).items()},
+    )
+
+
+def _mapping(value: object) -> dict[str, JsonValue]:
+    """A JSON object read back from the history, or nothing."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def settings_record(
+    settings: RunSettings,
+    shape: str,
+    options: Mapping[str, object],
+    pricing: Mapping[str, Price],
+    roles: Mapping[str, Agent],
+) -> SettingsRecord:
+    """A run's settings as the history records them (what ``runs retry`` runs it again with)."""
+    return {
+        "roles": {r: agent_record(a) for r, a in roles.items()},
+        "concurrency": settings.concurrency,
+        "timeout": settings.timeout,
+        "retries": settings.retry.retries,
+        "max_retry_after": settings.retry.max_retry_after,
+        "rpm": settings.rpm,
+        "tpm": settings.tpm,
+        "stream": settings.stream,
+        "max_cost": settings.max_cost,
+        "params": dict(settings.params),
+        "shape": shape,
+        "options": dict(options),
+        "synthesize": bool(options.get("synthesize")),
+        "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
+    }
+
+
+def run_record(plan: Plan, written: Callable[[Agent], Agent] | None = None) -> RunRecord:
+    """The record of ``plan``: its personas, its roles and the synthesizer ``runs synth``
+    would ask, each as ``written`` says it was written (a persona that ran on this run's local
+    server is recorded on ``base_url: local``, not on the port it happened to get)."""
+    as_written = written or (lambda agent: agent)
+    request = plan.request
+    return RunRecord(
+        agents=[agent_record(as_written(a)) for a in plan.agents],
+        synthesizer=agent_record(as_written(plan.role(SYNTHESIZER))),
+        settings=settings_record(
+            request.settings,
+            request.shape,
+            request.options,
+            plan.panel.pricing if plan.panel is not None else {},
+            {r: as_written(a) for r, a in plan.roles.items()},
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class RecordedPlan:
+    """A stored run's record, read back: what rebuilding its plan starts from."""
+
+    settings: RunSettings
+    prices: dict[str, Price]
+    shape: str
+    options: dict[str, object]
+    agents: list[Agent]
+    roles: dict[str, Agent]  # the synthesizer among them, if one was recorded
+
+
+def recorded_plan(
+    agents: list[AgentRecord], synthesizer: AgentRecord | None, record: SettingsRecord
+) -> RecordedPlan:
+    """The recorded personas, roles, settings, prices, shape and options (a budget is not
+    carried over: it was the first run's). Roles recorded before the synthesizer was one of
+    them come from its own column."""
+    settings = RunSettings(
+        concurrency=record.get("concurrency", 8),
+        timeout=record.get("timeout", 120.0),
+        retry=RetryPolicy(record.get("retries", 3), record.get("max_retry_after", 60.0)),
+        rpm=record.get("rpm"),
+        tpm=record.get("tpm"),
+        stream=record.get("stream", True),
+        params=_mapping(record.get("params")),
+    )
+    prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
+    options = dict(record.get("options") or {"synthesize": bool(record.get("synthesize"))})
+    roles = {r: agent_from_record(a) for r, a in (record.get("roles") or {}).items()}
+    if synthesizer is not None and SYNTHESIZER not in roles:
+        roles = {SYNTHESIZER: agent_from_record(synthesizer), **roles}
+    return RecordedPlan(
+        settings=settings,
+        prices=prices,
+        shape=str(record.get("shape") or "panel"),
+        options=options,
+        agents=[agent_from_record(a) for a in agents],
+        roles=roles,
+    )
