@@ -10,6 +10,7 @@ is left is not made.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,13 @@ class Price:
         return (usage.input_tokens * self.input + usage.output_tokens * self.output) / PER
 
 
+@functools.cache
+def _shipped_prices() -> dict[str, Price]:
+    """pricing.json, read once per process (a server resolves a plan per request)."""
+    data = json.loads(resources.files("fanout").joinpath("pricing.json").read_text())
+    return {name: Price(**p) for name, p in data["models"].items()}
+
+
 class Pricing:
     """Model name -> price; a dated snapshot (``gpt-4o-2024-08-06``) takes its base's price."""
 
@@ -57,8 +65,7 @@ class Pricing:
     @classmethod
     def shipped(cls, overrides: Mapping[str, Price] | None = None) -> Pricing:
         """The table shipped with fanout, with ``overrides`` (the agents file's) on top."""
-        data = json.loads(resources.files("fanout").joinpath("pricing.json").read_text())
-        prices = {name: Price(**p) for name, p in data["models"].items()}
+        prices = dict(_shipped_prices())
         prices.update(overrides or {})
         return cls(prices)
 

@@ -48,19 +48,42 @@ async function loadPanel() {
   $("connection").textContent = panel.agents.length + " personas ready";
 }
 
+// A prompt's first line: what a run is called (the whole prompt is under it, when longer).
+function titleOf(prompt) {
+  const first = (prompt || "").trim().split("\n", 1)[0];
+  return first.length > 120 ? first.slice(0, 119) + "…" : first;
+}
+
+const LIVE = new Set(["Pending", "Running"]);
+let listTimer = null;
+
+// The past runs, each row linking to its run (#run=ID); while any of them is still going,
+// the list is asked for again every two seconds, so each row shows how its run stands now.
 async function loadRuns() {
+  clearTimeout(listTimer);
   const { runs } = await (await api("/api/runs?limit=30")).json();
   const body = $("runs").querySelector("tbody");
   body.replaceChildren();
   for (const run of runs) {
-    const row = el("tr", { "data-id": run.instanceId },
+    const link = el("a", { href: "#run=" + encodeURIComponent(run.instanceId) }, titleOf(run.prompt));
+    const row = el("tr", { "data-id": run.instanceId, "data-status": run.runtimeStatus },
       el("td", {}, (run.createdTime || "").replace("T", " ").slice(0, 19)),
-      el("td", { class: "prompt", title: run.prompt }, run.prompt),
-      el("td", {}, run.runtimeStatus + (run.status === "partial" ? " (partial)" : "")),
-      el("td", {}, run.answered + "/" + run.agents));
-    row.addEventListener("click", () => watch(run.instanceId));
+      el("td", { class: "prompt", title: run.prompt }, link),
+      el("td", { class: "status" }, run.runtimeStatus + (run.status === "partial" ? " (partial)" : "")),
+      el("td", { class: "answered" }, run.answered + "/" + run.agents));
+    row.addEventListener("click", (event) => {
+      if (event.target.tagName !== "A") location.hash = "run=" + encodeURIComponent(run.instanceId);
+    });
     body.append(row);
   }
+  if (runs.some((run) => LIVE.has(run.runtimeStatus))) {
+    listTimer = setTimeout(() => loadRuns().catch(() => {}), 2000);
+  }
+}
+
+function runInLink() {
+  const match = /^#run=([^&]+)/.exec(location.hash);
+  return match ? decodeURIComponent(match[1]) : null;
 }
 
 // -- one run: panes, verdict, timeline ---------------------------------------------------------
@@ -116,7 +139,7 @@ function onLine(run, line) {
   const t = ms(line.ts);
   if (line.type === "run_started") {
     run.start = t;
-    $("run-title").textContent = line.prompt;
+    showPrompt(line.prompt);
   } else if (line.type === "stage_started") {
     for (const call of line.calls) {
       pane(call);
@@ -163,6 +186,13 @@ function onLine(run, line) {
     $("current").dataset.status = doc.status;
   }
   drawTimeline(run);
+}
+
+function showPrompt(prompt) {
+  const title = titleOf(prompt);
+  $("run-title").textContent = title;
+  $("run-prompt").textContent = prompt || "";
+  $("run-prompt-box").hidden = (prompt || "").trim() === title;
 }
 
 function showVerdict(text) {
@@ -220,7 +250,9 @@ async function follow(run) {
 }
 
 async function watch(id) {
+  if (current && current.id === id && !current.over) return;
   if (current) current.controller.abort();
+  if (runInLink() !== id) history.replaceState(null, "", "#run=" + encodeURIComponent(id));
   const run = { id, controller: new AbortController(), calls: new Map() };
   current = run;
   $("current").hidden = false;
@@ -230,16 +262,17 @@ async function watch(id) {
   $("timeline").replaceChildren();
   $("verdict-box").hidden = true;
   $("run-status").textContent = "running…";
+  $("run-title").textContent = "";
+  $("run-prompt-box").hidden = true;
   $("terminate").disabled = false;
   try {
     await follow(run);
   } catch (err) {
     if (err.name !== "AbortError") showError(err.message);
   }
-  if (current === run) {
-    $("terminate").disabled = true;
-    loadRuns().catch(() => {});
-  }
+  run.over = true;
+  if (current === run) $("terminate").disabled = true;
+  loadRuns().catch(() => {});
 }
 
 function showError(message) {
@@ -259,8 +292,8 @@ async function submit(event) {
   });
   const answer = await response.json();
   if (!response.ok) return showError(answer.error);
-  loadRuns().catch(() => {});
   watch(answer.id || answer.instanceId);
+  loadRuns().catch(() => {});
 }
 
 async function terminate() {
@@ -272,11 +305,17 @@ async function start() {
   try {
     await loadPanel();
     await loadRuns();
+    const linked = runInLink();
+    if (linked) watch(linked);
   } catch (err) {
     if (err.message !== "unauthorized") $("connection").textContent = "cannot reach the server";
   }
 }
 
+window.addEventListener("hashchange", () => {
+  const linked = runInLink();
+  if (linked) watch(linked);
+});
 $("run-form").addEventListener("submit", (e) => submit(e).catch((err) => showError(err.message)));
 $("terminate").addEventListener("click", () => terminate().catch((err) => showError(err.message)));
 $("token-form").addEventListener("submit", (e) => {
