@@ -377,4 +377,4 @@ def test_every_frame_of_a_flow_draws_every_pane_whole(
         seen |= {b.name for b in board.boxes}
         titles |= {b.title for b in board.boxes}
     assert seen == set(answers)
-    assert "Agent · charlie · m-charlie" in titles, titles  # the later stage, titled
+    assert "draft · charlie · m-charlie" in titles, titles  # the later stage, titled
