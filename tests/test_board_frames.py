@@ -343,3 +343,38 @@ def test_an_error_before_the_board_is_left_on_the_main_screen(args: list[str], e
     assert "\x1b[?1049h" in term.output  # the first frame was drawn...
     assert not term.screen.on_alt and term.echo_after  # ...and the terminal given back
     assert error in term.main_text() and "fanout: error:" in term.main_text()
+
+
+def test_every_frame_of_a_flow_draws_every_pane_whole(
+    server: FakeOpenAI, agents_file: AgentsFile, tmp_path: Path
+) -> None:
+    # Flows showed the same broken borders: a later stage's panes come under the earlier ones,
+    # which shrink to their status lines, titled with their stage.
+    answers = {n: answer_of(n, 2) for n in ("alpha", "bravo", "charlie")}
+    for name, answer in answers.items():
+        server.script(f"m-{name}", Reply(text=answer, chunk_delay=0.004))
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        "inputs:\n  topic: {required: true}\nstages:\n"
+        "  - {id: research, panel: [alpha, bravo], prompt: 'Research {{topic}}'}\n"
+        "  - {id: draft, agent: charlie, prompt: 'Draft from {{research}}'}\n",
+        encoding="utf-8",
+    )
+    config = agents_file(*answers)
+    term = Terminal(["flow", "run", flow, "-c", config, "-i", "topic=tides"], 30, 100)
+    try:
+        code = term.finish()
+    finally:
+        term.close()
+    assert code == 0, term.output
+    seen: set[str] = set()
+    titles: set[str] = set()
+    for index, screen in term.frames():
+        try:
+            board = check_board(pyte_screen(screen), answers)
+        except BoardError as error:
+            raise BoardError(f"frame {index}: {error}") from None
+        seen |= {b.name for b in board.boxes}
+        titles |= {b.title for b in board.boxes}
+    assert seen == set(answers)
+    assert "draft · charlie · m-charlie" in titles, titles  # the later stage, titled

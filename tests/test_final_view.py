@@ -350,3 +350,23 @@ def test_the_summary_line_fits_80_columns(
     monkeypatch.setenv("COLUMNS", "200")
     wide = invoke("runs", "show", run_id, "--format", view).stdout
     assert "9,333,324 tokens (1,481,472 in, 7,851,852 out)" in wide
+
+
+def test_answers_side_by_side_lose_no_word_that_ends_in_wide_characters(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A line filled to the last cell and ending in CJK showed "alphaw016温 …": the word's end
+    # replaced by an ellipsis.
+    from tests.boxes import words
+    from tests.test_board_frames import answer_of
+
+    names = ["alpha", "bravo", "charlie", "delta"]
+    for name in names:
+        server.script(f"m-{name}", Reply(text=answer_of(name)))
+    monkeypatch.setenv("COLUMNS", "120")
+    result = invoke("ask", "-c", agents_file(*names), "--format", "columns", "Why?")
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    shown = set(words(result.stdout))
+    for name in names:
+        assert set(words(answer_of(name))) <= shown, name

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AgentsFile, Invoke
+from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI, Fault, Hang, RecordedRequest, Reply
 from tests.test_runs import history_text, wait_until
 
@@ -395,6 +395,39 @@ def test_flow_check_names_file_line_and_problem(
     assert "\n" not in line
     assert line.startswith(f"fanout: error: {flow}:"), line
     assert problem in line, line
+
+
+def test_flow_check_reports_every_problem_and_flow_run_the_first(
+    server: FakeOpenAI, invoke: Invoke, tmp_path: Path
+) -> None:
+    # It stopped at the first: a user fixed one problem a run.
+    flow = write_flow(
+        tmp_path,
+        "stages:\n"
+        "  - {id: a, agent: nobody, prompt: hi}\n"
+        "  - {id: b, panel: [teacher, skeptc], prompt: '{{missing}}'}\n"
+        "  - {id: c, agent: teacher, prompt: '{{d}}'}\n"
+        "  - {id: d, agent: teacher, prompt: hi, min_success: 2}\n"
+        "output: [e]\n",
+    )
+    result = invoke("flow", "check", flow)
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    lines = result.stderr.splitlines()
+    expected = [
+        ":2: stage 'a': unknown persona 'nobody'",
+        ":3: stage 'b': unknown persona 'skeptc' (did you mean 'skeptic'?)",
+        ":3: {{missing}} is neither an input nor a stage",
+        ":4: stage 'c': refers to stage 'd', which comes later",
+        ":5: stage 'd': min_success 2 is more than its 1 persona(s) can give",
+        ":6: output: no stage 'e'",
+    ]
+    assert len(lines) == len(expected), lines
+    for line, problem in zip(lines, expected, strict=True):
+        assert line.startswith(f"fanout: error: {flow}:") and problem in line, line
+    run = invoke("flow", "run", flow)
+    message = assert_usage_error(run, ":2: stage 'a': unknown persona 'nobody'")
+    assert "(and 5 more: fanout flow check)" in message
+    assert server.count() == 0
 
 
 def test_then_judge_and_then_vote_follow_a_flow_stage(

@@ -157,8 +157,20 @@ def load_flow(path: Path, panel: Panel) -> Flow:
         raise ConfigError(_one_line(_describe(source, text, data, exc))) from None
     if spec.agents:
         panel = _with_own_agents(source, text, panel, spec)
-    _check(source, text, spec, {a.name for a in panel.agents})
+    problems = _check(source, text, spec, {a.name for a in panel.agents})
+    if problems:
+        raise FlowProblems(problems)
     return Flow(source, spec, panel)
+
+
+class FlowProblems(ConfigError):
+    """Every problem the checks found in a flow file, in file order; it reads as the first
+    (and how many more there are: ``fanout flow check`` lists them all)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        more = f" (and {len(problems) - 1} more: fanout flow check)" if len(problems) > 1 else ""
+        super().__init__(problems[0] + more)
+        self.problems = problems
 
 
 def parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
@@ -195,33 +207,35 @@ def _with_own_agents(source: str, text: str, panel: Panel, spec: FlowSpec) -> Pa
     return replace(panel, agents=agents)
 
 
-def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> None:
-    """What pydantic cannot see: names, references, order, cycles. The first problem in
-    file order is reported."""
+def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> list[str]:
+    """What pydantic cannot see: names, references, order, cycles. Every problem, in file
+    order (a stage's problems do not stop the checks of the others)."""
+    problems: list[str] = []
     stages = spec.stages
     order: dict[str, int] = {}  # every referable stage name -> the index of its stage
     for index, stage in enumerate(stages):
         where = _where(source, text, ("stages", index, "id"))
         if stage.id == OUTPUT_STAGE or stage.id in order:
             problem = "is reserved" if stage.id == OUTPUT_STAGE else "appears twice"
-            raise ConfigError(_one_line(f"{where}: stage id {stage.id!r} {problem}"))
+            problems.append(_one_line(f"{where}: stage id {stage.id!r} {problem}"))
+            continue
         order[stage.id] = index
         step = flow_steps().get(stage.then)
         added = [*step.before(stage.id), f"{stage.id}-{step.suffix}"] if step else []
         for name in added:
             if name in order:
-                raise ConfigError(
+                problems.append(
                     _one_line(f"{where}: stage id {name!r} (added by then: {stage.then}) is taken")
                 )
+                continue
             order[name] = index
     for index, stage in enumerate(stages):
-        _check_stage(source, text, spec, index, stage, personas, order)
+        problems += _check_stage(source, text, spec, index, stage, personas, order)
     for position, name in enumerate(spec.output or []):
         if name not in order:
             where = _where(source, text, ("output", position))
-            raise ConfigError(
-                _one_line(f"{where}: output: no stage {name!r}{_suggest(name, order)}")
-            )
+            problems.append(_one_line(f"{where}: output: no stage {name!r}{_suggest(name, order)}"))
+    return problems
 
 
 def _check_stage(
@@ -232,18 +246,19 @@ def _check_stage(
     stage: StageSpec,
     personas: set[str],
     order: dict[str, int],
-) -> None:
+) -> list[str]:
     at = ("stages", index)
     if (stage.panel is None) == (stage.agent is None):
-        raise ConfigError(
+        return [
             f"{_where(source, text, (*at, 'id'))}: stage {stage.id!r}: give either panel: "
             "[personas] or agent: persona"
-        )
+        ]
+    problems: list[str] = []
     key = "panel" if stage.panel is not None else "agent"
     for position, name in enumerate(stage.panel or [stage.agent or ""]):
         if name not in personas:
             loc = (*at, key, position) if key == "panel" else (*at, key)
-            raise ConfigError(
+            problems.append(
                 _one_line(
                     f"{_where(source, text, loc)}: stage {stage.id!r}: unknown persona "
                     f"{name!r}{_suggest(name, personas)}"
@@ -251,7 +266,7 @@ def _check_stage(
             )
     if stage.min_success is not None and stage.min_success > len(stage.personas):
         where = _where(source, text, (*at, "min_success"))
-        raise ConfigError(
+        problems.append(
             _one_line(
                 f"{where}: stage {stage.id!r}: min_success {stage.min_success} is more than "
                 f"its {len(stage.personas)} persona(s) can give"
@@ -262,31 +277,41 @@ def _check_stage(
         where = _where(source, text, (*at, "then"))
         known = ", ".join(["none", *steps])
         problem = f"then: unknown step {stage.then!r}{_suggest(stage.then, steps)} (known: {known})"
-        raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
+        problems.append(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
     step = steps.get(stage.then)
     if step is not None and len(stage.personas) < step.least:
         where = _where(source, text, (*at, "then"))
-        raise ConfigError(
+        problems.append(
             _one_line(
                 f"{where}: stage {stage.id!r}: then: {stage.then} needs at least {step.least} "
                 f"personas ({step.least_why}); it has {len(stage.personas)}"
             )
         )
     where = _where(source, text, (*at, "prompt"))
+    problems += _check_references(where, spec, index, stage, order)
+    return problems
+
+
+def _check_references(
+    where: str, spec: FlowSpec, index: int, stage: StageSpec, order: dict[str, int]
+) -> list[str]:
+    """What a stage's prompt refers to: inputs, and stages that run before it."""
+    problems: list[str] = []
     for name, persona in references(stage.prompt):
         if name in spec.inputs:
             if persona is not None:
-                raise ConfigError(
+                problems.append(
                     _one_line(f"{where}: {{{{{name}.{persona}}}}}: {name!r} is an input")
                 )
             continue
         if name not in order:
-            raise ConfigError(
+            problems.append(
                 _one_line(
                     f"{where}: {{{{{name}}}}} is neither an input nor a stage"
                     f"{_suggest(name, [*spec.inputs, *order])} (declare it under inputs:)"
                 )
             )
+            continue
         target = order[name]
         if target >= index:
             cycle = _cycle(spec, order, index, target)
@@ -296,17 +321,19 @@ def _check_stage(
                 else f"refers to stage {name!r}, which "
                 + ("is this one" if target == index else "comes later (stages run in order)")
             )
-            raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
+            problems.append(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
+            continue
         source_stage = spec.stages[target]
         if persona is not None:
             answers = source_stage.personas if name == source_stage.id else []
             if persona not in answers:
-                raise ConfigError(
+                problems.append(
                     _one_line(
                         f"{where}: {{{{{name}.{persona}}}}}: stage {name!r} does not ask "
                         f"{persona!r}{_suggest(persona, answers)}"
                     )
                 )
+    return problems
 
 
 def _cycle(spec: FlowSpec, order: dict[str, int], start: int, target: int) -> list[str] | None:

@@ -26,7 +26,9 @@ ENTER = "\x1b[?1049h\x1b[?25l\x1b[?7l\x1b[H\x1b[2J"
 LEAVE = "\x1b[?7h\x1b[?25h\x1b[?1049l"
 STATUS = "\x1b[1;1H\x1b[2m· asking the panel…\x1b[0m"
 
-# The flags after which no live board is shown (a document, a plan, the help).
+# The commands besides ask that show a run live; the flags after which no live board is shown
+# (a document, a plan, the help).
+_LIVE_COMMANDS = {("flow", "run"), ("runs", "retry"), ("runs", "synth")}
 _NOT_LIVE = {"--json", "--jsonl", "--dry-run", "--help", "-h", "--version"}
 
 
@@ -49,8 +51,9 @@ def shows_live(
     argv: Sequence[str], environ: Mapping[str, str], stdout_tty: bool, stdin_tty: bool
 ) -> bool:
     """Whether this command line runs with the live board: an ``ask`` (by name, or a question
-    that is not a bare word, or flags first) on a terminal that can draw, with no flag that
-    prints something else instead, and no prompt to be typed on the terminal (``-``)."""
+    that is not a bare word, or flags first), a flow run, a retry or a synthesis, on a terminal
+    that can draw, with no flag that prints something else instead, and no prompt to be typed
+    on the terminal (``-``)."""
     if not stdout_tty or environ.get("TERM", "").lower() in ("dumb", "unknown"):
         return False
     if not argv or any(a in _NOT_LIVE or a.startswith(("--json=", "--jsonl=")) for a in argv):
@@ -58,6 +61,8 @@ def shows_live(
     if stdin_tty and "-" in argv:
         return False
     first = argv[0]
+    if tuple(argv[:2]) in _LIVE_COMMANDS:
+        return True
     return first == "ask" or first.startswith("-") or not first.replace("-", "").isalnum()
 
 

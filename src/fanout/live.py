@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
+from unicodedata import east_asian_width
 
 from rich.cells import cell_len, set_cell_size
 from rich.color import ColorSystem
@@ -366,9 +367,10 @@ class LiveBoard:
 
         Every piece is written at its own column (``ESC[y;xH``): a piece may end in an erase
         (``ESC[nX``), which blanks cells without moving the cursor, so a piece can never be
-        trusted to leave the cursor where the next one starts. The piece after a changed one
-        is written again too: should the terminal measure a character wider than we do, the
-        border beside it is put back rather than left overwritten."""
+        trusted to leave the cursor where the next one starts. After a changed piece holding
+        wide characters (CJK, emoji), the next one is written again too: should the terminal
+        measure one of them wider than we do, the border beside it is put back rather than
+        left overwritten."""
         parts: list[str] = []
         if size != self._shown_size:
             parts.append("\x1b[H\x1b[2J")
@@ -390,7 +392,7 @@ class LiveBoard:
             for x, cell in line:
                 if rewrite or (x, cell) not in kept:
                     parts.append(f"\x1b[{y + 1};{x + 1}H{cell}\x1b[0m")
-                rewrite = (x, cell) not in kept
+                rewrite = (x, cell) not in kept and _wide(cell)
         for y in range(len(new), len(shown)):
             parts.append(f"\x1b[{y + 1};1H\x1b[2K")
         self._shown = new
@@ -674,6 +676,16 @@ def markdown_tail(text: str, chars: int) -> str:
 
 
 _ERASED = re.compile(r"\x1b\[(\d+)X")
+
+
+def _wide(text: str) -> bool:
+    """Whether ``text`` holds a character terminals may not all measure alike: East Asian wide
+    or full-width, or from the emoji planes (and their joiners and variation selectors)."""
+    return not text.isascii() and any(
+        ord(c) >= 0x1100
+        and (east_asian_width(c) in "WF" or ord(c) >= 0x1F000 or c in "\u200d\ufe0f")
+        for c in text
+    )
 
 
 def _erase(cells: int) -> str:

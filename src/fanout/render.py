@@ -275,7 +275,9 @@ def _answer_grid(answers: Sequence[CallResult], width: int) -> RenderableType:
     columns = math.ceil(len(answers) / rows)
     grid = Table.grid(expand=True)
     for _ in range(columns):
-        grid.add_column(ratio=1)
+        # Not the grid's ellipsis: Rich measures a wrapped line's trailing space by characters,
+        # so a line ending in wide characters (CJK, emoji) lost its last word to a "…".
+        grid.add_column(ratio=1, overflow="fold")
     cells = [answer_panel(result) for result in answers]
     for start in range(0, len(cells), columns):
         row: list[RenderableType] = list(cells[start : start + columns])

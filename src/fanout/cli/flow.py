@@ -12,6 +12,7 @@ from fanout.cli.app import (
     Command,
     Group,
     errors_to_exit,
+    say_error,
     terminate_as_interrupt,
 )
 from fanout.cli.flags import (
@@ -141,11 +142,18 @@ def flow_run(
 @flow_app.command("check", cls=Command)
 def flow_check(flow: FlowArgument, config: ConfigOption = None) -> None:
     """Check a flow file without calling anyone: keys, personas, references, inputs, cycles.
-    A problem is one line naming the file and line (exit 2).
+    Every problem found is a line naming the file and line (exit 2).
 
     Example: fanout flow check examples/research-write-review.yaml
     """
     from fanout import session
+    from fanout.flow import FlowProblems
 
     with errors_to_exit():
-        typer.echo(session.flow_check(flow, config=config))
+        try:
+            summary = session.flow_check(flow, config=config)
+        except FlowProblems as exc:  # every one of them, a line each
+            for problem in exc.problems:
+                say_error(problem)
+            raise typer.Exit(2) from None  # a usage error, as every other
+        typer.echo(summary)
