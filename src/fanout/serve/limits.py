@@ -2,7 +2,9 @@
 connection by ``guarded_protocol``, which wraps uvicorn's HTTP protocol.
 
 * A connection must send a request's headers within ``header_timeout_s`` of connecting (or of
-  its last response): a client that sends nothing, or a byte now and then, is closed.
+  the first byte of its next request): a client that sends nothing, or a byte now and then,
+  is closed. Between requests, a kept-alive connection is closed after ``keep_alive_s`` idle
+  (longer than clients keep theirs: httpx 5 s; so it is they who close, never both at once).
 * A body must arrive within ``body_timeout_s`` (``guard.Guard`` answers 408).
 * A client that reads nothing while we write to it (an event stream nobody drains) is dropped
   after ``write_timeout_s`` of a full buffer.
@@ -50,7 +52,7 @@ class Limits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     write_timeout_s: float = 30.0
-    keep_alive_s: float = 5.0
+    keep_alive_s: float = 20.0
     max_connections: int | None = None  # None: from the open-file limit
 
     def connection_cap(self) -> int:
@@ -146,6 +148,7 @@ class GuardedProtocol(asyncio.Protocol):
         self.peer: Peer = ("", 0)
         self._deadline: asyncio.TimerHandle | None = None
         self._writing: asyncio.TimerHandle | None = None
+        self._busy = False  # a request is in progress (the app has it)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = writable = cast(asyncio.Transport, transport)  # (uvloop: no subclass)
@@ -158,6 +161,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._arm_header_timeout()
 
     def data_received(self, data: bytes) -> None:
+        if not self._busy and self._deadline is None:  # the first bytes of a request
+            self._arm_header_timeout()
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -184,12 +189,13 @@ class GuardedProtocol(asyncio.Protocol):
     # -- what Connections and the guard tell it ---------------------------------------------
 
     def request_started(self) -> None:
+        self._busy = True
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
     def request_finished(self) -> None:
-        self._arm_header_timeout()
+        self._busy = False  # idle now: uvicorn's keep-alive timeout, then the next request's
 
     def evict(self) -> None:
         """Closed to make room for a newer connection (this one was idle the longest)."""
