@@ -115,11 +115,15 @@ class Connections:
             del self._idle[connection.peer]
 
     def busy(self, peer: object) -> None:
-        """A request's headers are in (from the ASGI side, by the client's address)."""
+        """A request is in the app's hands (from the ASGI side, by the client's address)."""
         connection = self._open.get(_peer(peer))
         if connection is not None:
-            self._idle.pop(connection.peer, None)
-            connection.request_started()
+            self.started(connection)
+
+    def started(self, connection: GuardedProtocol) -> None:
+        """A request's headers are in on ``connection``."""
+        self._idle.pop(connection.peer, None)
+        connection.request_started()
 
     def idle(self, peer: object) -> None:
         """Its response is over: the connection may wait for the next request."""
@@ -148,7 +152,8 @@ class GuardedProtocol(asyncio.Protocol):
         self.peer: Peer = ("", 0)
         self._deadline: asyncio.TimerHandle | None = None
         self._writing: asyncio.TimerHandle | None = None
-        self._busy = False  # a request is in progress (the app has it)
+        self._busy = False  # a request's headers are in, and its answer not yet out
+        self._tail = b""  # the last bytes seen of headers still arriving
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = writable = cast(asyncio.Transport, transport)  # (uvloop: no subclass)
@@ -161,8 +166,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._arm_header_timeout()
 
     def data_received(self, data: bytes) -> None:
-        if not self._busy and self._deadline is None:  # the first bytes of a request
-            self._arm_header_timeout()
+        if not self._busy:
+            self._headers_arriving(data)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -190,6 +195,7 @@ class GuardedProtocol(asyncio.Protocol):
 
     def request_started(self) -> None:
         self._busy = True
+        self._tail = b""
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -204,6 +210,17 @@ class GuardedProtocol(asyncio.Protocol):
             self.transport.abort()
 
     # ---------------------------------------------------------------------------------------
+
+    def _headers_arriving(self, data: bytes) -> None:
+        """Time a request's headers from their first byte to the blank line that ends them
+        (not to when the app gets the request: a busy server is not the client's fault)."""
+        if self._deadline is None:
+            self._arm_header_timeout()
+        seen = self._tail + data
+        if b"\r\n\r\n" in seen:
+            self.connections.started(self)  # in: it is not idle, whenever the app gets it
+        else:
+            self._tail = seen[-3:]
 
     def _arm_header_timeout(self) -> None:
         if self._deadline is not None:
