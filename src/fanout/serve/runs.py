@@ -10,6 +10,7 @@ run (an older one, the CLI's, one a killed server left behind) from the history.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -17,7 +18,7 @@ import os
 import sqlite3
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -108,12 +109,14 @@ class Unavailable(Exception):
 def shape_names() -> list[str]:
     """The shapes a request may name beside the panel (whatever ``SHAPES`` holds now), leaving
     out those that cannot run from a prompt alone (a flow needs its definition)."""
-    return [name for name in SHAPES if name != "panel" and _standalone(name)]
+    return [name for name, build in SHAPES.items() if name != "panel" and _standalone(build)]
 
 
-def _standalone(shape: str) -> bool:
+@functools.lru_cache(maxsize=64)
+def _standalone(build: Callable[[dict[str, Any]], object]) -> bool:
+    # Cached by the shape's builder (asked for every request; SHAPES may change meanwhile).
     try:
-        SHAPES[shape]({})
+        build({})
     except Exception:  # a shape that needs options of its own to make a plan
         return False
     return True
