@@ -17,6 +17,7 @@ user would start it. Ratios are taken within one run (the machine is shared).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import statistics
@@ -144,7 +145,11 @@ async def burst(url: str, runs: int) -> dict[str, Any]:
 
         async def submit(i: int) -> None:
             started = time.perf_counter()
-            response = await client.post("/api/runs", json={"prompt": f"question {i}"})
+            try:
+                response = await client.post("/api/runs", json={"prompt": f"question {i}"})
+            except httpx.HTTPError:  # (the connection closed: counted as refused)
+                codes.append(0)
+                return
             accepts.append(time.perf_counter() - started)
             codes.append(response.status_code)
             if response.status_code == 202:
@@ -155,7 +160,8 @@ async def burst(url: str, runs: int) -> dict[str, Any]:
                 while posting or not ids:
                     if ids:
                         started = time.perf_counter()
-                        await poller.get(f"/api/runs/{random.choice(ids)}")
+                        with contextlib.suppress(httpx.HTTPError):
+                            await poller.get(f"/api/runs/{random.choice(ids)}")
                         polls.append(time.perf_counter() - started)
                     else:
                         await anyio.sleep(0.005)

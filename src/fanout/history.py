@@ -572,13 +572,21 @@ def _refuse_secrets(value: object, where: str = "") -> None:
     """ValueError if a mapping, at any depth, has a key named like an API key or a header."""
     if isinstance(value, Mapping):
         for key, item in value.items():
-            name = re.sub(r"([a-z])([A-Z])", r"\1_\2", str(key)).lower()
-            if _SECRET_KEY.search(re.sub(r"[^a-z0-9]+", "_", name)):
+            if _secret_like(str(key)):
                 raise ValueError(f"refusing to store a secret-like key {where}{key!r} in history")
-            _refuse_secrets(item, f"{where}{key}.")
+            if isinstance(item, Mapping | list | tuple):
+                _refuse_secrets(item, f"{where}{key}.")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _refuse_secrets(item, f"{where}{index}.")
+            if isinstance(item, Mapping | list | tuple):
+                _refuse_secrets(item, f"{where}{index}.")
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_like(key: str) -> bool:
+    # Cached: the same few dozen keys come in every document a server stores.
+    name = re.sub(r"([a-z])([A-Z])", r"\1_\2", key).lower()
+    return _SECRET_KEY.search(re.sub(r"[^a-z0-9]+", "_", name)) is not None
 
 
 def _current(writer: str | None, document: dict[str, Any]) -> dict[str, Any]:

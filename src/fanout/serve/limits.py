@@ -2,7 +2,9 @@
 connection by ``guarded_protocol``, which wraps uvicorn's HTTP protocol.
 
 * A connection must send a request's headers within ``header_timeout_s`` of connecting (or of
-  its last response): a client that sends nothing, or a byte now and then, is closed.
+  the first byte of its next request): a client that sends nothing, or a byte now and then,
+  is closed. Between requests, a kept-alive connection is closed after ``keep_alive_s`` idle
+  (longer than clients keep theirs: httpx 5 s; so it is they who close, never both at once).
 * A body must arrive within ``body_timeout_s`` (``guard.Guard`` answers 408).
 * A client that reads nothing while we write to it (an event stream nobody drains) is dropped
   after ``write_timeout_s`` of a full buffer.
@@ -50,7 +52,7 @@ class Limits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     write_timeout_s: float = 30.0
-    keep_alive_s: float = 5.0
+    keep_alive_s: float = 20.0
     max_connections: int | None = None  # None: from the open-file limit
 
     def connection_cap(self) -> int:
@@ -113,11 +115,15 @@ class Connections:
             del self._idle[connection.peer]
 
     def busy(self, peer: object) -> None:
-        """A request's headers are in (from the ASGI side, by the client's address)."""
+        """A request is in the app's hands (from the ASGI side, by the client's address)."""
         connection = self._open.get(_peer(peer))
         if connection is not None:
-            self._idle.pop(connection.peer, None)
-            connection.request_started()
+            self.started(connection)
+
+    def started(self, connection: GuardedProtocol) -> None:
+        """A request's headers are in on ``connection``."""
+        self._idle.pop(connection.peer, None)
+        connection.request_started()
 
     def idle(self, peer: object) -> None:
         """Its response is over: the connection may wait for the next request."""
@@ -146,6 +152,8 @@ class GuardedProtocol(asyncio.Protocol):
         self.peer: Peer = ("", 0)
         self._deadline: asyncio.TimerHandle | None = None
         self._writing: asyncio.TimerHandle | None = None
+        self._busy = False  # a request's headers are in, and its answer not yet out
+        self._tail = b""  # the last bytes seen of headers still arriving
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = writable = cast(asyncio.Transport, transport)  # (uvloop: no subclass)
@@ -158,6 +166,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._arm_header_timeout()
 
     def data_received(self, data: bytes) -> None:
+        if not self._busy:
+            self._headers_arriving(data)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -184,12 +194,14 @@ class GuardedProtocol(asyncio.Protocol):
     # -- what Connections and the guard tell it ---------------------------------------------
 
     def request_started(self) -> None:
+        self._busy = True
+        self._tail = b""
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
     def request_finished(self) -> None:
-        self._arm_header_timeout()
+        self._busy = False  # idle now: uvicorn's keep-alive timeout, then the next request's
 
     def evict(self) -> None:
         """Closed to make room for a newer connection (this one was idle the longest)."""
@@ -198,6 +210,17 @@ class GuardedProtocol(asyncio.Protocol):
             self.transport.abort()
 
     # ---------------------------------------------------------------------------------------
+
+    def _headers_arriving(self, data: bytes) -> None:
+        """Time a request's headers from their first byte to the blank line that ends them
+        (not to when the app gets the request: a busy server is not the client's fault)."""
+        if self._deadline is None:
+            self._arm_header_timeout()
+        seen = self._tail + data
+        if b"\r\n\r\n" in seen:
+            self.connections.started(self)  # in: it is not idle, whenever the app gets it
+        else:
+            self._tail = seen[-3:]
 
     def _arm_header_timeout(self) -> None:
         if self._deadline is not None:

@@ -523,6 +523,7 @@ class RunManager:
 
     def _finished(self, run: LiveRun, report: RunReport, line: dict[str, object] | None) -> None:
         run.finish(report, line)
+        run.execution, run.log = None, None  # the report has what is kept of them
         self._unfinished -= 1
         self._finished_ids.append(run.id)
         self._finished_bytes += run.size
