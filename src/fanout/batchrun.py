@@ -45,6 +45,7 @@ from fanout.params import with_params
 from fanout.provider import OpenAIProvider
 from fanout.render import BatchProgress, batch_summary, make_console, print_warning
 from fanout.session import as_named
+from fanout.shapes import build_plan, shape_of
 from fanout.tracing import trace_parent
 
 
@@ -123,7 +124,9 @@ def _batch(
     check_credentials(callers, os.environ)
     prompts = count_prompts(path)  # reads the whole file once: a bad line stops us before any call
     # A later stage or a verdict needs the answers an earlier run already has.
-    answered = answered_jobs(output, keep_answers=synthesize or shape != "panel")
+    stages = build_plan(shape, {"synthesize": synthesize, **(options or {})})
+    later = len(stages) > 1 or any(s.key is not None for s in stages)
+    answered = answered_jobs(output, keep_answers=later)
     tally = BatchTally(
         total=prompts * (per_prompt or len(callers)), output=str(output) if output else None
     )
@@ -135,8 +138,9 @@ def _batch(
     pricing = engine.pricing
     pricing = Pricing.shipped(panel.pricing)
     if via == "openai-batch":
-        if shape != "panel":
-            raise ConfigError(f"--{shape} needs the answers first: not with --via openai-batch")
+        flag = shape_of(shape).flag
+        if flag:  # a shape of its own (a vote, a judge...) works on the answers
+            raise ConfigError(f"{flag} needs the answers first: not with --via openai-batch")
         if synthesize:
             flag = "--map" if (options or {}).get("map") else "--synthesize"
             raise ConfigError(f"{flag} needs the answers first: not with --via openai-batch")

@@ -149,7 +149,22 @@ class Flow:
 
 def load_flow(path: Path, panel: Panel) -> Flow:
     """Read and check a flow file against ``panel`` (the agents file's personas)."""
-    source, text = str(path), _read_text(path)
+    return _flow_from_text(str(path), _read_text(path), panel)
+
+
+def flow_from_definition(definition: object, panel: Panel, source: str = "options.flow") -> Flow:
+    """Check a flow given as a mapping (a server request's ``options.flow``) as a file is:
+    written out as JSON, which YAML reads, so a problem names its line there."""
+    import json
+
+    try:
+        text = json.dumps(definition, indent=1, ensure_ascii=False)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: not a flow definition (a mapping of stages...)") from None
+    return _flow_from_text(source, text, panel)
+
+
+def _flow_from_text(source: str, text: str, panel: Panel) -> Flow:
     data = _parse_yaml(source, text, what="a 'stages:' list")
     try:
         spec = FlowSpec.model_validate(data)

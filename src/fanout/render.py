@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engin
     from fanout.evalreport import Change, LeaderRow, PairTally, ScoreRow
     from fanout.history import RunSummary
     from fanout.runstats import StatsRow
+    from fanout.shapes import Shape
 
 _STATUS_STYLE = {"ok": "green", "error": "red", "cancelled": "yellow", "skipped": "yellow"}
 
@@ -1103,4 +1104,32 @@ def stats_table(rows: Sequence[StatsRow]) -> Table:
         "wins/decisions: a judge's pick, the winning side of a vote, the top of a council's "
         "ranking (a tie shared) · cost: the persona's answers in those runs"
     )
+    return table
+
+
+def shapes_table(shapes: Sequence[Shape]) -> Table:
+    """``fanout shapes``: each shape, what it does, the flag that picks it, and its options
+    (each one's flag, or ``-O name=...``, and what its value must be)."""
+    table = Table(
+        title="Shapes: --shape NAME (or its flag); options: -O NAME=VALUE (or their flag)",
+        title_justify="left",
+        show_lines=True,
+        expand=True,
+    )
+    table.add_column("Shape", style="bold", no_wrap=True)
+    table.add_column("What it does", ratio=1)
+    table.add_column("Options", ratio=1)
+    for shape in shapes:
+        name = Text(shape.name, style="bold")
+        if shape.flag:
+            name.append(f"\n{shape.flag}", style="dim")
+        options = [
+            f"{option.flag or '-O ' + option.name}: {option.wanted()}"
+            + (f" (default {option.default})" if option.default not in (None, False) else "")
+            for option in shape.options
+        ]
+        what = Text(shape.help)
+        if shape.example:
+            what.append(f"\n{shape.example}", style="dim")
+        table.add_row(name, what, Text("\n".join(options) or "none"))
     return table

@@ -24,6 +24,7 @@ from fanout.history import HistoryRecorder
 from fanout.local import as_local, local_server, wants_local
 from fanout.models import Agent
 from fanout.output import Output
+from fanout.shapes import shape_of
 from fanout.tracing import trace_parent
 
 
@@ -99,7 +100,7 @@ def ask(
                 traceparent=traceparent,
             )
     options = {"synthesize": synthesize, **(options or {})}
-    if shape != "panel" and "seed" not in options:
+    if shape_of(shape).blind and "seed" not in options:
         # Recorded with the run, so a retry shows a judge or a reviewer the same labels.
         options["seed"] = secrets.randbits(32)
     request = RunRequest(

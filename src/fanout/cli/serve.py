@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -58,6 +59,14 @@ def serve(
             help="Most runs in flight; more get a 429.",
         ),
     ] = 16,
+    flows: Annotated[
+        Path | None,
+        typer.Option(
+            "--flows",
+            metavar="DIR",
+            help="Offer the flow files of this folder: a request names one as options.flow.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the panel over HTTP: a runs API, an OpenAI-compatible model, a live dashboard.
 
@@ -81,4 +90,8 @@ def serve(
                 f"fanout serve needs {exc.name or 'its extra'}: pip install 'fanout[serve]'"
             ) from None
         panel = load_panel(find_config(config, os.environ))
-        run_server(panel, host=host, port=port, token=token, cors=cors, max_runs=max_runs)
+        if flows is not None and not flows.is_dir():
+            raise ConfigError(f"--flows: {str(flows)!r} is not a folder")
+        run_server(
+            panel, host=host, port=port, token=token, cors=cors, max_runs=max_runs, flows=flows
+        )

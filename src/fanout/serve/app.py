@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -360,6 +361,15 @@ async def run_events(request: Request) -> Response:
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
+async def shapes_info(request: Request) -> Response:
+    """Every shape and its options, as the registry describes them (the dashboard's form is
+    drawn from it), and the flow files a request may name (``fanout serve --flows DIR``)."""
+    from fanout.shapes import catalog
+    from fanout.shapes.flow import flow_names
+
+    return Json({"shapes": catalog(), "flows": flow_names(manager_of(request).flows)})
+
+
 async def panel_info(request: Request) -> Response:
     """The personas (no endpoint secrets: names, models, hosts) and shapes, for the dashboard."""
     panel: Panel = manager_of(request).panel
@@ -466,9 +476,11 @@ def create_app(
     cors: str | None = None,
     max_runs: int = 16,
     provider: Provider | None = None,
+    flows: Path | None = None,
 ) -> Starlette:
-    """The server's ASGI app: ``panel`` is who answers; ``token`` guards every data route."""
-    manager = RunManager(panel, max_runs=max_runs, provider=provider)
+    """The server's ASGI app: ``panel`` is who answers; ``token`` guards every data route;
+    ``flows``: the folder of flow files a request may name."""
+    manager = RunManager(panel, max_runs=max_runs, provider=provider, flows=flows)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -480,6 +492,7 @@ def create_app(
         Route("/", dashboard),
         Mount("/static", StaticFiles(packages=[("fanout.serve", "static")]), name="static"),
         Route("/api/agents", panel_info),
+        Route("/api/shapes", shapes_info),
         Route("/api/runs", start_run, methods=["POST"]),
         Route("/api/runs", list_runs, methods=["GET"]),
         Route("/api/runs/{id}", run_status, methods=["GET"]),

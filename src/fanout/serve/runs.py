@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -50,12 +51,13 @@ from fanout.export import (
 from fanout.history import History, HistoryRecorder, history_path
 from fanout.models import RunReport
 from fanout.retry import RetryPolicy
+from fanout.serve.body import BadBody, shaped
 from fanout.shapes import SHAPES, verdict_from_dict
 from fanout.summary import Summary, final_summary
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
-               "concurrency")  # fmt: skip
+               "concurrency", "shape", "options", "personas")  # fmt: skip
 FINISHED_KEPT = 256  # finished runs answered from memory (with their deltas); older: history
 MAX_PROMPT_CHARS = 200_000
 _log = logging.getLogger("fanout.serve")
@@ -88,37 +90,26 @@ def shape_names() -> list[str]:
     return [name for name, shape in SHAPES.items() if shape.flag and shape.standalone]
 
 
-def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunRequest:
-    """A ``RunRequest`` from a JSON body; ``BadRequest`` naming the first thing wrong."""
-    shapes = shape_names()
+def run_request(
+    body: Mapping[str, Any], panel: Panel, *, run_id: str, flows: Path | None = None
+) -> RunRequest:
+    """A ``RunRequest`` from a JSON body; ``BadRequest`` naming the first thing wrong. The
+    shape and its options (any shape the CLI has, a flow, personas for this run) are read by
+    ``serve.body``."""
+    shapes = [name for name, shape in SHAPES.items() if shape.flag]
     for key in body:
         if key not in RUN_OPTIONS and key not in shapes:
             known = ", ".join([*RUN_OPTIONS, *shapes])
             raise BadRequest(f"unknown option {key!r} (known: {known})")
-    prompt = body.get("prompt")
+    try:
+        body_shape = shaped(body, panel, _agents(body.get("agents")), flows)
+    except BadBody as exc:
+        raise BadRequest(str(exc)) from None
+    prompt = body_shape.prompt
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("the prompt is empty: give a non-empty string as prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadRequest(f"the prompt is longer than {MAX_PROMPT_CHARS} characters")
-    chosen = [name for name in shapes if body.get(name) not in (None, False)]
-    if len(chosen) > 1:
-        raise BadRequest(f"choose one shape: {', '.join(chosen)}")
-    shape, options = "panel", dict[str, Any]()
-    if chosen:
-        shape, value = chosen[0], body[chosen[0]]
-        if value is True:
-            options = {}
-        elif isinstance(value, dict):
-            options = dict(value)
-        else:
-            raise BadRequest(f"{shape}: true or an object of its options")
-    synthesize = body.get("synthesize", False)
-    if not isinstance(synthesize, bool):
-        raise BadRequest("synthesize: true or false")
-    if synthesize:
-        options["synthesize"] = True
-    elif shape == "panel":
-        options["synthesize"] = False
     settings = RunSettings(
         concurrency=_number(body, "concurrency", int, 1, RunSettings().concurrency),
         timeout=_number(body, "timeout", float, 0.001, RunSettings().timeout),
@@ -130,10 +121,10 @@ def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunReq
         raise BadRequest("model: a model name")
     return RunRequest(
         prompt.strip(),
-        panel,
-        agents=_agents(body.get("agents")),
-        shape=shape,
-        options=options,
+        body_shape.panel,
+        agents=body_shape.agents,
+        shape=body_shape.shape,
+        options=body_shape.options,
         settings=settings,
         model=model,
         run_id=run_id,
@@ -294,8 +285,16 @@ class _UntilFinished:
 class RunManager:
     """The runs of one server: started, watched, terminated, purged; ``max_runs`` in flight."""
 
-    def __init__(self, panel: Panel, *, max_runs: int = 16, provider: Provider | None = None):
+    def __init__(
+        self,
+        panel: Panel,
+        *,
+        max_runs: int = 16,
+        provider: Provider | None = None,
+        flows: Path | None = None,
+    ):
         self.panel = panel
+        self.flows = flows  # fanout serve --flows DIR: the flow files a request may name
         self.max_runs = max_runs
         self._provider = provider
         self._runs: OrderedDict[str, LiveRun] = OrderedDict()
@@ -341,7 +340,7 @@ class RunManager:
             request = (
                 body
                 if isinstance(body, RunRequest)
-                else run_request(body, self.panel, run_id=run_id)
+                else run_request(body, self.panel, run_id=run_id, flows=self.flows)
             )
             plan = resolve(replace(request, run_id=run_id))
             check_credentials(plan.callers, os.environ)
@@ -563,6 +562,20 @@ def replay_lines(document: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "call_id": call.get("call_id"),
                     "role": call.get("role"),
                     "result": call,
+                }
+            )
+        verdict = verdict_from_dict(stage.get("verdict"), stage.get("key"), str(stage.get("kind")))
+        if verdict is not None:
+            lines.append(
+                {
+                    **stamp,
+                    "ts": document.get("finished_at") or started,
+                    "type": "stage_finished",
+                    "stage": stage.get("id"),
+                    "kind": stage.get("kind"),
+                    "key": stage.get("key"),
+                    "verdict": stage.get("verdict"),
+                    "summary": verdict.summary().to_dict(),
                 }
             )
     if is_finished(document):

@@ -9,6 +9,7 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from fanout.config import Panel
 from fanout.errors import ConfigError
@@ -58,6 +59,7 @@ def serve(
     cors: str | None = None,
     max_runs: int = 16,
     say: Callable[[str], None] | None = None,
+    flows: Path | None = None,
 ) -> None:
     """Serve until Ctrl-C or SIGTERM (runs in flight are stopped and recorded interrupted,
     with their answers). Any address but loopback needs a token."""
@@ -74,7 +76,7 @@ def serve(
     from fanout.serve.app import create_app
 
     sock = bind(host, port)
-    app = create_app(panel, token=token, cors=cors, max_runs=max_runs)
+    app = create_app(panel, token=token, cors=cors, max_runs=max_runs, flows=flows)
     config = uvicorn.Config(
         app,
         lifespan="on",
