@@ -272,21 +272,7 @@ def _check_stage(
                 f"its {len(stage.personas)} persona(s) can give"
             )
         )
-    steps = flow_steps()
-    if stage.then != "none" and stage.then not in steps:
-        where = _where(source, text, (*at, "then"))
-        known = ", ".join(["none", *steps])
-        problem = f"then: unknown step {stage.then!r}{_suggest(stage.then, steps)} (known: {known})"
-        raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
-    step = steps.get(stage.then)
-    if step is not None and len(stage.personas) < step.least:
-        where = _where(source, text, (*at, "then"))
-        raise ConfigError(
-            _one_line(
-                f"{where}: stage {stage.id!r}: then: {stage.then} needs at least {step.least} "
-                f"personas ({step.least_why}); it has {len(stage.personas)}"
-            )
-        )
+    _check_then(_where(source, text, (*at, "then")), stage)
     where = _where(source, text, (*at, "prompt"))
     for name, persona in references(stage.prompt):
         if name in spec.inputs:
@@ -322,6 +308,24 @@ def _check_stage(
                         f"{persona!r}{_suggest(persona, answers)}"
                     )
                 )
+
+
+def _check_then(where: str, stage: StageSpec) -> None:
+    """``then:`` names a step some shape lends a flow, and the stage has the personas it
+    needs."""
+    steps = flow_steps()
+    if stage.then != "none" and stage.then not in steps:
+        known = ", ".join(["none", *steps])
+        problem = f"then: unknown step {stage.then!r}{_suggest(stage.then, steps)} (known: {known})"
+        raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
+    step = steps.get(stage.then)
+    if step is not None and len(stage.personas) < step.least:
+        raise ConfigError(
+            _one_line(
+                f"{where}: stage {stage.id!r}: then: {stage.then} needs at least {step.least} "
+                f"personas ({step.least_why}); it has {len(stage.personas)}"
+            )
+        )
 
 
 def _cycle(spec: FlowSpec, order: dict[str, int], start: int, target: int) -> list[str] | None:

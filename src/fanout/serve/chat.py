@@ -52,7 +52,7 @@ async def list_models(request: Request) -> Response:
     return Response(json_line({"object": "list", "data": data}), media_type="application/json")
 
 
-def run_body(body: Mapping[str, Any]) -> dict[str, Any]:
+def run_body(body: Mapping[str, object]) -> dict[str, object]:
     """The runs API body a chat request stands for; ``BadRequest`` naming what is wrong."""
     for key in body:
         if key not in KNOWN:
@@ -67,7 +67,7 @@ def run_body(body: Mapping[str, Any]) -> dict[str, Any]:
         raise BadRequest("fanout: an object of run options (agents, timeout...)")
     if "prompt" in options:
         raise BadRequest("fanout.prompt: the prompt is the last user message")
-    run: dict[str, Any] = {"prompt": last_user_message(body.get("messages")), **options}
+    run: dict[str, object] = {"prompt": last_user_message(body.get("messages")), **options}
     if model != MODEL:
         run.setdefault(str(model).split("/", 1)[1], True)
     elif "shape" not in run:  # fanout: the panel with its synthesis, unless a shape is named
@@ -79,7 +79,7 @@ class _UnknownModel(BadRequest):
     pass
 
 
-def last_user_message(messages: Any) -> str:
+def last_user_message(messages: object) -> str:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: a non-empty list of chat messages")
     for message in reversed(messages):
@@ -96,27 +96,33 @@ def last_user_message(messages: Any) -> str:
     raise BadRequest("messages: no user message to answer")
 
 
-def answer_text(document: Mapping[str, Any]) -> str:
+def answer_text(document: Mapping[str, object]) -> str:
     """What the assistant says: what the run decided, in words (the synthesis, the judge's
     pick, the vote's winner, or why nothing was decided), else each answer under its name.
     The whole verdict rides along in the ``fanout`` field."""
     final = final_answer(document)
     if final is not None:
         return final
-    answers = document.get("agents") or []
+    answers = document.get("agents")
     return "\n\n".join(
         f"{call.get('name')}: {call.get('answer')}"
-        for call in answers
+        for call in (answers if isinstance(answers, list) else [])
         if isinstance(call, dict) and call.get("status") == "ok"
     )
 
 
-def usage_of(document: Mapping[str, Any]) -> dict[str, int]:
-    usage = document.get("usage") or {}
+def usage_of(document: Mapping[str, object]) -> dict[str, int]:
+    usage = document.get("usage")
+    counts = usage if isinstance(usage, Mapping) else {}
+
+    def count(key: str) -> int:
+        value = counts.get(key)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
     return {
-        "prompt_tokens": int(usage.get("input_tokens") or 0),
-        "completion_tokens": int(usage.get("output_tokens") or 0),
-        "total_tokens": int(usage.get("total_tokens") or 0),
+        "prompt_tokens": count("input_tokens"),
+        "completion_tokens": count("output_tokens"),
+        "total_tokens": count("total_tokens"),
     }
 
 
@@ -165,7 +171,7 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
     it is written, else the answer whole at the end; then usage and the document."""
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    def chunk(delta: dict[str, object], finish: str | None = None, **extra: object) -> str:
         body = {
             "id": f"chatcmpl-{run.id}",
             "object": "chat.completion.chunk",

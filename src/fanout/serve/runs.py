@@ -91,7 +91,7 @@ def shape_names() -> list[str]:
 
 
 def run_request(
-    body: Mapping[str, Any], panel: Panel, *, run_id: str, flows: Path | None = None
+    body: Mapping[str, object], panel: Panel, *, run_id: str, flows: Path | None = None
 ) -> RunRequest:
     """A ``RunRequest`` from a JSON body; ``BadRequest`` naming the first thing wrong. The
     shape and its options (any shape the CLI has, a flow, personas for this run) are read by
@@ -131,7 +131,7 @@ def run_request(
     )
 
 
-def _agents(value: Any) -> list[str] | None:
+def _agents(value: object) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -475,16 +475,21 @@ def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def document_summaries(document: Mapping[str, Any]) -> list[Summary]:
+def _stages(document: Mapping[str, object]) -> list[dict[str, object]]:
+    stages = document.get("stages")
+    return [s for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
+
+
+def document_summaries(document: Mapping[str, object]) -> list[Summary]:
     """Each stage's summary, from the verdicts a result document stores."""
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    stages = _stages(document)
     verdicts = [
         verdict_from_dict(s.get("verdict"), s.get("key"), str(s.get("kind") or "")) for s in stages
     ]
     return [v.summary() for v in verdicts if v is not None]
 
 
-def final_answer(document: Mapping[str, Any]) -> str | None:
+def final_answer(document: Mapping[str, object]) -> str | None:
     """The run's one answer, whatever its shape, in words: what it decided (the synthesis,
     the judge's pick, the vote's winner; or why nothing was decided), else, for a document
     of an earlier version, the answer of a later stage's single call, else None (a bare
@@ -492,11 +497,12 @@ def final_answer(document: Mapping[str, Any]) -> str | None:
     final = final_summary(document_summaries(document))
     if final is not None:
         return final.answer if final.answer is not None else final.headline
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    stages = _stages(document)
     for stage in reversed(stages[1:]):
         if "verdict" in stage:
             continue
-        calls = [c for c in stage.get("calls") or [] if isinstance(c, dict)]
+        given = stage.get("calls")
+        calls = [c for c in given if isinstance(c, dict)] if isinstance(given, list) else []
         if len(calls) == 1 and calls[0].get("status") == "ok":
             answer = calls[0].get("answer")
             if isinstance(answer, str):

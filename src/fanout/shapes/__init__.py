@@ -210,10 +210,12 @@ def verdict_types() -> dict[str, type[Verdict]]:
     return found
 
 
-def verdict_from_dict(data: object, key: str | None = None, kind: str = "") -> Verdict | None:
+def verdict_from_dict(data: object, key: object = None, kind: object = "") -> Verdict | None:
     """A stored verdict back as its type: by its ``type``, else (a document of an earlier
     version) by the stage's ``key`` or ``kind``; one this version cannot read stays as it
     was, shown by its plain fields."""
+    key = key if isinstance(key, str) else None
+    kind = kind if isinstance(kind, str) else ""
     if data is None:
         return None
     if not isinstance(data, Mapping):
