@@ -131,7 +131,9 @@ class OutputStage:
 
 class Guarded:
     """A shape's stage after a flow stage: itself, asked the flow stage's question (not the
-    run's prompt, which only names the flow), and skipped when the flow stopped earlier."""
+    run's prompt, which only names the flow), and skipped when the flow stopped earlier. What
+    the stage says of itself holds (its roles, whether it holds answers, its worst case for a
+    dry run), and the stages it grows (``follow``) are guarded the same way."""
 
     def __init__(self, stage: Stage, source: FlowStage, guards: Sequence[Guard]) -> None:
         self.stage = stage
@@ -140,6 +142,16 @@ class Guarded:
         self.id, self.kind, self.key = stage.id, stage.kind, stage.key
         self.roles: tuple[str, ...] = tuple(getattr(stage, "roles", ()))
         self.makes_calls: bool = getattr(stage, "makes_calls", True)
+        self.holds_answers: bool = getattr(stage, "holds_answers", False)
+        longest = getattr(stage, "longest_answer", None)
+        if longest is not None:
+            self.longest_answer = longest
+        if getattr(stage, "follow", None) is not None:
+            self.follow = self._follow
+
+    def _follow(self, context: RunContext) -> list[Stage]:
+        grown: list[Stage] = self.stage.follow(self._asked(context))  # type: ignore[attr-defined]
+        return [Guarded(stage, self.source, self.guards) for stage in grown]
 
     def _asked(self, context: RunContext) -> RunContext:
         return replace(context, prompt=self.source.prompt or context.prompt)

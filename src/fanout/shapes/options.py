@@ -183,6 +183,26 @@ class Share(Option[float]):
 
 
 @dataclass(frozen=True)
+class OneOf(Option[str]):
+    """One of a few words (``judge`` or ``synthesis``)."""
+
+    words: tuple[str, ...] = ()
+    kind = "choice"
+
+    def wanted(self) -> str:
+        return "one of " + ", ".join(self.words)
+
+    def value_schema(self) -> JsonObject:
+        return {"enum": list(self.words)}
+
+    def coerce(self, value: object) -> str | None:
+        return value if isinstance(value, str) and value in self.words else None
+
+    def from_text(self, text: str) -> object:
+        return text.strip().casefold()
+
+
+@dataclass(frozen=True)
 class Choices(Option[list[str]]):
     """At least ``least`` different texts (``Paris,Lyon`` on the command line)."""
 

@@ -76,6 +76,12 @@ function optionInput(o) {
     input.checked = start === true;
     return el("label", { title: o.help }, input, " " + o.name);
   }
+  if (o.kind === "choice") {
+    input = el("select", { id, name: o.name });
+    for (const word of o.schema.enum) input.append(el("option", { value: word }, word));
+    if (start !== null && start !== undefined) input.value = String(start);
+    return el("label", { title: o.help }, o.name + " ", input);
+  }
   if (o.kind === "document") {
     input = el("select", { id, name: o.name });
     input.append(el("option", { value: "" }, "inline (below)"));
