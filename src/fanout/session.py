@@ -60,7 +60,7 @@ def ask(
     recorded_synthesizer = apply_model([panel.synthesizer], model)[0]
     recorded_judge = apply_model([panel.role("judge")], model)[0]
     # The roles only some shapes have (a router, an orchestrator) run locally too.
-    shape_roles = {r: apply_model([panel.role(r)], model)[0] for r in _SHAPE_ROLES.get(shape, ())}
+    shape_roles = {r: apply_model([panel.role(r)], model)[0] for r in shape_of(shape).roles}
     local_wanted = wants_local(
         [*chosen, recorded_synthesizer, *shape_roles.values()], local, os.environ
     )
@@ -231,9 +231,6 @@ def _run_plan(plan: Plan, output: Output, log: bool) -> int:
             guess_panes=guess_panes(plan),
         )
     return emit(report, output, recorder, interrupted)
-
-
-_SHAPE_ROLES = {"route": ("router",), "orchestrate": ("orchestrator",)}
 
 
 def as_named(
