@@ -30,6 +30,7 @@ AnyOption = (
     Option[bool]
     | Option[int]
     | Option[float]
+    | Option[str]
     | Option[list[str]]
     | Option[dict[str, int]]
     | Option[dict[str, str]]
