@@ -120,7 +120,7 @@ def run_request(
     """A ``RunRequest`` from a JSON body; ``BadRequest`` naming the first thing wrong. The
     shape and its options (any shape the CLI has, a flow, personas for this run) are read by
     ``serve.body``."""
-    shapes = [name for name in SHAPES if name != "panel"]
+    shapes = [name for name, shape in SHAPES.items() if shape.flag]
     for key in body:
         if key not in RUN_OPTIONS and key not in shapes:
             known = ", ".join([*RUN_OPTIONS, *shapes])
