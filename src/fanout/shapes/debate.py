@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from fanout.cost import DEFAULT_COMPLETION_ESTIMATE
 from fanout.models import Agent, AgentError, Call, CallResult, Message
 from fanout.shapes.judge import JudgeStage
 from fanout.shapes.options import SEED, OneOf, Options, Whole
@@ -214,6 +213,8 @@ class DebateRound(PanelStage):
         """``--dry-run``: answers as long as they may be, and all different (no early end)."""
         result = CallResult.of(call)
         result.status = "ok"
+        from fanout.cost import DEFAULT_COMPLETION_ESTIMATE  # --dry-run only: anyio with it
+
         bound = call.agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
         result.answer = call.name + " " + "x" * max(bound - len(call.name) - 1, 0)
         return result

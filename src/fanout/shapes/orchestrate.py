@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from fanout.cost import DEFAULT_COMPLETION_ESTIMATE
 from fanout.models import Agent, AgentError, Call, CallResult, Message, chat_messages
 from fanout.shapes.options import SEED, Options, Whole
 from fanout.shapes.output import OutputVerdict
@@ -91,6 +90,8 @@ class OrchestratorTurn:
         every answer), until the last turn, which must answer."""
         result = CallResult.of(call)
         result.status = "ok"
+        from fanout.cost import DEFAULT_COMPLETION_ESTIMATE  # --dry-run only: anyio with it
+
         bound = call.agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
         result.answer = "x" * bound
         names = [_function_name(t) for t in call.tools or ()]
