@@ -184,3 +184,15 @@ def test_then_debate_in_a_flow(
     assert "Tabs or spaces?" in text_of(of(server, "m-b")[1])
     assert text_of(of(server, "m-a")[-1]).endswith("Apply: Spaces, by agreement.")
     assert document["output"] == {"act": {"a": "Shipped it"}}
+
+
+def test_a_debate_with_one_answer_left_ends_at_once(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    said(server, "m-a", "Yes")
+    server.script("m-b", Fault(400))
+    said(server, "gpt-4o-mini", "Only a answered: yes.")
+    document = run_json(invoke, "ask", "-c", agents_file("a", "b"), "--debate", "--retries", "0",
+                        "?", code=3)  # fmt: skip
+    assert [s["id"] for s in document["stages"]] == ["round1", "debate"]
+    assert server.count("m-a") == 1

@@ -137,11 +137,12 @@ class Debate:
 
     def after(self, number: int, context: RunContext) -> list[Stage]:
         """What follows round ``number``: the judge's agreement check, another round, or the
-        end (they agree, or the rounds are spent)."""
+        end (they agree, the rounds are spent, or fewer than two answered)."""
         done = context.stages.get(self.round_id(number))
         verdict = done.verdict if done is not None else None
         agreed = isinstance(verdict, RoundVerdict) and verdict.agreed
-        if agreed or number > self.rounds:
+        heard = isinstance(verdict, RoundVerdict) and len(verdict.positions) >= 2
+        if agreed or number > self.rounds or not heard:  # agreed, spent, or nobody to answer
             return [self.ending(number)]
         if self.agree == "judge":
             return [AgreementCheck(self, number)]
