@@ -91,7 +91,7 @@ def test_dashboard_runs_a_prompt_and_every_pane_fills(
         wait.until(lambda d: len(d.find_elements(By.NAME, "persona")) == 3)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 1)
         browser.find_element(By.ID, "prompt").send_keys("What is temperature?")
-        assert browser.find_element(By.ID, "synthesize").is_selected()
+        assert browser.find_element(By.ID, "opt-synthesize").is_selected()
         browser.find_element(By.ID, "run").click()
         current = browser.find_element(By.ID, "current")
         wait.until(lambda d: current.get_attribute("data-status") == "completed")
@@ -104,7 +104,8 @@ def test_dashboard_runs_a_prompt_and_every_pane_fills(
         texts = {p.get_attribute("data-name"): p.find_element(By.CLASS_NAME, "text").text
                  for p in panes}  # fmt: skip
         assert texts == {**ANSWERS, "synthesizer": VERDICT}
-        assert browser.find_element(By.ID, "verdict").text == VERDICT
+        verdict = browser.find_element(By.ID, "verdict").text
+        assert verdict.startswith("Synthesis · synthesizer") and VERDICT in verdict
         assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline .tl-row")) == 4
         assert browser.find_elements(By.CSS_SELECTOR, "#timeline .bar.streaming")
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 2)
@@ -134,7 +135,7 @@ def test_dashboard_asks_for_the_token_and_then_works(
         form.submit()
         wait.until(lambda d: len(d.find_elements(By.NAME, "persona")) == 3)
         browser.find_element(By.ID, "prompt").send_keys("Why?")
-        browser.find_element(By.ID, "synthesize").click()  # a bare panel this time
+        browser.find_element(By.ID, "opt-synthesize").click()  # a bare panel this time
         browser.find_element(By.ID, "run").click()
         current = browser.find_element(By.ID, "current")
         wait.until(lambda d: current.get_attribute("data-status") == "completed")

@@ -282,3 +282,59 @@ def test_a_judge_run_from_the_server_is_retried_with_its_own_judge(
     retried = invoke("runs", "retry", run_id, "--json")
     assert retried.exit_code == 0, retried.output
     assert [r.model for r in server.requests].count("m-judge") == 2
+
+
+# -- documents written before verdicts were typed still read ----------------------------------
+
+
+def _call(name: str, answer: str, stage: str, role: str = "persona") -> dict[str, Any]:
+    return {"name": name, "model": f"m-{name}", "status": "ok", "answer": answer,
+            "call_id": f"{stage}/{name}", "stage": stage, "role": role, "attempts": 1,
+            "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}  # fmt: skip
+
+
+def _older(shape: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"schema_version": 2, "run_id": "0ld", "shape": shape, "prompt": "Capital?",
+            "status": "completed", "started_at": "2026-01-01T00:00:00+00:00",
+            "finished_at": "2026-01-01T00:00:01+00:00", "duration_s": 1.0,
+            "stages": stages}  # fmt: skip
+
+
+def test_documents_of_the_previous_version_are_read_as_typed_verdicts() -> None:
+    from fanout.export import report_document, report_from_document
+    from fanout.render import report_text
+
+    vote = {"winner": None, "share": 0.5, "quorum": 0.5, "quorum_met": False,
+            "tally": {"Paris": 1, "Lyon": 1},
+            "groups": [{"answer": "Paris", "members": ["a"]}, {"answer": "Lyon", "members": ["b"]}],
+            "abstained": [], "failed": [], "votes_cast": 2, "method": "exact",
+            "warnings": ["no quorum: Paris and Lyon tie with 1 votes each"]}  # fmt: skip
+    panel = {"id": "panel", "kind": "panel", "key": "vote", "verdict": vote,
+             "calls": [_call("a", "Paris", "panel"), _call("b", "Lyon", "panel")]}  # fmt: skip
+    report = report_from_document(_older("vote", [panel]))
+    assert report.decided is False and report.answer_stages[0].id == "panel"
+    text = report_text(report, "md")
+    assert "No decision: Paris and Lyon tie with 1 votes each" in text and "✓" not in text
+    assert report_document(report)["stages"][0]["verdict"]["type"] == "vote"
+
+    router = {"id": "router", "kind": "router", "key": "router",
+              "verdict": {"selected": ["a"], "reason": "it knows", "fallback": False},
+              "calls": [_call("router", '{"personas": ["a"]}', "router", "router")]}  # fmt: skip
+    routed = {"id": "panel", "kind": "panel", "calls": [_call("a", "Paris", "panel")]}
+    report = report_from_document(_older("route", [router, routed]))
+    assert [s.id for s in report.answer_stages] == ["panel"]
+    text = report_text(report, "md")
+    assert "The router asked a: it knows" in text and "fallback" not in text
+
+    tools = {"id": "tools1", "kind": "tools", "calls": [_call("a", "Paris", "tools1")]}
+    turn = {"id": "turn1", "kind": "orchestrator", "key": "orchestrator",
+            "verdict": {"turn": 1, "tool_calls": ["ask_a"], "answered": False},
+            "calls": [_call("orch", "", "turn1", "orchestrator")]}  # fmt: skip
+    answer = {"id": "answer", "kind": "output", "key": "output",
+              "verdict": {"orch": "Paris it is."}, "calls": []}  # fmt: skip
+    report = report_from_document(_older("orchestrate", [turn, tools, answer]))
+    assert [s.id for s in report.answer_stages] == ["tools1"]
+    assert "Paris it is." in report_text(report, "md")
+    odd = {"id": "x", "kind": "mystery", "key": "mystery", "verdict": {"score": 3},
+           "calls": [_call("a", "?", "x")]}  # fmt: skip
+    assert "score: 3" in report_text(report_from_document(_older("panel", [odd])), "md")

@@ -43,6 +43,7 @@ from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 from fanout.provider import OpenAIProvider
 from fanout.render import BatchProgress, batch_summary, make_console, print_warning
 from fanout.session import as_named
+from fanout.shapes import shape_of
 from fanout.tracing import trace_parent
 
 
@@ -157,10 +158,10 @@ def _check_via_batch_api(
     persona asked several times, a run without an output file to keep the batch ids beside;
     and a budget it could not stop half-way through."""
     options = plan.request.options
-    if plan.request.shape != "panel":
-        raise ConfigError(
-            f"--{plan.request.shape} needs the answers first: not with --via openai-batch"
-        )
+    if any(stage.key is not None for stage in plan.stages):  # a shape that decides
+        shape = shape_of(plan.request.shape)
+        flag = shape.flag or f"--shape {shape.name}"
+        raise ConfigError(f"{flag} needs the answers first: not with --via openai-batch")
     if len(plan.stages) > 1:
         flag = "--map" if options.get("map") else "--synthesize"
         raise ConfigError(f"{flag} needs the answers first: not with --via openai-batch")

@@ -20,7 +20,7 @@ from fanout.local import with_local
 from fanout.models import Agent, CallResult, RunReport
 from fanout.output import Output
 from fanout.record import SYNTHESIZER, recorded_plan
-from fanout.shapes import stored_options
+from fanout.shapes import shape_of, stored_options
 
 
 def retry(run_id: str, *, output: Output, log: bool = True) -> int:
@@ -73,13 +73,15 @@ def _nothing_to_retry(report: RunReport) -> str:
     """Why ``runs retry`` has nothing to do, in the run's own terms."""
     if report.status == "completed":
         return "every call already answered: nothing to retry"
-    final = [c for s in report.stages for c in s.calls if not _settled(c)]
-    if not final and report.shape == "orchestrate":
+    products = [s.verdict.product() for s in report.stages if s.verdict is not None]
+    if any(p is not None and not any(p.values()) for p in products):
         return (
-            f"it ended {report.status}: the orchestrator used its turns without a final "
-            "answer (or asked for tools that do not exist); no call failed, so nothing to retry"
+            f"it ended {report.status} without an output (an orchestrator that used its turns "
+            "without a final answer); no call failed, so nothing to retry"
         )
-    return f"it ended {report.status}, but no call failed: nothing to retry"
+    skipped = [c.name for s in report.stages for c in s.calls if c.status == "skipped"]
+    why = f" (skipped for good: {', '.join(skipped)})" if skipped else ""
+    return f"it ended {report.status}{why}; no call failed, so nothing to retry"
 
 
 def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -> int:
@@ -90,7 +92,7 @@ def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -
         before = report_from_document(stored.document)
         if stored.synthesizer is None:
             raise ConfigError(f"run {stored.run_id}: no synthesizer was recorded")
-        if before.shape in ("flow", "orchestrate"):
+        if "synthesize" not in shape_of(before.shape).option_names:
             raise ConfigError(
                 f"run {stored.run_id}: a {before.shape} run has no panel to synthesize again "
                 "(a flow's synthesis is one of its stages, then: synthesize); runs retry "

@@ -159,8 +159,11 @@ class _NoticesOnly:
 
 def guess_panes(plan: Plan) -> bool:
     """The live board may draw the personas' panes before the run starts only where they
-    will be the first stage's, ``panel/<name>``."""
-    return bool(plan.stages) and plan.stages[0].id == "panel"
+    will be the first stage's, ``panel/<name>``: a panel stage's, each persona asked."""
+    from fanout.shapes.panel import PANEL_STAGE, PanelStage
+
+    first = plan.stages[0] if plan.stages else None
+    return isinstance(first, PanelStage) and first.id == PANEL_STAGE
 
 
 def open_telemetry() -> Telemetry | None:

@@ -149,7 +149,22 @@ class Flow:
 
 def load_flow(path: Path, panel: Panel) -> Flow:
     """Read and check a flow file against ``panel`` (the agents file's personas)."""
-    source, text = str(path), _read_text(path)
+    return _flow_from_text(str(path), _read_text(path), panel)
+
+
+def flow_from_definition(definition: object, panel: Panel, source: str = "options.flow") -> Flow:
+    """Check a flow given as a mapping (a server request's ``options.flow``) as a file is:
+    written out as JSON, which YAML reads, so a problem names its line there."""
+    import json
+
+    try:
+        text = json.dumps(definition, indent=1, ensure_ascii=False)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: not a flow definition (a mapping of stages...)") from None
+    return _flow_from_text(source, text, panel)
+
+
+def _flow_from_text(source: str, text: str, panel: Panel) -> Flow:
     data = _parse_yaml(source, text, what="a 'stages:' list")
     try:
         spec = FlowSpec.model_validate(data)
@@ -272,21 +287,7 @@ def _check_stage(
                 f"its {len(stage.personas)} persona(s) can give"
             )
         )
-    steps = flow_steps()
-    if stage.then != "none" and stage.then not in steps:
-        where = _where(source, text, (*at, "then"))
-        known = ", ".join(["none", *steps])
-        problem = f"then: unknown step {stage.then!r}{_suggest(stage.then, steps)} (known: {known})"
-        problems.append(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
-    step = steps.get(stage.then)
-    if step is not None and len(stage.personas) < step.least:
-        where = _where(source, text, (*at, "then"))
-        problems.append(
-            _one_line(
-                f"{where}: stage {stage.id!r}: then: {stage.then} needs at least {step.least} "
-                f"personas ({step.least_why}); it has {len(stage.personas)}"
-            )
-        )
+    problems += _check_then(_where(source, text, (*at, "then")), stage)
     where = _where(source, text, (*at, "prompt"))
     problems += _check_references(where, spec, index, stage, order)
     return problems
@@ -334,6 +335,25 @@ def _check_references(
                     )
                 )
     return problems
+
+
+def _check_then(where: str, stage: StageSpec) -> list[str]:
+    """``then:`` names a step some shape lends a flow, and the stage has the personas it
+    needs."""
+    steps = flow_steps()
+    if stage.then != "none" and stage.then not in steps:
+        known = ", ".join(["none", *steps])
+        problem = f"then: unknown step {stage.then!r}{_suggest(stage.then, steps)} (known: {known})"
+        return [_one_line(f"{where}: stage {stage.id!r}: {problem}")]
+    step = steps.get(stage.then)
+    if step is not None and len(stage.personas) < step.least:
+        return [
+            _one_line(
+                f"{where}: stage {stage.id!r}: then: {stage.then} needs at least {step.least} "
+                f"personas ({step.least_why}); it has {len(stage.personas)}"
+            )
+        ]
+    return []
 
 
 def _cycle(spec: FlowSpec, order: dict[str, int], start: int, target: int) -> list[str] | None:

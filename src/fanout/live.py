@@ -55,6 +55,7 @@ from fanout.event import (
 from fanout.launch import take as take_first_frame
 from fanout.models import Agent, Call, CallResult
 from fanout.render import printable
+from fanout.shapes.panel import PANEL_STAGE
 
 try:
     import termios
@@ -237,7 +238,7 @@ class LiveBoard:
         # front are the first stage's, queued until it starts.
         self.stages: list[dict[str, Pane]] = []
         if agents:
-            self.stages.append({f"panel/{a.name}": Pane(a.name, a.model) for a in agents})
+            self.stages.append({f"{PANEL_STAGE}/{a.name}": Pane(a.name, a.model) for a in agents})
         self._panes: dict[str, Pane] = dict(self.stages[0]) if self.stages else {}
         self._declared = bool(agents)  # the panel's panes are a guess until it starts
         self._clock = clock or time.monotonic
@@ -463,7 +464,7 @@ class LiveBoard:
     def _add_stage(self, stage: str, kind: str, calls: Sequence[Call]) -> None:
         if not calls:
             return
-        if self._declared and stage == "panel":  # its real calls replace the guessed panes
+        if self._declared and stage == PANEL_STAGE:  # its real calls replace the guessed panes
             self._declared = False
             guessed = self.stages.pop()
             self._panes = {}

@@ -221,10 +221,10 @@ class Call:
     name: str
     agent: Agent
     messages: tuple[Message, ...]
-    response_format: Mapping[str, Any] | None = None
+    response_format: Mapping[str, object] | None = None
     skip: AgentError | None = None
-    tools: tuple[Mapping[str, Any], ...] | None = None  # functions offered to the model
-    details: Mapping[str, Any] = field(default_factory=dict)
+    tools: tuple[Mapping[str, object], ...] | None = None  # functions offered to the model
+    details: Mapping[str, object] = field(default_factory=dict)
     # How the stage reads an answer into its result (an agreement map's merged text), done
     # before anyone hears the call finished, so every observer (a batch line) gets it so.
     read: Callable[[CallResult], object] | None = field(default=None, compare=False)
@@ -251,7 +251,7 @@ class CallResult:
     role: str = "persona"
     finish_reason: str | None = None
     truncated: bool = False  # cut by max_tokens (finish_reason "length") or cut short
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
     timing: CallTiming | None = None  # None: not made in this run (kept, skipped, old history)
     response_model: str | None = None  # the model the server says answered
     # The request fields it was asked with (``Agent.request_params``).

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, TypeVar, cast
 
 from rich.box import SIMPLE
 from rich.cells import cell_len
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engin
     from fanout.evalreport import Change, LeaderRow, PairTally, ScoreRow
     from fanout.history import RunSummary
     from fanout.runstats import StatsRow
+    from fanout.shapes import Shape
 
 _STATUS_STYLE = {"ok": "green", "error": "red", "cancelled": "yellow", "skipped": "yellow"}
 
@@ -106,25 +107,29 @@ class _Printable(Verdict):
     shown: Verdict
 
     def summary(self) -> Summary:
-        summary: Summary = _printable_value(self.shown.summary())
-        return summary
+        return _printable_value(self.shown.summary())
 
     def to_dict(self) -> JsonObject:
         return self.shown.to_dict()
 
 
-def _printable_value(value: Any) -> Any:
-    """``value`` with every string in it (dict keys too, however deep) made printable."""
+def _printable_value(value: _T) -> _T:
+    """``value`` with every string in it (dict keys too, however deep, and dataclasses' fields)
+    made printable: the same type, its text safe to draw."""
+    shown: object = value
     if isinstance(value, str):
-        return printable(value)
-    if isinstance(value, dict):
-        return {_printable_value(k): _printable_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_printable_value(v) for v in value)
-    if is_dataclass(value) and not isinstance(value, type):
+        shown = printable(value)
+    elif isinstance(value, dict):
+        shown = {_printable_value(k): _printable_value(v) for k, v in value.items()}
+    elif isinstance(value, list | tuple):
+        shown = type(value)(_printable_value(v) for v in value)
+    elif is_dataclass(value) and not isinstance(value, type):
         changed = {f.name: _printable_value(getattr(value, f.name)) for f in fields(value)}
-        return replace(value, **changed)
-    return value
+        shown = replace(value, **changed)
+    return cast(_T, shown)
+
+
+_T = TypeVar("_T")
 
 
 def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
@@ -700,7 +705,7 @@ def local_time(stamp: str, *, short: bool = False) -> str:
     return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or when.strftime("%z"))
 
 
-def run_header(report: RunReport, settings: Mapping[str, Any]) -> str:
+def run_header(report: RunReport, settings: Mapping[str, object]) -> str:
     """What ``runs show`` says before the answers: the run, when (local), its shape and
     status, the settings it ran with and the prompt."""
     shown = {
@@ -714,11 +719,12 @@ def run_header(report: RunReport, settings: Mapping[str, Any]) -> str:
     figures = [form.format(settings[k]) for k, form in shown.items() if settings.get(k) is not None]
     if settings.get("stream") is not None:
         figures.append("streamed" if settings["stream"] else "not streamed")
-    options = settings.get("options") or {}
-    extra = [f"{k} {v}" for k, v in options.items() if k != "seed" and v not in (None, False)]
+    options = settings.get("options")
+    given = options.items() if isinstance(options, Mapping) else []
+    extra = [f"{k} {v}" for k, v in given if k != "seed" and v not in (None, False)]
+    status = report.status + (", undecided" if report.decided is False else "")
     lines = [
-        f"run {report.run_id} · {local_time(report.started_at)} · shape {report.shape}"
-        f" · {report.status}",
+        f"run {report.run_id} · {local_time(report.started_at)} · shape {report.shape} · {status}",
         "settings: " + (" · ".join([*figures, *extra]) or "as recorded"),
         "prompt: " + report.prompt,
     ]
@@ -1209,4 +1215,32 @@ def stats_table(rows: Sequence[StatsRow]) -> Table:
         "wins/decisions: a judge's pick, the winning side of a vote, the top of a council's "
         "ranking (a tie shared) · cost: the persona's answers in those runs"
     )
+    return table
+
+
+def shapes_table(shapes: Sequence[Shape]) -> Table:
+    """``fanout shapes``: each shape, what it does, the flag that picks it, and its options
+    (each one's flag, or ``-O name=...``, and what its value must be)."""
+    table = Table(
+        title="Shapes: --shape NAME (or its flag); options: -O NAME=VALUE (or their flag)",
+        title_justify="left",
+        show_lines=True,
+        expand=True,
+    )
+    table.add_column("Shape", style="bold", no_wrap=True)
+    table.add_column("What it does", ratio=1)
+    table.add_column("Options", ratio=1)
+    for shape in shapes:
+        name = Text(shape.name, style="bold")
+        if shape.flag:
+            name.append(f"\n{shape.flag}", style="dim")
+        options = [
+            f"{option.flag or '-O ' + option.name}: {option.wanted()}"
+            + (f" (default {option.default})" if option.default not in (None, False) else "")
+            for option in shape.options
+        ]
+        what = Text(shape.help)
+        if shape.example:
+            what.append(f"\n{shape.example}", style="dim")
+        table.add_row(name, what, Text("\n".join(options) or "none"))
     return table

@@ -22,6 +22,7 @@ from fanout.interrupt import checkpoint
 from fanout.local import as_local, local_server, wants_local
 from fanout.models import Agent
 from fanout.output import Output
+from fanout.shapes import shape_of
 from fanout.tracing import trace_parent
 
 
@@ -51,7 +52,7 @@ def ask(
     panel = load_panel(find_config(config, os.environ)).with_personas(personas)
     names, options = as_named(panel, names, options or {})
     options = {"synthesize": synthesize, **options}
-    if shape != "panel" and "seed" not in options:
+    if shape_of(shape).blind and "seed" not in options:
         # Recorded with the run, so a retry shows a judge or a reviewer the same labels.
         options["seed"] = secrets.randbits(32)
     request = RunRequest(

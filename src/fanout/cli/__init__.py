@@ -4,13 +4,14 @@ One module per command (``ask``, ``batch``, ``runs``, ``flow``, ``serve``) on th
 ``app``; ``options`` holds the flags they share, ``flags`` turns flags into what the command
 drivers take. The heavy modules (engine, provider, Rich) load only when a command runs.
 
-Exit codes: 0 every persona answered · 3 some failed (partial) · 1 all failed or a runtime
-error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).
+Exit codes: 0 every persona answered · 3 some failed (partial) · 5 it ran but decided nothing
+(no quorum, a tie) · 1 all failed or a runtime error · 2 usage or configuration error · 130
+interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
 
-from fanout.cli import ask, batch, serve  # noqa: F401  (each registers its commands on app)
+from fanout.cli import ask, batch, serve, shapes  # noqa: F401  (each registers its commands on app)
 from fanout.cli.app import app
 from fanout.cli.eval import eval_app
 from fanout.cli.flow import flow_app

@@ -24,9 +24,7 @@ from fanout.cli.flags import (
     panel_names,
     read_prompt,
     repeats,
-    routed,
     run_settings,
-    shape_of,
 )
 from fanout.cli.options import (
     DEFAULT_ASK_CONCURRENCY,
@@ -34,19 +32,13 @@ from fanout.cli.options import (
     GROUP_HISTORY,
     GROUP_LOCAL,
     GROUP_OUTPUT,
-    GROUP_SHAPES,
     AgentsOption,
-    BestOfOption,
-    ChoicesOption,
     ConcurrencyOption,
     ConfigOption,
-    CouncilOption,
     FormatOption,
     JsonlDeltasOption,
     JsonlOption,
     JsonOption,
-    JudgeOption,
-    MapOption,
     MaxCostOption,
     MaxRetryAfterOption,
     ModelOption,
@@ -54,15 +46,12 @@ from fanout.cli.options import (
     OutputOption,
     ParamOption,
     PersonaOption,
-    QuorumOption,
     RetriesOption,
     RpmOption,
-    SynthesizeOption,
     TimeoutOption,
     TpmOption,
-    VoteOption,
-    count_parser,
 )
+from fanout.cli.shaping import shape_from_flags, with_repeat, with_shape_flags
 from fanout.errors import ConfigError, FanoutError
 from fanout.interrupt import checkpoint
 
@@ -74,6 +63,7 @@ ASK_EXAMPLES = """Examples:
   fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"
   fanout ask -p "pirate=You answer like a pirate" "Why is the sea salty?"
   fanout ask --vote --choices "Paris,Lyon" "What is the capital of France?"
+  fanout ask --shape vote -O quorum=0.75 "Is it safe?"
   fanout ask -a translator:3 --judge "Translate 'carpe diem'"
   fanout ask --council "Is P = NP likely?"
   fanout ask --local "What is temperature?"
@@ -82,6 +72,7 @@ ASK_EXAMPLES = """Examples:
 
 
 @app.command(cls=Command, epilog=ASK_EXAMPLES)
+@with_shape_flags(after="model")
 def ask(
     prompt: Annotated[
         str | None,
@@ -92,52 +83,6 @@ def ask(
     config: ConfigOption = None,
     model: ModelOption = None,
     params: ParamOption = None,
-    synthesize: SynthesizeOption = False,
-    agreement_map: MapOption = False,
-    vote: VoteOption = False,
-    choices: ChoicesOption = None,
-    quorum: QuorumOption = None,
-    best_of: BestOfOption = None,
-    judge: JudgeOption = False,
-    council: CouncilOption = False,
-    route: Annotated[
-        bool,
-        typer.Option(
-            "--route",
-            help="A router (the agents file's router: section) first picks the personas "
-            "worth asking from their descriptions; only those answer.",
-            rich_help_panel=GROUP_SHAPES,
-        ),
-    ] = False,
-    route_max: Annotated[
-        int | None,
-        typer.Option(
-            "--route-max",
-            metavar="N",
-            parser=count_parser(1, 1000),
-            help="With --route, pick at most this many (up to 1,000).",
-            rich_help_panel=GROUP_SHAPES,
-        ),
-    ] = None,
-    orchestrate: Annotated[
-        bool,
-        typer.Option(
-            "--orchestrate",
-            help="An orchestrator (the agents file's orchestrator: section) answers, asking "
-            "the personas as tools (ask_<name>), several at once, as it sees fit.",
-            rich_help_panel=GROUP_SHAPES,
-        ),
-    ] = False,
-    max_turns: Annotated[
-        int | None,
-        typer.Option(
-            "--max-turns",
-            metavar="N",
-            parser=count_parser(1, 50),
-            help="With --orchestrate, at most this many turns (up to 50; default 4).",
-            rich_help_panel=GROUP_SHAPES,
-        ),
-    ] = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -205,6 +150,7 @@ def ask(
             rich_help_panel=GROUP_HISTORY,
         ),
     ] = None,
+    **shape_flags: object,  # --shape, -O and each shape's and option's own flag (cli.shaping)
 ) -> None:
     """Send one prompt to every persona at once and show the answers side by side.
 
@@ -225,13 +171,7 @@ def ask(
             names, repeat = repeats(agent_names(agents, model))
             adhoc = adhoc_personas(personas)
             names = panel_names(names, adhoc)
-            shape, options = shape_of(
-                vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
-                best_of=best_of, repeat=repeat, agreement_map=agreement_map,
-            )  # fmt: skip
-            shape, options = routed(
-                shape, options, route, route_max, orchestrate, max_turns, synthesize
-            )
+            shape, options = with_repeat(*shape_from_flags(shape_flags), repeat)
             check_utf8(None if local_model is None else str(local_model), "--local-model")
             settings = run_settings(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
@@ -244,7 +184,7 @@ def ask(
                 personas=adhoc,
                 config=config,
                 model=model,
-                synthesize=synthesize,
+                synthesize=bool(options.get("synthesize")),
                 shape=shape,
                 options=options,
                 settings=settings,

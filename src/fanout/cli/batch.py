@@ -21,7 +21,6 @@ from fanout.cli.flags import (
     panel_names,
     repeats,
     run_settings,
-    shape_of,
 )
 from fanout.cli.options import (
     DEFAULT_BATCH_CONCURRENCY,
@@ -30,31 +29,25 @@ from fanout.cli.options import (
     GROUP_OUTPUT,
     MAX_POLL_S,
     AgentsOption,
-    BestOfOption,
-    ChoicesOption,
     ConcurrencyOption,
     ConfigOption,
-    CouncilOption,
-    JudgeOption,
-    MapOption,
     MaxCostOption,
     MaxRetryAfterOption,
     ModelOption,
     ParamOption,
     PersonaOption,
-    QuorumOption,
     RetriesOption,
     RpmOption,
-    SynthesizeOption,
     TimeoutOption,
     TpmOption,
-    VoteOption,
     number_parser,
 )
+from fanout.cli.shaping import shape_from_flags, with_repeat, with_shape_flags
 from fanout.interrupt import EXIT_INTERRUPTED, checkpoint
 
 
 @app.command(cls=Command)
+@with_shape_flags(after="model")
 def batch(
     file: Annotated[Path, typer.Argument(help='Prompts: .jsonl ({"id", "prompt"}), .txt or .csv.')],
     agents: AgentsOption = None,
@@ -62,14 +55,6 @@ def batch(
     config: ConfigOption = None,
     model: ModelOption = None,
     params: ParamOption = None,
-    synthesize: SynthesizeOption = False,
-    vote: VoteOption = False,
-    choices: ChoicesOption = None,
-    quorum: QuorumOption = None,
-    best_of: BestOfOption = None,
-    judge: JudgeOption = False,
-    council: CouncilOption = False,
-    agreement_map: MapOption = False,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -115,6 +100,7 @@ def batch(
             rich_help_panel=GROUP_LOCAL,
         ),
     ] = False,
+    **shape_flags: object,  # --shape, -O and each shape's and option's own flag (cli.shaping)
 ) -> None:
     """Ask every persona every prompt of a file; one JSON line per answer as it completes.
 
@@ -135,10 +121,7 @@ def batch(
             names, repeat = repeats(agent_names(agents, model))
             adhoc = adhoc_personas(personas)
             names = panel_names(names, adhoc)
-            shape, options = shape_of(
-                vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
-                best_of=best_of, repeat=repeat, agreement_map=agreement_map,
-            )  # fmt: skip
+            shape, options = with_repeat(*shape_from_flags(shape_flags), repeat)
             if output is not None:
                 check_output(output)
             settings = run_settings(
@@ -153,7 +136,7 @@ def batch(
                 personas=adhoc,
                 config=config,
                 model=model,
-                synthesize=synthesize,
+                synthesize=bool(options.get("synthesize")),
                 settings=settings,
                 output=output,
                 via=via,

@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from fanout.cli.options import (
     MAX_PROMPT_BYTES,
@@ -126,43 +126,6 @@ def repeats(names: list[str] | None) -> tuple[list[str] | None, dict[str, int]]:
     return plain, repeat
 
 
-def shape_of(
-    *,
-    vote: bool,
-    choices: str | None,
-    quorum: float | None,
-    judge: bool,
-    council: bool,
-    best_of: int | None,
-    repeat: dict[str, int],
-    agreement_map: bool = False,
-) -> tuple[str, dict[str, Any]]:
-    """The shape the flags ask for and its options (``--choices``/``--quorum`` mean a vote)."""
-    wanted = [
-        flag
-        for flag, on in (
-            ("vote", vote or choices is not None or quorum is not None),
-            ("judge", judge),
-            ("council", council),
-        )
-        if on
-    ]
-    if len(wanted) > 1:
-        raise ConfigError(f"--{wanted[0]} and --{wanted[1]}: choose one")
-    options: dict[str, Any] = {}
-    if choices is not None:
-        options["choices"] = [c.strip() for c in choices.split(",") if c.strip()]
-    if quorum is not None:
-        options["quorum"] = quorum
-    if best_of is not None:
-        options["best_of"] = best_of
-    if repeat:
-        options["repeat"] = repeat
-    if agreement_map:
-        options["map"] = True
-    return (wanted[0] if wanted else "panel"), options
-
-
 def output_of(
     json_output: bool, jsonl: bool, deltas: bool, file: Path | None, view: str | None = None
 ) -> Output:
@@ -230,35 +193,3 @@ def read_prompt(prompt: str | None) -> str:
     if not prompt.strip():
         raise ConfigError("the prompt is empty")
     return prompt.strip()
-
-
-def routed(
-    shape: str,
-    options: dict[str, Any],
-    route: bool,
-    route_max: int | None,
-    orchestrate: bool,
-    max_turns: int | None,
-    synthesize: bool = False,
-) -> tuple[str, dict[str, Any]]:
-    """The shape once ``--route``/``--orchestrate`` are taken into account (each is a shape of
-    its own, so neither goes with a vote, a judge or a council)."""
-    if route_max is not None and not route:
-        raise ConfigError("--route-max goes with --route")
-    if max_turns is not None and not orchestrate:
-        raise ConfigError("--max-turns goes with --orchestrate")
-    if route and orchestrate:
-        raise ConfigError("--route and --orchestrate: choose one")
-    wanted = "orchestrate" if orchestrate else "route" if route else None
-    if wanted is None:
-        return shape, options
-    if shape != "panel":
-        raise ConfigError(f"--{shape} and --{wanted}: choose one")
-    if orchestrate and (synthesize or options.get("map")):
-        flag = "--map" if options.get("map") else "--synthesize"
-        raise ConfigError(
-            f"{flag} does not go with --orchestrate: the orchestrator writes the answer"
-        )
-    if orchestrate:
-        return "orchestrate", {**options, "max_turns": max_turns or 4}
-    return "route", {**options, "route_max": route_max}

@@ -70,6 +70,7 @@ def count_parser(low: int, high: int) -> Callable[[str | float], int]:
 # columns. Options of no group (-h) stay under "Options".
 GROUP_PANEL = "Panel & prompt"
 GROUP_SHAPES = "Shapes (vote, judge, council...)"
+GROUP_SHAPE_OPTIONS = "Shape options"
 GROUP_OUTPUT = "Output"
 GROUP_LIMITS = "Limits & retries"
 GROUP_COST = "Cost"
@@ -181,12 +182,6 @@ ModelOption = Annotated[
         rich_help_panel=GROUP_PANEL,
     ),
 ]
-SynthesizeOption = Annotated[
-    bool,
-    typer.Option(
-        "--synthesize", "-s", help="Merge the answers into one.", rich_help_panel=GROUP_SHAPES
-    ),
-]
 MaxCostOption = Annotated[
     float | None,
     typer.Option(
@@ -265,69 +260,5 @@ NoLogOption = Annotated[
     bool,
     typer.Option(
         "--no-log", help="Do not record this run in the history.", rich_help_panel=GROUP_HISTORY
-    ),
-]
-VoteOption = Annotated[
-    bool,
-    typer.Option(
-        "--vote",
-        help="Group the answers and show the tally, the winner and its share.",
-        rich_help_panel=GROUP_SHAPES,
-    ),
-]
-ChoicesOption = Annotated[
-    str | None,
-    typer.Option(
-        "--choices",
-        metavar="A,B,...",
-        help='With --vote: the answers to pick from ("Paris,Lyon").',
-        rich_help_panel=GROUP_SHAPES,
-    ),
-]
-QuorumOption = Annotated[
-    float | None,
-    typer.Option(
-        "--quorum",
-        metavar="SHARE",
-        parser=number_parser(0, 1),
-        help="With --vote: the share of votes (0 to 1) the winner needs. Default: more than half.",
-        rich_help_panel=GROUP_SHAPES,
-    ),
-]
-BestOfOption = Annotated[
-    int | None,
-    typer.Option(
-        "--best-of",
-        metavar="N",
-        parser=count_parser(1, 50),
-        help="Ask every chosen persona N times (up to 50).",
-        rich_help_panel=GROUP_SHAPES,
-    ),
-]
-JudgeOption = Annotated[
-    bool,
-    typer.Option(
-        "--judge",
-        help="A blind judge picks the best answer (the agents file's judge: section).",
-        rich_help_panel=GROUP_SHAPES,
-    ),
-]
-
-MapOption = Annotated[
-    bool,
-    typer.Option(
-        "--map",
-        help="Synthesize an agreement map: consensus, contradictions, points only one "
-        "persona made, then the merged answer (implies --synthesize).",
-        rich_help_panel=GROUP_SHAPES,
-    ),
-]
-CouncilOption = Annotated[
-    bool,
-    typer.Option(
-        "--council",
-        help="Personas rank each other's answers blind (Borda count), then the "
-        "synthesizer writes the final answer seeing the ranking.",
-        rich_help_panel=GROUP_SHAPES,
     ),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -100,6 +101,14 @@ def serve(
             "they share the history); --max-runs and --max-queued are per worker.",
         ),
     ] = 1,
+    flows: Annotated[
+        Path | None,
+        typer.Option(
+            "--flows",
+            metavar="DIR",
+            help="Offer the flow files of this folder: a request names one as options.flow.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the panel over HTTP: a runs API, an OpenAI-compatible model, a live dashboard.
 
@@ -132,6 +141,8 @@ def serve(
                 err=True,
             )
         panel = load_panel(find_config(config, os.environ))
+        if flows is not None and not flows.is_dir():
+            raise ConfigError(f"--flows: {str(flows)!r} is not a folder")
         run_server(
             panel,
             host=host,
@@ -142,4 +153,5 @@ def serve(
             max_queued=max_queued,
             workers=workers,
             allowed_hosts=allowed_host or (),
+            flows=flows,
         )

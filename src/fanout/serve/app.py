@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -351,6 +352,15 @@ async def event_stream(run: Followable, index: int, deltas: bool) -> AsyncIterat
             yield ": keep-alive\n\n"
 
 
+async def shapes_info(request: Request) -> Response:
+    """Every shape and its options, as the registry describes them (the dashboard's form is
+    drawn from it), and the flow files a request may name (``fanout serve --flows DIR``)."""
+    from fanout.shapes import catalog
+    from fanout.shapes.flow import flow_names
+
+    return Json({"shapes": catalog(), "flows": flow_names(manager_of(request).flows)})
+
+
 async def panel_info(request: Request) -> Response:
     """The personas (no endpoint secrets: names, models, hosts) and shapes, for the dashboard."""
     panel: Panel = manager_of(request).panel
@@ -544,12 +554,14 @@ def create_app(
     allowed_hosts: Sequence[str] = (),
     limits: Limits | None = None,
     worker: int | None = None,
+    flows: Path | None = None,
 ) -> Starlette:
     """The server's ASGI app: ``panel`` is who answers; ``token`` guards every data route;
     ``host`` (the address listened on) and ``allowed_hosts`` are the names it answers to.
     ``worker``: this app is worker number ``worker`` of several (``--workers``), which tell
     each other what they are asked about each other's runs (and say who answered, in a
     ``Fanout-Worker`` header).
+    ``flows``: the folder of flow files a request may name.
     ``ConfigError`` for a token, origin or host name that cannot work."""
     check_token(token)
     check_cors(cors, token)
@@ -562,6 +574,7 @@ def create_app(
         max_queued=max_queued,
         provider=provider,
         shared=worker is not None,
+        flows=flows,
     )
 
     @asynccontextmanager
@@ -574,6 +587,7 @@ def create_app(
         Route("/", dashboard),
         Mount("/static", StaticFiles(packages=[("fanout.serve", "static")]), name="static"),
         Route("/api/agents", panel_info),
+        Route("/api/shapes", shapes_info),
         Route("/api/runs", start_run, methods=["POST"]),
         Route("/api/runs", list_runs, methods=["GET"]),
         Route("/api/runs/{id}", run_status, methods=["GET"]),

@@ -83,11 +83,10 @@ def run_body(body: Mapping[str, Any]) -> dict[str, Any]:
     if "prompt" in options:
         raise BadRequest("fanout.prompt: the prompt is the last user message")
     run: dict[str, Any] = {"prompt": last_user_message(body.get("messages")), **options}
-    if model == MODEL:
+    if model != MODEL:
+        run.setdefault(str(model).split("/", 1)[1], True)
+    elif "shape" not in run:  # fanout: the panel with its synthesis, unless a shape is named
         run.setdefault("synthesize", True)
-    else:
-        shape = str(model).split("/", 1)[1]
-        run.setdefault(shape, True)
     return run
 
 

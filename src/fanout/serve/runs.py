@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -45,6 +46,7 @@ from fanout.export import SCHEMA_VERSION, JsonlWriter, report_document
 from fanout.history import History, HistoryRecorder, HistoryWriter, history_path, recorder_for
 from fanout.models import RunReport
 from fanout.retry import RetryPolicy
+from fanout.serve.body import BadBody, shaped
 from fanout.serve.events import EventLog
 from fanout.serve.store import SharedState, written
 from fanout.shapes import SHAPES, verdict_from_dict
@@ -53,7 +55,7 @@ from fanout.tracing import TraceParent, parse_traceparent
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
-               "concurrency")  # fmt: skip
+               "concurrency", "shape", "options", "personas")  # fmt: skip
 # Finished runs are answered from memory (their events with the deltas) while their lines take
 # no more than this many bytes in all, and there are no more than FINISHED_KEPT of them; older
 # ones are read from the history (events without the deltas).
@@ -106,37 +108,26 @@ def shape_names() -> list[str]:
     return [name for name, shape in SHAPES.items() if shape.flag and shape.standalone]
 
 
-def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunRequest:
-    """A ``RunRequest`` from a JSON body; ``BadRequest`` naming the first thing wrong."""
-    shapes = shape_names()
+def run_request(
+    body: Mapping[str, Any], panel: Panel, *, run_id: str, flows: Path | None = None
+) -> RunRequest:
+    """A ``RunRequest`` from a JSON body; ``BadRequest`` naming the first thing wrong. The
+    shape and its options (any shape the CLI has, a flow, personas for this run) are read by
+    ``serve.body``."""
+    shapes = [name for name, shape in SHAPES.items() if shape.flag]
     for key in body:
         if key not in RUN_OPTIONS and key not in shapes:
             known = ", ".join([*RUN_OPTIONS, *shapes])
             raise BadRequest(f"unknown option {key!r} (known: {known})")
-    prompt = body.get("prompt")
+    try:
+        body_shape = shaped(body, panel, _agents(body.get("agents")), flows)
+    except BadBody as exc:
+        raise BadRequest(str(exc)) from None
+    prompt = body_shape.prompt
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("the prompt is empty: give a non-empty string as prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadRequest(f"the prompt is longer than {MAX_PROMPT_CHARS} characters")
-    chosen = [name for name in shapes if body.get(name) not in (None, False)]
-    if len(chosen) > 1:
-        raise BadRequest(f"choose one shape: {', '.join(chosen)}")
-    shape, options = "panel", dict[str, Any]()
-    if chosen:
-        shape, value = chosen[0], body[chosen[0]]
-        if value is True:
-            options = {}
-        elif isinstance(value, dict):
-            options = dict(value)
-        else:
-            raise BadRequest(f"{shape}: true or an object of its options")
-    synthesize = body.get("synthesize", False)
-    if not isinstance(synthesize, bool):
-        raise BadRequest("synthesize: true or false")
-    if synthesize:
-        options["synthesize"] = True
-    elif shape == "panel":
-        options["synthesize"] = False
     settings = RunSettings(
         concurrency=_number(body, "concurrency", int, 1, RunSettings().concurrency),
         timeout=_number(body, "timeout", float, 0.001, RunSettings().timeout),
@@ -148,17 +139,17 @@ def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunReq
         raise BadRequest("model: a model name")
     return RunRequest(
         prompt.strip(),
-        panel,
-        agents=_agents(body.get("agents")),
-        shape=shape,
-        options=options,
+        body_shape.panel,
+        agents=body_shape.agents,
+        shape=body_shape.shape,
+        options=body_shape.options,
         settings=settings,
         model=model,
         run_id=run_id,
     )
 
 
-def _agents(value: Any) -> list[str] | None:
+def _agents(value: object) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -356,8 +347,10 @@ class RunManager:
         max_queued: int = MAX_QUEUED,
         provider: Provider | None = None,
         shared: bool = False,
+        flows: Path | None = None,
     ):
         self.panel = panel
+        self.flows = flows  # fanout serve --flows DIR: the flow files a request may name
         self.max_runs = max_runs
         self.max_queued = max_queued
         self._provider = provider
@@ -455,7 +448,7 @@ class RunManager:
             request = (
                 body
                 if isinstance(body, RunRequest)
-                else run_request(body, self.panel, run_id=run_id)
+                else run_request(body, self.panel, run_id=run_id, flows=self.flows)
             )
             if trace is not None:
                 request = replace(request, trace_id=trace.trace_id, parent_span_id=trace.span_id)
@@ -667,16 +660,20 @@ def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def document_summaries(document: Mapping[str, Any]) -> list[Summary]:
+def _stages(document: Mapping[str, object]) -> list[dict[str, object]]:
+    stages = document.get("stages")
+    return [s for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
+
+
+def document_summaries(document: Mapping[str, object]) -> list[Summary]:
     """Each stage's summary, from the verdicts a result document stores."""
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     verdicts = [
-        verdict_from_dict(s.get("verdict"), s.get("key"), str(s.get("kind") or "")) for s in stages
+        verdict_from_dict(s.get("verdict"), s.get("key"), s.get("kind")) for s in _stages(document)
     ]
     return [v.summary() for v in verdicts if v is not None]
 
 
-def final_answer(document: Mapping[str, Any]) -> str | None:
+def final_answer(document: Mapping[str, object]) -> str | None:
     """The run's one answer, whatever its shape, in words: what it decided (the synthesis,
     the judge's pick, the vote's winner; or why nothing was decided), else, for a document
     of an earlier version, the answer of a later stage's single call, else None (a bare
@@ -684,11 +681,11 @@ def final_answer(document: Mapping[str, Any]) -> str | None:
     final = final_summary(document_summaries(document))
     if final is not None:
         return final.answer if final.answer is not None else final.headline
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
-    for stage in reversed(stages[1:]):
+    for stage in reversed(_stages(document)[1:]):
         if "verdict" in stage:
             continue
-        calls = [c for c in stage.get("calls") or [] if isinstance(c, dict)]
+        given = stage.get("calls")
+        calls = [c for c in given if isinstance(c, dict)] if isinstance(given, list) else []
         if len(calls) == 1 and calls[0].get("status") == "ok":
             answer = calls[0].get("answer")
             if isinstance(answer, str):
@@ -754,6 +751,20 @@ def replay_lines(document: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "call_id": call.get("call_id"),
                     "role": call.get("role"),
                     "result": call,
+                }
+            )
+        verdict = verdict_from_dict(stage.get("verdict"), stage.get("key"), stage.get("kind"))
+        if verdict is not None:
+            lines.append(
+                {
+                    **stamp,
+                    "ts": document.get("finished_at") or started,
+                    "type": "stage_finished",
+                    "stage": stage.get("id"),
+                    "kind": stage.get("kind"),
+                    "key": stage.get("key"),
+                    "verdict": stage.get("verdict"),
+                    "summary": verdict.summary().to_dict(),
                 }
             )
     if is_finished(document):

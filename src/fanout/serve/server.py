@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fanout.config import Panel
@@ -121,6 +122,7 @@ def serve(
     limits: Limits | None = None,
     workers: int = 1,
     say: Callable[[str], None] | None = None,
+    flows: Path | None = None,
 ) -> None:
     """Serve until Ctrl-C or SIGTERM (runs in flight are stopped and recorded interrupted,
     with their answers). Any address but loopback needs a token. Everything that can be wrong
@@ -148,6 +150,7 @@ def serve(
             allowed_hosts=allowed_hosts,
             limits=limits,
             worker=worker,
+            flows=flows,
         )
 
     first = app(None if workers == 1 else 0)  # its checks (token, origin, hosts) now

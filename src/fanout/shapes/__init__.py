@@ -31,6 +31,7 @@ __all__ = [
     "Step",
     "answer_kinds",
     "build_plan",
+    "catalog",
     "check_options",
     "check_plan",
     "flow_steps",
@@ -209,10 +210,12 @@ def verdict_types() -> dict[str, type[Verdict]]:
     return found
 
 
-def verdict_from_dict(data: object, key: str | None = None, kind: str = "") -> Verdict | None:
+def verdict_from_dict(data: object, key: object = None, kind: object = "") -> Verdict | None:
     """A stored verdict back as its type: by its ``type``, else (a document of an earlier
     version) by the stage's ``key`` or ``kind``; one this version cannot read stays as it
     was, shown by its plain fields."""
+    key = key if isinstance(key, str) else None
+    kind = kind if isinstance(kind, str) else ""
     if data is None:
         return None
     if not isinstance(data, Mapping):
@@ -230,3 +233,24 @@ def verdict_from_dict(data: object, key: str | None = None, kind: str = "") -> V
         return cls.read(body)
     except (ValueError, TypeError):
         return UnknownVerdict(body, cls.type.capitalize())
+
+
+def describe(shape: Shape) -> JsonObject:
+    """A shape as ``fanout shapes --json``, ``GET /api/shapes`` and the dashboard see it."""
+    return {
+        "name": shape.name,
+        "help": shape.help,
+        "flag": shape.flag,
+        "roles": list(shape.roles),
+        "least_answers": shape.least,
+        "most_personas": shape.most,
+        "standalone": shape.standalone,
+        "steps": [step.name for step in shape.steps],
+        "example": shape.example,
+        "options": [option.describe() for option in shape.options],
+    }
+
+
+def catalog() -> list[JsonObject]:
+    """Every shape, described, in the order they are listed."""
+    return [describe(shape) for shape in SHAPES.values()]

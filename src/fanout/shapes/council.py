@@ -313,6 +313,7 @@ SHAPE = Shape(
     options=PANEL_OPTIONS,
     flag="--council",
     roles=("synthesizer",),
+    blind=True,
     least=3,
     least_why="each persona ranks the others' answers, at least two of them",
     steps=(

@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING
 
 from fanout.errors import ConfigError
 from fanout.models import AgentError, Call, CallResult, StageResult, chat_messages
-from fanout.shapes.options import SEED, SYNTHESIZE, Document, Options, Texts
+from fanout.shapes.options import SEED, Document, Options, Texts
 from fanout.shapes.output import Answers, OutputVerdict
-from fanout.shapes.shape import Shape
+from fanout.shapes.shape import Prepared, Shape
 from fanout.summary import Verdict
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from fanout.config import Panel
     from fanout.engine import RunContext, Stage
     from fanout.flow import StageSpec
 
@@ -128,7 +131,9 @@ class OutputStage:
 
 class Guarded:
     """A shape's stage after a flow stage: itself, asked the flow stage's question (not the
-    run's prompt, which only names the flow), and skipped when the flow stopped earlier."""
+    run's prompt, which only names the flow), and skipped when the flow stopped earlier. What
+    the stage says of itself holds (its roles, whether it holds answers, its worst case for a
+    dry run), and the stages it grows (``follow``) are guarded the same way."""
 
     def __init__(self, stage: Stage, source: FlowStage, guards: Sequence[Guard]) -> None:
         self.stage = stage
@@ -137,6 +142,16 @@ class Guarded:
         self.id, self.kind, self.key = stage.id, stage.kind, stage.key
         self.roles: tuple[str, ...] = tuple(getattr(stage, "roles", ()))
         self.makes_calls: bool = getattr(stage, "makes_calls", True)
+        self.holds_answers: bool = getattr(stage, "holds_answers", False)
+        longest = getattr(stage, "longest_answer", None)
+        if longest is not None:
+            self.longest_answer = longest
+        if getattr(stage, "follow", None) is not None:
+            self.follow = self._follow
+
+    def _follow(self, context: RunContext) -> list[Stage]:
+        grown: list[Stage] = self.stage.follow(self._asked(context))  # type: ignore[attr-defined]
+        return [Guarded(stage, self.source, self.guards) for stage in grown]
 
     def _asked(self, context: RunContext) -> RunContext:
         return replace(context, prompt=self.source.prompt or context.prompt)
@@ -280,15 +295,80 @@ def check_flow(options: Options, agents: Sequence[object]) -> None:
             )
 
 
+FLOW_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def prepare_flow(options: dict[str, object], panel: Panel, folder: Path | None) -> Prepared:
+    """A flow asked for from outside: ``options.flow`` its definition (checked as a file is),
+    or the name of a file in ``folder``; ``options.inputs`` its inputs. It asks its own
+    personas, from the panel with its own ``agents:`` over it, and names its prompt."""
+    from fanout.flow import flow_from_definition, load_flow
+
+    rest = dict(options)
+    definition, given = rest.pop("flow", None), rest.pop("inputs", None) or {}
+    inputs = INPUTS.check(given, "options.inputs") or {}
+    if isinstance(definition, str):
+        flow = load_flow(flow_file(definition, folder), panel)
+    elif isinstance(definition, Mapping):
+        flow = flow_from_definition(dict(definition), panel)
+    else:
+        raise ConfigError(
+            "options.flow: the flow's definition (an object), or the name of a flow file in the "
+            "server's flows folder"
+        )
+    chosen = flow.inputs(inputs)
+    return Prepared(
+        {**rest, **flow.options(chosen)}, flow.panel, flow.personas, flow.prompt(chosen)
+    )
+
+
+def flow_file(name: str, folder: Path | None) -> Path:
+    """The file ``name`` names in ``folder`` (``rwr`` or ``rwr.yaml``); never a path outside
+    it."""
+    import os
+
+    if folder is None:
+        raise ConfigError(
+            "options.flow: this server has no flows folder (fanout serve --flows DIR)"
+        )
+    plain = name.strip()
+    if not plain or plain != os.path.basename(plain) or plain.startswith("."):
+        raise ConfigError(f"options.flow: {name!r} is not the name of a file in the flows folder")
+    for candidate in (plain, *(plain + s for s in FLOW_SUFFIXES)):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    known = ", ".join(flow_names(folder)) or "none"
+    raise ConfigError(f"options.flow: no flow {name!r} in the flows folder (its flows: {known})")
+
+
+def flow_names(folder: Path | None) -> list[str]:
+    """The flow files a folder offers, by name."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.suffix in FLOW_SUFFIXES and p.is_file())
+
+
+def _sample(names: Sequence[str]) -> dict[str, object]:
+    """Two stages: the first personas answer, the last reviews them and a synthesis follows."""
+    stages: list[object] = [
+        {"id": "draft", "panel": list(names[:-1]) or list(names), "prompt": "Why is ice slippery?"},
+        {"id": "review", "agent": names[-1], "prompt": "Review:\n{{draft}}", "then": "synthesize"},
+    ]
+    return {"flow": {"name": "sample", "stages": stages}}
+
+
 SHAPE = Shape(
     "flow",
     "The stages of a flow file in order, each a panel or one agent, each prompt quoting the "
     "inputs and the answers before it (fanout flow run).",
     flow_plan,
-    options=(SYNTHESIZE, SEED, FLOW, INPUTS),
+    options=(SEED, FLOW, INPUTS),
     answers=("panel", "agent"),
+    blind=True,  # a stage's then: judge or council
     standalone=False,
     check=check_flow,
+    sample=_sample,
+    prepare=prepare_flow,
     example="fanout flow run examples/research-write-review.yaml -i topic=ice",
     order=90,
 )

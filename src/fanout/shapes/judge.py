@@ -260,6 +260,7 @@ SHAPE = Shape(
     options=PANEL_OPTIONS,
     flag="--judge",
     roles=("judge",),
+    blind=True,
     steps=(Step("judge", "judge", _then_judge),),
     example="fanout ask -a translator:3 --judge \"Translate 'carpe diem'\"",
     order=30,

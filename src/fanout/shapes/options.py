@@ -44,6 +44,7 @@ class Option(Generic[T]):
     metavar: str = "VALUE"
     selects: bool = False
     default: T | None = None
+    suggested: T | None = None  # what a form (the dashboard's) starts with, if not the default
 
     # -- what each kind of option overrides ----------------------------------------------------
 
@@ -78,8 +79,12 @@ class Option(Generic[T]):
         return coerced
 
     def parse(self, text: str, where: str = "") -> T | None:
-        """``value`` from the command line; ConfigError naming ``where`` (the flag typed)."""
-        return self.check(self.from_text(text), where or f"-O {self.name}")
+        """``value`` from the command line; ConfigError naming ``where`` (the flag typed) and
+        the value as it was typed."""
+        coerced = self.coerce(self.from_text(text))
+        if coerced is None:
+            raise ConfigError(f"{where or '-O ' + self.name}: {text!r:.60} is not {self.wanted()}")
+        return coerced
 
     def of(self, options: Options) -> T | None:
         """The option's value in ``options`` (checked when the run was planned), else its
@@ -96,6 +101,7 @@ class Option(Generic[T]):
             "wanted": self.wanted(),
             "flag": self.flag,
             "default": _as_json(self.default),
+            "suggested": _as_json(self.suggested),
             "schema": self.value_schema(),
         }
         return entry
@@ -174,6 +180,26 @@ class Share(Option[float]):
 
     def from_text(self, text: str) -> object:
         return float(text) if _DECIMAL.fullmatch(text.strip()) else text
+
+
+@dataclass(frozen=True)
+class OneOf(Option[str]):
+    """One of a few words (``judge`` or ``synthesis``)."""
+
+    words: tuple[str, ...] = ()
+    kind = "choice"
+
+    def wanted(self) -> str:
+        return "one of " + ", ".join(self.words)
+
+    def value_schema(self) -> JsonObject:
+        return {"enum": list(self.words)}
+
+    def coerce(self, value: object) -> str | None:
+        return value if isinstance(value, str) and value in self.words else None
+
+    def from_text(self, text: str) -> object:
+        return text.strip().casefold()
 
 
 @dataclass(frozen=True)
@@ -268,7 +294,7 @@ class Document(Option[dict[str, object]]):
     it; on the command line, the name of a YAML or JSON file holding it."""
 
     kind = "document"
-    describes: str = "a definition"
+    describes: str = "a definition (a file's name, or the definition as JSON)"
     schema: JsonObject = field(default_factory=lambda: {"type": "object"})
 
     def wanted(self) -> str:
@@ -281,14 +307,18 @@ class Document(Option[dict[str, object]]):
         return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else None
 
     def from_text(self, text: str) -> object:
+        """A file's name, or the definition itself (JSON, or YAML, starting with ``{``)."""
         from pathlib import Path
 
         import yaml
 
         try:
-            loaded: object = yaml.safe_load(Path(text).read_text(encoding="utf-8"))
+            inline = text.lstrip().startswith("{")
+            source = text if inline else Path(text).read_text(encoding="utf-8")
+            loaded: object = yaml.safe_load(source)
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"-O {self.name}: cannot read {text!r}: {exc}") from None
+            problem = exc.strerror if isinstance(exc, OSError) else str(exc).split("\n")[0]
+            raise ConfigError(f"-O {self.name}: cannot read {text:.60}: {problem}") from None
         return loaded
 
 
@@ -309,8 +339,9 @@ def closest(key: str, known: Sequence[str]) -> str:
 
 # Options more than one shape reads, declared once.
 SYNTHESIZE = Switch(
-    "synthesize", "Merge the answers into one.", flag="--synthesize", short="-s", default=False
-)
+    "synthesize", "Merge the answers into one.", flag="--synthesize", short="-s", default=False,
+    suggested=True,
+)  # fmt: skip
 MAP = Switch(
     "map",
     "Synthesize an agreement map: consensus, contradictions, points only one persona made, "

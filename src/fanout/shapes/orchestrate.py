@@ -13,11 +13,10 @@ kept in each turn's call entry as ``tool_calls``).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from fanout.cost import DEFAULT_COMPLETION_ESTIMATE
 from fanout.models import Agent, AgentError, Call, CallResult, Message, chat_messages
 from fanout.shapes.options import SEED, Options, Whole
 from fanout.shapes.output import OutputVerdict
@@ -91,9 +90,11 @@ class OrchestratorTurn:
         every answer), until the last turn, which must answer."""
         result = CallResult.of(call)
         result.status = "ok"
+        from fanout.cost import DEFAULT_COMPLETION_ESTIMATE  # --dry-run only: anyio with it
+
         bound = call.agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
         result.answer = "x" * bound
-        names = [t["function"]["name"] for t in call.tools or ()]
+        names = [_function_name(t) for t in call.tools or ()]
         question = json.dumps({"question": "x" * (bound // max(len(names), 1))})
         result.details["tool_calls"] = [
             {"id": f"planned-{i}", "name": name, "arguments": question}
@@ -183,6 +184,11 @@ def orchestrate_plan(options: Options) -> list[Stage]:
 
 def max_turns(options: Options) -> int:
     return max(1, MAX_TURNS.of(options) or DEFAULT_MAX_TURNS)
+
+
+def _function_name(tool: Mapping[str, object]) -> str:
+    function = tool.get("function")
+    return str(function.get("name")) if isinstance(function, Mapping) else ""
 
 
 def persona_tools(agents: Sequence[Agent]) -> list[dict[str, object]]:

@@ -53,6 +53,17 @@ class OutputVerdict(Verdict):
         return Summary("Output", f"Output of {names}", answer=joined, author=names, rows=rows)
 
     @classmethod
+    def schema(cls) -> JsonObject:
+        """Flat: each name's text, or each stage's answers by author."""
+        texts: JsonObject = {"type": "object", "additionalProperties": {"type": "string"}}
+        return {
+            "title": "OutputVerdict (output)",
+            "description": "The run's product: {author: text} or {stage: {author: text}}.",
+            "type": "object",
+            "additionalProperties": {"anyOf": [{"type": "string"}, texts]},
+        }
+
+    @classmethod
     def read(cls, data: Mapping[str, object]) -> OutputVerdict:
         """A stored ``output`` verdict (its answers as they were written)."""
         answers: Answers = {}

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from fanout.engine import RunContext, Stage
 
 
+PANEL_STAGE = "panel"  # a panel stage's id: its calls are panel/<name>
+
+
 class PanelStage:
     """One call per persona; a persona asked N times (``repeat``: ``{name: N}``, or
     ``best_of``: N for every persona) gets ``name#1`` .. ``name#N``."""
@@ -24,7 +27,7 @@ class PanelStage:
     roles: tuple[str, ...] = ()
     holds_answers = True
 
-    def __init__(self, stage_id: str = "panel") -> None:
+    def __init__(self, stage_id: str = PANEL_STAGE) -> None:
         self.id = stage_id
 
     def calls(self, context: RunContext) -> list[Call]:

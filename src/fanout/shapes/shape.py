@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING
 from fanout.shapes.options import Option, Options
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from fanout.config import Panel
     from fanout.engine import Stage
     from fanout.models import Agent
 
@@ -27,6 +30,7 @@ AnyOption = (
     Option[bool]
     | Option[int]
     | Option[float]
+    | Option[str]
     | Option[list[str]]
     | Option[dict[str, int]]
     | Option[dict[str, str]]
@@ -54,6 +58,21 @@ def _no_check(options: Options, agents: Sequence[Agent]) -> None:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A request as its shape made it ready: its options, and the panel, personas and prompt
+    it asks when the shape decides them (a flow's own), else None (as requested)."""
+
+    options: dict[str, object]
+    panel: Panel | None = None
+    agents: list[str] | None = None
+    prompt: str | None = None
+
+
+# (the request's options, the panel, the folder of definition files a server offers) ->
+Preparer = Callable[[dict[str, object], "Panel", "Path | None"], Prepared]
+
+
+@dataclass(frozen=True)
 class Shape:
     """One shape. ``plan(options)`` builds its stages from options already checked against
     ``options``. ``flag``: the CLI switch that picks it (``--vote``). ``roles``: the roles
@@ -61,7 +80,9 @@ class Shape:
     (``least_why`` says why); ``most``: personas it takes at most. ``answers``: the kinds of
     stage whose calls are its answers (shown side by side, the document's ``agents``).
     ``standalone``: it runs from a prompt alone (a flow needs its definition). ``check``:
-    what its options say about the personas asked, beyond each option's own check."""
+    what its options say about the personas asked, beyond each option's own check.
+    ``sample``: the options a demonstration with these personas needs. ``prepare``: what a
+    request from outside needs done first (a flow's definition read and checked)."""
 
     name: str
     help: str
@@ -74,10 +95,19 @@ class Shape:
     most: int | None = None
     answers: tuple[str, ...] = ("panel",)
     standalone: bool = True
+    # Its judges or reviewers see the answers under blind labels, in a random order: a run
+    # records a seed, so that a retry shows them the same labels.
+    blind: bool = False
     steps: tuple[Step, ...] = ()
     check: Callable[[Options, Sequence[Agent]], None] = _no_check
     example: str = ""
     order: int = 50  # where it is listed (fanout shapes, the dashboard, --help)
+    # Options a demonstration needs besides the personas (a flow's definition), given their
+    # names: what the contract test runs every shape with.
+    sample: Callable[[Sequence[str]], dict[str, object]] = lambda names: {}
+    # What a request from outside (a server's body) needs done before it is planned: a flow
+    # reads its definition (inline, or a file of the server's folder) and names its personas.
+    prepare: Preparer | None = None
     option_names: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:

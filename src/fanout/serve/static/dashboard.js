@@ -5,6 +5,8 @@
 
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem("fanout-token") || "";
+let shapes = []; // every shape and its options, as the server's registry describes them
+let flowFiles = []; // the flow files the server offers (fanout serve --flows DIR)
 let current = null; // {id, controller, calls: Map(call_id -> state)}
 
 function headers(extra) {
@@ -43,9 +45,98 @@ async function loadPanel() {
     input.checked = true;
     box.append(el("label", { title: agent.description || agent.model }, input, " " + agent.name));
   }
-  const shape = $("shape");
-  for (const name of panel.shapes) shape.append(el("option", { value: name }, name));
   $("connection").textContent = panel.agents.length + " personas ready";
+}
+
+// -- the shape form: every shape and its options, drawn from /api/shapes --------------------------
+
+async function loadShapes() {
+  const data = await (await api("/api/shapes")).json();
+  shapes = data.shapes;
+  flowFiles = data.flows || [];
+  const select = $("shape");
+  select.replaceChildren(...shapes.map((s) => el("option", { value: s.name, title: s.help }, s.name)));
+  drawOptions();
+}
+
+function drawOptions() {
+  const shape = shapes.find((s) => s.name === $("shape").value) || shapes[0];
+  const box = $("shape-options");
+  box.replaceChildren(el("legend", {}, "Options of " + shape.name));
+  $("shape-help").textContent = shape.help;
+  for (const option of shape.options) box.append(optionInput(option));
+}
+
+function optionInput(o) {
+  const id = "opt-" + o.name;
+  const start = o.suggested ?? o.default;
+  let input;
+  if (o.kind === "switch") {
+    input = el("input", { type: "checkbox", id, name: o.name });
+    input.checked = start === true;
+    return el("label", { title: o.help }, input, " " + o.name);
+  }
+  if (o.kind === "choice") {
+    input = el("select", { id, name: o.name });
+    for (const word of o.schema.enum) input.append(el("option", { value: word }, word));
+    if (start !== null && start !== undefined) input.value = String(start);
+    return el("label", { title: o.help }, o.name + " ", input);
+  }
+  if (o.kind === "document") {
+    input = el("select", { id, name: o.name });
+    input.append(el("option", { value: "" }, "inline (below)"));
+    for (const file of flowFiles) input.append(el("option", { value: file }, file));
+    const inline = el("textarea", { id: id + "-inline", rows: "4",
+      placeholder: o.help + " As JSON: {\"stages\": [...]}" });
+    return el("div", { class: "document", title: o.help }, el("span", {}, o.name + " "), input, inline);
+  }
+  const attrs = { id, name: o.name, placeholder: o.wanted };
+  if (o.kind === "whole" || o.kind === "share") {
+    Object.assign(attrs, { type: "number", step: o.kind === "share" ? "0.05" : "1" });
+    if (o.schema.minimum !== undefined) attrs.min = String(o.schema.minimum);
+    if (o.schema.maximum !== undefined) attrs.max = String(o.schema.maximum);
+  }
+  input = el("input", attrs);
+  if (start !== null && start !== undefined && typeof start !== "object") input.value = String(start);
+  return el("label", { title: o.help }, o.name + " ", input);
+}
+
+function pairs(text, number) {
+  const out = {};
+  for (const part of text.split(",")) {
+    const cut = part.indexOf("=");
+    if (cut < 0) throw new Error("write it as name=value, name=value");
+    const value = part.slice(cut + 1).trim();
+    out[part.slice(0, cut).trim()] = number ? Number(value) : value;
+  }
+  return out;
+}
+
+// The options set in the form, typed as the shape declares them (the server checks them).
+function readOptions(shape) {
+  const options = {};
+  for (const o of shape.options) {
+    const input = document.getElementById("opt-" + o.name);
+    if (!input) continue;
+    if (o.kind === "switch") {
+      if (input.checked !== (o.default === true)) options[o.name] = input.checked;
+      continue;
+    }
+    if (o.kind === "document") {
+      const inline = document.getElementById("opt-" + o.name + "-inline").value.trim();
+      if (input.value) options[o.name] = input.value;
+      else if (inline) options[o.name] = JSON.parse(inline);
+      continue;
+    }
+    const text = input.value.trim();
+    if (!text || (o.default !== null && text === String(o.default))) continue;
+    if (o.kind === "whole" || o.kind === "share") options[o.name] = Number(text);
+    else if (o.kind === "list") options[o.name] = text.split(",").map((t) => t.trim()).filter(Boolean);
+    else if (o.kind === "counts") options[o.name] = pairs(text, true);
+    else if (o.kind === "texts") options[o.name] = pairs(text, false);
+    else options[o.name] = text;
+  }
+  return options;
 }
 
 // A prompt's first line: what a run is called (the whole prompt is under it, when longer).
@@ -172,18 +263,17 @@ function onLine(run, line) {
       if (r.cost_usd != null) meta.push("$" + r.cost_usd.toFixed(6));
       node.querySelector(".meta").textContent = meta.join(" · ");
       setState(node, r.status);
-      if (line.type === "synthesis_finished" && r.answer) showVerdict(r.answer);
     }
   }
-  if (line.type === "stage_finished" && line.verdict) {
-    showVerdict(line.verdict.answer || JSON.stringify(line.verdict, null, 2));
-  }
+  if (line.type === "stage_finished" && line.summary) showSummary(line, line.summary);
   if (line.type === "run_finished") {
     run.end = t;
     const doc = line.document;
-    $("run-status").textContent = `${doc.status} · ${doc.duration_s ?? "?"} s · ` +
+    const undecided = doc.decided === false ? " · undecided" : "";
+    $("run-status").textContent = `${doc.status}${undecided} · ${doc.duration_s ?? "?"} s · ` +
       `${doc.usage.total_tokens} tokens`;
     $("current").dataset.status = doc.status;
+    $("current").dataset.decided = String(doc.decided);
   }
   drawTimeline(run);
 }
@@ -195,9 +285,54 @@ function showPrompt(prompt) {
   $("run-prompt-box").hidden = (prompt || "").trim() === title;
 }
 
-function showVerdict(text) {
+// What a stage decided, as the server's summary says it (the same for every shape): its
+// headline, warnings, rows (a tally, a ranking, points), notes and the decided answer.
+function showSummary(line, s) {
   $("verdict-box").hidden = false;
-  $("verdict").textContent = text;
+  const state = s.decided === true ? " decided" : s.decided === false ? " undecided" : "";
+  const title = line.stage === line.kind || line.stage === s.title.toLowerCase()
+    ? s.title : `${s.title} · ${line.stage}`;
+  const by = [s.author, s.model].filter(Boolean).join(" · ");
+  const box = el("div", { class: "summary" + state, "data-stage": line.stage },
+    el("div", { class: "title" }, title + (by && s.answer ? " · " + by : "")));
+  for (const w of s.warnings) box.append(el("div", { class: "warning" }, "⚠ " + w));
+  if (s.headline) box.append(el("div", { class: "headline" }, s.headline));
+  const decided = s.decided !== false;
+  for (const rows of s.rows) box.append(rowsView(rows, decided));
+  for (const note of s.notes) box.append(el("div", { class: "note" }, note));
+  if (s.answer && !s.headline.includes(s.answer.trim())) {
+    box.append(el("div", { class: "answer" }, s.answer));
+  }
+  const old = $("verdict").querySelector(`.summary[data-stage="${CSS.escape(line.stage)}"]`);
+  if (old) old.replaceWith(box); else $("verdict").append(box);
+}
+
+function rowsView(rows, decided) {
+  const mark = (r) => (r.marked && decided ? "✓ " : "");
+  if (rows.kind === "points") {
+    const list = el("ul", {});
+    for (const r of rows.rows) {
+      const item = el("li", { class: r.marked && decided ? "marked" : "" }, mark(r) + r.label);
+      item.style.marginLeft = r.depth * 1.2 + "em";
+      list.append(item);
+    }
+    return el("div", { class: "rows" }, rows.title ? el("b", {}, rows.title) : "", list);
+  }
+  const table = el("table", { class: "rows " + rows.kind });
+  if (rows.columns.length) {
+    table.append(el("tr", {}, el("th", {}, ""), ...rows.columns.map((c) => el("th", {}, c))));
+  }
+  for (const r of rows.rows) {
+    const cells = [el("td", {}, mark(r) + r.label)];
+    if (r.share !== null) {
+      const bar = el("span", { class: "share" });
+      bar.style.width = (r.share * 12).toFixed(2) + "em";
+      cells.push(el("td", {}, bar));
+    }
+    cells.push(...r.cells.map((c) => el("td", {}, c)));
+    table.append(el("tr", { class: r.marked && decided ? "marked" : "" }, ...cells));
+  }
+  return el("div", {}, rows.title ? el("b", {}, rows.title) : "", table);
 }
 
 function drawTimeline(run) {
@@ -261,6 +396,7 @@ async function watch(id) {
   $("panes").replaceChildren();
   $("timeline").replaceChildren();
   $("verdict-box").hidden = true;
+  $("verdict").replaceChildren();
   $("run-status").textContent = "running…";
   $("run-title").textContent = "";
   $("run-prompt-box").hidden = true;
@@ -284,9 +420,8 @@ async function submit(event) {
   event.preventDefault();
   showError("");
   const agents = [...document.querySelectorAll("input[name=persona]:checked")].map((i) => i.value);
-  const body = { prompt: $("prompt").value, agents };
-  if ($("synthesize").checked) body.synthesize = true;
-  if ($("shape").value) body[$("shape").value] = true;
+  const shape = shapes.find((s) => s.name === $("shape").value) || shapes[0];
+  const body = { prompt: $("prompt").value, agents, shape: shape.name, options: readOptions(shape) };
   const response = await api("/api/runs", {
     method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" },
   });
@@ -304,6 +439,7 @@ async function terminate() {
 async function start() {
   try {
     await loadPanel();
+    await loadShapes();
     await loadRuns();
     const linked = runInLink();
     if (linked) watch(linked);
@@ -316,6 +452,7 @@ window.addEventListener("hashchange", () => {
   const linked = runInLink();
   if (linked) watch(linked);
 });
+$("shape").addEventListener("change", drawOptions);
 $("run-form").addEventListener("submit", (e) => submit(e).catch((err) => showError(err.message)));
 $("terminate").addEventListener("click", () => terminate().catch((err) => showError(err.message)));
 $("token-form").addEventListener("submit", (e) => {
