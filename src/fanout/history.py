@@ -59,6 +59,7 @@ from fanout.errors import ConfigError, FanoutError, StorageError
 from fanout.event import CallFinished, Event, RunFinished, RunStarted, StageStarted
 from fanout.export import call_document, derive_totals, report_document, upgrade_document
 from fanout.models import CallResult, RunReport
+from fanout.untrusted import MAX_STORED_DEPTH, load_json
 
 HISTORY_ENV = "FANOUT_HOME"
 SCHEMA_VERSION = 2
@@ -402,7 +403,7 @@ class History:
                 raise ConfigError(f"no run {run_id!r} in the history")
             writer, agents, synthesizer, settings, document = row
             current = self._folded(run_id, writer, document)
-            listed = json.loads(agents)
+            listed = _stored(agents)
             if not isinstance(listed, list):
                 raise ValueError("agents is not a list")
             return StoredRun(
@@ -526,7 +527,7 @@ def _fold(document: dict[str, Any], entries: list[dict[str, Any]]) -> None:
 
 def _started(document: str) -> str:
     try:
-        return str(json.loads(document).get("started_at", ""))
+        return str(_loads(document).get("started_at", ""))
     except (ValueError, AttributeError):
         return ""
 
@@ -615,8 +616,14 @@ def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _stored(text: str) -> object:
+    """A stored JSON column; ``ValueError`` for one that is damaged (cut, or nested beyond
+    what fanout writes)."""
+    return load_json(text, max_chars=None, max_depth=MAX_STORED_DEPTH)
+
+
 def _loads(text: str) -> dict[str, Any]:
-    value = json.loads(text)
+    value = _stored(text)
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     return cast(dict[str, Any], value)

@@ -8,7 +8,6 @@ Every error a client can cause is a 4xx with one line of JSON, ``{"error": "..."
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -42,6 +41,7 @@ from fanout.serve.runs import (
     shape_names,
     status_document,
 )
+from fanout.untrusted import load_json
 
 MAX_BODY = 1024 * 1024  # bytes: a prompt, not an upload
 RETRY_AFTER_S = 1  # how soon a poller should ask again
@@ -125,7 +125,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     """The body as a JSON object; ``BadRequest`` for anything else."""
     raw = await read_body(request)
     try:
-        value = json.loads(raw)
+        value = load_json(raw, max_chars=None)  # the Guard bounds its size
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
     if not isinstance(value, dict):

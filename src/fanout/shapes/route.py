@@ -10,7 +10,6 @@ whole panel and says so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,6 +19,7 @@ from fanout.engine import RunContext, Stage
 from fanout.models import Agent, Call, CallResult, Message
 from fanout.shapes.panel import PanelStage
 from fanout.shapes.synthesis import SynthesisStage
+from fanout.untrusted import load_json
 
 ROUTER_STAGE = "router"
 
@@ -129,8 +129,8 @@ def parse_route(answer: str) -> tuple[list[str], str]:
     text = answer.strip()
     start, end = text.find("{"), text.rfind("}")
     try:
-        data = json.loads(text[start : end + 1]) if start >= 0 else None
-    except ValueError:
+        data = load_json(text[start : end + 1]) if start >= 0 else None
+    except ValueError:  # not JSON, or too long or deep to be a routing
         data = None
     if not isinstance(data, dict):
         return [], ""
