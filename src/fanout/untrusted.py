@@ -1,4 +1,5 @@
-"""Reading text fanout did not write: JSON bounded before and after parsing.
+"""Reading text fanout did not write: JSON bounded before and after parsing, and the keys
+fanout sends hidden in whatever a server sends back.
 
 A server's structured reply, a tool call's arguments, a batch result file or a stored document
 can be anything: ``{"choice": `` then 100,000 ``[`` makes ``json.loads`` raise
@@ -11,6 +12,7 @@ long to be a reply, into ``UnreadableJSON``, a ``ValueError``: every reader that
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 
 # Deeper than any structured output fanout asks for (the agreement map is 4 levels; a stored
 # document with a map inside it about 12), far below what Python's stack takes.
@@ -55,3 +57,69 @@ def _deeper_than(value: object, limit: int) -> bool:
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return False
 
+
+# -- keys a server echoes ---------------------------------------------------------------------
+
+MASK = "***"
+_SHORTEST_KEY = 4  # shorter "keys" (a loopback server's "x") would mask ordinary words
+
+
+class KeyScrubber:
+    """Hides the keys fanout sends in what the servers send back: an answer, a tool call, an
+    error, a batch's results. A key is hidden as it is and as ``repr`` escapes it."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        forms = {form for key in keys for form in (key, repr(key)[1:-1], key.strip())}
+        # Longest first: a key that contains another is hidden whole.
+        self.forms = sorted((f for f in forms if len(f) >= _SHORTEST_KEY), key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.forms)
+
+    def scrub(self, text: str) -> str:
+        for form in self.forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        return text
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        for form in self.forms:
+            data = data.replace(form.encode("utf-8", "surrogatepass"), MASK.encode())
+        return data
+
+    def unfinished(self, text: str) -> int:
+        """How many characters at the end of ``text`` could be the start of a key (held back
+        from a stream until the next piece tells)."""
+        longest = 0
+        for form in self.forms:
+            tail = text[max(0, len(text) - len(form) + 1) :]
+            at = tail.find(form[0])
+            while at != -1 and len(tail) - at > longest:
+                if form.startswith(tail[at:]):
+                    longest = len(tail) - at
+                    break
+                at = tail.find(form[0], at + 1)
+        return longest
+
+
+class ScrubbedStream:
+    """A streamed answer's pieces passed on with the keys hidden, even a key split across
+    pieces: the end of a piece that could begin one waits for the next piece (or ``flush``).
+    Each piece costs the length of the piece and the keys, never of the text before it."""
+
+    def __init__(self, scrubber: KeyScrubber, emit: Callable[[str], None]) -> None:
+        self.scrubber = scrubber
+        self.emit = emit
+        self.held = ""
+
+    def __call__(self, piece: str) -> None:
+        text = self.scrubber.scrub(self.held + piece)
+        keep = self.scrubber.unfinished(text)
+        self.held = text[len(text) - keep :] if keep else ""
+        if len(text) > keep:
+            self.emit(text[: len(text) - keep])
+
+    def flush(self) -> None:
+        held, self.held = self.held, ""
+        if held:
+            self.emit(held)
