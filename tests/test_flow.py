@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AgentsFile, Invoke
+from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI, Fault, Hang, RecordedRequest, Reply
 from tests.test_runs import history_text, wait_until
 
@@ -215,6 +215,35 @@ stages:
     assert {c["name"] for c in document["stages"][0]["calls"]} == {"a", "poet"}
     poet = of(server, "m-poet")[0]
     assert poet.body["messages"][0] == {"role": "system", "content": "You rhyme."}
+
+
+@pytest.mark.parametrize(
+    ("section", "url"),
+    [
+        ("defaults", "http://user:sk-SECRET-0123456789@127.0.0.1:9/v1"),
+        ("defaults", "http://h/v1?api-key=sk-SECRET-0123456789"),
+        ("agents", "http://user:sk-SECRET-0123456789@h h/v1"),
+    ],
+)
+def test_a_key_in_a_flow_s_own_base_url_is_masked_as_the_agents_file_masks_it(
+    section: str, url: str, invoke: Invoke, tmp_path: Path
+) -> None:
+    own = (
+        f'defaults: {{base_url: "{url}"}}\n'
+        if section == "defaults"
+        else f'agents:\n  - {{name: a, base_url: "{url}"}}\n'
+    )
+    flow = write_flow(tmp_path, own + 'stages:\n  - {id: s, panel: [a], prompt: "Sing"}\n')
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(
+        own.replace("stages", "") + "agents:\n  - {name: a}\n" * (section != "agents")
+    )
+    for result in (invoke("flow", "check", flow), invoke("flow", "run", flow)):
+        line = assert_usage_error(result, f"{flow}:", "base_url", "***")
+        assert "SECRET" not in line
+    # The same URL in an agents file reads the same way.
+    line = assert_usage_error(invoke("agents", "-c", agents), "base_url", "***")
+    assert "SECRET" not in line
 
 
 def test_dry_run_lists_every_stage_with_worst_cases(

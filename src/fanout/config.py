@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -546,10 +546,28 @@ def _parse_yaml(source: str, text: str, what: str = "an 'agents:' list") -> dict
     return data
 
 
-def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
-    """One line for the first validation error: file, line, where in the file, what is wrong."""
-    err = exc.errors()[0]
+def _describe(
+    source: str,
+    text: str,
+    data: Any,
+    exc: ValidationError,
+    *,
+    allowed: Callable[[tuple[Any, ...]], list[str]] | None = None,
+    messages: Mapping[tuple[str, str], str] | None = None,
+    unknown_first: bool = False,
+) -> str:
+    """One line for the first validation error: file, line, where in the file, what is wrong.
+    Every YAML file fanout reads (the agents file, a flow file with its own ``agents:``) is
+    described here, so a value is shown the one way (a URL's key masked). ``allowed``: the
+    keys a location takes; ``messages``: our words by (error type, key); ``unknown_first``:
+    a misspelt key is the news even when the key it meant is reported missing first."""
+    errors = exc.errors()
+    err = errors[0]
+    if unknown_first:
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), err)
     loc = tuple(err["loc"])
+    allowed = allowed or _allowed_keys
+    messages = messages or _MESSAGES
     line = _line_of(text, loc)
     where = f"{source}:{line}" if line else source
     path = _loc_name(data, loc)
@@ -557,12 +575,11 @@ def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
         key = loc[-1]
         if not isinstance(key, str):  # `yes:`, `on:`, `1:` are not strings to YAML
             return f"{where}: unknown key {key!r} (quote it if it was meant as text)"
-        allowed = _allowed_keys(loc)
-        return f"{where}: {path}: unknown key {key!r}{_suggest(key, allowed)}"
+        return f"{where}: {path}: unknown key {key!r}{_suggest(key, allowed(loc))}"
     if err["type"] == "missing":
         return f"{where}: {path}: required key is missing"
-    message = _MESSAGES.get((err["type"], str(loc[-1]) if loc else ""))
-    message = message or _MESSAGES.get((err["type"], "")) or err["msg"]
+    message = messages.get((err["type"], str(loc[-1]) if loc else ""))
+    message = message or messages.get((err["type"], "")) or err["msg"]
     message = message.removeprefix("Value error, ")
     if loc and loc[-1] == "base_url" and isinstance(err.get("input"), str):
         message += f" (got {mask_url(err['input'])!r})"  # never the key a URL may hold

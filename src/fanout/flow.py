@@ -19,20 +19,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fanout.config import _MESSAGES as _AGENT_MESSAGES
 from fanout.config import (
     AgentSpec,
     Panel,
     PanelSpec,
     _AgentFields,
     _line_of,
-    _loc_name,
     _one_line,
     _parse_yaml,
     _read_text,
     _resolve,
     _suggest,
-    _yaml_type,
 )
+from fanout.config import _describe as _describe_yaml
 from fanout.errors import ConfigError
 
 # ``{{name}}`` or ``{{name.persona}}``; a name is an input, a stage or a stage's follow-up.
@@ -361,26 +361,16 @@ def _where(source: str, text: str, loc: tuple[Any, ...]) -> str:
 
 
 def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
-    """One line for the first validation error, as the agents file's errors read."""
-    errors = exc.errors()
-    # A misspelt key also leaves the right one missing: the misspelling is the news.
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(err["loc"])
-    where = _where(source, text, loc)
-    path = _loc_name(data, loc)
-    if err["type"] == "extra_forbidden":
-        key = loc[-1]
-        allowed = _allowed_keys(loc)
-        return f"{where}: {path}: unknown key {key!r}{_suggest(str(key), allowed)}"
-    if err["type"] == "missing":
-        return f"{where}: {path}: required key is missing"
-    message = _MESSAGES.get((err["type"], str(loc[-1]) if loc else "")) or err["msg"]
-    if "input" in err and not isinstance(err["input"], dict | list):
-        message += f" (got {_yaml_type(err['input'])} {err['input']!r})"
-    return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+    """One line for the first validation error, by the agents file's describer (its words for
+    a persona's fields, a URL's key masked), with the flow's own keys and words."""
+    return _describe_yaml(
+        source, text, data, exc, allowed=_allowed_keys, messages=_MESSAGES, unknown_first=True
+    )
 
 
 _MESSAGES = {
+    **_AGENT_MESSAGES,
+    ("model_type", ""): "expected a mapping",
     ("string_pattern_mismatch", "id"): "must start with a letter; letters, digits, _ and -",
     ("too_short", "stages"): "the flow needs at least one stage",
     ("too_short", "panel"): "a panel needs at least one persona",
