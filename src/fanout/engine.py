@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -59,6 +59,9 @@ from fanout.models import (
 )
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
 from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, traceparent
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
 
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
 # rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it).
@@ -104,6 +107,8 @@ class RunSettings:
     # observer shows the deltas (the live view, --jsonl), since parsing chunks costs CPU.
     stream: bool | None = None
     max_cost: float | None = None  # USD for the whole run; calls that could break it are skipped
+    # Request fields set for every persona of the run (--param key=value), checked already.
+    params: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
 
 
 class EndpointGates:

@@ -52,6 +52,7 @@ from fanout.cli.options import (
     ModelOption,
     NoLogOption,
     OutputOption,
+    ParamOption,
     PersonaOption,
     QuorumOption,
     RetriesOption,
@@ -89,6 +90,7 @@ def ask(
     personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
+    params: ParamOption = None,
     synthesize: SynthesizeOption = False,
     agreement_map: MapOption = False,
     vote: VoteOption = False,
@@ -211,6 +213,7 @@ def ask(
         text, out = "", None
         try:
             from fanout import session
+            from fanout.params import params_of_flags
 
             out = replace(
                 output_of(json_output, jsonl, jsonl_deltas, output, view), timeline=show_timeline
@@ -231,7 +234,7 @@ def ask(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
                 rpm, tpm, max_cost,
             )  # fmt: skip
-            settings = replace(settings, stream=stream)
+            settings = replace(settings, stream=stream, params=params_of_flags(params))
             code = session.ask(
                 text,
                 names=names,
@@ -252,9 +255,10 @@ def ask(
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still
             # the exit code and the document of a cancelled run.
-            from fanout import session
+            from fanout.drive import cancelled_before_start
+            from fanout.output import Output
 
-            code = session.cancelled_before_start(text, out or session.Output())
+            code = cancelled_before_start(text, out or Output())
     raise typer.Exit(code)
 
 

@@ -1,4 +1,4 @@
-"""Flags into what the session takes: run settings, the personas named (``-a``, ``-p``,
+"""Flags into what the command drivers take: run settings, the personas named (``-a``, ``-p``,
 ``name:N``), the shape and its options, the output, the prompt; each mistake one
 ``ConfigError`` naming the flag."""
 
@@ -17,7 +17,7 @@ from fanout.errors import ConfigError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from fanout.engine import RunSettings
-    from fanout.session import Output
+    from fanout.output import Output
 
 
 def run_settings(
@@ -48,12 +48,27 @@ def agent_names(agents: list[str] | None, model: str | None) -> list[str] | None
     for given in agents or []:
         check_utf8(given, "--agents")
     check_utf8(model, "--model")
-    names = [n.strip() for given in agents or [] for n in given.split(",") if n.strip()]
+    names = [name for given in agents or [] for name in _names_in(given)]
     if agents and not names:
         raise ConfigError("--agents: give at least one persona name")
     if model is not None and not model.strip():
         raise ConfigError("--model: give a model name")
     return names or None
+
+
+def _names_in(given: str) -> list[str]:
+    """One ``-a`` argument's names: split at its commas, except that a variant
+    (``analyst@reasoning_effort=low,high``) takes the rest as its values."""
+    names: list[str] = []
+    pieces = given.split(",")
+    for index, piece in enumerate(pieces):
+        if "@" in piece and "=" in piece.partition("@")[2]:
+            from fanout.params import variant_names
+
+            return names + variant_names(",".join(pieces[index:]).strip())
+        if piece.strip():
+            names.append(piece.strip())
+    return names
 
 
 def adhoc_personas(given: list[str] | None) -> list[tuple[str, str]]:
@@ -151,7 +166,7 @@ def shape_of(
 def output_of(
     json_output: bool, jsonl: bool, deltas: bool, file: Path | None, view: str | None = None
 ) -> Output:
-    from fanout.session import Output
+    from fanout.output import Output
 
     if json_output and jsonl:
         raise ConfigError("--json and --jsonl: choose one")
