@@ -665,3 +665,36 @@ def test_flow_run_takes_format_like_ask(
     assert result.exit_code == 0, result.output
     assert "Agent: teacher\nm-teacher says: Draft on ice" in result.stdout
     assert "## " not in result.stdout  # text, not the Markdown a pipe gets by default
+
+
+def test_flow_check_reads_each_file_once_however_many_stages(
+    agents_file: AgentsFile, invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each stage's line was found by parsing the whole file again: 500 stages took a minute.
+    from tests.test_config import counted_parses
+
+    config = agents_file("a", "b")
+    parses = counted_parses(monkeypatch)
+    counts = []
+    for stages in (3, 150):
+        chain = "".join(
+            f"  - {{id: s{i}, panel: [a, b], prompt: 'Improve {{{{s{i - 1}}}}}'}}\n"
+            for i in range(1, stages)
+        )
+        flow = write_flow(tmp_path, "stages:\n  - {id: s0, agent: a, prompt: Go}\n" + chain)
+        parses.clear()
+        result = invoke("flow", "check", flow, "-c", config)
+        assert result.exit_code == 0, result.output
+        counts.append(len(parses))
+    assert counts == [2, 2]  # the agents file and the flow file
+    # A problem's line is still found, in the same one parse.
+    broken = write_flow(
+        tmp_path,
+        "stages:\n  - {id: s0, agent: a, prompt: Go}\n"
+        + chain
+        + "  - {id: x, agent: zz, prompt: Go}\n",
+    )
+    parses.clear()
+    result = invoke("flow", "check", broken, "-c", config)
+    assert_usage_error(result, f"{broken}:{stages + 2}:", "unknown persona 'zz'")
+    assert len(parses) == 2

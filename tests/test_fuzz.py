@@ -22,7 +22,8 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from fanout.cli import app
-from fanout.config import base_url_problem
+from fanout.config import _parse_yaml, base_url_problem
+from fanout.errors import ConfigError
 from fanout.shapes import SHAPES
 from fanout.untrusted import MAX_REPLY_CHARS
 from tests.conftest import AgentsFile, Invoke, assert_usage_error
@@ -657,3 +658,25 @@ def test_a_hostile_reply_costs_only_itself(
     for stage in document["stages"]:
         assert "error" not in (stage.get("verdict") or {}), (stage["id"], stage["verdict"])
     run.check(document)
+
+
+def test_libyaml_and_pure_python_read_every_agents_case_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Agents files are parsed by libyaml where it is installed (ten times faster) and by
+    PyYAML's own parser otherwise, or for anything libyaml finds wrong: whichever meets a
+    file, the data and every problem read the same."""
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML without libyaml: only one parser to compare")
+    cases = [("valid", dump(valid_panel())), *AGENT_CASES]
+    for name, content in cases:
+        if isinstance(content, bytes):
+            continue  # refused before YAML (binary, not UTF-8)
+        outcomes = []
+        for libyaml in (True, False):
+            monkeypatch.setattr(yaml, "__with_libyaml__", libyaml)
+            try:
+                outcomes.append(_parse_yaml("agents.yaml", content).data)
+            except ConfigError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], name

@@ -24,13 +24,14 @@ from fanout.config import (
     AgentSpec,
     Panel,
     PanelSpec,
+    YamlFile,
     _AgentFields,
-    _line_of,
     _one_line,
     _parse_yaml,
     _read_text,
-    _resolve,
     _suggest,
+    collector_paused,
+    panel_of,
 )
 from fanout.config import _describe as _describe_yaml
 from fanout.errors import ConfigError
@@ -167,14 +168,16 @@ class Flow:
 def load_flow(path: Path, panel: Panel) -> Flow:
     """Read and check a flow file against ``panel`` (the agents file's personas)."""
     source, text = str(path), _read_text(path)
-    data = _parse_yaml(source, text, what="a 'stages:' list")
-    try:
-        spec = FlowSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(_describe(source, text, data, exc))) from None
-    if spec.agents:
-        panel = _with_own_agents(source, text, panel, spec)
-    _check(source, text, spec, {a.name for a in panel.agents})
+    with collector_paused():
+        # Read once: every check below finds its line in these nodes, not in the text again.
+        document = _parse_yaml(source, text, what="a 'stages:' list")
+        try:
+            spec = FlowSpec.model_validate(document.data)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(_describe(document, exc))) from None
+        if spec.agents:
+            panel = _with_own_agents(document, panel, spec)
+        _check(document, spec, {a.name for a in panel.agents})
     return Flow(source, spec, panel)
 
 
@@ -197,28 +200,23 @@ def references(template: str) -> list[tuple[str, str | None]]:
 # -- checks ------------------------------------------------------------------------------------
 
 
-def _with_own_agents(source: str, text: str, panel: Panel, spec: FlowSpec) -> Panel:
-    """The flow's ``agents:`` over the agents file's personas (a name in both: the flow's)."""
+def _with_own_agents(document: YamlFile, panel: Panel, spec: FlowSpec) -> Panel:
+    """The flow's ``agents:`` over the agents file's personas (a name in both: the flow's),
+    checked and resolved as an agents file's are."""
     own = PanelSpec(defaults=spec.defaults or _AgentFields(), agents=spec.agents or [])
-    seen: set[str] = set()
-    for index, agent in enumerate(own.agents):
-        if agent.name in seen:
-            where = _where(source, text, ("agents", index, "name"))
-            raise ConfigError(_one_line(f"{where}: duplicate agent name {agent.name!r}"))
-        seen.add(agent.name)
-    resolved = _resolve(source, own, {})
+    resolved = panel_of(document, own, {})
     mine = {a.name: a for a in resolved.agents}
     agents = [mine.pop(a.name, a) for a in panel.agents] + list(mine.values())
     return replace(panel, agents=agents)
 
 
-def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> None:
+def _check(document: YamlFile, spec: FlowSpec, personas: set[str]) -> None:
     """What pydantic cannot see: names, references, order, cycles. The first problem in
     file order is reported."""
     stages = spec.stages
     order: dict[str, int] = {}  # every referable stage name -> the index of its stage
     for index, stage in enumerate(stages):
-        where = _where(source, text, ("stages", index, "id"))
+        where = document.where(("stages", index, "id"))
         if stage.id == OUTPUT_STAGE or stage.id in order:
             problem = "is reserved" if stage.id == OUTPUT_STAGE else "appears twice"
             raise ConfigError(_one_line(f"{where}: stage id {stage.id!r} {problem}"))
@@ -233,18 +231,17 @@ def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> None:
                 )
             order[name] = index
     for index, stage in enumerate(stages):
-        _check_stage(source, text, spec, index, stage, personas, order)
+        _check_stage(document, spec, index, stage, personas, order)
     for position, name in enumerate(spec.output or []):
         if name not in order:
-            where = _where(source, text, ("output", position))
+            where = document.where(("output", position))
             raise ConfigError(
                 _one_line(f"{where}: output: no stage {name!r}{_suggest(name, order)}")
             )
 
 
 def _check_stage(
-    source: str,
-    text: str,
+    document: YamlFile,
     spec: FlowSpec,
     index: int,
     stage: StageSpec,
@@ -254,7 +251,7 @@ def _check_stage(
     at = ("stages", index)
     if (stage.panel is None) == (stage.agent is None):
         raise ConfigError(
-            f"{_where(source, text, (*at, 'id'))}: stage {stage.id!r}: give either panel: "
+            f"{document.where((*at, 'id'))}: stage {stage.id!r}: give either panel: "
             "[personas] or agent: persona"
         )
     key = "panel" if stage.panel is not None else "agent"
@@ -263,12 +260,12 @@ def _check_stage(
             loc = (*at, key, position) if key == "panel" else (*at, key)
             raise ConfigError(
                 _one_line(
-                    f"{_where(source, text, loc)}: stage {stage.id!r}: unknown persona "
+                    f"{document.where(loc)}: stage {stage.id!r}: unknown persona "
                     f"{name!r}{_suggest(name, personas)}"
                 )
             )
     if stage.min_success is not None and stage.min_success > len(stage.personas):
-        where = _where(source, text, (*at, "min_success"))
+        where = document.where((*at, "min_success"))
         raise ConfigError(
             _one_line(
                 f"{where}: stage {stage.id!r}: min_success {stage.min_success} is more than "
@@ -276,7 +273,7 @@ def _check_stage(
             )
         )
     if stage.then == "council" and len(stage.personas) < COUNCIL_LEAST:
-        where = _where(source, text, (*at, "then"))
+        where = document.where((*at, "then"))
         raise ConfigError(
             _one_line(
                 f"{where}: stage {stage.id!r}: then: council needs at least {COUNCIL_LEAST} "
@@ -284,13 +281,13 @@ def _check_stage(
             )
         )
     if stage.then not in THEN_SUFFIX:
-        where = _where(source, text, (*at, "then"))
+        where = document.where((*at, "then"))
         known = ", ".join(THEN_SUFFIX)
         problem = (
             f"then: unknown step {stage.then!r}{_suggest(stage.then, THEN_SUFFIX)} (known: {known})"
         )
         raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
-    where = _where(source, text, (*at, "prompt"))
+    where = document.where((*at, "prompt"))
     for name, persona in references(stage.prompt):
         if name in spec.inputs:
             if persona is not None:
@@ -355,16 +352,11 @@ def _cycle(spec: FlowSpec, order: dict[str, int], start: int, target: int) -> li
     return path if walk(target) else None
 
 
-def _where(source: str, text: str, loc: tuple[Any, ...]) -> str:
-    line = _line_of(text, loc)
-    return f"{source}:{line}" if line else source
-
-
-def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
+def _describe(document: YamlFile, exc: ValidationError) -> str:
     """One line for the first validation error, by the agents file's describer (its words for
     a persona's fields, a URL's key masked), with the flow's own keys and words."""
     return _describe_yaml(
-        source, text, data, exc, allowed=_allowed_keys, messages=_MESSAGES, unknown_first=True
+        document, exc, allowed=_allowed_keys, messages=_MESSAGES, unknown_first=True
     )
 
 
