@@ -105,7 +105,7 @@ def test_a_key_echoed_inside_answers_is_never_stored_or_shown(
         jsonl.stderr,
         invoke("runs", "show", run_id).stdout,
         invoke("runs", "show", run_id, "--json").stdout,
-        invoke("runs", "export", run_id, "--format", "jsonl").stdout,
+        invoke("runs", "export", run_id, "--format", "perfetto").stdout,
         invoke("runs", "export", run_id, "--format", "html", "-o", html).stdout,
         html.read_text(),
     ]

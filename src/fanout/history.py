@@ -57,7 +57,14 @@ import platformdirs
 
 from fanout.errors import ConfigError, FanoutError, StorageError
 from fanout.event import CallFinished, Event, RunFinished, RunStarted, StageStarted
-from fanout.export import call_document, derive_totals, report_document, upgrade_document
+from fanout.export import (
+    call_document,
+    check_document,
+    derive_totals,
+    report_document,
+    report_from_document,
+    upgrade_document,
+)
 from fanout.models import CallResult, RunReport
 from fanout.untrusted import MAX_STORED_DEPTH, load_json
 
@@ -430,7 +437,7 @@ class History:
         if entries:
             _fold(current, [_loads(e) for (e,) in entries])
             derive_totals(current)
-        return _current(writer, current)
+        return _readable(_current(writer, current))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -523,6 +530,18 @@ def _fold(document: dict[str, Any], entries: list[dict[str, Any]]) -> None:
             calls[ids.index(entry.get("call_id"))] = entry
         else:
             calls.append(entry)
+
+
+def _readable(document: dict[str, Any]) -> dict[str, Any]:
+    """``document``, if a run can be read back from it: what every reader of a stored run
+    (show, export, retry, the server) builds first. ``ValueError`` (the run is damaged) for
+    one that is partial or has a field of the wrong type."""
+    check_document(document)
+    try:
+        report_from_document(document)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    return document
 
 
 def _started(document: str) -> str:
