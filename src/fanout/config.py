@@ -319,12 +319,31 @@ def load_panel(path: Path | None, environ: Mapping[str, str] | None = None) -> P
     else:
         source, text = str(path), _read_text(path)
     with collector_paused():
-        document = _parse_yaml(source, text)
-        try:
-            spec = PanelSpec.model_validate(document.data)
-        except ValidationError as exc:
-            raise ConfigError(_one_line(_describe(document, exc))) from None
-        return panel_of(document, spec, environ)
+        return _checked_panel(_parse_yaml(source, text), environ)
+
+
+def read_yaml_mapping(source: str, text: str, what: str) -> dict[str, object]:
+    """``text`` read as YAML the agents file's way (no tags, no duplicate keys), which must be
+    a mapping holding ``what``; a ``ConfigError`` naming ``source`` and the line otherwise."""
+    with collector_paused():
+        return _parse_yaml(source, text, what).data
+
+
+def panel_from_mapping(
+    source: str, text: str, data: Mapping[str, object], environ: Mapping[str, str]
+) -> Panel:
+    """A panel from an agents file's sections already read (``text`` gives line numbers,
+    found only for an error): an eval file's ``agents:`` section is one."""
+    with collector_paused():
+        return _checked_panel(YamlFile(source, dict(data), None, text), environ)
+
+
+def _checked_panel(document: YamlFile, environ: Mapping[str, str]) -> Panel:
+    try:
+        spec = PanelSpec.model_validate(document.data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(_describe(document, exc))) from None
+    return panel_of(document, spec, environ)
 
 
 @contextmanager
@@ -636,17 +655,26 @@ if yaml.__with_libyaml__:
         (20,000 personas)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class YamlFile:
     """A YAML file read once: its data, and its nodes, which know the line of every key (an
-    error names its line without reading the file again)."""
+    error names its line without reading the file again). Data read elsewhere (``root``
+    None) has its nodes composed from ``text`` the first time a line is asked for."""
 
     source: str
     data: dict[str, Any]
-    root: yaml.Node
+    root: yaml.Node | None
+    text: str = ""
 
     def line_of(self, loc: Sequence[Any]) -> int | None:
         """The 1-based line of the node at ``loc`` (the key itself for unknown keys)."""
+        if self.root is None:
+            try:
+                self.root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+            except yaml.YAMLError:
+                return None
+            if self.root is None:
+                return None
         node: yaml.Node | None = self.root
         line = self.root.start_mark.line
         for item in loc:
@@ -668,8 +696,9 @@ class YamlFile:
         return line + 1
 
     def where(self, loc: Sequence[Any]) -> str:
-        """``source:line`` of the node at ``loc``."""
-        return f"{self.source}:{self.line_of(loc)}"
+        """``source:line`` of the node at ``loc`` (``source`` if no line can be found)."""
+        line = self.line_of(loc)
+        return f"{self.source}:{line}" if line else self.source
 
 
 def _parse_yaml(source: str, text: str, what: str = "an 'agents:' list") -> YamlFile:
