@@ -213,6 +213,9 @@ class FakeOpenAI:
         self._files: dict[str, bytes] = {}
         self._batches: dict[str, dict[str, Any]] = {}
         self.uploads = 0  # /v1/files uploads received (answered or not)
+        # A batch that ends before its window is over: with N, it ends "expired" with only
+        # its first N results (the rest are not in any file, as OpenAI's expired batches).
+        self.batch_expires_after: int | None = None
         self._max_in_flight = 0
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -282,6 +285,7 @@ class FakeOpenAI:
             self._files.clear()
             self._batches.clear()
             self.uploads = 0
+            self.batch_expires_after = None
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -384,6 +388,11 @@ class FakeOpenAI:
                 out.append(whole[: len(whole) // 2] if step.keep_id else "\x00{garbage")
             else:
                 (out if response["status_code"] == 200 else errors).append(entry)
+        expired, total = self.batch_expires_after is not None, len(out) + len(errors)
+        if self.batch_expires_after is not None:
+            kept = out[: self.batch_expires_after]
+            errors = errors[: max(0, self.batch_expires_after - len(kept))]
+            out = kept
         with self._cond:
             batch_id = f"batch-{len(self._batches) + 1}"
             output = "".join(
@@ -402,8 +411,9 @@ class FakeOpenAI:
                 "output_file_id": None,
                 "error_file_id": None,
                 "_files": (output, error),
+                "_ends": "expired" if expired else "completed",
                 "request_counts": {
-                    "total": len(out) + len(errors),
+                    "total": total,
                     "completed": len(out),
                     "failed": len(errors),
                 },
@@ -417,7 +427,7 @@ class FakeOpenAI:
                 batch["status"] = "in_progress"
             elif advance and batch["status"] == "in_progress":
                 output, error = batch["_files"]
-                batch["status"] = "completed"
+                batch["status"] = batch["_ends"]
                 batch["output_file_id"] = self._store_file(output) if output else None
                 batch["error_file_id"] = self._store_file(error) if error else None
             return {k: v for k, v in batch.items() if not k.startswith("_")}

@@ -351,3 +351,24 @@ def test_the_summary_counts_only_what_is_in_flight_and_names_file_and_time(
     assert "rate-limited" not in summary and "in flight" not in summary
     assert str(out) in summary
     assert re.search(r"· \d+\.\d s ·", summary), summary
+
+
+@pytest.mark.parametrize("answered", [6, 0])
+def test_a_batch_api_job_that_expires_half_done_is_partial(
+    answered: int, server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = prompts(tmp_path, "".join(f"question {i}\n" for i in range(6)))
+    out = tmp_path / "out.jsonl"
+    server.batch_expires_after = answered  # 6 of the 12 requests, or none, answered in time
+    config = agents_file("a", "b")
+    args = ["batch", source, "-c", config, "-o", out, "--via", "openai-batch"]
+    result = invoke(*args, "--poll-interval", "0.01")
+    assert f"{answered}/12 done" in result.stderr and f"{12 - answered} failed" in result.stderr
+    assert "ended expired" in result.stderr
+    # Some answers and some not is partial (3), as on the direct path; none at all is failed.
+    assert result.exit_code == (3 if answered else 1), result.output
+    assert len(lines_of(out)) == answered
+    server.batch_expires_after = None
+    again = invoke(*args, "--poll-interval", "0.01")  # the rest are asked again
+    assert again.exit_code == 0, again.output
+    assert len(lines_of(out)) == 12

@@ -3,10 +3,13 @@ starts, chatter that holds markup, an interrupted retry."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from fanout.errors import ConfigError
+from fanout.evalrun import EXIT_REGRESSION
+from fanout.history import history_path
+from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 from tests.conftest import AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
 
@@ -193,3 +200,45 @@ def test_a_persona_named_synthesizer_is_never_taken_for_the_synthesis(
     # the persona named "synthesizer" answered; the syntheses are asked again all the same
     assert server.count("m-merge") == 2
     assert server.count("m-synthesizer") == 0
+
+
+def readme_exit_codes() -> dict[int, str]:
+    """The README's table of exit codes: {code: meaning}."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.+) \|$", table, re.MULTILINE)
+    return {int(code): meaning for code, meaning in rows}
+
+
+def test_the_readme_s_exit_codes_are_the_code_s(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    table = readme_exit_codes()
+    codes = {EXIT_OK, EXIT_PARTIAL, EXIT_FAILED, EXIT_INTERRUPTED, ConfigError.exit_code}
+    assert set(table) == {*codes, EXIT_REGRESSION, 141}
+    # A short document reaches the pipe whole before its reader leaves: the run's own code
+    # (the README said 141 for `ask --json | head`).
+    assert "Output that reached the pipe whole" in table[141]
+    proc = fanout_process("ask", "-c", agents_file("a"), "--json", "Why?")
+    try:
+        assert proc.wait(timeout=60) == 0  # nobody has read it yet: it sits in the pipe
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"{"
+    finally:
+        proc.kill()
+        proc.communicate()
+    # `runs show` of a cancelled run: 0 once shown; 130 with --exit-status (the README said
+    # 130 without it).
+    assert "`runs show --exit-status` of a run that was cancelled" in table[EXIT_INTERRUPTED]
+    document = json.loads(invoke("ask", "-c", agents_file("a"), "--json", "Why?").stdout)
+    for call in document["stages"][0]["calls"]:
+        call.update(status="cancelled", answer=None)
+    document["status"] = "cancelled"
+    with contextlib.closing(sqlite3.connect(history_path(os.environ))) as db:
+        db.execute(
+            "UPDATE runs SET document = ? WHERE run_id = ?",
+            (json.dumps(document), document["run_id"]),
+        )
+        db.commit()
+    shown = invoke("runs", "show", document["run_id"])
+    assert shown.exit_code == EXIT_OK, shown.output
+    assert invoke("runs", "show", document["run_id"], "--exit-status").exit_code == 130

@@ -6,6 +6,7 @@ line on stderr naming the file (and the line, where YAML knows it) and the probl
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import Result
 
 from fanout import __version__
@@ -807,3 +809,44 @@ def test_credentials_in_base_url_are_refused_without_being_printed(
     result = invoke("agents", "-c", config, "--json")
     message = assert_config_error(result, config, "base_url", "api_key_env", "***")
     assert secret not in message and "zzz" not in message
+
+
+def counted_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that grows by one for every YAML loader made, libyaml's or PyYAML's own."""
+    made: list[str] = []
+    original = yaml.resolver.BaseResolver.__init__
+
+    def counting(self: yaml.resolver.BaseResolver) -> None:
+        made.append(type(self).__name__)
+        original(self)
+
+    monkeypatch.setattr(yaml.resolver.BaseResolver, "__init__", counting)
+    return made
+
+
+def test_a_large_agents_file_is_read_in_one_parse_without_the_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading 20,000 personas took 13.6 s: PyYAML's pure-Python parser, and the cycle
+    # collector walking the growing heap over and over (none of it garbage).
+    agents = [{"name": f"p{i}", "model": "m", "description": f"persona {i}"} for i in range(3000)]
+    path = tmp_path / "agents.yaml"
+    path.write_text(yaml.safe_dump({"agents": agents}), encoding="utf-8")
+    parses = counted_parses(monkeypatch)
+    collections: list[int] = []
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(collected)
+    try:
+        panel = load_panel(path)
+    finally:
+        gc.callbacks.remove(collected)
+    assert [a.name for a in panel.agents][-1] == "p2999"
+    assert len(parses) == 1
+    if yaml.__with_libyaml__:
+        assert parses == ["_FastLoader"]
+    assert len(collections) <= 1  # the one owed once it is on again (it ran hundreds of times)
+    assert gc.isenabled()

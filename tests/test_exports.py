@@ -14,6 +14,7 @@ import pytest
 from fanout.perfetto import perfetto_trace
 from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI, Fault, Reply
+from tests.terminal import Terminal
 from tests.test_timeline import sample_report
 
 QUICK_503 = Fault(503, headers={"retry-after-ms": "1"})
@@ -141,3 +142,25 @@ def test_export_refuses_an_unknown_format(
     result = invoke("runs", "export", document["run_id"], "--format", "svg")
     assert result.exit_code == 2
     assert "--format" in result.stderr
+
+
+def test_an_html_page_is_never_written_to_a_terminal(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    # A page holds what the servers sent as it came (escape sequences too): on a terminal it
+    # set the title and cleared the screen.
+    server.script("m-a", Reply(text="\x1b]0;pwned\x07\x1b[2J hello"))
+    ran = invoke("ask", "-c", agents_file("a"), "--json", "Why?")
+    run_id = json.loads(ran.stdout)["run_id"]
+    term = Terminal(["runs", "export", run_id, "--format", "html"], 24, 100)
+    try:
+        code = term.finish()
+    finally:
+        term.close()
+    assert code == 2, term.output
+    shown = term.main_text()
+    assert shown.startswith("fanout: error: --format html") and "-o FILE" in shown, shown
+    assert len(shown.splitlines()) == 1 and "pwned" not in term.output
+    assert "pwned" not in (term.screen.title or "")
+    piped = invoke("runs", "export", run_id, "--format", "html")  # not a terminal: written
+    assert piped.exit_code == 0 and "<html" in piped.stdout.lower()

@@ -217,6 +217,35 @@ stages:
     assert poet.body["messages"][0] == {"role": "system", "content": "You rhyme."}
 
 
+@pytest.mark.parametrize(
+    ("section", "url"),
+    [
+        ("defaults", "http://user:sk-SECRET-0123456789@127.0.0.1:9/v1"),
+        ("defaults", "http://h/v1?api-key=sk-SECRET-0123456789"),
+        ("agents", "http://user:sk-SECRET-0123456789@h h/v1"),
+    ],
+)
+def test_a_key_in_a_flow_s_own_base_url_is_masked_as_the_agents_file_masks_it(
+    section: str, url: str, invoke: Invoke, tmp_path: Path
+) -> None:
+    own = (
+        f'defaults: {{base_url: "{url}"}}\n'
+        if section == "defaults"
+        else f'agents:\n  - {{name: a, base_url: "{url}"}}\n'
+    )
+    flow = write_flow(tmp_path, own + 'stages:\n  - {id: s, panel: [a], prompt: "Sing"}\n')
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(
+        own.replace("stages", "") + "agents:\n  - {name: a}\n" * (section != "agents")
+    )
+    for result in (invoke("flow", "check", flow), invoke("flow", "run", flow)):
+        line = assert_usage_error(result, f"{flow}:", "base_url", "***")
+        assert "SECRET" not in line
+    # The same URL in an agents file reads the same way.
+    line = assert_usage_error(invoke("agents", "-c", agents), "base_url", "***")
+    assert "SECRET" not in line
+
+
 def test_dry_run_lists_every_stage_with_worst_cases(
     server: FakeOpenAI, config: Path, invoke: Invoke, tmp_path: Path
 ) -> None:
@@ -669,3 +698,36 @@ def test_flow_run_takes_format_like_ask(
     assert result.exit_code == 0, result.output
     assert "draft · teacher (m-teacher)\nm-teacher says: Draft on ice" in result.stdout
     assert "## " not in result.stdout  # text, not the Markdown a pipe gets by default
+
+
+def test_flow_check_reads_each_file_once_however_many_stages(
+    agents_file: AgentsFile, invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each stage's line was found by parsing the whole file again: 500 stages took a minute.
+    from tests.test_config import counted_parses
+
+    config = agents_file("a", "b")
+    parses = counted_parses(monkeypatch)
+    counts = []
+    for stages in (3, 150):
+        chain = "".join(
+            f"  - {{id: s{i}, panel: [a, b], prompt: 'Improve {{{{s{i - 1}}}}}'}}\n"
+            for i in range(1, stages)
+        )
+        flow = write_flow(tmp_path, "stages:\n  - {id: s0, agent: a, prompt: Go}\n" + chain)
+        parses.clear()
+        result = invoke("flow", "check", flow, "-c", config)
+        assert result.exit_code == 0, result.output
+        counts.append(len(parses))
+    assert counts == [2, 2]  # the agents file and the flow file
+    # A problem's line is still found, in the same one parse.
+    broken = write_flow(
+        tmp_path,
+        "stages:\n  - {id: s0, agent: a, prompt: Go}\n"
+        + chain
+        + "  - {id: x, agent: zz, prompt: Go}\n",
+    )
+    parses.clear()
+    result = invoke("flow", "check", broken, "-c", config)
+    assert_usage_error(result, f"{broken}:{stages + 2}:", "unknown persona 'zz'")
+    assert len(parses) == 2

@@ -12,6 +12,7 @@ import json
 import random
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from fanout.cli import app
-from fanout.config import base_url_problem
-from tests.conftest import Invoke, assert_usage_error
-from tests.fakeserver import FakeOpenAI
+from fanout.config import _parse_yaml, base_url_problem
+from fanout.errors import ConfigError
+from fanout.shapes import SHAPES
+from fanout.untrusted import MAX_REPLY_CHARS
+from tests.conftest import AgentsFile, Invoke, assert_usage_error
+from tests.fakeserver import FakeOpenAI, Reply
 
 SEED = 20_240_611
 COMMAND = typer.main.get_command(app)
@@ -462,3 +466,217 @@ def test_every_base_url_that_passes_is_one_httpx_accepts() -> None:
             accepted += 1
             assert url_class(url).host, url
     assert accepted > 100  # the generator does reach valid URLs
+
+
+# --- hostile replies: every shape that reads structured output, fed one reply that is not -----
+#
+# Each case is a run where exactly one reply a shape reads as JSON (a ballot, a verdict, a
+# ranking, a routing, a tool call's arguments, a map) is hostile and every other reply is good.
+# That one reply must cost only itself (an abstention, a bad tool call, no map), with a warning
+# that names it; the rest of the decision stands, and no verdict is an error.
+
+
+def hostile_replies(field: str) -> dict[str, str]:
+    """Replies that are not the structured output asked for, each around ``field`` (the one
+    the shape reads: ``choice``, ``winner``...)."""
+    return {
+        "nested": f'{{"{field}": ' + "[" * 100_000,
+        "deep": f'{{"{field}": ' + "[" * 600 + "]" * 600 + "}",
+        "huge": f'{{"{field}": "' + "x" * MAX_REPLY_CHARS + '"}',
+        "truncated": f'{{"{field}": ["A", "B',
+        "wrong_type": f'{{"{field}": {{"{field}": [1, null, true, 2.5]}}}}',
+        "not_an_object": "[1, 2, 3]",
+    }
+
+
+HOSTILE = list(hostile_replies("x"))
+Check = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class HostileRun:
+    """A shape's run with one hostile reply: the command, the code it must end with, and what
+    must still stand in its document."""
+
+    args: list[str | Path]
+    check: Check
+    code: int = 0
+    command: tuple[str, ...] = ("ask",)
+
+
+def _roles(path: Path, *roles: str) -> Path:
+    path.write_text(path.read_text() + "".join(f"{r}:\n  model: m-{r}\n" for r in roles))
+    return path
+
+
+def _warned(verdict: dict[str, Any], *fragments: str) -> None:
+    said = " | ".join(verdict.get("warnings") or [])
+    assert all(f in said for f in fragments), said
+
+
+def hostile_vote(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str) -> HostileRun:
+    server.script("m-a", Reply(text='{"choice": "Paris"}'))
+    server.script("m-b", Reply(text='{"choice": "Paris"}'))
+    server.script("m-c", Reply(text=reply))
+
+    def check(document: dict[str, Any]) -> None:
+        vote = document["vote"]
+        assert (vote["winner"], vote["votes_cast"], vote["abstained"]) == ("Paris", 2, ["c"])
+        _warned(vote, "1 abstained", ": c")
+
+    return HostileRun(["-a", "a,b,c", "--vote", "--choices", "Paris,Lyon", "Q?"], check)
+
+
+def hostile_judge(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str) -> HostileRun:
+    # Two candidates: judged in both orders at once; one reading is hostile, the other stands.
+    server.script("m-judge", Reply(text=reply), Reply(text='{"reasoning": "r", "winner": "A"}'))
+
+    def check(document: dict[str, Any]) -> None:
+        judge = document["judge"]
+        assert judge["winner"] in ("a", "b") and judge["reasoning"] == "r"
+        _warned(judge, "the judge's reply named no candidate", "one order only")
+
+    return HostileRun(["-a", "a,b", "--judge", "Q?"], check)
+
+
+def hostile_council(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str) -> HostileRun:
+    ranking = Reply(text='{"reasoning": "r", "ranking": ["A", "B", "C"]}')
+    server.script("m-a", Reply(text="answer a"), Reply(text=reply))
+    for name in "bcd":
+        server.script(f"m-{name}", Reply(text=f"answer {name}"), ranking)
+
+    def check(document: dict[str, Any]) -> None:
+        review = document["review"]
+        abstained = {r["reviewer"]: r["abstained"] for r in review["reviews"]}
+        assert abstained == {"a": True, "b": False, "c": False, "d": False}
+        assert sum(row["votes"] for row in review["aggregate"]) == 9  # 3 rankings of 3
+        _warned(review, "1 reviewer(s) abstained: a (not a strict ranking)")
+        assert document["stages"][-1]["calls"][0]["status"] == "ok"  # the synthesis
+
+    return HostileRun(["-a", "a,b,c,d", "--council", "Q?"], check)
+
+
+def hostile_route(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str) -> HostileRun:
+    server.script("m-router", Reply(text=reply))
+
+    def check(document: dict[str, Any]) -> None:
+        router = document["router"]
+        assert router["fallback"] is True and router["selected"] == ["a", "b", "c"]
+        assert "all are asked" in router["reason"]
+        assert set(document["output"]) == {"a", "b", "c"}
+
+    return HostileRun(["-a", "a,b,c", "--route", "Q?"], check)
+
+
+def hostile_orchestrate(
+    server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str
+) -> HostileRun:
+    calls = [
+        {"name": "ask_a", "arguments": reply.replace('"x"', '"question"', 2), "id": "bad"},
+        {"name": "ask_b", "arguments": {"question": "q?"}, "id": "good"},
+    ]
+    server.script("m-orchestrator", Reply(tool_calls=calls), Reply(text="b will do"))
+
+    def check(document: dict[str, Any]) -> None:
+        tools = {c["name"]: c for c in document["stages"][1]["calls"]}
+        assert tools["a"]["status"] == "skipped"
+        assert tools["a"]["error"]["type"] == "bad_tool_call"  # reported, not dropped
+        assert tools["b"]["status"] == "ok"
+        assert document["output"] == {"orchestrator": "b will do"}
+
+    return HostileRun(["-a", "a,b", "--orchestrate", "Q?"], check, code=3)  # a call failed
+
+
+def hostile_map(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str) -> HostileRun:
+    server.script("m-synthesizer", Reply(text=reply.replace('"x"', '"consensus"', 2)))
+
+    def check(document: dict[str, Any]) -> None:
+        assert {a["name"]: a["status"] for a in document["agents"]} == dict.fromkeys("abc", "ok")
+        (verdict,) = [s["verdict"] for s in document["stages"] if s["id"] == "synthesis"]
+        agreement = verdict["map"]
+        if agreement is None:
+            _warned(verdict, "no agreement map: the reply was not one")
+        else:  # read tolerantly: whatever had the wrong type is left out
+            assert all(isinstance(p, str) for p in agreement["consensus"])
+
+    return HostileRun(["-a", "a,b,c", "--map", "Q?"], check)
+
+
+def hostile_flow(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str) -> HostileRun:
+    # A flow's `then: judge` reads its verdict with the judge's reader.
+    server.script("m-judge", Reply(text=reply), Reply(text='{"reasoning": "r", "winner": "B"}'))
+    flow = tmp / "flow.yaml"
+    flow.write_text(
+        "stages:\n  - id: drafts\n    panel: [a, b]\n    prompt: Draft a line.\n    then: judge\n"
+    )
+
+    def check(document: dict[str, Any]) -> None:
+        (verdict,) = [s["verdict"] for s in document["stages"] if s["id"] == "drafts-judge"]
+        assert verdict["winner"] in ("a", "b")
+        _warned(verdict, "the judge's reply named no candidate")
+
+    return HostileRun([flow], check, command=("flow", "run"))
+
+
+HostileCase = Callable[[FakeOpenAI, AgentsFile, Path, str], HostileRun]
+# Every shape in the registry, by a run of it that reads structured output ("panel" through
+# its agreement map). A new shape is added here, or the test below says it was forgotten.
+HOSTILE_CASES: dict[str, tuple[str, HostileCase]] = {
+    "vote": ("choice", hostile_vote),
+    "judge": ("winner", hostile_judge),
+    "council": ("ranking", hostile_council),
+    "route": ("personas", hostile_route),
+    "orchestrate": ("question", hostile_orchestrate),
+    "panel": ("consensus", hostile_map),
+    "flow": ("winner", hostile_flow),
+}
+
+
+def test_every_shape_has_a_hostile_reply_case() -> None:
+    assert set(HOSTILE_CASES) == set(SHAPES)
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+@pytest.mark.parametrize("shape", sorted(HOSTILE_CASES))
+def test_a_hostile_reply_costs_only_itself(
+    shape: str,
+    kind: str,
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    tmp_path: Path,
+) -> None:
+    field, case = HOSTILE_CASES[shape]
+    reply = hostile_replies(field)[kind]
+    config = _roles(agents_file("a", "b", "c", "d"), "judge", "router", "orchestrator")
+    config.write_text(config.read_text() + "synthesizer:\n  model: m-synthesizer\n")
+    run = case(server, agents_file, tmp_path, reply)
+    result = invoke(*run.command, "--json", "-c", config, *run.args)
+    assert result.exit_code == run.code, (result.exit_code, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    document = json.loads(result.stdout)
+    for stage in document["stages"]:
+        assert "error" not in (stage.get("verdict") or {}), (stage["id"], stage["verdict"])
+    run.check(document)
+
+
+def test_libyaml_and_pure_python_read_every_agents_case_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Agents files are parsed by libyaml where it is installed (ten times faster) and by
+    PyYAML's own parser otherwise, or for anything libyaml finds wrong: whichever meets a
+    file, the data and every problem read the same."""
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML without libyaml: only one parser to compare")
+    cases = [("valid", dump(valid_panel())), *AGENT_CASES]
+    for name, content in cases:
+        if isinstance(content, bytes):
+            continue  # refused before YAML (binary, not UTF-8)
+        outcomes = []
+        for libyaml in (True, False):
+            monkeypatch.setattr(yaml, "__with_libyaml__", libyaml)
+            try:
+                outcomes.append(_parse_yaml("agents.yaml", content).data)
+            except ConfigError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], name

@@ -256,3 +256,47 @@ def test_every_turns_answers_are_shown_in_order_under_their_questions(
     assert places == sorted(places), text
     assert "tools1 2/2 · turn2 1/1 · tools2 2/2" in text and "Tools:" not in text
     assert text.index("FINAL ANSWER") < places[0]
+
+
+def test_personas_with_long_or_unusual_names_are_callable_one_tool_each(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # Two names alike in their first 60 characters, and one the API would refuse as it is.
+    long_a, long_b, dotted = "x" * 62 + "-alpha", "x" * 62 + "-beta", "analyst.v2"
+    path = agents_file(long_a, long_b, dotted)
+    path.write_text(path.read_text() + "orchestrator:\n  model: m-orch\n", encoding="utf-8")
+    named = {long_a: "ask_" + "x" * 60, long_b: "ask_" + "x" * 58 + "_2", dotted: "ask_analyst_v2"}
+    calls = [{"name": tool, "arguments": {"question": "q?"}} for tool in named.values()]
+    server.script("m-orch", Reply(tool_calls=calls), Reply(text="all three said"))
+    document = orchestrated(invoke, path)
+    offered = [t["function"]["name"] for t in server.requests[0].body["tools"]]
+    assert offered == list(named.values())  # within the API's 64 characters, unique
+    tools = document["stages"][1]["calls"]
+    assert [(c["name"], c["status"]) for c in tools] == [(n, "ok") for n in named]
+    assert {server.count(f"m-{name}") for name in named} == {1}
+    assert document["status"] == "completed"
+
+
+def test_a_tool_call_whose_arguments_nest_without_end_is_one_bad_call(
+    server: FakeOpenAI, config: Path, invoke: Invoke
+) -> None:
+    nested = '{"question": ' + "[" * 100_000
+    server.script(
+        "m-orch",
+        Reply(
+            tool_calls=[
+                {"name": "ask_physicist", "arguments": nested, "id": "n"},
+                ask("chemist", "water film?", "c"),
+            ]
+        ),
+        Reply(text="the chemist's answer will do"),
+    )
+    document = orchestrated(invoke, config, code=3)
+    tools = {c["name"]: c for c in document["stages"][1]["calls"]}
+    assert tools["physicist"]["status"] == "skipped"
+    assert tools["physicist"]["error"]["type"] == "bad_tool_call"
+    assert tools["chemist"]["status"] == "ok"
+    turn2 = [r for r in server.requests if r.model == "m-orch"][1]
+    said = {m["tool_call_id"]: m["content"] for m in turn2.body["messages"] if m["role"] == "tool"}
+    assert said["n"].startswith("[no answer: its arguments are not JSON")
+    assert document["output"] == {"orchestrator": "the chemist's answer will do"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -324,6 +325,65 @@ def test_one_damaged_run_never_makes_the_history_unreadable(
     assert len(shown.stderr.strip().splitlines()) == 1 and bad["run_id"] in shown.stderr
     assert "Traceback" not in shown.output
     assert invoke("runs", "show", good["run_id"]).exit_code == 0
+
+
+def damaged_documents(good: dict[str, Any], count: int) -> Iterator[tuple[str, str]]:
+    """``count`` damaged forms of ``good`` from a fixed seed, each as (what, JSON text): a
+    field (at the top, in a stage, in a call) gone or of the wrong type, and documents that
+    are barely documents at all."""
+    yield "empty object", "{}"
+    yield "ids only", json.dumps({"run_id": good["run_id"], "prompt": "q"})
+    yield "nested without end", '{"run_id": ' + "[" * 100_000
+    yield "nested deep", '{"stages": ' + "[" * 500 + "]" * 500 + "}"
+    rng = random.Random(21)
+    wrong: list[Any] = [None, 5, -1.5, "x", [], {}, [1, "a"], {"a": {}}, True]
+    for _ in range(count):
+        document = json.loads(json.dumps(good))
+        where = rng.choice(["top", "top", "stage", "call", "call"])
+        target = document
+        if where != "top":
+            target = rng.choice(document["stages"])
+            if where == "call":
+                target = rng.choice(target["calls"])
+        key = rng.choice(sorted(target))
+        if rng.random() < 0.3:
+            del target[key]
+            yield f"{where} {key} gone", json.dumps(document)
+        else:
+            value = rng.choice(wrong)
+            target[key] = value
+            yield f"{where} {key} = {value!r}", json.dumps(document)
+
+
+def test_a_damaged_or_partial_document_is_said_to_be_damaged_never_a_traceback(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    config = agents_file("a", "b", synthesizer={"model": "m-synth"})
+    server.script("m-b", Fault(400))
+    good = ask_json(invoke, "-c", config, "-s", "Why?")
+    run_id = good["run_id"]
+    page = tmp_path / "run.html"
+    commands = [
+        ["runs", "show", run_id],
+        ["runs", "export", run_id, "--format", "html", "-o", str(page)],
+        ["runs", "retry", run_id, "--json"],
+    ]
+    for what, text in damaged_documents(good, 14):
+        _corrupt_document(run_id, text)
+        listed = invoke("runs", "list", "--json")
+        assert listed.exit_code == 0 and "Traceback" not in listed.output, (what, listed.output)
+        for command in commands:
+            result = invoke(*command)
+            case = (what, command[:2], result.exit_code, result.output[-1500:])
+            assert result.exit_code in (0, 1, 3), case
+            assert result.exception is None or isinstance(result.exception, SystemExit), (
+                *case,
+                repr(result.exception),
+            )
+            if result.exit_code == 1:
+                assert result.stderr.count("\n") == 1, case
+                assert f"run {run_id} is damaged" in result.stderr, case
+                assert result.stdout == "", case
 
 
 def test_random_bytes_over_the_database_give_one_line_not_a_traceback(

@@ -254,3 +254,65 @@ def test_an_interrupted_batch_ends_its_run_spans_and_a_resume_adds_none_for_done
     assert result.exit_code == 0, result.output
     resumed = [s for s in receiver.spans[before:] if s.name == "invoke_workflow fanout"]
     assert len(resumed) == 1  # prompt 2 only: prompt 1 was answered whole
+
+
+@pytest.fixture
+def export_timeouts(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
+    """The timeout each OTLP exporter is made with (the real exporter, watched)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    made: list[float | None] = []
+    original = OTLPSpanExporter.__init__
+
+    def watched(self: OTLPSpanExporter, *args: Any, **kwargs: Any) -> None:
+        made.append(kwargs.get("timeout"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OTLPSpanExporter, "__init__", watched)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("variables", "timeout", "warned"),
+    [
+        ({}, 5.0, None),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "2.5"}, 2.5, None),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "abc"}, 5.0, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "inf"}, 5.0, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, 5.0, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "nan"}, 5.0, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "x", "OTEL_EXPORTER_OTLP_TIMEOUT": "3"},
+            5.0,
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        ),
+        ({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "yes"}, 5.0, "CAPTURE_MESSAGE"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "abc"}, 5.0, "OTEL_BSP_SCHEDULE_DELAY"),
+    ],
+)
+def test_an_unusable_otel_value_falls_back_with_one_warning(
+    variables: dict[str, str],
+    timeout: float,
+    warned: str | None,
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    receiver: OtlpReceiver,
+    export_timeouts: list[float | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OTEL_EXPORTER_OTLP_TIMEOUT=abc left the SDK's 10 s (added to every command's end while a
+    # collector hangs); the SDK logged a bad OTEL_BSP_* value with a traceback.
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    server.script("m-physicist", Reply(text="an answer"))
+    result = invoke("ask", "-c", agents_file("physicist"), "--json", "Why?")
+    assert result.exit_code == 0, result.output
+    assert export_timeouts == [timeout]
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr and "Invalid timeout" not in result.stderr
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and warned in lines[0] and lines[0].startswith("warning:"), lines
+    assert "gen_ai.input.messages" not in one(receiver.spans, "chat m-physicist").attributes

@@ -307,6 +307,7 @@ class BatchTally:
     total: int = 0
     done: int = 0
     failed: int = 0
+    answered: int = 0  # of those done, the answers (what makes a batch with failures partial)
     skipped: int = 0  # answered by an earlier run
     in_flight: int = 0
     waiting: int = 0
@@ -427,6 +428,7 @@ class _PromptObserver:
                 self._writer.write(self._prompt, result)
                 tally.done += 1
                 tally.failed += result.status != "ok"
+                tally.answered += result.status == "ok"
                 tally.tokens += result.usage.total_tokens
                 if result.cost_usd is not None:
                     tally.cost_usd += result.cost_usd
@@ -772,6 +774,7 @@ def _write_batch_results(
         writer.write(BatchPrompt(prompt_id, texts[prompt_id]), result)
         if result.status == "ok":
             answered[(prompt_id, result.call_id)] = True
+            tally.answered += 1
         tally.done += 1
         tally.in_flight = max(tally.in_flight - 1, 0)
         tally.tokens += result.usage.total_tokens

@@ -148,7 +148,9 @@ def _batch(
         return EXIT_INTERRUPTED
     if tally.failed == 0:
         return EXIT_OK
-    return EXIT_PARTIAL if tally.failed < tally.done else EXIT_FAILED
+    # Partial when anything was answered, now or by an earlier run; the Batch API's failures
+    # include requests it never answered (an expired batch), which are not among those done.
+    return EXIT_PARTIAL if tally.answered or tally.skipped else EXIT_FAILED
 
 
 def _check_via_batch_api(

@@ -179,7 +179,9 @@ def open_telemetry() -> Telemetry | None:
             " pip install 'fanout[otel]' to export spans"
         )
         return None
-    return Telemetry()
+    telemetry = Telemetry()
+    warn(telemetry.warnings)
+    return telemetry
 
 
 class PipedJsonl(JsonlWriter):

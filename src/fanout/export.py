@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -495,6 +497,93 @@ def _mapping(value: object) -> dict[str, JsonValue]:
 
 def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+# What each field of a stored document must be, for a run to be read back from it: (the
+# types it may have, whether it must be there). A number is an int or a float, never a bool.
+_TEXT, _NUMBER, _NONE = (str,), (int, float), (type(None),)
+_TRACE_ID = re.compile(r"(?!0{32})[0-9a-f]{32}")  # as a run carried on sends it again
+_DOCUMENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "run_id": (_TEXT, True),
+    "prompt": (_TEXT, True),
+    "started_at": (_TEXT, True),
+    "stages": ((list,), True),
+    "status": (_TEXT + _NONE, False),
+    "finished_at": (_TEXT + _NONE, False),
+    "duration_s": (_NUMBER + _NONE, False),
+    "shape": (_TEXT + _NONE, False),
+    "trace_id": (_TEXT + _NONE, False),
+    "span_id": (_TEXT + _NONE, False),
+    "parent_span_id": (_TEXT + _NONE, False),
+}
+_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "id": (_TEXT, True),
+    "kind": (_TEXT, True),
+    "calls": ((list,), True),
+    "key": (_TEXT + _NONE, False),
+    "verdict": ((dict, *_NONE), False),
+}
+_CALL_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": (_TEXT, True),
+    "model": (_TEXT + _NONE, False),
+    "status": (_TEXT, False),
+    "answer": (_TEXT + _NONE, False),
+    "error": ((dict, *_NONE), False),
+    "attempts": ((int, *_NONE), False),
+    "latency_s": (_NUMBER + _NONE, False),
+    "ttft_s": (_NUMBER + _NONE, False),
+    "usage": ((dict, *_NONE), False),
+    "usage_estimated": ((bool, *_NONE), False),
+    "cost_usd": (_NUMBER + _NONE, False),
+    "call_id": (_TEXT + _NONE, False),
+    "stage": (_TEXT + _NONE, False),
+    "role": (_TEXT + _NONE, False),
+    "finish_reason": (_TEXT + _NONE, False),
+    "truncated": ((bool, *_NONE), False),
+    "response_model": (_TEXT + _NONE, False),
+    "params": ((dict, *_NONE), False),
+    "timing": ((dict, *_NONE), False),
+}
+_ERROR_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "type": (_TEXT, True),
+    "message": (_TEXT, True),
+    "status_code": ((int, *_NONE), False),
+    "retryable": ((bool,), False),
+}
+
+
+def check_document(document: Mapping[str, Any]) -> None:
+    """``ValueError`` naming the first field of a stored document (version 2) that is missing
+    or of the wrong type (``stages[0].calls[1].answer is a list``): a run that cannot be read
+    back as it was written is damaged, said once, not a traceback in whatever reads it."""
+    _check_fields(document, _DOCUMENT_FIELDS, "the document")
+    trace_id = document.get("trace_id")
+    if trace_id is not None and not _TRACE_ID.fullmatch(trace_id):
+        raise ValueError("the document's trace_id is not a trace id")
+    for i, stage in enumerate(document["stages"]):
+        _check_fields(stage, _STAGE_FIELDS, f"stages[{i}]")
+        for j, call in enumerate(stage["calls"]):
+            where = f"stages[{i}].calls[{j}]"
+            _check_fields(call, _CALL_FIELDS, where)
+            if isinstance(call.get("error"), dict):
+                _check_fields(call["error"], _ERROR_FIELDS, f"{where}.error")
+                if set(call["error"]) - set(_ERROR_FIELDS):
+                    raise ValueError(f"{where}.error has fields an error has not")
+
+
+def _check_fields(
+    value: object, fields: Mapping[str, tuple[tuple[type, ...], bool]], where: str
+) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is not an object")
+    for name, (kinds, required) in fields.items():
+        if name not in value:
+            if required:
+                raise ValueError(f"{where}.{name} is missing")
+            continue
+        field = value[name]
+        if not isinstance(field, kinds) or (isinstance(field, bool) and bool not in kinds):
+            raise ValueError(f"{where}.{name} is {type(field).__name__}")
 
 
 def report_from_document(document: dict[str, Any]) -> RunReport:

@@ -18,20 +18,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fanout.config import _MESSAGES as _AGENT_MESSAGES
 from fanout.config import (
     AgentSpec,
     Panel,
     PanelSpec,
+    YamlFile,
     _AgentFields,
-    _line_of,
-    _loc_name,
     _one_line,
     _parse_yaml,
     _read_text,
-    _resolve,
     _suggest,
-    _yaml_type,
+    collector_paused,
+    panel_of,
 )
+from fanout.config import _describe as _describe_yaml
 from fanout.errors import ConfigError
 from fanout.shapes import flow_steps
 from fanout.shapes.flow import OUTPUT_STAGE, TEMPLATE
@@ -165,14 +166,16 @@ def flow_from_definition(definition: object, panel: Panel, source: str = "option
 
 
 def _flow_from_text(source: str, text: str, panel: Panel) -> Flow:
-    data = _parse_yaml(source, text, what="a 'stages:' list")
-    try:
-        spec = FlowSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(_describe(source, text, data, exc))) from None
-    if spec.agents:
-        panel = _with_own_agents(source, text, panel, spec)
-    problems = _check(source, text, spec, {a.name for a in panel.agents})
+    with collector_paused():
+        # Read once: every check below finds its line in these nodes, not in the text again.
+        document = _parse_yaml(source, text, what="a 'stages:' list")
+        try:
+            spec = FlowSpec.model_validate(document.data)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(_describe(document, exc))) from None
+        if spec.agents:
+            panel = _with_own_agents(document, panel, spec)
+        problems = _check(document, spec, {a.name for a in panel.agents})
     if problems:
         raise FlowProblems(problems)
     return Flow(source, spec, panel)
@@ -207,29 +210,24 @@ def references(template: str) -> list[tuple[str, str | None]]:
 # -- checks ------------------------------------------------------------------------------------
 
 
-def _with_own_agents(source: str, text: str, panel: Panel, spec: FlowSpec) -> Panel:
-    """The flow's ``agents:`` over the agents file's personas (a name in both: the flow's)."""
+def _with_own_agents(document: YamlFile, panel: Panel, spec: FlowSpec) -> Panel:
+    """The flow's ``agents:`` over the agents file's personas (a name in both: the flow's),
+    checked and resolved as an agents file's are."""
     own = PanelSpec(defaults=spec.defaults or _AgentFields(), agents=spec.agents or [])
-    seen: set[str] = set()
-    for index, agent in enumerate(own.agents):
-        if agent.name in seen:
-            where = _where(source, text, ("agents", index, "name"))
-            raise ConfigError(_one_line(f"{where}: duplicate agent name {agent.name!r}"))
-        seen.add(agent.name)
-    resolved = _resolve(source, own, {})
+    resolved = panel_of(document, own, {})
     mine = {a.name: a for a in resolved.agents}
     agents = [mine.pop(a.name, a) for a in panel.agents] + list(mine.values())
     return replace(panel, agents=agents)
 
 
-def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> list[str]:
+def _check(document: YamlFile, spec: FlowSpec, personas: set[str]) -> list[str]:
     """What pydantic cannot see: names, references, order, cycles. Every problem, in file
     order (a stage's problems do not stop the checks of the others)."""
     problems: list[str] = []
     stages = spec.stages
     order: dict[str, int] = {}  # every referable stage name -> the index of its stage
     for index, stage in enumerate(stages):
-        where = _where(source, text, ("stages", index, "id"))
+        where = document.where(("stages", index, "id"))
         if stage.id == OUTPUT_STAGE or stage.id in order:
             problem = "is reserved" if stage.id == OUTPUT_STAGE else "appears twice"
             problems.append(_one_line(f"{where}: stage id {stage.id!r} {problem}"))
@@ -245,17 +243,16 @@ def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> list[s
                 continue
             order[name] = index
     for index, stage in enumerate(stages):
-        problems += _check_stage(source, text, spec, index, stage, personas, order)
+        problems += _check_stage(document, spec, index, stage, personas, order)
     for position, name in enumerate(spec.output or []):
         if name not in order:
-            where = _where(source, text, ("output", position))
+            where = document.where(("output", position))
             problems.append(_one_line(f"{where}: output: no stage {name!r}{_suggest(name, order)}"))
     return problems
 
 
 def _check_stage(
-    source: str,
-    text: str,
+    document: YamlFile,
     spec: FlowSpec,
     index: int,
     stage: StageSpec,
@@ -265,7 +262,7 @@ def _check_stage(
     at = ("stages", index)
     if (stage.panel is None) == (stage.agent is None):
         return [
-            f"{_where(source, text, (*at, 'id'))}: stage {stage.id!r}: give either panel: "
+            f"{document.where((*at, 'id'))}: stage {stage.id!r}: give either panel: "
             "[personas] or agent: persona"
         ]
     problems: list[str] = []
@@ -275,20 +272,20 @@ def _check_stage(
             loc = (*at, key, position) if key == "panel" else (*at, key)
             problems.append(
                 _one_line(
-                    f"{_where(source, text, loc)}: stage {stage.id!r}: unknown persona "
+                    f"{document.where(loc)}: stage {stage.id!r}: unknown persona "
                     f"{name!r}{_suggest(name, personas)}"
                 )
             )
     if stage.min_success is not None and stage.min_success > len(stage.personas):
-        where = _where(source, text, (*at, "min_success"))
+        where = document.where((*at, "min_success"))
         problems.append(
             _one_line(
                 f"{where}: stage {stage.id!r}: min_success {stage.min_success} is more than "
                 f"its {len(stage.personas)} persona(s) can give"
             )
         )
-    problems += _check_then(_where(source, text, (*at, "then")), stage)
-    where = _where(source, text, (*at, "prompt"))
+    problems += _check_then(document.where((*at, "then")), stage)
+    where = document.where((*at, "prompt"))
     problems += _check_references(where, spec, index, stage, order)
     return problems
 
@@ -384,32 +381,17 @@ def _cycle(spec: FlowSpec, order: dict[str, int], start: int, target: int) -> li
     return path if walk(target) else None
 
 
-def _where(source: str, text: str, loc: tuple[Any, ...]) -> str:
-    line = _line_of(text, loc)
-    return f"{source}:{line}" if line else source
-
-
-def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
-    """One line for the first validation error, as the agents file's errors read."""
-    errors = exc.errors()
-    # A misspelt key also leaves the right one missing: the misspelling is the news.
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(err["loc"])
-    where = _where(source, text, loc)
-    path = _loc_name(data, loc)
-    if err["type"] == "extra_forbidden":
-        key = loc[-1]
-        allowed = _allowed_keys(loc)
-        return f"{where}: {path}: unknown key {key!r}{_suggest(str(key), allowed)}"
-    if err["type"] == "missing":
-        return f"{where}: {path}: required key is missing"
-    message = _MESSAGES.get((err["type"], str(loc[-1]) if loc else "")) or err["msg"]
-    if "input" in err and not isinstance(err["input"], dict | list):
-        message += f" (got {_yaml_type(err['input'])} {err['input']!r})"
-    return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+def _describe(document: YamlFile, exc: ValidationError) -> str:
+    """One line for the first validation error, by the agents file's describer (its words for
+    a persona's fields, a URL's key masked), with the flow's own keys and words."""
+    return _describe_yaml(
+        document, exc, allowed=_allowed_keys, messages=_MESSAGES, unknown_first=True
+    )
 
 
 _MESSAGES = {
+    **_AGENT_MESSAGES,
+    ("model_type", ""): "expected a mapping",
     ("string_pattern_mismatch", "id"): "must start with a letter; letters, digits, _ and -",
     ("too_short", "stages"): "the flow needs at least one stage",
     ("too_short", "panel"): "a panel needs at least one persona",

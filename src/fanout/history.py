@@ -58,8 +58,16 @@ import platformdirs
 
 from fanout.errors import ConfigError, FanoutError, StorageError
 from fanout.event import CallFinished, Event, RunFinished, RunStarted, StageStarted
-from fanout.export import call_document, derive_totals, report_document, upgrade_document
+from fanout.export import (
+    call_document,
+    check_document,
+    derive_totals,
+    report_document,
+    report_from_document,
+    upgrade_document,
+)
 from fanout.models import CallResult, RunReport
+from fanout.untrusted import MAX_STORED_DEPTH, load_json
 
 if TYPE_CHECKING:
     from fanout.api import Plan
@@ -409,7 +417,7 @@ class History:
                 raise ConfigError(f"no run {run_id!r} in the history")
             writer, agents, synthesizer, settings, document = row
             current = self._folded(run_id, writer, document)
-            listed = json.loads(agents)
+            listed = _stored(agents)
             if not isinstance(listed, list):
                 raise ValueError("agents is not a list")
             return StoredRun(
@@ -438,7 +446,7 @@ class History:
         if entries:
             _fold(current, [_loads(e) for (e,) in entries])
             derive_totals(current)
-        return _current(writer, current)
+        return _readable(_current(writer, current))
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -561,9 +569,21 @@ def _fold(document: dict[str, Any], entries: list[dict[str, Any]]) -> None:
             calls.append(entry)
 
 
+def _readable(document: dict[str, Any]) -> dict[str, Any]:
+    """``document``, if a run can be read back from it: what every reader of a stored run
+    (show, export, retry, the server) builds first. ``ValueError`` (the run is damaged) for
+    one that is partial or has a field of the wrong type."""
+    check_document(document)
+    try:
+        report_from_document(document)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    return document
+
+
 def _started(document: str) -> str:
     try:
-        return str(json.loads(document).get("started_at", ""))
+        return str(_loads(document).get("started_at", ""))
     except (ValueError, AttributeError):
         return ""
 
@@ -667,8 +687,14 @@ def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _stored(text: str) -> object:
+    """A stored JSON column; ``ValueError`` for one that is damaged (cut, or nested beyond
+    what fanout writes)."""
+    return load_json(text, max_chars=None, max_depth=MAX_STORED_DEPTH)
+
+
 def _loads(text: str) -> dict[str, Any]:
-    value = json.loads(text)
+    value = _stored(text)
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     return cast(dict[str, Any], value)

@@ -29,6 +29,7 @@ from fanout.errors import ProviderError
 from fanout.models import Agent, Completion, Endpoint, Message, Usage
 from fanout.params import header_variables, request_fields, resolved_headers, token_field
 from fanout.tracing import CURRENT_TRACEPARENT
+from fanout.untrusted import KeyScrubber, ScrubbedStream
 
 _T = TypeVar("_T")
 
@@ -71,7 +72,32 @@ class OpenAIProvider:
     ) -> Completion:
         """One attempt. ``response_format`` asks for structured output where the endpoint can
         give it; an endpoint that refuses it is asked again without (and from then on).
-        ``tools`` are offered to the model; its calls come back in ``tool_calls``."""
+        ``tools`` are offered to the model; its calls come back in ``tool_calls``.
+
+        What the server says passes here first: the keys fanout sends are hidden in it (a
+        server may echo one inside an answer or a function call), before anything shows or
+        stores it."""
+        self._client(agent.endpoint)  # its key is one to hide from here on,
+        self._headers(agent)  # and so are its headers' values
+        scrubber = self._key_scrubber()
+        shown = ScrubbedStream(scrubber, on_delta) if on_delta is not None and scrubber else None
+        completion = await self._complete(
+            agent, messages, timeout_s, shown or on_delta, on_sent, response_format, tools
+        )
+        if shown is not None:
+            shown.flush()
+        return _scrubbed(completion, scrubber) if scrubber else completion
+
+    async def _complete(
+        self,
+        agent: Agent,
+        messages: Sequence[Message],
+        timeout_s: float,
+        on_delta: Callable[[str], None] | None,
+        on_sent: Callable[[], None] | None,
+        response_format: Mapping[str, Any] | None,
+        tools: Sequence[Mapping[str, Any]] | None,
+    ) -> Completion:
         announce = _ON_SENT.set(on_sent)
         try:
             with self._translated(timeout_s):
@@ -297,7 +323,7 @@ class OpenAIProvider:
         client = self._client(endpoint)
         with self._translated(300.0):
             content = await client.files.content(file_id)
-        return content.content
+        return self._key_scrubber().scrub_bytes(content.content)  # answers and errors alike
 
     @staticmethod
     def batch_answer(status_code: int, body: Any) -> Completion:
@@ -320,6 +346,8 @@ class OpenAIProvider:
             # may echo the key it was sent).
             exc.message = self._redact(exc.message)
             exc.args = (exc.message,)
+            if exc.partial_text:
+                exc.partial_text = self._key_scrubber().scrub(exc.partial_text)
             raise
         except Exception as exc:
             error = self._translate(exc, timeout_s)
@@ -403,17 +431,16 @@ class OpenAIProvider:
             headers=_rate_headers(headers),
         )
 
+    def _key_scrubber(self) -> KeyScrubber:
+        """The keys of every endpoint spoken to so far (each sent to its server), and the
+        header values sent (``extra_headers``)."""
+        keys = (self._environ.get(endpoint.api_key_env) for endpoint in self._clients)
+        return KeyScrubber([*(key for key in keys if key), *self._secrets])
+
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        for endpoint in self._clients:
-            key = self._environ.get(endpoint.api_key_env)
-            if key and len(key) >= 4:
-                # as it is, and as repr() shows it inside an error message (escaped)
-                for form in (key, repr(key)[1:-1], key.strip()):
-                    if len(form) >= 4:
-                        text = text.replace(form, "***")
-        return _KEY_PATTERN.sub("***", text)
+        """An error's text: our keys and header values hidden, and anything else shaped
+        like a key."""
+        return _KEY_PATTERN.sub("***", self._key_scrubber().scrub(text))
 
 
 async def _on_request(request: httpx2.Request) -> None:
@@ -536,6 +563,12 @@ def _tool_calls(raw: object) -> tuple[dict[str, str], ...]:
                 }
             )
     return tuple(calls)
+
+
+def _scrubbed(completion: Completion, scrubber: KeyScrubber) -> Completion:
+    """``completion`` with the keys hidden in its text and its function calls."""
+    calls = tuple({k: scrubber.scrub(v) for k, v in call.items()} for call in completion.tool_calls)
+    return replace(completion, text=scrubber.scrub(completion.text), tool_calls=calls)
 
 
 def _malformed(detail: str) -> ProviderError:

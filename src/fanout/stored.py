@@ -94,6 +94,9 @@ def export_run(run_id: str, fmt: str, output: Path | None) -> int:
     ``output`` or on stdout."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "html" and output is None and make_console().is_terminal:
+        # A page holds the servers' text as they sent it: a terminal would act on its escapes.
+        raise ConfigError("--format html is a page for a browser: write it with -o FILE or a pipe")
     with open_history() as history:
         warn(history.warnings)
         stored = history.load(history.resolve(run_id))

@@ -18,8 +18,12 @@ The CLI attaches one of these to every run; a server makes one ``Telemetry`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -45,7 +49,8 @@ _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 # How long an export may take, retries included, unless OTEL_EXPORTER_OTLP_TIMEOUT says: the
 # SDK's 10 s would be added to every command's end while a collector is down.
 EXPORT_TIMEOUT_S = 5.0
-_TIMEOUT_ENVS = ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+# In the SDK's order: the traces' own variable first, then the general one.
+_TIMEOUT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
 
 
 class Telemetry:
@@ -61,19 +66,49 @@ class Telemetry:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         environ = os.environ if environ is None else environ
+        self.warnings: list[str] = []  # what the environment asked that could not be done
         if capture_content is None:
-            capture_content = environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() == "true"
+            capture_content = self._capture_content(environ)
         self.capture_content = capture_content
         self._ids = _ChosenIds()
         self._lock = threading.Lock()  # the chosen ids are handed over one span at a time
         self._provider = TracerProvider(resource=_resource(), id_generator=self._ids)
         if processor is None:
-            given = any(environ.get(name) for name in _TIMEOUT_ENVS)
-            exporter = OTLPSpanExporter(timeout=None if given else EXPORT_TIMEOUT_S)
+            _one_line_sdk_warnings()
+            exporter = OTLPSpanExporter(timeout=self._export_timeout(environ))
             # Batched: spans are sent from the processor's thread, never from the event loop.
             processor = BatchSpanProcessor(exporter)
         self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer("fanout", __version__)
+
+    def _export_timeout(self, environ: Mapping[str, str]) -> float:
+        """The environment's timeout if it is a number of seconds, else fanout's bound (the
+        SDK would wait its 10 s for a collector that hangs, at every command's end)."""
+        for name in _TIMEOUT_ENVS:
+            given = environ.get(name, "").strip()
+            if not given:
+                continue
+            try:
+                seconds = float(given)
+            except ValueError:
+                seconds = math.nan
+            if math.isfinite(seconds) and seconds > 0:
+                return seconds
+            self.warnings.append(
+                f"{name}={given[:40]!r} is not a number of seconds: spans are sent "
+                f"within {EXPORT_TIMEOUT_S:g} s"
+            )
+            break
+        return EXPORT_TIMEOUT_S
+
+    def _capture_content(self, environ: Mapping[str, str]) -> bool:
+        given = environ.get(CAPTURE_CONTENT_ENV, "").strip()
+        if given.lower() not in ("", "true", "false"):
+            self.warnings.append(
+                f"{CAPTURE_CONTENT_ENV}={given[:40]!r} is neither true nor false: "
+                "prompts and answers are not sent"
+            )
+        return given.lower() == "true"
 
     def observer(self) -> RunSpans:
         """An observer for one run."""
@@ -239,6 +274,23 @@ class _ChosenIds(IdGenerator):
     def generate_span_id(self) -> int:
         chosen, self._span_id = self._span_id, 0
         return chosen or self._random.generate_span_id()
+
+
+class _OneLine(logging.Handler):
+    """The SDK's complaints (a variable it cannot read, a collector that refused spans) as
+    one line each on stderr: it logs some with a traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # a closed stderr costs the warning, nothing else
+            message = " ".join(record.getMessage().split())
+            sys.stderr.write(f"warning: OpenTelemetry: {message}\n")
+
+
+def _one_line_sdk_warnings() -> None:
+    logger = logging.getLogger("opentelemetry")
+    if not any(isinstance(h, _OneLine) for h in logger.handlers):
+        logger.addHandler(_OneLine(logging.WARNING))
+        logger.propagate = False
 
 
 def _resource() -> Resource:

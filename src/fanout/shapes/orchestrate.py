@@ -13,6 +13,7 @@ kept in each turn's call entry as ``tool_calls``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -22,6 +23,7 @@ from fanout.shapes.options import SEED, Options, Whole
 from fanout.shapes.output import OutputVerdict
 from fanout.shapes.shape import Shape
 from fanout.summary import Summary, Verdict
+from fanout.untrusted import load_json
 
 if TYPE_CHECKING:
     from fanout.engine import RunContext, Stage
@@ -32,6 +34,8 @@ MAX_TURNS = Whole(
     metavar="N", low=1, high=50, default=DEFAULT_MAX_TURNS,
 )  # fmt: skip
 TOOL_PREFIX = "ask_"
+TOOL_NAME_MAX = 64  # the API's bound on a function's name
+_NOT_IN_TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")  # nor what it may hold
 LAST_TURN = "This is your last turn: write your final answer now, without calling tools."
 
 
@@ -124,7 +128,7 @@ class ToolStage:
         self.id = f"tools{turn}"
 
     def calls(self, context: RunContext) -> list[Call]:
-        agents = {f"{TOOL_PREFIX}{a.name}": a for a in context.agents}
+        agents = tool_names(context.agents)
         turn = context.stages[f"turn{self.turn}"].calls[0]
         calls: list[Call] = []
         seen: dict[str, int] = {}
@@ -191,13 +195,29 @@ def _function_name(tool: Mapping[str, object]) -> str:
     return str(function.get("name")) if isinstance(function, Mapping) else ""
 
 
+def tool_names(agents: Sequence[Agent]) -> dict[str, Agent]:
+    """Each persona's function, ``ask_<name>``, by a name the API takes (letters, digits, ``_``
+    and ``-``, at most 64): one cut or changed to fit gets a number if another persona's already
+    has it, so the calls the orchestrator makes map back to one persona each."""
+    named: dict[str, Agent] = {}
+    for agent in agents:
+        whole = _NOT_IN_TOOL_NAME.sub("_", f"{TOOL_PREFIX}{agent.name}")
+        name, number = whole[:TOOL_NAME_MAX], 1
+        while name in named:
+            number += 1
+            suffix = f"_{number}"
+            name = whole[: TOOL_NAME_MAX - len(suffix)] + suffix
+        named[name] = agent
+    return named
+
+
 def persona_tools(agents: Sequence[Agent]) -> list[dict[str, object]]:
     """One function per persona: ``ask_<name>(question)``."""
     return [
         {
             "type": "function",
             "function": {
-                "name": f"{TOOL_PREFIX}{a.name}"[:64],
+                "name": name,
                 "description": a.description or f"Ask the {a.name}.",
                 "parameters": {
                     "type": "object",
@@ -209,7 +229,7 @@ def persona_tools(agents: Sequence[Agent]) -> list[dict[str, object]]:
                 },
             },
         }
-        for a in agents
+        for name, a in tool_names(agents).items()
     ]
 
 
@@ -271,8 +291,8 @@ def _answered(result: CallResult | None) -> bool:
 def _question(arguments: str) -> tuple[str, str | None]:
     """The ``question`` argument, or why there is none."""
     try:
-        data = json.loads(arguments or "{}")
-    except ValueError:
+        data = load_json(arguments or "{}")
+    except ValueError:  # not JSON, or too long or deep to be a question
         return "", "its arguments are not JSON"
     question = data.get("question") if isinstance(data, dict) else None
     if not isinstance(question, str) or not question.strip():

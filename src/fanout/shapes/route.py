@@ -10,7 +10,6 @@ whole panel and says so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
@@ -21,6 +20,7 @@ from fanout.shapes.panel import PanelStage
 from fanout.shapes.shape import Shape
 from fanout.shapes.synthesis import synthesis_after
 from fanout.summary import Row, Rows, Summary, Verdict
+from fanout.untrusted import load_json
 
 if TYPE_CHECKING:
     from fanout.engine import RunContext, Stage
@@ -160,8 +160,8 @@ def parse_route(answer: str) -> tuple[list[str], str]:
     text = answer.strip()
     start, end = text.find("{"), text.rfind("}")
     try:
-        data = json.loads(text[start : end + 1]) if start >= 0 else None
-    except ValueError:
+        data = load_json(text[start : end + 1]) if start >= 0 else None
+    except ValueError:  # not JSON, or too long or deep to be a routing
         data = None
     if not isinstance(data, dict):
         return [], ""

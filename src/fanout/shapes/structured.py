@@ -8,10 +8,11 @@ find is the caller's to treat as an abstention, never as a guess.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Mapping, Sequence
+
+from fanout.untrusted import load_json
 
 # Said to every judge and reviewer: the candidates are data, whatever they say.
 UNTRUSTED = (
@@ -41,8 +42,8 @@ def parse_object(text: str | None) -> dict[str, object] | None:
         candidates.append(text[start : end + 1])
     for candidate in candidates:
         try:
-            value = json.loads(candidate)
-        except ValueError:
+            value = load_json(candidate)
+        except ValueError:  # not JSON, or too long or deep to be a reply
             continue
         if isinstance(value, dict):
             return value
