@@ -206,7 +206,7 @@ def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
         if c.get("status") == "ok" and isinstance(c.get("answer"), str)
     }
     document["synthesis"] = synthesis
-    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "reasoning_tokens": 0}
     for call in calls:
         usage = _usage_of(call)
         for key in totals:
@@ -526,9 +526,7 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
         attempts=entry.get("attempts") or 0,
         latency_s=entry.get("latency_s"),
         ttft_s=entry.get("ttft_s"),
-        usage=Usage(
-            *(_count(usage.get(k)) for k in ("input_tokens", "output_tokens", "total_tokens"))
-        ),
+        usage=Usage(*(_count(usage.get(k)) for k in _USAGE_KEYS)),
         usage_estimated=bool(entry.get("usage_estimated", False)),
         cost_usd=entry.get("cost_usd"),
         call_id=str(entry.get("call_id") or ""),
@@ -546,6 +544,9 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
 def _mapping(value: object) -> dict[str, JsonValue]:
     """A JSON object read back (from a document or the history), or nothing."""
     return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+_USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "reasoning_tokens")
 
 
 def _text_or_none(value: Any) -> str | None:

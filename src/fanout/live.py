@@ -159,6 +159,8 @@ class Pane:
             span = (self.finished_at or now) - self.first_token_at
             rate = f"{tokens / span:.0f} tok/s" if span > 0 else ""
         count = f"{tokens} tok" if tokens else ""
+        if count and self.result is not None and self.result.usage.reasoning_tokens:
+            count += f" ({self.result.usage.reasoning_tokens} reasoning)"
         if self.result is not None and self.result.latency_s is not None:
             elapsed = f"{self.result.latency_s:.2f}s"
         elif self.started_at is not None:

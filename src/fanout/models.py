@@ -133,17 +133,21 @@ def chat_messages(agent: Agent, prompt: str) -> list[Message]:
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens as the API reported them (finite, non-negative)."""
+    """Tokens as the API reported them (finite, non-negative). ``reasoning_tokens`` (a
+    reasoning model's thinking, from ``usage.completion_tokens_details``) are part of
+    ``output_tokens``: billed as output, and bounded by ``max_completion_tokens``."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.total_tokens + other.total_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
 

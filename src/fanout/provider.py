@@ -781,9 +781,21 @@ def _usage_of(raw: object) -> Usage | None:
     if prompt is None and completion is None and total is None:
         return None
     prompt, completion = prompt or 0, completion or 0
+    reasoning = _reasoning_tokens(raw)
+    if reasoning and total == prompt + completion + reasoning:
+        # Counted beside the answer's tokens, not inside them (Gemini's OpenAI endpoint):
+        # they are output all the same.
+        completion += reasoning
     if total is None:
         total = prompt + completion
-    return Usage(prompt, completion, total)
+    return Usage(prompt, completion, total, min(reasoning, completion))
+
+
+def _reasoning_tokens(usage: Mapping[str, object]) -> int:
+    """``usage.completion_tokens_details.reasoning_tokens``, or 0 (none, or not a count)."""
+    details = usage.get("completion_tokens_details")
+    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return _count(value) or 0
 
 
 def _text(content: object, where: str) -> str:

@@ -36,7 +36,7 @@ from fanout.event import (
     CallRetrying,
     Event,
 )
-from fanout.models import Agent, CallResult, CallTiming, RunReport, StageResult
+from fanout.models import Agent, CallResult, CallTiming, RunReport, StageResult, Usage
 from fanout.timing import PHASE_KINDS, PHASE_NAMES, PhaseKind, axis_end, phases
 
 if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engine to start
@@ -280,7 +280,8 @@ def answer_panel(result: CallResult) -> Panel:
     """One persona's answer in a box: its name and model above, its figures below."""
     figures = [f"{result.latency_s:.2f} s" if result.latency_s is not None else ""]
     if result.usage.total_tokens:
-        figures += [f"{result.usage.total_tokens:,} tok", usd(result.cost_usd)]
+        figures += [f"{result.usage.total_tokens:,} tok{_reasoning(result.usage)}"]
+        figures += [usd(result.cost_usd)]
     if result.attempts > 1:
         figures.append(f"{result.attempts} attempts")
     border = {"ok": "green", "error": "red"}.get(result.status, "yellow")
@@ -863,9 +864,16 @@ def _row(result: CallResult) -> tuple[RenderableType, ...]:
     if result.attempts > 1:  # retries cost time: say how many it took
         latency.append(f"\n{result.attempts} attempts", style="yellow")
     tokens = Text(f"{result.usage.total_tokens:,}" if result.usage.total_tokens else "-")
+    if result.usage.reasoning_tokens:
+        tokens.append(f"\n{result.usage.reasoning_tokens:,} reasoning", style="dim")
     if result.usage.total_tokens:
         tokens.append("\n" + usd(result.cost_usd), style="dim")
     return persona, _answer_cell(result), latency, tokens
+
+
+def _reasoning(usage: Usage) -> str:
+    """`` (120 reasoning)``: a reasoning model's thinking, part of its output tokens."""
+    return f" ({usage.reasoning_tokens:,} reasoning)" if usage.reasoning_tokens else ""
 
 
 def usd(amount: float | None) -> str:
@@ -923,7 +931,8 @@ def _summary(report: RunReport, recorded: bool = True) -> str:
         asked = "answered without asking a persona"
     line = (
         f"{asked} · {report.duration_s:.2f} s · "
-        f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
+        f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out"
+        f"{f', {usage.reasoning_tokens:,} reasoning' if usage.reasoning_tokens else ''})"
         f" · {usd(report.cost_usd)} · {report.status}"
     )
     return f"{line} · run {report.run_id}" if recorded else line
