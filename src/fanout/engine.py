@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,6 +30,7 @@ from fanout.errors import BudgetExceeded, FanoutError, ProviderError
 from fanout.event import (
     Broadcast,
     CallDelta,
+    CallFallback,
     CallFinished,
     CallRetrying,
     CallSending,
@@ -51,6 +52,7 @@ from fanout.models import (
     CallTiming,
     Completion,
     Endpoint,
+    Fallback,
     Message,
     RunReport,
     RunStatus,
@@ -70,6 +72,12 @@ DEFAULT_CONCURRENCY = 64
 # for the rest of the run, as a day-long 429 closes it. A 403 is said the same way (the host,
 # the key's variable) but closes nothing: it may be about one model, or one request's content.
 REFUSED_KEY = (401, 403)
+# Why a model gives up that another may not share: it is down or unreachable, its rate limit
+# is spent past --max-retry-after, or the endpoint has no such model. Never a bad request, a
+# refused key or content (a refusal is an answer), which another model would meet the same.
+FALLBACK_KINDS = frozenset(
+    {"server_error", "connection", "timeout", "incomplete_stream", "rate_limit", "not_found"}
+)
 
 
 class Provider(Protocol):
@@ -217,9 +225,7 @@ class Engine:
             return
         attempts = _Attempts(self, call, result, observer, stream, trace or RunTrace.fresh())
         try:
-            completion = await call_with_retries(
-                attempts.attempt, self.settings.retry, on_retry=attempts.on_retry
-            )
+            completion = await self._with_fallbacks(attempts)
         except BudgetExceeded as exc:
             result.status, result.error = "skipped", AgentError("budget", str(exc))
         except ProviderError as exc:
@@ -250,6 +256,21 @@ class Engine:
                     call.read(result)
         attempts.settle()
         observer.handle(CallFinished(call, result))
+
+    async def _with_fallbacks(self, attempts: _Attempts) -> Completion:
+        """The call's attempts (retries included), then, if its model gives up for a reason
+        another model may not have (``FALLBACK_KINDS``), the same on each of the persona's
+        ``fallbacks:`` in turn. The last error is raised as it came."""
+        fallbacks = list(attempts.call.agent.fallbacks)
+        while True:
+            try:
+                return await call_with_retries(
+                    attempts.attempt, self.settings.retry, on_retry=attempts.on_retry
+                )
+            except ProviderError as exc:
+                if not fallbacks or exc.kind not in FALLBACK_KINDS:
+                    raise
+                attempts.fall_back(fallbacks.pop(0), exc)
 
     async def _reserve(self, call: Call) -> float:
         """Hold one call's worst-case cost against ``--max-cost``; raise if it cannot fit."""
@@ -305,6 +326,42 @@ class _Attempts:
         self.attempt_started = 0.0
         self.failed_usage = Usage()  # what failed attempts consumed, when the server said
         self.parts: list[str] = []  # the current attempt's streamed text
+        # Models that gave up before this one (fallbacks): attempts, tokens and their cost.
+        self.offset = 0
+        self.prior_usage = Usage()
+        self.prior_cost: float | None = 0.0
+
+    def fall_back(self, fallback: Fallback, error: ProviderError) -> None:
+        """Go on with ``fallback``'s model: what the model before it consumed is kept (priced
+        at its own model), and the result says why it gave up."""
+        before = self.call.agent
+        spent = self.failed_usage
+        cost = self.engine.pricing.cost(before.model, spent) if spent.total_tokens else 0.0
+        self.prior_usage += spent
+        self.prior_cost = (
+            None if cost is None or self.prior_cost is None else self.prior_cost + cost
+        )
+        self.failed_usage = Usage()
+        given_up = self.result.details.setdefault("fell_back_from", [])
+        given_up.append(
+            {
+                "model": before.model,
+                "base_url": before.endpoint.display_url,
+                "attempts": self.result.attempts - self.offset,
+                "error": asdict(AgentError(error.kind, error.message, error.status_code)),
+            }
+        )
+        self.offset = self.result.attempts
+        agent = replace(before, model=fallback.model, endpoint=fallback.endpoint)
+        self.call = replace(self.call, agent=agent)
+        self.result.model = agent.model
+        self.limiter = self.engine.gates.limiter(agent)
+        self.endpoint_cap = self.engine.gates.cap(agent)
+        self.limited = bool(self.limiter.rpm or self.limiter.tpm)
+        reason = str(error.status_code or error.kind)
+        self.observer.handle(
+            CallFallback(self.call, before.model, agent.model, reason, error.message)
+        )
 
     @property
     def streamed(self) -> str:
@@ -342,6 +399,7 @@ class _Attempts:
         )
 
     async def attempt(self, number: int) -> Completion:
+        number += self.offset  # counted across the models a fallback went through
         self.current = timing = AttemptTiming(number, new_span_id(), self._now())
         self.timing.attempts.append(timing)
         try:
@@ -436,6 +494,16 @@ class _Attempts:
                 cost = reserved if cut_off else engine.pricing.cost(call.agent.model, used)
                 engine.budget.settle(reserved, cost or 0.0)
 
+    def _cost(self, own: Usage) -> float | None:
+        """The call's cost: its model's tokens at its price, plus what models before it (that
+        a fallback replaced) cost; unknown when a price that counts is."""
+        cost = self.engine.pricing.cost(self.result.model, own)
+        if not self.prior_usage.total_tokens:
+            return cost
+        if (cost is None and own.total_tokens) or self.prior_cost is None:
+            return None
+        return self.prior_cost + (cost or 0.0)
+
     def keep_partial(self, text: str | None) -> None:
         """A call cut short keeps the text it had (for display), marked truncated."""
         if text:
@@ -450,9 +518,10 @@ class _Attempts:
                 # Cut short: the tokens it streamed were billed; count them from the text.
                 result.usage = _estimated_usage(self.call.messages, result.answer)
                 result.usage_estimated = True
-            result.usage += self.failed_usage
+            own = result.usage + self.failed_usage
             self.failed_usage = Usage()
-            result.cost_usd = self.engine.pricing.cost(result.model, result.usage)
+            result.usage = own + self.prior_usage
+            result.cost_usd = self._cost(own)
             now = time.perf_counter()
             self.timing.end_s = self._now(now)
             if self.started is not None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from fanout.event import (
     CallDelta,
+    CallFallback,
     CallFinished,
     CallRetrying,
     CallStarted,
@@ -34,6 +35,7 @@ from fanout.models import (
     CallResult,
     CallTiming,
     Endpoint,
+    Fallback,
     Limits,
     RunReport,
     StageResult,
@@ -371,6 +373,15 @@ class JsonlWriter:
                 "reason": event.reason,
                 "message": event.message,
             }
+        elif isinstance(event, CallFallback):
+            body = {
+                "type": "fallback",
+                **_call_fields(event.call),
+                "from_model": event.from_model,
+                "model": event.to_model,
+                "reason": event.reason,
+                "message": event.message,
+            }
         elif isinstance(event, CallDelta) and self._deltas:
             body = {"type": "delta", **_call_fields(event.call), "text": event.text}
         elif isinstance(event, CallFinished):
@@ -418,6 +429,7 @@ def plan_document(
                 "prompt_tokens_estimate": c.prompt_tokens,
                 "max_tokens": c.max_tokens,
                 "params": c.agent.request_params(),
+                "fallbacks": [f.model for f in c.agent.fallbacks],
                 "worst_case_usd": _usd(c.worst_case_usd),
             }
             for c in calls
@@ -456,6 +468,14 @@ def agent_settings(agent: Agent) -> dict[str, Any]:
         "extra_body": dict(agent.extra_body),
         # A value made of ${VAR} references is kept; any other is a secret, never stored.
         "extra_headers": recorded_headers(agent.extra_headers),
+        "fallbacks": [
+            {
+                "model": f.model,
+                "base_url": f.endpoint.base_url,
+                "api_key_env": f.endpoint.api_key_env,
+            }
+            for f in agent.fallbacks
+        ],
     }
 
 
@@ -505,6 +525,11 @@ def agent_from_settings(data: dict[str, Any]) -> Agent:
         token_field=_text_or_none(data.get("token_field")),
         extra_body=_mapping(data.get("extra_body")),
         extra_headers={str(k): str(v) for k, v in _mapping(data.get("extra_headers")).items()},
+        fallbacks=tuple(
+            Fallback(str(f["model"]), Endpoint(str(f["base_url"]), str(f["api_key_env"])))
+            for f in data.get("fallbacks") or []
+            if isinstance(f, dict)
+        ),
     )
 
 

@@ -42,6 +42,7 @@ from rich.style import Style
 
 from fanout.event import (
     CallDelta,
+    CallFallback,
     CallFinished,
     CallRetrying,
     CallSending,
@@ -412,6 +413,8 @@ class LiveBoard:
             pane.state = "streaming"
             pane.set_text(pane.text + event.text)
             pane.chunks += 1
+        elif isinstance(event, CallFallback):
+            pane.model = event.to_model  # the next attempt is this model's
         elif isinstance(event, CallRetrying):
             pane.state = "retrying"
             pane.attempt, pane.max_attempts = event.attempt, event.max_attempts

@@ -76,6 +76,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """A model tried when the one before it gives up (see ``engine.FALLBACK_KINDS``): on the
+    persona's own endpoint, or on another."""
+
+    model: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
 class Agent:
     """A persona with every default applied: what one call needs to know."""
 
@@ -100,6 +109,7 @@ class Agent:
     # Sent with every request; a value may name environment variables (``${VAR}``). Never
     # shown or recorded (masked like a key).
     extra_headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    fallbacks: tuple[Fallback, ...] = ()  # in order
 
     def request_params(self) -> dict[str, JsonValue]:
         """Every request field it sets, under the name it was given, then ``extra_body`` and

@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fanout.event import (
+    CallFallback,
     CallFinished,
     CallRetrying,
     Event,
@@ -284,6 +285,7 @@ def answer_panel(result: CallResult) -> Panel:
         figures += [usd(result.cost_usd)]
     if result.attempts > 1:
         figures.append(f"{result.attempts} attempts")
+    figures.append(_fell_back(result))
     border = {"ok": "green", "error": "red"}.get(result.status, "yellow")
     return Panel(
         _answer_cell(result),
@@ -368,7 +370,11 @@ def _question(result: CallResult) -> str:
 def _retried(result: CallResult) -> str:
     """`` · 3 attempts`` after the heading of an answer that took retries (a failure says
     it in its own line)."""
-    return f" · {result.attempts} attempts" if result.status == "ok" and result.attempts > 1 else ""
+    tries = (
+        f" · {result.attempts} attempts" if result.status == "ok" and result.attempts > 1 else ""
+    )
+    fell_back = _fell_back(result)  # which model answered, when the first gave up
+    return tries + (f" · {result.model} {fell_back}" if fell_back else "")
 
 
 def _plain_render(parts: Sequence[RenderableType], width: int = 100) -> str:
@@ -768,6 +774,8 @@ class ProgressDisplay(_Display):
     def handle(self, event: Event) -> None:
         if isinstance(event, CallRetrying):
             self._console.print(retry_notice(event), soft_wrap=True, highlight=False)
+        elif isinstance(event, CallFallback):
+            self._console.print(fallback_notice(event), soft_wrap=True, highlight=False)
         elif isinstance(event, CallFinished):
             result = event.result
             self._done += 1 if event.call.role == "persona" else 0
@@ -858,8 +866,26 @@ def retry_notice(event: CallRetrying) -> str:
     )
 
 
+def fallback_notice(event: CallFallback) -> str:
+    """``physicist: gpt-4o gave up (503: overloaded); asking gpt-4o-mini``"""
+    return (
+        f"[yellow]{escape(printable(event.call.name))}[/]: {escape(printable(event.from_model))}"
+        f" gave up ({escape(printable(event.reason))}: "
+        f"{escape(printable(event.message))}); asking {escape(printable(event.to_model))}"
+    )
+
+
+def _fell_back(result: CallResult) -> str:
+    """``after gpt-4o``: the models that gave up before the one that answered."""
+    before = result.details.get("fell_back_from")
+    models = [str(b.get("model")) for b in before or [] if isinstance(b, dict)]
+    return f"after {', '.join(models)}" if models else ""
+
+
 def _row(result: CallResult) -> tuple[RenderableType, ...]:
     persona = Text.assemble((result.name, "bold"), "\n", (result.model, "dim"))
+    if _fell_back(result):
+        persona.append(f"\n{_fell_back(result)}", style="dim yellow")
     latency = Text(f"{result.latency_s:.2f} s" if result.latency_s is not None else "-")
     if result.attempts > 1:  # retries cost time: say how many it took
         latency.append(f"\n{result.attempts} attempts", style="yellow")
