@@ -306,6 +306,7 @@ class BatchTally:
     done: int = 0
     failed: int = 0
     skipped: int = 0  # answered by an earlier run
+    cached: int = 0  # answered by the response cache (--cache): nothing sent
     in_flight: int = 0
     waiting: int = 0
     tokens: int = 0
@@ -399,6 +400,7 @@ class _PromptObserver:
                 self._writer.write(self._prompt, result)
                 tally.done += 1
                 tally.failed += result.status != "ok"
+                tally.cached += result.cached
                 tally.tokens += result.usage.total_tokens
                 if result.cost_usd is not None:
                     tally.cost_usd += result.cost_usd

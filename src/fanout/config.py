@@ -807,12 +807,8 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
                 api_key_env=pick("api_key_env") or "OPENAI_API_KEY",
             ),
             limits=Limits(rpm=pick("rpm"), tpm=pick("tpm"), concurrency=pick("concurrency")),
-            extra_body={**(defaults.extra_body or {}), **(fields.extra_body or {})},
-            extra_headers={**(defaults.extra_headers or {}), **(fields.extra_headers or {})},
         )
-        agent = replace(agent, fallbacks=_fallbacks(pick("fallbacks") or [], agent.endpoint))
-        agent = with_params(agent, _request_params(defaults, fields))
-        return replace(agent, stop=agent.stop or None)
+        return _with_requests(agent, defaults, fields)
 
     agents = [build(a, a.name) for a in spec.agents]
     template: Agent | str
@@ -863,6 +859,20 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         judge=judge,
         template=template,
     )
+
+
+def _with_requests(agent: Agent, defaults: _AgentFields, fields: _AgentFields) -> Agent:
+    """``agent`` with what its requests carry: the request fields, ``extra_body`` and
+    ``extra_headers`` (the persona's keys over the defaults'), and its fallbacks."""
+    fallbacks = fields.fallbacks if fields.fallbacks is not None else defaults.fallbacks
+    agent = replace(
+        agent,
+        extra_body={**(defaults.extra_body or {}), **(fields.extra_body or {})},
+        extra_headers={**(defaults.extra_headers or {}), **(fields.extra_headers or {})},
+        fallbacks=_fallbacks(fallbacks or [], agent.endpoint),
+    )
+    agent = with_params(agent, _request_params(defaults, fields))
+    return replace(agent, stop=agent.stop or None)
 
 
 def _fallbacks(given: Sequence[FallbackSpec], own: Endpoint) -> tuple[Fallback, ...]:

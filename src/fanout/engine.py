@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import anyio
 
@@ -64,6 +64,8 @@ from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, trace
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
+
+    from fanout.cache import ResponseCache
 
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
 # rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it).
@@ -117,6 +119,7 @@ class RunSettings:
     max_cost: float | None = None  # USD for the whole run; calls that could break it are skipped
     # Request fields set for every persona of the run (--param key=value), checked already.
     params: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
+    cache: bool = False  # answer identical requests from the response cache (--cache)
 
 
 class EndpointGates:
@@ -199,6 +202,7 @@ class Engine:
         agents: Iterable[Agent] = (),
         settings: RunSettings | None = None,
         pricing: Pricing | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings or RunSettings()
@@ -207,6 +211,7 @@ class Engine:
         self.cap = anyio.CapacityLimiter(self.settings.concurrency)
         max_cost = self.settings.max_cost
         self.budget = Budget(max_cost) if max_cost is not None else None
+        self.cache = cache or (_default_cache() if self.settings.cache else None)
 
     async def call(
         self,
@@ -222,6 +227,8 @@ class Engine:
         if call.skip is not None:
             result.status, result.error = "skipped", call.skip
             observer.handle(CallFinished(call, result))
+            return
+        if self._from_cache(call, result, observer, stream):
             return
         attempts = _Attempts(self, call, result, observer, stream, trace or RunTrace.fresh())
         try:
@@ -241,21 +248,39 @@ class Engine:
             result.status = "error"
             result.error = AgentError("internal", f"{type(cause).__name__}: {cause}")
         else:
-            result.status = "ok"
-            result.answer = completion.text.strip()
-            result.finish_reason = completion.finish_reason
-            result.response_model = completion.model
-            result.truncated = completion.finish_reason == "length"
-            # A server that reports no usage gets it counted from the text, and says so.
-            result.usage_estimated = completion.usage is None
-            result.usage = completion.usage or _estimated_usage(call.messages, completion.text)
-            if completion.tool_calls:  # what the model asked for; the shape acts on it
-                result.details["tool_calls"] = [dict(t) for t in completion.tool_calls]
-            if call.read is not None:
-                with suppress(Exception):  # a shape's reader bug: the answer stays as it came
-                    call.read(result)
+            _answered(call, result, completion)
+            self._to_cache(attempts.call, completion)
         attempts.settle()
         observer.handle(CallFinished(call, result))
+
+    def _from_cache(self, call: Call, result: CallResult, observer: Observer, stream: bool) -> bool:
+        """The cache step: answer ``call`` from the response cache if it holds its request
+        (then the call is ``cached``, costs nothing and sends nothing)."""
+        if self.cache is None:
+            return False
+        from fanout.cache import request_key
+
+        hit = self.cache.get(request_key(call.agent, call.messages, **_key_parts(call)))
+        if hit is None:
+            return False
+        observer.handle(CallStarted(call))
+        if stream and hit.text:
+            observer.handle(CallDelta(call, hit.text))
+        _answered(call, result, hit.completion())
+        result.usage, result.usage_estimated, result.cost_usd = Usage(), False, 0.0
+        result.cached = True
+        observer.handle(CallFinished(call, result))
+        return True
+
+    def _to_cache(self, call: Call, completion: Completion) -> None:
+        """Keep a complete answer for the next identical request (written off the loop)."""
+        if self.cache is None:
+            return
+        from fanout.cache import CachedAnswer, complete, request_key
+
+        if complete(completion):
+            key = request_key(call.agent, call.messages, **_key_parts(call))
+            self.cache.put(key, CachedAnswer.of(completion), call.agent.model)
 
     async def _with_fallbacks(self, attempts: _Attempts) -> Completion:
         """The call's attempts (retries included), then, if its model gives up for a reason
@@ -742,6 +767,49 @@ class Execution:
             verdict = stage.verdict if stage.verdict is not None or old is None else old.verdict
             merged.append(StageResult(stage.id, stage.kind, calls, verdict, stage.key))
         return merged
+
+
+def _answered(call: Call, result: CallResult, completion: Completion) -> None:
+    """Fill ``result`` with an answer (from the server, or the cache), read by its stage."""
+    result.status = "ok"
+    result.answer = completion.text.strip()
+    result.finish_reason = completion.finish_reason
+    result.response_model = completion.model
+    result.truncated = completion.finish_reason == "length"
+    # A server that reports no usage gets it counted from the text, and says so.
+    result.usage_estimated = completion.usage is None
+    result.usage = completion.usage or _estimated_usage(call.messages, completion.text)
+    if completion.tool_calls:  # what the model asked for; the shape acts on it
+        result.details["tool_calls"] = [dict(t) for t in completion.tool_calls]
+    if call.read is not None:
+        with suppress(Exception):  # a shape's reader bug: the answer stays as it came
+            call.read(result)
+
+
+class _KeyParts(TypedDict):
+    response_format: Mapping[str, object] | None
+    tools: Sequence[Mapping[str, object]] | None
+    repeat: int
+
+
+def _key_parts(call: Call) -> _KeyParts:
+    """What of a call beyond its agent and messages makes its request (the cache's key)."""
+    from fanout.cache import repeat_index
+
+    return {
+        "response_format": call.response_format,
+        "tools": call.tools,
+        "repeat": repeat_index(call.name),
+    }
+
+
+def _default_cache() -> ResponseCache:
+    """The response cache beside the history (``StorageError`` if it cannot be opened)."""
+    import os
+
+    from fanout.cache import ResponseCache, cache_path
+
+    return ResponseCache.shared(cache_path(os.environ))
 
 
 def _kept_status(previous: RunReport | None) -> RunStatus | None:

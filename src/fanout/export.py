@@ -108,6 +108,7 @@ def call_document(result: CallResult) -> dict[str, Any]:
         "truncated": result.truncated,
         "response_model": result.response_model,
         "params": result.params,
+        "cached": result.cached,
         "timing": timing_document(result.timing) if result.timing is not None else None,
         **result.details,
     }
@@ -500,6 +501,7 @@ def settings_record(
         "stream": settings.stream,
         "max_cost": settings.max_cost,
         "params": dict(settings.params),  # --param, for every persona
+        "cache": settings.cache,
         "shape": shape,
         "options": dict(options),
         "synthesize": bool(options.get("synthesize")),  # version 1 readers
@@ -539,7 +541,7 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
     known = {
         "name", "model", "status", "answer", "error", "attempts", "latency_s", "ttft_s", "usage",
         "usage_estimated", "cost_usd", "call_id", "stage", "role", "finish_reason", "truncated",
-        "response_model", "timing", "params",
+        "response_model", "timing", "params", "cached",
     }  # fmt: skip
     usage = _usage_of(entry)
     return CallResult(
@@ -563,6 +565,7 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
         timing=timing_from_document(entry.get("timing")),
         response_model=_text_or_none(entry.get("response_model")),
         params=_mapping(entry.get("params")),
+        cached=entry.get("cached") is True,
     )
 
 

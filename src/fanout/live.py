@@ -123,6 +123,8 @@ class Pane:
         result = self.result
         if result is not None:
             tries = f" · {result.attempts} attempts" if result.attempts > 1 else ""
+            if result.status == "ok" and result.cached:
+                return "✓ cached (nothing sent)", "green"
             if result.status == "ok" and result.truncated:
                 return f"✓ done · truncated (max_tokens){tries}", "yellow"
             if result.status == "ok":

@@ -268,6 +268,7 @@ class CallResult:
     response_model: str | None = None  # the model the server says answered
     # The request fields it was asked with (``Agent.request_params``).
     params: dict[str, JsonValue] = field(default_factory=dict)
+    cached: bool = False  # answered from the response cache: nothing sent, nothing spent
 
     def __post_init__(self) -> None:
         if not self.call_id:

@@ -286,6 +286,7 @@ def answer_panel(result: CallResult) -> Panel:
     if result.attempts > 1:
         figures.append(f"{result.attempts} attempts")
     figures.append(_fell_back(result))
+    figures.append("cached" if result.cached else "")
     border = {"ok": "green", "error": "red"}.get(result.status, "yellow")
     return Panel(
         _answer_cell(result),
@@ -374,7 +375,8 @@ def _retried(result: CallResult) -> str:
         f" · {result.attempts} attempts" if result.status == "ok" and result.attempts > 1 else ""
     )
     fell_back = _fell_back(result)  # which model answered, when the first gave up
-    return tries + (f" · {result.model} {fell_back}" if fell_back else "")
+    cached = " · cached" if result.cached else ""
+    return tries + (f" · {result.model} {fell_back}" if fell_back else "") + cached
 
 
 def _plain_render(parts: Sequence[RenderableType], width: int = 100) -> str:
@@ -843,6 +845,8 @@ def batch_summary(tally: BatchTally, *, with_totals: bool = True) -> str:
     parts = [f"{tally.done + tally.skipped}/{tally.total} done"] if with_totals else []
     if tally.skipped:
         parts.append(f"{tally.skipped} from an earlier run")
+    if tally.cached:
+        parts.append(f"{tally.cached} cached")
     parts.append(f"{tally.failed} failed")
     if tally.in_flight or tally.elapsed_s is None:
         parts.append(f"{tally.in_flight} in flight")
@@ -886,6 +890,8 @@ def _row(result: CallResult) -> tuple[RenderableType, ...]:
     persona = Text.assemble((result.name, "bold"), "\n", (result.model, "dim"))
     if _fell_back(result):
         persona.append(f"\n{_fell_back(result)}", style="dim yellow")
+    if result.cached:
+        persona.append("\ncached", style="dim green")
     latency = Text(f"{result.latency_s:.2f} s" if result.latency_s is not None else "-")
     if result.attempts > 1:  # retries cost time: say how many it took
         latency.append(f"\n{result.attempts} attempts", style="yellow")
@@ -895,6 +901,12 @@ def _row(result: CallResult) -> tuple[RenderableType, ...]:
     if result.usage.total_tokens:
         tokens.append("\n" + usd(result.cost_usd), style="dim")
     return persona, _answer_cell(result), latency, tokens
+
+
+def _cached(report: RunReport) -> str:
+    """`` (2 cached)``: answers the response cache gave, which cost nothing."""
+    cached = sum(1 for r in report.calls if r.cached)
+    return f" ({cached} cached)" if cached else ""
 
 
 def _reasoning(usage: Usage) -> str:
@@ -959,7 +971,7 @@ def _summary(report: RunReport, recorded: bool = True) -> str:
         f"{asked} · {report.duration_s:.2f} s · "
         f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out"
         f"{f', {usage.reasoning_tokens:,} reasoning' if usage.reasoning_tokens else ''})"
-        f" · {usd(report.cost_usd)} · {report.status}"
+        f" · {usd(report.cost_usd)}{_cached(report)} · {report.status}"
     )
     return f"{line} · run {report.run_id}" if recorded else line
 

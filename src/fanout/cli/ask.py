@@ -19,6 +19,7 @@ from fanout.cli.app import (
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
+    cache_of,
     check_utf8,
     output_of,
     panel_names,
@@ -37,6 +38,7 @@ from fanout.cli.options import (
     GROUP_SHAPES,
     AgentsOption,
     BestOfOption,
+    CacheOption,
     ChoicesOption,
     ConcurrencyOption,
     ConfigOption,
@@ -167,6 +169,7 @@ def ask(
     rpm: RpmOption = None,
     tpm: TpmOption = None,
     max_cost: MaxCostOption = None,
+    cache: CacheOption = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -234,7 +237,9 @@ def ask(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
                 rpm, tpm, max_cost,
             )  # fmt: skip
-            settings = replace(settings, stream=stream, params=params_of_flags(params))
+            settings = replace(
+                settings, stream=stream, params=params_of_flags(params), cache=cache_of(cache)
+            )
             code = session.ask(
                 text,
                 names=names,

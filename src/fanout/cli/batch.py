@@ -16,6 +16,7 @@ from fanout.cli.app import (
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
+    cache_of,
     check_output,
     panel_names,
     repeats,
@@ -30,6 +31,7 @@ from fanout.cli.options import (
     MAX_POLL_S,
     AgentsOption,
     BestOfOption,
+    CacheOption,
     ChoicesOption,
     ConcurrencyOption,
     ConfigOption,
@@ -86,6 +88,7 @@ def batch(
     rpm: RpmOption = None,
     tpm: TpmOption = None,
     max_cost: MaxCostOption = None,
+    cache: CacheOption = None,
     via: Annotated[
         Literal["direct", "openai-batch"],
         typer.Option(
@@ -142,7 +145,9 @@ def batch(
             rpm, tpm, max_cost,
         )  # fmt: skip
         # Nobody watches a batch: whole answers.
-        settings = replace(settings, stream=False, params=params_of_flags(params))
+        settings = replace(
+            settings, stream=False, params=params_of_flags(params), cache=cache_of(cache)
+        )
         code = batchrun.batch(
             file,
             names=names,

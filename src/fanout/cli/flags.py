@@ -43,6 +43,15 @@ def run_settings(
     )
 
 
+def cache_of(given: bool | None) -> bool:
+    """``--cache``/``--no-cache``, else the default (``FANOUT_CACHE``)."""
+    if given is not None:
+        return given
+    from fanout.cache import cache_default
+
+    return cache_default(os.environ)
+
+
 def agent_names(agents: list[str] | None, model: str | None) -> list[str] | None:
     """Every ``-a``, each split at its commas, merged in order."""
     for given in agents or []:

@@ -15,6 +15,7 @@ from fanout.cli.app import (
     terminate_as_interrupt,
 )
 from fanout.cli.flags import (
+    cache_of,
     output_of,
     run_settings,
 )
@@ -23,6 +24,7 @@ from fanout.cli.options import (
     GROUP_COST,
     GROUP_OUTPUT,
     GROUP_PANEL,
+    CacheOption,
     ConcurrencyOption,
     ConfigOption,
     FormatOption,
@@ -81,6 +83,7 @@ def flow_run(
         ),
     ] = None,
     max_cost: MaxCostOption = None,
+    cache: CacheOption = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -123,7 +126,9 @@ def flow_run(
             given=parse_inputs(inputs or []),
             config=config,
             model=model,
-            settings=replace(settings, stream=stream, params=params_of_flags(params)),
+            settings=replace(
+                settings, stream=stream, params=params_of_flags(params), cache=cache_of(cache)
+            ),
             output=out,
             dry_run=dry_run,
             log=not no_log,

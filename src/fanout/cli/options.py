@@ -171,6 +171,16 @@ ParamOption = Annotated[
         rich_help_panel=GROUP_PANEL,
     ),
 ]
+CacheOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache",
+        help="Answer identical requests from the local response cache (and keep complete "
+        "answers in it). Default: off, or on with FANOUT_CACHE=1.",
+        show_default=False,
+        rich_help_panel=GROUP_COST,
+    ),
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(
