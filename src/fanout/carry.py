@@ -19,7 +19,7 @@ from fanout.event import Observer
 from fanout.export import agent_from_settings, report_from_document
 from fanout.history import History, HistoryRecorder, StoredRun
 from fanout.local import with_local
-from fanout.models import Agent, CallResult, RunReport
+from fanout.models import Agent, Attachment, CallResult, RunReport
 from fanout.output import Output
 from fanout.retry import RetryPolicy
 from fanout.shapes import stored_options
@@ -174,6 +174,15 @@ def _carry_on(
     return emit(report, output, recorder, interrupted)
 
 
+def _attachments(references: Any) -> tuple[Attachment, ...]:
+    """A recorded run's attachments (-f), from the store beside the history, by hash."""
+    if not references:
+        return ()
+    from fanout.attachments import from_references
+
+    return from_references([r for r in references if isinstance(r, dict)])
+
+
 def _settings_from_record(
     record: dict[str, Any],
 ) -> tuple[RunSettings, dict[str, Price], str, dict[str, Any]]:
@@ -188,6 +197,7 @@ def _settings_from_record(
         stream=record.get("stream", True),
         params=dict(record.get("params") or {}),  # --param
         cache=record.get("cache") is True,
+        attachments=_attachments(record.get("attachments")),
     )
     prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
     options = dict(record.get("options") or {"synthesize": bool(record.get("synthesize"))})

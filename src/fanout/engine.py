@@ -46,6 +46,7 @@ from fanout.limiter import RateLimiter
 from fanout.models import (
     Agent,
     AgentError,
+    Attachment,
     AttemptTiming,
     Call,
     CallResult,
@@ -120,6 +121,8 @@ class RunSettings:
     # Request fields set for every persona of the run (--param key=value), checked already.
     params: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
     cache: bool = False  # answer identical requests from the response cache (--cache)
+    # Files every persona is sent with the question (-f), read and checked already.
+    attachments: tuple[Attachment, ...] = ()
 
 
 class EndpointGates:
@@ -690,6 +693,7 @@ class Execution:
     async def _run_stage(self, stage: Stage, stage_result: StageResult) -> None:
         try:
             calls = stage.calls(self.context)
+            calls = _with_attachments(calls, self.engine.settings.attachments)
         except Exception as exc:  # a shape's bug costs its stage, never the answers so far
             calls = []
             stage_result.verdict = {"error": f"{type(exc).__name__}: {exc}"}
@@ -732,6 +736,7 @@ class Execution:
             recorded_status=_kept_status(self.previous) if self.interrupted else None,
             span_id=self.span_id,
             parent_span_id=self.parent_span_id,
+            attachments=self.engine.settings.attachments,
         )
 
     def conclude(self) -> RunReport:
@@ -767,6 +772,15 @@ class Execution:
             verdict = stage.verdict if stage.verdict is not None or old is None else old.verdict
             merged.append(StageResult(stage.id, stage.kind, calls, verdict, stage.key))
         return merged
+
+
+def _with_attachments(calls: list[Call], attachments: Sequence[Attachment]) -> list[Call]:
+    """The personas' calls carrying the run's attachments (``-f``), if it has any."""
+    if not attachments:
+        return calls
+    from fanout.attachments import with_attachments
+
+    return with_attachments(calls, attachments)
 
 
 def _answered(call: Call, result: CallResult, completion: Completion) -> None:

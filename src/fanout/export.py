@@ -31,6 +31,7 @@ from fanout.event import (
 from fanout.models import (
     Agent,
     AgentError,
+    Attachment,
     AttemptTiming,
     CallResult,
     CallTiming,
@@ -69,9 +70,22 @@ def report_document(report: RunReport) -> dict[str, Any]:
         "started_at": report.started_at,
         "finished_at": report.finished_at,
         "duration_s": report.duration_s,
+        # The files sent with the question (-f), by hash: never their content.
+        "attachments": [attachment_reference(a) for a in report.attachments],
         "stages": [stage_document(s) for s in report.stages],
     }
     return derive_totals(document)
+
+
+def attachment_reference(attachment: Attachment) -> dict[str, Any]:
+    """An attachment as documents and the history list it (``attachments.reference``)."""
+    return {
+        "name": attachment.name,
+        "kind": attachment.kind,
+        "media_type": attachment.media_type,
+        "bytes": attachment.size,
+        "sha256": attachment.sha256,
+    }
 
 
 def stage_document(stage: StageResult) -> dict[str, Any]:
@@ -502,11 +516,22 @@ def settings_record(
         "max_cost": settings.max_cost,
         "params": dict(settings.params),  # --param, for every persona
         "cache": settings.cache,
+        "attachments": _kept(settings.attachments),
         "shape": shape,
         "options": dict(options),
         "synthesize": bool(options.get("synthesize")),  # version 1 readers
         "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
     }
+
+
+def _kept(attachments: Sequence[Attachment]) -> list[dict[str, Any]]:
+    """The run's attachments as the history records them: by hash, each content kept once in
+    the store beside the history (for ``runs retry``), never in a record or a document."""
+    if attachments:
+        from fanout.attachments import keep
+
+        keep(attachments)
+    return [attachment_reference(a) for a in attachments]
 
 
 def agent_from_settings(data: dict[str, Any]) -> Agent:
@@ -608,6 +633,21 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
         recorded_status=status if status in ("running", "interrupted") else None,
         span_id=_text_or_none(document.get("span_id")),
         parent_span_id=_text_or_none(document.get("parent_span_id")),
+        attachments=tuple(_attachment_of(a) for a in document.get("attachments") or []),
+    )
+
+
+def _attachment_of(entry: Any) -> Attachment:
+    """A document's attachment entry back (its reference: the content is not in it)."""
+    entry = entry if isinstance(entry, dict) else {}
+    kind = entry.get("kind")
+    size = entry.get("bytes")
+    return Attachment(
+        str(entry.get("name")),
+        kind if kind in ("image", "pdf") else "text",
+        str(entry.get("media_type") or ""),
+        str(entry.get("sha256") or ""),
+        size if isinstance(size, int) else 0,
     )
 
 

@@ -76,6 +76,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with the question (``-f``): an image's bytes, or a text's (a PDF's) text.
+    Known everywhere else by ``sha256``, the hash of the file as it was read."""
+
+    name: str
+    kind: Literal["image", "text", "pdf"]
+    media_type: str
+    sha256: str
+    size: int  # the file's bytes
+    text: str | None = field(default=None, repr=False)
+    data: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Fallback:
     """A model tried when the one before it gives up (see ``engine.FALLBACK_KINDS``): on the
     persona's own endpoint, or on another."""
@@ -319,6 +333,7 @@ class RunReport:
     recorded_status: RunStatus | None = None  # from history: a run that never finished
     span_id: str | None = None  # the run's own span in its trace
     parent_span_id: str | None = None  # the span it continues (a TRACEPARENT), if any
+    attachments: tuple[Attachment, ...] = ()  # sent with the question (-f): by hash
 
     @property
     def calls(self) -> list[CallResult]:

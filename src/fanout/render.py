@@ -124,7 +124,10 @@ REFUSED_KEY = (401, 403)  # as the engine has it: said once (the host, the key's
 
 
 def _refused(result: CallResult) -> bool:
-    return result.error is not None and result.error.status_code in REFUSED_KEY
+    """A failure said once however many calls meet it: a refused key, or a model that takes
+    no images (-f)."""
+    error = result.error
+    return error is not None and (error.status_code in REFUSED_KEY or error.type == "no_images")
 
 
 def refused_keys(report: RunReport) -> dict[str, int]:
@@ -159,11 +162,8 @@ class RefusedKeyNotice:
         message = result.error.message
         if message not in self._said:
             self._said.add(message)
-            print_warning(
-                self._console,
-                f"{message}: no more calls are sent to it",
-                style="red",
-            )
+            closed = "" if result.error.type == "no_images" else ": no more calls are sent to it"
+            print_warning(self._console, f"{message}{closed}", style="red")
         return True
 
 
@@ -954,6 +954,7 @@ def _failure(result: CallResult) -> str:
     attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
     if _refused(result):
         said = "key refused" if result.error.status_code == 401 else "denied"
+        said = "takes no images" if result.error.type == "no_images" else said
         return f"✗ {result.error.type}{attempts}: HTTP {result.error.status_code}, {said}"
     return f"✗ {result.error.type}{attempts}: {result.error.message}"
 

@@ -19,6 +19,7 @@ from fanout.cli.app import (
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
+    attachments_of,
     cache_of,
     check_utf8,
     output_of,
@@ -43,6 +44,7 @@ from fanout.cli.options import (
     ConcurrencyOption,
     ConfigOption,
     CouncilOption,
+    FileOption,
     FormatOption,
     JsonlDeltasOption,
     JsonlOption,
@@ -93,6 +95,7 @@ def ask(
     config: ConfigOption = None,
     model: ModelOption = None,
     params: ParamOption = None,
+    files: FileOption = None,
     synthesize: SynthesizeOption = False,
     agreement_map: MapOption = False,
     vote: VoteOption = False,
@@ -238,7 +241,11 @@ def ask(
                 rpm, tpm, max_cost,
             )  # fmt: skip
             settings = replace(
-                settings, stream=stream, params=params_of_flags(params), cache=cache_of(cache)
+                settings,
+                stream=stream,
+                params=params_of_flags(params),
+                cache=cache_of(cache),
+                attachments=attachments_of(files),
             )
             code = session.ask(
                 text,

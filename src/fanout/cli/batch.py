@@ -16,6 +16,7 @@ from fanout.cli.app import (
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
+    attachments_of,
     cache_of,
     check_output,
     panel_names,
@@ -36,6 +37,7 @@ from fanout.cli.options import (
     ConcurrencyOption,
     ConfigOption,
     CouncilOption,
+    FileOption,
     JudgeOption,
     MapOption,
     MaxCostOption,
@@ -62,6 +64,7 @@ def batch(
     config: ConfigOption = None,
     model: ModelOption = None,
     params: ParamOption = None,
+    files: FileOption = None,
     synthesize: SynthesizeOption = False,
     vote: VoteOption = False,
     choices: ChoicesOption = None,
@@ -146,7 +149,11 @@ def batch(
         )  # fmt: skip
         # Nobody watches a batch: whole answers.
         settings = replace(
-            settings, stream=False, params=params_of_flags(params), cache=cache_of(cache)
+            settings,
+            stream=False,
+            params=params_of_flags(params),
+            cache=cache_of(cache),
+            attachments=attachments_of(files),
         )
         code = batchrun.batch(
             file,

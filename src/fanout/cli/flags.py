@@ -17,6 +17,7 @@ from fanout.errors import ConfigError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from fanout.engine import RunSettings
+    from fanout.models import Attachment
     from fanout.output import Output
 
 
@@ -41,6 +42,17 @@ def run_settings(
         tpm=tpm,
         max_cost=max_cost,
     )
+
+
+def attachments_of(paths: list[Path] | None) -> tuple[Attachment, ...]:
+    """``-f``: the files read and checked (one line for the first that cannot be sent)."""
+    if not paths:
+        return ()
+    for path in paths:
+        check_utf8(str(path), "--file")
+    from fanout.attachments import load_attachments
+
+    return load_attachments(paths)
 
 
 def cache_of(given: bool | None) -> bool:

@@ -15,6 +15,7 @@ from fanout.cli.app import (
     terminate_as_interrupt,
 )
 from fanout.cli.flags import (
+    attachments_of,
     cache_of,
     output_of,
     run_settings,
@@ -27,6 +28,7 @@ from fanout.cli.options import (
     CacheOption,
     ConcurrencyOption,
     ConfigOption,
+    FileOption,
     FormatOption,
     JsonlDeltasOption,
     JsonlOption,
@@ -69,6 +71,7 @@ def flow_run(
     config: ConfigOption = None,
     model: ModelOption = None,
     params: ParamOption = None,
+    files: FileOption = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -127,7 +130,11 @@ def flow_run(
             config=config,
             model=model,
             settings=replace(
-                settings, stream=stream, params=params_of_flags(params), cache=cache_of(cache)
+                settings,
+                stream=stream,
+                params=params_of_flags(params),
+                cache=cache_of(cache),
+                attachments=attachments_of(files),
             ),
             output=out,
             dry_run=dry_run,

@@ -171,6 +171,18 @@ ParamOption = Annotated[
         rich_help_panel=GROUP_PANEL,
     ),
 ]
+FileOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--file",
+        "-f",
+        metavar="PATH",
+        help="Send a file to every persona with the question (repeatable): an image as an "
+        "image, a PDF as its text (fanout\\[pdf]), any other text fenced with its name.",
+        show_default=False,
+        rich_help_panel=GROUP_PANEL,
+    ),
+]
 CacheOption = Annotated[
     bool | None,
     typer.Option(

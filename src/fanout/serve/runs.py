@@ -28,7 +28,7 @@ import anyio.abc
 from fanout.api import Plan, RunRequest, prepare, resolve
 from fanout.config import Panel, check_credentials
 from fanout.engine import Execution, Provider, RunSettings
-from fanout.errors import FanoutError
+from fanout.errors import ConfigError, FanoutError
 from fanout.event import (
     Broadcast,
     CallDelta,
@@ -48,13 +48,13 @@ from fanout.export import (
     settings_record,
 )
 from fanout.history import History, HistoryRecorder, history_path
-from fanout.models import RunReport
+from fanout.models import Attachment, RunReport
 from fanout.retry import RetryPolicy
 from fanout.shapes import SHAPES
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
-               "concurrency")  # fmt: skip
+               "concurrency", "files")  # fmt: skip
 FINISHED_KEPT = 256  # finished runs answered from memory (with their deltas); older: history
 MAX_PROMPT_CHARS = 200_000
 _log = logging.getLogger("fanout.serve")
@@ -131,6 +131,7 @@ def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunReq
         timeout=_number(body, "timeout", float, 0.001, RunSettings().timeout),
         retry=RetryPolicy(retries=_number(body, "retries", int, 0, RetryPolicy().retries)),
         max_cost=_number(body, "max_cost", float, 0.0, None),
+        attachments=_files(body.get("files")),
     )
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
@@ -145,6 +146,19 @@ def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunReq
         model=model,
         run_id=run_id,
     )
+
+
+def _files(value: Any) -> tuple[Attachment, ...]:
+    """``files``: attachments sent with the prompt, as ``fanout ask -f`` sends files
+    (``[{"name": "chart.png", "content_base64": "..."}]``)."""
+    if value is None:
+        return ()
+    from fanout.attachments import attachments_of_json
+
+    try:
+        return attachments_of_json(value)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _agents(value: Any) -> list[str] | None:
