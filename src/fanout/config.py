@@ -263,6 +263,7 @@ class Panel:
     # What a persona named on the command line (-p NAME=TEXT) starts from: the file's
     # defaults: section alone, or why it could not be built (an unusable $OPENAI_BASE_URL).
     template: Agent | str | None = None
+    declared: tuple[str, ...] = ()  # the roles the file has a section for (judge:, router:...)
 
     def role(self, name: str) -> Agent:
         """The agent that plays ``name`` (``synthesizer``, ``judge``, ``router``...) in the
@@ -858,6 +859,9 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         role_errors=role_errors,
         judge=judge,
         template=template,
+        declared=tuple(
+            role for role in ("router", "orchestrator", "judge") if getattr(spec, role) is not None
+        ),
     )
 
 

@@ -297,6 +297,19 @@ class OpenAIProvider:
             model=answer.model,
         )
 
+    async def list_models(self, endpoint: Endpoint, timeout_s: float = 10.0) -> list[str]:
+        """What ``endpoint`` serves (``GET /models``): the model ids, as it lists them."""
+        client = self._client(endpoint)
+        ids: list[str] = []
+        try:
+            with anyio.fail_after(timeout_s), self._translated(timeout_s):
+                async for model in client.models.list(timeout=timeout_s):
+                    if isinstance(model.id, str) and model.id:
+                        ids.append(model.id[:200])
+        except TimeoutError:  # the whole listing, however many pages
+            raise ProviderError.timeout(timeout_s) from None
+        return ids
+
     # -- the Batch API (``fanout batch --via openai-batch``) --------------------------------
 
     async def upload_batch_file(self, endpoint: Endpoint, requests: Path) -> str:

@@ -10,7 +10,7 @@ error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
-from fanout.cli import ask, batch, serve  # noqa: F401  (each registers its commands on app)
+from fanout.cli import ask, batch, catalog, serve  # noqa: F401  (each registers its commands)
 from fanout.cli.app import app
 from fanout.cli.cache import cache_app
 from fanout.cli.flow import flow_app
