@@ -481,8 +481,9 @@ def agent_settings(agent: Agent) -> dict[str, Any]:
         "params": dict(agent.params),
         "token_field": agent.token_field,
         "extra_body": dict(agent.extra_body),
-        # A value made of ${VAR} references is kept; any other is a secret, never stored.
-        "extra_headers": recorded_headers(agent.extra_headers),
+        # [name, value] pairs (a header named X-Api-Key is not a key to the history): a value
+        # made of ${VAR} references is kept, any other is a secret, never stored.
+        "extra_headers": [list(pair) for pair in recorded_headers(agent.extra_headers).items()],
         "fallbacks": [
             {
                 "model": f.model,
@@ -551,7 +552,7 @@ def agent_from_settings(data: dict[str, Any]) -> Agent:
         params=_mapping(data.get("params")),
         token_field=_text_or_none(data.get("token_field")),
         extra_body=_mapping(data.get("extra_body")),
-        extra_headers={str(k): str(v) for k, v in _mapping(data.get("extra_headers")).items()},
+        extra_headers=_headers(data.get("extra_headers")),
         fallbacks=tuple(
             Fallback(str(f["model"]), Endpoint(str(f["base_url"]), str(f["api_key_env"])))
             for f in data.get("fallbacks") or []
@@ -592,6 +593,14 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
         params=_mapping(entry.get("params")),
         cached=entry.get("cached") is True,
     )
+
+
+def _headers(value: object) -> dict[str, str]:
+    """Recorded ``extra_headers``: ``[[name, value], ...]`` (or a mapping, if written so)."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = value if isinstance(value, list) else []
+    return {str(p[0]): str(p[1]) for p in pairs if isinstance(p, list) and len(p) == 2}
 
 
 def _mapping(value: object) -> dict[str, JsonValue]:

@@ -127,8 +127,8 @@ class Agent:
 
     def request_params(self) -> dict[str, JsonValue]:
         """Every request field it sets, under the name it was given, then ``extra_body`` and
-        ``extra_headers`` (names only: a value may be a secret) when it has them: what the
-        document, ``--dry-run`` and the views show."""
+        the names of its ``extra_headers`` (a value may be a secret) when it has them: what
+        the document, ``--dry-run`` and the views show."""
         params: dict[str, JsonValue] = {}
         if self.temperature is not None:
             params["temperature"] = self.temperature
@@ -142,7 +142,9 @@ class Agent:
         if self.extra_body:
             params["extra_body"] = dict(self.extra_body)
         if self.extra_headers:
-            params["extra_headers"] = dict.fromkeys(self.extra_headers, "***")
+            # Names only, as a list: a value may be a secret, and a name like X-Api-Key is
+            # no key for the history to take for one.
+            params["extra_headers"] = list(self.extra_headers)
         return params
 
 
