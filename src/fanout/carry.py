@@ -174,9 +174,9 @@ def _carry_on(
     return emit(report, output, recorder, interrupted)
 
 
-def _attachments(references: Any) -> tuple[Attachment, ...]:
+def _attachments(references: object) -> tuple[Attachment, ...]:
     """A recorded run's attachments (-f), from the store beside the history, by hash."""
-    if not references:
+    if not isinstance(references, list) or not references:
         return ()
     from fanout.attachments import from_references
 

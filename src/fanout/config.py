@@ -859,9 +859,7 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         role_errors=role_errors,
         judge=judge,
         template=template,
-        declared=tuple(
-            role for role in ("router", "orchestrator", "judge") if getattr(spec, role) is not None
-        ),
+        declared=tuple(r for r in ("router", "orchestrator", "judge") if getattr(spec, r)),
     )
 
 

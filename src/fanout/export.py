@@ -77,7 +77,7 @@ def report_document(report: RunReport) -> dict[str, Any]:
     return derive_totals(document)
 
 
-def attachment_reference(attachment: Attachment) -> dict[str, Any]:
+def attachment_reference(attachment: Attachment) -> dict[str, JsonValue]:
     """An attachment as documents and the history list it (``attachments.reference``)."""
     return {
         "name": attachment.name,
@@ -525,7 +525,7 @@ def settings_record(
     }
 
 
-def _kept(attachments: Sequence[Attachment]) -> list[dict[str, Any]]:
+def _kept(attachments: Sequence[Attachment]) -> list[dict[str, JsonValue]]:
     """The run's attachments as the history records them: by hash, each content kept once in
     the store beside the history (for ``runs retry``), never in a record or a document."""
     if attachments:
@@ -646,9 +646,9 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
     )
 
 
-def _attachment_of(entry: Any) -> Attachment:
+def _attachment_of(given: object) -> Attachment:
     """A document's attachment entry back (its reference: the content is not in it)."""
-    entry = entry if isinstance(entry, dict) else {}
+    entry = given if isinstance(given, dict) else {}
     kind = entry.get("kind")
     size = entry.get("bytes")
     return Attachment(

@@ -125,7 +125,9 @@ class OpenAIProvider:
             await waiting.wait()
         return None
 
-    def _body(self, agent: Agent, response_format: Mapping[str, Any] | None) -> dict[str, object]:
+    def _body(
+        self, agent: Agent, response_format: Mapping[str, object] | None
+    ) -> dict[str, object]:
         """The request's fields beyond model, messages, tools and streaming."""
         bound_as = self._bound_as.get((agent.endpoint, agent.model)) or token_field(agent)
         return request_fields(agent, response_format, bound_as)
@@ -162,7 +164,7 @@ class OpenAIProvider:
         self,
         exc: openai.APIStatusError,
         agent: Agent,
-        shape: Mapping[str, Any] | None,
+        shape: Mapping[str, object] | None,
         stream: bool,
     ) -> bool:
         """Whether a refusal names an option this endpoint does without from now on (then the

@@ -19,8 +19,6 @@ from fanout.cli.app import (
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
-    attachments_of,
-    cache_of,
     check_utf8,
     output_of,
     panel_names,
@@ -29,6 +27,7 @@ from fanout.cli.flags import (
     routed,
     run_settings,
     shape_of,
+    with_request_flags,
 )
 from fanout.cli.options import (
     DEFAULT_ASK_CONCURRENCY,
@@ -219,7 +218,6 @@ def ask(
         text, out = "", None
         try:
             from fanout import session
-            from fanout.params import params_of_flags
 
             out = replace(
                 output_of(json_output, jsonl, jsonl_deltas, output, view), timeline=show_timeline
@@ -240,12 +238,8 @@ def ask(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
                 rpm, tpm, max_cost,
             )  # fmt: skip
-            settings = replace(
-                settings,
-                stream=stream,
-                params=params_of_flags(params),
-                cache=cache_of(cache),
-                attachments=attachments_of(files),
+            settings = with_request_flags(
+                settings, params=params, cache=cache, files=files, stream=stream
             )
             code = session.ask(
                 text,

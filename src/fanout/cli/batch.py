@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,13 +15,12 @@ from fanout.cli.app import (
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
-    attachments_of,
-    cache_of,
     check_output,
     panel_names,
     repeats,
     run_settings,
     shape_of,
+    with_request_flags,
 )
 from fanout.cli.options import (
     DEFAULT_BATCH_CONCURRENCY,
@@ -131,7 +129,6 @@ def batch(
       fanout batch questions.txt --vote --choices "yes,no" -o votes.jsonl
     """
     from fanout import batchrun
-    from fanout.params import params_of_flags
 
     with errors_to_exit():
         names, repeat = repeats(agent_names(agents, model))
@@ -148,12 +145,8 @@ def batch(
             rpm, tpm, max_cost,
         )  # fmt: skip
         # Nobody watches a batch: whole answers.
-        settings = replace(
-            settings,
-            stream=False,
-            params=params_of_flags(params),
-            cache=cache_of(cache),
-            attachments=attachments_of(files),
+        settings = with_request_flags(
+            settings, params=params, cache=cache, files=files, stream=False
         )
         code = batchrun.batch(
             file,

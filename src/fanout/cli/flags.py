@@ -44,6 +44,28 @@ def run_settings(
     )
 
 
+def with_request_flags(
+    settings: RunSettings,
+    *,
+    params: list[str] | None,
+    cache: bool | None,
+    files: list[Path] | None,
+    stream: bool | None,
+) -> RunSettings:
+    """``--param``, ``--cache``/``--no-cache``, ``-f`` and ``--stream`` on the run settings."""
+    from dataclasses import replace
+
+    from fanout.params import params_of_flags
+
+    return replace(
+        settings,
+        stream=stream,
+        params=params_of_flags(params),
+        cache=cache_of(cache),
+        attachments=attachments_of(files),
+    )
+
+
 def attachments_of(paths: list[Path] | None) -> tuple[Attachment, ...]:
     """``-f``: the files read and checked (one line for the first that cannot be sent)."""
     if not paths:

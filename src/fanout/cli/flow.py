@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -15,10 +14,9 @@ from fanout.cli.app import (
     terminate_as_interrupt,
 )
 from fanout.cli.flags import (
-    attachments_of,
-    cache_of,
     output_of,
     run_settings,
+    with_request_flags,
 )
 from fanout.cli.options import (
     DEFAULT_ASK_CONCURRENCY,
@@ -114,7 +112,6 @@ def flow_run(
     """
     from fanout import session
     from fanout.flow import parse_inputs
-    from fanout.params import params_of_flags
 
     with errors_to_exit(), terminate_as_interrupt():
         out = output_of(json_output, jsonl, jsonl_deltas, output, view)
@@ -129,12 +126,8 @@ def flow_run(
             given=parse_inputs(inputs or []),
             config=config,
             model=model,
-            settings=replace(
-                settings,
-                stream=stream,
-                params=params_of_flags(params),
-                cache=cache_of(cache),
-                attachments=attachments_of(files),
+            settings=with_request_flags(
+                settings, params=params, cache=cache, files=files, stream=stream
             ),
             output=out,
             dry_run=dry_run,

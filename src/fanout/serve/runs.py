@@ -148,7 +148,7 @@ def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunReq
     )
 
 
-def _files(value: Any) -> tuple[Attachment, ...]:
+def _files(value: object) -> tuple[Attachment, ...]:
     """``files``: attachments sent with the prompt, as ``fanout ask -f`` sends files
     (``[{"name": "chart.png", "content_base64": "..."}]``)."""
     if value is None:
