@@ -27,8 +27,10 @@ def models(
         ),
     ] = 10.0,
 ) -> None:
-    """List what each endpoint of the panel serves (GET /v1/models), which personas use it,
-    and which endpoints are unreachable. Exit 0 when every one answered, 3 when some did, 1
+    """List what each endpoint of the panel serves, and which are unreachable.
+
+    Every endpoint the personas, the synthesizer, the declared roles and their fallbacks use
+    is asked at once (GET /v1/models). Exit 0 when every one answered, 3 when some did, 1
     when none did.
 
     Example: fanout models --json | jq '.endpoints[] | select(.reachable | not)'
