@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from fanout.cache import CachedAnswer, ResponseCache, request_key
 from fanout.models import Agent
 from tests.conftest import AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Reply
+from tests.servehelp import until
 
 
 def lines(text: str) -> list[dict[str, Any]]:
@@ -215,3 +217,14 @@ def test_the_python_api_of_the_cache(tmp_path: Path) -> None:
     assert cache.stats().answers == 1
     cache.close()
     assert ResponseCache(tmp_path / "c.db").get(key) == CachedAnswer("an answer", "stop")
+
+
+def test_the_writer_thread_ends_when_there_is_nothing_to_write(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c.db", idle_s=0.01)
+    agent = Agent("a", model="m")
+    for n in range(3):
+        cache.put(request_key(agent, [], repeat=n), CachedAnswer(f"answer {n}"), "m")
+        cache.flush()
+        writers = [t for t in threading.enumerate() if t.name == "fanout-cache"]
+        until(lambda w=writers: not any(t.is_alive() for t in w), what="the writer to end")
+    assert cache.stats().answers == 3

@@ -54,6 +54,7 @@ HOME_ENV = "FANOUT_HOME"  # where the history and the cache live
 CACHE_NAME = "cache.db"
 _KEY_VERSION = 1  # part of every key: a change in what a key covers starts afresh
 _BUSY_TIMEOUT_S = 10.0
+_IDLE_S = 2.0  # the writer thread ends after this long with nothing to write
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key        TEXT PRIMARY KEY,  -- request_key(): a SHA-256, nothing in the clear
@@ -180,8 +181,9 @@ class CacheStats:
 class ResponseCache:
     """One cache database: reads on the caller's thread, writes on the cache's own."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, idle_s: float = _IDLE_S) -> None:
         self.path = path
+        self._idle_s = idle_s
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[str, str]] = {}  # put, not yet written: (model, json)
         self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
@@ -232,17 +234,29 @@ class ResponseCache:
         text = answer.to_json()
         with self._lock:
             self._pending[key] = (model, text)
+            # Queued under the lock: the writer decides it may stop under it too.
+            self._queue.put((key, model, text))
             if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._write_all, name="fanout-cache", daemon=True
                 )
                 self._writer.start()
-        self._queue.put((key, model, text))
 
     def _write_all(self) -> None:
+        """Write what is put, until the queue has been empty a while (then the thread ends,
+        and the next ``put`` starts another): no idle thread is left behind."""
         db: sqlite3.Connection | None = None
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self._idle_s)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._writer = None
+                        if db is not None:
+                            db.close()
+                        return
+                continue
             try:
                 if item is None:
                     return
@@ -265,17 +279,18 @@ class ResponseCache:
 
     def flush(self) -> None:
         """Wait until every answer put so far is written."""
-        if self._writer is not None:
-            self._queue.join()
+        self._queue.join()
 
     def close(self) -> None:
         """Write what is queued, then stop the thread and close the database."""
-        writer = self._writer
-        if writer is not None and writer.is_alive():
-            self._queue.put(None)
+        with self._lock:  # the writer decides to stop under the lock: one or the other
+            writer = self._writer
+            if writer is not None:
+                self._queue.put(None)
+        if writer is not None:
             writer.join(timeout=30)
-            self._writer = None
         with self._lock:
+            self._writer = None
             self._reader.close()
         with _SHARED_LOCK:
             if _SHARED.get(self.path) is self:
