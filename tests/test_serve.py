@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from fanout.shapes import SHAPES
+from fanout.shapes import SHAPES, Shape
 from fanout.shapes.panel import PanelStage
 from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
@@ -305,7 +305,9 @@ def test_samples_routes_exactly(serve: Serve) -> None:
             ),
             what="Completed",
         )
-        empty = client.post("/api/multiagent/run", content="  ")
+        empty = client.post(
+            "/api/multiagent/run", content="  ", headers={"content-type": "text/plain"}
+        )
     assert list(status) == [
         "instanceId", "runtimeStatus", "createdTime", "lastUpdatedTime", "input", "output"
     ]  # fmt: skip
@@ -327,9 +329,11 @@ def served_base(client: httpx.Client) -> str:
 
 
 def test_openai_client_lists_models_for_every_shape(
-    serve: Serve, monkeypatch: pytest.MonkeyPatch
+    serve: Serve, request: pytest.FixtureRequest
 ) -> None:
-    monkeypatch.setitem(SHAPES, "echo", lambda options: [PanelStage()])
+    echo = Shape("echo", "Every persona answers.", lambda options: [PanelStage()], flag="--echo")
+    SHAPES.add(echo)
+    request.addfinalizer(lambda: SHAPES.remove("echo"))
     served = serve()
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
     listed = [m.id for m in client.models.list()]
@@ -466,12 +470,16 @@ def test_body_over_one_megabyte_is_413(serve: Serve) -> None:
         streamed = client.post(
             "/api/runs", content=chunked(), headers={"content-type": "text/plain"}
         )
-        chat = client.post("/v1/chat/completions", content=big)
+        chat = client.post(
+            "/v1/chat/completions", content=big, headers={"content-type": "application/json"}
+        )
         fits = client.post("/api/runs?wait=30", content=b"Why?" + b" " * 1000)
-    for response in (declared, streamed, chat):
+    for response in (declared, streamed):
         assert response.status_code == 413
         assert "over 1048576 bytes" in response.json()["error"]
-    assert fits.status_code == 400  # no content type: JSON expected; the size was fine
+    assert chat.status_code == 413
+    assert "over 1048576 bytes" in chat.json()["error"]["message"]  # OpenAI's shape on /v1
+    assert fits.status_code == 415  # no content type: JSON or text expected; the size was fine
 
 
 @pytest.mark.parametrize(
@@ -515,7 +523,7 @@ def test_max_runs_gives_429_with_retry_after(server: FakeOpenAI, serve: Serve) -
     release = threading.Event()
     server.default = Reply(hold=release)
     try:
-        with serve(max_runs=1).client() as client:
+        with serve(max_runs=1, max_queued=0).client() as client:
             first = client.post("/api/runs", json={"prompt": "Why?"})
             assert first.status_code == 202
             refused = client.post("/api/runs", json={"prompt": "Why?"})

@@ -29,7 +29,7 @@ import anyio.abc
 from fanout.config import base_url_problem, file_kind, open_regular_file
 from fanout.cost import Pricing
 from fanout.engine import Engine, Execution, RunContext
-from fanout.errors import ConfigError, FanoutError, ProviderError
+from fanout.errors import ConfigError, FanoutError, ProviderError, StdoutClosed
 from fanout.event import (
     Broadcast,
     CallFinished,
@@ -51,6 +51,7 @@ from fanout.models import (
     Usage,
     chat_messages,
 )
+from fanout.output import silence_stdout
 from fanout.provider import OpenAIProvider, request_line
 from fanout.retry import RetryPolicy, call_with_retries
 from fanout.shapes import build_plan
@@ -348,6 +349,7 @@ class ResultWriter:
         ``prompt``, ``stage``, ``kind`` and the verdict under its key. It has no ``status``, so
         resuming never takes it for an answer; for a prompt decided twice, the last line holds."""
         key = event.key or event.kind
+        verdict = event.verdict.to_dict() if event.verdict is not None else None
         line = {
             "schema_version": SCHEMA_VERSION,
             "id": prompt.id,
@@ -355,7 +357,7 @@ class ResultWriter:
             "stage": event.stage,
             "kind": event.kind,
             "verdict": key,
-            key: event.verdict,
+            key: verdict,
         }
         self._line(line)
 
@@ -363,6 +365,11 @@ class ResultWriter:
         try:
             self._out.write(json_line(line) + "\n")
             self._out.flush()
+        except BrokenPipeError:
+            # Whoever read the results stopped (`| head -1`): the batch ends quietly, as ask does.
+            if self._out is sys.stdout:
+                silence_stdout()
+            raise StdoutClosed from None
         except OSError as exc:
             raise FanoutError(f"cannot write the results: {exc.strerror or exc}") from None
 
@@ -380,7 +387,10 @@ class _PromptObserver:
         tally = self._tally
         call = getattr(event, "call", None)
         key = (self._prompt.id, call.call_id) if call is not None else None
-        if isinstance(event, StageFinished) and event.verdict is not None and self._asked:
+        # A decision (a keyed verdict), not what every stage draws (a synthesis' answer).
+        decision = isinstance(event, StageFinished) and None not in (event.key, event.verdict)
+        if decision and self._asked:
+            assert isinstance(event, StageFinished)
             # A prompt resumed with nothing asked keeps the verdict line it already has.
             self._writer.write_verdict(self._prompt, event)
         elif isinstance(event, CallWaiting) and key is not None:

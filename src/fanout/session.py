@@ -113,7 +113,7 @@ def ask(
         trace_id=parent.trace_id if parent else None,
         parent_span_id=parent.span_id if parent else None,
     )
-    plan = resolve(request)
+    plan = resolve(request, priced=not dry_run)
     if dry_run:
         return dryrun.dry_run(plan, output, local_wanted and local, model is not None, settings)
     check_credentials(plan.callers, os.environ)
@@ -175,7 +175,7 @@ def flow_run(
         trace_id=parent.trace_id if parent else None,
         parent_span_id=parent.span_id if parent else None,
     )
-    plan = resolve(request)
+    plan = resolve(request, priced=not dry_run)
     if dry_run:
         # As any shape's (every stage built on answers as long as they may be), named
         # stage/persona: a flow asks the same persona in several stages.
