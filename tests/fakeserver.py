@@ -30,8 +30,9 @@ Accepted chat requests are recorded in ``server.requests``; ``server.max_in_flig
 peak number of chat requests being handled at once (counted from "body read" until "response
 complete or connection dropped"). ``/v1/files`` and ``/v1/batches`` hold a Batch API
 (``server.script(UPLOADS, Fault(400))`` fails the next upload, ``Hang()`` hangs it;
-``server.uploads`` counts them). Other paths get a 404, bodies that are not a JSON object
-with a string ``model`` get a 400; neither is recorded.
+``server.uploads`` counts them). ``GET /v1/models`` lists ``server.models``
+(``server.script(MODELS, Fault(401))`` answers the next listing so). Other paths get a 404,
+bodies that are not a JSON object with a string ``model`` get a 400; neither is recorded.
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["BadLine", "EmptyChoices", "FakeOpenAI", "Fault", "Hang", "Malformed", "RecordedRequest"]
-__all__ += ["UPLOADS", "Reply", "Reset", "Step", "Trickle"]
+__all__ += ["MODELS", "UPLOADS", "Reply", "Reset", "Step", "Trickle"]
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 UPLOADS = "/v1/files"  # server.script(UPLOADS, Fault(400)): how the next upload is answered
+MODELS = "/v1/models"  # server.script(MODELS, Fault(401)): how the next listing is answered
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -216,6 +218,7 @@ class FakeOpenAI:
         # A batch that ends before its window is over: with N, it ends "expired" with only
         # its first N results (the rest are not in any file, as OpenAI's expired batches).
         self.batch_expires_after: int | None = None
+        self.models: list[str] = []  # what GET /v1/models lists
         self._max_in_flight = 0
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -286,6 +289,7 @@ class FakeOpenAI:
             self._batches.clear()
             self.uploads = 0
             self.batch_expires_after = None
+            self.models = []
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -560,6 +564,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/batches":
             listed = [fake._batch_status(b, advance=False) for b in list(fake.batches)]
             return self._send_json(200, {"object": "list", "data": listed, "has_more": False})
+        if path in (MODELS, "/models"):
+            return self._models()
         if len(parts) == 5 and parts[2] == "files" and parts[4] == "content":
             content = fake.files.get(parts[3])
             if content is not None:
@@ -567,6 +573,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._not_found()
 
     do_PUT = do_PATCH = do_DELETE = _not_found
+
+    def _models(self) -> None:
+        """``GET /v1/models``: ``server.models``, or the next step of ``MODELS``'s script."""
+        fake = self.server.fake
+        with fake._cond:
+            queue = fake._scripts.get(MODELS)
+            step = queue.popleft() if queue else None
+            listed = list(fake.models)
+        if isinstance(step, Fault):
+            fault_body = _error(step.status, code=step.code) if step.body is None else step.body
+            return self._send_json(step.status, fault_body, step.headers)
+        if isinstance(step, Malformed):
+            return self._send(step.status, step.body.encode(), step.content_type, {})
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in listed]
+        self._send_json(200, {"object": "list", "data": data})
 
     # -- the Files and Batch APIs (just enough for /v1/chat/completions batches) -------------
     def _batch_api_post(self, path: str, raw: bytes) -> None:

@@ -83,7 +83,12 @@ def test_json_document_keeps_panel_order_whatever_finishes_first(
     assert first["error"] is None
     assert first["attempts"] == 1
     assert first["latency_s"] >= 0
-    assert set(first["usage"]) == {"input_tokens", "output_tokens", "total_tokens"}
+    assert set(first["usage"]) == {
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "reasoning_tokens",
+    }
     assert document["usage"]["total_tokens"] == sum(
         a["usage"]["total_tokens"] for a in document["agents"]
     )

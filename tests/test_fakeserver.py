@@ -309,9 +309,13 @@ def test_http_edges(server: FakeOpenAI) -> None:
     conn.request("POST", "/chat/completions", body=body)
     resp = conn.getresponse()
     assert resp.status == 200 and json.loads(resp.read())["choices"][0]["message"]["content"]
-    conn.request("GET", "/v1/models")
+    conn.request("GET", "/v1/assistants")
     resp = conn.getresponse()
     assert resp.status == 404 and json.loads(resp.read())["error"]["type"] == "not_found_error"
+    server.models = ["m-1", "m-2"]  # GET /v1/models lists what the test says it serves
+    conn.request("GET", "/v1/models")
+    resp = conn.getresponse()
+    assert [m["id"] for m in json.loads(resp.read())["data"]] == ["m-1", "m-2"]
     conn.request("POST", "/v1/embeddings", body=body)
     resp = conn.getresponse()
     assert resp.status == 404 and "error" in json.loads(resp.read())

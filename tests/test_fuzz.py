@@ -556,6 +556,26 @@ def hostile_council(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: st
     return HostileRun(["-a", "a,b,c,d", "--council", "Q?"], check)
 
 
+def hostile_debate(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str) -> HostileRun:
+    # The judge's agreement check after the first round is hostile: read as "they differ", so
+    # a second round is asked, where the answers read the same and the debate ends (synthesis).
+    server.script("m-judge", Reply(text=reply))
+    server.script("m-a", Reply(text="answer a"), Reply(text="answer c"))
+    server.script("m-b", Reply(text="answer b"), Reply(text="answer c"))
+
+    def check(document: dict[str, Any]) -> None:
+        stages = {stage["id"]: stage for stage in document["stages"]}
+        assert [s for s in stages if s.startswith(("round", "check"))] == [
+            "round1", "check1", "round2",
+        ]  # fmt: skip
+        assert stages["check1"]["verdict"]["agree"] is False
+        _warned(stages["check1"]["verdict"], "the judge's reply gave no agree")
+        assert stages["round2"]["verdict"]["agreed"] is True
+        assert document["stages"][-1]["calls"][0]["status"] == "ok"  # the synthesis
+
+    return HostileRun(["-a", "a,b", "--debate", "-O", "agree=judge", "-O", "rounds=2", "Q?"], check)
+
+
 def hostile_route(server: FakeOpenAI, agents: AgentsFile, tmp: Path, reply: str) -> HostileRun:
     server.script("m-router", Reply(text=reply))
 
@@ -626,6 +646,7 @@ HOSTILE_CASES: dict[str, tuple[str, HostileCase]] = {
     "judge": ("winner", hostile_judge),
     "council": ("ranking", hostile_council),
     "route": ("personas", hostile_route),
+    "debate": ("agree", hostile_debate),
     "orchestrate": ("question", hostile_orchestrate),
     "panel": ("consensus", hostile_map),
     "flow": ("winner", hostile_flow),

@@ -234,7 +234,7 @@ def test_extra_headers_are_sent_and_never_shown(
         assert secret not in text and literal not in text
     assert secret.encode() not in stored and literal.encode() not in stored
     entry = {c["name"]: c for c in json.loads(result.stdout)["agents"]}
-    assert entry["a"]["params"]["extra_headers"] == {"X-Gateway-Key": "***", "X-Title": "***"}
+    assert entry["a"]["params"]["extra_headers"] == ["X-Gateway-Key", "X-Title"]
     assert entry["a"]["error"]["message"] == "HTTP 400: bad key *** for ***"
 
 
@@ -465,3 +465,20 @@ def test_dry_run_shows_the_parameters(agents_file: AgentsFile, invoke: Invoke) -
     assert call["params"] == {"max_tokens": 9, "reasoning_effort": "high", "seed": 4}
     table = invoke("ask", "-c", config, "--dry-run", "--param", "seed=4", "Q")
     assert "reasoning_effort=high" in table.stdout and "seed=4" in table.stdout
+
+
+def test_headers_named_like_keys_are_recorded_by_reference(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROXY_TOKEN", "tok-0123456789")
+    headers = {"X-Api-Key": "${PROXY_TOKEN}", "Authorization": "Bearer ${PROXY_TOKEN}"}
+    config = agents_file("a", extra={"a": {"extra_headers": headers}})
+    server.script("m-a", Fault(500))
+    first = invoke("ask", "-c", config, "--retries", "0", "--json", "Q")
+    assert first.exit_code == 1 and "not fully recorded" not in first.stderr, first.stderr
+    server.reset()
+    again = invoke("runs", "retry", json.loads(first.stdout)["run_id"], "--json")
+    assert again.exit_code == 0, again.output
+    (sent,) = server.requests
+    assert sent.headers["x-api-key"] == "tok-0123456789"
+    assert sent.headers["authorization"] == "Bearer tok-0123456789"

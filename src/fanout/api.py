@@ -210,6 +210,10 @@ def planned_calls(plan: Plan) -> list[PlannedCall]:
         stage = stages[index]
         index += 1
         calls = stage.calls(context)
+        if plan.request.settings.attachments:  # -f: the personas' prompts carry them
+            from fanout.attachments import with_attachments
+
+            calls = with_attachments(calls, plan.request.settings.attachments)
         # A stage whose worst case is more than a long answer (an orchestrator's turn that
         # asks every persona) says what its placeholder is.
         longest = getattr(stage, "longest_answer", None) or _longest_answer

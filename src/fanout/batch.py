@@ -29,7 +29,7 @@ import anyio.abc
 from fanout.api import Plan, prepare
 from fanout.config import base_url_problem, file_kind, open_regular_file
 from fanout.cost import Pricing
-from fanout.engine import Engine, RunContext, Stage
+from fanout.engine import Engine, RunContext, Stage, stage_calls
 from fanout.errors import ConfigError, FanoutError, ProviderError, StdoutClosed
 from fanout.event import (
     CallFinished,
@@ -309,6 +309,7 @@ class BatchTally:
     failed: int = 0
     answered: int = 0  # of those done, the answers (what makes a batch with failures partial)
     skipped: int = 0  # answered by an earlier run
+    cached: int = 0  # answered by the response cache (--cache): nothing sent
     in_flight: int = 0
     waiting: int = 0
     tokens: int = 0
@@ -429,6 +430,7 @@ class _PromptObserver:
                 tally.done += 1
                 tally.failed += result.status != "ok"
                 tally.answered += result.status == "ok"
+                tally.cached += result.cached
                 tally.tokens += result.usage.total_tokens
                 if result.cost_usd is not None:
                     tally.cost_usd += result.cost_usd
@@ -524,7 +526,8 @@ async def run_flat(
         for prompt in prompts:
             # A write that fails raises out of the call and ends the pool (and the batch).
             observer = _PromptObserver(prompt, writer, tally, shown, stop=_nothing)
-            for call in stage.calls(replace(context, prompt=prompt.prompt, stages={})):
+            asked = replace(context, prompt=prompt.prompt, stages={})
+            for call in stage_calls(stage, asked, engine.settings):
                 if (prompt.id, call.call_id) in answered:
                     tally.skipped += 1
                 else:

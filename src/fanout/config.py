@@ -34,7 +34,7 @@ from pydantic import (
 
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, Price
 from fanout.errors import ConfigError
-from fanout.models import OPENAI_BASE_URL, Agent, Endpoint, Limits
+from fanout.models import OPENAI_BASE_URL, Agent, Endpoint, Fallback, Limits
 from fanout.params import (
     BOTH_BOUNDS,
     MASK,
@@ -87,6 +87,25 @@ ROLE_INSTRUCTIONS = {
 }
 
 
+class FallbackSpec(BaseModel):
+    """A fallback written out: a model, and where it is if not on the persona's endpoint."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("base_url")
+    @classmethod
+    def _a_server(cls, value: str | None) -> str | None:
+        problem = "a fallback is on a server, not local" if value == "local" else None
+        problem = problem or (base_url_problem(value) if value is not None else None)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class _AgentFields(RequestParams):
     """Fields a persona, the defaults and the synthesizer share: the request fields fanout
     knows (``RequestParams``: at the top, or under ``params:``) and how to reach the model."""
@@ -99,6 +118,8 @@ class _AgentFields(RequestParams):
     params: RequestParams | None = None
     extra_body: dict[str, JsonValue] | None = None
     extra_headers: dict[str, str] | None = None
+    # Tried in order when the model gives up for a reason another may not have.
+    fallbacks: list[FallbackSpec] | None = Field(default=None, max_length=10)
     base_url: str | None = None
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
@@ -113,6 +134,14 @@ class _AgentFields(RequestParams):
             problem = base_url_problem(value)
             if problem:
                 raise ValueError(problem)
+        return value
+
+    @field_validator("fallbacks", mode="before")
+    @classmethod
+    def _model_names(cls, value: object) -> object:
+        # A model name alone is a fallback on the persona's own endpoint.
+        if isinstance(value, list):
+            return [{"model": item} if isinstance(item, str) else item for item in value]
         return value
 
     @field_validator("extra_body")
@@ -236,6 +265,7 @@ class Panel:
     # What a persona named on the command line (-p NAME=TEXT) starts from: the file's
     # defaults: section alone, or why it could not be built (an unusable $OPENAI_BASE_URL).
     template: Agent | str | None = None
+    declared: tuple[str, ...] = ()  # the roles the file has a section for (judge:, router:...)
 
     def role(self, name: str) -> Agent:
         """The agent that plays ``name`` (``synthesizer``, ``judge``, ``router``...) in the
@@ -344,7 +374,7 @@ def _checked_panel(document: YamlFile, environ: Mapping[str, str]) -> Panel:
     try:
         spec = PanelSpec.model_validate(document.data)
     except ValidationError as exc:
-        raise ConfigError(_one_line(_describe(document, exc))) from None
+        raise ConfigError(_one_line(_describe(document, exc, unknown_first=True))) from None
     return panel_of(document, spec, environ)
 
 
@@ -388,21 +418,26 @@ def check_credentials(agents: Sequence[Agent], environ: Mapping[str, str]) -> No
     """Fail before any call when a remote endpoint has no key in the environment, or a key
     that cannot go in an HTTP header (a stray newline from a .env file, say)."""
     for agent in agents:
-        endpoint = agent.endpoint
-        key = environ.get(endpoint.api_key_env)
-        if not endpoint.is_local and not key:
-            raise ConfigError(
-                f"agent {agent.name!r}: no API key for {endpoint.host}: set "
-                f"${endpoint.api_key_env}, point base_url at a server of yours (Ollama: "
-                "http://localhost:11434/v1), or add --local for the model that comes with "
-                "fanout[local]"
-            )
-        if key and not _HEADER_SAFE.fullmatch(key):
-            raise ConfigError(
-                f"${endpoint.api_key_env} holds spaces, line breaks or non-ASCII characters; "
-                "an API key cannot (check how it was set)"
-            )
+        for endpoint in (agent.endpoint, *(f.endpoint for f in agent.fallbacks)):
+            _check_key(agent, endpoint, environ)
         _check_headers(agent, environ)
+
+
+def _check_key(agent: Agent, endpoint: Endpoint, environ: Mapping[str, str]) -> None:
+    key = environ.get(endpoint.api_key_env)
+    if not endpoint.is_local and not key:
+        fallback = "" if endpoint == agent.endpoint else " (a fallback)"
+        raise ConfigError(
+            f"agent {agent.name!r}: no API key for {endpoint.host}{fallback}: set "
+            f"${endpoint.api_key_env}, point base_url at a server of yours (Ollama: "
+            "http://localhost:11434/v1), or add --local for the model that comes with "
+            "fanout[local]"
+        )
+    if key and not _HEADER_SAFE.fullmatch(key):
+        raise ConfigError(
+            f"${endpoint.api_key_env} holds spaces, line breaks or non-ASCII characters; "
+            "an API key cannot (check how it was set)"
+        )
 
 
 def _check_headers(agent: Agent, environ: Mapping[str, str]) -> None:
@@ -851,6 +886,8 @@ def _loc_name(data: Any, loc: tuple[Any, ...]) -> str:
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    if "fallbacks" in loc[:-1]:
+        return list(FallbackSpec.model_fields)
     if len(loc) == 1:
         return list(PanelSpec.model_fields)
     if loc[0] == "agents":
@@ -910,11 +947,8 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
                 api_key_env=pick("api_key_env") or "OPENAI_API_KEY",
             ),
             limits=Limits(rpm=pick("rpm"), tpm=pick("tpm"), concurrency=pick("concurrency")),
-            extra_body={**(defaults.extra_body or {}), **(fields.extra_body or {})},
-            extra_headers={**(defaults.extra_headers or {}), **(fields.extra_headers or {})},
         )
-        agent = with_params(agent, _request_params(defaults, fields))
-        return replace(agent, stop=agent.stop or None)
+        return _with_requests(agent, defaults, fields)
 
     agents = [build(a, a.name) for a in spec.agents]
     template: Agent | str
@@ -964,7 +998,35 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         role_errors=role_errors,
         judge=judge,
         template=template,
+        declared=tuple(r for r in ("router", "orchestrator", "judge") if getattr(spec, r)),
     )
+
+
+def _with_requests(agent: Agent, defaults: _AgentFields, fields: _AgentFields) -> Agent:
+    """``agent`` with what its requests carry: the request fields, ``extra_body`` and
+    ``extra_headers`` (the persona's keys over the defaults'), and its fallbacks."""
+    fallbacks = fields.fallbacks if fields.fallbacks is not None else defaults.fallbacks
+    agent = replace(
+        agent,
+        extra_body={**(defaults.extra_body or {}), **(fields.extra_body or {})},
+        extra_headers={**(defaults.extra_headers or {}), **(fields.extra_headers or {})},
+        fallbacks=_fallbacks(fallbacks or [], agent.endpoint),
+    )
+    agent = with_params(agent, _request_params(defaults, fields))
+    return replace(agent, stop=agent.stop or None)
+
+
+def _fallbacks(given: Sequence[FallbackSpec], own: Endpoint) -> tuple[Fallback, ...]:
+    """A persona's fallbacks: a model name is on its own endpoint (and key); a mapping may
+    name another (its key in ``api_key_env``, else ``$OPENAI_API_KEY``, as a persona's)."""
+    resolved: list[Fallback] = []
+    for item in given:
+        if item.base_url is None:
+            endpoint = replace(own, api_key_env=item.api_key_env or own.api_key_env)
+        else:
+            endpoint = Endpoint(item.base_url.rstrip("/"), item.api_key_env or "OPENAI_API_KEY")
+        resolved.append(Fallback(item.model, endpoint))
+    return tuple(resolved)
 
 
 def _request_params(defaults: _AgentFields, fields: _AgentFields) -> dict[str, JsonValue]:

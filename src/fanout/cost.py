@@ -26,16 +26,41 @@ _CENT_FRACTION = 1e-12  # float noise, far below any price
 DEFAULT_COMPLETION_ESTIMATE = 1024  # answer tokens assumed when max_tokens is not set
 
 
-def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+# What an image (-f) counts for, in estimates and in the budget's worst case: about the most
+# one image costs on gpt-4o and gpt-4.1, Claude and Gemini (gpt-4o-mini counts images as many
+# more tokens, each far cheaper: about the same money).
+IMAGE_TOKENS = 1_600
+
+
+def estimate_tokens(messages: Sequence[Mapping[str, object]]) -> int:
     """A cheap guess (4 characters a token, plus framing) of a prompt's tokens, for the TPM
     limiter, which corrects it with the real usage afterwards."""
-    return sum(len(m["content"]) // 4 + 4 for m in messages) + 3
+    total = 3
+    for message in messages:
+        text, images = _content(message.get("content"))
+        total += len(text) // 4 + 4 + images * IMAGE_TOKENS
+    return total
 
 
-def most_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+def most_tokens(messages: Sequence[Mapping[str, object]]) -> int:
     """A bound no tokenizer exceeds (a token is at least one UTF-8 byte), for ``--max-cost``:
     4 characters a token is far too few for Chinese or Japanese text."""
-    return sum(len(m["content"].encode("utf-8")) + 4 for m in messages) + 3
+    total = 3
+    for message in messages:
+        text, images = _content(message.get("content"))
+        total += len(text.encode("utf-8", "replace")) + 4 + images * IMAGE_TOKENS
+    return total
+
+
+def _content(content: object) -> tuple[str, int]:
+    """A message's text and how many images it holds (content parts: text and image_url)."""
+    if isinstance(content, str):
+        return content, 0
+    if not isinstance(content, list):
+        return "", 0
+    parts = [p for p in content if isinstance(p, dict)]
+    text = "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+    return text, sum(1 for p in parts if p.get("type") == "image_url")
 
 
 @dataclass(frozen=True)
@@ -156,7 +181,7 @@ class PlannedCall:
 
 def planned_call(
     agent: Agent,
-    messages: Sequence[Mapping[str, str]],
+    messages: Sequence[Mapping[str, object]],
     pricing: Pricing,
     *,
     name: str = "",

@@ -19,10 +19,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import anyio
 
@@ -31,6 +31,7 @@ from fanout.errors import BudgetExceeded, FanoutError, ProviderError
 from fanout.event import (
     Broadcast,
     CallDelta,
+    CallFallback,
     CallFinished,
     CallRetrying,
     CallSending,
@@ -46,12 +47,14 @@ from fanout.limiter import RateLimiter
 from fanout.models import (
     Agent,
     AgentError,
+    Attachment,
     AttemptTiming,
     Call,
     CallResult,
     CallTiming,
     Completion,
     Endpoint,
+    Fallback,
     Message,
     RunReport,
     RunStatus,
@@ -65,6 +68,8 @@ from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, trace
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
+    from fanout.cache import ResponseCache
+
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
 # rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it): a panel of a few
 # hundred personas goes in one wave.
@@ -73,6 +78,12 @@ DEFAULT_CONCURRENCY = 256
 # for the rest of the run, as a day-long 429 closes it. A 403 is said the same way (the host,
 # the key's variable) but closes nothing: it may be about one model, or one request's content.
 REFUSED_KEY = (401, 403)
+# Why a model gives up that another may not share: it is down or unreachable, its rate limit
+# is spent past --max-retry-after, or the endpoint has no such model. Never a bad request, a
+# refused key or content (a refusal is an answer), which another model would meet the same.
+FALLBACK_KINDS = frozenset(
+    {"server_error", "connection", "timeout", "incomplete_stream", "rate_limit", "not_found"}
+)
 
 
 class Provider(Protocol):
@@ -112,6 +123,9 @@ class RunSettings:
     max_cost: float | None = None  # USD for the whole run; calls that could break it are skipped
     # Request fields set for every persona of the run (--param key=value), checked already.
     params: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
+    cache: bool = False  # answer identical requests from the response cache (--cache)
+    # Files every persona is sent with the question (-f), read and checked already.
+    attachments: tuple[Attachment, ...] = ()
 
 
 class EndpointGates:
@@ -194,6 +208,7 @@ class Engine:
         agents: Iterable[Agent] = (),
         settings: RunSettings | None = None,
         pricing: Pricing | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings or RunSettings()
@@ -202,6 +217,7 @@ class Engine:
         self.cap = anyio.CapacityLimiter(self.settings.concurrency)
         max_cost = self.settings.max_cost
         self.budget = Budget(max_cost) if max_cost is not None else None
+        self.cache = cache or (_default_cache() if self.settings.cache else None)
 
     async def call(
         self,
@@ -218,11 +234,11 @@ class Engine:
             result.status, result.error = "skipped", call.skip
             observer.handle(CallFinished(call, result))
             return
+        if self._from_cache(call, result, observer, stream):
+            return
         attempts = _Attempts(self, call, result, observer, stream, trace or RunTrace.fresh())
         try:
-            completion = await call_with_retries(
-                attempts.attempt, self.settings.retry, on_retry=attempts.on_retry
-            )
+            completion = await self._with_fallbacks(attempts)
         except BudgetExceeded as exc:
             result.status, result.error = "skipped", AgentError("budget", str(exc))
         except ProviderError as exc:
@@ -238,21 +254,54 @@ class Engine:
             result.status = "error"
             result.error = AgentError("internal", f"{type(cause).__name__}: {cause}")
         else:
-            result.status = "ok"
-            result.answer = completion.text.strip()
-            result.finish_reason = completion.finish_reason
-            result.response_model = completion.model
-            result.truncated = completion.finish_reason == "length"
-            # A server that reports no usage gets it counted from the text, and says so.
-            result.usage_estimated = completion.usage is None
-            result.usage = completion.usage or _estimated_usage(call.messages, completion.text)
-            if completion.tool_calls:  # what the model asked for; the shape acts on it
-                result.details["tool_calls"] = [dict(t) for t in completion.tool_calls]
-            if call.read is not None:
-                with suppress(Exception):  # a shape's reader bug: the answer stays as it came
-                    call.read(result)
+            _answered(call, result, completion)
+            self._to_cache(attempts.call, completion)
         attempts.settle()
         observer.handle(CallFinished(call, result))
+
+    def _from_cache(self, call: Call, result: CallResult, observer: Observer, stream: bool) -> bool:
+        """The cache step: answer ``call`` from the response cache if it holds its request
+        (then the call is ``cached``, costs nothing and sends nothing)."""
+        if self.cache is None:
+            return False
+        from fanout.cache import request_key
+
+        hit = self.cache.get(request_key(call.agent, call.messages, **_key_parts(call)))
+        if hit is None:
+            return False
+        observer.handle(CallStarted(call))
+        if stream and hit.text:
+            observer.handle(CallDelta(call, hit.text))
+        _answered(call, result, hit.completion())
+        result.usage, result.usage_estimated, result.cost_usd = Usage(), False, 0.0
+        result.cached = True
+        observer.handle(CallFinished(call, result))
+        return True
+
+    def _to_cache(self, call: Call, completion: Completion) -> None:
+        """Keep a complete answer for the next identical request (written off the loop)."""
+        if self.cache is None:
+            return
+        from fanout.cache import CachedAnswer, complete, request_key
+
+        if complete(completion):
+            key = request_key(call.agent, call.messages, **_key_parts(call))
+            self.cache.put(key, CachedAnswer.of(completion), call.agent.model)
+
+    async def _with_fallbacks(self, attempts: _Attempts) -> Completion:
+        """The call's attempts (retries included), then, if its model gives up for a reason
+        another model may not have (``FALLBACK_KINDS``), the same on each of the persona's
+        ``fallbacks:`` in turn. The last error is raised as it came."""
+        fallbacks = list(attempts.call.agent.fallbacks)
+        while True:
+            try:
+                return await call_with_retries(
+                    attempts.attempt, self.settings.retry, on_retry=attempts.on_retry
+                )
+            except ProviderError as exc:
+                if not fallbacks or exc.kind not in FALLBACK_KINDS:
+                    raise
+                attempts.fall_back(fallbacks.pop(0), exc)
 
     async def _reserve(self, call: Call) -> float:
         """Hold one call's worst-case cost against ``--max-cost``; raise if it cannot fit."""
@@ -333,6 +382,44 @@ class _Attempts:
         self.attempt_started = 0.0
         self.failed_usage = Usage()  # what failed attempts consumed, when the server said
         self.parts: list[str] = []  # the current attempt's streamed text
+        # Models that gave up before this one (fallbacks): attempts, tokens and their cost.
+        self.offset = 0
+        self.prior_usage = Usage()
+        self.prior_cost: float | None = 0.0
+
+    def fall_back(self, fallback: Fallback, error: ProviderError) -> None:
+        """Go on with ``fallback``'s model: what the model before it consumed is kept (priced
+        at its own model), and the result says why it gave up."""
+        before = self.call.agent
+        spent = self.failed_usage
+        cost = self.engine.pricing.cost(before.model, spent) if spent.total_tokens else 0.0
+        self.prior_usage += spent
+        self.prior_cost = (
+            None if cost is None or self.prior_cost is None else self.prior_cost + cost
+        )
+        self.failed_usage = Usage()
+        given_up = self.result.details.get("fell_back_from")
+        if not isinstance(given_up, list):
+            given_up = self.result.details["fell_back_from"] = []
+        given_up.append(
+            {
+                "model": before.model,
+                "base_url": before.endpoint.display_url,
+                "attempts": self.result.attempts - self.offset,
+                "error": asdict(AgentError(error.kind, error.message, error.status_code)),
+            }
+        )
+        self.offset = self.result.attempts
+        agent = replace(before, model=fallback.model, endpoint=fallback.endpoint)
+        self.call = replace(self.call, agent=agent)
+        self.result.model = agent.model
+        self.limiter = self.engine.gates.limiter(agent)
+        self.endpoint_cap = self.engine.gates.cap(agent)
+        self.limited = bool(self.limiter.rpm or self.limiter.tpm)
+        reason = str(error.status_code or error.kind)
+        self.observer.handle(
+            CallFallback(self.call, before.model, agent.model, reason, error.message)
+        )
 
     @property
     def streamed(self) -> str:
@@ -370,6 +457,7 @@ class _Attempts:
         )
 
     async def attempt(self, number: int) -> Completion:
+        number += self.offset  # counted across the models a fallback went through
         self.current = timing = AttemptTiming(number, new_span_id(), self._now())
         self.timing.attempts.append(timing)
         try:
@@ -464,6 +552,16 @@ class _Attempts:
                 cost = reserved if cut_off else engine.pricing.cost(call.agent.model, used)
                 engine.budget.settle(reserved, cost or 0.0)
 
+    def _cost(self, own: Usage) -> float | None:
+        """The call's cost: its model's tokens at its price, plus what models before it (that
+        a fallback replaced) cost; unknown when a price that counts is."""
+        cost = self.engine.pricing.cost(self.result.model, own)
+        if not self.prior_usage.total_tokens:
+            return cost
+        if (cost is None and own.total_tokens) or self.prior_cost is None:
+            return None
+        return self.prior_cost + (cost or 0.0)
+
     def keep_partial(self, text: str | None) -> None:
         """A call cut short keeps the text it had (for display), marked truncated."""
         if text:
@@ -478,9 +576,10 @@ class _Attempts:
                 # Cut short: the tokens it streamed were billed; count them from the text.
                 result.usage = _estimated_usage(self.call.messages, result.answer)
                 result.usage_estimated = True
-            result.usage += self.failed_usage
+            own = result.usage + self.failed_usage
             self.failed_usage = Usage()
-            result.cost_usd = self.engine.pricing.cost(result.model, result.usage)
+            result.usage = own + self.prior_usage
+            result.cost_usd = self._cost(own)
             now = time.perf_counter()
             self.timing.end_s = self._now(now)
             if self.started is not None:
@@ -621,7 +720,7 @@ class Execution:
 
     async def _run_stage(self, stage: Stage, stage_result: StageResult) -> None:
         try:
-            calls = stage.calls(self.context)
+            calls = stage_calls(stage, self.context, self.engine.settings)
         except Exception as exc:  # a shape's bug costs its stage, never the answers so far
             calls = []
             stage_result.verdict = StageError(f"{type(exc).__name__}: {exc}")
@@ -664,6 +763,7 @@ class Execution:
             recorded_status=_kept_status(self.previous) if self.interrupted else None,
             span_id=self.span_id,
             parent_span_id=self.parent_span_id,
+            attachments=self.engine.settings.attachments,
         )
 
     def conclude(self) -> RunReport:
@@ -701,6 +801,64 @@ class Execution:
                 StageResult(stage.id, stage.kind, calls, verdict, stage.key, stage.holds_answers)
             )
         return merged
+
+
+def stage_calls(stage: Stage, context: RunContext, settings: RunSettings) -> list[Call]:
+    """The calls ``stage`` makes in ``context``, as every run (and a batch's flat pool) makes
+    them: the personas' carrying the run's attachments (``-f``)."""
+    return _with_attachments(stage.calls(context), settings.attachments)
+
+
+def _with_attachments(calls: list[Call], attachments: Sequence[Attachment]) -> list[Call]:
+    """The personas' calls carrying the run's attachments (``-f``), if it has any."""
+    if not attachments:
+        return calls
+    from fanout.attachments import with_attachments
+
+    return with_attachments(calls, attachments)
+
+
+def _answered(call: Call, result: CallResult, completion: Completion) -> None:
+    """Fill ``result`` with an answer (from the server, or the cache), read by its stage."""
+    result.status = "ok"
+    result.answer = completion.text.strip()
+    result.finish_reason = completion.finish_reason
+    result.response_model = completion.model
+    result.truncated = completion.finish_reason == "length"
+    # A server that reports no usage gets it counted from the text, and says so.
+    result.usage_estimated = completion.usage is None
+    result.usage = completion.usage or _estimated_usage(call.messages, completion.text)
+    if completion.tool_calls:  # what the model asked for; the shape acts on it
+        result.details["tool_calls"] = [dict(t) for t in completion.tool_calls]
+    if call.read is not None:
+        with suppress(Exception):  # a shape's reader bug: the answer stays as it came
+            call.read(result)
+
+
+class _KeyParts(TypedDict):
+    response_format: Mapping[str, object] | None
+    tools: Sequence[Mapping[str, object]] | None
+    repeat: int
+
+
+def _key_parts(call: Call) -> _KeyParts:
+    """What of a call beyond its agent and messages makes its request (the cache's key)."""
+    from fanout.cache import repeat_index
+
+    return {
+        "response_format": call.response_format,
+        "tools": call.tools,
+        "repeat": repeat_index(call.name),
+    }
+
+
+def _default_cache() -> ResponseCache:
+    """The response cache beside the history (``StorageError`` if it cannot be opened)."""
+    import os
+
+    from fanout.cache import ResponseCache, cache_path
+
+    return ResponseCache.shared(cache_path(os.environ))
 
 
 def _stage_result(stage: Stage) -> StageResult:

@@ -83,6 +83,18 @@ class CallRetrying:
 
 
 @dataclass(frozen=True)
+class CallFallback:
+    """A model gave up (after its retries) for a reason another may not have: the call goes
+    on with the persona's next ``fallbacks:`` model; ``call`` is the call as it now is."""
+
+    call: Call
+    from_model: str
+    to_model: str
+    reason: str  # the HTTP status, or the kind of failure
+    message: str
+
+
+@dataclass(frozen=True)
 class CallDelta:
     """A piece of a streamed answer."""
 
@@ -116,6 +128,7 @@ Event = (
     | CallWaiting
     | CallSending
     | CallRetrying
+    | CallFallback
     | CallDelta
     | CallFinished
     | StageFinished

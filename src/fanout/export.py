@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from fanout.event import (
     CallDelta,
+    CallFallback,
     CallFinished,
     CallRetrying,
     CallStarted,
@@ -32,6 +33,7 @@ from fanout.event import (
 from fanout.models import (
     Agent,
     AgentError,
+    Attachment,
     AttemptTiming,
     CallResult,
     CallTiming,
@@ -66,12 +68,25 @@ def report_document(report: RunReport) -> dict[str, Any]:
         "started_at": report.started_at,
         "finished_at": report.finished_at,
         "duration_s": report.duration_s,
+        # The files sent with the question (-f), by hash: never their content.
+        "attachments": [attachment_reference(a) for a in report.attachments],
         # False: a verdict reached no decision it exists for (no quorum, a tie...); null:
         # nothing in the run decides anything.
         "decided": report.decided,
         "stages": [stage_document(s) for s in report.stages],
     }
     return derive_totals(document)
+
+
+def attachment_reference(attachment: Attachment) -> dict[str, JsonValue]:
+    """An attachment as documents and the history list it (``attachments.reference``)."""
+    return {
+        "name": attachment.name,
+        "kind": attachment.kind,
+        "media_type": attachment.media_type,
+        "bytes": attachment.size,
+        "sha256": attachment.sha256,
+    }
 
 
 def stage_document(stage: StageResult) -> dict[str, Any]:
@@ -110,6 +125,7 @@ def call_document(result: CallResult) -> dict[str, Any]:
         "truncated": result.truncated,
         "response_model": result.response_model,
         "params": result.params,
+        "cached": result.cached,
         "timing": timing_document(result.timing) if result.timing is not None else None,
         **result.details,
     }
@@ -207,7 +223,7 @@ def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
         if c.get("status") == "ok" and isinstance(c.get("answer"), str)
     }
     document["synthesis"] = synthesis
-    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "reasoning_tokens": 0}
     for call in calls:
         usage = _usage_of(call)
         for key in totals:
@@ -394,6 +410,15 @@ class JsonlWriter:
                 "reason": event.reason,
                 "message": event.message,
             }
+        elif isinstance(event, CallFallback):
+            body = {
+                "type": "fallback",
+                **_call_fields(event.call),
+                "from_model": event.from_model,
+                "model": event.to_model,
+                "reason": event.reason,
+                "message": event.message,
+            }
         elif isinstance(event, CallDelta) and self._deltas:
             body = {"type": "delta", **_call_fields(event.call), "text": event.text}
         elif isinstance(event, CallFinished):
@@ -441,6 +466,7 @@ def plan_document(
                 "prompt_tokens_estimate": c.prompt_tokens,
                 "max_tokens": c.max_tokens,
                 "params": c.agent.request_params(),
+                "fallbacks": [f.model for f in c.agent.fallbacks],
                 "worst_case_usd": _usd(c.worst_case_usd),
             }
             for c in calls
@@ -461,7 +487,7 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
     known = {
         "name", "model", "status", "answer", "error", "attempts", "latency_s", "ttft_s", "usage",
         "usage_estimated", "cost_usd", "call_id", "stage", "role", "finish_reason", "truncated",
-        "response_model", "timing", "params",
+        "response_model", "timing", "params", "cached",
     }  # fmt: skip
     usage = _usage_of(entry)
     return CallResult(
@@ -473,9 +499,7 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
         attempts=entry.get("attempts") or 0,
         latency_s=entry.get("latency_s"),
         ttft_s=entry.get("ttft_s"),
-        usage=Usage(
-            *(_count(usage.get(k)) for k in ("input_tokens", "output_tokens", "total_tokens"))
-        ),
+        usage=Usage(*(_count(usage.get(k)) for k in _USAGE_KEYS)),
         usage_estimated=bool(entry.get("usage_estimated", False)),
         cost_usd=entry.get("cost_usd"),
         call_id=str(entry.get("call_id") or ""),
@@ -487,12 +511,24 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
         timing=timing_from_document(entry.get("timing")),
         response_model=_text_or_none(entry.get("response_model")),
         params=_mapping(entry.get("params")),
+        cached=entry.get("cached") is True,
     )
+
+
+def _headers(value: object) -> dict[str, str]:
+    """Recorded ``extra_headers``: ``[[name, value], ...]`` (or a mapping, if written so)."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = value if isinstance(value, list) else []
+    return {str(p[0]): str(p[1]) for p in pairs if isinstance(p, list) and len(p) == 2}
 
 
 def _mapping(value: object) -> dict[str, JsonValue]:
     """A JSON object read back (from a document or the history), or nothing."""
     return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+_USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "reasoning_tokens")
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -617,6 +653,21 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
         recorded_status=status if status in ("running", "interrupted", "cancelled") else None,
         span_id=_text_or_none(document.get("span_id")),
         parent_span_id=_text_or_none(document.get("parent_span_id")),
+        attachments=tuple(_attachment_of(a) for a in document.get("attachments") or []),
+    )
+
+
+def _attachment_of(given: object) -> Attachment:
+    """A document's attachment entry back (its reference: the content is not in it)."""
+    entry = given if isinstance(given, dict) else {}
+    kind = entry.get("kind")
+    size = entry.get("bytes")
+    return Attachment(
+        str(entry.get("name")),
+        kind if kind in ("image", "pdf") else "text",
+        str(entry.get("media_type") or ""),
+        str(entry.get("sha256") or ""),
+        size if isinstance(size, int) else 0,
     )
 
 

@@ -45,6 +45,7 @@ from rich.style import Style
 
 from fanout.event import (
     CallDelta,
+    CallFallback,
     CallFinished,
     CallRetrying,
     CallSending,
@@ -139,6 +140,8 @@ class Pane:
         result = self.result
         if result is not None:
             tries = f" · {result.attempts} attempts" if result.attempts > 1 else ""
+            if result.status == "ok" and result.cached:
+                return "✓ cached (nothing sent)", "green"
             if result.status == "ok" and result.truncated:
                 return f"✓ done · truncated (max_tokens){tries}", "yellow"
             if result.status == "ok":
@@ -176,6 +179,8 @@ class Pane:
             span = (self.finished_at or now) - self.first_token_at
             rate = f"{tokens / span:.0f} tok/s" if span > 0 else ""
         count = f"{tokens} tok" if tokens else ""
+        if count and self.result is not None and self.result.usage.reasoning_tokens:
+            count += f" ({self.result.usage.reasoning_tokens} reasoning)"
         if self.result is not None and self.result.latency_s is not None:
             elapsed = f"{self.result.latency_s:.2f}s"
         elif self.started_at is not None:
@@ -452,6 +457,8 @@ class LiveBoard:
             pane.state = "streaming"
             pane.add_text(event.text)
             pane.chunks += 1
+        elif isinstance(event, CallFallback):
+            pane.model = event.to_model  # the next attempt is this model's
         elif isinstance(event, CallRetrying):
             pane.state = "retrying"
             pane.attempt, pane.max_attempts = event.attempt, event.max_attempts

@@ -78,6 +78,29 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with the question (``-f``): an image's bytes, or a text's (a PDF's) text.
+    Known everywhere else by ``sha256``, the hash of the file as it was read."""
+
+    name: str
+    kind: Literal["image", "text", "pdf"]
+    media_type: str
+    sha256: str
+    size: int  # the file's bytes
+    text: str | None = field(default=None, repr=False)
+    data: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A model tried when the one before it gives up (see ``engine.FALLBACK_KINDS``): on the
+    persona's own endpoint, or on another."""
+
+    model: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
 class Agent:
     """A persona with every default applied: what one call needs to know."""
 
@@ -102,11 +125,12 @@ class Agent:
     # Sent with every request; a value may name environment variables (``${VAR}``). Never
     # shown or recorded (masked like a key).
     extra_headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    fallbacks: tuple[Fallback, ...] = ()  # in order
 
     def request_params(self) -> dict[str, JsonValue]:
         """Every request field it sets, under the name it was given, then ``extra_body`` and
-        ``extra_headers`` (names only: a value may be a secret) when it has them: what the
-        document, ``--dry-run`` and the views show."""
+        the names of its ``extra_headers`` (a value may be a secret) when it has them: what
+        the document, ``--dry-run`` and the views show."""
         params: dict[str, JsonValue] = {}
         if self.temperature is not None:
             params["temperature"] = self.temperature
@@ -120,7 +144,9 @@ class Agent:
         if self.extra_body:
             params["extra_body"] = dict(self.extra_body)
         if self.extra_headers:
-            params["extra_headers"] = dict.fromkeys(self.extra_headers, "***")
+            # Names only, as a list: a value may be a secret, and a name like X-Api-Key is
+            # no key for the history to take for one.
+            params["extra_headers"] = list(self.extra_headers)
         return params
 
 
@@ -135,17 +161,21 @@ def chat_messages(agent: Agent, prompt: str) -> list[Message]:
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens as the API reported them (finite, non-negative)."""
+    """Tokens as the API reported them (finite, non-negative). ``reasoning_tokens`` (a
+    reasoning model's thinking, from ``usage.completion_tokens_details``) are part of
+    ``output_tokens``: billed as output, and bounded by ``max_completion_tokens``."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.total_tokens + other.total_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
 
@@ -256,6 +286,7 @@ class CallResult:
     response_model: str | None = None  # the model the server says answered
     # The request fields it was asked with (``Agent.request_params``).
     params: dict[str, JsonValue] = field(default_factory=dict)
+    cached: bool = False  # answered from the response cache: nothing sent, nothing spent
 
     def __post_init__(self) -> None:
         if not self.call_id:
@@ -308,6 +339,7 @@ class RunReport:
     recorded_status: RunStatus | None = None  # from history: a run that never finished
     span_id: str | None = None  # the run's own span in its trace
     parent_span_id: str | None = None  # the span it continues (a TRACEPARENT), if any
+    attachments: tuple[Attachment, ...] = ()  # sent with the question (-f): by hash
 
     @property
     def calls(self) -> list[CallResult]:

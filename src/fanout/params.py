@@ -342,12 +342,14 @@ def resolved_headers(
 
 
 def recorded_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers as the history keeps them: a value made only of ``${VAR}`` references (no
-    secret in it) as written, any other masked."""
-    return {
-        name: text if _ENV_REF.sub("", text).strip() == "" and text.strip() else MASK
-        for name, text in headers.items()
-    }
+    """The headers as the history keeps them: a value made of ``${VAR}`` references and at
+    most a scheme word (``Bearer ${TOKEN}``: no secret in it) as written, any other masked."""
+    return {name: text if _by_reference(text) else MASK for name, text in headers.items()}
+
+
+def _by_reference(text: str) -> bool:
+    rest = _ENV_REF.sub("", text)
+    return rest != text and re.fullmatch(r"[A-Za-z]* *", rest.strip() + " ") is not None
 
 
 def shown_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -58,6 +58,11 @@ class OpenAIProvider:
         # The name a model's answer bound goes under, where the server refused the other one.
         self._bound_as: dict[tuple[Endpoint, str], str] = {}
         self._secrets: set[str] = set()  # extra_headers values sent: masked like keys
+        # Models that refused an image (-f): told once, then not sent images again; those
+        # that took one; and the first request with images to a model, under way.
+        self._no_images: dict[tuple[Endpoint, str], ProviderError] = {}
+        self._takes_images: set[tuple[Endpoint, str]] = set()
+        self._probes: dict[tuple[Endpoint, str], anyio.Event] = {}
 
     async def complete(
         self,
@@ -99,8 +104,11 @@ class OpenAIProvider:
         tools: Sequence[Mapping[str, Any]] | None,
     ) -> Completion:
         announce = _ON_SENT.set(on_sent)
+        images = _has_images(messages)
+        probe = await self._image_probe(agent) if images else None
         try:
             with self._translated(timeout_s):
+                self._check_images(agent, images)
                 while True:  # at most four requests: each refusal drops one option for good
                     stream = on_delta is not None and agent.endpoint not in self._cannot_stream
                     structured = agent.endpoint not in self._cannot_structure
@@ -108,21 +116,44 @@ class OpenAIProvider:
                     body = self._body(agent, shape)
                     try:
                         if stream and on_delta is not None:
-                            return await self._streamed(
+                            completion = await self._streamed(
                                 agent, messages, timeout_s, on_delta, body, tools
                             )
-                        completion = await self._whole(agent, messages, timeout_s, body, tools)
+                        else:
+                            completion = await self._whole(agent, messages, timeout_s, body, tools)
+                            if on_delta is not None and completion.text:
+                                on_delta(completion.text)
                     except openai.APIStatusError as exc:
+                        if images and _refuses_images(exc):
+                            raise self._no_images_for(agent, exc) from None
                         if not self._learn(exc, agent, shape, stream):
                             raise
                         continue
-                    if on_delta is not None and completion.text:
-                        on_delta(completion.text)
+                    if images:
+                        self._takes_images.add((agent.endpoint, agent.model))
                     return completion
         finally:
             _ON_SENT.reset(announce)
+            if probe is not None:  # the others may go now: they know what this one learned
+                del self._probes[(agent.endpoint, agent.model)]
+                probe.set()
 
-    def _body(self, agent: Agent, response_format: Mapping[str, Any] | None) -> dict[str, object]:
+    async def _image_probe(self, agent: Agent) -> anyio.Event | None:
+        """The first request with images to a model goes alone: until it is answered, others
+        to that model wait, so a model that takes no images refuses one request, not all of
+        a panel's (or a batch's). The event of the probe this request is, if it is one."""
+        key = (agent.endpoint, agent.model)
+        while key not in self._takes_images and key not in self._no_images:
+            waiting = self._probes.get(key)
+            if waiting is None:
+                probe = self._probes[key] = anyio.Event()
+                return probe
+            await waiting.wait()
+        return None
+
+    def _body(
+        self, agent: Agent, response_format: Mapping[str, object] | None
+    ) -> dict[str, object]:
         """The request's fields beyond model, messages, tools and streaming."""
         bound_as = self._bound_as.get((agent.endpoint, agent.model)) or token_field(agent)
         return request_fields(agent, response_format, bound_as)
@@ -137,11 +168,29 @@ class OpenAIProvider:
         self._secrets.update(v for v in [*headers.values(), *named] if len(v) >= 4)
         return headers
 
+    def _check_images(self, agent: Agent, images: bool) -> None:
+        """A model that refused an image is not sent another: its error, at once."""
+        refused = self._no_images.get((agent.endpoint, agent.model)) if images else None
+        if refused is not None:
+            raise ProviderError(refused.message, kind=refused.kind, status_code=refused.status_code)
+
+    def _no_images_for(self, agent: Agent, exc: openai.APIStatusError) -> ProviderError:
+        """The endpoint's 400 about image input, said as what it means, and remembered."""
+        error = self._status_error(exc)
+        refused = ProviderError(
+            f"{error.message} ({agent.model} on {agent.endpoint.host} takes no images: its "
+            "other calls with images are not sent)",
+            kind="no_images",
+            status_code=error.status_code,
+        )
+        self._no_images[(agent.endpoint, agent.model)] = refused
+        return refused
+
     def _learn(
         self,
         exc: openai.APIStatusError,
         agent: Agent,
-        shape: Mapping[str, Any] | None,
+        shape: Mapping[str, object] | None,
         stream: bool,
     ) -> bool:
         """Whether a refusal names an option this endpoint does without from now on (then the
@@ -274,6 +323,19 @@ class OpenAIProvider:
             tool_calls=answer.tool_calls(),
             model=answer.model,
         )
+
+    async def list_models(self, endpoint: Endpoint, timeout_s: float = 10.0) -> list[str]:
+        """What ``endpoint`` serves (``GET /models``): the model ids, as it lists them."""
+        client = self._client(endpoint)
+        ids: list[str] = []
+        try:
+            with anyio.fail_after(timeout_s), self._translated(timeout_s):
+                async for model in client.models.list(timeout=timeout_s):
+                    if isinstance(model.id, str) and model.id:
+                        ids.append(model.id[:200])
+        except TimeoutError:  # the whole listing, however many pages
+            raise ProviderError.timeout(timeout_s) from None
+        return ids
 
     # -- the Batch API (``fanout batch --via openai-batch``) --------------------------------
 
@@ -541,6 +603,24 @@ def _refuses_name(exc: openai.APIStatusError, name: str) -> bool:
         return False
     text = str(exc).lower()
     return name in text and any(word in text for word in _REFUSAL_WORDS)
+
+
+_IMAGE_WORDS = ("image", "vision", "multimodal", "multi-modal")
+
+
+def _refuses_images(exc: openai.APIStatusError) -> bool:
+    """Whether a 400/422 to a request with images says the model takes none (OpenAI's
+    ``image_url is only supported by certain models``, vLLM's ``not a multimodal model``)."""
+    return exc.status_code in (400, 422) and any(w in str(exc).lower() for w in _IMAGE_WORDS)
+
+
+def _has_images(messages: Sequence[Message]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
 
 
 def _tools(tools: Sequence[Mapping[str, Any]] | None) -> list[ChatCompletionToolParam] | None:
@@ -830,9 +910,21 @@ def _usage_of(raw: object) -> Usage | None:
     if prompt is None and completion is None and total is None:
         return None
     prompt, completion = prompt or 0, completion or 0
+    reasoning = _reasoning_tokens(raw)
+    if reasoning and total == prompt + completion + reasoning:
+        # Counted beside the answer's tokens, not inside them (Gemini's OpenAI endpoint):
+        # they are output all the same.
+        completion += reasoning
     if total is None:
         total = prompt + completion
-    return Usage(prompt, completion, total)
+    return Usage(prompt, completion, total, min(reasoning, completion))
+
+
+def _reasoning_tokens(usage: Mapping[str, object]) -> int:
+    """``usage.completion_tokens_details.reasoning_tokens``, or 0 (none, or not a count)."""
+    details = usage.get("completion_tokens_details")
+    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return _count(value) or 0
 
 
 def _text(content: object, where: str) -> str:

@@ -9,13 +9,13 @@ typed (``AgentRecord``, ``SettingsRecord``); the history stores them as JSON.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
 from fanout.cost import Price
 from fanout.engine import RunSettings
-from fanout.models import Agent, Endpoint, Limits
+from fanout.models import Agent, Attachment, Endpoint, Fallback, Limits
 from fanout.params import recorded_headers
 from fanout.retry import RetryPolicy
 
@@ -47,7 +47,16 @@ class AgentRecord(TypedDict, total=False):
     params: dict[str, JsonValue]  # request fields (reasoning_effort, seed...)
     token_field: str | None
     extra_body: dict[str, JsonValue]
-    extra_headers: dict[str, str]  # a value made of ${VAR} references, else masked
+    # [name, value] pairs (a header named X-Api-Key is not a key to the history's guard): a
+    # value made of ${VAR} references is kept, any other is masked; a mapping in older records.
+    extra_headers: list[list[str]] | dict[str, str]
+    fallbacks: list[FallbackRecord]
+
+
+class FallbackRecord(TypedDict):
+    model: str
+    base_url: str
+    api_key_env: str
 
 
 class PriceRecord(TypedDict):
@@ -68,6 +77,8 @@ class SettingsRecord(TypedDict, total=False):
     stream: bool | None
     max_cost: float | None
     params: dict[str, JsonValue]  # --param, for every persona
+    cache: bool  # --cache
+    attachments: list[dict[str, JsonValue]]  # -f, by hash (contents in the store beside)
     shape: str
     options: dict[str, object]
     synthesize: bool  # version 1 readers
@@ -104,7 +115,15 @@ def agent_record(agent: Agent) -> AgentRecord:
         "token_field": agent.token_field,
         "extra_body": dict(agent.extra_body),
         # A value made of ${VAR} references is kept; any other is a secret, never stored.
-        "extra_headers": recorded_headers(agent.extra_headers),
+        "extra_headers": [list(pair) for pair in recorded_headers(agent.extra_headers).items()],
+        "fallbacks": [
+            {
+                "model": f.model,
+                "base_url": f.endpoint.base_url,
+                "api_key_env": f.endpoint.api_key_env,
+            }
+            for f in agent.fallbacks
+        ],
     }
 
 
@@ -126,8 +145,21 @@ def agent_from_record(data: AgentRecord) -> Agent:
         params=_mapping(data.get("params")),
         token_field=_text_or_none(data.get("token_field")),
         extra_body=_mapping(data.get("extra_body")),
-        extra_headers={str(k): str(v) for k, v in _mapping(data.get("extra_headers")).items()},
+        extra_headers=_headers(data.get("extra_headers")),
+        fallbacks=tuple(
+            Fallback(str(f["model"]), Endpoint(str(f["base_url"]), str(f["api_key_env"])))
+            for f in data.get("fallbacks") or []
+            if isinstance(f, dict) and {"model", "base_url", "api_key_env"} <= f.keys()
+        ),
     )
+
+
+def _headers(value: object) -> dict[str, str]:
+    """Recorded ``extra_headers``: ``[[name, value], ...]`` (or a mapping, if written so)."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = value if isinstance(value, list) else []
+    return {str(p[0]): str(p[1]) for p in pairs if isinstance(p, list) and len(p) == 2}
 
 
 def _mapping(value: object) -> dict[str, JsonValue]:
@@ -158,11 +190,34 @@ def settings_record(
         "stream": settings.stream,
         "max_cost": settings.max_cost,
         "params": dict(settings.params),
+        "cache": settings.cache,
+        "attachments": _kept(settings.attachments),
         "shape": shape,
         "options": dict(options),
         "synthesize": bool(options.get("synthesize")),
         "pricing": {m: {"input": p.input, "output": p.output} for m, p in pricing.items()},
     }
+
+
+def _kept(attachments: Sequence[Attachment]) -> list[dict[str, JsonValue]]:
+    """The run's attachments as the history records them: by hash, each content kept once in
+    the store beside the history (for ``runs retry``), never in a record or a document."""
+    if not attachments:
+        return []
+    from fanout.attachments import keep
+    from fanout.export import attachment_reference
+
+    keep(attachments)
+    return [attachment_reference(a) for a in attachments]
+
+
+def _attachments(references: object) -> tuple[Attachment, ...]:
+    """A recorded run's attachments (-f), from the store beside the history, by hash."""
+    if not isinstance(references, list) or not references:
+        return ()
+    from fanout.attachments import from_references
+
+    return from_references([r for r in references if isinstance(r, dict)])
 
 
 def run_record(plan: Plan, written: Callable[[Agent], Agent] | None = None) -> RunRecord:
@@ -210,6 +265,8 @@ def recorded_plan(
         tpm=record.get("tpm"),
         stream=record.get("stream", True),
         params=_mapping(record.get("params")),
+        cache=record.get("cache") is True,
+        attachments=_attachments(record.get("attachments")),
     )
     prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
     options = dict(record.get("options") or {"synthesize": bool(record.get("synthesize"))})

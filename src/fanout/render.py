@@ -33,12 +33,13 @@ from rich.table import Table
 from rich.text import Text
 
 from fanout.event import (
+    CallFallback,
     CallFinished,
     CallRetrying,
     Event,
 )
 from fanout.markdown import demote_headings
-from fanout.models import Agent, CallResult, CallTiming, RunReport, StageResult
+from fanout.models import Agent, CallResult, CallTiming, RunReport, StageResult, Usage
 from fanout.summary import JsonObject, Rows, Summary, Verdict
 from fanout.timing import PHASE_KINDS, PHASE_NAMES, PhaseKind, axis_end, phases
 
@@ -150,7 +151,10 @@ REFUSED_KEY = (401, 403)  # as the engine has it: said once (the host, the key's
 
 
 def _refused(result: CallResult) -> bool:
-    return result.error is not None and result.error.status_code in REFUSED_KEY
+    """A failure said once however many calls meet it: a refused key, or a model that takes
+    no images (-f)."""
+    error = result.error
+    return error is not None and (error.status_code in REFUSED_KEY or error.type == "no_images")
 
 
 def refused_keys(report: RunReport) -> dict[str, int]:
@@ -185,11 +189,8 @@ class RefusedKeyNotice:
         message = result.error.message
         if message not in self._said:
             self._said.add(message)
-            print_warning(
-                self._console,
-                f"{message}: no more calls are sent to it",
-                style="red",
-            )
+            closed = "" if result.error.type == "no_images" else ": no more calls are sent to it"
+            print_warning(self._console, f"{message}{closed}", style="red")
         return True
 
 
@@ -294,9 +295,12 @@ def answer_panel(result: CallResult) -> Panel:
     """One persona's answer in a box: its name and model above, its figures below."""
     figures = [f"{result.latency_s:.2f} s" if result.latency_s is not None else ""]
     if result.usage.total_tokens:
-        figures += [f"{result.usage.total_tokens:,} tok", usd(result.cost_usd)]
+        figures += [f"{result.usage.total_tokens:,} tok{_reasoning(result.usage)}"]
+        figures += [usd(result.cost_usd)]
     if result.attempts > 1:
         figures.append(f"{result.attempts} attempts")
+    figures.append(_fell_back(result))
+    figures.append("cached" if result.cached else "")
     border = {"ok": "green", "error": "red"}.get(result.status, "yellow")
     return Panel(
         _answer_cell(result),
@@ -376,7 +380,12 @@ def _question(result: CallResult) -> str:
 def _retried(result: CallResult) -> str:
     """`` · 3 attempts`` after the heading of an answer that took retries (a failure says
     it in its own line)."""
-    return f" · {result.attempts} attempts" if result.status == "ok" and result.attempts > 1 else ""
+    tries = (
+        f" · {result.attempts} attempts" if result.status == "ok" and result.attempts > 1 else ""
+    )
+    fell_back = _fell_back(result)  # which model answered, when the first gave up
+    cached = " · cached" if result.cached else ""
+    return tries + (f" · {result.model} {fell_back}" if fell_back else "") + cached
 
 
 def _plain_render(parts: Sequence[RenderableType], width: int = 100) -> str:
@@ -786,6 +795,8 @@ class ProgressDisplay(_Display):
     def handle(self, event: Event) -> None:
         if isinstance(event, CallRetrying):
             self._console.print(retry_notice(event), soft_wrap=True, highlight=False)
+        elif isinstance(event, CallFallback):
+            self._console.print(fallback_notice(event), soft_wrap=True, highlight=False)
         elif isinstance(event, CallFinished):
             result = event.result
             self._done += 1 if event.call.role == "persona" else 0
@@ -853,6 +864,8 @@ def batch_summary(tally: BatchTally, *, with_totals: bool = True) -> str:
     parts = [f"{tally.done + tally.skipped}/{tally.total} done"] if with_totals else []
     if tally.skipped:
         parts.append(f"{tally.skipped} from an earlier run")
+    if tally.cached:
+        parts.append(f"{tally.cached} cached")
     parts.append(f"{tally.failed} failed")
     if tally.in_flight or tally.elapsed_s is None:
         parts.append(f"{tally.in_flight} in flight")
@@ -876,15 +889,49 @@ def retry_notice(event: CallRetrying) -> str:
     )
 
 
+def fallback_notice(event: CallFallback) -> str:
+    """``physicist: gpt-4o gave up (503: overloaded); asking gpt-4o-mini``"""
+    return (
+        f"[yellow]{escape(printable(event.call.name))}[/]: {escape(printable(event.from_model))}"
+        f" gave up ({escape(printable(event.reason))}: "
+        f"{escape(printable(event.message))}); asking {escape(printable(event.to_model))}"
+    )
+
+
+def _fell_back(result: CallResult) -> str:
+    """``after gpt-4o``: the models that gave up before the one that answered."""
+    before = result.details.get("fell_back_from")
+    given_up = before if isinstance(before, list) else []
+    models = [str(b.get("model")) for b in given_up if isinstance(b, dict)]
+    return f"after {', '.join(models)}" if models else ""
+
+
 def _row(result: CallResult) -> tuple[RenderableType, ...]:
     persona = Text.assemble((result.name, "bold"), "\n", (result.model, "dim"))
+    if _fell_back(result):
+        persona.append(f"\n{_fell_back(result)}", style="dim yellow")
+    if result.cached:
+        persona.append("\ncached", style="dim green")
     latency = Text(f"{result.latency_s:.2f} s" if result.latency_s is not None else "-")
     if result.attempts > 1:  # retries cost time: say how many it took
         latency.append(f"\n{result.attempts} attempts", style="yellow")
     tokens = Text(f"{result.usage.total_tokens:,}" if result.usage.total_tokens else "-")
+    if result.usage.reasoning_tokens:
+        tokens.append(f"\n{result.usage.reasoning_tokens:,} reasoning", style="dim")
     if result.usage.total_tokens:
         tokens.append("\n" + usd(result.cost_usd), style="dim")
     return persona, _answer_cell(result), latency, tokens
+
+
+def _cached(report: RunReport) -> str:
+    """`` (2 cached)``: answers the response cache gave, which cost nothing."""
+    cached = sum(1 for r in report.calls if r.cached)
+    return f" ({cached} cached)" if cached else ""
+
+
+def _reasoning(usage: Usage) -> str:
+    """`` (120 reasoning)``: a reasoning model's thinking, part of its output tokens."""
+    return f" ({usage.reasoning_tokens:,} reasoning)" if usage.reasoning_tokens else ""
 
 
 def usd(amount: float | None) -> str:
@@ -930,6 +977,7 @@ def _failure(result: CallResult) -> str:
     attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
     if _refused(result):
         said = "key refused" if result.error.status_code == 401 else "denied"
+        said = "takes no images" if result.error.type == "no_images" else said
         return f"✗ {result.error.type}{attempts}: HTTP {result.error.status_code}, {said}"
     return f"✗ {result.error.type}{attempts}: {result.error.message}"
 
@@ -944,14 +992,15 @@ def _summary(report: RunReport, recorded: bool = True, width: int | None = None)
     usage = report.usage
     status = report.status + (", undecided" if report.decided is False else "")
     run = [f"run {report.run_id}"] if recorded else []
-    split = f"({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
+    reasoning = f", {usage.reasoning_tokens:,} reasoning" if usage.reasoning_tokens else ""
+    split = f"({usage.input_tokens:,} in, {usage.output_tokens:,} out{reasoning})"
     forms = [
         [f"{report.duration_s:.2f} s", f"{usage.total_tokens:,} tokens {split}", *run],
         [f"{report.duration_s:.2f} s", f"{usage.total_tokens:,} tokens", *run],
         [f"{report.duration_s:.1f} s", f"{usage.total_tokens:,} tok", *run],
     ]
     lines = [
-        " · ".join([asked, duration, tokens, usd(report.cost_usd), status, *rest])
+        " · ".join([asked, duration, tokens, usd(report.cost_usd) + _cached(report), status, *rest])
         for duration, tokens, *rest in forms
     ]
     return next((line for line in lines if width is None or len(line) <= width), lines[-1])

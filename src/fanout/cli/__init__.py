@@ -11,8 +11,9 @@ interrupted (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
-from fanout.cli import ask, batch, serve, shapes  # noqa: F401  (each registers its commands on app)
+from fanout.cli import ask, batch, catalog, serve, shapes  # noqa: F401  (each registers its commands)
 from fanout.cli.app import app
+from fanout.cli.cache import cache_app
 from fanout.cli.eval import eval_app
 from fanout.cli.flow import flow_app
 from fanout.cli.runs import runs_app
@@ -21,6 +22,7 @@ from fanout.cli.runs import runs_app
 app.add_typer(runs_app, name="runs")
 app.add_typer(flow_app, name="flow")
 app.add_typer(eval_app, name="eval")
+app.add_typer(cache_app, name="cache")
 
 __all__ = ["app", "main"]
 

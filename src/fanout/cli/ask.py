@@ -25,6 +25,7 @@ from fanout.cli.flags import (
     read_prompt,
     repeats,
     run_settings,
+    with_request_flags,
 )
 from fanout.cli.options import (
     DEFAULT_ASK_CONCURRENCY,
@@ -33,8 +34,10 @@ from fanout.cli.options import (
     GROUP_LOCAL,
     GROUP_OUTPUT,
     AgentsOption,
+    CacheOption,
     ConcurrencyOption,
     ConfigOption,
+    FileOption,
     FormatOption,
     JsonlDeltasOption,
     JsonlOption,
@@ -83,6 +86,7 @@ def ask(
     config: ConfigOption = None,
     model: ModelOption = None,
     params: ParamOption = None,
+    files: FileOption = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -113,6 +117,7 @@ def ask(
     rpm: RpmOption = None,
     tpm: TpmOption = None,
     max_cost: MaxCostOption = None,
+    cache: CacheOption = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -165,7 +170,6 @@ def ask(
             )
             checkpoint()
             from fanout import session
-            from fanout.params import params_of_flags
 
             text = read_prompt(prompt)
             names, repeat = repeats(agent_names(agents, model))
@@ -177,7 +181,9 @@ def ask(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
                 rpm, tpm, max_cost,
             )  # fmt: skip
-            settings = replace(settings, stream=stream, params=params_of_flags(params))
+            settings = with_request_flags(
+                settings, params=params, cache=cache, files=files, stream=stream
+            )
             code = session.ask(
                 text,
                 names=names,

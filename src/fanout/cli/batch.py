@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,6 +20,7 @@ from fanout.cli.flags import (
     panel_names,
     repeats,
     run_settings,
+    with_request_flags,
 )
 from fanout.cli.options import (
     DEFAULT_BATCH_CONCURRENCY,
@@ -29,8 +29,10 @@ from fanout.cli.options import (
     GROUP_OUTPUT,
     MAX_POLL_S,
     AgentsOption,
+    CacheOption,
     ConcurrencyOption,
     ConfigOption,
+    FileOption,
     MaxCostOption,
     MaxRetryAfterOption,
     ModelOption,
@@ -55,6 +57,7 @@ def batch(
     config: ConfigOption = None,
     model: ModelOption = None,
     params: ParamOption = None,
+    files: FileOption = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -73,6 +76,7 @@ def batch(
     rpm: RpmOption = None,
     tpm: TpmOption = None,
     max_cost: MaxCostOption = None,
+    cache: CacheOption = None,
     via: Annotated[
         Literal["direct", "openai-batch"],
         typer.Option(
@@ -116,7 +120,6 @@ def batch(
         try:
             checkpoint()
             from fanout import batchrun
-            from fanout.params import params_of_flags
 
             names, repeat = repeats(agent_names(agents, model))
             adhoc = adhoc_personas(personas)
@@ -129,7 +132,9 @@ def batch(
                 rpm, tpm, max_cost,
             )  # fmt: skip
             # Nobody watches a batch: whole answers.
-            settings = replace(settings, stream=False, params=params_of_flags(params))
+            settings = with_request_flags(
+                settings, params=params, cache=cache, files=files, stream=False
+            )
             code = batchrun.batch(
                 file,
                 names=names,

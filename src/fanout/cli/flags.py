@@ -17,6 +17,7 @@ from fanout.errors import ConfigError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from fanout.engine import RunSettings
+    from fanout.models import Attachment
     from fanout.output import Output
 
 
@@ -41,6 +42,48 @@ def run_settings(
         tpm=tpm,
         max_cost=max_cost,
     )
+
+
+def with_request_flags(
+    settings: RunSettings,
+    *,
+    params: list[str] | None,
+    cache: bool | None,
+    files: list[Path] | None,
+    stream: bool | None,
+) -> RunSettings:
+    """``--param``, ``--cache``/``--no-cache``, ``-f`` and ``--stream`` on the run settings."""
+    from dataclasses import replace
+
+    from fanout.params import params_of_flags
+
+    return replace(
+        settings,
+        stream=stream,
+        params=params_of_flags(params),
+        cache=cache_of(cache),
+        attachments=attachments_of(files),
+    )
+
+
+def attachments_of(paths: list[Path] | None) -> tuple[Attachment, ...]:
+    """``-f``: the files read and checked (one line for the first that cannot be sent)."""
+    if not paths:
+        return ()
+    for path in paths:
+        check_utf8(str(path), "--file")
+    from fanout.attachments import load_attachments
+
+    return load_attachments(paths)
+
+
+def cache_of(given: bool | None) -> bool:
+    """``--cache``/``--no-cache``, else the default (``FANOUT_CACHE``)."""
+    if given is not None:
+        return given
+    from fanout.cache import cache_default
+
+    return cache_default(os.environ)
 
 
 def agent_names(agents: list[str] | None, model: str | None) -> list[str] | None:

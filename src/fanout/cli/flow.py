@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -18,14 +17,17 @@ from fanout.cli.app import (
 from fanout.cli.flags import (
     output_of,
     run_settings,
+    with_request_flags,
 )
 from fanout.cli.options import (
     DEFAULT_ASK_CONCURRENCY,
     GROUP_COST,
     GROUP_OUTPUT,
     GROUP_PANEL,
+    CacheOption,
     ConcurrencyOption,
     ConfigOption,
+    FileOption,
     FormatOption,
     JsonlDeltasOption,
     JsonlOption,
@@ -69,6 +71,7 @@ def flow_run(
     config: ConfigOption = None,
     model: ModelOption = None,
     params: ParamOption = None,
+    files: FileOption = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -83,6 +86,7 @@ def flow_run(
         ),
     ] = None,
     max_cost: MaxCostOption = None,
+    cache: CacheOption = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -114,7 +118,6 @@ def flow_run(
             checkpoint()  # the output mode is known: a signal from now on gets its document
             from fanout import session
             from fanout.flow import parse_inputs
-            from fanout.params import params_of_flags
 
             if model is not None and not model.strip():
                 raise ConfigError("--model: give a model name")
@@ -127,7 +130,9 @@ def flow_run(
                 given=parse_inputs(inputs or []),
                 config=config,
                 model=model,
-                settings=replace(settings, stream=stream, params=params_of_flags(params)),
+                settings=with_request_flags(
+                    settings, params=params, cache=cache, files=files, stream=stream
+                ),
                 output=out,
                 dry_run=dry_run,
                 log=not no_log,

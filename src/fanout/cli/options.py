@@ -172,6 +172,28 @@ ParamOption = Annotated[
         rich_help_panel=GROUP_PANEL,
     ),
 ]
+FileOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--file",
+        "-f",
+        metavar="PATH",
+        help="Send a file to every persona with the question (repeatable): an image as an "
+        "image, a PDF as its text (fanout\\[pdf]), any other text fenced with its name.",
+        show_default=False,
+        rich_help_panel=GROUP_PANEL,
+    ),
+]
+CacheOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache",
+        help="Answer identical requests from the local response cache (and keep complete "
+        "answers in it). Default: off, or on with FANOUT_CACHE=1.",
+        show_default=False,
+        rich_help_panel=GROUP_COST,
+    ),
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(

@@ -30,7 +30,7 @@ import anyio.abc
 from fanout.api import Plan, RunRequest, prepare, resolve
 from fanout.config import Panel, check_credentials
 from fanout.engine import Execution, Provider, RunSettings
-from fanout.errors import FanoutError
+from fanout.errors import ConfigError, FanoutError
 from fanout.event import (
     Broadcast,
     CallDelta,
@@ -44,7 +44,7 @@ from fanout.event import (
 )
 from fanout.export import SCHEMA_VERSION, JsonlWriter, report_document
 from fanout.history import History, HistoryRecorder, HistoryWriter, history_path, recorder_for
-from fanout.models import RunReport
+from fanout.models import Attachment, RunReport
 from fanout.retry import RetryPolicy
 from fanout.serve.body import BadBody, shaped
 from fanout.serve.events import EventLog
@@ -55,7 +55,7 @@ from fanout.tracing import TraceParent, parse_traceparent
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
-               "concurrency", "shape", "options", "personas")  # fmt: skip
+               "concurrency", "shape", "options", "personas", "files")  # fmt: skip
 # Finished runs are answered from memory (their events with the deltas) while their lines take
 # no more than this many bytes in all, and there are no more than FINISHED_KEPT of them; older
 # ones are read from the history (events without the deltas).
@@ -133,6 +133,7 @@ def run_request(
         timeout=_number(body, "timeout", float, 0.001, RunSettings().timeout),
         retry=RetryPolicy(retries=_number(body, "retries", int, 0, RetryPolicy().retries)),
         max_cost=_number(body, "max_cost", float, 0.0, None),
+        attachments=_files(body.get("files")),
     )
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
@@ -147,6 +148,19 @@ def run_request(
         model=model,
         run_id=run_id,
     )
+
+
+def _files(value: object) -> tuple[Attachment, ...]:
+    """``files``: attachments sent with the prompt, as ``fanout ask -f`` sends files
+    (``[{"name": "chart.png", "content_base64": "..."}]``)."""
+    if value is None:
+        return ()
+    from fanout.attachments import attachments_of_json
+
+    try:
+        return attachments_of_json(value)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _agents(value: object) -> list[str] | None:

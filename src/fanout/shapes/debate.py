@@ -103,11 +103,12 @@ class AgreementVerdict(Verdict):
     type: ClassVar[str] = "debate_check"
     agree: bool = False
     reasoning: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> Summary:
         said = "they agree" if self.agree else "they still differ"
         why = f" ({self.reasoning})" if self.reasoning else ""
-        return Summary("Agreement", f"the judge: {said}{why}")
+        return Summary("Agreement", f"the judge: {said}{why}", warnings=tuple(self.warnings))
 
 
 @dataclass(frozen=True)
@@ -265,9 +266,16 @@ class AgreementCheck:
         ]
 
     def verdict(self, context: RunContext, results: Sequence[CallResult]) -> AgreementVerdict:
-        found = parse_object(results[0].answer) if results and results[0].status == "ok" else None
+        answered = bool(results) and results[0].status == "ok"
+        found = parse_object(results[0].answer) if answered else None
         agree, why = (found or {}).get("agree"), (found or {}).get("reasoning")
-        return AgreementVerdict(agree is True, why if isinstance(why, str) else "")
+        # An unreadable reply costs only this check: the debate goes on as if they differed.
+        unread = ["the judge's reply gave no agree: true/false; taken as no agreement"]
+        return AgreementVerdict(
+            agree is True,
+            why if isinstance(why, str) else "",
+            unread if answered and not isinstance(agree, bool) else [],
+        )
 
     def follow(self, context: RunContext) -> list[Stage]:
         stage = context.stages.get(self.id)
