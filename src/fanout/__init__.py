@@ -12,6 +12,10 @@ The Python API (the CLI is one client of it)::
         async for event in stream:            # RunStarted, CallDelta, CallFinished, RunFinished...
             ...
 
+    chat = fanout.Conversation(fanout.load_panel())  # each persona keeps its own thread
+    chat.ask("What is temperature?")
+    chat.ask("And at absolute zero?")
+
 The API loads on first use, so ``fanout --help`` does not pay for it.
 """
 
@@ -36,6 +40,7 @@ from fanout.models import (
 if TYPE_CHECKING:
     from fanout.api import RunRequest, arun, events, load_panel, prepare, run
     from fanout.config import Panel
+    from fanout.conversation import Conversation
     from fanout.engine import Execution, RunSettings
 
 __version__ = "0.1.0"
@@ -47,6 +52,7 @@ __all__ = [
     "Call",
     "CallResult",
     "ConfigError",
+    "Conversation",
     "Endpoint",
     "Execution",
     "FanoutError",
@@ -74,6 +80,7 @@ _LAZY = {
     "prepare": "fanout.api",
     "run": "fanout.api",
     "Panel": "fanout.config",
+    "Conversation": "fanout.conversation",
     "Execution": "fanout.engine",
     "RunSettings": "fanout.engine",
 }

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -59,6 +59,9 @@ from fanout.models import (
 )
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
 from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, traceparent
+
+if TYPE_CHECKING:
+    from fanout.conversation import Transcript
 
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
 # rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it).
@@ -470,6 +473,9 @@ class RunContext:
     roles: Mapping[str, Agent]
     options: Mapping[str, Any]
     stages: dict[str, StageResult] = field(default_factory=dict)
+    # The conversation this run continues (its earlier turns), if any: each persona is sent
+    # its own thread (``conversation.persona_thread``).
+    conversation: Transcript | None = None
 
 
 class Stage(Protocol):
@@ -563,6 +569,8 @@ class Execution:
                 span_id=self.span_id,
                 parent_span_id=self.parent_span_id,
                 epoch_ns=epoch_ns - int(offset * 1e9),
+                conversation_id=self.conversation_id,
+                turn=self.turn,
             )
         )
         index = 0
@@ -633,7 +641,21 @@ class Execution:
             recorded_status=_kept_status(self.previous) if self.interrupted else None,
             span_id=self.span_id,
             parent_span_id=self.parent_span_id,
+            conversation_id=self.conversation_id,
+            turn=self.turn,
         )
+
+    @property
+    def conversation_id(self) -> str:
+        """The conversation the run is a turn of: the run's own id for a first turn that
+        nobody named."""
+        conversation = self.context.conversation
+        return (conversation.id if conversation else "") or self.run_id
+
+    @property
+    def turn(self) -> int:
+        conversation = self.context.conversation
+        return conversation.turn if conversation else 1
 
     def conclude(self) -> RunReport:
         """The final report, after telling observers how the calls cut short ended."""

@@ -59,6 +59,9 @@ def report_document(report: RunReport) -> dict[str, Any]:
         "trace_id": report.trace_id,
         "span_id": report.span_id,
         "parent_span_id": report.parent_span_id,
+        # Every run is a turn of a conversation: its first turn's run id, unless named.
+        "conversation_id": report.conversation_id or report.run_id,
+        "turn": report.turn,
         "shape": report.shape,
         "prompt": report.prompt,
         "status": report.status,
@@ -316,6 +319,7 @@ class JsonlWriter:
         self._deltas = deltas
         self._run_id = ""
         self._trace_id = ""
+        self._conversation_id = ""
 
     def handle(self, event: Event) -> None:
         line = self._line(event)
@@ -332,8 +336,10 @@ class JsonlWriter:
         body: dict[str, Any]
         if isinstance(event, RunStarted):
             self._run_id, self._trace_id = event.run_id, event.trace_id
+            self._conversation_id = event.conversation_id or event.run_id
             body = {
                 "type": "run_started",
+                "turn": event.turn,
                 "prompt": event.prompt,
                 "agents": list(event.agents),
                 "synthesizer": event.roles.get("synthesizer"),
@@ -382,6 +388,7 @@ class JsonlWriter:
             "schema_version": SCHEMA_VERSION,
             "run_id": self._run_id,
             "trace_id": self._trace_id,
+            "conversation_id": self._conversation_id,
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         return {**stamp, **body}
@@ -445,6 +452,7 @@ def agent_settings(agent: Agent) -> dict[str, Any]:
         "rpm": agent.limits.rpm,
         "tpm": agent.limits.tpm,
         "concurrency": agent.limits.concurrency,
+        "max_context_tokens": agent.max_context_tokens,
     }
 
 
@@ -489,6 +497,7 @@ def agent_from_settings(data: dict[str, Any]) -> Agent:
         timeout=data.get("timeout"),
         endpoint=Endpoint(data["base_url"], data["api_key_env"]),
         limits=Limits(data.get("rpm"), data.get("tpm"), data.get("concurrency")),
+        max_context_tokens=data.get("max_context_tokens"),
     )
 
 
@@ -557,7 +566,14 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
         recorded_status=status if status in ("running", "interrupted") else None,
         span_id=_text_or_none(document.get("span_id")),
         parent_span_id=_text_or_none(document.get("parent_span_id")),
+        conversation_id=_text_or_none(document.get("conversation_id")),
+        turn=_turn(document.get("turn")),
     )
+
+
+def _turn(value: Any) -> int:
+    """A stored turn number; 1 for a run recorded before conversations (or a bad value)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def _usd(amount: float | None) -> float | None:

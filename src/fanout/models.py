@@ -87,6 +87,9 @@ class Agent:
     timeout: float | None = None
     endpoint: Endpoint = field(default_factory=Endpoint)
     limits: Limits = field(default_factory=Limits)
+    # The most tokens a request may hold (its messages and its answer): a conversation's
+    # oldest turns are left out to fit. None: the model's known window, if any.
+    max_context_tokens: int | None = None
 
 
 def chat_messages(agent: Agent, prompt: str) -> list[Message]:
@@ -268,6 +271,8 @@ class RunReport:
     recorded_status: RunStatus | None = None  # from history: a run that never finished
     span_id: str | None = None  # the run's own span in its trace
     parent_span_id: str | None = None  # the span it continues (a TRACEPARENT), if any
+    conversation_id: str | None = None  # None: a conversation of its own (id: the run's)
+    turn: int = 1  # which turn of its conversation it is, from 1
 
     @property
     def calls(self) -> list[CallResult]:

@@ -27,6 +27,7 @@ import anyio.abc
 
 from fanout.api import Plan, RunRequest, prepare, resolve
 from fanout.config import Panel, check_credentials
+from fanout.conversation import named_conversation, with_stored_turns
 from fanout.engine import Execution, Provider, RunSettings
 from fanout.errors import FanoutError
 from fanout.event import (
@@ -54,7 +55,7 @@ from fanout.shapes import SHAPES
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
-               "concurrency")  # fmt: skip
+               "concurrency", "conversation_id")  # fmt: skip
 FINISHED_KEPT = 256  # finished runs answered from memory (with their deltas); older: history
 MAX_PROMPT_CHARS = 200_000
 _log = logging.getLogger("fanout.serve")
@@ -144,6 +145,7 @@ def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunReq
         settings=settings,
         model=model,
         run_id=run_id,
+        conversation=named_conversation(body.get("conversation_id")),
     )
 
 
@@ -231,6 +233,7 @@ class LiveRun:
             "agents": [a.name for a in self.plan.agents],
             "shape": request.shape,
             "options": dict(request.options),
+            "conversation_id": request.conversation.id if request.conversation else None,
         }
 
 
@@ -375,6 +378,8 @@ class RunManager:
                 run.finish(report, None)
 
     async def _execute(self, run: LiveRun) -> None:
+        # A conversation named without turns of its own is taken up from the history.
+        run.plan = await anyio.to_thread.run_sync(with_stored_turns, self.history, run.plan)
         plan = run.plan
         request = plan.request
         recorder = HistoryRecorder(
@@ -457,6 +462,8 @@ def status_document(
         "total": len(calls),
         "calls": dict(calls),
         "interrupted": status == "interrupted",
+        "conversation_id": document.get("conversation_id") or document.get("run_id"),
+        "turn": document.get("turn") or 1,
     }
     final = final_answer(document)
     if final is not None:
@@ -480,6 +487,7 @@ def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
         "prompt": document.get("prompt"),
         "agents": [c.get("name") for c in first if isinstance(c, dict)],
         "shape": document.get("shape") or "panel",
+        "conversation_id": document.get("conversation_id") or document.get("run_id"),
     }
 
 
@@ -510,6 +518,7 @@ def replay_lines(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         "schema_version": SCHEMA_VERSION,
         "run_id": document.get("run_id"),
         "trace_id": document.get("trace_id"),
+        "conversation_id": document.get("conversation_id") or document.get("run_id"),
     }
     stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     started = document.get("started_at")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fanout.conversation import role_prompt
 from fanout.engine import RunContext
 from fanout.models import AgentError, Call, CallResult, Message
 from fanout.shapes.structured import (
@@ -61,7 +62,7 @@ class ReviewStage:
             skip = None
             if len(others) < 2:
                 skip = AgentError("no_contest", "fewer than two other answers to rank")
-            messages = review_messages(context.prompt, order, labels, texts)
+            messages = review_messages(role_prompt(context, agent), order, labels, texts)
             calls.append(
                 Call(
                     f"{self.id}/{reviewer.name}",

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fanout.conversation import role_prompt
 from fanout.engine import RunContext
 from fanout.models import AgentError, Call, CallResult, Message
 from fanout.shapes.structured import (
@@ -65,7 +66,9 @@ class JudgeStage:
         names = [agent.name] if len(orders) == 1 else [f"{agent.name}#{i + 1}" for i in range(2)]
         calls = []
         for name, shown in zip(names, orders, strict=True):
-            messages = judge_messages(agent.instructions, context.prompt, shown, labels, texts)
+            messages = judge_messages(
+                agent.instructions, role_prompt(context, agent), shown, labels, texts
+            )
             calls.append(
                 Call(
                     f"{self.id}/{name}",

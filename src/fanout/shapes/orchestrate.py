@@ -16,6 +16,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fanout.conversation import persona_thread
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE
 from fanout.engine import RunContext, Stage
 from fanout.models import Agent, AgentError, Call, CallResult, Message, chat_messages
@@ -181,7 +182,10 @@ def persona_tools(agents: Sequence[Agent]) -> list[dict[str, Any]]:
 def conversation(agent: Agent, context: RunContext, turn: int) -> list[Message]:
     """The orchestrator's messages at ``turn``: the question, then each earlier turn's
     function calls and their results."""
-    messages = chat_messages(agent, context.prompt)
+    # In a conversation, its earlier questions and its own answers to them come first.
+    asked = chat_messages(agent, context.prompt)
+    thread, _ = persona_thread(agent, agent.name, context, asked, writes_reply=True)
+    messages = list(thread)
     for earlier in range(1, turn):
         stage = context.stages.get(f"turn{earlier}")
         result = stage.calls[0] if stage and stage.calls else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fanout.conversation import persona_thread
 from fanout.engine import RunContext
 from fanout.models import Agent, Call, CallResult, Message, chat_messages
 
@@ -30,8 +31,10 @@ class PanelStage:
             names = (
                 [agent.name] if times == 1 else [f"{agent.name}#{i}" for i in range(1, times + 1)]
             )
-            messages = tuple(self.messages(agent, context))
+            asked = self.messages(agent, context)
             for name in names:
+                # In a conversation, each persona's own thread (none outside one).
+                messages, details = persona_thread(agent, name, context, asked)
                 calls.append(
                     Call(
                         f"{self.id}/{name}",
@@ -41,6 +44,7 @@ class PanelStage:
                         agent,
                         messages,
                         response_format=response_format,
+                        details=details,
                     )
                 )
         return calls

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from fanout.conversation import role_prompt
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, PlannedCall, Pricing, most_tokens
 from fanout.engine import RunContext, Stage
 from fanout.models import Agent, Call, CallResult, Message
@@ -43,7 +44,7 @@ class RouterStage:
                 "router",
                 agent.name,
                 agent,
-                tuple(router_messages(agent, context.prompt, context.agents, most)),
+                tuple(router_messages(agent, role_prompt(context, agent), context.agents, most)),
                 response_format=route_schema(names, most),
             )
         ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fanout.conversation import role_prompt
 from fanout.engine import RunContext
 from fanout.models import AgentError, Call, CallResult, Message
 from fanout.shapes.structured import json_schema_format, parse_object
@@ -57,7 +58,9 @@ class SynthesisStage:
         notes = self.notes(context)
         if self.map:
             notes = [*notes, MAP_BRIEF]
-        messages = synthesis_messages(agent.instructions, context.prompt, answered, missing, notes)
+        messages = synthesis_messages(
+            agent.instructions, role_prompt(context, agent), answered, missing, notes
+        )
         return [
             Call(
                 f"{self.id}/{agent.name}",
