@@ -175,7 +175,7 @@ def persona_thread(
     ({} outside a conversation). ``writes_reply``: the caller wrote the panel's answers (an
     orchestrator), which are its own."""
     conversation = context.conversation
-    if conversation is None:
+    if conversation is None or not (conversation.turns or conversation.system):
         return tuple(messages), {}
     system, question = _split(messages)
     if conversation.system:
@@ -408,8 +408,8 @@ def transcript_before(history: History, document: Mapping[str, object]) -> Trans
         for r in (report_from_document(d) for d in history.conversation(conversation_id))
         if r.turn < report.turn and r.run_id != report.run_id
     ]
-    if report.turn == 1 and not earlier:
-        return None
+    if conversation_id == report.run_id and not earlier:
+        return None  # a first turn, named after itself
     return Transcript(conversation_id, tuple(turn_of(r) for r in earlier), number=report.turn)
 
 

@@ -84,6 +84,7 @@ from fanout.shapes import stored_options
 from fanout.tracing import TraceParent, parse_traceparent, telemetry_wanted
 
 if TYPE_CHECKING:
+    from fanout.conversation import Transcript
     from fanout.telemetry import Telemetry
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -130,10 +131,13 @@ def ask(
     shape: str = "panel",
     options: Mapping[str, Any] | None = None,
     traceparent: str | None = None,
+    conversation: Transcript | None = None,
+    observers: Sequence[Observer] = (),
 ) -> int:
     """``fanout ask`` (``panel``: already loaded, and pointed at the local server). ``shape``
     and ``options``: what the run decides (a vote, a judge, a council, a router...);
-    ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid)."""
+    ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid);
+    ``conversation``: the one this run continues; ``observers``: more listeners (``chat``)."""
     parent = _trace_parent(traceparent)
     panel_given = panel
     # -p personas join the panel here; a panel given is one already built (and holds them).
@@ -181,6 +185,8 @@ def ask(
                 shape=shape,
                 options=options,
                 traceparent=traceparent,
+                conversation=conversation,
+                observers=observers,
             )
     options = {"synthesize": synthesize, **(options or {})}
     if shape != "panel" and "seed" not in options:
@@ -196,6 +202,7 @@ def ask(
         model=model,
         trace_id=parent.trace_id if parent else None,
         parent_span_id=parent.span_id if parent else None,
+        conversation=conversation,
     )
     plan = resolve(request)
     if dry_run:
@@ -224,7 +231,8 @@ def ask(
                     },
                 ),
             )
-        report, interrupted = _drive(lambda observer: prepare(plan, [observer], check=False),
+        report, interrupted = _drive(lambda observer: prepare(plan, [observer, *observers],
+                                                               check=False),
                                      output, recorder, plan.agents,
                                      guess_panes=_guess_panes(plan))  # fmt: skip
     return _emit(report, output, recorder, interrupted)
@@ -419,7 +427,7 @@ def retry(run_id: str, *, output: Output, log: bool = True) -> int:
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
         before = report_from_document(stored.document)
-        plan = _stored_plan(stack, stored, None, synthesize=None)
+        plan = _stored_plan(stack, stored, None, synthesize=None, history=history)
         kept: dict[str, CallResult] = {}
         # The plan's stages, then those a growing plan (the orchestrator's turns) added in
         # the stored run: the first with a call to redo is where the run carries on.
@@ -487,17 +495,25 @@ def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -
             )
         if not any(c.status == "ok" for c in before.agents):
             raise ConfigError(f"run {stored.run_id}: no persona answered; nothing to synthesize")
-        plan = _stored_plan(stack, stored, model, synthesize=True)
+        plan = _stored_plan(stack, stored, model, synthesize=True, history=history)
         last = plan.stages[-1].id
         kept = {c.call_id: c for s in before.stages if s.id != last for c in s.calls}
         return _carry_on(history, stored, before, plan, kept, output, log)
 
 
 def _stored_plan(
-    stack: ExitStack, stored: StoredRun, model: str | None, *, synthesize: bool | None
+    stack: ExitStack,
+    stored: StoredRun,
+    model: str | None,
+    *,
+    synthesize: bool | None,
+    history: History | None = None,
 ) -> Plan:
     """The plan of a stored run, with its recorded personas, roles and settings (a local
-    server started for those recorded on ``base_url: local``)."""
+    server started for those recorded on ``base_url: local``) and, from ``history``, the
+    conversation it was a turn of (what its calls were asked in the light of)."""
+    from fanout.chat import carried_conversation
+
     settings, prices, shape, options = _settings_from_record(stored.settings)
     options = stored_options(shape, options)
     if synthesize is not None:
@@ -531,6 +547,7 @@ def _stored_plan(
         trace_id=str(stored.document.get("trace_id") or "") or None,
         # The new work is a child of the run's span, in the run's trace.
         parent_span_id=str(stored.document.get("span_id") or "") or None,
+        conversation=carried_conversation(history, stored.document) if history else None,
     )
     return resolve(request)
 
@@ -749,6 +766,8 @@ def _check_batch_budget(
 def list_runs(limit: int, json_output: bool, where: RunFilter | None = None) -> None:
     """``fanout runs list`` (``where``: only the runs it keeps)."""
     with _open_history() as history:
+        if where is not None and where.conversation is not None:  # a prefix, or a run of it
+            where = replace(where, conversation=history.conversation_of(where.conversation))
         summaries = history.list_runs(limit, where)
         _warn(history.warnings)
     if json_output:
@@ -771,9 +790,12 @@ def show_run(
     settings (``--json``: the same document; ``--timeline``: its timeline after it, on stderr
     when stdout is JSON; ``agent`` with ``raw``: that persona's answer alone, as it was
     written). Exit 0 once shown, or with ``exit_status`` the code the run itself ended with."""
+    from fanout.chat import turn_line
+
     with _open_history() as history:
         _warn(history.warnings)
         stored = history.load(history.resolve(run_id))
+        turn = turn_line(history, stored.document)
     report = report_from_document(stored.document)
     on_terminal = make_console().is_terminal
     if raw:
@@ -783,7 +805,7 @@ def show_run(
     elif json_output:
         _write_stdout(dumps(stored.document))
     else:
-        header = run_header(report, stored.settings)
+        header = run_header(report, stored.settings) + (f"\n{turn}" if turn else "")
         _write_stdout((printable(header) if on_terminal else header) + "\n\n")
         show_report(report, view)
     if with_timeline:
@@ -793,12 +815,21 @@ def show_run(
     return EXIT_OK
 
 
-def delete_run(run_id: str) -> str:
-    """``fanout runs delete``: the run and its calls gone from the history; its full id."""
+def delete_run(run_id: str, *, force: bool = False) -> str:
+    """``fanout runs delete``: the run and its calls gone from the history; its full id. A
+    turn with later turns in its conversation is refused unless ``force``."""
+    from fanout.chat import later_turns_note
+
     with _open_history() as history:
         _warn(history.warnings)
         full = history.resolve(run_id)
+        document = history.load(full).document
+        note = later_turns_note(history, document, "deleting it leaves them as they were asked")
+        if note and not force:
+            raise ConfigError(f"{note}; --force to delete it anyway")
         history.purge(full)
+    if note:
+        print_warning(make_console(stderr=True), f"warning: {note}")
     return full
 
 

@@ -1,6 +1,6 @@
 """The ``fanout`` command: parse flags, call the core, render, map errors to exit codes.
 
-One module per command (``ask``, ``batch``, ``runs``, ``flow``, ``serve``) on the root of
+One module per command (``ask``, ``chat``, ``batch``, ``runs``, ``flow``, ``serve``) on the root of
 ``app``; ``options`` holds the flags they share, ``flags`` turns flags into what the session
 takes. The heavy modules (engine, provider, Rich) load only when a command runs.
 
@@ -10,7 +10,7 @@ error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
-from fanout.cli import ask, batch, serve  # noqa: F401  (each registers its commands on app)
+from fanout.cli import ask, batch, chat, serve  # noqa: F401  (each registers its commands on app)
 from fanout.cli.app import app
 from fanout.cli.flow import flow_app
 from fanout.cli.runs import runs_app

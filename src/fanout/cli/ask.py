@@ -16,6 +16,7 @@ from fanout.cli.app import (
     errors_to_exit,
     terminate_as_interrupt,
 )
+from fanout.cli.chat import ContinueOption, ConversationOption
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
@@ -75,6 +76,7 @@ ASK_EXAMPLES = """Examples:
   fanout ask -a translator:3 --judge "Translate 'carpe diem'"
   fanout ask --council "Is P = NP likely?"
   fanout ask --local "What is temperature?"
+  fanout ask --continue "And at absolute zero?"
   echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
   fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'"""
 
@@ -192,6 +194,8 @@ def ask(
         ),
     ] = None,
     no_log: NoLogOption = False,
+    continue_: ContinueOption = False,
+    conversation: ConversationOption = None,
     traceparent: Annotated[
         str | None,
         typer.Option(
@@ -219,6 +223,12 @@ def ask(
             names, repeat = repeats(agent_names(agents, model))
             adhoc = adhoc_personas(personas)
             names = panel_names(names, adhoc)
+            carried = None
+            if continue_ or conversation is not None:  # the personas of its last turn, too
+                from fanout.chat import continued
+
+                carried = continued(conversation, names, adhoc, config)
+                names, adhoc = carried.names, carried.personas
             shape, options = shape_of(
                 vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
                 best_of=best_of, repeat=repeat, agreement_map=agreement_map,
@@ -248,6 +258,7 @@ def ask(
                 local=local or local_model is not None,
                 local_model=local_model,
                 traceparent=traceparent,
+                conversation=carried.conversation if carried else None,
             )
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still

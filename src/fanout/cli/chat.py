@@ -1,0 +1,120 @@
+"""``fanout chat``, and the flags that carry a conversation on (``ask --continue``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from fanout.cli.app import Command, app, errors_to_exit, terminate_as_interrupt
+from fanout.cli.flags import (
+    adhoc_personas,
+    agent_names,
+    output_of,
+    panel_names,
+    repeats,
+    run_settings,
+    shape_of,
+)
+from fanout.cli.options import (
+    DEFAULT_ASK_CONCURRENCY,
+    GROUP_HISTORY,
+    AgentsOption,
+    ConfigOption,
+    CouncilOption,
+    FormatOption,
+    JsonOption,
+    JudgeOption,
+    MaxCostOption,
+    ModelOption,
+    NoLogOption,
+    PersonaOption,
+    RetriesOption,
+    SynthesizeOption,
+    TimeoutOption,
+    VoteOption,
+)
+
+# `--continue` takes no value: an optional value would swallow the question that follows it
+# (`fanout ask --continue "And then?"`). A conversation is named with --conversation ID, as
+# llm has -c and --cid.
+ContinueOption = Annotated[
+    bool,
+    typer.Option(
+        "--continue",
+        help="Carry on the last run's conversation: each persona is sent the earlier "
+        "questions and its own earlier answers.",
+        rich_help_panel=GROUP_HISTORY,
+    ),
+]
+ConversationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--conversation",
+        metavar="ID",
+        help="Carry on this conversation: its id, or any of its runs' (a unique prefix).",
+        show_default=False,
+        rich_help_panel=GROUP_HISTORY,
+    ),
+]
+
+CHAT_EXAMPLES = """Examples:
+
+  fanout chat -a physicist,chemist -s
+  fanout chat --continue
+  printf 'What is temperature?\\nAnd at absolute zero?\\n' | fanout chat -a physicist"""
+
+
+@app.command("chat", cls=Command, epilog=CHAT_EXAMPLES)
+def chat(
+    agents: AgentsOption = None,
+    personas: PersonaOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    synthesize: SynthesizeOption = False,
+    vote: VoteOption = False,
+    judge: JudgeOption = False,
+    council: CouncilOption = False,
+    continue_: ContinueOption = False,
+    conversation: ConversationOption = None,
+    json_output: JsonOption = False,
+    view: FormatOption = None,
+    retries: RetriesOption = 3,
+    timeout: TimeoutOption = 120.0,
+    max_cost: MaxCostOption = None,
+    no_log: NoLogOption = False,
+) -> None:
+    """Talk with the panel: each line is a question, each persona keeps its own thread.
+
+    Lines starting with / are commands (/help lists them: /agents, /shape, /show, /save,
+    /quit...). Piped, each line of stdin is one turn.
+    """
+    with errors_to_exit(), terminate_as_interrupt():
+        from fanout.chat import Chat, run_chat
+
+        names, repeat = repeats(agent_names(agents, model))
+        adhoc = adhoc_personas(personas)
+        shape, options = shape_of(
+            vote=vote, choices=None, quorum=None, judge=judge, council=council,
+            best_of=None, repeat=repeat,
+        )  # fmt: skip
+        settings = run_settings(
+            DEFAULT_ASK_CONCURRENCY, timeout, retries, 60.0, None, None, max_cost
+        )
+        talk = Chat(
+            config=config,
+            names=panel_names(names, adhoc),
+            personas=adhoc,
+            model=model,
+            synthesize=synthesize,
+            shape=shape,
+            options=dict(options),
+            settings=settings,
+            output=output_of(json_output, False, False, None, view),
+            log=not no_log,
+        )
+        if continue_ or conversation is not None:
+            talk.take_up(conversation)
+        code = run_chat(talk, interactive=sys.stdin.isatty())
+    raise typer.Exit(code)
