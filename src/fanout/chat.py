@@ -36,7 +36,7 @@ from fanout.models import RunReport
 if TYPE_CHECKING:
     from fanout.engine import RunSettings
     from fanout.history import History
-    from fanout.session import Output
+    from fanout.output import Output
 
 CHAT_HISTORY = "chat_history"  # the prompt line's own history, beside history.db
 CHAT_HISTORY_LINES = 1000
@@ -70,9 +70,9 @@ def continued(
 ) -> Continued:
     """``ask --continue`` (``reference`` None: the last run's conversation) or
     ``--conversation ID``: the conversation and who is asked."""
-    from fanout.session import _open_history
+    from fanout.drive import open_history
 
-    with _open_history() as history:
+    with open_history() as history:
         conversation = load_transcript(history, reference)
         last = conversation.turns[-1].run_id if conversation.turns else None
         recorded = history.load(last).agents if last else []
@@ -137,9 +137,9 @@ class Chat:
 
     def take_up(self, reference: str | None) -> None:
         """Carry on a conversation from the history (``--continue``/``--conversation``)."""
-        from fanout.session import _open_history
+        from fanout.drive import open_history
 
-        with _open_history() as history:
+        with open_history() as history:
             conversation = load_transcript(history, reference)
             documents = history.conversation(conversation.id)
             last = documents[-1]["run_id"] if documents else None
@@ -181,7 +181,7 @@ class Chat:
 def run_chat(chat: Chat, *, interactive: bool) -> int:
     """Read lines until ``/quit`` or the end of input: each a turn or a command. The exit
     code: 0, or the last turn's (or mistake's) that was not."""
-    from fanout.session import EXIT_INTERRUPTED
+    from fanout.output import EXIT_INTERRUPTED
 
     for line in _lines(interactive, lambda: len(chat.reports) + 1):
         text = line.strip()
@@ -212,9 +212,9 @@ def _error(exc: FanoutError) -> int:
 
 def _say_question(text: str) -> None:
     """Piped, each turn's answers come under its question (Markdown)."""
-    from fanout.session import _write_stdout
+    from fanout.output import write_stdout
 
-    _write_stdout(f"# {' '.join(text.split())}\n\n")
+    write_stdout(f"# {' '.join(text.split())}\n\n")
 
 
 def _lines(interactive: bool, turn: Callable[[], int]) -> Iterator[str]:
@@ -310,9 +310,9 @@ def _synthesize(chat: Chat, rest: str) -> None:
 
 
 def _show(chat: Chat, rest: str) -> None:
-    from fanout.session import _write_stdout
+    from fanout.output import write_stdout
 
-    _write_stdout(conversation_text(chat.reports) or "(no turn yet)\n")
+    write_stdout(conversation_text(chat.reports) or "(no turn yet)\n")
 
 
 def _save(chat: Chat, rest: str) -> None:
@@ -421,18 +421,19 @@ def turn_line(history: History, document: Mapping[str, object]) -> str | None:
 def show_turns(run_id: str, json_output: bool, view: str | None) -> None:
     """``runs show RUN --turns``: every turn of the run's conversation, in order, each as
     ``ask`` showed it under its question (``--json``: the turns' documents)."""
+    from fanout.drive import open_history, show_report, warn
     from fanout.export import dumps
-    from fanout.session import _open_history, _warn, _write_stdout, show_report
+    from fanout.output import write_stdout
 
-    with _open_history() as history:
-        _warn(history.warnings)
+    with open_history() as history:
+        warn(history.warnings)
         document = history.load(history.resolve(run_id)).document
         conversation_id = str(document.get("conversation_id") or document.get("run_id"))
         reports = [report_from_document(d) for d in history.conversation(conversation_id)]
-        _warn(history.warnings)
+        warn(history.warnings)
     if json_output:
-        _write_stdout(dumps(conversation_document(reports, conversation_id)))
+        write_stdout(dumps(conversation_document(reports, conversation_id)))
         return
     for report in reports:
-        _write_stdout(f"# Turn {report.turn}: {' '.join(report.prompt.split())}\n\n")
+        write_stdout(f"# Turn {report.turn}: {' '.join(report.prompt.split())}\n\n")
         show_report(report, view)

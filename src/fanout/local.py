@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -177,3 +178,35 @@ class LocalServer:
         import gc
 
         gc.collect()
+
+
+@contextmanager
+def local_server(
+    agents: Sequence[Agent],
+    everyone: bool,
+    model_file: Path | None,
+    model_named: bool,
+    say: Callable[[str], None],
+) -> Iterator[Callable[[Agent], Agent]]:
+    """Start the embedded llama.cpp server for the run; yield how to point an agent at it."""
+    from platformdirs import user_cache_path
+
+    path = model_path(model_file, user_cache_path("fanout"), say)
+    everyone = everyone or local_everyone(os.environ)
+    with LocalServer(path, parallel=len(agents)) as base_url:
+        yield lambda agent: on_local(agent, base_url, everyone=everyone, model_named=model_named)
+
+
+def as_local(agent: Agent, everyone: bool) -> Agent:
+    """How a persona that ran on the local server is recorded: ``base_url: local``."""
+    if everyone or local_everyone(os.environ):
+        return replace(agent, endpoint=Endpoint(LOCAL_URL, agent.endpoint.api_key_env))
+    return agent
+
+
+def with_local(stack: ExitStack, agents: list[Agent], say: Callable[[str], None]) -> list[Agent]:
+    """Recorded personas with ``base_url: local`` get a local server for this command."""
+    if not any(a.endpoint.base_url == LOCAL_URL for a in agents):
+        return agents
+    point = stack.enter_context(local_server(agents, False, None, True, say))
+    return [point(a) for a in agents]

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from fanout.errors import ConfigError
+
 # The traceparent of the request about to leave, for the HTTP client's request hook (hooks are
 # per client, attempts per task: the engine sets this around the provider's call).
 CURRENT_TRACEPARENT: ContextVar[str | None] = ContextVar("CURRENT_TRACEPARENT", default=None)
@@ -64,6 +66,20 @@ def parse_traceparent(value: str) -> TraceParent | None:
     if trace_id == "0" * 32 or span_id == "0" * 16:
         return None
     return TraceParent(trace_id, span_id)
+
+
+def trace_parent(given: str | None, environ: Mapping[str, str]) -> TraceParent | None:
+    """The trace to continue: ``--traceparent`` (a usage error if it is not one), else a
+    valid ``TRACEPARENT`` in the environment (one that is not is ignored, as tools do)."""
+    if given is not None:
+        parent = parse_traceparent(given)
+        if parent is None:
+            raise ConfigError(
+                f"--traceparent: {given!r} is not a W3C traceparent "
+                "(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)"
+            )
+        return parent
+    return parse_traceparent(environ.get("TRACEPARENT", ""))
 
 
 def telemetry_wanted(environ: Mapping[str, str]) -> bool:

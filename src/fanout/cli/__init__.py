@@ -1,8 +1,8 @@
 """The ``fanout`` command: parse flags, call the core, render, map errors to exit codes.
 
-One module per command (``ask``, ``chat``, ``batch``, ``runs``, ``flow``, ``serve``) on the root of
-``app``; ``options`` holds the flags they share, ``flags`` turns flags into what the session
-takes. The heavy modules (engine, provider, Rich) load only when a command runs.
+One module per command (``ask``, ``chat``, ``batch``, ``runs``, ``flow``, ``serve``) on the
+root of ``app``; ``options`` holds the flags they share, ``flags`` turns flags into what the command
+drivers take. The heavy modules (engine, provider, Rich) load only when a command runs.
 
 Exit codes: 0 every persona answered · 3 some failed (partial) · 1 all failed or a runtime
 error · 2 usage or configuration error · 130 interrupted (Ctrl-C or SIGTERM).

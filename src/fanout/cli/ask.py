@@ -263,9 +263,10 @@ def ask(
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still
             # the exit code and the document of a cancelled run.
-            from fanout import session
+            from fanout.drive import cancelled_before_start
+            from fanout.output import Output
 
-            code = session.cancelled_before_start(text, out or session.Output())
+            code = cancelled_before_start(text, out or Output())
     raise typer.Exit(code)
 
 

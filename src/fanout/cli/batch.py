@@ -122,7 +122,7 @@ def batch(
 
       fanout batch questions.txt --vote --choices "yes,no" -o votes.jsonl
     """
-    from fanout import session
+    from fanout import batchrun
 
     with errors_to_exit():
         names, repeat = repeats(agent_names(agents, model))
@@ -139,7 +139,7 @@ def batch(
             rpm, tpm, max_cost,
         )  # fmt: skip
         settings = replace(settings, stream=False)  # nobody watches a batch: whole answers
-        code = session.batch(
+        code = batchrun.batch(
             file,
             names=names,
             personas=adhoc,

@@ -1,4 +1,4 @@
-"""Flags into what the session takes: run settings, the personas named (``-a``, ``-p``,
+"""Flags into what the command drivers take: run settings, the personas named (``-a``, ``-p``,
 ``name:N``), the shape and its options, the output, the prompt; each mistake one
 ``ConfigError`` naming the flag."""
 
@@ -17,7 +17,7 @@ from fanout.errors import ConfigError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from fanout.engine import RunSettings
-    from fanout.session import Output
+    from fanout.output import Output
 
 
 def run_settings(
@@ -151,7 +151,7 @@ def shape_of(
 def output_of(
     json_output: bool, jsonl: bool, deltas: bool, file: Path | None, view: str | None = None
 ) -> Output:
-    from fanout.session import Output
+    from fanout.output import Output
 
     if json_output and jsonl:
         raise ConfigError("--json and --jsonl: choose one")

@@ -97,7 +97,7 @@ def runs_list(
 
       fanout runs list --json | jq -r '.runs[0].run_id'
     """
-    from fanout import session
+    from fanout import stored
     from fanout.history import RunFilter, parse_since
 
     with errors_to_exit():
@@ -108,7 +108,7 @@ def runs_list(
         if (query, agent, status, since, conversation) != (None, None, None, None, None):
             when = parse_since(since) if since is not None else None
             where = RunFilter(query, agent, status, when, conversation)
-        session.list_runs(limit, json_output, where)
+        stored.list_runs(limit, json_output, where)
 
 
 @runs_app.command("delete", cls=Command)
@@ -124,11 +124,11 @@ def runs_delete(
 
     Example: fanout runs delete 3f9c
     """
-    from fanout import session
+    from fanout import stored
 
     with errors_to_exit():
         check_utf8(run_id, "the run id")
-        full = session.delete_run(run_id, force=force)
+        full = stored.delete_run(run_id, force=force)
         typer.echo(f"deleted run {full}", err=True)
 
 
@@ -176,7 +176,7 @@ def runs_show(
 
       fanout runs show 3f9c --turns
     """
-    from fanout import session
+    from fanout import stored
 
     with errors_to_exit():
         check_utf8(run_id, "the run id")
@@ -186,7 +186,7 @@ def runs_show(
 
             show_turns(run_id, json_output, view)
             raise typer.Exit(0)
-        code = session.show_run(
+        code = stored.show_run(
             run_id,
             json_output,
             with_timeline=show_timeline,
@@ -225,13 +225,13 @@ def runs_export(
 
       fanout runs export 3f9c --format html -o run.html
     """
-    from fanout import session
+    from fanout import stored
 
     with errors_to_exit():
         check_utf8(run_id, "the run id")
         if output is not None:
             check_output(output)
-        code = session.export_run(run_id, fmt, output)
+        code = stored.export_run(run_id, fmt, output)
     raise typer.Exit(code)
 
 
@@ -250,12 +250,12 @@ def runs_retry(
 
     Example: fanout runs retry 3f9c
     """
-    from fanout import session
+    from fanout import carry
 
     with errors_to_exit():
         check_utf8(run_id, "the run id")
         out = output_of(json_output, jsonl, jsonl_deltas, output, view)
-        code = session.retry(run_id, output=out, log=not no_log)
+        code = carry.retry(run_id, output=out, log=not no_log)
     raise typer.Exit(code)
 
 
@@ -275,11 +275,11 @@ def runs_synth(
 
     Example: fanout runs synth 3f9c --model gpt-4o
     """
-    from fanout import session
+    from fanout import carry
 
     with errors_to_exit():
         check_utf8(run_id, "the run id")
         check_utf8(model, "--model")
         out = output_of(json_output, jsonl, False, output, view)
-        code = session.synth(run_id, model=model, output=out, log=not no_log)
+        code = carry.synth(run_id, model=model, output=out, log=not no_log)
     raise typer.Exit(code)

@@ -1,0 +1,57 @@
+"""Where a command's result goes (``Output``), the exit codes it ends with, and writing to a
+stdout whose reader may have gone (``| head``). Light on purpose: the flags are turned into an
+``Output`` before anything heavy loads."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fanout.errors import StdoutClosed
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PIPE = 141  # stdout was closed by its reader (`| head`): as if SIGPIPE had ended us
+EXIT_FOR_STATUS = {
+    "completed": EXIT_OK,
+    "partial": EXIT_PARTIAL,
+    "failed": EXIT_FAILED,
+    "cancelled": EXIT_INTERRUPTED,
+    "interrupted": EXIT_INTERRUPTED,
+    "running": EXIT_OK,
+}
+Mode = Literal["table", "json", "jsonl"]
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the result goes: a table (live on a terminal), one JSON document, or JSON lines."""
+
+    mode: Mode = "table"
+    deltas: bool = False  # --jsonl-deltas
+    file: Path | None = None  # -o
+    timeline: bool = False  # --timeline: after the result (on stderr when stdout is JSON)
+    view: str | None = None  # --format: table, columns, md, text; None: columns on a terminal,
+    # else Markdown, which pipes and copies cleanly where a box table would be cut
+
+
+def write_stdout(text: str) -> None:
+    """Write the command's output; a reader that has gone ends the command quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        raise StdoutClosed from None
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit cannot complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
