@@ -67,3 +67,23 @@ def test_api_runs_with_a_conversation_id_continue_it_from_the_history(
     sent = bodies(server, "m-physicist")[1]
     assert [m["content"] for m in sent[1:]] == ["Heat?", "Motion.", "Cold?"]
     assert "m-chemist says: Heat?" in str(bodies(server, "m-chemist")[1])
+
+
+def test_v1_naming_a_conversation_with_the_last_question_alone_continues_it_from_the_history(
+    server: FakeOpenAI, served: Served
+) -> None:
+    server.script("m-physicist", Reply(text="Motion."))
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    first = client.chat.completions.create(
+        model="fanout", messages=[{"role": "user", "content": "Heat?"}]
+    )
+    conversation = (first.model_extra or {})["fanout"]["conversation_id"]
+    second = client.chat.completions.create(
+        model="fanout",
+        messages=[{"role": "user", "content": "Cold?"}],
+        extra_body={"fanout": {"conversation_id": conversation}},
+    )
+    document = (second.model_extra or {})["fanout"]
+    assert (document["conversation_id"], document["turn"]) == (conversation, 2)
+    sent = bodies(server, "m-physicist")[1]
+    assert [m["content"] for m in sent[1:]] == ["Heat?", "Motion.", "Cold?"]

@@ -571,7 +571,7 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
     )
 
 
-def _turn(value: Any) -> int:
+def _turn(value: object) -> int:
     """A stored turn number; 1 for a run recorded before conversations (or a bad value)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 

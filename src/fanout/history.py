@@ -445,7 +445,7 @@ class History:
             raise ConfigError(f"conversation {reference!r} is ambiguous: {shown}")
         return ids[0]
 
-    def conversation(self, conversation_id: str) -> list[dict[str, Any]]:
+    def conversation(self, conversation_id: str) -> list[dict[str, object]]:
         """The documents of a conversation's runs, in the order they started."""
         with self._lock:
             rows = self._db.execute(
@@ -623,7 +623,7 @@ def _current(writer: str | None, document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def _conversation(document: Mapping[str, Any]) -> str:
+def _conversation(document: Mapping[str, object]) -> str:
     """The conversation a run's document belongs to (a run recorded before conversations: its
     own)."""
     return str(document.get("conversation_id") or document.get("run_id"))

@@ -16,7 +16,7 @@ from fanout.cli.app import (
     errors_to_exit,
     terminate_as_interrupt,
 )
-from fanout.cli.chat import ContinueOption, ConversationOption
+from fanout.cli.chat import ContinueOption, ConversationOption, continued
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
@@ -223,12 +223,7 @@ def ask(
             names, repeat = repeats(agent_names(agents, model))
             adhoc = adhoc_personas(personas)
             names = panel_names(names, adhoc)
-            carried = None
-            if continue_ or conversation is not None:  # the personas of its last turn, too
-                from fanout.chat import continued
-
-                carried = continued(conversation, names, adhoc, config)
-                names, adhoc = carried.names, carried.personas
+            thread, names, adhoc = continued(continue_, conversation, names, adhoc, config)
             shape, options = shape_of(
                 vote=vote, choices=choices, quorum=quorum, judge=judge, council=council,
                 best_of=best_of, repeat=repeat, agreement_map=agreement_map,
@@ -258,7 +253,7 @@ def ask(
                 local=local or local_model is not None,
                 local_model=local_model,
                 traceparent=traceparent,
-                conversation=carried.conversation if carried else None,
+                conversation=thread,
             )
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still

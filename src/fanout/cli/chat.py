@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -36,6 +37,9 @@ from fanout.cli.options import (
     VoteOption,
 )
 
+if TYPE_CHECKING:
+    from fanout.conversation import Transcript
+
 # `--continue` takes no value: an optional value would swallow the question that follows it
 # (`fanout ask --continue "And then?"`). A conversation is named with --conversation ID, as
 # llm has -c and --cid.
@@ -58,6 +62,24 @@ ConversationOption = Annotated[
         rich_help_panel=GROUP_HISTORY,
     ),
 ]
+
+
+def continued(
+    wanted: bool,
+    reference: str | None,
+    names: list[str] | None,
+    personas: list[tuple[str, str]],
+    config: Path | None,
+) -> tuple[Transcript | None, list[str] | None, list[tuple[str, str]]]:
+    """``--continue``/``--conversation``: the conversation, who is asked (the personas of its
+    last turn, then those named now) and the ``-p`` personas; not wanted, the flags as given."""
+    if not wanted and reference is None:
+        return None, names, personas
+    from fanout.chat import continued as carried_on
+
+    carried = carried_on(reference, names, personas, config)
+    return carried.conversation, carried.names, carried.personas
+
 
 CHAT_EXAMPLES = """Examples:
 

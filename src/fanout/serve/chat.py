@@ -14,7 +14,7 @@ run like any other: it counts against ``--max-runs``, shows in the dashboard and
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +86,7 @@ class _UnknownModel(BadRequest):
     pass
 
 
-def client_history(messages: list[Any], named: Transcript | None) -> Transcript | None:
+def client_history(messages: Sequence[object], named: Transcript | None) -> Transcript | None:
     """The conversation a client's messages hold before the last user message: each user
     message (consecutive ones joined) with the assistant's reply after it as an earlier turn,
     and the system (or developer) messages as one text. ``named``: the conversation the
@@ -116,7 +116,7 @@ def client_history(messages: list[Any], named: Transcript | None) -> Transcript 
     return Transcript(named.id if named else "", tuple(turns), "\n\n".join(system) or None)
 
 
-def _text(content: Any) -> str:
+def _text(content: object) -> str:
     """A message's text: a string, or the text parts of a list of content parts."""
     if isinstance(content, list):
         return "\n".join(
