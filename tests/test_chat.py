@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import fanout
 from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI, Fault, Reply
 from tests.terminal import Terminal
@@ -249,3 +250,41 @@ def test_deleting_a_turn_with_later_turns_is_refused_unless_forced(
     assert fourth["turn"] == 2  # after turn 1, the one left
     sent = bodies(server, "m-physicist")[-1]
     assert [m["content"] for m in sent[1::2]] == ["What is temperature?", "And now?"]
+
+
+def test_the_python_api_takes_up_a_conversation_the_cli_recorded(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-chemist", Reply(text="Reaction speed."))
+    config = agents_file("physicist", "chemist")
+    first = asked(invoke, "-c", config, "-a", "chemist", "What is temperature?")
+    chat = fanout.Conversation.from_history(first["run_id"][:4], fanout.load_panel(config))
+    report = chat.ask("And at absolute zero?")
+    assert [r.name for r in report.agents] == ["chemist"]  # the last turn's personas
+    assert (report.conversation_id, report.turn) == (first["conversation_id"], 2)
+    sent = bodies(server, "m-chemist")[1]
+    assert [m["content"] for m in sent[1:]] == [
+        "What is temperature?",
+        "Reaction speed.",
+        "And at absolute zero?",
+    ]
+
+
+def test_max_cost_bounds_the_whole_thread(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    server.script("m-physicist", Reply(text="x" * 20_000))
+    config = agents_file("physicist", defaults={"max_tokens": 10})
+    text = config.read_text() + "pricing:\n  m-physicist: {input: 1.0, output: 1.0}\n"
+    config.write_text(text)
+    asked(invoke, "-c", config, "What is temperature?")
+    budget = "0.01"  # a dollar a million tokens: room for 10,000, not for the 20,000-byte thread
+    alone = json.loads(
+        invoke("ask", "-c", config, "--dry-run", "--json", "--max-cost", budget, "Why?").stdout
+    )
+    carried = invoke("ask", "-c", config, "--continue", "--json", "--max-cost", budget, "Why?")
+    assert alone["fits"] is True
+    document = json.loads(carried.stdout)
+    assert document["agents"][0]["status"] == "skipped"
+    assert document["agents"][0]["error"]["type"] == "budget"
+    assert len(server.requests) == 1

@@ -148,6 +148,8 @@ class Chat:
         self.names, self.personas = given.names, given.personas
         self.reports = [report_from_document(d) for d in documents]
         self.conversation_id = conversation.id
+        asked = ", ".join(self.names or []) or "the whole panel"
+        _aside(f"conversation {conversation.id}, after turn {conversation.turn - 1}: {asked}")
 
     def ask(self, question: str) -> int:
         """One turn: asked, shown, recorded and added to the conversation."""

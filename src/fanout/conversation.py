@@ -476,11 +476,15 @@ class Conversation:
         settings: RunSettings | None = None,
     ) -> Conversation:
         """The conversation the history holds under ``reference`` (its id or one of its
-        runs', a unique prefix; None: the last run's), ready for its next turn."""
+        runs', a unique prefix; None: the last run's), ready for its next turn; it asks the
+        personas of its last turn unless ``agents`` says otherwise."""
         from fanout.history import History, history_path
 
         with History(history_path(os.environ)) as history:
             transcript = load_transcript(history, reference)
+        if agents is None and transcript.turns:
+            last = transcript.turns[-1].answers
+            agents = list(dict.fromkeys(name.split("#")[0] for name in last)) or None
         conversation = cls(panel, agents=agents, shape=shape, options=options, settings=settings)
         conversation.transcript = transcript
         return conversation

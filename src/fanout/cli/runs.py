@@ -107,7 +107,9 @@ def runs_list(
         where = None
         if (query, agent, status, since, conversation) != (None, None, None, None, None):
             when = parse_since(since) if since is not None else None
-            where = RunFilter(query, agent, status, when, conversation)
+            where = RunFilter(
+                text=query, agent=agent, status=status, since=when, conversation=conversation
+            )
         stored.list_runs(limit, json_output, where)
 
 
