@@ -5,9 +5,11 @@ screen, whatever was drawn on the alternate screen having gone with it."""
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import termios
+from collections.abc import Iterator
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ import pexpect
 import pyte
 
 ALT_SCREEN = 1049 << 5  # pyte shifts private modes by 5 bits
+SYNC_END = "\x1b[?2026l"  # the end of one of the board's frames
+CLEAR = "\x1b[H\x1b[2J"  # the board drawn again whole (first, and after a resize)
+Size = tuple[int, int]  # rows, columns
 
 
 class XtermScreen(pyte.HistoryScreen):
@@ -69,11 +74,12 @@ class XtermScreen(pyte.HistoryScreen):
 
 
 class _Feed:
-    def __init__(self, stream: pyte.Stream, raw: list[str]) -> None:
-        self.stream, self.raw = stream, raw
+    def __init__(self, stream: pyte.Stream, raw: list[str], log: list[str | Size]) -> None:
+        self.stream, self.raw, self.log = stream, raw, log
 
     def write(self, data: str) -> None:
         self.raw.append(data)
+        self.log.append(data)
         self.stream.feed(data)
 
     def flush(self) -> None:
@@ -85,7 +91,9 @@ class Terminal:
 
     def __init__(self, args: list[str | Path], rows: int, columns: int, **kwargs: Any) -> None:
         self.screen = XtermScreen(columns, rows)
+        self.size = (rows, columns)
         self.raw: list[str] = []
+        self.log: list[str | Size] = []  # the output, and each resize where it happened
         self.child = pexpect.spawn(
             sys.executable,
             ["-m", "fanout", *map(str, args)],
@@ -94,10 +102,16 @@ class Terminal:
             timeout=30,
             **kwargs,
         )
-        self.child.logfile_read = _Feed(pyte.Stream(self.screen), self.raw)
+        self.child.logfile_read = _Feed(pyte.Stream(self.screen), self.raw, self.log)
 
     def expect(self, pattern: str | list[str]) -> int:
         return int(self.child.expect(pattern))
+
+    def frames_from_now(self, count: int) -> None:
+        """Wait for ``count`` frames of the board drawn from now on."""
+        mark = len(self.output)
+        while self.output[mark:].count(SYNC_END) < count:
+            self.expect(re.escape(SYNC_END))
 
     def send(self, text: str) -> None:
         self.child.send(text)
@@ -107,7 +121,31 @@ class Terminal:
 
     def resize(self, rows: int, columns: int) -> None:
         self.screen.resize(rows, columns)
+        self.log.append((rows, columns))
         self.child.setwinsize(rows, columns)
+
+    def frames(self) -> Iterator[tuple[int, XtermScreen]]:
+        """Every frame of the board, played again from the start on a fresh terminal of the
+        first size: the screen as it was at the end of each frame (``ESC[?2026l``), while on
+        the alternate screen. After a resize, the frames written before the board noticed it
+        (drawn for the old size) are passed over, up to the first drawn again whole."""
+        screen = XtermScreen(self.size[1], self.size[0])
+        stream = pyte.Stream(screen)
+        pending, index, stale = "", 0, False
+        for item in [*self.log, ""]:
+            if isinstance(item, tuple):
+                screen.resize(*item)
+                stale = True
+                continue
+            pending += item
+            while SYNC_END in pending:
+                frame, pending = pending.split(SYNC_END, 1)
+                stream.feed(frame + SYNC_END)
+                stale = stale and CLEAR not in frame
+                if screen.on_alt and not stale:
+                    yield index, screen
+                index += 1
+        stream.feed(pending)
 
     def finish(self) -> int | None:
         """Wait for the end; the exit code (None if a signal killed it). ``echo_after``:

@@ -240,7 +240,7 @@ def structure(rng: random.Random, panel: dict[str, Any]) -> str:
             "agents:\n  - name: a\npricing:\n  m: {input: -1, output: 1}\n",
             "agents:\n  - name: a\npricing:\n  m: {input: 1}\n",
             "agents:\n  - name: a\n    stop: [a, b, c, d, e]\n",
-            "agents:\n  - name: a\n    stop: a\n",
+            "agents:\n  - name: a\n    stop: 3\n",  # text is one stop sequence (#25)
             "agents:\n  - name: \"\\ud800\"\n", "agents:\n  - name: a\n    model: \"x\\udfffy\"\n",
             "{agents: [{name: a}]\n", "agents:\n  - name: a\n  model: x\n", "'unclosed\n",
         ]

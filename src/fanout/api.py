@@ -43,6 +43,7 @@ from fanout.engine import (
 from fanout.errors import ConfigError
 from fanout.event import Broadcast, Event, Observer
 from fanout.models import Agent, Call, CallResult, RunReport, StageResult
+from fanout.params import check_params, with_params
 from fanout.shapes import build_plan, check_plan, roles_of
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ def resolve(request: RunRequest) -> Plan:
     _check(request)
     panel = request.panel or load_panel()
     agents = apply_model(panel.select(request.agents), request.model)
+    # --param: the same request fields for every persona (not the synthesizer, judge...).
+    agents = [with_params(a, request.settings.params) for a in agents]
     stages = build_plan(request.shape, request.options)
     check_plan(request.shape, request.options, agents)
     roles = {r: apply_model([panel.role(r)], request.model)[0] for r in roles_of(stages)}
@@ -145,6 +148,9 @@ def _check(request: RunRequest) -> None:
         ("retries", settings.retry.retries, 0, 100),
         ("max_retry_after", settings.retry.max_retry_after, 0, 86_400),
     )
+    if not isinstance(settings.params, Mapping):
+        raise ConfigError("settings.params: give a mapping of request fields, e.g. {'seed': 42}")
+    check_params(settings.params, "settings.params")
     for name, value, low, high in bounds:
         if value is None:
             continue

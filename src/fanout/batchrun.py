@@ -41,6 +41,7 @@ from fanout.interrupt import interruptibly
 from fanout.local import local_server, wants_local
 from fanout.models import Agent
 from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from fanout.params import with_params
 from fanout.provider import OpenAIProvider
 from fanout.render import BatchProgress, batch_summary, make_console, print_warning
 from fanout.session import as_named
@@ -68,7 +69,7 @@ def batch(
     ``-p`` ones, added to the panel)."""
     panel = load_panel(find_config(config, os.environ)).with_personas(personas)
     names, options = as_named(panel, names, options)
-    chosen = apply_model(panel.select(names), model)
+    chosen = [with_params(a, settings.params) for a in apply_model(panel.select(names), model)]
     options = {"synthesize": synthesize, **(options or {})}
     plan = resolve(
         RunRequest(

@@ -195,6 +195,7 @@ def _settings_from_record(
         rpm=record.get("rpm"),
         tpm=record.get("tpm"),
         stream=record.get("stream", True),
+        params=dict(record.get("params") or {}),  # --param
     )
     prices = {m: Price(p["input"], p["output"]) for m, p in record.get("pricing", {}).items()}
     options = dict(record.get("options") or {"synthesize": bool(record.get("synthesize"))})

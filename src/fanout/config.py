@@ -20,11 +20,32 @@ from typing import Any, BinaryIO
 
 import idna  # httpx's own IDNA codec: a host we accept is one httpx can encode
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, Price
 from fanout.errors import ConfigError
 from fanout.models import OPENAI_BASE_URL, Agent, Endpoint, Limits
+from fanout.params import (
+    BOTH_BOUNDS,
+    MASK,
+    REQUEST_FIELDS,
+    RequestParams,
+    extra_body_problem,
+    header_problem,
+    header_variables,
+    plain_message,
+    unknown_field,
+    variant_of,
+    with_params,
+)
 
 CONFIG_ENV = "FANOUT_CONFIG"
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
@@ -33,8 +54,7 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a panel is a few KB; more is a mistake, or
 MAX_URL_CHARS = 2048
 MAX_NESTING = 64
 # Bounds a number can meet on its way to a request, a timer or a cost (int * price): past
-# them it overflows a C timeval or a float rather than meaning anything.
-MAX_ANSWER_TOKENS = 10_000_000
+# them it overflows a C timeval or a float rather than meaning anything (MAX_ANSWER_TOKENS too).
 MAX_CONCURRENCY = 1_000
 MAX_TIMEOUT_S = 86_400.0
 MAX_CONTEXT_TOKENS = 100_000_000
@@ -66,18 +86,18 @@ ROLE_INSTRUCTIONS = {
 }
 
 
-class _AgentFields(BaseModel):
-    """Fields a persona, the defaults and the synthesizer share."""
+class _AgentFields(RequestParams):
+    """Fields a persona, the defaults and the synthesizer share: the request fields fanout
+    knows (``RequestParams``: at the top, or under ``params:``) and how to reach the model."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     description: str | None = None
     instructions: str | None = None
     model: str | None = Field(default=None, min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, gt=0, le=MAX_ANSWER_TOKENS)
-    stop: list[str] | None = Field(default=None, max_length=4)
+    params: RequestParams | None = None
+    extra_body: dict[str, JsonValue] | None = None
+    extra_headers: dict[str, str] | None = None
     base_url: str | None = None
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
@@ -94,6 +114,35 @@ class _AgentFields(BaseModel):
             if problem:
                 raise ValueError(problem)
         return value
+
+    @field_validator("extra_body")
+    @classmethod
+    def _no_own_fields(cls, value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+        problem = extra_body_problem(value or {})
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _sendable(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            problem = header_problem(name, text)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _each_field_once(self) -> _AgentFields:
+        given = {k for k in self.model_fields_set if k in REQUEST_FIELDS}
+        nested = set(self.params.model_fields_set) if self.params is not None else set()
+        twice = sorted(given & nested)
+        if twice:
+            raise ValueError(f"{twice[0]} is set twice: at the top and under params:")
+        bounds = {"max_tokens", "max_completion_tokens"}
+        if bounds <= given | nested:
+            raise ValueError(BOTH_BOUNDS)
+        return self
 
 
 def _a_name(value: str) -> str:
@@ -234,6 +283,9 @@ class Panel:
         chosen: dict[str, Agent] = {}
         for name in names:
             agent = by_name.get(name.casefold())
+            base = by_name.get(name.partition("@")[0].casefold()) if "@" in name else None
+            if agent is None and base is not None:
+                agent = variant_of(base, name)  # analyst@reasoning_effort=low
             if agent is None:
                 panel = ", ".join(a.name for a in self.agents)
                 raise ConfigError(
@@ -309,6 +361,31 @@ def check_credentials(agents: Sequence[Agent], environ: Mapping[str, str]) -> No
                 f"${endpoint.api_key_env} holds spaces, line breaks or non-ASCII characters; "
                 "an API key cannot (check how it was set)"
             )
+        _check_headers(agent, environ)
+
+
+def _check_headers(agent: Agent, environ: Mapping[str, str]) -> None:
+    """Every ``${VAR}`` an ``extra_headers`` value names is set, and sendable; a value the
+    history masked (a literal, perhaps a secret) cannot be sent again."""
+    for name, value in agent.extra_headers.items():
+        if value == MASK:
+            raise ConfigError(
+                f"agent {agent.name!r}: the value of extra_headers {name!r} was not recorded "
+                "(a value written out may be a secret): write it as ${VAR} in the agents "
+                "file, with the value in that variable, and run it again"
+            )
+        for variable in header_variables({name: value}):
+            text = environ.get(variable)
+            if text is None:
+                raise ConfigError(
+                    f"agent {agent.name!r}: extra_headers {name!r} names ${variable}, "
+                    "which is not set"
+                )
+            if not all(" " <= c <= "~" for c in text):
+                raise ConfigError(
+                    f"${variable} (extra_headers {name!r}) holds line breaks or non-ASCII "
+                    "characters; a header cannot"
+                )
 
 
 _KEY_GOES = "put the key in an environment variable and name it with api_key_env"
@@ -559,13 +636,15 @@ def _describe(source: str, text: str, data: Any, exc: ValidationError) -> str:
         key = loc[-1]
         if not isinstance(key, str):  # `yes:`, `on:`, `1:` are not strings to YAML
             return f"{where}: unknown key {key!r} (quote it if it was meant as text)"
+        if "params" in loc[:-1] or key in ("n", "stream"):
+            return f"{where}: {path}: {unknown_field(key)}"
         allowed = _allowed_keys(loc)
         return f"{where}: {path}: unknown key {key!r}{_suggest(key, allowed)}"
     if err["type"] == "missing":
         return f"{where}: {path}: required key is missing"
     message = _MESSAGES.get((err["type"], str(loc[-1]) if loc else ""))
     message = message or _MESSAGES.get((err["type"], "")) or err["msg"]
-    message = message.removeprefix("Value error, ")
+    message = plain_message(err["type"], message, err.get("input"))
     if loc and loc[-1] == "base_url" and isinstance(err.get("input"), str):
         message += f" (got {mask_url(err['input'])!r})"  # never the key a URL may hold
     elif "input" in err and not isinstance(err["input"], dict | list):
@@ -681,15 +760,11 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
             value = getattr(fields, key)
             return getattr(defaults, key) if value is None else value
 
-        return Agent(
+        agent = Agent(
             name=name,
             instructions=pick("instructions") or "",
             description=pick("description") or "",
             model=pick("model") or DEFAULT_MODEL,
-            temperature=pick("temperature"),
-            top_p=pick("top_p"),
-            max_tokens=pick("max_tokens"),
-            stop=tuple(pick("stop")) if pick("stop") else None,
             timeout=pick("timeout"),
             endpoint=Endpoint(
                 base_url=(pick("base_url") or env_base_url()).rstrip("/"),
@@ -697,7 +772,11 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
             ),
             limits=Limits(rpm=pick("rpm"), tpm=pick("tpm"), concurrency=pick("concurrency")),
             max_context_tokens=pick("max_context_tokens"),
+            extra_body={**(defaults.extra_body or {}), **(fields.extra_body or {})},
+            extra_headers={**(defaults.extra_headers or {}), **(fields.extra_headers or {})},
         )
+        agent = with_params(agent, _request_params(defaults, fields))
+        return replace(agent, stop=agent.stop or None)
 
     agents = [build(a, a.name) for a in spec.agents]
     template: Agent | str
@@ -748,6 +827,21 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         judge=judge,
         template=template,
     )
+
+
+def _request_params(defaults: _AgentFields, fields: _AgentFields) -> dict[str, JsonValue]:
+    """The request fields of one persona: the defaults' (at the top, then under ``params:``),
+    then its own; the later wins, and a bound given later replaces either name of it."""
+    merged: dict[str, JsonValue] = {}
+    for level in (defaults, defaults.params, fields, fields.params):
+        if level is None:
+            continue
+        given = {k: getattr(level, k) for k in REQUEST_FIELDS if getattr(level, k) is not None}
+        if given.keys() & {"max_tokens", "max_completion_tokens"}:
+            merged.pop("max_tokens", None)
+            merged.pop("max_completion_tokens", None)
+        merged.update(given)
+    return merged
 
 
 def default_roles() -> dict[str, Agent]:

@@ -61,6 +61,8 @@ from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
 from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, traceparent
 
 if TYPE_CHECKING:
+    from pydantic import JsonValue
+
     from fanout.conversation import Transcript
 
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
@@ -107,6 +109,8 @@ class RunSettings:
     # observer shows the deltas (the live view, --jsonl), since parsing chunks costs CPU.
     stream: bool | None = None
     max_cost: float | None = None  # USD for the whole run; calls that could break it are skipped
+    # Request fields set for every persona of the run (--param key=value), checked already.
+    params: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
 
 
 class EndpointGates:

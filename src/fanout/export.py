@@ -43,6 +43,8 @@ from fanout.models import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from pydantic import JsonValue
+
     from fanout.config import Panel
     from fanout.cost import PlannedCall, Price
     from fanout.engine import RunSettings
@@ -106,6 +108,7 @@ def call_document(result: CallResult) -> dict[str, Any]:
         "finish_reason": result.finish_reason,
         "truncated": result.truncated,
         "response_model": result.response_model,
+        "params": result.params,
         "timing": timing_document(result.timing) if result.timing is not None else None,
         **result.details,
     }
@@ -421,6 +424,7 @@ def plan_document(
                 "concurrency": c.agent.limits.concurrency,
                 "prompt_tokens_estimate": c.prompt_tokens,
                 "max_tokens": c.max_tokens,
+                "params": c.agent.request_params(),
                 "worst_case_usd": _usd(c.worst_case_usd),
             }
             for c in calls
@@ -437,6 +441,8 @@ def plan_document(
 
 def agent_settings(agent: Agent) -> dict[str, Any]:
     """A persona as recorded in the history: everything needed to ask it again, no secret."""
+    from fanout.params import recorded_headers
+
     return {
         "name": agent.name,
         "description": agent.description,
@@ -453,6 +459,11 @@ def agent_settings(agent: Agent) -> dict[str, Any]:
         "tpm": agent.limits.tpm,
         "concurrency": agent.limits.concurrency,
         "max_context_tokens": agent.max_context_tokens,
+        "params": dict(agent.params),
+        "token_field": agent.token_field,
+        "extra_body": dict(agent.extra_body),
+        # A value made of ${VAR} references is kept; any other is a secret, never stored.
+        "extra_headers": recorded_headers(agent.extra_headers),
     }
 
 
@@ -476,6 +487,7 @@ def settings_record(
         "tpm": settings.tpm,
         "stream": settings.stream,
         "max_cost": settings.max_cost,
+        "params": dict(settings.params),  # --param, for every persona
         "shape": shape,
         "options": dict(options),
         "synthesize": bool(options.get("synthesize")),  # version 1 readers
@@ -498,6 +510,10 @@ def agent_from_settings(data: dict[str, Any]) -> Agent:
         endpoint=Endpoint(data["base_url"], data["api_key_env"]),
         limits=Limits(data.get("rpm"), data.get("tpm"), data.get("concurrency")),
         max_context_tokens=data.get("max_context_tokens"),
+        params=_mapping(data.get("params")),
+        token_field=_text_or_none(data.get("token_field")),
+        extra_body=_mapping(data.get("extra_body")),
+        extra_headers={str(k): str(v) for k, v in _mapping(data.get("extra_headers")).items()},
     )
 
 
@@ -507,7 +523,7 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
     known = {
         "name", "model", "status", "answer", "error", "attempts", "latency_s", "ttft_s", "usage",
         "usage_estimated", "cost_usd", "call_id", "stage", "role", "finish_reason", "truncated",
-        "response_model", "timing",
+        "response_model", "timing", "params",
     }  # fmt: skip
     usage = _usage_of(entry)
     return CallResult(
@@ -532,7 +548,13 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
         details={k: v for k, v in entry.items() if k not in known},
         timing=timing_from_document(entry.get("timing")),
         response_model=_text_or_none(entry.get("response_model")),
+        params=_mapping(entry.get("params")),
     )
+
+
+def _mapping(value: object) -> dict[str, JsonValue]:
+    """A JSON object read back (from a document or the history), or nothing."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _text_or_none(value: Any) -> str | None:

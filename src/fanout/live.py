@@ -272,8 +272,9 @@ class LiveBoard:
         self.restore()
 
     def restore(self) -> None:
-        """Leave the alternate screen, show the cursor, give the keys their echo back. Safe to
-        call twice, and from a signal handler while a frame is being drawn."""
+        """Leave the alternate screen, show the cursor, drop the keys typed meanwhile and give
+        the keys their echo back. Safe to call twice, and from a signal handler while a frame
+        is being drawn."""
         self._stop.set()
         with self._write_lock:
             if self._up:
@@ -281,6 +282,10 @@ class LiveBoard:
                 self._up = False
         saved, self._saved_termios = self._saved_termios, None
         if saved is not None and self._stdin_fd is not None and termios is not None:
+            with contextlib.suppress(OSError, termios.error):
+                # Keys typed while the board was up were not shown: they must not run in the
+                # shell once fanout is over (an Enter among them would run a line unseen).
+                termios.tcflush(self._stdin_fd, termios.TCIFLUSH)
             with contextlib.suppress(OSError, termios.error):
                 termios.tcsetattr(self._stdin_fd, termios.TCSANOW, saved)
 
@@ -331,8 +336,14 @@ class LiveBoard:
 
     def update(self, lines: Sequence[str | Line], size: tuple[int, int]) -> str:
         """What turns the screen last drawn into ``lines`` (each a string, or its panes' cells
-        side by side): only the cells that changed, inside synchronized output; everything
-        again after a resize. Empty if nothing changed."""
+        side by side): only the pieces that changed, inside synchronized output; everything
+        again after a resize. Empty if nothing changed.
+
+        Every piece is written at its own column (``ESC[y;xH``): a piece may end in an erase
+        (``ESC[nX``), which blanks cells without moving the cursor, so a piece can never be
+        trusted to leave the cursor where the next one starts. The piece after a changed one
+        is written again too: should the terminal measure a character wider than we do, the
+        border beside it is put back rather than left overwritten."""
         parts: list[str] = []
         if size != self._shown_size:
             parts.append("\x1b[H\x1b[2J")
@@ -344,14 +355,17 @@ class LiveBoard:
             if before == line:
                 continue
             if before is None:
-                parts.append(f"\x1b[{y + 1};1H{''.join(c for _, c in line)}\x1b[0m\x1b[K")
+                parts.append(f"\x1b[{y + 1};1H\x1b[2K")
+                parts.extend(f"\x1b[{y + 1};{x + 1}H{cell}\x1b[0m" for x, cell in line)
                 continue
             # Both lines tile the whole width: a piece found at the same column with the
             # same text is already on the screen; every other piece is written.
             kept = set(before)
-            parts.extend(
-                f"\x1b[{y + 1};{x + 1}H{cell}\x1b[0m" for x, cell in line if (x, cell) not in kept
-            )
+            rewrite = False
+            for x, cell in line:
+                if rewrite or (x, cell) not in kept:
+                    parts.append(f"\x1b[{y + 1};{x + 1}H{cell}\x1b[0m")
+                rewrite = (x, cell) not in kept
         for y in range(len(new), len(shown)):
             parts.append(f"\x1b[{y + 1};1H\x1b[2K")
         self._shown = new

@@ -10,8 +10,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
 
 # One chat message: {"role": ..., "content": ...}; an assistant's may carry "tool_calls" (a
 # list) and a tool result its "tool_call_id", so values are not all strings.
@@ -87,9 +90,39 @@ class Agent:
     timeout: float | None = None
     endpoint: Endpoint = field(default_factory=Endpoint)
     limits: Limits = field(default_factory=Limits)
+    # The other request fields it sets (seed, reasoning_effort, response_format...: see
+    # ``params.RequestParams``), checked when the agents file or the flag was read.
+    params: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
+    # How ``max_tokens`` goes on the wire: ``max_completion_tokens`` when the file wrote that;
+    # None: by the model (``params.token_field``).
+    token_field: str | None = None
+    extra_body: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)  # as is
+    # Sent with every request; a value may name environment variables (``${VAR}``). Never
+    # shown or recorded (masked like a key).
+    extra_headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     # The most tokens a request may hold (its messages and its answer): a conversation's
     # oldest turns are left out to fit. None: the model's known window, if any.
     max_context_tokens: int | None = None
+
+    def request_params(self) -> dict[str, JsonValue]:
+        """Every request field it sets, under the name it was given, then ``extra_body`` and
+        ``extra_headers`` (names only: a value may be a secret) when it has them: what the
+        document, ``--dry-run`` and the views show."""
+        params: dict[str, JsonValue] = {}
+        if self.temperature is not None:
+            params["temperature"] = self.temperature
+        if self.top_p is not None:
+            params["top_p"] = self.top_p
+        if self.max_tokens is not None:
+            params[self.token_field or "max_tokens"] = self.max_tokens
+        if self.stop:
+            params["stop"] = list(self.stop)
+        params.update(self.params)
+        if self.extra_body:
+            params["extra_body"] = dict(self.extra_body)
+        if self.extra_headers:
+            params["extra_headers"] = dict.fromkeys(self.extra_headers, "***")
+        return params
 
 
 def chat_messages(agent: Agent, prompt: str) -> list[Message]:
@@ -222,6 +255,8 @@ class CallResult:
     details: dict[str, Any] = field(default_factory=dict)
     timing: CallTiming | None = None  # None: not made in this run (kept, skipped, old history)
     response_model: str | None = None  # the model the server says answered
+    # The request fields it was asked with (``Agent.request_params``).
+    params: dict[str, JsonValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.call_id:
@@ -237,6 +272,7 @@ class CallResult:
             stage=call.stage,
             role=call.role,
             details=dict(call.details),
+            params=call.agent.request_params(),
         )
 
 

@@ -24,10 +24,10 @@ import httpx2  # openai's HTTP client: its request hook, and errors raised while
 import openai
 import pydantic
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
-from openai.types.chat.completion_create_params import ResponseFormat
 
 from fanout.errors import ProviderError
 from fanout.models import Agent, Completion, Endpoint, Message, Usage
+from fanout.params import header_variables, request_fields, resolved_headers, token_field
 from fanout.tracing import CURRENT_TRACEPARENT
 
 _T = TypeVar("_T")
@@ -54,6 +54,9 @@ class OpenAIProvider:
         self._clients: dict[Endpoint, openai.AsyncOpenAI] = {}
         self._cannot_stream: set[Endpoint] = set()
         self._cannot_structure: set[Endpoint] = set()  # refused ``response_format`` once
+        # The name a model's answer bound goes under, where the server refused the other one.
+        self._bound_as: dict[tuple[Endpoint, str], str] = {}
+        self._secrets: set[str] = set()  # extra_headers values sent: masked like keys
 
     async def complete(
         self,
@@ -72,25 +75,19 @@ class OpenAIProvider:
         announce = _ON_SENT.set(on_sent)
         try:
             with self._translated(timeout_s):
-                while True:  # at most three requests: each refusal drops one option for good
+                while True:  # at most four requests: each refusal drops one option for good
                     stream = on_delta is not None and agent.endpoint not in self._cannot_stream
                     structured = agent.endpoint not in self._cannot_structure
                     shape = response_format if structured else None
+                    body = self._body(agent, shape)
                     try:
                         if stream and on_delta is not None:
                             return await self._streamed(
-                                agent, messages, timeout_s, on_delta, shape, tools
+                                agent, messages, timeout_s, on_delta, body, tools
                             )
-                        completion = await self._whole(agent, messages, timeout_s, shape, tools)
+                        completion = await self._whole(agent, messages, timeout_s, body, tools)
                     except openai.APIStatusError as exc:
-                        if shape is not None and _refuses(exc, "response_format"):
-                            # The server can't do structured output: a plain answer beats none.
-                            self._cannot_structure.add(agent.endpoint)
-                        elif stream and _refuses(exc, "stream"):
-                            # A server that rejects streaming (or stream_options) gets whole
-                            # answers.
-                            self._cannot_stream.add(agent.endpoint)
-                        else:
+                        if not self._learn(exc, agent, shape, stream):
                             raise
                         continue
                     if on_delta is not None and completion.text:
@@ -99,12 +96,55 @@ class OpenAIProvider:
         finally:
             _ON_SENT.reset(announce)
 
+    def _body(self, agent: Agent, response_format: Mapping[str, Any] | None) -> dict[str, object]:
+        """The request's fields beyond model, messages, tools and streaming."""
+        bound_as = self._bound_as.get((agent.endpoint, agent.model)) or token_field(agent)
+        return request_fields(agent, response_format, bound_as)
+
+    def _headers(self, agent: Agent) -> dict[str, str] | None:
+        """The persona's ``extra_headers``, their ``${VAR}`` read now; their values are
+        masked in every error from then on."""
+        if not agent.extra_headers:
+            return None
+        headers = resolved_headers(agent.extra_headers, self._environ)
+        named = (self._environ.get(v, "") for v in header_variables(agent.extra_headers))
+        self._secrets.update(v for v in [*headers.values(), *named] if len(v) >= 4)
+        return headers
+
+    def _learn(
+        self,
+        exc: openai.APIStatusError,
+        agent: Agent,
+        shape: Mapping[str, Any] | None,
+        stream: bool,
+    ) -> bool:
+        """Whether a refusal names an option this endpoint does without from now on (then the
+        request is made again without it)."""
+        bound_as = self._bound_as.get((agent.endpoint, agent.model)) or token_field(agent)
+        if shape is not None and _refuses(exc, "response_format"):
+            # The server can't do structured output: a plain answer beats none.
+            self._cannot_structure.add(agent.endpoint)
+        elif stream and _refuses(exc, "stream"):
+            # A server that rejects streaming (or stream_options) gets whole answers.
+            self._cannot_stream.add(agent.endpoint)
+        elif (
+            agent.max_tokens is not None
+            and agent.token_field is None  # the file named the field: its word stands
+            and (agent.endpoint, agent.model) not in self._bound_as
+            and _refuses_name(exc, bound_as)
+        ):
+            other = "max_tokens" if bound_as != "max_tokens" else "max_completion_tokens"
+            self._bound_as[(agent.endpoint, agent.model)] = other
+        else:
+            return False
+        return True
+
     async def _whole(
         self,
         agent: Agent,
         messages: Sequence[Message],
         timeout_s: float,
-        response_format: Mapping[str, Any] | None,
+        body: Mapping[str, object],
         tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Completion:
         client = self._client(agent.endpoint)
@@ -113,14 +153,11 @@ class OpenAIProvider:
             messages=_wire(messages),
             timeout=timeout_s,
             tools=_given(_tools(tools)),
-            temperature=_given(agent.temperature),
-            top_p=_given(agent.top_p),
-            max_tokens=_given(agent.max_tokens),
-            stop=_given(list(agent.stop) if agent.stop else None),
-            response_format=_given(_shape(response_format)),
+            extra_body=dict(body),
+            extra_headers=self._headers(agent),
         )
-        body = await raw.http_response.aread()  # read already; this only hands it over
-        whole = _completion_of_body(body, raw.headers.get("content-type", ""))
+        content = await raw.http_response.aread()  # read already; this only hands it over
+        whole = _completion_of_body(content, raw.headers.get("content-type", ""))
         return replace(whole, headers=_rate_headers(raw.headers))
 
     async def _streamed(
@@ -129,7 +166,7 @@ class OpenAIProvider:
         messages: Sequence[Message],
         timeout_s: float,
         on_delta: Callable[[str], None],
-        response_format: Mapping[str, Any] | None,
+        body: Mapping[str, object],
         tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Completion:
         client = self._client(agent.endpoint)
@@ -140,11 +177,8 @@ class OpenAIProvider:
             tools=_given(_tools(tools)),
             stream=True,
             stream_options={"include_usage": True},
-            temperature=_given(agent.temperature),
-            top_p=_given(agent.top_p),
-            max_tokens=_given(agent.max_tokens),
-            stop=_given(list(agent.stop) if agent.stop else None),
-            response_format=_given(_shape(response_format)),
+            extra_body=dict(body),
+            extra_headers=self._headers(agent),
         )
         headers = _rate_headers(raw.headers)
         response = raw.http_response
@@ -371,6 +405,8 @@ class OpenAIProvider:
         )
 
     def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         for endpoint in self._clients:
             key = self._environ.get(endpoint.api_key_env)
             if key and len(key) >= 4:
@@ -412,11 +448,7 @@ class BatchState:
 def request_line(custom_id: str, agent: Agent, messages: Sequence[Message]) -> dict[str, Any]:
     """One line of a Batch API input file: the chat request ``complete`` would send."""
     body: dict[str, Any] = {"model": agent.model, "messages": list(messages)}
-    for name in ("temperature", "top_p", "max_tokens"):
-        if getattr(agent, name) is not None:
-            body[name] = getattr(agent, name)
-    if agent.stop:
-        body["stop"] = list(agent.stop)
+    body.update(request_fields(agent, None, token_field(agent)))
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
 
@@ -449,6 +481,25 @@ def _refuses(exc: openai.APIStatusError, option: str) -> bool:
     return option in str(exc).lower()
 
 
+_REFUSAL_WORDS = (
+    "unsupported",
+    "not supported",
+    "unrecognized",
+    "unknown",
+    "extra",
+    "not permitted",
+)
+
+
+def _refuses_name(exc: openai.APIStatusError, name: str) -> bool:
+    """Whether a 400/422 refuses the field ``name`` itself (``Unsupported parameter:
+    'max_tokens' ... Use 'max_completion_tokens' instead``), not a value given under it."""
+    if exc.status_code not in (400, 422):
+        return False
+    text = str(exc).lower()
+    return name in text and any(word in text for word in _REFUSAL_WORDS)
+
+
 def _tools(tools: Sequence[Mapping[str, Any]] | None) -> list[ChatCompletionToolParam] | None:
     return cast("list[ChatCompletionToolParam]", list(tools)) if tools else None
 
@@ -469,11 +520,6 @@ def _tool_calls(raw: object) -> tuple[dict[str, str], ...]:
                 }
             )
     return tuple(calls)
-
-
-def _shape(response_format: Mapping[str, Any] | None) -> ResponseFormat | None:
-    # fanout passes the caller's dict as it is; the server is the judge of its shape.
-    return cast("ResponseFormat | None", response_format)
 
 
 def _malformed(detail: str) -> ProviderError:

@@ -7,6 +7,7 @@ stdout carries the answers (table or JSON); progress, retries and errors go to s
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -594,7 +595,9 @@ def plan_table(
     table = Table(title="Dry run: nothing was sent", title_justify="left", caption_justify="left")
     limits = [_limits(c.agent, settings_rpm) for c in calls]
     table.add_column("Persona", no_wrap=True)
-    table.add_column("Model", no_wrap=True)
+    # Request fields go under the model, folded to fit: they can be long.
+    with_params = any(c.agent.request_params() for c in calls)
+    table.add_column("Model", no_wrap=not with_params, overflow="fold")
     table.add_column("Endpoint", overflow="fold")
     if any(limits):
         table.add_column("Limits")
@@ -603,7 +606,9 @@ def plan_table(
     table.add_column("Worst", justify="right", no_wrap=True)
     for call, limit in zip(calls, limits, strict=True):
         agent = call.agent
-        cells = [call.name or agent.name, agent.model, agent.endpoint.host]
+        params = " ".join(f"{k}={_param_text(v)}" for k, v in agent.request_params().items())
+        model = agent.model + (f"\n{params}" if params else "")
+        cells = [call.name or agent.name, model, agent.endpoint.host]
         cells += [limit or "-"] if any(limits) else []
         cells += [
             f"~{call.prompt_tokens:,}",
@@ -620,6 +625,11 @@ def plan_table(
         caption += " · an unset max_tokens counts as 1,024"
     table.caption = caption
     return table
+
+
+def _param_text(value: object) -> str:
+    """A request field's value in a table cell: compact JSON, strings bare."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def _limits(agent: Agent, settings_rpm: float | None) -> str:

@@ -53,6 +53,7 @@ from fanout.cli.options import (
     ModelOption,
     NoLogOption,
     OutputOption,
+    ParamOption,
     PersonaOption,
     QuorumOption,
     RetriesOption,
@@ -91,6 +92,7 @@ def ask(
     personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
+    params: ParamOption = None,
     synthesize: SynthesizeOption = False,
     agreement_map: MapOption = False,
     vote: VoteOption = False,
@@ -215,6 +217,7 @@ def ask(
         text, out = "", None
         try:
             from fanout import session
+            from fanout.params import params_of_flags
 
             out = replace(
                 output_of(json_output, jsonl, jsonl_deltas, output, view), timeline=show_timeline
@@ -236,7 +239,7 @@ def ask(
                 concurrency or DEFAULT_ASK_CONCURRENCY, timeout, retries, max_retry_after,
                 rpm, tpm, max_cost,
             )  # fmt: skip
-            settings = replace(settings, stream=stream)
+            settings = replace(settings, stream=stream, params=params_of_flags(params))
             code = session.ask(
                 text,
                 names=names,

@@ -39,6 +39,7 @@ from fanout.cli.options import (
     MaxCostOption,
     MaxRetryAfterOption,
     ModelOption,
+    ParamOption,
     PersonaOption,
     QuorumOption,
     RetriesOption,
@@ -58,6 +59,7 @@ def batch(
     personas: PersonaOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
+    params: ParamOption = None,
     synthesize: SynthesizeOption = False,
     vote: VoteOption = False,
     choices: ChoicesOption = None,
@@ -123,6 +125,7 @@ def batch(
       fanout batch questions.txt --vote --choices "yes,no" -o votes.jsonl
     """
     from fanout import batchrun
+    from fanout.params import params_of_flags
 
     with errors_to_exit():
         names, repeat = repeats(agent_names(agents, model))
@@ -138,7 +141,8 @@ def batch(
             concurrency or DEFAULT_BATCH_CONCURRENCY, timeout, retries, max_retry_after,
             rpm, tpm, max_cost,
         )  # fmt: skip
-        settings = replace(settings, stream=False)  # nobody watches a batch: whole answers
+        # Nobody watches a batch: whole answers.
+        settings = replace(settings, stream=False, params=params_of_flags(params))
         code = batchrun.batch(
             file,
             names=names,

@@ -48,12 +48,27 @@ def agent_names(agents: list[str] | None, model: str | None) -> list[str] | None
     for given in agents or []:
         check_utf8(given, "--agents")
     check_utf8(model, "--model")
-    names = [n.strip() for given in agents or [] for n in given.split(",") if n.strip()]
+    names = [name for given in agents or [] for name in _names_in(given)]
     if agents and not names:
         raise ConfigError("--agents: give at least one persona name")
     if model is not None and not model.strip():
         raise ConfigError("--model: give a model name")
     return names or None
+
+
+def _names_in(given: str) -> list[str]:
+    """One ``-a`` argument's names: split at its commas, except that a variant
+    (``analyst@reasoning_effort=low,high``) takes the rest as its values."""
+    names: list[str] = []
+    pieces = given.split(",")
+    for index, piece in enumerate(pieces):
+        if "@" in piece and "=" in piece.partition("@")[2]:
+            from fanout.params import variant_names
+
+            return names + variant_names(",".join(pieces[index:]).strip())
+        if piece.strip():
+            names.append(piece.strip())
+    return names
 
 
 def adhoc_personas(given: list[str] | None) -> list[tuple[str, str]]:

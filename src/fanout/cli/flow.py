@@ -34,6 +34,7 @@ from fanout.cli.options import (
     ModelOption,
     NoLogOption,
     OutputOption,
+    ParamOption,
     RetriesOption,
     RpmOption,
     TimeoutOption,
@@ -65,6 +66,7 @@ def flow_run(
     inputs: InputOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
+    params: ParamOption = None,
     json_output: JsonOption = False,
     jsonl: JsonlOption = False,
     jsonl_deltas: JsonlDeltasOption = False,
@@ -106,6 +108,7 @@ def flow_run(
     """
     from fanout import session
     from fanout.flow import parse_inputs
+    from fanout.params import params_of_flags
 
     with errors_to_exit(), terminate_as_interrupt():
         out = output_of(json_output, jsonl, jsonl_deltas, output, view)
@@ -120,7 +123,7 @@ def flow_run(
             given=parse_inputs(inputs or []),
             config=config,
             model=model,
-            settings=replace(settings, stream=stream),
+            settings=replace(settings, stream=stream, params=params_of_flags(params)),
             output=out,
             dry_run=dry_run,
             log=not no_log,

@@ -160,6 +160,17 @@ PersonaOption = Annotated[
         rich_help_panel=GROUP_PANEL,
     ),
 ]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        metavar="KEY=VALUE",
+        help="A request field for every persona of this run, typed from its value: --param "
+        "seed=42, --param reasoning_effort=low, --param 'stop=[\"END\"]' (repeatable).",
+        show_default=False,
+        rich_help_panel=GROUP_PANEL,
+    ),
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(
