@@ -50,6 +50,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -108,6 +109,9 @@ class Reply:
     # Function calls instead of text: [{"name": "ask_x", "arguments": {...}}, ...] ("id"
     # optional). Sent whole, or streamed in pieces (name first, then the arguments' text).
     tool_calls: list[dict[str, Any]] | None = None
+    # The answer computed from the request's body (a grader that reads what it grades);
+    # wins over ``text``. Called on the server's thread.
+    respond: Callable[[dict[str, Any]], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -361,7 +365,9 @@ class FakeOpenAI:
                 response = {"status_code": step.status, "body": odd}
             else:
                 text = (
-                    step.text
+                    step.respond(body)
+                    if isinstance(step, Reply) and step.respond is not None
+                    else step.text
                     if isinstance(step, Reply) and step.text is not None
                     else (f"{body['model']} says: {body['messages'][-1]['content']}")
                 )
@@ -584,7 +590,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _run(self, step: Step, body: dict[str, Any]) -> None:
         model: str = body["model"]
         if isinstance(step, Reply):
-            text = step.text
+            text = step.respond(body) if step.respond is not None else step.text
             if text is None:
                 messages = body.get("messages") or []
                 users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]

@@ -318,7 +318,20 @@ def load_panel(path: Path | None, environ: Mapping[str, str] | None = None) -> P
         source, text = _read_default()
     else:
         source, text = str(path), _read_text(path)
-    data = _parse_yaml(source, text)
+    return panel_from_mapping(source, text, _parse_yaml(source, text), environ)
+
+
+def read_yaml_mapping(source: str, text: str, what: str) -> dict[str, object]:
+    """``text`` read as YAML the agents file's way (no tags, no duplicate keys), which must be
+    a mapping holding ``what``; a ``ConfigError`` naming ``source`` and the line otherwise."""
+    return _parse_yaml(source, text, what)
+
+
+def panel_from_mapping(
+    source: str, text: str, data: Mapping[str, object], environ: Mapping[str, str]
+) -> Panel:
+    """A panel from an agents file's sections already read (``text`` gives line numbers):
+    an eval file's ``agents:`` section is one."""
     try:
         spec = PanelSpec.model_validate(data)
     except ValidationError as exc:

@@ -16,6 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from rich.box import SIMPLE
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
 from rich.panel import Panel
@@ -42,7 +43,9 @@ from fanout.timing import PHASE_KINDS, PHASE_NAMES, PhaseKind, axis_end, phases
 if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engine to start
     from fanout.batch import BatchTally
     from fanout.cost import PlannedCall
+    from fanout.evalreport import Change, LeaderRow, PairTally, ScoreRow
     from fanout.history import RunSummary
+    from fanout.runstats import StatsRow
 
 _STATUS_STYLE = {"ok": "green", "error": "red", "cancelled": "yellow", "skipped": "yellow"}
 
@@ -1039,3 +1042,126 @@ class Timeline:
 def timeline(report: RunReport, width: int | None = None) -> Timeline:
     """The run's timeline (see ``Timeline``), ``width`` columns at most."""
     return Timeline(report, width)
+
+
+# -- fanout eval (the document is built in evalreport.py; this only draws it) -------------------
+
+_BEST = " ★"
+
+
+def scorecard_table(rows: Sequence[ScoreRow], noise: str) -> Table:
+    """``fanout eval``: a row per persona, best first; ★ marks the best of each column and ≈
+    a persona within the noise of the best (the caption says which test)."""
+    table = Table(
+        title="Scorecard", title_justify="left", caption_justify="left", box=SIMPLE,
+        pad_edge=False, padding=(0, 1, 0, 0),
+    )  # fmt: skip
+    table.add_column("Persona", min_width=10)
+    for name in ("Pass", "95 % CI", "Score", "Tokens", "Cost", "p50/p95 s", "Fail"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for index, row in enumerate(rows):
+        best = set(row["best"])
+
+        def cell(text: str, *columns: str, best: set[str] = best) -> Text:
+            marked = any(c in best for c in columns)
+            return Text(text + (_BEST if marked else ""), style="bold green" if marked else "")
+
+        persona = Text(printable(row["persona"]), style="bold")
+        if index and row["within_noise"]:
+            persona.append(" ≈", style="yellow")
+        persona.append("\n" + printable(row["model"]), style="dim")
+        table.add_row(
+            persona,
+            cell(f"{row['passed']}/{row['total']} {row['pass_rate']:.0%}", "pass_rate"),
+            Text(f"{row['ci_low'] * 100:.0f}-{row['ci_high']:.0%}"),
+            cell("-" if row["mean_score"] is None else f"{row['mean_score']:.2f}", "mean_score"),
+            cell(f"{row['tokens']:,}", "tokens"),
+            cell(usd(row["cost_usd"]), "cost_usd"),
+            cell(f"{_seconds(row['p50_s'])}/{_seconds(row['p95_s'])}", "p50_s", "p95_s"),
+            cell(str(row["failures"]), "failures"),
+        )
+    if len(rows) > 1:
+        table.caption = f"★ best in its column · ≈ {noise}"
+    return table
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def leaderboard_table(rows: Sequence[LeaderRow], pairs: PairTally) -> Table:
+    """``fanout eval --pairwise``: Bradley-Terry ratings, best first, with their intervals."""
+    table = Table(title="Pairwise leaderboard (Bradley-Terry)", title_justify="left",
+                  caption_justify="left")  # fmt: skip
+    for name in ("Persona", "Rating", "95 % CI", "Wins", "Games"):
+        table.add_column(name, justify="left" if name == "Persona" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            Text(printable(row["persona"]), style="bold"),
+            Text(f"{row['rating']:.0f}"),
+            Text(f"{row['ci_low']:.0f} to {row['ci_high']:.0f}"),
+            Text(f"{row['wins']:g}"),
+            Text(str(row["games"])),
+        )
+    table.caption = (
+        f"{pairs['compared']} pairs compared, each judged in both orders ({pairs['ties']} ties, "
+        f"an inconsistent pair counts as one); {pairs['unjudged']} without a usable verdict · "
+        "intervals: bootstrap over cases"
+    )
+    return table
+
+
+def eval_plan_table(rows: Sequence[tuple[str, int, float | None]], max_cost: float | None) -> Table:
+    """``fanout eval --dry-run``: the calls of each phase and their worst case."""
+    table = Table(title="Dry run: nothing was sent", title_justify="left", caption_justify="left")
+    table.add_column("Phase", no_wrap=True)
+    table.add_column("Calls", justify="right", no_wrap=True)
+    table.add_column("Worst case", justify="right", no_wrap=True)
+    for phase, calls, worst in rows:
+        table.add_row(Text(phase), Text(f"{calls:,}"), Text(usd(worst)))
+    known = [w for _, _, w in rows]
+    total = None if any(w is None for w in known) else sum(w or 0.0 for w in known)
+    caption = f"{sum(c for _, c, _ in rows):,} calls at most · worst case {usd(total)}"
+    if max_cost is not None:
+        caption += f" · --max-cost ${max_cost:g}"
+    table.caption = caption + " · an unset max_tokens counts as 1,024"
+    return table
+
+
+def eval_changes_text(worse: Sequence[Change], better: Sequence[Change]) -> str:
+    """``fanout eval compare``: the cells that got worse, then those that got better."""
+    lines = [f"{len(worse)} worse, {len(better)} better"]
+    for title, changes in (("worse", worse), ("better", better)):
+        for change in changes:
+            lines.append(
+                f"  {title}: case {printable(change['case'])} · {printable(change['persona'])}: "
+                f"{printable(change['before'])} → {printable(change['after'])}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def stats_table(rows: Sequence[StatsRow]) -> Table:
+    """``fanout runs stats``: each persona's wins across the recorded decisions."""
+    table = Table(
+        title="Across the history", title_justify="left", caption_justify="left", box=SIMPLE,
+        pad_edge=False, padding=(0, 1, 0, 0),
+    )  # fmt: skip
+    table.add_column("Persona")
+    for name in ("Win rate", "95 % CI", "Judge", "Vote", "Council", "Cost", "Per win"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            Text(printable(row["persona"]), style="bold"),
+            Text(f"{row['win_rate']:.0%} of {row['games']}"),
+            Text(f"{row['ci_low'] * 100:.0f}-{row['ci_high']:.0%}"),
+            Text(row["judge"]),
+            Text(row["vote"]),
+            Text(row["council"]),
+            Text(usd(row["cost_usd"])),
+            Text("-" if row["cost_per_win"] is None else usd(row["cost_per_win"])),
+        )
+    table.caption = (
+        "wins/decisions: a judge's pick, the winning side of a vote, the top of a council's "
+        "ranking (a tie shared) · cost: the persona's answers in those runs"
+    )
+    return table

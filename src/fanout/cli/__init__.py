@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from fanout.cli import ask, batch, chat, serve  # noqa: F401  (each registers its commands on app)
 from fanout.cli.app import app
+from fanout.cli.eval import eval_app
 from fanout.cli.flow import flow_app
 from fanout.cli.runs import runs_app
 
 # The groups of commands, in the order --help lists them (after the commands of their own).
 app.add_typer(runs_app, name="runs")
 app.add_typer(flow_app, name="flow")
+app.add_typer(eval_app, name="eval")
 
 __all__ = ["app", "main"]
 

@@ -285,3 +285,24 @@ def runs_synth(
         out = output_of(json_output, jsonl, False, output, view)
         code = carry.synth(run_id, model=model, output=out, log=not no_log)
     raise typer.Exit(code)
+
+
+@runs_app.command("stats", cls=Command)
+def runs_stats(
+    json_output: JsonOption = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", metavar="WHEN", help="Only runs started since: 30m, 2h, 3d, 1w or a date."
+        ),
+    ] = None,
+) -> None:
+    """A leaderboard across the history: each persona's wins in every judge, vote and council
+    decision recorded, with a 95 % interval, and its cost per win.
+
+    Example: fanout runs stats --since 1w
+    """
+    from fanout.runstats import show_stats
+
+    with errors_to_exit():
+        show_stats(json_output, since)
