@@ -385,13 +385,20 @@ def named_conversation(value: object) -> Transcript | None:
     return Transcript(check_conversation_id(value))
 
 
+def wants_stored_turns(plan: Plan) -> bool:
+    """Whether the request named a conversation and brought none of its turns (a server's
+    request: the history has them)."""
+    named = plan.request.conversation
+    return named is not None and bool(named.id) and not named.turns
+
+
 def with_stored_turns(history: History, plan: Plan) -> Plan:
-    """``plan`` with its conversation's earlier turns from the history, when the request named
-    a conversation and brought none of its own (a server's request: the history has them)."""
+    """``plan`` with its conversation's earlier turns from the history, when it
+    ``wants_stored_turns``."""
     from dataclasses import replace
 
     named = plan.request.conversation
-    if named is None or not named.id or named.turns:
+    if named is None or not wants_stored_turns(plan):
         return plan
     stored = stored_transcript(history, named.id)
     conversation = Transcript(named.id, stored.turns, named.system, named.number)

@@ -27,7 +27,7 @@ import anyio.abc
 
 from fanout.api import Plan, RunRequest, prepare, resolve
 from fanout.config import Panel, check_credentials
-from fanout.conversation import named_conversation, with_stored_turns
+from fanout.conversation import named_conversation, wants_stored_turns, with_stored_turns
 from fanout.engine import Execution, Provider, RunSettings
 from fanout.errors import FanoutError
 from fanout.event import (
@@ -378,8 +378,8 @@ class RunManager:
                 run.finish(report, None)
 
     async def _execute(self, run: LiveRun) -> None:
-        # A conversation named without turns of its own is taken up from the history.
-        run.plan = await anyio.to_thread.run_sync(with_stored_turns, self.history, run.plan)
+        if wants_stored_turns(run.plan):  # a conversation named: its turns, off the loop
+            run.plan = await anyio.to_thread.run_sync(with_stored_turns, self.history, run.plan)
         plan = run.plan
         request = plan.request
         recorder = HistoryRecorder(
