@@ -22,6 +22,8 @@ FULL = [
     ["memory.py"],
     ["engine_overhead.py"],
     ["live_view.py"],
+    ["first_paint.py"],
+    ["long_answer.py", "--sizes", "1,3"],
 ]
 QUICK = [
     ["fanout_efficiency.py", "--sizes", "1,8", "--repeat", "1", "--latency", "0.2"],
@@ -31,6 +33,8 @@ QUICK = [
     ["memory.py", "--sizes", "200"],
     ["engine_overhead.py", "--calls", "300", "--repeat", "1"],
     ["live_view.py", "--personas", "2", "--words", "200"],
+    ["first_paint.py", "--runs", "1"],
+    ["long_answer.py", "--sizes", "0.1"],
 ]
 
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.applications import Starlette
 
 from fanout.api import load_panel
 from fanout.serve.app import create_app
-from fanout.serve.server import bind, url_of
+from fanout.serve.server import bind, url_of, uvicorn_config
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -40,6 +41,7 @@ class Served:
     url: str
     server: uvicorn.Server
     thread: threading.Thread
+    app: Starlette
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
@@ -50,16 +52,14 @@ class Served:
 
 
 def serve_in_thread(config: Path, **options: Any) -> Served:
-    app = create_app(load_panel(config), **options)
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(
-        uvicorn.Config(app, lifespan="on", access_log=False, log_level="warning")
-    )
+    app = create_app(load_panel(config), **options)
+    server = uvicorn.Server(uvicorn_config(app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     until(lambda: server.started or not thread.is_alive(), what="the server to start")
     assert server.started, "the server did not start"
-    return Served(url_of(sock).rstrip("/"), server, thread)
+    return Served(url_of(sock).rstrip("/"), server, thread, app)
 
 
 def serve_process(

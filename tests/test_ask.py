@@ -399,11 +399,39 @@ def test_a_question_alone_is_asked_like_fanout_ask(
         result = invoke(*args)
         assert result.exit_code == 0, result.output
         assert result.stdout.startswith("## physicist\nm-physicist says: "), result.stdout
-    # Subcommands, their typos, the version and the help are what they were.
+    # Subcommands, the version and the help are what they were; a typo of a command says so.
     assert invoke("--version").stdout.startswith("fanout ")
     assert "Commands" in invoke("--help").stdout
-    assert "No such command" in invoke("aks", "Why?").stderr
+    assert "did you mean ask? To ask it, fanout ask aks" in invoke("aks", "Why?").stderr
     assert invoke("agents", "-c", config).exit_code == 0
+
+
+@pytest.mark.parametrize("word", ["hi", "why", "Temperature", "ask-me"])
+def test_a_first_word_that_is_no_command_is_a_question(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, word: str
+) -> None:
+    # `fanout hi` and `fanout why` said "No such command".
+    result = invoke(word, "-c", agents_file("physicist"))
+    assert result.exit_code == 0, result.output
+    assert f"m-physicist says: {word}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("typo", "command"),
+    [("runz", "runs"), ("Runs", "runs"), ("flwo", "flow"), ("agnets", "agents")],
+)
+def test_a_near_miss_of_a_command_says_which_and_how_to_ask_it(
+    server: FakeOpenAI, invoke: Invoke, typo: str, command: str
+) -> None:
+    assert_usage_error(
+        invoke(typo), f"No such command '{typo}': did you mean {command}? To ask it, fanout ask"
+    )
+    assert server.count() == 0
+
+
+def test_help_as_a_word_shows_the_help(invoke: Invoke) -> None:
+    assert "Commands" in invoke("help").stdout
+    assert "fanout runs [OPTIONS] COMMAND" in invoke("help", "runs").stdout
 
 
 def test_agents_repeat_merge_commas_and_match_any_case(

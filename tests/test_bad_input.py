@@ -83,12 +83,12 @@ def test_local_everyone_error_is_a_config_error() -> None:
         (["ask", "--concurrency", "many", "Why?"], ["--concurrency"]),
         (["batch"], ["Missing argument", "batch --help"]),
         (["runs", "show"], ["Missing argument"]),
-        (["frobnicate"], ["No such command"]),
+        (["runz"], ["No such command 'runz': did you mean runs? To ask it, fanout ask runz"]),
         (["ask", "--json=yes", "Why?"], ["--json"]),
         (["runs", "list", "-n"], ["-n"]),
     ],
     ids=[
-        *["unknown-flag", "not-a-number", "missing-file", "missing-run-id", "unknown-command"],
+        *["unknown-flag", "not-a-number", "missing-file", "missing-run-id", "command-typo"],
         *["value-for-a-switch", "missing-value"],
     ],
 )

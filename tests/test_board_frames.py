@@ -5,6 +5,8 @@ each pane's box is whole and holds its own answer's words, nothing else."""
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -296,3 +298,48 @@ def test_in_tmux_the_board_is_whole_mid_run_and_typed_keys_are_dropped(
     text = "\n".join(screen)
     assert "EXIT=0" in text and "4/4 answered" in text
     assert "TYPED-DURING-RUN" not in text  # the shell never saw the keys typed meanwhile
+
+
+# -- the first frame, before anything heavy loads --------------------------------------------------
+
+
+def test_the_first_frame_is_drawn_before_the_heavy_modules_load(
+    server: FakeOpenAI, agents_file: AgentsFile
+) -> None:
+    # About 2 s of blank screen on a loaded machine while the client libraries loaded. Python
+    # reports each import on the terminal as it happens (-X importtime, straight to fd 2):
+    # the first frame must come before the CLI's, Rich's, pydantic's and openai's.
+    server.script("m-alpha", Reply(text="alpha-start and the rest"))
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    term = Terminal(["ask", "-c", agents_file("alpha"), "Why?"], 30, 120, env=env)
+    try:
+        assert term.finish() == 0
+    finally:
+        term.close()
+    output = term.output
+    first_frame = output.index("\x1b[?1049h")
+    assert "asking the panel" in output[first_frame : first_frame + 200]
+    for module in ("typer", "rich", "pydantic", "openai", "fanout.cli", "fanout.config"):
+        loaded = re.search(rf"\|\s+{re.escape(module)}\r?\n", output)
+        assert loaded is not None and loaded.start() > first_frame, module
+    assert output.count("\x1b[?1049h") == 1  # the board drew on the same screen
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["ask", "--bogus", "Why?"], "No such option: --bogus"),
+        (["ask", "-c", "missing.yaml", "Why?"], "missing.yaml"),
+    ],
+    ids=["usage", "config"],
+)
+def test_an_error_before_the_board_is_left_on_the_main_screen(args: list[str], error: str) -> None:
+    term = Terminal(args, 24, 100)
+    try:
+        code = term.finish()
+    finally:
+        term.close()
+    assert code == 2
+    assert "\x1b[?1049h" in term.output  # the first frame was drawn...
+    assert not term.screen.on_alt and term.echo_after  # ...and the terminal given back
+    assert error in term.main_text() and "fanout: error:" in term.main_text()

@@ -71,6 +71,32 @@ def test_json_into_a_reader_that_leaves_ends_quietly(
     assert proc.returncode == 141
 
 
+def test_batch_into_a_reader_that_leaves_ends_quietly(
+    server: FakeOpenAI, agents_file: AgentsFile, tmp_path: Path
+) -> None:
+    # `fanout batch q.txt | head -1` said "cannot write the results: Broken pipe", exit 1.
+    hold = threading.Event()
+    server.script("m-a", Reply(text="the first answer"))
+    server.default = Reply(text="a later answer", hold=hold)
+    prompts = tmp_path / "q.txt"
+    prompts.write_text("".join(f"question {i}\n" for i in range(6)), encoding="utf-8")
+    proc = fanout_process("batch", "-c", agents_file("a"), prompts)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()  # `| head -1`
+        proc.stdout.close()
+        hold.set()  # the next lines meet a closed pipe
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=30)
+    finally:
+        hold.set()
+        proc.kill()
+    assert json.loads(first)["answer"] == "the first answer"
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
+    assert "error" not in stderr, stderr
+    assert proc.returncode == 141
+
+
 def _blocked_reading_stdin(pid: int) -> bool:
     """Whether the process sits in read(0, ...) (Linux's /proc/PID/syscall)."""
     number = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import pytest
 
 from fanout.cost import Budget, Price, Pricing, most_tokens
 from fanout.models import Usage
-from tests.conftest import AgentsFile, Invoke
+from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import EmptyChoices, FakeOpenAI, Reply
 
 # $0.001 a token each way: the arithmetic stays readable.
@@ -127,14 +128,23 @@ def test_max_cost_with_room_for_all_skips_nothing(
     assert server.count() == 3
 
 
-def test_max_cost_refuses_unknown_prices_and_bounds_answers(
-    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+@pytest.mark.parametrize("command", ["ask", "batch"])
+def test_max_cost_with_a_model_of_unknown_price_is_one_usage_error_before_any_call(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path, command: str
 ) -> None:
-    result = invoke("ask", "-c", agents_file("x"), "--json", "--max-cost", "1", "Why?")
-    entry = json.loads(result.stdout)["agents"][0]
-    assert entry["status"] == "skipped"
-    assert "price of m-x is unknown" in entry["error"]["message"]
+    # It failed every persona with the same long line and recorded a failed run.
+    config = agents_file("x", "y")
+    if command == "batch":
+        prompts = tmp_path / "q.txt"
+        prompts.write_text("Why?\nHow?\n", encoding="utf-8")
+        result = invoke("batch", "-c", config, "--max-cost", "1", prompts)
+    else:
+        result = invoke("ask", "-c", config, "--json", "--max-cost", "1", "Why?")
+    assert_usage_error(
+        result, "--max-cost", "no price is known for m-x (x); m-y (y)", "pricing: {m-x: {input:"
+    )
     assert server.count() == 0
+    assert json.loads(invoke("runs", "list", "--json").stdout)["runs"] == []
 
 
 def test_dry_run_sends_nothing_and_shows_the_plan(
@@ -154,6 +164,38 @@ def test_dry_run_sends_nothing_and_shows_the_plan(
     assert table.exit_code == 0
     assert "nothing was sent" in table.stdout and "worst case" in table.stdout
     assert server.count() == 0
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_dry_run_shows_host_and_port_and_squeezes_no_column_to_nothing(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+) -> None:
+    # It showed the host alone (agents shows host:port) and, at 80 columns with limits and
+    # request fields, squeezed Model to 3 cells, Endpoint to 4 and Limits to 3.
+    long = {"model": "meta-llama/llama-3.1-405b-instruct-turbo", "temperature": 0.7}
+    config = agents_file(
+        "physicist-with-a-long-name", "b", defaults={"rpm": 500, "tpm": 200000},
+        extra={"physicist-with-a-long-name": long},
+    )  # fmt: skip
+    monkeypatch.setenv("COLUMNS", str(columns))
+    table = invoke("ask", "-c", config, "--dry-run", "--param", "seed=42", "Why?")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert all(len(line) <= columns for line in lines), table.stdout
+    header = next(line for line in lines if "Persona" in line)
+    cells = [c.strip() for c in header.strip("┃").split("┃")]
+    assert cells[-3:] == ["Prompt", "Max out", "Worst"] and all(cells), header
+    # Each column read top to bottom, without the spaces its folding added.
+    rows = [line.split("│")[1:-1] for line in lines if line.startswith("│")]
+    columns_text = ["".join(row[j] for row in rows).replace(" ", "") for j in range(len(cells))]
+    shown = "|".join(columns_text)
+    for words in (f"127.0.0.1:{server.port}", "500rpm", "200000tpm", "temperature=0.7"):
+        assert words in shown, (words, table.stdout)
+    assert "seed=42" in shown and "meta-llama/llama-3.1-405b-instruct-turbo" in shown
 
 
 def test_max_cost_gives_unbounded_answers_a_max_tokens(

@@ -3,9 +3,11 @@ and the loopback LLM server. Skipped where Chromium is not installed (``.ci/run`
 
 from __future__ import annotations
 
+import http.server
 import re
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -139,4 +141,137 @@ def test_dashboard_asks_for_the_token_and_then_works(
         assert len(browser.find_elements(By.CSS_SELECTOR, ".pane[data-state=ok]")) == 3
         assert not browser.find_element(By.ID, "verdict-box").is_displayed()
     finally:
+        served.stop()
+
+
+# -- a page of another origin, in the same browser ------------------------------------------------
+
+FETCHES = """<!doctype html><title>elsewhere</title><body><script>
+const target = "TARGET";
+const tries = [
+  ["/api/runs", '{"prompt": "json as text"}', "text/plain"],
+  ["/api/runs", "a plain prompt", "text/plain"],
+  ["/api/runs", '{"prompt": "json as a form"}', "application/x-www-form-urlencoded"],
+  ["/api/multiagent/run", "the samples' route", "text/plain"],
+  ["/v1/chat/completions",
+   '{"model": "fanout", "messages": [{"role": "user", "content": "chat"}]}', "text/plain"],
+];
+Promise.all(tries.map(([path, body, type]) =>
+  fetch(target + path, {mode: "no-cors", method: "POST", body, headers: {"Content-Type": type}})
+    .then(() => "sent", () => "failed")))
+  .then((outcomes) => { document.body.dataset.done = outcomes.join(","); });
+</script></body>"""
+
+FORM = """<!doctype html><title>elsewhere</title><body>
+<form id="smuggle" method="POST" enctype="text/plain" action="TARGET/v1/chat/completions">
+<input type="hidden" value='"}'
+ name='{"model": "fanout", "messages": [{"role": "user", "content": "smuggled"}], "x": "'>
+</form><script>document.getElementById("smuggle").submit();</script></body>"""
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[Callable[[dict[str, str]], str]]:
+    """Serve pages from another origin (``localhost``, another port): returns their base URL."""
+    pages: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path, "").encode()
+            self.send_response(200 if body else 404)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    def publish(given: dict[str, str]) -> str:
+        pages.update(given)
+        return f"http://localhost:{httpd.server_address[1]}"
+
+    try:
+        yield publish
+    finally:
+        httpd.shutdown()
+
+
+def test_a_page_of_another_origin_starts_nothing(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    browser: object,
+    elsewhere: Callable[[dict[str, str]], str],
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    served = serve_in_thread(agents_file())
+    try:
+        other = elsewhere(
+            {
+                "/fetches": FETCHES.replace("TARGET", served.url),
+                "/form": FORM.replace("TARGET", served.url),
+            }
+        )
+        wait = WebDriverWait(browser, 30)
+        browser.get(other + "/fetches")
+        body = browser.find_element(By.TAG_NAME, "body")
+        wait.until(lambda d: body.get_attribute("data-done"))
+        # Each one was answered (a refusal, with headers that keep a page from reading it).
+        assert len(str(body.get_attribute("data-done")).split(",")) == 5
+        browser.get(other + "/form")  # the form sends itself: the browser follows to our answer
+        wait.until(lambda d: d.current_url.startswith(served.url))
+        with served.client() as client:
+            assert client.get("/api/runs").json() == {"runs": []}
+        assert server.requests == []
+    finally:
+        served.stop()
+
+
+def test_past_runs_show_how_they_stand_and_each_run_has_a_link(
+    server: FakeOpenAI, agents_file: AgentsFile, browser: object
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    release = threading.Event()
+    server.default = Reply(hold=release)
+    served = serve_in_thread(agents_file())
+    prompt = "What is temperature?\nAnswer for a ten-year-old,\nin three sentences."
+    try:
+        with served.client() as client:  # started by another client, not by this page
+            run_id = client.post("/api/runs", json={"prompt": prompt}).json()["id"]
+        server.wait_for_requests(3)
+        browser.get(served.url + "/")
+        wait = WebDriverWait(browser, 30)
+        row = f'#runs tbody tr[data-id="{run_id}"]'
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        assert browser.find_element(By.CSS_SELECTOR, row + " .status").text == "Running"
+        release.set()  # the run ends while the page just sits there: its row follows
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-status")
+                   == "Completed")  # fmt: skip
+        assert browser.find_element(By.CSS_SELECTOR, row + " .answered").text == "3/3"
+        link = browser.find_element(By.CSS_SELECTOR, row + " a")
+        assert link.text == "What is temperature?"
+        assert link.get_attribute("href") == f"{served.url}/#run={run_id}"
+
+        browser.get("about:blank")
+        browser.get(f"{served.url}/#run={run_id}")  # the link, opened on its own
+        current = browser.find_element(By.ID, "current")
+        wait.until(lambda d: current.get_attribute("data-status") == "completed")
+        assert current.get_attribute("data-run") == run_id
+        assert browser.find_element(By.ID, "run-title").text == "What is temperature?"
+        whole = browser.find_element(By.ID, "run-prompt")
+        assert whole.get_attribute("textContent") == prompt
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".pane[data-state=ok]")) == 3
+    finally:
+        release.set()
         served.stop()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fanout.perfetto import perfetto_trace
-from tests.conftest import AgentsFile, Invoke
+from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI, Fault, Reply
 from tests.test_timeline import sample_report
 
@@ -121,10 +121,17 @@ def test_html_export_is_one_page_with_nothing_to_fetch(
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     # Nothing to load: no script, stylesheet link, image, frame or URL of any kind.
     assert not re.search(r"<(script|link|img|iframe|object)\b|src=|href=|url\(|https?:", page)
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+    assert "&lt;script&gt;alert('x')&lt;/script&gt; &amp; more" in page  # Markdown: text
     assert "Why &lt;this&gt;?" in page and "no &lt;b&gt;way&lt;/b&gt;" in page
     assert page.count('class="row"') == 1 + 3  # the axis, then physicist, chemist, synthesizer
     assert "Synthesis" in page and document["trace_id"] in page
+
+
+def test_export_without_a_format_is_one_line_naming_the_choices(invoke: Invoke) -> None:
+    # It printed "Choose from:\n\tperfetto,\n\thtml" literally.
+    assert_usage_error(
+        invoke("runs", "export", "3f9c"), "Missing option '--format'", "one of 'perfetto', 'html'"
+    )
 
 
 def test_export_refuses_an_unknown_format(

@@ -325,3 +325,28 @@ def test_a_403_in_a_batch_fails_only_its_own_call(
     assert result.exit_code == 3, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(line["status"] for line in lines) == ["error"] + ["ok"] * 5
+
+
+@pytest.mark.parametrize("view", ["columns", "table"])
+def test_the_summary_line_fits_80_columns(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    view: str,
+) -> None:
+    # "0/1 answered · 0.09 s · 20 tokens (8 in, 12 out) · $? · failed · run a57bb1740f1e" is 81.
+    big = {"prompt_tokens": 123_456, "completion_tokens": 654_321, "total_tokens": 777_777}
+    server.default = Reply(usage=big)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke(
+        "ask", "-c", agents_file(*(f"p{i}" for i in range(12))), "--format", view, "Why?"
+    )
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(invoke("runs", "list", "--json").stdout)["runs"][0]["run_id"]
+    (line,) = [line for line in result.stdout.splitlines() if "answered" in line]
+    assert line.startswith("12/12 answered · ") and line.rstrip().endswith(run_id), line
+    assert len(line.rstrip()) <= 80 and "9,333,324 tok" in line, line
+    monkeypatch.setenv("COLUMNS", "200")
+    wide = invoke("runs", "show", run_id, "--format", view).stdout
+    assert "9,333,324 tokens (1,481,472 in, 7,851,852 out)" in wide

@@ -59,6 +59,24 @@ def test_every_help_fits_80_columns_with_no_bool_and_no_raw_ranges(
     assert not re.search(r"x<=|x>=|<=x", text), text
 
 
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "fanout")
+def test_no_help_page_names_a_type_instead_of_what_it_takes_or_wraps_prose_early(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch, path: tuple[str, ...]
+) -> None:
+    # serve, runs show/retry/synth/export/delete, batch and flow showed <str>, <path>, {file}.
+    text = help_at_80(invoke, monkeypatch, *path)
+    assert not re.search(r"<(str|path|int|float|file|text|choice)\b[^>]*>", text), text
+    usage = next(line for line in text.splitlines() if "Usage:" in line).rstrip()
+    words = r"( [A-Z_]+| \[[A-Z_]+\])*( COMMAND \[ARGS\]\.\.\.)?"
+    assert re.fullmatch(rf" Usage: fanout[ a-z]* \[OPTIONS\]{words}", usage), usage
+    # Wide enough for every paragraph and every flag's help on one line: none goes on to a
+    # second (a paragraph broken where its source line was).
+    monkeypatch.setenv("COLUMNS", "300")
+    wide = invoke(*path, "--help").stdout
+    continued = [line for line in wide.splitlines() if re.match(r"│ {12,}\S", line)]
+    assert not continued, continued
+
+
 def test_ask_help_groups_its_options(invoke: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
     text = help_at_80(invoke, monkeypatch, "ask")
     where = panels(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 import sys
 import threading
@@ -22,7 +23,7 @@ from fanout.event import (
     CallWaiting,
     StageStarted,
 )
-from fanout.live import LiveBoard, markdown_tail
+from fanout.live import GrowingText, LiveBoard, _MarkdownRenderer, markdown_tail
 from fanout.models import Agent, AgentError, AgentResult, Call, CallResult, Usage
 from tests.conftest import AgentsFile
 from tests.fakeserver import FakeOpenAI, Reply
@@ -476,3 +477,105 @@ def test_a_code_block_cut_by_the_tail_or_still_streaming_stays_a_code_block() ->
     b = next(line for line in lines if "b = 2" in line)
     intro = next(line for line in lines if "Intro." in line)
     assert a.index("a = 1") == b.index("b = 2") != intro.index("Intro.")  # both code
+
+
+# -- a long answer: each piece and each frame cost the same however much was shown -------------
+
+
+def long_markdown(paragraphs: int) -> str:
+    """Paragraphs, lists, headings and code blocks (blank lines inside them too)."""
+    blocks = []
+    for i in range(paragraphs):
+        blocks.append(
+            f"## Part {i}\n\nHeat moves **from hot to cold**, part {i}, until both agree."
+        )
+        blocks.append(f"- point {i}\n- a second, *longer* point {i} that wraps in a narrow pane")
+        if i % 7 == 3:
+            blocks.append(
+                "```python\n" + "\n\n".join(f"x{i}_{j} = {j}" for j in range(9)) + "\n```"
+            )
+    return "\n\n".join(blocks) + "\n\nThe end.\n"
+
+
+def stream_into(live: LiveBoard, clock: Clock, text: str, seed: int, width: int) -> list[str]:
+    """``text`` streamed in pieces of random sizes, a frame now and then; the last frame."""
+    agent = Agent("alpha", model="m-alpha")
+    live.handle(AgentSending(agent, 1))
+    rng = random.Random(seed)
+    at = 0
+    while at < len(text):
+        size = rng.randint(1, 30)
+        live.handle(AgentDelta(agent, text[at : at + size]))
+        at += size
+        if rng.random() < 0.05:
+            clock.t += 0.3
+            live.frame(width, 30)
+    clock.t += 0.3
+    return live.frame(width, 30)
+
+
+@pytest.mark.parametrize(("seed", "width"), [(1, 100), (2, 60), (3, 160)])
+def test_a_long_streamed_answer_shows_the_tail_the_whole_answer_renders_to(
+    seed: int, width: int
+) -> None:
+    text = long_markdown(60)
+    clock = Clock()
+    live, console = board(["alpha"], clock, width)
+    frame = stream_into(live, clock, text, seed, width)
+    shown = [line[2:-2] for line in frame[2:-1] if line[2:-2].strip()]
+    whole = [line for line in _MarkdownRenderer(console).lines(text, width - 4) if line.strip()]
+    assert len(shown) > 10 and shown == whole[-len(shown) :]
+
+
+class CountedText(GrowingText):
+    """The pane's answer, counting what the board reads of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = 0
+        self.whole = 0
+
+    def slice(self, start: int, end: int | None = None) -> str:
+        text = super().slice(start, end)
+        self.read += len(text)
+        return text
+
+    def __str__(self) -> str:
+        self.whole += 1
+        return super().__str__()
+
+
+def test_each_frame_of_a_long_answer_reads_what_is_new_not_what_was_shown() -> None:
+    # Issue 21: a 10 MB answer took 283 s in a terminal (1 MB 3.4 s): every piece and every
+    # frame went over the whole text shown so far.
+    clock = Clock()
+    live, _ = board(["alpha"], clock, 100)
+    agent = Agent("alpha", model="m-alpha")
+    live.handle(AgentSending(agent, 1))
+    counted = live.panes["panel/alpha"].answer = CountedText()
+    text = long_markdown(40)
+    for copy in range(40):  # about 250 KB
+        for at in range(0, len(text), 25):
+            live.handle(AgentDelta(agent, text[at : at + 25]))
+        clock.t += 0.3
+        before = counted.read
+        live.frame(100, 30)
+        # What came in since the last frame (its lines read, its blocks rendered), and a
+        # pane's worth of tail: never the whole.
+        assert counted.read - before <= 2 * len(text) + 2 * 30 * 100, copy
+    assert counted.whole == 1  # the whole answer is read once, where the pane starts from
+    assert counted.length == 40 * len(text)
+    assert len(counted._blocks) <= counted.length.bit_length()
+
+
+def test_growing_text_reads_like_the_string_it_holds() -> None:
+    rng = random.Random(5)
+    grown, reference = GrowingText("start "), "start "
+    for _ in range(3000):
+        piece = "".join(rng.choice("ab\n`") for _ in range(rng.randint(0, 9)))
+        grown.append(piece)
+        reference += piece
+        start = rng.randint(-2, len(reference) + 2)
+        end = rng.choice([None, rng.randint(0, len(reference) + 2)])
+        assert grown.slice(start, end) == reference[max(start, 0) : end]
+    assert grown.length == len(reference) and str(grown) == reference

@@ -53,6 +53,40 @@ def test_runs_list_is_newest_first(
     assert "second question" in table.stdout and first["run_id"] in table.stdout
 
 
+@pytest.mark.parametrize(
+    ("columns", "long_prompt"), [(80, False), (80, True), (200, True), (60, True)]
+)
+def test_runs_list_never_cuts_the_run_id_or_status_the_prompt_gives_way(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+    long_prompt: bool,
+) -> None:
+    config = agents_file("a", "b")
+    server.script("m-b", Fault(500), Fault(500), Fault(500), Fault(500))
+    prompts = ["Why?", "What is heat?", "Explain temperature."]
+    if long_prompt:
+        prompts.append("Explain in great detail " * 30)
+    runs = [ask_json(invoke, "-c", config, "--retries", "0", p) for p in prompts]
+    monkeypatch.setenv("COLUMNS", str(columns))
+    table = invoke("runs", "list")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert all(len(line.rstrip()) <= columns for line in lines), table.stdout
+    for run in runs:
+        row = next(line for line in lines if run["run_id"] in line)  # the whole id
+        assert f" {run['status']} " in row, table.stdout  # the whole status
+    assert {r["status"] for r in runs} == {"partial"}
+    assert "Why?" in table.stdout and "What is heat?" in table.stdout
+    if columns >= 80:
+        assert "Started" in table.stdout and "Answered" in table.stdout
+        assert "1/2" in table.stdout
+    if long_prompt:
+        assert "Explain in great" in table.stdout and "…" in table.stdout
+
+
 def test_no_log_records_nothing(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
 ) -> None:

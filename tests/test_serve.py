@@ -305,7 +305,9 @@ def test_samples_routes_exactly(serve: Serve) -> None:
             ),
             what="Completed",
         )
-        empty = client.post("/api/multiagent/run", content="  ")
+        empty = client.post(
+            "/api/multiagent/run", content="  ", headers={"content-type": "text/plain"}
+        )
     assert list(status) == [
         "instanceId", "runtimeStatus", "createdTime", "lastUpdatedTime", "input", "output"
     ]  # fmt: skip
@@ -466,12 +468,16 @@ def test_body_over_one_megabyte_is_413(serve: Serve) -> None:
         streamed = client.post(
             "/api/runs", content=chunked(), headers={"content-type": "text/plain"}
         )
-        chat = client.post("/v1/chat/completions", content=big)
+        chat = client.post(
+            "/v1/chat/completions", content=big, headers={"content-type": "application/json"}
+        )
         fits = client.post("/api/runs?wait=30", content=b"Why?" + b" " * 1000)
-    for response in (declared, streamed, chat):
+    for response in (declared, streamed):
         assert response.status_code == 413
         assert "over 1048576 bytes" in response.json()["error"]
-    assert fits.status_code == 400  # no content type: JSON expected; the size was fine
+    assert chat.status_code == 413
+    assert "over 1048576 bytes" in chat.json()["error"]["message"]  # OpenAI's shape on /v1
+    assert fits.status_code == 415  # no content type: JSON or text expected; the size was fine
 
 
 @pytest.mark.parametrize(
@@ -515,7 +521,7 @@ def test_max_runs_gives_429_with_retry_after(server: FakeOpenAI, serve: Serve) -
     release = threading.Event()
     server.default = Reply(hold=release)
     try:
-        with serve(max_runs=1).client() as client:
+        with serve(max_runs=1, max_queued=0).client() as client:
             first = client.post("/api/runs", json={"prompt": "Why?"})
             assert first.status_code == 202
             refused = client.post("/api/runs", json={"prompt": "Why?"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -146,6 +147,27 @@ def test_ask_timeline_follows_the_table_and_runs_show_draws_it_again(
     shown = invoke("runs", "show", document["run_id"], "--timeline")
     assert shown.exit_code == 0, shown.output
     assert "ttft   total tries" in shown.stdout and "m-chemist says: Why?" in shown.stdout
+
+
+def test_tries_counts_every_attempt_the_bar_draws(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
+) -> None:
+    # a's retry meets the endpoint b's 401 closed: refused before it is sent, it was drawn as a
+    # failed attempt (x~~~x) beside "tries 1".
+    server.script("m-a", Fault(503, headers={"retry-after": "1"}), Reply())
+    server.script("m-b", Fault(401, latency=0.3))  # once a's first request is out
+    config = tmp_path / "agents.yaml"
+    local = server.base_url.replace("127.0.0.1", "localhost")  # a key is checked, not needed
+    document = {"defaults": {"base_url": local}, "agents": [{"name": "a", "model": "m-a"},
+                {"name": "b", "model": "m-b"}]}  # fmt: skip
+    config.write_text(json.dumps(document), encoding="utf-8")
+    result = invoke("ask", "-c", config, "--json", "Why?")
+    (entry,) = [a for a in json.loads(result.stdout)["agents"] if a["name"] == "a"]
+    assert [t.get("error") for t in entry["timing"]["attempts"]] == ["server_error", "auth"]
+    shown = invoke("runs", "show", _last_run(invoke), "--timeline")
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("a "))
+    *bar, _ttft, _total, tries = row.split()
+    assert "".join(bar[1:]).count("x") == 2 and tries == "2", row
 
 
 def test_timeline_with_json_goes_to_stderr(

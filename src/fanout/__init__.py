@@ -16,7 +16,8 @@ The Python API (the CLI is one client of it)::
     chat.ask("What is temperature?")
     chat.ask("And at absolute zero?")
 
-The API loads on first use, so ``fanout --help`` does not pay for it.
+The API loads on first use, so ``fanout --help`` does not pay for it (nor the live board's
+first frame, drawn by ``fanout.launch`` before anything else loads).
 """
 
 from __future__ import annotations
@@ -24,24 +25,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fanout.errors import ConfigError, FanoutError, ProviderError, StorageError
-from fanout.models import (
-    Agent,
-    AgentError,
-    AgentResult,
-    Call,
-    CallResult,
-    Endpoint,
-    RunReport,
-    StageResult,
-    Usage,
-)
-
 if TYPE_CHECKING:
     from fanout.api import RunRequest, arun, events, load_panel, prepare, run
     from fanout.config import Panel
     from fanout.conversation import Conversation
     from fanout.engine import Execution, RunSettings
+    from fanout.errors import ConfigError, FanoutError, ProviderError, StorageError
+    from fanout.models import (
+        Agent,
+        AgentError,
+        AgentResult,
+        Call,
+        CallResult,
+        Endpoint,
+        RunReport,
+        StageResult,
+        Usage,
+    )
 
 __version__ = "0.1.0"
 
@@ -72,7 +72,14 @@ __all__ = [
     "run",
 ]
 
+# Everything loads on first use: `fanout` is imported before the live board's first frame.
 _LAZY = {
+    **dict.fromkeys(
+        ("ConfigError", "FanoutError", "ProviderError", "StorageError"), "fanout.errors"
+    ),
+    **{name: "fanout.models" for name in ("Agent", "AgentError", "AgentResult", "Call")},
+    **{name: "fanout.models" for name in ("CallResult", "Endpoint", "RunReport", "StageResult")},
+    "Usage": "fanout.models",
     "RunRequest": "fanout.api",
     "arun": "fanout.api",
     "events": "fanout.api",

@@ -1,5 +1,5 @@
 """``python -m fanout``."""
 
-from fanout.cli import main
+from fanout.launch import main
 
 main()

@@ -31,7 +31,13 @@ import anyio
 
 from fanout.config import Panel, apply_model, bound_answer, check_credentials
 from fanout.config import load_panel as _load_panel
-from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, PlannedCall, Pricing, planned_call
+from fanout.cost import (
+    DEFAULT_COMPLETION_ESTIMATE,
+    PlannedCall,
+    Pricing,
+    check_prices,
+    planned_call,
+)
 from fanout.engine import (
     Engine,
     Execution,
@@ -98,8 +104,10 @@ class Plan:
         return [*self.agents, *self.roles.values()]
 
 
-def resolve(request: RunRequest) -> Plan:
-    """Check a request and work out who will be asked; ``ConfigError`` if it can't run."""
+def resolve(request: RunRequest, *, priced: bool = True) -> Plan:
+    """Check a request and work out who will be asked; ``ConfigError`` if it can't run.
+    ``priced``: with ``max_cost``, every model must have a known price (a dry run, which only
+    shows what would fit, passes False)."""
     _check(request)
     panel = request.panel or load_panel()
     agents = apply_model(panel.select(request.agents), request.model)
@@ -108,11 +116,15 @@ def resolve(request: RunRequest) -> Plan:
     stages = build_plan(request.shape, request.options)
     check_plan(request.shape, request.options, agents)
     roles = {r: apply_model([panel.role(r)], request.model)[0] for r in roles_of(stages)}
+    pricing = Pricing.shipped(panel.pricing)
     if request.settings.max_cost is not None:
-        # A budget needs a bound on every answer: personas without max_tokens get the default.
+        # A budget needs a price for every model and a bound on every answer: personas
+        # without max_tokens get the default.
+        if priced:
+            check_prices([*agents, *roles.values()], pricing)
         agents = [bound_answer(a) for a in agents]
         roles = {r: bound_answer(a) for r, a in roles.items()}
-    return Plan(request, agents, roles, stages, Pricing.shipped(panel.pricing))
+    return Plan(request, agents, roles, stages, pricing)
 
 
 def _check(request: RunRequest) -> None:

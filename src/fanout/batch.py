@@ -29,7 +29,7 @@ import anyio.abc
 from fanout.config import base_url_problem, file_kind, open_regular_file
 from fanout.cost import Pricing
 from fanout.engine import Engine, Execution, RunContext
-from fanout.errors import ConfigError, FanoutError, ProviderError
+from fanout.errors import ConfigError, FanoutError, ProviderError, StdoutClosed
 from fanout.event import (
     Broadcast,
     CallFinished,
@@ -51,6 +51,7 @@ from fanout.models import (
     Usage,
     chat_messages,
 )
+from fanout.output import silence_stdout
 from fanout.provider import OpenAIProvider, request_line
 from fanout.retry import RetryPolicy, call_with_retries
 from fanout.shapes import build_plan
@@ -362,6 +363,11 @@ class ResultWriter:
         try:
             self._out.write(json_line(line) + "\n")
             self._out.flush()
+        except BrokenPipeError:
+            # Whoever read the results stopped (`| head -1`): the batch ends quietly, as ask does.
+            if self._out is sys.stdout:
+                silence_stdout()
+            raise StdoutClosed from None
         except OSError as exc:
             raise FanoutError(f"cannot write the results: {exc.strerror or exc}") from None
 

@@ -79,6 +79,7 @@ def batch(
             shape=shape,
             options=options,
             model=model,
+            settings=settings,  # --max-cost: every model priced, checked before any call
         )
     )
     roles = {r: a for r, a in plan.roles.items() if r != "synthesizer"}

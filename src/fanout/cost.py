@@ -10,6 +10,7 @@ is left is not made.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from importlib import resources
 
 import anyio
 
+from fanout.errors import ConfigError
 from fanout.models import Agent, Usage
 
 PER = 1_000_000
@@ -47,6 +49,13 @@ class Price:
         return (usage.input_tokens * self.input + usage.output_tokens * self.output) / PER
 
 
+@functools.cache
+def _shipped_prices() -> dict[str, Price]:
+    """pricing.json, read once per process (a server resolves a plan per request)."""
+    data = json.loads(resources.files("fanout").joinpath("pricing.json").read_text())
+    return {name: Price(**p) for name, p in data["models"].items()}
+
+
 class Pricing:
     """Model name -> price; a dated snapshot (``gpt-4o-2024-08-06``) takes its base's price."""
 
@@ -56,8 +65,7 @@ class Pricing:
     @classmethod
     def shipped(cls, overrides: Mapping[str, Price] | None = None) -> Pricing:
         """The table shipped with fanout, with ``overrides`` (the agents file's) on top."""
-        data = json.loads(resources.files("fanout").joinpath("pricing.json").read_text())
-        prices = {name: Price(**p) for name, p in data["models"].items()}
+        prices = dict(_shipped_prices())
         prices.update(overrides or {})
         return cls(prices)
 
@@ -75,6 +83,28 @@ class Pricing:
     def worst_case(self, model: str, prompt_tokens: int, max_tokens: int) -> float | None:
         """The most one call can cost: its prompt plus ``max_tokens`` of answer."""
         return self.cost(model, Usage(prompt_tokens, max_tokens, prompt_tokens + max_tokens))
+
+
+def check_prices(callers: Sequence[Agent], pricing: Pricing) -> None:
+    """``--max-cost`` bounds what a run may spend, so every model it calls needs a price:
+    one ``ConfigError`` before any call, naming the models and how to give them one."""
+    unknown: dict[str, list[str]] = {}
+    for agent in callers:
+        if pricing.price(agent.model) is None:
+            unknown.setdefault(agent.model, []).append(agent.name)
+    if not unknown:
+        return
+
+    def who(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    models = "; ".join(f"{model} ({who(names)})" for model, names in unknown.items())
+    example = next(iter(unknown))
+    raise ConfigError(
+        f"--max-cost: no price is known for {models}, so the budget cannot bound the run: "
+        f"give it one in the agents file (pricing: {{{example}: {{input: 0.15, output: 0.6}}}}, "
+        "USD per million tokens), or leave out --max-cost"
+    )
 
 
 class Budget:

@@ -39,6 +39,7 @@ and the database files are kept 0600. Nothing that looks like a secret (a key na
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -190,6 +191,7 @@ class History:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()  # threads share the connection: one statement/transaction
+        self._batching: int | None = None  # the thread inside batch(), if any
         self._unfinished: set[str] = set()
         self.warnings: list[str] = []  # for the command to show: skipped rows, loose modes
         try:
@@ -504,8 +506,36 @@ class History:
         return _current(writer, current)
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The writes made inside (by this thread) in one transaction, one commit: each a
+        savepoint of its own, so one that fails leaves the others in. For a writer with many
+        small writes queued (a server's): commits, not writes, are what cost."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._batching = threading.get_ident()
+            committed = False
+            try:
+                yield
+                self._db.execute("COMMIT")
+                committed = True
+            finally:
+                self._batching = None
+                if not committed and self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+
+    @contextmanager
     def _transaction(self) -> Iterator[None]:
         """A write transaction holding the database's write lock from its first statement."""
+        if self._batching == threading.get_ident():
+            self._db.execute("SAVEPOINT write")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO write")
+                raise
+            finally:
+                self._db.execute("RELEASE write")
+            return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             committed = False
@@ -656,7 +686,14 @@ def _turn(value: object) -> int:
 
 def _identity(pid: int) -> dict[str, Any]:
     """Who writes a run: host, boot and the process start time tell a reused pid apart."""
-    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _start(pid)}
+    return dict(_identity_of(pid))
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_of(pid: int) -> tuple[tuple[str, object], ...]:
+    # Asked for every run a server starts: the answer cannot change for a given live pid.
+    identity = {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _start(pid)}
+    return tuple(identity.items())
 
 
 def _alive(writer: dict[str, Any]) -> bool:
@@ -706,13 +743,112 @@ def _loads(text: str) -> dict[str, Any]:
     return cast(dict[str, Any], value)
 
 
+class HistoryWriter:
+    """One thread making history writes in the order they were queued, for every recorder
+    that shares it (a server's runs share one; a recorder on its own makes its own).
+    ``submit`` only queues; a write that fails is handed to its ``failed`` callback; ``after``
+    queues a callback for once everything queued before it is committed. Given the
+    ``history``, the writes waiting in the queue are committed together (``History.batch``)."""
+
+    BATCH = 64  # writes in one commit, at most (readers wait for the lock meanwhile)
+
+    def __init__(self, history: History | None = None) -> None:
+        self._history = history
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(
+        self, write: Callable[[], None], failed: Callable[[str], None] | None = None
+    ) -> None:
+        self._put(_Job(write, failed, after=False))
+
+    def after(self, callback: Callable[[], None]) -> None:
+        self._put(_Job(callback, None, after=True))
+
+    def drain(self) -> None:
+        """Wait until every write queued so far is done."""
+        if self._thread is not None:
+            done = threading.Event()
+            self.after(done.set)
+            done.wait()
+
+    def close(self) -> None:
+        """Drain the queue and end the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _put(self, job: _Job) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._work, name="fanout-history", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put(job)
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            jobs = [job]
+            ending = False
+            while self._history is not None and len(jobs) < self.BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    ending = True
+                    break
+                jobs.append(more)
+            self._run(jobs)
+            if ending:
+                break
+
+    def _run(self, jobs: list[_Job]) -> None:
+        writes = [j for j in jobs if not j.after]
+        if self._history is None or len(writes) < 2:
+            for job in jobs:
+                job.run()
+            return
+        try:
+            with self._history.batch():
+                for job in writes:
+                    job.run()
+        except (sqlite3.Error, OSError) as exc:  # the commit itself: none of them is in
+            for job in writes:
+                if job.failed is not None:
+                    job.failed(str(exc))
+        for job in jobs:
+            if job.after:
+                job.run()
+
+
+@dataclass(frozen=True)
+class _Job:
+    write: Callable[[], None]
+    failed: Callable[[str], None] | None
+    after: bool
+
+    def run(self) -> None:
+        try:
+            self.write()
+        except (sqlite3.Error, OSError, ValueError, FanoutError) as exc:
+            if self.failed is not None:
+                self.failed(str(exc))
+
+
 class HistoryRecorder:
     """Writes a run into the history as it goes (an observer): each answer is committed the
     moment it arrives, so a crash loses only the calls in flight.
 
-    The writes happen in one thread of its own, in order: ``handle`` only queues them, so a
-    database locked by another process never freezes the live view or adds to a call's
-    latency. ``close`` waits for the queue to drain. A failure to record never stops the run;
+    The writes happen in one thread, in order (its own, or a ``HistoryWriter`` it shares with
+    other recorders: a server's runs share one): ``handle`` only queues them, so a database
+    locked by another process never freezes the live view or adds to a call's latency.
+    ``close`` waits for the queue to drain. A failure to record never stops the run;
     the first one is kept in ``error`` for the command to report."""
 
     def __init__(
@@ -723,6 +859,7 @@ class HistoryRecorder:
         synthesizer: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
         resume: bool = False,
+        writer: HistoryWriter | None = None,
     ) -> None:
         self._history = history
         self._agents = agents or []
@@ -731,8 +868,8 @@ class HistoryRecorder:
         self._resume = resume  # a stored run carried on: the command records its end
         self._run_id = ""
         self.error: str | None = None
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._shared = writer is not None  # another's writer: close only waits for it
+        self._writer = writer or HistoryWriter()
 
     def start(self, report: RunReport) -> None:
         self._run_id = report.run_id
@@ -768,20 +905,13 @@ class HistoryRecorder:
 
     def close(self) -> None:
         """Wait until every queued write is done."""
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
-            self._writer = None
+        if self._shared:
+            self._writer.drain()
+        else:
+            self._writer.close()
 
     def _submit(self, write: Callable[[], None]) -> None:
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._work, name="fanout-history", daemon=True)
-            self._writer.start()
-        self._queue.put(write)
+        self._writer.submit(write, self._failed)
 
-    def _work(self) -> None:
-        while (write := self._queue.get()) is not None:
-            try:
-                write()
-            except (sqlite3.Error, OSError, ValueError, FanoutError) as exc:
-                self.error = self.error or str(exc)
+    def _failed(self, message: str) -> None:
+        self.error = self.error or message

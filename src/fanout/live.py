@@ -19,6 +19,7 @@ The board draws itself rather than through ``rich.live``, because it must never 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import logging
@@ -28,6 +29,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -49,6 +51,7 @@ from fanout.event import (
     Event,
     StageStarted,
 )
+from fanout.launch import take as take_first_frame
 from fanout.models import Agent, Call, CallResult
 from fanout.render import printable
 
@@ -90,8 +93,9 @@ class Pane:
     model: str
     title: str = ""  # the stage's kind, for calls after the first stage
     state: str = "queued"
-    text: str = ""
-    version: int = 0  # counts the changes of ``text``, for the rendering cache
+    answer: GrowingText = field(default_factory=lambda: GrowingText())
+    version: int = 0  # counts the changes of the text, for the rendering cache
+    generation: int = 0  # counts the times the text was replaced rather than added to
     attempt: int = 0
     max_attempts: int = 0
     retry_reason: str = ""
@@ -104,9 +108,20 @@ class Pane:
     chunks: int = 0
     result: CallResult | None = None
 
+    @property
+    def text(self) -> str:
+        return str(self.answer)
+
     def set_text(self, text: str) -> None:
-        if text != self.text:
-            self.text = text
+        if len(text) != self.answer.length or text != self.text:
+            self.answer = GrowingText(text)
+            self.version += 1
+            self.generation += 1
+
+    def add_text(self, piece: str) -> None:
+        """A streamed piece: costs the same however long the answer already is."""
+        if piece:
+            self.answer.append(piece)
             self.version += 1
 
     def status_line(self, now: float) -> tuple[str, str]:
@@ -174,14 +189,18 @@ class Pane:
 @dataclass
 class _Body:
     """A pane's answer rendered for one width: its lines (with escape codes), and for which
-    version of the text. The blocks that are over (up to ``done``, a paragraph's end) are
-    rendered once, into ``settled``; only the block still growing is rendered again."""
+    version of the text. The blocks that are over (up to ``done``: after a blank line outside
+    a code block) are rendered once, into ``settled``; only the block still growing is
+    rendered again, and of each only the tail a pane can show. ``lines`` reads the text's new
+    lines only: a render costs the same however long the answer already is."""
 
     width: int
     version: int
+    generation: int
     at: float
-    text: str = ""  # the text rendered, to tell appended text from new text
-    done: int = 0
+    done: int  # where the blocks rendered into ``settled`` end
+    fence: str  # the code fence open at ``done`` ("": none), when the text was cut inside one
+    lines_read: _Lines
     settled: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
@@ -252,9 +271,15 @@ class LiveBoard:
             self._fd = self.console.file.fileno()
         except (AttributeError, OSError, ValueError):
             self._fd = None
-        self._quiet_keys()
-        self._up = True
-        self._write(ENTER)
+        handed = take_first_frame()
+        if handed is None:
+            self._quiet_keys()
+            self._up = True
+            self._write(ENTER)
+        else:  # the screen the command put up at launch, its keys already quiet
+            self._stdin_fd, self._saved_termios = handed
+            self._up = True
+            self._write("\x1b[H\x1b[2J")
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="fanout-live", daemon=True)
         self._thread.start()
@@ -422,7 +447,7 @@ class LiveBoard:
             if pane.first_token_at is None:
                 pane.first_token_at = now
             pane.state = "streaming"
-            pane.set_text(pane.text + event.text)
+            pane.add_text(event.text)
             pane.chunks += 1
         elif isinstance(event, CallRetrying):
             pane.state = "retrying"
@@ -549,33 +574,34 @@ class LiveBoard:
     def _body(self, key: str, pane: Pane, width: int, rows: int, now: float) -> list[str]:
         """The pane's answer as Markdown, ``width`` cells wide, at least its last ``rows``
         lines: rendered again only when its text changed, and while it streams at most every
-        ``MARKDOWN_EVERY_S``. Each paragraph is rendered once, when it is over; only the one
-        still streaming is rendered again. A new text (another attempt) or width starts from
-        the text's tail: all a pane shows."""
-        if not pane.text:
+        ``MARKDOWN_EVERY_S``. Each block is rendered once, when it is over; only the one
+        still streaming is rendered again; of either, only the tail a pane can show. A new
+        text (another attempt) or width starts from the text's tail."""
+        if not pane.answer.length:
             self._bodies.pop(key, None)
             return []
         body = self._bodies.get(key)
-        if body is not None and body.width == width:
+        if body is not None and body.width == width and body.generation == pane.generation:
             if body.version == pane.version:
                 return body.lines
             if pane.result is None and now - body.at < MARKDOWN_EVERY_S:
                 return body.lines
-        text, keep = pane.text, max(rows, 1) * 2
-        if body is None or body.width != width or not text.startswith(body.text[: body.done]):
-            start = len(text) - len(markdown_tail(text, max(rows, 1) * width * 2))
-            body = _Body(width, pane.version, now, done=start)
-            self._bodies[key] = body
-        end = _settled_end(text, body.done)
-        if end > body.done:
-            lines = self._markdown.lines(printable(text[body.done : end]), width)
+        else:
+            body = self._bodies[key] = _fresh_body(pane, width, rows, now)
+        # A tail of this many characters fills the pane: what it cannot show is not rendered.
+        answer, chars, keep = pane.answer, max(rows, 1) * width, max(rows, 1) * 2
+        read = body.lines_read
+        read.read(answer, chars)
+        if read.over > body.done:
+            block = body.fence + answer.slice(body.done, read.over)
+            lines = self._markdown.lines(printable(markdown_tail(block, chars)), width)
             gap = [" " * width] if body.settled and lines else []
             body.settled = [*body.settled, *gap, *lines][-keep:]
-            body.done = end
-        live = self._markdown.lines(printable(text[body.done :]), width)
+            body.done, body.fence = read.over, ""
+        live = self._markdown.lines(printable(read.growing(answer, chars)), width)
         gap = [" " * width] if body.settled and live else []
         body.lines = [*body.settled, *gap, *live][-keep:]
-        body.text, body.version, body.at = text, pane.version, now
+        body.version, body.at = pane.version, now
         return body.lines
 
     def _paint(self, text: str, style: str) -> str:
@@ -662,13 +688,111 @@ def _erase_padding(line: str) -> str:
     return text + _erase(len(line) - len(text))
 
 
-def _settled_end(text: str, start: int) -> int:
-    """Where the blocks of ``text`` after ``start`` that are over end: its last blank line
-    outside a code block (``start`` if none)."""
-    end = text.rfind("\n\n", start)
-    while end > start and text.count("```", 0, end) % 2:
-        end = text.rfind("\n\n", start, end)
-    return end + 2 if end > start else start
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+
+
+class GrowingText:
+    """Text that grows by pieces. Appending costs the same however long it already is (a
+    string joined anew for each piece costs its whole length), and a slice of its end is read
+    in the time of the slice's length: the pieces are kept in blocks, each more than twice the
+    size of the next, so there are few of them and a character is copied a few times at most.
+    """
+
+    def __init__(self, text: str = "") -> None:
+        self._blocks: list[str] = [text] if text else []
+        self._starts: list[int] = [0] if text else []
+        self.length = len(text)
+
+    def append(self, piece: str) -> None:
+        blocks, starts = self._blocks, self._starts
+        blocks.append(piece)
+        starts.append(self.length)
+        self.length += len(piece)
+        while len(blocks) > 1 and len(blocks[-2]) <= 2 * len(blocks[-1]):
+            last = blocks.pop()
+            starts.pop()
+            blocks[-1] += last
+
+    def slice(self, start: int, end: int | None = None) -> str:
+        """``text[start:end]``, in the time of its length."""
+        end = self.length if end is None else min(end, self.length)
+        start = max(start, 0)
+        if start >= end:
+            return ""
+        first = bisect.bisect_right(self._starts, start) - 1
+        last = bisect.bisect_right(self._starts, end - 1) - 1
+        parts = self._blocks[first : last + 1]
+        head, tail = start - self._starts[first], end - self._starts[last]
+        if first == last:
+            return parts[0][head:tail]
+        return "".join([parts[0][head:], *parts[1:-1], parts[-1][:tail]])
+
+    def __str__(self) -> str:
+        text = "".join(self._blocks)
+        self._blocks, self._starts = ([text], [0]) if text else ([], [])
+        return text
+
+
+@dataclass
+class _Lines:
+    """An answer's lines read so far, once each: where its blocks that are over end (after a
+    blank line outside a code block), which code fence is open, and where the last few lines
+    start (with the fence open at each), to show the tail of a long block still growing."""
+
+    at: int  # the start of the first line not read yet (not over yet)
+    over: int  # where the blocks that are over end
+    fence: str = ""  # the fence of the code block open at ``at`` ("": none)
+    starts: deque[tuple[int, str]] = field(default_factory=deque)  # since ``over``
+
+    def read(self, answer: GrowingText, chars: int) -> None:
+        """Read the lines completed since the last time."""
+        fresh = answer.slice(self.at)
+        end = fresh.rfind("\n")
+        if end < 0:
+            return
+        at, fence, starts = self.at, self.fence, self.starts
+        for line in fresh[:end].split("\n"):
+            starts.append((at, fence))
+            at += len(line) + 1
+            marker = _FENCE.match(line)
+            if fence:
+                if marker and _closes(marker, line, fence):
+                    fence = ""
+            elif marker:
+                fence = marker[1]
+            elif not line.strip():
+                self.over = at
+                starts.clear()
+        self.at, self.fence = at, fence
+        while len(starts) > 1 and starts[1][0] <= answer.length - 2 * chars:
+            starts.popleft()
+
+    def growing(self, answer: GrowingText, chars: int) -> str:
+        """The block still growing (after ``over``), or its tail when it is long: from a line
+        start, inside its code block if the line is in one."""
+        start, fence = self.over, ""
+        for at, open_fence in self.starts:
+            if at > answer.length - chars:
+                break
+            start, fence = at, open_fence
+        opening = f"{fence}\n" if fence else ""
+        return markdown_tail(opening + answer.slice(start), chars)
+
+
+def _closes(marker: re.Match[str], line: str, fence: str) -> bool:
+    """Whether a fence line closes the code block ``fence`` opened: the same character, at
+    least as many, nothing after."""
+    run = marker[1]
+    return run[0] == fence[0] and len(run) >= len(fence) and not line[marker.end() :].strip()
+
+
+def _fresh_body(pane: Pane, width: int, rows: int, now: float) -> _Body:
+    """A body that starts at the tail of the pane's text: all it can show."""
+    text = pane.text
+    start = len(text) - len(markdown_tail(text, max(rows, 1) * width * 2))
+    fence = "```\n" if text.count("```", 0, start) % 2 else ""
+    lines = _Lines(start, start, fence.strip())
+    return _Body(width, -1, pane.generation, now, done=start, fence=fence, lines_read=lines)
 
 
 def _split(width: int, columns: int) -> list[int]:

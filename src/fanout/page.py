@@ -2,8 +2,9 @@
 answers side by side, each later stage's answer and verdict, and the timeline. Styles are
 inline and there is no script, font or image to fetch: the page opens with no network.
 
-Every piece of text from the run (prompt, answers, names, errors) is escaped: answers are
-untrusted model output.
+Every piece of text from the run (prompt, names, errors) is escaped, and answers are rendered
+as Markdown by ``markdown.answer_html``, which turns none of their text into markup: answers
+are untrusted model output.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from html import escape
 from typing import Any
 
+from fanout.markdown import answer_html
 from fanout.models import CallResult, RunReport, StageResult
 from fanout.timing import PHASE_KINDS, PHASE_NAMES, axis_end, phases
 
@@ -28,7 +30,11 @@ h1 { font-size: 1.25rem; margin: 0 0 .25rem; }
 .card.error { border-top-color: #c62828; }
 .card.cancelled, .card.skipped { border-top-color: #f9a825; }
 .card h3 { margin: 0; font-size: 1rem; } .card .model { color: #666; font-size: .8rem; }
-.card .text { white-space: pre-wrap; margin: .5rem 0; }
+.card .text { margin: .5rem 0; overflow-wrap: anywhere; }
+.card .text > :first-child { margin-top: 0; } .card .text > :last-child { margin-bottom: 0; }
+.card .text pre { background: #f4f4f4; padding: .5rem; overflow-x: auto; }
+.card .text table { border-collapse: collapse; } .card .text :is(th, td) {
+  border: 1px solid #ddd; padding: .2rem .5rem; }
 .card .figures { color: #666; font-size: .8rem; }
 .failure { color: #c62828; }
 pre.verdict { background: #fff; border: 1px solid #ddd; padding: .75rem; overflow-x: auto; }
@@ -93,8 +99,8 @@ def _card(result: CallResult) -> str:
     if result.error is not None:
         body += f'<div class="failure">✗ {escape(result.error.type)}: '
         body += f"{escape(result.error.message)}</div>"
-    if result.answer:
-        body += f'<div class="text">{escape(result.answer)}</div>'
+    if result.answer:  # rendered as the terminal renders it: Markdown, sanitised
+        body += f'<div class="text">{answer_html(result.answer)}</div>'
     elif result.error is None:
         body += f'<div class="failure">{escape(result.status)}</div>'
     figures = [

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.box import SIMPLE
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
 from rich.panel import Panel
@@ -37,6 +38,7 @@ from fanout.event import (
     CallRetrying,
     Event,
 )
+from fanout.markdown import demote_headings
 from fanout.models import Agent, CallResult, CallTiming, RunReport, StageResult
 from fanout.timing import PHASE_KINDS, PHASE_NAMES, PhaseKind, axis_end, phases
 
@@ -169,7 +171,7 @@ class RefusedKeyNotice:
         return True
 
 
-def results_table(report: RunReport, *, recorded: bool = True) -> Table:
+def results_table(report: RunReport) -> Table:
     """One row per persona, in panel order: who, which model, the answer, time and tokens."""
     table = Table(show_lines=True, expand=True, title_justify="left", caption_justify="left")
     table.add_column("Persona", style="bold", no_wrap=True, max_width=24)
@@ -178,7 +180,6 @@ def results_table(report: RunReport, *, recorded: bool = True) -> Table:
     table.add_column("Tokens", justify="right", no_wrap=True)
     for result in _answers(report):
         table.add_row(*_row(result))
-    table.caption = _summary(report, recorded)
     return table
 
 
@@ -240,9 +241,9 @@ def render_report(
     if view == "columns":
         if _answers(report) or not _own_answers(report):
             parts.append(answer_columns(report, console.width))
-        parts.append(Text(_summary(report, recorded)))
     else:
-        parts.append(results_table(report, recorded=recorded))
+        parts.append(results_table(report))
+    parts.append(_SummaryLine(report, recorded))
     console.print(Group(*parts))
 
 
@@ -312,8 +313,12 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
         # A tally or a ranking is a chart, not prose: drawn as on a terminal (without colour),
         # fenced so that Markdown keeps its alignment.
         blocks.append(f"{heading('Verdict')}\n```text\n{verdicts}\n```" if markdown else verdicts)
+
+    def body(text: str) -> str:  # an answer's own headings go below the ones above it
+        return demote_headings(text) if markdown else text
+
     for name, answer in _own_answers(report):
-        blocks.append(f"{heading(f'Answer: {name}')}\n{answer.strip()}")
+        blocks.append(f"{heading(f'Answer: {name}')}\n{body(answer.strip())}")
     for stage in report.stages:
         if _holds_answers(report, stage):
             continue
@@ -323,14 +328,16 @@ def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -
         for result in shown:
             kind = stage.kind.replace("_", " ").capitalize()
             title = f"{kind}: {result.name}{_retried(result)}"
-            blocks.append(f"{heading(title)}\n{_plain_answer(result)}")
+            blocks.append(f"{heading(title)}\n{body(_plain_answer(result))}")
     for result in _answers(report):
         title = result.name if markdown else f"{result.name} ({result.model})"
         asked = _question(result)
-        body = (
+        asked_line = (
             f"_asked {asked}_\n\n" if asked and markdown else f"asked {asked}\n\n" if asked else ""
         )
-        blocks.append(f"{heading(title + _retried(result))}\n{body}{_plain_answer(result)}")
+        blocks.append(
+            f"{heading(title + _retried(result))}\n{asked_line}{body(_plain_answer(result))}"
+        )
     summary = _summary(report, recorded)
     blocks.append(f"_{summary}_" if markdown else summary)
     return "\n\n".join(blocks) + "\n"
@@ -593,41 +600,79 @@ VERDICT_VIEWS: dict[str, VerdictView] = {
 
 def plan_table(
     calls: Sequence[PlannedCall], settings_rpm: float | None, max_cost: float | None
-) -> Table:
+) -> RenderableType:
     """``--dry-run``: every call the run would make, and what it could cost at most."""
-    table = Table(title="Dry run: nothing was sent", title_justify="left", caption_justify="left")
-    limits = [_limits(c.agent, settings_rpm) for c in calls]
-    table.add_column("Persona", no_wrap=True)
-    # Request fields go under the model, folded to fit: they can be long.
-    with_params = any(c.agent.request_params() for c in calls)
-    table.add_column("Model", no_wrap=not with_params, overflow="fold")
-    table.add_column("Endpoint", overflow="fold")
-    if any(limits):
-        table.add_column("Limits")
-    table.add_column("Prompt", justify="right", no_wrap=True)
-    table.add_column("Max out", justify="right", no_wrap=True)
-    table.add_column("Worst", justify="right", no_wrap=True)
-    for call, limit in zip(calls, limits, strict=True):
+    return _PlanTable(calls, settings_rpm, max_cost)
+
+
+class _PlanTable:
+    """The dry run's table laid out for the width it is given: a column each for the model,
+    the endpoint (``host:port``, as ``fanout agents`` shows it) and the limits when they fit;
+    otherwise the three (and the request fields) one under the other in one column, so that
+    no column is squeezed to nothing."""
+
+    def __init__(
+        self, calls: Sequence[PlannedCall], settings_rpm: float | None, max_cost: float | None
+    ) -> None:
+        self.calls, self.settings_rpm, self.max_cost = calls, settings_rpm, max_cost
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+    def table(self, width: int) -> Table:
+        rows = [self._row(call) for call in self.calls]
+        numbers = ("Prompt", "Max out", "Worst")
+        columns = ["Persona", "Model", "Endpoint", "Limits", *numbers]
+        if not any(row["Limits"] for row in rows):
+            columns.remove("Limits")
+        widths = {
+            name: max([len(name), *(cell_len(line) for r in rows for line in r[name].split("\n"))])
+            for name in columns
+        }
+        table = Table(
+            title="Dry run: nothing was sent", title_justify="left", caption_justify="left"
+        )
+        if sum(widths.values()) + 3 * len(columns) + 1 > width:  # one column for the call
+            columns = ["Persona", "Call", *numbers]
+            for row in rows:
+                where = " · ".join(
+                    p for p in (row["Endpoint"], row["Limits"].replace("\n", " ")) if p
+                )
+                row["Call"] = "\n".join(p for p in (row["Model"], where) if p)
+        for name in columns:
+            if name in numbers:
+                table.add_column(name, justify="right", no_wrap=True)
+            elif name == "Persona":
+                table.add_column(name, overflow="fold", min_width=min(widths[name], 10))
+            else:
+                table.add_column(name, overflow="fold", min_width=min(widths.get(name, 12), 12))
+        for row in rows:
+            table.add_row(*(Text(row[name]) for name in columns))
+        table.caption = self._caption()
+        return table
+
+    def _row(self, call: PlannedCall) -> dict[str, str]:
         agent = call.agent
         params = " ".join(f"{k}={_param_text(v)}" for k, v in agent.request_params().items())
-        model = agent.model + (f"\n{params}" if params else "")
-        cells = [call.name or agent.name, model, agent.endpoint.host]
-        cells += [limit or "-"] if any(limits) else []
-        cells += [
-            f"~{call.prompt_tokens:,}",
-            f"{call.max_tokens:,}" if call.max_tokens else "unset",
-            usd(call.worst_case_usd),
-        ]
-        table.add_row(*(Text(c) for c in cells))
-    known = [c.worst_case_usd for c in calls]
-    total = None if any(c is None for c in known) else sum(c or 0.0 for c in known)
-    caption = f"{len(calls)} calls · worst case {usd(total)}"
-    if max_cost is not None:
-        caption += f" · --max-cost ${max_cost:g}"
-    if any(c.max_tokens is None for c in calls):
-        caption += " · an unset max_tokens counts as 1,024"
-    table.caption = caption
-    return table
+        return {
+            "Persona": call.name or agent.name,
+            "Model": agent.model + (f"\n{params}" if params else ""),
+            "Endpoint": _address(agent.endpoint.base_url),
+            "Limits": _limits(agent, self.settings_rpm).replace(" rpm ", " rpm\n"),
+            "Prompt": f"~{call.prompt_tokens:,}",
+            "Max out": f"{call.max_tokens:,}" if call.max_tokens else "unset",
+            "Worst": usd(call.worst_case_usd),
+        }
+
+    def _caption(self) -> str:
+        known = [c.worst_case_usd for c in self.calls]
+        total = None if any(c is None for c in known) else sum(c or 0.0 for c in known)
+        caption = f"{len(self.calls)} calls · worst case {usd(total)}"
+        if self.max_cost is not None:
+            caption += f" · --max-cost ${self.max_cost:g}"
+        if any(c.max_tokens is None for c in self.calls):
+            caption += " · an unset max_tokens counts as 1,024"
+        return caption
 
 
 def _param_text(value: object) -> str:
@@ -640,28 +685,59 @@ def _limits(agent: Agent, settings_rpm: float | None) -> str:
     return " ".join(p for p in (f"{rpm:g} rpm" if rpm else "", f"{tpm:g} tpm" if tpm else "") if p)
 
 
-def runs_table(runs: Sequence[RunSummary]) -> Table:
-    """``fanout runs list``: newest first."""
-    table = Table(title="Recent runs", title_justify="left")
-    table.add_column("Run", no_wrap=True, style="bold")
-    table.add_column("Started", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Answered", justify="right", no_wrap=True)
-    table.add_column("Cost", justify="right", no_wrap=True)
-    table.add_column("Prompt", overflow="ellipsis", no_wrap=True, ratio=1)
-    styles = {"completed": "green", "partial": "yellow", "failed": "red"}
-    for run in runs:
-        table.add_row(
-            run.run_id,
-            local_time(run.started_at),
-            Text(run.status, style=styles.get(run.status, "yellow")),
-            f"{run.answered}/{run.agents}",
-            usd(run.cost_usd),
-            Text(printable(" ".join(run.prompt.split()))),
-        )
-    if not runs:
-        table.caption = "no runs recorded yet"
-    return table
+def runs_table(runs: Sequence[RunSummary]) -> RenderableType:
+    """``fanout runs list``: newest first, as wide as the console it is printed on."""
+    return _RunsTable(runs)
+
+
+class _RunsTable:
+    """The runs table laid out for the width it is given: the run id and status are never
+    cut; the prompt takes the room left (cut with an ellipsis), as ``gh run list`` does. When
+    that leaves the prompt too little, the start time drops its year and zone, then cost,
+    start time and answered count give way, in that order."""
+
+    def __init__(self, runs: Sequence[RunSummary]) -> None:
+        self.runs = runs
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+    def table(self, width: int) -> Table:
+        runs = self.runs
+        styles = {"completed": "green", "partial": "yellow", "failed": "red"}
+        cells: dict[str, list[Text]] = {
+            "Run": [Text(r.run_id, style="bold") for r in runs],
+            "Started": [Text(local_time(r.started_at)) for r in runs],
+            "Status": [Text(r.status, style=styles.get(r.status, "yellow")) for r in runs],
+            "Answered": [Text(f"{r.answered}/{r.agents}") for r in runs],
+            "Cost": [Text(usd(r.cost_usd)) for r in runs],
+        }
+        prompts = [Text(printable(" ".join(r.prompt.split()))) for r in runs]
+        longest = max([len("Prompt"), *(p.cell_len for p in prompts)])
+
+        def room() -> int:  # a column takes its cells, its padding and one border
+            widths = [max([len(k), *(c.cell_len for c in v)]) for k, v in cells.items()]
+            return width - 1 - 3 * (len(cells) + 1) - sum(widths)
+
+        for squeeze in ("time", "Cost", "Started", "Answered"):
+            if room() >= min(longest, 12):
+                break
+            if squeeze == "time":
+                cells["Started"] = [Text(local_time(r.started_at, short=True)) for r in runs]
+            else:
+                del cells[squeeze]
+        table = Table(title="Recent runs", title_justify="left")
+        for name, column in cells.items():
+            numbers = name in ("Answered", "Cost")
+            table.add_column(name, justify="right" if numbers else "left", no_wrap=True)
+            table.columns[-1].min_width = max([len(name), *(c.cell_len for c in column)])
+        prompt_width = max(min(longest, room()), 1)
+        table.add_column("Prompt", no_wrap=True, overflow="ellipsis", width=prompt_width)
+        for i, prompt in enumerate(prompts):
+            table.add_row(*(column[i] for column in cells.values()), prompt)
+        if not runs:
+            table.caption = "no runs recorded yet"
+        return table
 
 
 def _address(base_url: str) -> str:
@@ -680,13 +756,16 @@ def _address(base_url: str) -> str:
     return f"{host}:{port}" if port else host
 
 
-def local_time(stamp: str) -> str:
+def local_time(stamp: str, *, short: bool = False) -> str:
     """An ISO time as this machine's local time, with its zone: ``2026-01-31 14:05 CET``
-    (what the history stores is UTC, which few people read at a glance)."""
+    (what the history stores is UTC, which few people read at a glance); ``short``:
+    ``01-31 14:05``."""
     try:
         when = datetime.fromisoformat(stamp).astimezone()
     except (ValueError, TypeError):
         return stamp
+    if short:
+        return when.strftime("%m-%d %H:%M")
     return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or when.strftime("%z"))
 
 
@@ -900,8 +979,11 @@ def _answer_body(result: CallResult) -> RenderableType:
         return answer
     style = _STATUS_STYLE.get(result.status, "red")
     line = Text(_failure(result) if result.error is not None else result.status, style=style)
-    if result.answer:  # the text a call cut short had, for what it is worth
-        return Group(line, Text(result.answer, style="dim"), Text("✂ cut short", style=style))
+    if result.answer:  # the text a call cut short had, for what it is worth: as Markdown too
+        from rich.markdown import Markdown
+
+        cut = Markdown(result.answer, style="dim")
+        return Group(line, cut, Text("✂ cut short", style=style))
     return line
 
 
@@ -915,21 +997,38 @@ def _failure(result: CallResult) -> str:
     return f"✗ {result.error.type}{attempts}: {result.error.message}"
 
 
-def _summary(report: RunReport, recorded: bool = True) -> str:
+def _summary(report: RunReport, recorded: bool = True, width: int | None = None) -> str:
     """One line: answered, time, tokens, cost, status, and the run id when the history has
-    it (an id ``runs show`` cannot find would only mislead)."""
+    it (an id ``runs show`` cannot find would only mislead). With ``width``, the longest of
+    its forms that fits: the token counts lose their split into in and out, then words."""
     answers = _answers(report)
     answered = sum(1 for r in answers if r.status == "ok")
     usage = report.usage
     asked = f"{answered}/{len(answers)} answered"
     if not answers and _own_answers(report):
         asked = "answered without asking a persona"
-    line = (
-        f"{asked} · {report.duration_s:.2f} s · "
-        f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
-        f" · {usd(report.cost_usd)} · {report.status}"
-    )
-    return f"{line} · run {report.run_id}" if recorded else line
+    run = [f"run {report.run_id}"] if recorded else []
+    split = f"({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
+    forms = [
+        [f"{report.duration_s:.2f} s", f"{usage.total_tokens:,} tokens {split}", *run],
+        [f"{report.duration_s:.2f} s", f"{usage.total_tokens:,} tokens", *run],
+        [f"{report.duration_s:.1f} s", f"{usage.total_tokens:,} tok", *run],
+    ]
+    lines = [
+        " · ".join([asked, duration, tokens, usd(report.cost_usd), report.status, *rest])
+        for duration, tokens, *rest in forms
+    ]
+    return next((line for line in lines if width is None or len(line) <= width), lines[-1])
+
+
+class _SummaryLine:
+    """The summary line, as long as the console it is printed on lets it be."""
+
+    def __init__(self, report: RunReport, recorded: bool) -> None:
+        self.report, self.recorded = report, recorded
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(_summary(self.report, self.recorded, options.max_width))
 
 
 # -- the timeline -------------------------------------------------------------------------------
@@ -998,7 +1097,10 @@ class Timeline:
             line.append_text(self._bar(timing, bar, end, plain))
         ttft = f"{result.ttft_s:.2f}s" if result.ttft_s is not None else "-"
         total = f"{result.latency_s:.2f}s" if result.latency_s is not None else "-"
-        tries = str(result.attempts) if result.attempts else "-"
+        # The attempts the bar draws: one refused before it was sent (a key another call
+        # found refused, the budget) is a try that failed too.
+        count = len(timing.attempts) if timing is not None else result.attempts
+        tries = str(count) if count else "-"
         style = "red" if result.status == "error" else ""
         line.append(f" {ttft:>6} {total:>7} {tries:>5}", style=style)
         return line

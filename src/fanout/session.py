@@ -123,7 +123,7 @@ def ask(
         parent_span_id=parent.span_id if parent else None,
         conversation=conversation,
     )
-    plan = resolve(request)
+    plan = resolve(request, priced=not dry_run)
     if dry_run:
         return dryrun.dry_run(plan, output, local_wanted and local, model is not None, settings)
     check_credentials(plan.callers, os.environ)
@@ -186,7 +186,7 @@ def flow_run(
         trace_id=parent.trace_id if parent else None,
         parent_span_id=parent.span_id if parent else None,
     )
-    plan = resolve(request)
+    plan = resolve(request, priced=not dry_run)
     if dry_run:
         # As any shape's (every stage built on answers as long as they may be), named
         # stage/persona: a flow asks the same persona in several stages.

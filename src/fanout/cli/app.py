@@ -40,11 +40,26 @@ class Group(TyperGroup):
         return _quiet_switches([super().get_help_option(ctx)])[0]
 
 
+def _is_choice(param: Any) -> bool:
+    """A choice shows its choices (``<direct|openai-batch>``): that says what it takes."""
+    return bool(getattr(getattr(param, "type_descriptor", None), "is_choice", False))
+
+
 def _quiet_switches(params: list[Any]) -> list[Any]:
-    """A switch takes no value: no metavar beside it."""
+    """A switch takes no value: no metavar beside it. Every other parameter is named by what
+    it takes (``RUN_ID``, ``HOST``; a choice by its choices), never by Typer's type (``<str>``,
+    ``<path>``, ``{run_id}``) when its command gives it no metavar of its own."""
     for param in params:
         if getattr(param, "is_flag", False):
             param.metavar = ""
+        elif not param.metavar and param.name and not _is_choice(param):
+            param.metavar = param.name.upper()
+        if param.param_type_name == "argument":
+            # Its name says what it takes: no type beside it, and no braces in the usage line
+            # (Typer writes a required one as {RUN_ID}); an optional one is [PROMPT].
+            shown = param.metavar if param.required else f"[{param.metavar}]"
+            param.display_type_rich = lambda ctx: None
+            param._usage_display_name = lambda shown=shown: shown
     return params
 
 
@@ -82,9 +97,17 @@ class _FanoutCommand(Group):
         return code
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        # `fanout "What is temperature?"` is `fanout ask "What is temperature?"`, as
-        # `llm "..."` is `llm prompt "..."`.
-        if _is_prompt(args, self.commands):
+        # `fanout "What is temperature?"` and `fanout why` are `fanout ask ...`, as
+        # `llm "..."` is `llm prompt "..."`; `fanout help runs` is `fanout runs --help`.
+        if args and args[0] == "help" and "help" not in self.commands:
+            args = [*args[1:2], "--help"]
+        elif _is_prompt(args, self.commands):
+            near = _near_miss(args[0], self.commands)
+            if near is not None:
+                ctx.fail(
+                    f"No such command '{args[0]}': did you mean {near}? To ask it, "
+                    f"fanout ask {args[0]}"
+                )
             args = ["ask", *args]
         return list(super().parse_args(ctx, args))
 
@@ -95,15 +118,40 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 def _is_prompt(args: Sequence[str], commands: Mapping[str, Any]) -> bool:
     """Whether the command line is a question for ``ask`` rather than a subcommand: it starts
-    with an option of ``ask``'s, or with text that could not be a command's name (it has a
-    space, a question mark...). A bare word stays a command, so ``fanout aks`` is still
-    "No such command", not a question to the whole panel."""
+    with an option of ``ask``'s, or with anything but a command's name."""
     if not args:
         return False
     first = args[0]
     if first.startswith("-") and first != "-":
         return first.split("=")[0] not in _ROOT_OPTIONS
-    return first not in commands and (first == "-" or not _WORD.fullmatch(first))
+    return first not in commands
+
+
+def _near_miss(word: str, commands: Mapping[str, Any]) -> str | None:
+    """The command a bare word is a typo of (one letter wrong, missing, extra or two swapped;
+    two in a word of six letters or more), if one is: ``fanout runz`` is not a question."""
+    if not _WORD.fullmatch(word):
+        return None
+    word = word.lower()
+    allowed = 2 if len(word) >= 6 else 1
+    found = [(_typos(word, name), name) for name in commands if not name.startswith("_")]
+    close = sorted((typos, name) for typos, name in found if typos <= allowed)
+    return close[0][1] if close else None
+
+
+def _typos(a: str, b: str) -> int:
+    """Edits from ``a`` to ``b``: a letter changed, added or dropped, or two swapped."""
+    before: list[int] = []
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            cost = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (x != y))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                cost = min(cost, before[j - 2] + 1)
+            current.append(cost)
+        before, row = row, current
+    return row[-1]
 
 
 def _usage_message(exc: typer.TyperException) -> str:
@@ -113,8 +161,13 @@ def _usage_message(exc: typer.TyperException) -> str:
     if bad is not None and bad.param_type_name == "option" and "Invalid value" in message:
         # "--rpm: '0' is not ...", worded as fanout's own errors are
         message = f"{' / '.join(bad.opts)}: {exc.message}"
-    # Typer words a choice's error as pydantic does ("Value error, 'x' is not one of ...").
+    # Typer words a choice's error as pydantic does ("Value error, 'x' is not one of ..."),
+    # and a missing choice over several lines ("Choose from:\n\tperfetto,\n\thtml").
     message = message.strip().rstrip(".").replace("Value error, ", "")
+    choices = re.search(r"\.?\s*Choose from:\s*(.*)", message, re.DOTALL)
+    if choices:
+        names = [c.strip(" ,.\t\n") for c in re.split(r",\s*", choices[1])]
+        message = message[: choices.start()] + ": one of " + ", ".join(f"'{n}'" for n in names if n)
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None)
     return f"{message} (see '{command} --help')" if command else message
@@ -183,8 +236,11 @@ def errors_to_exit() -> Iterator[None]:
         raise typer.Exit(EXIT_PIPE) from None
     except ExceptionGroup as group:
         # A task group gathers the error a run failed on with what it broke on the way out
-        # (a closed stream): the FanoutError among them is the one to say. A group holding a
-        # cancellation or a Ctrl-C is a BaseExceptionGroup and is never caught here.
+        # (a closed stream): the FanoutError among them is the one to say, unless the reader
+        # of stdout left (a batch writing lines as they come). A group holding a cancellation
+        # or a Ctrl-C is a BaseExceptionGroup and is never caught here.
+        if group.subgroup(StdoutClosed) is not None:
+            raise typer.Exit(EXIT_PIPE) from None
         cause = _first_fanout_error(group)
         if cause is None:
             raise

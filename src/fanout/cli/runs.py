@@ -149,7 +149,9 @@ def runs_show(
     view: FormatOption = None,
     agent: Annotated[
         str | None,
-        typer.Option("--agent", "-a", help="With --raw: the persona whose answer to print."),
+        typer.Option(
+            "--agent", "-a", metavar="NAME", help="With --raw: the persona whose answer to print."
+        ),
     ] = None,
     raw: Annotated[
         bool, typer.Option("--raw", help="Print one persona's answer as it was written.")

@@ -1,22 +1,23 @@
 """The routes: runs API, the durable-orchestration samples' routes, the OpenAI-compatible face
-and the dashboard, behind a guard (token, body limit) and, when asked, CORS.
+and the dashboard, behind the guard (``guard.py``: host, origin, token, body) and, when asked,
+CORS.
 
 Every error a client can cause is a 4xx with one line of JSON, ``{"error": "..."}`` (the
-``/v1`` routes use OpenAI's ``{"error": {"message", "type", "code"}}``, which its clients read).
+``/v1`` routes use OpenAI's ``{"error": {"message", "type", "param", "code"}}``: ``errors.py``).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -24,110 +25,71 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fanout.config import Panel
 from fanout.engine import Provider
 from fanout.errors import ConfigError, FanoutError
-from fanout.export import json_line
 from fanout.serve import chat
+from fanout.serve.errors import Json, error
+from fanout.serve.events import Followable
+from fanout.serve.follow import StoredRun
+from fanout.serve.guard import Guard, HostPolicy, check_cors, check_token
+from fanout.serve.limits import Connections, Limits
 from fanout.serve.runs import (
+    MAX_QUEUED,
+    MAX_RUNS,
     BadRequest,
     LiveRun,
     NotFound,
     RunManager,
     TooBusy,
+    Unavailable,
+    caller_trace,
     is_finished,
-    replay_lines,
     shape_names,
     status_document,
 )
 
-MAX_BODY = 1024 * 1024  # bytes: a prompt, not an upload
 RETRY_AFTER_S = 1  # how soon a poller should ask again
 WAIT_DEFAULT_S = 60.0  # x-ms-wait-for-response: true
 WAIT_MAX_S = 600.0
 KEEPALIVE_S = 15.0  # an SSE comment this often, so proxies keep an idle stream open
-OPEN_PATHS = ("/healthz", "/", "/static/")  # the dashboard's shell holds no data
+SSE_BATCH = 64 * 1024  # characters of event frames sent at once
+JSON_TYPES = ("application/json",)
 
 
-class Json(Response):
-    """Strict JSON (no NaN), one line."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return json_line(content).encode("utf-8")
-
-
-def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Json:
-    return Json({"error": _one_line(message)}, status_code=status, headers=headers)
-
-
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class Guard:
-    """Token check (constant time) on every route but the open ones, and the body limit, for
-    bodies that declare their length and for those that stream it (chunked)."""
-
-    def __init__(self, app: ASGIApp, token: str | None, limit: int = MAX_BODY) -> None:
-        self.app, self.token, self.limit = app, token, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        path = str(scope["path"])
-        is_open = path == "/healthz" or path == "/" or path.startswith("/static/")
-        if self.token is not None and not is_open and not self._authorized(headers):
-            denied = error(401, "unauthorized: send Authorization: Bearer <token>")
-            denied.headers["WWW-Authenticate"] = "Bearer"
-            await denied(scope, receive, send)
-            return
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await error(413, f"the request body is over {self.limit} bytes")(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge
-            return message
-
-        await self.app(scope, counted, send)
-
-    def _authorized(self, headers: Headers) -> bool:
-        assert self.token is not None
-        scheme, _, given = headers.get("authorization", "").partition(" ")
-        # compare_digest on bytes of any length: no early exit that times the token out.
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode("utf-8", "replace"), self.token.encode("utf-8")
-        )
+class BadMediaType(Exception):
+    """The body is not in a type this route reads: a 415 with this one-line message."""
 
 
 async def read_body(request: Request) -> bytes:
-    return await request.body()  # the Guard counts it as it arrives
+    return await request.body()  # the Guard has read it already, within its limits
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The body as a JSON object; ``BadRequest`` for anything else."""
-    raw = await read_body(request)
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def is_json(kind: str) -> bool:
+    # A type no form or no-cors fetch can send: a browser must ask (CORS) before sending it.
+    return kind in JSON_TYPES or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+async def read_json(request: Request) -> dict[str, object]:
+    """The body as a JSON object; ``BadMediaType`` unless it says it is JSON, ``BadRequest``
+    for anything but an object."""
+    if not is_json(media_type(request)):
+        raise BadMediaType("send the body as JSON, with Content-Type: application/json")
+    return parse_json(await read_body(request))
+
+
+def parse_json(raw: bytes) -> dict[str, object]:
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object")
     return value
@@ -135,10 +97,15 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 async def read_prompt_or_json(request: Request) -> dict[str, Any]:
     """``POST /api/runs``: a JSON object, or the prompt itself as ``text/plain``."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "text/plain":
+    kind = media_type(request)
+    if kind == "text/plain":
         return {"prompt": _text(await read_body(request))}
-    return await read_json(request)
+    if not is_json(kind):
+        raise BadMediaType(
+            "send a JSON object with Content-Type: application/json, or the prompt itself "
+            "with Content-Type: text/plain"
+        )
+    return parse_json(await read_body(request))
 
 
 def _text(raw: bytes) -> str:
@@ -149,7 +116,13 @@ def _text(raw: bytes) -> str:
 
 
 def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    """This server's URL as the client named it: the ``Host`` the guard let through (one of
+    this server's names), else the address it listens on."""
+    host = request.headers.get("host")
+    if not host:
+        server = request.scope.get("server") or ("127.0.0.1", 80)
+        host = f"[{server[0]}]:{server[1]}" if ":" in str(server[0]) else f"{server[0]}:{server[1]}"
+    return f"{request.url.scheme}://{host}{request.scope.get('root_path', '')}"
 
 
 def run_links(request: Request, run_id: str) -> dict[str, str]:
@@ -175,7 +148,7 @@ def manager_of(request: Request) -> RunManager:
 async def start_run(request: Request) -> Response:
     manager = manager_of(request)
     body = await read_prompt_or_json(request)
-    run = manager.start(body)
+    run = await manager.start(body, trace=caller_trace(request.headers))
     wait = _wait_seconds(request)
     if wait > 0:
         with anyio.move_on_after(wait):
@@ -208,7 +181,7 @@ def live_status(run: LiveRun) -> dict[str, Any]:
         created=run.created,
         updated=run.updated,
         calls=run.calls if not run.over else None,
-        pending=not run.started,
+        pending=not run.started and not run.over,
         input=run.input,
     )
 
@@ -293,10 +266,14 @@ async def terminate_run(request: Request) -> Response:
         document = await stored_document(request, run_id)
         if is_finished(document):
             return error(410, f"run {run_id} has already finished")
-        return error(409, f"run {run_id} is not running in this server")
-    if run.over:
+        if manager.shared is None:
+            return error(409, f"run {run_id} is not running in this server")
+        # Another worker runs it: it will hear of this within SHARED_POLL_S.
+        await anyio.to_thread.run_sync(manager.shared.ask, run_id, "terminate")
+    elif run.over:
         return error(410, f"run {run_id} has already finished")
-    manager.terminate(run)
+    else:
+        manager.terminate(run)
     return Json(
         {"id": run_id, "terminated": True, **run_links(request, run_id)},
         status_code=202,
@@ -316,6 +293,8 @@ async def purge_run(request: Request) -> Response:
             return error(409, f"run {run_id} is still running")
     deleted = await anyio.to_thread.run_sync(manager.history.purge, run_id)
     manager.forget(run_id)
+    if manager.shared is not None:  # another worker may hold it in memory
+        await anyio.to_thread.run_sync(manager.shared.ask, run_id, "forget")
     if not deleted and run is None:
         raise NotFound(run_id)
     return Json({"instancesDeleted": 1})
@@ -325,39 +304,51 @@ async def run_events(request: Request) -> Response:
     """Server-Sent Events: the ``--jsonl`` lines (past ones replayed, then live), each with
     ``id:`` its index, so a reconnecting reader (``Last-Event-ID``) misses none."""
     run_id = request.path_params["id"]
-    run = manager_of(request).live(run_id)
-    past: list[dict[str, Any]] = []
-    if run is None:
-        past = replay_lines(await stored_document(request, run_id))
+    run: Followable | None = manager_of(request).live(run_id)
+    if run is None:  # known from the history: followed there (another worker may run it)
+        document = await stored_document(request, run_id)
+        run = StoredRun(document, partial(stored_document, request, run_id))
     deltas = request.query_params.get("deltas", "true").lower() not in ("0", "false", "no")
     try:
         start = int(request.headers.get("last-event-id", "-1")) + 1
     except ValueError:
         start = 0
+    return StreamingResponse(
+        event_stream(run, max(start, 0), deltas),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
-    def frame(index: int, line: dict[str, Any]) -> str:
-        return f"id: {index}\nevent: {line.get('type')}\ndata: {json_line(line)}\n\n"
 
-    async def stream() -> AsyncIterator[str]:
-        lines = run.lines if run is not None else past
-        index = max(start, 0)
-        yield "retry: 1000\n\n"
-        while True:
-            while index < len(lines):
-                line = lines[index]
-                if deltas or line.get("type") != "delta":
-                    yield frame(index, line)
-                index += 1
-                if line.get("type") == "run_finished":
-                    return
-            if run is None or run.over:
+async def event_stream(run: Followable, index: int, deltas: bool) -> AsyncIterator[str]:
+    """The frames of ``lines`` from ``index`` on, then the live ones as they come. Frames go
+    out in batches, with a turn of the event loop between: a client that left is noticed at
+    once (not after thousands of writes into a closed socket), and a long replay never holds
+    up the other requests."""
+    lines = run.lines
+    yield "retry: 1000\n\n"
+    while True:
+        batch: list[str] = []
+        size = 0
+        while index < len(lines) and size < SSE_BATCH:
+            line = lines[index]
+            if deltas or line.kind != "delta":
+                frame = f"id: {index}\nevent: {line.kind}\ndata: {line.json}\n\n"
+                batch.append(frame)
+                size += len(frame)
+            index += 1
+            if line.kind == "run_finished":
+                yield "".join(batch)
                 return
-            await run.changed(KEEPALIVE_S)
-            if index >= len(lines):
-                yield ": keep-alive\n\n"
-
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+        if batch:
+            yield "".join(batch)
+            await anyio.lowlevel.checkpoint()
+            continue
+        if run.over:
+            return
+        await run.changed(KEEPALIVE_S)
+        if index >= len(lines):
+            yield ": keep-alive\n\n"
 
 
 async def panel_info(request: Request) -> Response:
@@ -373,19 +364,49 @@ async def panel_info(request: Request) -> Response:
 
 
 async def multiagent_run(request: Request) -> Response:
-    prompt = _text(await read_body(request)).strip()
-    if not prompt:
+    """The prompt as ``text/plain``, or a JSON object: ``prompt``, the options of ``POST
+    /api/runs`` (``agents``...) and ``wait_for_response`` (as the header is on
+    ``/api/runs``: the status, 200, if the run ends in time)."""
+    kind = media_type(request)
+    if kind == "text/plain":
+        body: dict[str, object] = {"prompt": _text(await read_body(request))}
+    elif is_json(kind):
+        body = parse_json(await read_body(request))
+    else:
+        raise BadMediaType(
+            "send the prompt with Content-Type: text/plain, or a JSON object "
+            '({"prompt": ..., "agents": [...]}) with Content-Type: application/json'
+        )
+    wait = _sample_wait(request, body.pop("wait_for_response", None))
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
         return error(400, "Prompt is required")
-    run = manager_of(request).start({"prompt": prompt})
+    body["prompt"] = prompt.strip()
+    run = await manager_of(request).start(body, trace=caller_trace(request.headers))
+    if wait > 0:
+        with anyio.move_on_after(wait):
+            await run.done.wait()
+        if run.over:
+            return Json(sample_status(live_status(run)))
     return Json(
         {
             "message": "Multi-agent concurrent orchestration started.",
-            "prompt": prompt,
+            "prompt": body["prompt"],
             "instanceId": run.id,
             "statusQueryGetUri": f"{base_url(request)}/api/multiagent/status/{run.id}",
         },
         status_code=202,
     )
+
+
+def _sample_wait(request: Request, given: object) -> float:
+    if given is None:
+        return _wait_seconds(request)
+    if isinstance(given, bool):
+        return WAIT_DEFAULT_S if given else 0.0
+    if isinstance(given, int | float) and 0 <= given <= WAIT_MAX_S:
+        return float(given)
+    raise BadRequest(f"wait_for_response: true, false or seconds up to {WAIT_MAX_S:g}")
 
 
 async def multiagent_status(request: Request) -> Response:
@@ -398,6 +419,11 @@ async def multiagent_status(request: Request) -> Response:
             status = status_document(await stored_document(request, run_id))
         except NotFound:
             return error(404, "Instance not found")
+    return Json(sample_status(status))
+
+
+def sample_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The samples' status shape, from ours; a run that failed or was stopped says why."""
     payload: dict[str, Any] = {
         key: status[key]
         for key in ("instanceId", "runtimeStatus", "createdTime", "lastUpdatedTime")
@@ -405,7 +431,10 @@ async def multiagent_status(request: Request) -> Response:
     payload["input"] = status["input"]["prompt"]
     if status["runtimeStatus"] not in ("Pending", "Running"):
         payload["output"] = status["output"]  # Durable has an output once it is over
-    return Json(payload)
+    reason = status["customStatus"].get("error")
+    if reason and status["runtimeStatus"] in ("Failed", "Terminated"):
+        payload["error"] = reason
+    return payload
 
 
 # -- dashboard -------------------------------------------------------------------------------------
@@ -427,36 +456,80 @@ async def healthz(request: Request) -> Response:
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
-    if request.url.path.startswith("/v1/"):
-        return chat.openai_error(400, str(exc))
-    return error(400, str(exc))
+    return error(400, str(exc), path=request.url.path)
+
+
+async def _bad_media_type(request: Request, exc: Exception) -> Response:
+    return error(415, str(exc), path=request.url.path, code="unsupported_media_type")
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return error(404, f"no run {exc}")
+    return error(404, f"no run {exc}", path=request.url.path)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return error(503, str(exc), headers, path=request.url.path, code="unavailable")
 
 
 async def _too_busy(request: Request, exc: Exception) -> Response:
-    return error(429, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
-
-
-async def _too_large(request: Request, exc: Exception) -> Response:
-    return error(413, f"the request body is over {MAX_BODY} bytes")
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return error(429, str(exc), headers, path=request.url.path, code="rate_limit_exceeded")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
-    return error(exc.status_code, str(exc.detail), headers)
+    return error(exc.status_code, str(exc.detail), headers, path=request.url.path)
 
 
 async def _fanout_error(request: Request, exc: Exception) -> Response:
-    return error(400, str(exc))
+    return error(400, str(exc), path=request.url.path)
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
     # Whatever it was, the client gets one line and no traceback (nor anything it held).
-    return error(500, f"internal error: {type(exc).__name__}")
+    return error(500, f"internal error: {type(exc).__name__}", path=request.url.path)
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+    BadRequest: _bad_request,
+    BadMediaType: _bad_media_type,
+    NotFound: _not_found,
+    TooBusy: _too_busy,
+    Unavailable: _unavailable,
+    HTTPException: _http_error,
+    FanoutError: _fanout_error,
+    Exception: _internal,
+}
+
+
+def _middleware(
+    token: str | None,
+    hosts: HostPolicy,
+    cors: str | None,
+    limits: Limits,
+    worker: int | None,
+) -> list[Middleware]:
+    guard = Middleware(
+        Guard,
+        token=token,
+        hosts=hosts,
+        cors=cors,
+        limits=limits,
+        worker=worker,
+    )
+    if not cors:
+        return [guard]
+    # CORS outermost: a browser's preflight carries no token.
+    allowed = Middleware(
+        CORSMiddleware,
+        allow_origins=[cors],
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["authorization", "content-type", "last-event-id", "traceparent"],
+        expose_headers=["location", "retry-after"],
+    )
+    return [allowed, guard]
 
 
 def create_app(
@@ -464,11 +537,32 @@ def create_app(
     *,
     token: str | None = None,
     cors: str | None = None,
-    max_runs: int = 16,
+    max_runs: int = MAX_RUNS,
+    max_queued: int = MAX_QUEUED,
     provider: Provider | None = None,
+    host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
+    limits: Limits | None = None,
+    worker: int | None = None,
 ) -> Starlette:
-    """The server's ASGI app: ``panel`` is who answers; ``token`` guards every data route."""
-    manager = RunManager(panel, max_runs=max_runs, provider=provider)
+    """The server's ASGI app: ``panel`` is who answers; ``token`` guards every data route;
+    ``host`` (the address listened on) and ``allowed_hosts`` are the names it answers to.
+    ``worker``: this app is worker number ``worker`` of several (``--workers``), which tell
+    each other what they are asked about each other's runs (and say who answered, in a
+    ``Fanout-Worker`` header).
+    ``ConfigError`` for a token, origin or host name that cannot work."""
+    check_token(token)
+    check_cors(cors, token)
+    hosts = HostPolicy.of(host, allowed_hosts)
+    limits = limits or Limits()
+    connections = Connections(limits)
+    manager = RunManager(
+        panel,
+        max_runs=max_runs,
+        max_queued=max_queued,
+        provider=provider,
+        shared=worker is not None,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -492,32 +586,13 @@ def create_app(
         Route("/v1/models", chat.list_models),
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
     ]
-    middleware = [Middleware(Guard, token=token)]
-    if cors:  # outermost: a browser's preflight carries no token
-        middleware.insert(
-            0,
-            Middleware(
-                CORSMiddleware,
-                allow_origins=[cors],
-                allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["authorization", "content-type", "last-event-id"],
-                expose_headers=["location", "retry-after"],
-            ),
-        )
     app = Starlette(
         routes=routes,
-        middleware=middleware,
+        middleware=_middleware(token, hosts, cors, limits, worker),
         lifespan=lifespan,
-        exception_handlers={
-            BadRequest: _bad_request,
-            NotFound: _not_found,
-            TooBusy: _too_busy,
-            BodyTooLarge: _too_large,
-            HTTPException: _http_error,
-            FanoutError: _fanout_error,
-            Exception: _internal,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.manager = manager
+    app.state.connections = connections
     app.state.started = time.time()
     return app

@@ -23,7 +23,16 @@ from starlette.responses import Response, StreamingResponse
 from fanout.conversation import Transcript, Turn
 from fanout.errors import FanoutError
 from fanout.export import json_line
-from fanout.serve.runs import BadRequest, LiveRun, final_answer, run_request, shape_names
+from fanout.serve.errors import error, error_body
+from fanout.serve.runs import (
+    BadRequest,
+    LiveRun,
+    caller_trace,
+    failure_reason,
+    final_answer,
+    run_request,
+    shape_names,
+)
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -45,9 +54,16 @@ def models() -> list[str]:
 
 
 def openai_error(status: int, message: str, code: str | None = None) -> Response:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": " ".join(message.split()), "type": kind, "code": code}}
-    return Response(json_line(body), status_code=status, media_type="application/json")
+    return error(status, message, path="/v1/", code=code)
+
+
+def run_failure(run_id: str, document: Mapping[str, Any], text: str) -> str | None:
+    """Why a run gives no answer to send (None: it has one): every call failed, or it was
+    stopped before anything answered."""
+    status = document.get("status")
+    if status == "failed" or (not text and status in ("cancelled", "interrupted")):
+        return f"run {run_id} {status}: {failure_reason(document) or 'no call answered'}"
+    return None
 
 
 async def list_models(request: Request) -> Response:
@@ -145,12 +161,17 @@ def last_user_message(messages: Any) -> str:
 
 
 def answer_text(document: Mapping[str, Any]) -> str:
-    """What the assistant says: the synthesis or verdict, else each answer under its name."""
+    """What the assistant says: the synthesis or verdict, else each answer under its name (one
+    persona asked alone: its answer as it is, as a stream of it says)."""
     final = final_answer(document)
     if final is not None:
         return final
     stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     last = stages[-1] if stages else {}
+    calls = [c for c in last.get("calls") or [] if isinstance(c, dict)]
+    if len(stages) == 1 and len(calls) == 1 and last.get("verdict") is None:
+        answer = calls[0].get("answer")
+        return str(answer) if calls[0].get("status") == "ok" and answer is not None else ""
     parts = []
     if isinstance(last.get("verdict"), dict):
         parts.append(f"Verdict: {json_line(last['verdict'])}")
@@ -177,25 +198,35 @@ async def chat_completions(request: Request) -> Response:
         wanted = run_body(body)
     except _UnknownModel as exc:
         return openai_error(404, str(exc), "model_not_found")
+    streamed = body.get("stream") is True
     manager = manager_of(request)
     try:
         asked = run_request(wanted, manager.panel, run_id="")
     except FanoutError as exc:
         raise BadRequest(str(exc)) from None
-    history = client_history(body["messages"], asked.conversation)
-    run = manager.start(replace(asked, conversation=history))
+    messages = body["messages"]  # a list with a user message: run_body checked it
+    history = client_history(messages if isinstance(messages, list) else [], asked.conversation)
+    # The client waits for its answer: nothing to record before going on, and unless it is
+    # streamed, each answer is asked for whole (less work than reading a stream of pieces).
+    run = await manager.start(
+        replace(asked, conversation=history),
+        durable=False,
+        deltas=streamed,
+        trace=caller_trace(request.headers),
+    )
     model = str(body["model"])
-    if body.get("stream") is True:
+    if streamed:
         return StreamingResponse(
             _chunks(run, model),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    await run.done.wait()
+    await run.answered.wait()
     document = run.document()
     text = answer_text(document)
-    if not text and document.get("status") in ("failed", "cancelled"):
-        return openai_error(502, f"run {run.id} {document.get('status')}: no call answered")
+    failure = run_failure(run.id, document, text)
+    if failure is not None:
+        return openai_error(502, failure, "run_failed")
     completion = {
         "id": f"chatcmpl-{run.id}",
         "object": "chat.completion",
@@ -232,7 +263,12 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
         return f"data: {json_line(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    last_stage = run.plan.stages[-1].id if len(run.plan.stages) > 1 else None
+    # The stage whose one call is the answer (a synthesis; a persona asked alone) streams as
+    # it is written; a lone stage with a verdict, or one that grows the plan (the answer is
+    # what comes of it), does not.
+    stages = run.plan.stages
+    alone = len(stages) == 1 and (stages[0].key is not None or hasattr(stages[0], "follow"))
+    last_stage = None if alone else stages[-1].id
     streaming: str | None = None  # the call id whose deltas are the answer
     streamed: list[str] = []
     index = 0
@@ -240,22 +276,31 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
         while index < len(run.lines):
             line = run.lines[index]
             index += 1
-            kind = line.get("type")
-            if kind == "stage_started" and line.get("stage") == last_stage:
-                calls = line.get("calls") or []
-                streaming = calls[0].get("call_id") if len(calls) == 1 else None
-            elif kind == "delta" and streaming and line.get("call_id") == streaming:
-                streamed.append(str(line.get("text")))
-                yield chunk({"content": line.get("text")})
-            elif kind == "retry" and line.get("call_id") == streaming:
+            if line.kind == "stage_started":
+                value = line.value()
+                calls = value.get("calls")
+                if value.get("stage") == last_stage and isinstance(calls, list):
+                    one = calls[0] if len(calls) == 1 and isinstance(calls[0], dict) else {}
+                    streaming = one.get("call_id")
+            elif line.kind == "delta" and streaming and line.call_id == streaming:
+                text = str(line.value().get("text"))
+                streamed.append(text)
+                yield chunk({"content": text})
+            elif line.kind == "retry" and line.call_id == streaming:
                 streaming = None  # a second attempt would repeat itself: answer whole at the end
-        if run.over:
+        if run.answered.is_set():
             break
         await run.changed(KEEPALIVE_S)
-        if index >= len(run.lines) and not run.over:
+        if index >= len(run.lines) and not run.answered.is_set():
             yield ": keep-alive\n\n"
     document = run.document()
     text = answer_text(document)
+    failure = run_failure(run.id, document, text)
+    if failure is not None:
+        # What OpenAI's clients raise on in a stream (openai: APIError), not a stop.
+        yield f"data: {json_line(error_body(502, failure, path='/v1/', code='run_failed'))}\n\n"
+        yield "data: [DONE]\n\n"
+        return
     if not streamed and text:
         yield chunk({"content": text})
     yield chunk({}, "stop")

@@ -14,8 +14,9 @@ import io
 import logging
 import math
 import os
+import sqlite3
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -48,15 +49,27 @@ from fanout.export import (
     report_document,
     settings_record,
 )
-from fanout.history import History, HistoryRecorder, history_path
+from fanout.history import History, HistoryRecorder, HistoryWriter, history_path
 from fanout.models import RunReport
 from fanout.retry import RetryPolicy
+from fanout.serve.events import EventLog
+from fanout.serve.store import SharedState, written
 from fanout.shapes import SHAPES
+from fanout.tracing import TraceParent, parse_traceparent
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
                "concurrency", "conversation_id")  # fmt: skip
-FINISHED_KEPT = 256  # finished runs answered from memory (with their deltas); older: history
+# Finished runs are answered from memory (their events with the deltas) while their lines take
+# no more than this many bytes in all, and there are no more than FINISHED_KEPT of them; older
+# ones are read from the history (events without the deltas).
+REPLAY_BYTES = 64 * 1024 * 1024
+# A gateway's defaults: runs executing at once, and runs accepted meanwhile that wait (Pending)
+# for a slot; past both, a 429 with Retry-After.
+MAX_RUNS = 64
+MAX_QUEUED = 1024
+SHARED_POLL_S = 0.2  # how often a worker looks at what the others were asked
+FINISHED_KEPT = 1024
 MAX_PROMPT_CHARS = 200_000
 _log = logging.getLogger("fanout.serve")
 
@@ -70,6 +83,12 @@ RUNTIME_STATUS = {
 }
 
 
+def caller_trace(headers: Mapping[str, str]) -> TraceParent | None:
+    """The W3C ``traceparent`` a request came with (None: none, or not a valid one, which
+    tracing ignores), so the run it starts is a span of the caller's trace."""
+    return parse_traceparent(headers.get("traceparent", ""))
+
+
 class BadRequest(Exception):
     """What a client asked for cannot run: a 400 with this one-line message."""
 
@@ -80,6 +99,11 @@ class TooBusy(Exception):
 
 class NotFound(Exception):
     """No such run: a 404."""
+
+
+class Unavailable(Exception):
+    """The server cannot take a run now (its history cannot record it, it is stopping): a
+    503."""
 
 
 def shape_names() -> list[str]:
@@ -163,11 +187,15 @@ def _number(body: Mapping[str, Any], key: str, kind: type, least: float, default
     value = body.get(key)
     if value is None:
         return default
+    what = "an integer" if kind is int else "a number"
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok or not math.isfinite(value) or value < least:
-        what = "an integer" if kind is int else "a number"
+    try:
+        if ok and kind is int:
+            ok = float(value).is_integer()
+        ok = ok and math.isfinite(value) and value >= least
+    except OverflowError:  # an integer too big for a float
+        raise BadRequest(f"{key}: {what} of at least {least:g}, not that big") from None
+    if not ok:
         raise BadRequest(f"{key}: {what} of at least {least:g}")
     return kind(value)
 
@@ -178,49 +206,74 @@ def _now() -> str:
 
 @dataclass(eq=False)
 class LiveRun:
-    """A run this server started: its plan, its event lines so far, how each call stands."""
+    """A run this server started: its plan, its event lines so far (``size``: their bytes),
+    how each call stands."""
 
     id: str
     plan: Plan
     created: str
-    lines: list[dict[str, Any]] = field(default_factory=list)
+    lines: EventLog = field(default_factory=EventLog)
     calls: dict[str, str] = field(default_factory=dict)  # call name -> pending, running...
     updated: str = ""
     execution: Execution | None = None
+    log: RunLog | None = None
     report: RunReport | None = None  # set when it is over
     started: bool = False
     terminated: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    done: anyio.Event = field(default_factory=anyio.Event)
-    _changed: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)  # over and recorded
+    answered: anyio.Event = field(default_factory=anyio.Event)  # over (``report`` is set)
+    _waiter: anyio.Event | None = None  # made when a reader waits for the next change
+    _final: dict[str, Any] | None = None  # the document once it is over (asked for often)
 
     @property
     def over(self) -> bool:
-        return self.report is not None
+        """Over and recorded (``run_finished`` told)."""
+        return self.done.is_set()
+
+    @property
+    def size(self) -> int:
+        """Bytes of event lines held."""
+        return self.lines.size
 
     def append(self, line: dict[str, Any]) -> None:
         self.lines.append(line)
         self.updated = str(line.get("ts") or _now())
-        self._changed.set()  # wake every SSE reader, then arm a new event for the next line
-        self._changed = anyio.Event()
+        self.touch()
 
-    def finish(self, report: RunReport, line: dict[str, Any] | None) -> None:
+    def touch(self) -> None:
+        """Wake every reader waiting for a change (a line, a delta joining an unread line)."""
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    def concluded(self, report: RunReport) -> None:
+        """The run is over (its record may still be on its way to the history)."""
         self.report = report
+        self.answered.set()
+        self.touch()
+
+    def finish(self, report: RunReport, line: dict[str, object] | None) -> None:
+        self.concluded(report)
+        self.done.set()
         if line is not None:
             self.append(line)
-        self.done.set()
-        self._changed.set()
+        self.touch()
 
     async def changed(self, seconds: float) -> None:
         """Wait for a new line (or ``seconds``, for a keep-alive)."""
-        event = self._changed
+        if self._waiter is None:
+            self._waiter = anyio.Event()
+        event = self._waiter
         with anyio.move_on_after(seconds):
             await event.wait()
 
     def document(self) -> dict[str, Any]:
         """The ``--json`` document as it stands (status ``running`` until the run is over)."""
         if self.report is not None:
-            return report_document(self.report)
+            if self._final is None:
+                self._final = report_document(self.report)
+            return self._final
         if self.execution is None:
             return _pending_document(self)
         return report_document(replace(self.execution.report(), recorded_status="running"))
@@ -264,12 +317,18 @@ class RunLog(JsonlWriter):
 
     wants_deltas = True
 
-    def __init__(self, run: LiveRun) -> None:
-        super().__init__(io.StringIO(), deltas=True)
+    def __init__(self, run: LiveRun, *, deltas: bool = True) -> None:
+        super().__init__(io.StringIO(), deltas=deltas)
         self.run = run
+        self.wants_deltas = deltas
 
     def handle(self, event: Event) -> None:
         self._track(event)
+        if isinstance(event, CallDelta) and self.run.lines.extend_delta(
+            event.call.call_id, event.text
+        ):
+            self.run.touch()
+            return
         # The end is told by the manager once the run is recorded (``RunManager._drive``), so
         # whoever reads run_finished finds the run over everywhere.
         line = None if isinstance(event, RunFinished) else self.line(event)
@@ -302,16 +361,34 @@ class _UntilFinished:
 
 
 class RunManager:
-    """The runs of one server: started, watched, terminated, purged; ``max_runs`` in flight."""
+    """The runs of one server: started, watched, terminated, purged; ``max_runs`` executing
+    at once, up to ``max_queued`` more accepted and waiting (``Pending``) for a slot."""
 
-    def __init__(self, panel: Panel, *, max_runs: int = 16, provider: Provider | None = None):
+    def __init__(
+        self,
+        panel: Panel,
+        *,
+        max_runs: int = MAX_RUNS,
+        max_queued: int = MAX_QUEUED,
+        provider: Provider | None = None,
+        shared: bool = False,
+    ):
         self.panel = panel
         self.max_runs = max_runs
+        self.max_queued = max_queued
         self._provider = provider
         self._runs: OrderedDict[str, LiveRun] = OrderedDict()
+        self.replay_bytes = REPLAY_BYTES
+        self._unfinished = 0
+        self._finished_ids: deque[str] = deque()  # oldest first
+        self._finished_bytes = 0
         self._history: History | None = None
+        self._writer = HistoryWriter()
+        self._slots = anyio.CapacityLimiter(max_runs)
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
+        self._sharing = shared  # one of several workers: see SharedState
+        self.shared: SharedState | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RunManager]:
@@ -322,9 +399,15 @@ class RunManager:
 
             self._provider = OpenAIProvider()
         self._history = await anyio.to_thread.run_sync(History, history_path(os.environ))
+        self._writer = HistoryWriter(self._history)  # commits what is queued together
+        if self._sharing:
+            path = history_path(os.environ).with_name("serve.db")
+            self.shared = await anyio.to_thread.run_sync(SharedState, path)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                if self.shared is not None:
+                    tg.start_soon(self._heed, self.shared, name="fanout workers' requests")
                 try:
                     yield self
                 finally:
@@ -333,7 +416,10 @@ class RunManager:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._provider.aclose()
+                await anyio.to_thread.run_sync(self._writer.close)
                 await anyio.to_thread.run_sync(self._history.close)
+                if self.shared is not None:
+                    self.shared.close()
 
     @property
     def history(self) -> History:
@@ -342,10 +428,46 @@ class RunManager:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for run in self._runs.values() if not run.over)
+        """Runs accepted and not over: executing or waiting for a slot."""
+        return self._unfinished
 
-    def start(self, body: Mapping[str, Any] | RunRequest) -> LiveRun:
-        """Check a request and start its run; ``BadRequest``, ``TooBusy``."""
+    async def start(
+        self,
+        body: Mapping[str, Any] | RunRequest,
+        *,
+        durable: bool = True,
+        deltas: bool = True,
+        trace: TraceParent | None = None,
+    ) -> LiveRun:
+        """Check a request, record its run in the history and start it; ``BadRequest``,
+        ``TooBusy``, ``Unavailable``. ``durable``: return once the record is committed (whoever
+        is told the run's id will find it, even if this process dies next); without it (a
+        client that waits for the answer itself), the record is written meanwhile.
+        ``deltas``: keep the answers' text as it streams (else each answer whole at its end,
+        which costs less). ``trace``: the caller's ``traceparent``, which the run continues."""
+        run = self._admit(body, trace)
+        self._unfinished += 1
+        try:
+            if wants_stored_turns(run.plan):  # a conversation named: its turns, off the loop
+                run.plan = await anyio.to_thread.run_sync(with_stored_turns, self.history, run.plan)
+            recorder = self._prepare(run, deltas)
+            if durable:
+                await written(self._writer)
+        except BaseException:
+            self._unfinished -= 1
+            self._runs.pop(run.id, None)
+            raise
+        if recorder.error is not None:
+            self._unfinished -= 1
+            self._runs.pop(run.id, None)
+            _log.error("run %s could not be recorded: %s", run.id, recorder.error)
+            raise Unavailable(f"the run could not be recorded in the history: {recorder.error}")
+        assert self._tg is not None, "RunManager.running() first"
+        self._tg.start_soon(self._drive, run, recorder, name=f"fanout run {run.id}")
+        return run
+
+    def _admit(self, body: Mapping[str, Any] | RunRequest, trace: TraceParent | None) -> LiveRun:
+        """The run a request stands for, if it can run and there is room for it."""
         run_id = uuid.uuid4().hex[:12]
         try:
             request = (
@@ -353,33 +475,27 @@ class RunManager:
                 if isinstance(body, RunRequest)
                 else run_request(body, self.panel, run_id=run_id)
             )
+            if trace is not None:
+                request = replace(request, trace_id=trace.trace_id, parent_span_id=trace.span_id)
             plan = resolve(replace(request, run_id=run_id))
             check_credentials(plan.callers, os.environ)
         except FanoutError as exc:
             raise BadRequest(str(exc)) from None
-        if self.in_flight >= self.max_runs:
-            raise TooBusy(f"{self.max_runs} runs are in flight already (--max-runs)")
-        assert self._tg is not None, "RunManager.running() first"
+        if self._closing:
+            raise Unavailable("the server is stopping")
+        if self._unfinished >= self.max_runs + self.max_queued:
+            raise TooBusy(
+                f"{self.max_runs} runs are in flight and {self.max_queued} waiting already "
+                "(--max-runs, --max-queued)"
+            )
         run = LiveRun(run_id, plan, _now())
         run.updated = run.created
         self._runs[run_id] = run
-        self._forget_old()
-        self._tg.start_soon(self._drive, run, name=f"fanout run {run_id}")
         return run
 
-    async def _drive(self, run: LiveRun) -> None:
-        try:
-            await self._execute(run)
-        except Exception:  # a bug in one run must not take the server (its task group) down
-            _log.exception("run %s failed", run.id)
-            if not run.over:
-                execution = run.execution
-                report = execution.report() if execution is not None else _empty_report(run)
-                run.finish(report, None)
-
-    async def _execute(self, run: LiveRun) -> None:
-        if wants_stored_turns(run.plan):  # a conversation named: its turns, off the loop
-            run.plan = await anyio.to_thread.run_sync(with_stored_turns, self.history, run.plan)
+    def _prepare(self, run: LiveRun, deltas: bool = True) -> HistoryRecorder:
+        """The run's execution, observed by its event log and its recorder, and its start
+        queued for the history."""
         plan = run.plan
         request = plan.request
         recorder = HistoryRecorder(
@@ -389,27 +505,76 @@ class RunManager:
             settings=settings_record(
                 request.settings, request.shape, request.options, self.panel.pricing
             ),
+            writer=self._writer,
         )
-        log = RunLog(run)
-        observer = Broadcast(log, _UntilFinished(recorder))
-        execution = prepare(plan, [observer], provider=self._provider, check=False)
-        run.execution = execution
+        run.log = RunLog(run, deltas=deltas)
+        observer = Broadcast(run.log, _UntilFinished(recorder))
+        run.execution = prepare(plan, [observer], provider=self._provider, check=False)
+        recorder.start(run.execution.report())
+        return recorder
+
+    async def _drive(self, run: LiveRun, recorder: HistoryRecorder) -> None:
+        """Wait for a slot, run, record how it ended: whatever happens (terminated while it
+        waits, the server going down, a bug), the run ends recorded."""
+        execution = run.execution
+        assert execution is not None
         try:
-            recorder.start(execution.report())
-            run.started = True
             with run.scope:
-                await execution.execute()
+                async with self._slots:
+                    run.started = True
+                    await execution.execute()
+        except Exception:  # a bug in one run must not take the server (its task group) down
+            _log.exception("run %s failed", run.id)
         finally:
             with anyio.CancelScope(shield=True):
-                # Cut short by terminate or by the server going down: the answers that
-                # arrived, and the text that was streaming, stay in the report.
-                execution.interrupted = run.scope.cancel_called or self._closing
-                report = execution.conclude()
-                if self._closing and not run.terminated:
-                    report = replace(report, recorded_status="interrupted")
-                recorder.finish(report)
-                await anyio.to_thread.run_sync(recorder.close)
-                run.finish(report, log.line(RunFinished(report)))
+                await self._conclude(run, recorder)
+
+    async def _conclude(self, run: LiveRun, recorder: HistoryRecorder) -> None:
+        """Record how the run ended, then say so (``run_finished``)."""
+        execution = run.execution
+        assert execution is not None and run.log is not None
+        # Cut short by terminate or by the server going down: the answers that arrived, and
+        # the text that was streaming, stay in the report.
+        execution.interrupted = run.scope.cancel_called or self._closing
+        try:
+            report = execution.conclude()
+        except Exception:
+            _log.exception("run %s could not be concluded", run.id)
+            report = _empty_report(run)
+        if self._closing and not run.terminated:
+            report = replace(report, recorded_status="interrupted")
+        run.concluded(report)  # a client waiting for the answer has it now
+        recorder.finish(report)
+        await written(self._writer)
+        self._finished(run, report, run.log.line(RunFinished(report)))
+
+    def _finished(self, run: LiveRun, report: RunReport, line: dict[str, object] | None) -> None:
+        run.finish(report, line)
+        self._unfinished -= 1
+        self._finished_ids.append(run.id)
+        self._finished_bytes += run.size
+        self._forget_old()
+
+    async def _heed(self, shared: SharedState) -> None:
+        """Act on what the other workers were asked about this worker's runs."""
+        last = await anyio.to_thread.run_sync(shared.last)
+        while True:
+            await anyio.sleep(SHARED_POLL_S)
+            try:
+                asked = await anyio.to_thread.run_sync(shared.since, last)
+            except sqlite3.Error as exc:  # busy for longer than its timeout: next time
+                _log.warning("the workers' shared state cannot be read: %s", exc)
+                continue
+            if asked:
+                last = asked[-1][0]
+            for _, run_id, action in asked:
+                run = self._runs.get(run_id)
+                if run is None:
+                    continue
+                if action == "terminate" and not run.over:
+                    self.terminate(run)
+                elif action == "forget" and run.over:
+                    self.forget(run_id)
 
     def terminate(self, run: LiveRun) -> None:
         run.terminated = True
@@ -419,16 +584,22 @@ class RunManager:
         return self._runs.get(run_id)
 
     def forget(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
+        run = self._runs.pop(run_id, None)
+        if run is not None and run.over:
+            self._finished_bytes -= run.size
 
     def live_runs(self) -> list[LiveRun]:
         return list(self._runs.values())
 
     def _forget_old(self) -> None:
-        """Finished runs beyond ``FINISHED_KEPT`` are read from the history from now on."""
-        finished = [run_id for run_id, run in self._runs.items() if run.over]
-        for run_id in finished[: max(0, len(finished) - FINISHED_KEPT)]:
-            del self._runs[run_id]
+        """The oldest finished runs past ``REPLAY_BYTES`` (or ``FINISHED_KEPT``) are read from
+        the history from now on."""
+        ids = self._finished_ids
+        while ids and (self._finished_bytes > self.replay_bytes or len(ids) > FINISHED_KEPT):
+            run = self._runs.get(ids.popleft())
+            if run is not None and run.over:  # (not purged meanwhile)
+                del self._runs[run.id]
+                self._finished_bytes -= run.size
 
 
 # -- how a run looks to a poller -----------------------------------------------------------------
@@ -448,8 +619,11 @@ def status_document(
     status = str(document.get("status"))
     runtime = "Pending" if pending else RUNTIME_STATUS.get(status, "Running")
     if calls is None:
+        # A stored run still running (another worker's) has its calls not yet ended
+        # recorded as cancelled: they are pending.
+        unended = "pending" if status == "running" else "cancelled"
         calls = {
-            str(c.get("name")): str(c.get("status"))
+            str(c.get("name")): unended if c.get("status") == "cancelled" else str(c.get("status"))
             for s in document.get("stages") or []
             if isinstance(s, dict)
             for c in s.get("calls") or []
@@ -464,10 +638,14 @@ def status_document(
         "interrupted": status == "interrupted",
         "conversation_id": document.get("conversation_id") or document.get("run_id"),
         "turn": document.get("turn") or 1,
+        "trace_id": document.get("trace_id"),
     }
     final = final_answer(document)
     if final is not None:
         custom["final"] = final
+    reason = failure_reason(document)
+    if reason is not None:
+        custom["error"] = reason
     return {
         "instanceId": document.get("run_id"),
         "name": document.get("shape") or "panel",
@@ -478,6 +656,33 @@ def status_document(
         "customStatus": custom,
         "output": dict(document.get("output") or {}),
     }
+
+
+def failure_reason(document: Mapping[str, Any]) -> str | None:
+    """Why a run that did not complete ended, in one line (None for one that completed)."""
+    status = document.get("status")
+    if status == "interrupted":
+        return "interrupted: the server stopped before the run ended"
+    if status == "cancelled":
+        return "terminated before the run ended"
+    if status != "failed":
+        return None
+    failed = [
+        f"{c.get('name')}: {_error_message(c)}"
+        for s in document.get("stages") or []
+        if isinstance(s, dict)
+        for c in s.get("calls") or []
+        if isinstance(c, dict) and c.get("status") != "ok"
+    ]
+    shown = "; ".join(failed[:5]) + ("; ..." if len(failed) > 5 else "")
+    return f"no call answered ({shown})" if failed else "no call answered"
+
+
+def _error_message(call: Mapping[str, object]) -> str:
+    error = call.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return str(call.get("status"))
 
 
 def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
