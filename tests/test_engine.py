@@ -478,7 +478,7 @@ async def test_a_stage_whose_shape_breaks_costs_that_stage_only() -> None:
     assert report.output == {"a": "kept"}
     broken = report.stage("broken")
     assert broken is not None and broken.calls == []
-    assert broken.verdict is not None and "oops" in broken.verdict["error"]
+    assert broken.verdict is not None and "oops" in str(broken.verdict.to_dict()["error"])
 
 
 async def test_a_call_cancelled_while_waiting_for_the_rate_limit_is_reported_finished() -> None:
@@ -547,5 +547,7 @@ async def test_a_plan_grows_from_a_stage_that_follows_itself() -> None:
     report = execution.conclude()
     assert [s.id for s in report.stages] == ["one", "two", "three"]
     assert provider.calls == ["a", "a", "a"]
-    assert report.stages[2].verdict == {"error": "RuntimeError: shape bug"}
+    verdict = report.stages[2].verdict
+    assert verdict is not None
+    assert verdict.to_dict() == {"type": "error", "error": "RuntimeError: shape bug"}
     assert report.status == "completed"

@@ -464,7 +464,7 @@ stages:
     prompt: "Polish: {{drafts-judge}}"
 """,
     )
-    document = run_json(invoke, flow, "-c", config)
+    document = run_json(invoke, flow, "-c", config, code=5)  # the judge called a tie
     drafts = [user_text(r) for r in of(server, "m-a")][1]
     assert drafts == "Draft a line about Paris"
     final = user_text(of(server, "m-c")[-1])
@@ -634,5 +634,5 @@ def test_flow_run_takes_format_like_ask(
     flow = write_flow(tmp_path, THREE_STAGES)
     result = invoke("flow", "run", flow, "-c", config, "-i", "topic=ice", "--format", "text")
     assert result.exit_code == 0, result.output
-    assert "Agent: teacher\nm-teacher says: Draft on ice" in result.stdout
+    assert "draft · teacher (m-teacher)\nm-teacher says: Draft on ice" in result.stdout
     assert "## " not in result.stdout  # text, not the Markdown a pipe gets by default

@@ -152,7 +152,7 @@ def test_synthesis_gets_its_own_pane_after_the_panel() -> None:
     live.handle(CallSending(synthesizer, 1))
     live.handle(CallDelta(synthesizer, "Both agree."))
     text = screen(live, console, 120)
-    assert "Synthesis" in text and "Both agree." in text
+    assert "synthesis · synthesizer" in text and "Both agree." in text  # titled by its stage id
     assert "alpha says hi" not in text  # the panel shrinks to its status lines
     done = CallResult("synthesizer", "m-synth", "ok", "Both agree.", stage="synthesis")
     live.handle(CallFinished(synthesizer, done))
@@ -167,7 +167,7 @@ def test_a_stage_of_a_kind_the_board_never_heard_of_gets_panes_like_any_other() 
     live.handle(StageStarted("appraisal", "appraisal", [judge]))
     live.handle(CallDelta(judge, "A wins."))
     text = screen(live, console, 120)
-    assert "Appraisal" in text and "arbiter" in text and "A wins." in text
+    assert "appraisal · arbiter" in text and "arbiter" in text and "A wins." in text
 
 
 def test_an_answer_cut_by_max_tokens_shows_as_truncated() -> None:

@@ -221,8 +221,8 @@ def test_the_final_view_leads_with_the_orchestrators_answer_and_its_turns(
         )
     md = invoke("ask", "-c", config, "--orchestrate", "--format", "md", "Why?")
     assert md.exit_code == 0, md.output
-    assert "turn 1: asked physicist, chemist" in md.stdout
-    assert "## Answer: orchestrator\nIt is the **water film**." in md.stdout
+    assert "turn1: asked physicist, chemist" in md.stdout
+    assert "## Answer · orchestrator\n\nIt is the **water film**." in md.stdout
     assert md.stdout.count("water film") == 1
     assert "## physicist\n_asked (turn 1) pressure?_" in md.stdout
     assert "answered: False" not in md.stdout
@@ -254,5 +254,5 @@ def test_every_turns_answers_are_shown_in_order_under_their_questions(
     order = ["(turn 1) Q-phys?", "(turn 1) Q-chem?", "(turn 2) Q-bio?", "(turn 2) Q-phys2?"]
     places = [text.index(q) for q in order]
     assert places == sorted(places), text
-    assert "4/4 answered" in text and "Tools:" not in text
+    assert "tools1 2/2 · turn2 1/1 · tools2 2/2" in text and "Tools:" not in text
     assert text.index("FINAL ANSWER") < places[0]

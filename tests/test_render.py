@@ -20,6 +20,15 @@ from fanout.models import (
     Usage,
 )
 from fanout.render import agents_table, print_error, render_report, report_text, runs_table
+from fanout.shapes.synthesis import SynthesisVerdict
+
+
+def synthesized(result: CallResult) -> SynthesisVerdict:
+    """The verdict a synthesis stage draws from its call (as ``SynthesisStage.verdict``)."""
+    missing = result.details.get("missing")
+    return SynthesisVerdict(
+        result.answer, result.name, result.model, list(missing) if isinstance(missing, list) else []
+    )
 
 
 def console(width: int) -> Console:
@@ -33,14 +42,18 @@ def text_of(target: Console) -> str:
 
 
 def report(synthesis: CallResult | None = None) -> RunReport:
-    later = [StageResult("synthesis", "synthesis", [synthesis])] if synthesis else []
+    later = (
+        [StageResult("synthesis", "synthesis", [synthesis], synthesized(synthesis))]
+        if synthesis
+        else []
+    )
     return RunReport(
         run_id="abc123",
         prompt="What is temperature?",
         started_at="2026-01-01T00:00:00.000+00:00",
         finished_at="2026-01-01T00:00:01.000+00:00",
         duration_s=1.0,
-        stages=[StageResult("panel", "panel", [
+        stages=[StageResult("panel", "panel", holds_answers=True, calls=[
             AgentResult(
                 "physicist",
                 "gpt-4o-mini",
@@ -167,8 +180,10 @@ def test_markdown_view_is_the_answers_as_written_under_their_names() -> None:
     assert "\x1b" not in text and "│" not in text
     assert "## physicist\nTemperature measures **mean kinetic energy**.\n\n- per particle" in text
     assert "## chemist\n✗ rate_limit after 4 attempts: HTTP 429: slow down" in text
-    assert text.index("## Synthesis: synthesizer\nBoth agree.") < text.index("## physicist")
-    assert text.rstrip().splitlines()[-1].startswith("_1/3 answered")
+    assert text.index(
+        "## Synthesis · synthesizer · gpt-4o\nMerged by synthesizer\n\nBoth agree."
+    ) < text.index("## physicist")
+    assert text.rstrip().splitlines()[-1].startswith("_panel 1/3 · synthesis 1/1")
     plain = report_text(report(), "text")
     assert "##" not in plain and "physicist (gpt-4o-mini)\nTemperature measures" in plain
 

@@ -45,6 +45,7 @@ def test_routing_calls_only_the_selected_personas(
     prompt = router.body["messages"][-1]["content"]
     assert "- chemist: the chemist" in prompt and "Why is ice slippery?" in prompt
     assert document["router"] == {
+        "type": "router",
         "selected": ["chemist", "physicist"],
         "reason": "molecules, pressure",
         "fallback": False,

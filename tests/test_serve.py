@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from fanout.shapes import SHAPES
+from fanout.shapes import SHAPES, Shape
 from fanout.shapes.panel import PanelStage
 from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
@@ -329,9 +329,11 @@ def served_base(client: httpx.Client) -> str:
 
 
 def test_openai_client_lists_models_for_every_shape(
-    serve: Serve, monkeypatch: pytest.MonkeyPatch
+    serve: Serve, request: pytest.FixtureRequest
 ) -> None:
-    monkeypatch.setitem(SHAPES, "echo", lambda options: [PanelStage()])
+    echo = Shape("echo", "Every persona answers.", lambda options: [PanelStage()], flag="--echo")
+    SHAPES.add(echo)
+    request.addfinalizer(lambda: SHAPES.remove("echo"))
     served = serve()
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
     listed = [m.id for m in client.models.list()]

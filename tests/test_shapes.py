@@ -63,13 +63,13 @@ def test_half_the_votes_is_no_quorum_by_default_and_the_run_says_so(
     said(server, "m-c", "Lyon", times=2)
     said(server, "m-d", "Marseille", times=2)
     config = agents_file("a", "b", "c", "d")
-    vote = run_json(invoke, "-c", config, "--vote", "Capital?")["vote"]
+    vote = run_json(invoke, "-c", config, "--vote", "Capital?", code=5)["vote"]
     assert (vote["winner"], vote["share"], vote["quorum_met"]) == ("Paris", 0.5, False)
     table = invoke("ask", "-c", config, "--vote", "--format", "table", "Capital?")
-    assert table.exit_code == 0, table.output
+    assert table.exit_code == 5, table.output  # undecided
     out = table.stdout
-    assert "no quorum: Paris has 2 of 4 votes (50%); it needs more than half" in out
-    assert "No decision" in out
+    assert "No decision: Paris has 2 of 4 votes (50%); it needs more than half" in out
+    assert "no quorum" not in out  # said once, in the headline
     # The verdict is drawn above the answers.
     assert out.index("No decision") < out.index("Persona")
 
@@ -82,7 +82,7 @@ def test_quorum_flag_sets_the_share_the_winner_needs(
     config = agents_file("a", "b", "c")
     met = run_json(invoke, "-c", config, "--quorum", "0.6", "Capital?")["vote"]
     assert (met["share"], met["quorum"], met["quorum_met"]) == (0.6667, 0.6, True)
-    missed = run_json(invoke, "-c", config, "--quorum", "0.7", "Capital?")["vote"]
+    missed = run_json(invoke, "-c", config, "--quorum", "0.7", "Capital?", code=5)["vote"]
     assert (missed["winner"], missed["quorum_met"]) == ("Paris", False)
 
 
@@ -123,7 +123,7 @@ def test_failed_personas_do_not_vote_and_a_tie_has_no_winner(
     said(server, "m-b", "Lyon")
     server.script("m-c", Fault(400))
     config = agents_file("a", "b", "c")
-    document = run_json(invoke, "-c", config, "--vote", "Capital?", code=3)
+    document = run_json(invoke, "-c", config, "--vote", "Capital?", code=5)
     vote = document["vote"]
     assert (vote["winner"], vote["quorum_met"], vote["failed"]) == (None, False, ["c"])
     assert "no quorum: Paris and Lyon tie with 1 votes each" in vote["warnings"]
@@ -234,7 +234,7 @@ def test_two_candidates_are_judged_in_both_orders_and_disagreement_is_a_tie(
     said(server, "m-b", "second answer")
     server.script("m-judge", judged("A"), judged("B"))
     config = with_judge(agents_file("a", "b"))
-    judge = run_json(invoke, "-c", config, "--judge", "Which?")["judge"]
+    judge = run_json(invoke, "-c", config, "--judge", "Which?", code=5)["judge"]
     assert (judge["winner"], judge["tie"], judge["inconsistent"]) == (None, True, True)
     first, second = [sent_text(r) for r in server.requests if r.model == "m-judge"]
     # The same labels, read in opposite orders.
@@ -251,7 +251,7 @@ def test_a_judge_that_agrees_with_itself_picks_and_a_tie_is_a_tie(
     judge = run_json(invoke, "-c", config, "--judge", "Which?")["judge"]
     assert judge["winner"] == judge["labels"]["B"] and not judge["tie"]
     three = with_judge(agents_file("a", "b", "c"))
-    tie = run_json(invoke, "-c", three, "--judge", "Which?")["judge"]
+    tie = run_json(invoke, "-c", three, "--judge", "Which?", code=5)["judge"]
     assert (tie["winner"], tie["tie"], tie["inconsistent"]) == (None, True, False)
 
 
@@ -262,11 +262,11 @@ def test_an_unreadable_verdict_is_no_decision_and_says_so_above_the_answers(
     server.script("m-judge", Reply(text="They are all lovely."))
     config = with_judge(agents_file("a", "b", "c"))
     result = invoke("ask", "-c", config, "--judge", "--format", "table", "Which?")
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 5, result.output
     out = result.stdout
     assert "1 candidate(s) failed before judging: b" in out
     assert "the judge's reply named no candidate" in out
-    assert out.index("no decision") < out.index("Persona")
+    assert out.index("No decision") < out.index("Persona")
 
 
 def test_runs_retry_asks_a_failed_judge_again_with_the_same_blind_labels(
@@ -274,7 +274,7 @@ def test_runs_retry_asks_a_failed_judge_again_with_the_same_blind_labels(
 ) -> None:
     server.script("m-judge", Fault(400), judged("C"))
     config = with_judge(agents_file("a", "b", "c"))
-    first = run_json(invoke, "-c", config, "--judge", "Which?", code=3)
+    first = run_json(invoke, "-c", config, "--judge", "Which?", code=5)
     assert first["judge"]["winner"] is None
     assert "the judge failed" in " ".join(first["judge"]["warnings"])
     retried = invoke("runs", "retry", first["run_id"], "--json")
@@ -412,7 +412,7 @@ def test_borda_count_by_hand() -> None:
         ["x", "y", "z"],
         [],
     )
-    assert verdict["aggregate"] == [
+    assert verdict.to_dict()["aggregate"] == [
         {"name": "z", "borda": 2, "mean_position": 1.0, "votes": 2},
         {"name": "y", "borda": 1, "mean_position": 1.5, "votes": 2},
         {"name": "x", "borda": 0, "mean_position": 2.0, "votes": 2},

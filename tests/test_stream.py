@@ -118,7 +118,8 @@ def test_jsonl_lines_tell_the_run_as_it_happens(
     assert kinds.index("synthesis_started") > max(
         i for i, k in enumerate(kinds) if k == "agent_finished"
     )
-    assert kinds[-2] == "synthesis_finished"
+    assert kinds[-3:-1] == ["synthesis_finished", "stage_finished"]  # then what it decided
+    assert lines[-2]["summary"]["answer"] == lines[-1]["document"]["synthesis"]["answer"]
     assert not any(k == "delta" for k in kinds)
 
 

@@ -348,6 +348,7 @@ class ResultWriter:
         ``prompt``, ``stage``, ``kind`` and the verdict under its key. It has no ``status``, so
         resuming never takes it for an answer; for a prompt decided twice, the last line holds."""
         key = event.key or event.kind
+        verdict = event.verdict.to_dict() if event.verdict is not None else None
         line = {
             "schema_version": SCHEMA_VERSION,
             "id": prompt.id,
@@ -355,7 +356,7 @@ class ResultWriter:
             "stage": event.stage,
             "kind": event.kind,
             "verdict": key,
-            key: event.verdict,
+            key: verdict,
         }
         self._line(line)
 
@@ -385,7 +386,10 @@ class _PromptObserver:
         tally = self._tally
         call = getattr(event, "call", None)
         key = (self._prompt.id, call.call_id) if call is not None else None
-        if isinstance(event, StageFinished) and event.verdict is not None and self._asked:
+        # A decision (a keyed verdict), not what every stage draws (a synthesis' answer).
+        decision = isinstance(event, StageFinished) and None not in (event.key, event.verdict)
+        if decision and self._asked:
+            assert isinstance(event, StageFinished)
             # A prompt resumed with nothing asked keeps the verdict line it already has.
             self._writer.write_verdict(self._prompt, event)
         elif isinstance(event, CallWaiting) and key is not None:

@@ -334,13 +334,16 @@ def _answer(result: CallResult) -> PriorAnswer:
 
 
 def final_answer(report: RunReport) -> str | None:
-    """The run's one answer, if it has one: a later stage's verdict ``answer``, else a later
-    stage's single answered call (a synthesis, a judge's pick...)."""
+    """The run's one answer, if it decided one: what its verdicts' summaries decided (a
+    synthesis, a judge's pick, a vote's winner), else a later stage's single answered call.
+    An undecided verdict gives none: its headline (why) is no answer to carry on."""
+    from fanout.summary import final_summary
+
+    summaries = [s.verdict.summary() for s in report.stages if s.verdict is not None]
+    final = final_summary(summaries)
+    if final is not None:
+        return final.answer
     for stage in reversed(report.stages[1:]):
-        verdict = stage.verdict or {}
-        answer = verdict.get("answer")
-        if isinstance(answer, str) and answer:
-            return answer
         if len(stage.calls) == 1 and stage.calls[0].status == "ok" and stage.calls[0].answer:
             return stage.calls[0].answer
     return None

@@ -27,10 +27,10 @@ from fanout.interrupt import forget_hard_exit, interruptibly, on_hard_exit
 from fanout.live import LiveBoard
 from fanout.models import Agent, RunReport
 from fanout.output import (
-    EXIT_FOR_STATUS,
     EXIT_INTERRUPTED,
     EXIT_PIPE,
     Output,
+    exit_for,
     silence_stdout,
     write_stdout,
 )
@@ -198,7 +198,7 @@ def emit(
     if interrupted:
         print_warning(err, "interrupted: unfinished personas are marked cancelled")
         return EXIT_INTERRUPTED
-    return EXIT_FOR_STATUS[report.status]
+    return exit_for(report.status, report.decided)
 
 
 def show_report(report: RunReport, view: str | None, *, recorded: bool = True) -> None:

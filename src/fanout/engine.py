@@ -58,6 +58,7 @@ from fanout.models import (
     Usage,
 )
 from fanout.retry import RetryEvent, RetryPolicy, call_with_retries
+from fanout.summary import StageError, Verdict
 from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, traceparent
 
 if TYPE_CHECKING:
@@ -475,7 +476,7 @@ class RunContext:
     prompt: str
     agents: Sequence[Agent]
     roles: Mapping[str, Agent]
-    options: Mapping[str, Any]
+    options: Mapping[str, object]
     stages: dict[str, StageResult] = field(default_factory=dict)
     # The conversation this run continues (its earlier turns), if any: each persona is sent
     # its own thread (``conversation.persona_thread``).
@@ -484,8 +485,9 @@ class RunContext:
 
 class Stage(Protocol):
     """One step of a plan. ``calls`` is asked when the stage starts (earlier stages are in the
-    context by then); ``verdict`` when its calls are over. ``key`` names the verdict in the
-    result document (``vote``, ``judge``...), or None."""
+    context by then); ``verdict`` when its calls are over (a typed ``Verdict``, or None).
+    ``key`` names the verdict in the result document (``vote``, ``judge``...), or None. A
+    stage whose calls are the run's answers has ``holds_answers = True``."""
 
     id: str
     kind: str
@@ -493,9 +495,7 @@ class Stage(Protocol):
 
     def calls(self, context: RunContext) -> list[Call]: ...
 
-    def verdict(
-        self, context: RunContext, results: Sequence[CallResult]
-    ) -> dict[str, Any] | None: ...
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> Verdict | None: ...
 
 
 class Execution:
@@ -536,7 +536,7 @@ class Execution:
         self.parent_span_id = parent_span_id
         self.kept = dict(kept or {})
         self.previous = previous
-        self.results = [StageResult(s.id, s.kind, key=s.key) for s in self.stages]
+        self.results = [_stage_result(s) for s in self.stages]
         self._calls: dict[str, Call] = {}
         self._asked: set[str] = set()  # call ids made (not kept) in this execution
         wants = bool(getattr(self.observer, "wants_deltas", False))
@@ -594,18 +594,17 @@ class Execution:
         try:
             added = list(follow(self.context))
         except Exception as exc:  # a shape's bug ends the loop, never the run
-            result = self.results[index]
-            result.verdict = {**(result.verdict or {}), "error": f"{type(exc).__name__}: {exc}"}
+            self.results[index].verdict = StageError(f"{type(exc).__name__}: {exc}")
             return
         self.stages[index + 1 : index + 1] = added
-        self.results[index + 1 : index + 1] = [StageResult(s.id, s.kind, key=s.key) for s in added]
+        self.results[index + 1 : index + 1] = [_stage_result(s) for s in added]
 
     async def _run_stage(self, stage: Stage, stage_result: StageResult) -> None:
         try:
             calls = stage.calls(self.context)
         except Exception as exc:  # a shape's bug costs its stage, never the answers so far
             calls = []
-            stage_result.verdict = {"error": f"{type(exc).__name__}: {exc}"}
+            stage_result.verdict = StageError(f"{type(exc).__name__}: {exc}")
         stage_result.calls = [self.kept.get(c.call_id) or CallResult.of(c) for c in calls]
         self.context.stages[stage.id] = stage_result
         self.observer.handle(StageStarted(stage.id, stage.kind, calls))
@@ -619,7 +618,7 @@ class Execution:
             try:
                 stage_result.verdict = stage.verdict(self.context, stage_result.calls)
             except Exception as exc:  # a shape's bug costs its verdict, never the answers
-                stage_result.verdict = {"error": f"{type(exc).__name__}: {exc}"}
+                stage_result.verdict = StageError(f"{type(exc).__name__}: {exc}")
         self.observer.handle(StageFinished(stage.id, stage.kind, stage_result.verdict, stage.key))
 
     async def _call(self, call: Call, result: CallResult) -> None:
@@ -692,8 +691,16 @@ class Execution:
                 )
                 calls.append(before if before is not None and worse else result)
             verdict = stage.verdict if stage.verdict is not None or old is None else old.verdict
-            merged.append(StageResult(stage.id, stage.kind, calls, verdict, stage.key))
+            merged.append(
+                StageResult(stage.id, stage.kind, calls, verdict, stage.key, stage.holds_answers)
+            )
         return merged
+
+
+def _stage_result(stage: Stage) -> StageResult:
+    """A stage's result before it runs: no calls yet, no verdict."""
+    holds = bool(getattr(stage, "holds_answers", False))
+    return StageResult(stage.id, stage.kind, key=stage.key, holds_answers=holds)
 
 
 def _kept_status(previous: RunReport | None) -> RunStatus | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fanout.models import Agent, Call, CallResult, RunReport
+from fanout.summary import Verdict
 
 _log = logging.getLogger("fanout")
 
@@ -101,7 +102,7 @@ class CallFinished:
 class StageFinished:
     stage: str
     kind: str
-    verdict: dict[str, object] | None
+    verdict: Verdict | None
     key: str | None = None  # the verdict's name in the result document (``vote``...)
 
 

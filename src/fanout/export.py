@@ -70,6 +70,9 @@ def report_document(report: RunReport) -> dict[str, Any]:
         "started_at": report.started_at,
         "finished_at": report.finished_at,
         "duration_s": report.duration_s,
+        # False: a verdict reached no decision it exists for (no quorum, a tie...); null:
+        # nothing in the run decides anything.
+        "decided": report.decided,
         "stages": [stage_document(s) for s in report.stages],
     }
     return derive_totals(document)
@@ -83,8 +86,10 @@ def stage_document(stage: StageResult) -> dict[str, Any]:
     }
     if stage.key is not None:
         document["key"] = stage.key
+    if stage.holds_answers:
+        document["answers"] = True
     if stage.verdict is not None:
-        document["verdict"] = stage.verdict
+        document["verdict"] = stage.verdict.to_dict()
     return document
 
 
@@ -186,11 +191,8 @@ def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
     shows what it has, consistently). Tolerates entries that are not what they should be."""
     stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     calls = [c for s in stages for c in s.get("calls") or [] if isinstance(c, dict)]
-    # The answers: the first panel (a vote's tally sits on it), else the first stage without a
-    # verdict (a router's choice runs before the panel it picks). As RunReport.answers.
-    answers = next(
-        (s for s in stages if s.get("kind") == "panel" or not isinstance(s.get("key"), str)), None
-    )
+    # The answers: the first stage that holds them (its shape marked it). As RunReport.answers.
+    answers = next((s for s in stages if s.get("answers") is True), stages[0] if stages else None)
     first = [c for c in (answers.get("calls") or []) if isinstance(c, dict)] if answers else []
     synthesis = next(
         (
@@ -230,12 +232,14 @@ def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
 
 def upgrade_document(document: dict[str, Any]) -> dict[str, Any]:
     """A stored document of version 1 as version 2: its personas become the ``panel`` stage,
-    its synthesis the ``synthesis`` stage. Version 2 documents come back as they are."""
+    its synthesis the ``synthesis`` stage. A version 2 document written before stages were
+    marked gets its answer stages marked, as its shape says which they are."""
     if document.get("schema_version", 1) >= 2 and isinstance(document.get("stages"), list):
-        return document
+        return _mark_answers(document)
     agents = [e for e in document.get("agents") or [] if isinstance(e, dict)]
+    calls = [_v1_call(e, "panel", "persona") for e in agents]
     stages: list[dict[str, Any]] = [
-        {"id": "panel", "kind": "panel", "calls": [_v1_call(e, "panel", "persona") for e in agents]}
+        {"id": "panel", "kind": "panel", "answers": True, "calls": calls}
     ]
     synthesis = document.get("synthesis")
     if isinstance(synthesis, dict):
@@ -254,6 +258,25 @@ def upgrade_document(document: dict[str, Any]) -> dict[str, Any]:
         if key in document:
             upgraded[key] = document[key]
     return upgraded
+
+
+def _mark_answers(document: dict[str, Any]) -> dict[str, Any]:
+    """``answers: true`` on the stages that hold the run's answers, for a document written
+    before stages carried it: those of the kinds its shape answers with (else, as version 2
+    had it, the first panel, or the first stage without a verdict)."""
+    stages = [s for s in document["stages"] if isinstance(s, dict)]
+    if any(s.get("answers") is True for s in stages):
+        return document
+    from fanout.shapes import answer_kinds
+
+    kinds = answer_kinds(str(document.get("shape") or "panel"))
+    marked = [s for s in stages if s.get("kind") in kinds]
+    if not marked:
+        first = next((s for s in stages if not isinstance(s.get("key"), str)), None)
+        marked = [first] if first is not None else []
+    for stage in marked:
+        stage["answers"] = True
+    return derive_totals(document)
 
 
 def _v1_call(entry: dict[str, Any], stage: str, role: str) -> dict[str, Any]:
@@ -363,7 +386,8 @@ class JsonlWriter:
         elif isinstance(event, StageFinished) and event.verdict is not None:
             body = {"type": "stage_finished", "stage": event.stage, "kind": event.kind}
             body["key"] = event.key
-            body["verdict"] = event.verdict
+            body["verdict"] = event.verdict.to_dict()
+            body["summary"] = event.verdict.summary().to_dict()
         elif isinstance(event, CallStarted):
             kind = "synthesis_started" if event.call.role == "synthesizer" else "agent_started"
             body = {"type": kind, **_call_fields(event.call), "model": event.call.agent.model}
@@ -563,6 +587,8 @@ def _text_or_none(value: Any) -> str | None:
 
 def report_from_document(document: dict[str, Any]) -> RunReport:
     """A stored result document (either version), back as a ``RunReport``."""
+    from fanout.shapes import verdict_from_dict
+
     document = upgrade_document(document)
     status = document.get("status")
     stages = [
@@ -570,8 +596,9 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
             str(s.get("id")),
             str(s.get("kind")),
             [result_from_entry(c) for c in s.get("calls") or [] if isinstance(c, dict)],
-            s.get("verdict"),
-            s.get("key"),
+            verdict_from_dict(s.get("verdict"), _text_or_none(s.get("key")), str(s.get("kind"))),
+            _text_or_none(s.get("key")),
+            s.get("answers") is True,
         )
         for s in document["stages"]
         if isinstance(s, dict)
@@ -585,7 +612,8 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
         stages=stages,
         trace_id=document.get("trace_id"),
         shape=str(document.get("shape") or "panel"),
-        recorded_status=status if status in ("running", "interrupted") else None,
+        # How it ended when that is more than its calls say (a run stopped by hand).
+        recorded_status=status if status in ("running", "interrupted", "cancelled") else None,
         span_id=_text_or_none(document.get("span_id")),
         parent_span_id=_text_or_none(document.get("parent_span_id")),
         conversation_id=_text_or_none(document.get("conversation_id")),

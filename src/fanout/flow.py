@@ -11,7 +11,6 @@ Every problem is one ``ConfigError`` line, ``file:line: problem``, as for the ag
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,27 +33,10 @@ from fanout.config import (
     _yaml_type,
 )
 from fanout.errors import ConfigError
+from fanout.shapes import flow_steps
+from fanout.shapes.flow import OUTPUT_STAGE, TEMPLATE
 
-# ``{{name}}`` or ``{{name.persona}}``; a name is an input, a stage or a stage's follow-up.
-TEMPLATE = re.compile(r"\{\{\s*([A-Za-z0-9_-]+)(?:\.([^{}\s]+))?\s*\}\}")
 STAGE_ID = r"^[A-Za-z][A-Za-z0-9_-]*$"
-OUTPUT_STAGE = "output"  # the id of the stage that gathers the flow's output: reserved
-
-# What may follow a stage (``then:``), and the suffix of the (last) stage it adds. Adding a
-# step is one entry here and one in ``shapes.flow.THEN_STAGES``.
-THEN_SUFFIX: dict[str, str | None] = {
-    "none": None,
-    "synthesize": "synthesis",
-    "judge": "judge",
-    "vote": "vote",
-    "council": "council",
-}
-COUNCIL_LEAST = 3  # a council's reviewers each rank at least two other answers
-
-
-def council_review_id(stage_id: str) -> str:
-    """The id of the review stage ``then: council`` adds before its synthesis."""
-    return f"{stage_id}-review"
 
 
 class InputSpec(BaseModel):
@@ -84,9 +66,10 @@ class StageSpec(BaseModel):
 
     @property
     def follow_id(self) -> str | None:
-        """The id of the stage ``then:`` adds (``review-synthesis``), if any."""
-        suffix = THEN_SUFFIX.get(self.then)
-        return f"{self.id}-{suffix}" if suffix else None
+        """The id of the stage ``then:`` adds (``review-synthesis``), if any: a step some
+        shape lends a flow (``Shape.steps``)."""
+        step = flow_steps().get(self.then)
+        return f"{self.id}-{step.suffix}" if step else None
 
 
 class FlowSpec(BaseModel):
@@ -223,9 +206,8 @@ def _check(source: str, text: str, spec: FlowSpec, personas: set[str]) -> None:
             problem = "is reserved" if stage.id == OUTPUT_STAGE else "appears twice"
             raise ConfigError(_one_line(f"{where}: stage id {stage.id!r} {problem}"))
         order[stage.id] = index
-        added = [stage.follow_id] if stage.follow_id else []
-        if stage.then == "council":
-            added.insert(0, council_review_id(stage.id))
+        step = flow_steps().get(stage.then)
+        added = [*step.before(stage.id), f"{stage.id}-{step.suffix}"] if step else []
         for name in added:
             if name in order:
                 raise ConfigError(
@@ -275,21 +257,21 @@ def _check_stage(
                 f"its {len(stage.personas)} persona(s) can give"
             )
         )
-    if stage.then == "council" and len(stage.personas) < COUNCIL_LEAST:
+    steps = flow_steps()
+    if stage.then != "none" and stage.then not in steps:
+        where = _where(source, text, (*at, "then"))
+        known = ", ".join(["none", *steps])
+        problem = f"then: unknown step {stage.then!r}{_suggest(stage.then, steps)} (known: {known})"
+        raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
+    step = steps.get(stage.then)
+    if step is not None and len(stage.personas) < step.least:
         where = _where(source, text, (*at, "then"))
         raise ConfigError(
             _one_line(
-                f"{where}: stage {stage.id!r}: then: council needs at least {COUNCIL_LEAST} "
-                f"personas (each ranks the others' answers); it has {len(stage.personas)}"
+                f"{where}: stage {stage.id!r}: then: {stage.then} needs at least {step.least} "
+                f"personas ({step.least_why}); it has {len(stage.personas)}"
             )
         )
-    if stage.then not in THEN_SUFFIX:
-        where = _where(source, text, (*at, "then"))
-        known = ", ".join(THEN_SUFFIX)
-        problem = (
-            f"then: unknown step {stage.then!r}{_suggest(stage.then, THEN_SUFFIX)} (known: {known})"
-        )
-        raise ConfigError(_one_line(f"{where}: stage {stage.id!r}: {problem}"))
     where = _where(source, text, (*at, "prompt"))
     for name, persona in references(stage.prompt):
         if name in spec.inputs:

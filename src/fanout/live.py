@@ -91,7 +91,7 @@ class Pane:
 
     name: str
     model: str
-    title: str = ""  # the stage's kind, for calls after the first stage
+    title: str = ""  # the stage's id, for calls after the first stage
     state: str = "queued"
     answer: GrowingText = field(default_factory=lambda: GrowingText())
     version: int = 0  # counts the changes of the text, for the rendering cache
@@ -469,7 +469,7 @@ class LiveBoard:
                 c.call_id: guessed.get(c.call_id) or Pane(c.name, c.agent.model) for c in calls
             }
         else:
-            title = "" if not self.stages else kind.replace("_", " ").capitalize()
+            title = "" if not self.stages else stage  # by its id: a flow's "draft", "review"
             panes = {c.call_id: Pane(c.name, c.agent.model, title=title) for c in calls}
         self.stages.append(panes)
         self._panes.update(panes)

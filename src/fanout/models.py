@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
+    from fanout.summary import Verdict
+
 # One chat message: {"role": ..., "content": ...}; an assistant's may carry "tool_calls" (a
 # list) and a tool result its "tool_call_id", so values are not all strings.
 Message = dict[str, Any]
@@ -282,13 +284,15 @@ AgentResult = CallResult  # the name of version 1, for code written against it
 @dataclass
 class StageResult:
     """One stage of a run: its calls, in order, and the verdict its shape drew (vote tally,
-    judge's pick, ranking...), if any. ``key``: the verdict's name in the result document."""
+    judge's pick, ranking...), if any. ``key``: the verdict's name in the result document.
+    ``holds_answers``: its calls are the run's answers (its shape says which stages are)."""
 
     id: str
     kind: str
     calls: list[CallResult] = field(default_factory=list)
-    verdict: dict[str, Any] | None = None
+    verdict: Verdict | None = None
     key: str | None = None
+    holds_answers: bool = False
 
 
 @dataclass
@@ -315,10 +319,24 @@ class RunReport:
         return [call for stage in self.stages for call in stage.calls]
 
     @property
+    def answer_stages(self) -> list[StageResult]:
+        """The stages whose calls are the run's answers, as its shape marked them (a panel's
+        one stage; every turn's tool calls of an orchestrator; each stage of a flow)."""
+        return [s for s in self.stages if s.holds_answers]
+
+    @property
     def answers(self) -> StageResult | None:
-        """The stage holding the panel's answers: the first panel (a vote's tally sits on it)
-        or else the first without a verdict (a router's choice, run before it, is one)."""
-        return next((s for s in self.stages if s.kind == "panel" or s.key is None), None)
+        """The first stage holding answers (version 1's ``agents``)."""
+        stages = self.answer_stages
+        return stages[0] if stages else None
+
+    @property
+    def decided(self) -> bool | None:
+        """Whether the run decided what its shape decides: False when a verdict reached no
+        decision (no quorum, a tie, an inconsistent judge), None when nothing is decided."""
+        from fanout.summary import decided
+
+        return decided([s.verdict for s in self.stages])
 
     @property
     def agents(self) -> list[CallResult]:
@@ -344,8 +362,9 @@ class RunReport:
         if self.interrupted:
             return "cancelled"
         calls = self.calls
-        product = next((s.verdict for s in self.stages if s.key == "output"), False)
-        if isinstance(product, dict):
+        products = (s.verdict.product() for s in self.stages if s.verdict is not None)
+        product = next((p for p in products if p is not None), None)
+        if product is not None:
             # A flow's or an orchestrator's product is its output: without any, the run did not
             # do its job, however many calls answered on the way.
             if not any(product.values()):

@@ -14,6 +14,7 @@ from fanout.errors import StdoutClosed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PIPE = 141  # stdout was closed by its reader (`| head`): as if SIGPIPE had ended us
+EXIT_UNDECIDED = 5  # it ran, but a verdict decided nothing (no quorum, a tie, a split judge)
 EXIT_FOR_STATUS = {
     "completed": EXIT_OK,
     "partial": EXIT_PARTIAL,
@@ -23,6 +24,13 @@ EXIT_FOR_STATUS = {
     "running": EXIT_OK,
 }
 Mode = Literal["table", "json", "jsonl"]
+
+
+def exit_for(status: str, decided: bool | None) -> int:
+    """A run's exit code: its status's, except that a run that ran (all or in part) and
+    whose verdict decided nothing ends with ``EXIT_UNDECIDED``, for a script to test."""
+    code = EXIT_FOR_STATUS.get(status, EXIT_OK)
+    return EXIT_UNDECIDED if decided is False and code in (EXIT_OK, EXIT_PARTIAL) else code
 
 
 @dataclass(frozen=True)

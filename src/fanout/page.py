@@ -1,6 +1,7 @@
-"""A run as one self-contained HTML page (``fanout runs export RUN --format html``): the
-answers side by side, each later stage's answer and verdict, and the timeline. Styles are
-inline and there is no script, font or image to fetch: the page opens with no network.
+"""A run as one self-contained HTML page (``fanout runs export RUN --format html``): a section
+per stage, under its id, with what it decided (its verdict's summary, as every front end shows
+it) and its calls side by side, then the timeline. Styles are inline and there is no script,
+font or image to fetch: the page opens with no network.
 
 Every piece of text from the run (prompt, names, errors) is escaped, and answers are rendered
 as Markdown by ``markdown.answer_html``, which turns none of their text into markup: answers
@@ -9,12 +10,11 @@ are untrusted model output.
 
 from __future__ import annotations
 
-import json
 from html import escape
-from typing import Any
 
 from fanout.markdown import answer_html
 from fanout.models import CallResult, RunReport, StageResult
+from fanout.summary import Rows, Summary
 from fanout.timing import PHASE_KINDS, PHASE_NAMES, axis_end, phases
 
 _CSS = """
@@ -37,7 +37,15 @@ h1 { font-size: 1.25rem; margin: 0 0 .25rem; }
   border: 1px solid #ddd; padding: .2rem .5rem; }
 .card .figures { color: #666; font-size: .8rem; }
 .failure { color: #c62828; }
-pre.verdict { background: #fff; border: 1px solid #ddd; padding: .75rem; overflow-x: auto; }
+.summary { background: #fff; border: 1px solid #ddd; border-left: 4px solid #0277bd;
+  border-radius: 6px; padding: .75rem 1rem; margin-bottom: 1rem; }
+.summary.decided { border-left-color: #2e7d32; } .summary.undecided { border-left-color: #f9a825; }
+.summary .headline { font-weight: 600; } .summary .warning { color: #b26a00; }
+.summary .answer { white-space: pre-wrap; margin-top: .5rem; } .summary .note { color: #666; }
+.summary table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
+.summary td, .summary th { padding: .1rem .6rem .1rem 0; text-align: left; }
+.summary .tally { display: inline-block; height: .7rem; background: #90caf9; }
+.summary .marked .tally { background: #2e7d32; } .summary .marked { font-weight: 600; }
 h2 { font-size: 1.05rem; margin: 2rem 0 .75rem; }
 .timeline { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .75rem 1rem; }
 .row { display: grid; grid-template-columns: 10rem 1fr 11rem; gap: .5rem; align-items: center;
@@ -60,8 +68,9 @@ def html_page(report: RunReport) -> str:
     title = f"fanout run {report.run_id}"
     usage = report.usage
     cost = f"${report.cost_usd:.6f}" if report.cost_usd is not None else "cost unknown"
+    status = report.status + (", undecided" if report.decided is False else "")
     meta = (
-        f"{escape(report.status)} · {report.duration_s:.2f} s · {usage.total_tokens:,} tokens · "
+        f"{escape(status)} · {report.duration_s:.2f} s · {usage.total_tokens:,} tokens · "
         f"{cost} · started {escape(report.started_at)} · trace "
         f"<code>{escape(report.trace_id or '-')}</code>"
     )
@@ -75,23 +84,63 @@ def html_page(report: RunReport) -> str:
         f'<div class="prompt">{escape(report.prompt)}</div>',
     ]
     if report.stages:
-        first, *later = report.stages
-        parts.append(f"<h2>Answers · {escape(first.kind)}</h2>")
-        parts.append(_cards(first))
-        for stage in later:
-            parts.append(f"<h2>{escape(stage.kind.replace('_', ' ').capitalize())}</h2>")
-            parts.append(_cards(stage))
-            if stage.verdict is not None:
-                parts.append(_verdict(stage.verdict))
+        for stage in report.stages:
+            parts.extend(_section(stage))
         parts.append("<h2>Timeline</h2>")
         parts.append(_timeline(report))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
-def _cards(stage: StageResult) -> str:
-    cards = [_card(result) for result in stage.calls]
-    return f'<div class="answers">{"".join(cards)}</div>'
+def _section(stage: StageResult) -> list[str]:
+    """A stage under its id: what it decided, then its calls (of a stage that decided, only
+    those that failed: its summary says the rest)."""
+    if not stage.calls and stage.verdict is None:
+        return []
+    parts = [f"<h2>{escape(stage.id)}</h2>"]
+    if stage.verdict is not None:
+        parts.append(_summary(stage.verdict.summary()))
+    shown = [r for r in stage.calls if stage.holds_answers or stage.verdict is None]
+    shown += [r for r in stage.calls if r not in shown and r.status == "error"]
+    if shown:
+        parts.append(f'<div class="answers">{"".join(_card(r) for r in shown)}</div>')
+    return parts
+
+
+def _summary(summary: Summary) -> str:
+    """A verdict's summary: headline, warnings, rows, notes and the decided answer."""
+    state = {True: " decided", False: " undecided", None: ""}[summary.decided]
+    parts = [f'<div class="headline">{escape(summary.title)}: {escape(summary.headline)}</div>']
+    parts += [f'<div class="warning">⚠ {escape(w)}</div>' for w in summary.warnings]
+    parts += [_rows(rows, summary.decided is not False) for rows in summary.rows]
+    parts += [f'<div class="note">{escape(note)}</div>' for note in summary.notes]
+    if summary.answer is not None:
+        by = " · ".join(p for p in (summary.author, summary.model) if p)
+        heading = f'<div class="note">by {escape(by)}</div>' if by else ""
+        parts.append(f'{heading}<div class="answer">{escape(summary.answer)}</div>')
+    return f'<div class="summary{state}">{"".join(parts)}</div>'
+
+
+def _rows(rows: Rows, decided: bool) -> str:
+    title = f"<div><b>{escape(rows.title)}</b></div>" if rows.title else ""
+    if rows.kind == "points":
+        items = "".join(
+            f'<li class="{"marked" if r.marked and decided else ""}" '
+            f'style="margin-left:{r.depth * 1.2}rem">{escape(r.label)}</li>'
+            for r in rows.rows
+        )
+        return f"{title}<ul>{items}</ul>"
+    head = "".join(f"<th>{escape(c)}</th>" for c in ("", *rows.columns)) if rows.columns else ""
+    lines = []
+    for row in rows.rows:
+        mark = "✓ " if row.marked and decided else ""
+        cells = "".join(f"<td>{escape(c)}</td>" for c in row.cells)
+        bar = ""
+        if row.share is not None:
+            bar = f'<td><span class="tally" style="width:{row.share * 12:.2f}rem"></span></td>'
+        marked = ' class="marked"' if row.marked and decided else ""
+        lines.append(f"<tr{marked}><td>{mark}{escape(row.label)}</td>{bar}{cells}</tr>")
+    return f"{title}<table><tr>{head}</tr>{''.join(lines)}</table>"
 
 
 def _card(result: CallResult) -> str:
@@ -117,17 +166,12 @@ def _card(result: CallResult) -> str:
     )
 
 
-def _verdict(verdict: dict[str, Any]) -> str:
-    text = json.dumps(verdict, indent=2, ensure_ascii=False, default=str)
-    return f'<pre class="verdict">{escape(text)}</pre>'
-
-
 def _timeline(report: RunReport) -> str:
     end = axis_end(report) or 1.0
     rows: list[str] = []
     for stage in report.stages:
-        if len(report.stages) > 1:
-            rows.append(f'<div class="stage">{escape(stage.kind)}</div>')
+        if len([s for s in report.stages if s.calls]) > 1 and stage.calls:
+            rows.append(f'<div class="stage">{escape(stage.id)}</div>')
         for result in stage.calls:
             rows.append(_timeline_row(result, end))
     legend = (

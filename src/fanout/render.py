@@ -9,9 +9,8 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
-from contextlib import suppress
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, is_dataclass, replace
 from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from fanout.event import (
 )
 from fanout.markdown import demote_headings
 from fanout.models import Agent, CallResult, CallTiming, RunReport, StageResult
+from fanout.summary import JsonObject, Rows, Summary, Verdict
 from fanout.timing import PHASE_KINDS, PHASE_NAMES, PhaseKind, axis_end, phases
 
 if TYPE_CHECKING:  # annotations only: `fanout agents` should not load the engine to start
@@ -78,7 +78,7 @@ def printable_report(report: RunReport) -> RunReport:
             replace(
                 stage,
                 calls=[_printable_call(result) for result in stage.calls],
-                verdict=_printable_value(stage.verdict),
+                verdict=_Printable(stage.verdict) if stage.verdict is not None else None,
             )
             for stage in report.stages
         ],
@@ -99,6 +99,20 @@ def _printable_call(result: CallResult) -> CallResult:
     )
 
 
+@dataclass(frozen=True)
+class _Printable(Verdict):
+    """A verdict whose summary is drawn on a terminal: every string in it made printable."""
+
+    shown: Verdict
+
+    def summary(self) -> Summary:
+        summary: Summary = _printable_value(self.shown.summary())
+        return summary
+
+    def to_dict(self) -> JsonObject:
+        return self.shown.to_dict()
+
+
 def _printable_value(value: Any) -> Any:
     """``value`` with every string in it (dict keys too, however deep) made printable."""
     if isinstance(value, str):
@@ -107,6 +121,9 @@ def _printable_value(value: Any) -> Any:
         return {_printable_value(k): _printable_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_printable_value(v) for v in value)
+    if is_dataclass(value) and not isinstance(value, type):
+        changed = {f.name: _printable_value(getattr(value, f.name)) for f in fields(value)}
+        return replace(value, **changed)
     return value
 
 
@@ -172,21 +189,26 @@ class RefusedKeyNotice:
 
 
 def results_table(report: RunReport) -> Table:
-    """One row per persona, in panel order: who, which model, the answer, time and tokens."""
+    """One row per answer, in the order asked: who, which model, the answer, time and
+    tokens; a run whose answers come in several stages (a flow) has a row naming each."""
     table = Table(show_lines=True, expand=True, title_justify="left", caption_justify="left")
     table.add_column("Persona", style="bold", no_wrap=True, max_width=24)
     table.add_column("Answer", ratio=1, overflow="fold")
     table.add_column("Latency", justify="right", no_wrap=True)
     table.add_column("Tokens", justify="right", no_wrap=True)
-    for result in _answers(report):
-        table.add_row(*_row(result))
+    stages = _answer_stages(report)
+    for stage in stages:
+        if len(stages) > 1:
+            table.add_row(Text(stage.id, style="bold cyan"), "", "", "")
+        for result in stage.calls:
+            table.add_row(*_row(result))
     return table
 
 
 def call_panel(stage: StageResult, result: CallResult) -> Panel:
-    """A call of a later stage (a synthesis, a judge's verdict...), titled with its stage, name
+    """A call of a later stage that decided nothing of its own, titled with its stage, name
     and model, and whether what it worked from was partial."""
-    title = f"{stage.kind.replace('_', ' ').capitalize()} · {result.name} · {result.model}"
+    title = f"{stage.id} · {result.name} · {result.model}"
     border = "cyan"
     missing = result.details.get("missing")
     if result.details.get("partial") and result.status == "ok" and isinstance(missing, list):
@@ -194,34 +216,7 @@ def call_panel(stage: StageResult, result: CallResult) -> Panel:
         border = "yellow"
     if result.status != "ok":
         border = "red"
-    agreement = result.details.get("map")
-    body = _map_sections(agreement, result) if isinstance(agreement, dict) else _answer_cell(result)
-    return Panel(body, title=escape(title), title_align="left", border_style=border)
-
-
-def _map_sections(agreement: dict[str, Any], result: CallResult) -> RenderableType:
-    """An agreement map: consensus, contradictions with each stance, points only one persona
-    made, then the merged answer."""
-    parts: list[RenderableType] = [Text("Consensus", style="bold green")]
-    parts.extend(Text(f"• {p}") for p in agreement.get("consensus") or [])
-    parts.append(Text("Contradictions", style="bold yellow"))
-    for item in agreement.get("contradictions") or []:
-        parts.append(Text(f"• {item.get('topic', '')}"))
-        stances = item.get("stances") or {}
-        parts.extend(Text(f"    {name}: {stance}", style="dim") for name, stance in stances.items())
-    parts.append(Text("Only one persona said", style="bold cyan"))
-    for name, points in (agreement.get("unique") or {}).items():
-        parts.extend(Text(f"• {name}: {point}") for point in points)
-    parts.extend([Text("Answer", style="bold"), _answer_cell(result)])
-    return Group(*parts)
-
-
-def synthesis_panel(report: RunReport) -> Panel | None:
-    """The merged answer, if the run has one."""
-    for stage in report.stages[1:]:
-        if stage.kind == "synthesis" and stage.calls:
-            return call_panel(stage, stage.calls[0])
-    return None
+    return Panel(_answer_cell(result), title=escape(title), title_align="left", border_style=border)
 
 
 VIEWS = ("table", "columns", "md", "text")
@@ -231,15 +226,15 @@ MIN_ANSWER_WIDTH = 40  # narrower than this, a Markdown answer is mostly wrappin
 def render_report(
     console: Console, report: RunReport, view: str = "table", *, recorded: bool = True
 ) -> None:
-    """The full human-readable result: what the run decided (each stage's verdict, what
-    degraded it, each later call such as a synthesis) above the answers, then the summary
+    """The full human-readable result: what the run decided (each stage's summary, what
+    degraded it, each later call that decided nothing) above the answers, then the summary
     line. ``view``: ``table`` (one row per persona) or ``columns`` (answers side by side
     when the console is wide enough, stacked otherwise). ``recorded``: whether the run is in
     the history, so its id is worth printing."""
     parts: list[RenderableType] = [Text(line, style="bold red") for line in _refused_lines(report)]
-    parts += [*verdict_views(report), *_later_calls(report)]
+    parts += [*summary_views(report), *_later_calls(report)]
     if view == "columns":
-        if _answers(report) or not _own_answers(report):
+        if _answers(report) or not _summaries(report):
             parts.append(answer_columns(report, console.width))
     else:
         parts.append(results_table(report))
@@ -248,25 +243,33 @@ def render_report(
 
 
 def _later_calls(report: RunReport) -> list[RenderableType]:
-    """The calls of the stages after the answers. A stage whose verdict has a view of its
-    own is summed up by it rather than shown call by call (but its failures are shown)."""
+    """The calls of the stages that are not the answers. A stage that drew a verdict is
+    summed up by its summary rather than shown call by call (but its failures are shown)."""
     parts: list[RenderableType] = []
     for stage in report.stages:
-        if _holds_answers(report, stage):
+        if stage in _answer_stages(report):
             continue
-        if stage.key in VERDICT_VIEWS and isinstance(stage.verdict, dict):
-            parts.extend(call_panel(stage, r) for r in stage.calls if r.status == "error")
-            continue
-        parts.extend(call_panel(stage, result) for result in stage.calls)
+        shown = [r for r in stage.calls if stage.verdict is None or r.status == "error"]
+        parts.extend(call_panel(stage, result) for result in shown)
     return parts
 
 
 def answer_columns(report: RunReport, width: int) -> RenderableType:
     """The answers side by side, as many columns as leave each ``MIN_ANSWER_WIDTH``
-    (balanced, as the live board is), one under the other when not even two fit."""
-    answers = _answers(report)
-    if not answers:
+    (balanced, as the live board is), one under the other when not even two fit; under the
+    id of their stage when they come in several."""
+    stages = [s for s in _answer_stages(report) if s.calls]
+    if not stages:
         return Text("no answers", style="dim")
+    if len(stages) == 1:
+        return _answer_grid(stages[0].calls, width)
+    parts: list[RenderableType] = []
+    for stage in stages:
+        parts += [Text(stage.id, style="bold cyan"), _answer_grid(stage.calls, width)]
+    return Group(*parts)
+
+
+def _answer_grid(answers: Sequence[CallResult], width: int) -> RenderableType:
     fit = max(1, min(len(answers), width // MIN_ANSWER_WIDTH))
     rows = math.ceil(len(answers) / fit)
     columns = math.ceil(len(answers) / rows)
@@ -300,68 +303,57 @@ def answer_panel(result: CallResult) -> Panel:
 
 def report_text(report: RunReport, view: str = "md", *, recorded: bool = True) -> str:
     """The result as plain text for a pipe or a file: ``md`` (``## physicist`` then the
-    answer as written) or ``text`` (a ``physicist (model)`` line then the answer). Verdicts
-    and later calls come first, the summary line last. No escape codes, no wrapping."""
+    answer as written) or ``text`` (a ``physicist (model)`` line then the answer). What each
+    stage decided and later calls come first, the summary line last. No escape codes, no
+    wrapping."""
     markdown = view == "md"
 
     def heading(title: str) -> str:
         return f"## {title}" if markdown else title
 
     blocks: list[str] = ["\n".join(_refused_lines(report))] if refused_keys(report) else []
-    verdicts = _plain_render(verdict_views(report, plain=True))
-    if verdicts:
-        # A tally or a ranking is a chart, not prose: drawn as on a terminal (without colour),
-        # fenced so that Markdown keeps its alignment.
-        blocks.append(f"{heading('Verdict')}\n```text\n{verdicts}\n```" if markdown else verdicts)
+    for stage, summary in _summaries(report):
+        blocks.append(summary_text(stage, summary, markdown=markdown))
 
     def body(text: str) -> str:  # an answer's own headings go below the ones above it
         return demote_headings(text) if markdown else text
 
-    for name, answer in _own_answers(report):
-        blocks.append(f"{heading(f'Answer: {name}')}\n{body(answer.strip())}")
     for stage in report.stages:
-        if _holds_answers(report, stage):
+        if stage in _answer_stages(report):
             continue
-        shown = stage.calls
-        if stage.key in VERDICT_VIEWS and isinstance(stage.verdict, dict):
-            shown = [r for r in stage.calls if r.status == "error"]
-        for result in shown:
-            kind = stage.kind.replace("_", " ").capitalize()
-            title = f"{kind}: {result.name}{_retried(result)}"
+        for result in (r for r in stage.calls if stage.verdict is None or r.status == "error"):
+            title = f"{stage.id}: {result.name}{_retried(result)}"
             blocks.append(f"{heading(title)}\n{body(_plain_answer(result))}")
-    for result in _answers(report):
-        title = result.name if markdown else f"{result.name} ({result.model})"
-        asked = _question(result)
-        asked_line = (
-            f"_asked {asked}_\n\n" if asked and markdown else f"asked {asked}\n\n" if asked else ""
-        )
-        blocks.append(
-            f"{heading(title + _retried(result))}\n{asked_line}{body(_plain_answer(result))}"
-        )
-    summary = _summary(report, recorded)
-    blocks.append(f"_{summary}_" if markdown else summary)
+    stages = _answer_stages(report)
+    for stage in stages:
+        for result in stage.calls:
+            name = f"{stage.id} · {result.name}" if len(stages) > 1 else result.name
+            title = name if markdown else f"{name} ({result.model})"
+            asked = _question(result)
+            asked_line = (
+                f"_asked {asked}_\n\n"
+                if asked and markdown
+                else f"asked {asked}\n\n"
+                if asked
+                else ""
+            )
+            blocks.append(
+                f"{heading(title + _retried(result))}\n{asked_line}{body(_plain_answer(result))}"
+            )
+    line = _summary(report, recorded)
+    blocks.append(f"_{line}_" if markdown else line)
     return "\n\n".join(blocks) + "\n"
 
 
-def _holds_answers(report: RunReport, stage: StageResult) -> bool:
-    """Whether ``stage`` is drawn as the answers (the panel's; every turn's tool calls of an
-    orchestrator, which asks personas in several turns) rather than as a later stage."""
-    if report.shape == "orchestrate":
-        return stage.kind == "tools"
-    return stage is report.answers
+def _answer_stages(report: RunReport) -> list[StageResult]:
+    """The stages whose calls are shown as the answers: those the run's shape marked (a
+    panel's; every turn's tools of an orchestrator; each stage of a flow)."""
+    return report.answer_stages
 
 
 def _answers(report: RunReport) -> list[CallResult]:
-    """The personas' answers to show side by side, in the order they were asked."""
-    return [r for stage in report.stages if _holds_answers(report, stage) for r in stage.calls]
-
-
-def _own_answers(report: RunReport) -> list[tuple[str, str]]:
-    """The run's own answer (an orchestrator's ``output``), by who wrote it."""
-    for stage in report.stages:
-        if stage.key == "output" and isinstance(stage.verdict, dict):
-            return [(n, t) for n, t in stage.verdict.items() if isinstance(t, str)]
-    return []
+    """The answers to show, in the order they were asked."""
+    return [r for stage in _answer_stages(report) for r in stage.calls]
 
 
 def _question(result: CallResult) -> str:
@@ -392,37 +384,15 @@ def _plain_render(parts: Sequence[RenderableType], width: int = 100) -> str:
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()).strip("\n")
 
 
-def _plain_map(agreement: dict[str, Any]) -> str:
-    """An agreement map as Markdown lists, ahead of its merged answer."""
-    lines = ["Consensus:", *(f"- {p}" for p in agreement.get("consensus") or [])]
-    lines.append("Contradictions:")
-    for item in agreement.get("contradictions") or []:
-        lines.append(f"- {item.get('topic', '')}")
-        stances = item.get("stances") or {}
-        lines.extend(f"  - {name}: {stance}" for name, stance in stances.items())
-    lines.append("Only one persona said:")
-    for name, points in (agreement.get("unique") or {}).items():
-        lines.extend(f"- {name}: {point}" for point in points)
-    lines.append("Answer:")
-    return "\n".join(lines)
-
-
 def _plain_answer(result: CallResult) -> str:
     """An answer as written; a failure as one line (and what a cut-short call had)."""
     notes: list[str] = []
-    agreement = result.details.get("map")
-    if isinstance(agreement, dict) and result.status == "ok":
-        # A map stored by another version may not read: its merged answer still stands.
-        with suppress(AttributeError, TypeError):
-            notes.append(_plain_map(agreement))
     missing = result.details.get("missing")
     if result.details.get("partial") and isinstance(missing, list):
         notes.append(f"(partial (no answer from {', '.join(map(str, missing))}))")
     if result.status == "ok":
         if result.truncated:
             notes.append("(truncated: the answer reached max_tokens)")
-        if agreement is not None and notes:
-            return "\n".join([notes.pop(0), (result.answer or "").strip(), *notes])
         return "\n\n".join([(result.answer or "").strip(), *notes])
     line = _failure(result) if result.error is not None else result.status
     if result.answer:
@@ -430,172 +400,131 @@ def _plain_answer(result: CallResult) -> str:
     return "\n\n".join([line, *notes])
 
 
-def verdict_views(report: RunReport, *, plain: bool = False) -> list[RenderableType]:
-    """Each stage's verdict as its view (keyed by the verdict's ``key``; a key without one
-    gets its plain fields), with its warnings above it. ``plain``: for text, where the run's
-    own answer (an orchestrator's) is written as prose, not drawn in a box."""
+# -- what each stage decided: one renderer for every shape's summary -----------------------------
+
+_BAR = 24
+_HEADLINE = {True: "bold green", False: "bold yellow", None: "bold cyan"}
+
+
+def _summaries(report: RunReport) -> list[tuple[StageResult, Summary]]:
+    """Each stage's summary, in the order the stages ran."""
+    return [(s, s.verdict.summary()) for s in report.stages if s.verdict is not None]
+
+
+def stage_title(stage: StageResult, summary: Summary) -> str:
+    """``Vote``; ``Judge · drafts-judge`` when the stage's id says more than its kind."""
+    if stage.id in (stage.kind, summary.title.casefold()):
+        return summary.title
+    return f"{summary.title} · {stage.id}"
+
+
+def summary_views(report: RunReport) -> list[RenderableType]:
+    """Every stage's summary as its box, each with its warnings above it."""
     parts: list[RenderableType] = []
-    for stage in report.stages:
-        verdict = stage.verdict
-        if not isinstance(verdict, dict):
-            continue
-        for warning in verdict.get("warnings") or []:
-            parts.append(Text(f"⚠ {warning}", style="bold yellow"))
-        if "error" in verdict and len(verdict) == 1:
-            parts.append(Text(f"⚠ {stage.kind}: no verdict: {verdict['error']}", style="red"))
-            continue
-        if stage.key is None:
-            continue
-        if plain and stage.key == "output":
-            continue
-        view = VERDICT_VIEWS.get(stage.key, _plain_verdict)
-        try:
-            drawn = view(stage, verdict)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            drawn = _plain_verdict(stage, verdict)  # a verdict stored by another version
-        if drawn is not None:
-            parts.append(drawn)
+    for stage, summary in _summaries(report):
+        parts.extend(Text(f"⚠ {w}", style="bold yellow") for w in summary.warnings)
+        parts.append(summary_view(stage, summary))
     return parts
 
 
-def _plain_verdict(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
-    """A verdict nobody taught us to draw: its plain fields, one a line."""
+def _one_line(summary: Summary) -> bool:
+    """A summary that is only its headline (an orchestrator's turn) is one line, not a box."""
+    return not (summary.rows or summary.notes or _answer_shown(summary))
+
+
+def summary_view(stage: StageResult, summary: Summary) -> RenderableType:
+    """A stage's summary in a box: its headline, its rows (a tally as bars, a ranking as a
+    table, points as a list), notes, then the decided answer as Markdown."""
+    if _one_line(summary):
+        line = f"{stage_title(stage, summary)}: {summary.headline}"
+        return Text(line, style=_HEADLINE[summary.decided])
+    headline = (
+        [Text(summary.headline, style=_HEADLINE[summary.decided])] if summary.headline else []
+    )
+    parts: list[RenderableType] = list(headline)
+    for rows in summary.rows:
+        parts.extend(_rows_view(rows, decided=summary.decided is not False))
+    parts.extend(Text(note, style="dim") for note in summary.notes)
+    if _answer_shown(summary):
+        from rich.markdown import Markdown
+
+        parts += [Text("Answer", style="bold")] if summary.rows else []
+        parts.append(Markdown(summary.answer or ""))
+    border = "green" if summary.decided else "yellow" if summary.decided is False else "cyan"
+    by = " · ".join(p for p in (summary.author, summary.model) if p)
+    title = stage_title(stage, summary) + (f" · {by}" if by and summary.answer else "")
+    return Panel(Group(*parts), title=escape(title), title_align="left", border_style=border)
+
+
+def _answer_shown(summary: Summary) -> bool:
+    """Whether a summary's answer is drawn under it: not when its headline says it all (a
+    vote's winning word)."""
+    return summary.answer is not None and summary.answer.strip() not in summary.headline
+
+
+def _rows_view(rows: Rows, *, decided: bool) -> list[RenderableType]:
+    """A block of a summary's rows, as it is drawn in a box."""
+    head: list[RenderableType] = [Text(rows.title, style="bold")] if rows.title else []
+    if rows.kind == "tally":
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, max_width=40, overflow="ellipsis")
+        grid.add_column(no_wrap=True)
+        for _ in range(max((len(r.cells) for r in rows.rows), default=0)):
+            grid.add_column(justify="right", no_wrap=True)
+        for row in rows.rows:
+            filled = round(_BAR * (row.share or 0.0))
+            mark = row.marked and decided
+            bar = Text("█" * filled, style="green" if mark else "blue")
+            bar += Text("░" * (_BAR - filled), style="dim")
+            label = Text(("✓ " if mark else "  ") + row.label, style="bold" if mark else "")
+            grid.add_row(label, bar, *row.cells)
+        return [*head, grid]
+    if rows.kind == "ranking":
+        table = Table(title=rows.title or None, title_justify="left", expand=False)
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("", style="bold", no_wrap=True)
+        for column in rows.columns:
+            table.add_column(column, justify="right", no_wrap=True)
+        for place, row in enumerate(rows.rows, 1):
+            table.add_row(str(place), Text(row.label), *row.cells)
+        return [table]
     lines = [
-        Text(f"{name}: {value}")
-        for name, value in verdict.items()
-        if name != "warnings" and isinstance(value, str | int | float | bool | None)
+        Text(("  " * row.depth) + ("✓ " if row.marked and decided else "• ") + row.label)
+        for row in rows.rows
     ]
-    title = escape(f"{(stage.key or stage.kind).capitalize()}")
-    return Panel(Group(*lines), title=title, title_align="left", border_style="cyan")
+    return [*head, *lines]
 
 
-def vote_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
-    """The tally as a bar chart: each answer, its votes and share; the winner marked."""
-    tally: dict[str, int] = verdict.get("tally") or {}
-    cast = sum(tally.values())
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True, max_width=40, overflow="ellipsis")
-    grid.add_column(no_wrap=True)
-    grid.add_column(justify="right", no_wrap=True)
-    grid.add_column(justify="right", no_wrap=True)
-    winner = verdict.get("winner")
-    for answer, count in tally.items():
-        filled = round(_BAR * count / cast) if cast else 0
-        style = "green" if answer == winner else "blue"
-        bar = Text("█" * filled, style=style) + Text("░" * (_BAR - filled), style="dim")
-        name = Text(
-            ("✓ " if answer == winner else "  ") + answer, style="bold" * (answer == winner)
-        )
-        grid.add_row(name, bar, str(count), f"{count / cast:.0%}" if cast else "-")
-    quorum = verdict.get("quorum")
-    need = "more than half" if quorum == 0.5 else f"{quorum:.0%}" if quorum is not None else "?"
-    if winner is not None and verdict.get("quorum_met"):
-        head = Text(f"Winner: {winner} · {verdict.get('share', 0):.0%} · quorum ({need}) met")
-        head.stylize("bold green")
-    else:
-        head = Text(f"No decision: no quorum ({need})", style="bold yellow")
-    method = "choices" if verdict.get("method") == "choices" else "exact match"
-    counted = Text(
-        f"{cast} votes cast ({method}) · {len(verdict.get('abstained') or [])} abstained · "
-        f"{len(verdict.get('failed') or [])} without an answer",
-        style="dim",
-    )
-    return Panel(Group(head, grid, counted), title="Vote", title_align="left", border_style="cyan")
-
-
-def judge_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
-    """The judge's pick (or tie), the labels it saw and its reasoning."""
-    labels: dict[str, str] = verdict.get("labels") or {}
-    winner = verdict.get("winner")
-    if winner is not None:
-        label = next((k for k, v in labels.items() if v == winner), "?")
-        head = Text(f"Judge's pick: {winner} (shown as {label})", style="bold green")
-    elif verdict.get("tie"):
-        why = " (the two orders disagreed)" if verdict.get("inconsistent") else ""
-        head = Text(f"Judge: a tie{why}", style="bold yellow")
-    else:
-        head = Text("Judge: no decision", style="bold yellow")
-    shown = Text(
-        "Candidates, blind: " + ", ".join(f"{k} = {v}" for k, v in labels.items()), style="dim"
-    )
-    parts: list[RenderableType] = [head, shown]
-    if verdict.get("reasoning"):
-        parts.append(Text(str(verdict["reasoning"])))
-    return Panel(Group(*parts), title="Judge", title_align="left", border_style="cyan")
-
-
-def review_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
-    """The council's ranking: persona, Borda score, mean position, how many ranked it; then
-    each reviewer's ranking (or that it abstained)."""
-    table = Table(title="Peer ranking (Borda count)", title_justify="left", expand=False)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("Persona", style="bold", no_wrap=True)
-    table.add_column("Borda", justify="right", no_wrap=True)
-    table.add_column("Mean position", justify="right", no_wrap=True)
-    table.add_column("Votes", justify="right", no_wrap=True)
-    for place, row in enumerate(verdict.get("aggregate") or [], 1):
-        mean = row.get("mean_position")
-        table.add_row(
-            str(place),
-            Text(str(row.get("name"))),
-            str(row.get("borda")),
-            f"{mean:.2f}" if isinstance(mean, int | float) else "-",
-            str(row.get("votes")),
-        )
-    lines: list[RenderableType] = [table]
-    for review in verdict.get("reviews") or []:
-        if review.get("abstained"):
-            lines.append(Text(f"{review.get('reviewer')}: abstained", style="yellow"))
-        else:
-            ranking = " > ".join(map(str, review.get("ranking") or []))
-            lines.append(Text(f"{review.get('reviewer')}: {ranking}", style="dim"))
-    return Group(*lines)
-
-
-_BAR = 24
-
-
-def orchestrator_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType:
-    """One line per turn of an orchestrator: whom it asked, or that it answered."""
-    asked = [str(name).removeprefix("ask_") for name in verdict.get("tool_calls") or []]
-    turn = verdict.get("turn", "?")
-    if asked:
-        return Text(f"↳ turn {turn}: asked {', '.join(asked)}", style="cyan")
-    if verdict.get("answered"):
-        return Text(f"↳ turn {turn}: answered", style="cyan")
-    failed = [r for r in stage.calls if r.status != "ok"]
-    return Text(f"↳ turn {turn}: {'failed' if failed else 'no answer'}", style="yellow")
-
-
-def output_view(stage: StageResult, verdict: dict[str, Any]) -> RenderableType | None:
-    """The run's own answer (an orchestrator's), on top; a flow's output is its stages'
-    answers, shown with them (nothing to add)."""
-    answers = [(name, text) for name, text in verdict.items() if isinstance(text, str)]
-    if not answers:
-        return None
-    from rich.markdown import Markdown
-
-    return Group(
-        *(
-            Panel(
-                Markdown(text),
-                title=f"[bold]Answer[/] · {escape(name)}",
-                title_align="left",
-                border_style="green",
-            )
-            for name, text in answers
-        )
-    )
-
-
-VerdictView = Callable[[StageResult, dict[str, Any]], RenderableType | None]
-VERDICT_VIEWS: dict[str, VerdictView] = {
-    "vote": vote_view,
-    "judge": judge_view,
-    "review": review_view,
-    "orchestrator": orchestrator_view,
-    "output": output_view,
-}
+def summary_text(stage: StageResult, summary: Summary, *, markdown: bool) -> str:
+    """A stage's summary as plain text: a heading, the headline, its rows (a tally or a
+    ranking drawn as on a terminal, fenced in Markdown so it keeps its alignment; points as
+    a list), notes, then the decided answer as written."""
+    title = stage_title(stage, summary)
+    by = " · ".join(p for p in (summary.author, summary.model) if p)
+    title += f" · {by}" if by and summary.answer else ""
+    warnings = [f"⚠ {w}" for w in summary.warnings]
+    if _one_line(summary):
+        return "\n".join([*warnings, f"{title}: {summary.headline}"])
+    lines = [f"## {title}" if markdown else title, *warnings]
+    lines += [summary.headline] if summary.headline else []
+    decided = summary.decided is not False
+    for rows in summary.rows:
+        if rows.kind != "points":
+            chart = _plain_render(_rows_view(rows, decided=decided))
+            lines.append(f"```text\n{chart}\n```" if markdown else chart)
+            continue
+        lines += [f"{rows.title}:"] if rows.title else []
+        bullet = "- " if markdown else "• "
+        lines += [
+            "  " * r.depth + bullet + ("✓ " if r.marked and decided else "") + r.label
+            for r in rows.rows
+        ]
+    lines += summary.notes
+    if _answer_shown(summary):
+        answer = (summary.answer or "").strip()
+        answer = demote_headings(answer) if markdown else answer  # below the heading above
+        lines += ["", *(["Answer:"] if summary.rows else []), answer]
+    return "\n".join(lines)
 
 
 def plan_table(
@@ -998,15 +927,14 @@ def _failure(result: CallResult) -> str:
 
 
 def _summary(report: RunReport, recorded: bool = True, width: int | None = None) -> str:
-    """One line: answered, time, tokens, cost, status, and the run id when the history has
-    it (an id ``runs show`` cannot find would only mislead). With ``width``, the longest of
-    its forms that fits: the token counts lose their split into in and out, then words."""
-    answers = _answers(report)
-    answered = sum(1 for r in answers if r.status == "ok")
+    """One line: answered (stage by stage when there are several: ``research 3/4 · draft
+    1/1``), time, tokens, cost, status (and when a verdict decided nothing, that it is
+    undecided), and the run id when the history has it (an id ``runs show`` cannot find
+    would only mislead). With ``width``, the longest of its forms that fits: the token
+    counts lose their split into in and out, then words."""
+    asked = _answered(report)
     usage = report.usage
-    asked = f"{answered}/{len(answers)} answered"
-    if not answers and _own_answers(report):
-        asked = "answered without asking a persona"
+    status = report.status + (", undecided" if report.decided is False else "")
     run = [f"run {report.run_id}"] if recorded else []
     split = f"({usage.input_tokens:,} in, {usage.output_tokens:,} out)"
     forms = [
@@ -1015,7 +943,7 @@ def _summary(report: RunReport, recorded: bool = True, width: int | None = None)
         [f"{report.duration_s:.1f} s", f"{usage.total_tokens:,} tok", *run],
     ]
     lines = [
-        " · ".join([asked, duration, tokens, usd(report.cost_usd), report.status, *rest])
+        " · ".join([asked, duration, tokens, usd(report.cost_usd), status, *rest])
         for duration, tokens, *rest in forms
     ]
     return next((line for line in lines if width is None or len(line) <= width), lines[-1])
@@ -1029,6 +957,19 @@ class _SummaryLine:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield Text(_summary(self.report, self.recorded, options.max_width))
+
+
+def _answered(report: RunReport) -> str:
+    """``3/3 answered``; every stage that made calls counted when there are several."""
+    stages = [s for s in report.stages if s.calls]
+    if len(stages) > 1:
+        return " · ".join(
+            f"{s.id} {sum(1 for c in s.calls if c.status == 'ok')}/{len(s.calls)}" for s in stages
+        )
+    answers = _answers(report)
+    if not answers and _summaries(report):
+        return "answered without asking a persona"
+    return f"{sum(1 for r in answers if r.status == 'ok')}/{len(answers)} answered"
 
 
 # -- the timeline -------------------------------------------------------------------------------
@@ -1068,10 +1009,10 @@ class Timeline:
         label = min(max(len(n) for n in names), max(8, width // 5))
         bar = max(width - label - _FIGURES_WIDTH - 2, 10)
         out = [self._header(label, bar, end)]
-        several = len(report.stages) > 1
-        for stage in report.stages:
-            if several:
-                out.append(Text(f"{stage.kind.replace('_', ' ')}", style="bold dim"))
+        shown = [stage for stage in report.stages if stage.calls]
+        for stage in shown:
+            if len(shown) > 1:
+                out.append(Text(stage.id, style="bold dim"))
             for result in stage.calls:
                 out.append(self._row(result, label, bar, end, plain))
         for line in out:

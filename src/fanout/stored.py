@@ -11,7 +11,7 @@ from fanout.export import dumps, json_line, report_from_document
 from fanout.files import write_whole
 from fanout.history import RunFilter
 from fanout.models import RunReport
-from fanout.output import EXIT_FOR_STATUS, EXIT_OK, write_stdout
+from fanout.output import EXIT_OK, exit_for, write_stdout
 from fanout.render import (
     make_console,
     print_warning,
@@ -70,7 +70,7 @@ def show_run(
     if with_timeline:
         make_console(stderr=json_output or raw).print(timeline(report))
     if exit_status:
-        return EXIT_FOR_STATUS.get(stored.document.get("status", ""), EXIT_OK)
+        return exit_for(str(stored.document.get("status", "")), report.decided)
     return EXIT_OK
 
 

@@ -161,24 +161,22 @@ def last_user_message(messages: Any) -> str:
 
 
 def answer_text(document: Mapping[str, Any]) -> str:
-    """What the assistant says: the synthesis or verdict, else each answer under its name (one
-    persona asked alone: its answer as it is, as a stream of it says)."""
+    """What the assistant says: what the run decided, in words (the synthesis, the judge's
+    pick, the vote's winner, or why nothing was decided), else each answer under its name (one
+    persona asked alone: its answer as it is, as a stream of it says). The whole verdict rides
+    along in the ``fanout`` field."""
     final = final_answer(document)
     if final is not None:
         return final
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
-    last = stages[-1] if stages else {}
-    calls = [c for c in last.get("calls") or [] if isinstance(c, dict)]
-    if len(stages) == 1 and len(calls) == 1 and last.get("verdict") is None:
-        answer = calls[0].get("answer")
-        return str(answer) if calls[0].get("status") == "ok" and answer is not None else ""
-    parts = []
-    if isinstance(last.get("verdict"), dict):
-        parts.append(f"Verdict: {json_line(last['verdict'])}")
-    for call in last.get("calls") or []:
-        if isinstance(call, dict) and call.get("status") == "ok":
-            parts.append(f"{call.get('name')}: {call.get('answer')}")
-    return "\n\n".join(parts)
+    answers = [c for c in document.get("agents") or [] if isinstance(c, dict)]
+    if len(answers) == 1:
+        answer = answers[0].get("answer")
+        return str(answer) if answers[0].get("status") == "ok" and answer is not None else ""
+    return "\n\n".join(
+        f"{call.get('name')}: {call.get('answer')}"
+        for call in answers
+        if call.get("status") == "ok"
+    )
 
 
 def usage_of(document: Mapping[str, Any]) -> dict[str, int]:

@@ -54,7 +54,8 @@ from fanout.models import RunReport
 from fanout.retry import RetryPolicy
 from fanout.serve.events import EventLog
 from fanout.serve.store import SharedState, written
-from fanout.shapes import SHAPES
+from fanout.shapes import SHAPES, verdict_from_dict
+from fanout.summary import Summary, final_summary
 from fanout.tracing import TraceParent, parse_traceparent
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
@@ -107,17 +108,9 @@ class Unavailable(Exception):
 
 
 def shape_names() -> list[str]:
-    """The shapes a request may name beside the panel (whatever ``SHAPES`` holds now), leaving
-    out those that cannot run from a prompt alone (a flow needs its definition)."""
-    return [name for name in SHAPES if name != "panel" and _standalone(name)]
-
-
-def _standalone(shape: str) -> bool:
-    try:
-        SHAPES[shape]({})
-    except Exception:  # a shape that needs options of its own to make a plan
-        return False
-    return True
+    """The shapes a request may name as a field of their own (``"vote": true``), as the
+    registry holds them: every one but the plain panel that runs from a prompt alone."""
+    return [name for name, shape in SHAPES.items() if shape.flag and shape.standalone]
 
 
 def run_request(body: Mapping[str, Any], panel: Panel, *, run_id: str) -> RunRequest:
@@ -696,14 +689,27 @@ def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def document_summaries(document: Mapping[str, Any]) -> list[Summary]:
+    """Each stage's summary, from the verdicts a result document stores."""
+    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    verdicts = [
+        verdict_from_dict(s.get("verdict"), s.get("key"), str(s.get("kind") or "")) for s in stages
+    ]
+    return [v.summary() for v in verdicts if v is not None]
+
+
 def final_answer(document: Mapping[str, Any]) -> str | None:
-    """The run's one answer, whatever its shape: a verdict's ``answer``, else the answer of a
-    later stage's single call (a synthesis, a judge), else None (a bare panel)."""
+    """The run's one answer, whatever its shape, in words: what it decided (the synthesis,
+    the judge's pick, the vote's winner; or why nothing was decided), else, for a document
+    of an earlier version, the answer of a later stage's single call, else None (a bare
+    panel)."""
+    final = final_summary(document_summaries(document))
+    if final is not None:
+        return final.answer if final.answer is not None else final.headline
     stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     for stage in reversed(stages[1:]):
-        verdict = stage.get("verdict")
-        if isinstance(verdict, dict) and isinstance(verdict.get("answer"), str):
-            return str(verdict["answer"])
+        if "verdict" in stage:
+            continue
         calls = [c for c in stage.get("calls") or [] if isinstance(c, dict)]
         if len(calls) == 1 and calls[0].get("status") == "ok":
             answer = calls[0].get("answer")

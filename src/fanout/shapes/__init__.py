@@ -1,208 +1,164 @@
-"""The shapes a run can take, registered in one place.
+"""The shapes a run can take, found in one place.
 
-A shape turns a request's options into a plan: a list of stages (``engine.Stage``). Adding one
-is a module here plus one entry in ``SHAPES``; the engine, history, export, events and the live
-view handle its calls and verdicts generically.
+A shape is one ``Shape`` object (``shape.py``), declared as ``SHAPE`` in its own module of this
+package; the registry finds every module here that has one, so adding a shape is adding its
+module, and nothing else. From the registry come the plans (``build_plan``), the checks of a
+request's options (``check_options``, ``check_plan``), the flags and fields of every front end,
+the steps a flow may take (``flow_steps``), which stages hold a run's answers
+(``answer_kinds``) and how a stored verdict is read back (``verdict_from_dict``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import importlib
+import pkgutil
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
+from typing import TYPE_CHECKING
 
-from fanout.engine import Stage
 from fanout.errors import ConfigError
-from fanout.models import Agent
-from fanout.shapes.council import CouncilSynthesisStage, ReviewStage
-from fanout.shapes.flow import flow_plan
-from fanout.shapes.judge import JudgeStage
-from fanout.shapes.orchestrate import orchestrate_plan
-from fanout.shapes.panel import PanelStage
-from fanout.shapes.route import route_plan
-from fanout.shapes.synthesis import SynthesisStage
-from fanout.shapes.vote import VoteStage, check_vote
+from fanout.shapes.options import Options, closest
+from fanout.shapes.shape import AnyOption, Shape, Step
+from fanout.summary import JsonObject, StageError, UnknownVerdict, Verdict
 
-Shape = Callable[[Mapping[str, Any]], list[Stage]]
+if TYPE_CHECKING:
+    from fanout.engine import Stage
+    from fanout.models import Agent
 
-
-def panel_plan(options: Mapping[str, Any]) -> list[Stage]:
-    """Every persona answers; with ``synthesize``, a synthesizer merges the answers (with
-    ``map`` too, into an agreement map)."""
-    return [PanelStage(), *_synthesis(options)]
-
-
-def vote_plan(options: Mapping[str, Any]) -> list[Stage]:
-    """Every persona votes (``choices``, ``quorum``); the tally is the ``vote`` verdict."""
-    check_vote(options)
-    return [VoteStage(), *_synthesis(options)]
-
-
-def judge_plan(options: Mapping[str, Any]) -> list[Stage]:
-    """The panel answers (``repeat``/``best_of`` for several tries); a blind judge picks one."""
-    return [PanelStage(), JudgeStage(), *_synthesis(options)]
+__all__ = [
+    "SHAPES",
+    "Shape",
+    "Step",
+    "answer_kinds",
+    "build_plan",
+    "check_options",
+    "check_plan",
+    "flow_steps",
+    "roles_of",
+    "shape_of",
+    "stored_options",
+    "verdict_from_dict",
+]
 
 
-def council_plan(options: Mapping[str, Any]) -> list[Stage]:
-    """The panel answers, each persona ranks the others blind (Borda count), then the
-    synthesizer writes the final answer seeing the ranking."""
-    return [
-        PanelStage(),
-        ReviewStage(),
-        CouncilSynthesisStage(agreement_map=bool(options.get("map"))),
-    ]
+class _Registry(Mapping[str, Shape]):
+    """Every shape of the package, by name, in the order they are listed; loaded the first
+    time it is read (``fanout --help`` does not need the stages' code)."""
+
+    def __init__(self) -> None:
+        self._extra: dict[str, Shape] = {}
+
+    def _all(self) -> dict[str, Shape]:
+        return {**_discovered(), **self._extra}
+
+    def __getitem__(self, name: str) -> Shape:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def add(self, shape: Shape) -> None:
+        """Register a shape from outside the package (a plugin, a test)."""
+        self._extra[shape.name] = shape
+
+    def remove(self, name: str) -> None:
+        self._extra.pop(name, None)
 
 
-def _synthesis(options: Mapping[str, Any]) -> list[Stage]:
-    if options.get("synthesize") or options.get("map"):
-        return [SynthesisStage(agreement_map=bool(options.get("map")))]
-    return []
+@cache
+def _discovered() -> dict[str, Shape]:
+    found: list[Shape] = []
+    for module in pkgutil.iter_modules(__path__):
+        loaded = importlib.import_module(f"{__name__}.{module.name}")
+        shape = getattr(loaded, "SHAPE", None)
+        if isinstance(shape, Shape):
+            found.append(shape)
+    return {s.name: s for s in sorted(found, key=lambda s: (s.order, s.name))}
 
 
-SHAPES: dict[str, Shape] = {
-    "panel": panel_plan,
-    "flow": flow_plan,  # the stages of a flow file (fanout flow run)
-    "route": route_plan,  # a router picks the personas (fanout ask --route)
-    "orchestrate": orchestrate_plan,  # personas as tools (fanout ask --orchestrate)
-    "vote": vote_plan,
-    "judge": judge_plan,
-    "council": council_plan,
-}
+SHAPES = _Registry()
 
 
-# The options each shape reads; any other is a mistake worth one line, not a silent no-op.
-_PANEL_OPTIONS = ("synthesize", "map", "seed", "best_of", "repeat")
-SHAPE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "panel": _PANEL_OPTIONS,
-    "flow": ("synthesize", "seed", "flow", "inputs"),
-    "route": (*_PANEL_OPTIONS, "route_max"),
-    "orchestrate": ("seed", "max_turns"),  # it writes the answer: no synthesis
-    "vote": (*_PANEL_OPTIONS, "choices", "quorum"),
-    "judge": _PANEL_OPTIONS,
-    "council": _PANEL_OPTIONS,
-}
+def shape_of(name: str) -> Shape:
+    """The shape called ``name``; ConfigError naming the known ones otherwise."""
+    try:
+        return SHAPES[name]
+    except KeyError:
+        known = ", ".join(SHAPES)
+        raise ConfigError(
+            f"unknown shape {name!r}{closest(name, list(SHAPES))} (known: {known})"
+        ) from None
 
 
-# How many answers a shape needs to mean anything: a council's reviewers each rank the others'
-# answers, and ranking fewer than two is no ranking.
-SHAPE_MIN_ANSWERS: dict[str, tuple[int, str]] = {
-    "council": (3, "each persona ranks the others' answers, at least two of them"),
-}
+def check_options(shape: str, options: Options, where: str = "options: ") -> dict[str, object]:
+    """The options ``shape`` takes, each checked against its declaration: ConfigError for one
+    it does not take (``quorom``: did you mean ``quorum``?) or a value it cannot use, so a
+    typo in an API call or a server request is not silently ignored. Options left unset
+    (None, False) that the shape does not take are dropped (a CLI run sends synthesize: no)."""
+    known = shape_of(shape)
+    checked: dict[str, object] = {}
+    for key, value in options.items():
+        option = known.option(key)
+        if option is None:
+            if value is None or value is False:
+                continue
+            names = list(known.option_names)
+            raise ConfigError(
+                f"{where}the {shape} shape takes no option {key!r}{closest(key, names)} "
+                f"(its options: {', '.join(names) or 'none'})"
+            )
+        coerced = option.check(value, f"{where}{key}")
+        if coerced is not None:
+            checked[key] = coerced
+    return checked
 
 
-def check_plan(shape: str, options: Mapping[str, Any], agents: Sequence[Agent]) -> None:
+def check_plan(shape: str, options: Options, agents: Sequence[Agent]) -> None:
     """ConfigError for what ``options`` say about the personas asked: a name in ``repeat``
-    or in a flow that is not among them, or too few answers for ``shape``."""
+    that is not among them, too few answers or too many personas for ``shape``, and the
+    shape's own check (a flow's personas)."""
+    known = shape_of(shape)
     names = [a.name for a in agents]
-    repeat = options.get("repeat") or {}
-    for name in repeat:
+    repeat = options.get("repeat")
+    counts = dict(repeat) if isinstance(repeat, Mapping) else {}
+    for name in counts:
         if name not in names:
             raise ConfigError(
                 f"options: repeat: {name!r} is not one of the personas asked "
-                f"({', '.join(names)}){_closest(name, names)}"
+                f"({', '.join(names)}){closest(str(name), names)}"
             )
-    if shape == "flow":
-        for name in _flow_personas(options):
-            if name not in names:
-                raise ConfigError(
-                    f"options: flow: persona {name!r} is not one of the personas asked "
-                    f"({', '.join(names)})"
-                )
-    least, why = SHAPE_MIN_ANSWERS.get(shape, (1, ""))
-    every = options.get("best_of") or 1
-    answers = sum(repeat.get(name) or every for name in names)
-    if answers < least:
+    known.check(options, agents)
+    best_of = options.get("best_of")
+    every = best_of if isinstance(best_of, int) and best_of > 0 else 1
+    answers = sum(int(counts.get(name) or every) for name in names)
+    if answers < known.least:
         raise ConfigError(
-            f"the {shape} shape needs at least {least} answers ({why}); the personas asked "
-            f"give {answers}"
+            f"the {shape} shape needs at least {known.least} answers ({known.least_why}); the "
+            f"personas asked give {answers}"
+        )
+    if known.most is not None and len(names) > known.most:
+        raise ConfigError(
+            f"the {shape} shape takes at most {known.most} personas; {len(names)} were asked"
         )
 
 
-def _flow_personas(options: Mapping[str, Any]) -> list[str]:
-    stages = (options.get("flow") or {}).get("stages") or []
-    found: list[str] = []
-    for stage in stages:
-        if isinstance(stage, Mapping):
-            found += [str(n) for n in stage.get("panel") or []]
-            found += [str(stage["agent"])] if stage.get("agent") else []
-    return list(dict.fromkeys(found))
+def stored_options(shape: str, options: Options) -> dict[str, object]:
+    """A stored run's options as its shape takes them today: one that the shape no longer
+    reads (an earlier version's ``synthesize`` beside an orchestrator, which ignored it) is
+    dropped rather than making the run impossible to carry on."""
+    known = SHAPES.get(shape)
+    names = known.option_names if known is not None else ()
+    return {k: v for k, v in options.items() if k in names or not v}
 
 
-def stored_options(shape: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored run's options as its shape takes them today: one set that the shape no
-    longer reads (an earlier version's ``synthesize`` beside an orchestrator, which ignored
-    it) is dropped rather than making the run impossible to carry on."""
-    known = SHAPE_OPTIONS.get(shape, ())
-    return {k: v for k, v in options.items() if k in known or not v}
-
-
-def _whole(low: int, high: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-
-
-def _flag(value: Any) -> bool:
-    return value is None or isinstance(value, bool)
-
-
-def _counts(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and _whole(1, 50)(v) for k, v in value.items()
-    )
-
-
-def _texts(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    )
-
-
-# What each option's value must be, and how to say so.
-_OPTION_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "synthesize": (_flag, "true or false"),
-    "map": (_flag, "true or false"),
-    "seed": (lambda v: v is None or _whole(0, 2**63)(v), "a whole number from 0"),
-    "best_of": (lambda v: v is None or _whole(1, 50)(v), "a whole number from 1 to 50"),
-    "repeat": (lambda v: v is None or _counts(v), "persona names to counts from 1 to 50"),
-    "route_max": (lambda v: v is None or _whole(1, 1000)(v), "a whole number from 1 to 1,000"),
-    "max_turns": (lambda v: v is None or _whole(1, 50)(v), "a whole number from 1 to 50"),
-    "flow": (lambda v: isinstance(v, dict), "a flow definition"),
-    "inputs": (lambda v: v is None or _texts(v), "input names to text"),
-}
-
-
-def check_options(shape: str, options: Mapping[str, Any]) -> None:
-    """ConfigError for an option ``shape`` does not read (``quorom``) or a value it cannot
-    use, so a typo in an API call or a server request is not silently ignored."""
-    known = SHAPE_OPTIONS.get(shape, ())
-    for key, value in options.items():
-        if key not in known and value in (None, False):
-            continue  # an option left unset is no mistake (a CLI run sends synthesize: false)
-        if key not in known:
-            raise ConfigError(
-                f"options: the {shape} shape takes no option {key!r}"
-                f"{_closest(key, known)} (its options: {', '.join(known)})"
-            )
-        test, wanted = _OPTION_VALUES.get(key, (lambda v: True, ""))
-        if not test(value):
-            raise ConfigError(f"options: {key}: {value!r:.60} is not {wanted}")
-
-
-def _closest(key: str, known: Sequence[str]) -> str:
-    from difflib import get_close_matches
-
-    match = get_close_matches(key, known, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def build_plan(shape: str, options: Mapping[str, Any]) -> list[Stage]:
+def build_plan(shape: str, options: Options) -> list[Stage]:
     """The stages of ``shape`` with ``options``; ConfigError for a shape nobody registered or
     an option it does not take."""
-    try:
-        make = SHAPES[shape]
-    except KeyError:
-        known = ", ".join(sorted(SHAPES))
-        raise ConfigError(f"unknown shape {shape!r} (known: {known})") from None
-    check_options(shape, options)
-    return make(options)
+    known = shape_of(shape)
+    return known.plan(check_options(shape, options))
 
 
 def roles_of(stages: Sequence[Stage]) -> list[str]:
@@ -213,3 +169,64 @@ def roles_of(stages: Sequence[Stage]) -> list[str]:
             if role not in needed:
                 needed.append(role)
     return needed
+
+
+def flow_steps() -> dict[str, Step]:
+    """Every ``then:`` a flow stage may take, by name, from the shapes that lend one."""
+    return {step.name: step for shape in SHAPES.values() for step in shape.steps}
+
+
+def answer_kinds(shape: str) -> tuple[str, ...]:
+    """The kinds of stage whose calls are ``shape``'s answers (a panel's; every turn's tools
+    of an orchestrator; each stage of a flow)."""
+    known = SHAPES.get(shape)
+    return known.answers if known is not None else ("panel",)
+
+
+def all_options() -> dict[str, AnyOption]:
+    """Every option of every shape, by name (one declaration each)."""
+    found: dict[str, AnyOption] = {}
+    for shape in SHAPES.values():
+        for option in shape.options:
+            found.setdefault(option.name, option)
+    return found
+
+
+@cache
+def verdict_types() -> dict[str, type[Verdict]]:
+    """Every verdict type by its ``type``, and by the keys older documents used."""
+    _discovered()
+    found: dict[str, type[Verdict]] = {}
+    pending: list[type[Verdict]] = [Verdict]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.type:
+            found.setdefault(cls.type, cls)
+    for cls in list(found.values()):
+        for key in cls.legacy:
+            found.setdefault(key, cls)
+    return found
+
+
+def verdict_from_dict(data: object, key: str | None = None, kind: str = "") -> Verdict | None:
+    """A stored verdict back as its type: by its ``type``, else (a document of an earlier
+    version) by the stage's ``key`` or ``kind``; one this version cannot read stays as it
+    was, shown by its plain fields."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        return UnknownVerdict({"value": str(data)})
+    body: JsonObject = {str(k): v for k, v in data.items()}
+    types = verdict_types()
+    named = body.get("type")
+    if set(body) == {"error"} and isinstance(body["error"], str):
+        return StageError(body["error"])
+    cls = types.get(named) if isinstance(named, str) else None
+    cls = cls or types.get(key or "") or types.get(kind)
+    if cls is None:
+        return UnknownVerdict(body, (key or kind or "verdict").capitalize())
+    try:
+        return cls.read(body)
+    except (ValueError, TypeError):
+        return UnknownVerdict(body, cls.type.capitalize())

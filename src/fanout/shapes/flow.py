@@ -11,20 +11,33 @@ the document carries at its top level as ``output``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from fanout.engine import RunContext, Stage
 from fanout.errors import ConfigError
-from fanout.flow import OUTPUT_STAGE, TEMPLATE, FlowSpec, StageSpec, council_review_id
 from fanout.models import AgentError, Call, CallResult, StageResult, chat_messages
-from fanout.shapes.council import CouncilSynthesisStage, ReviewStage
-from fanout.shapes.judge import JudgeStage
-from fanout.shapes.synthesis import synthesis_messages
-from fanout.shapes.vote import tally_votes
+from fanout.shapes.options import SEED, SYNTHESIZE, Document, Options, Texts
+from fanout.shapes.output import Answers, OutputVerdict
+from fanout.shapes.shape import Shape
+from fanout.summary import Verdict
+
+if TYPE_CHECKING:
+    from fanout.engine import RunContext, Stage
+    from fanout.flow import StageSpec
+
+OUTPUT_STAGE = "output"  # the id of the stage that gathers the flow's output: reserved
+# ``{{name}}`` or ``{{name.persona}}``; a name is an input, a stage or a stage's follow-up.
+TEMPLATE = re.compile(r"\{\{\s*([A-Za-z0-9_-]+)(?:\.([^{}\s]+))?\s*\}\}")
+FLOW = Document(
+    "flow",
+    "The flow definition (the contents of a flow file: stages, inputs, output), or on the "
+    "command line a flow file.",
+    metavar="FILE",
+    describes="a flow definition",
+)
+INPUTS = Texts("inputs", "The flow's inputs (topic=ice).", metavar="NAME=TEXT,...")
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,7 @@ class FlowStage:
 
     key: str | None = None
     roles: tuple[str, ...] = ()
+    holds_answers = True
 
     def __init__(self, spec: StageSpec, guards: Sequence[Guard]) -> None:
         self.spec = spec
@@ -53,7 +67,7 @@ class FlowStage:
         agents = {a.name: a for a in context.agents}
         self.prompt, missing = render(self.spec.prompt, context)
         skip = stopped(self.guards, context)
-        details: dict[str, Any] = {"partial": True, "missing": missing} if missing else {}
+        details: dict[str, object] = {"partial": True, "missing": missing} if missing else {}
         return [
             Call(
                 f"{self.id}/{name}",
@@ -68,52 +82,14 @@ class FlowStage:
             for name in self.spec.personas
         ]
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
-        return None
-
-
-class FlowSynthesis:
-    """``then: synthesize``: the synthesizer merges a flow stage's answers."""
-
-    kind = "synthesis"
-    key: str | None = None
-    roles = ("synthesizer",)
-
-    def __init__(self, source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> None:
-        self.source = source
-        self.id = stage_id
-        self.guards = list(guards)
-
-    def calls(self, context: RunContext) -> list[Call]:
-        agent = context.roles["synthesizer"]
-        result = context.stages.get(self.source.id)
-        results = result.calls if result else []
-        answered = [r for r in results if r.status == "ok"]
-        missing = [r.name for r in results if r.status != "ok"]
-        skip = stopped(self.guards, context)
-        if skip is None and not answered:
-            skip = AgentError("no_answers", "no persona answered, nothing to synthesize")
-        messages = synthesis_messages(agent.instructions, self.source.prompt, answered, missing)
-        details = {"partial": bool(missing), "sources": [r.name for r in answered]}
-        return [
-            Call(
-                f"{self.id}/{agent.name}",
-                self.id,
-                "synthesizer",
-                agent.name,
-                agent,
-                tuple(messages),
-                skip=skip,
-                details={**details, "missing": missing},
-            )
-        ]
-
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> Verdict | None:
         return None
 
 
 class OutputStage:
-    """Makes no call: gathers the answers of the stages named in ``output:``."""
+    """Makes no call: gathers the answers of the stages named in ``output:`` (a stage that
+    decided, a vote or a judge, gives the answers it decided on: ``sources`` says where they
+    were written)."""
 
     id = OUTPUT_STAGE
     kind = "output"
@@ -121,25 +97,36 @@ class OutputStage:
     roles: tuple[str, ...] = ()
     makes_calls = False
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], sources: Mapping[str, str]) -> None:
         self.names = list(names)
+        self.sources = dict(sources)
 
     def calls(self, context: RunContext) -> list[Call]:
         return []
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
-        output: dict[str, Any] = {}
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> OutputVerdict:
+        output: Answers = {}
         for name in self.names:
             stage = context.stages.get(name)
-            if stage is not None and stage.key in DECIDED:  # a tally or a pick: who won
-                output[name] = decided_answers(stage, context)
+            chosen = stage.verdict.summary().chosen if stage and stage.verdict else ()
+            if stage is not None and chosen:  # a tally or a pick: who won, as they wrote it
+                source = context.stages.get(self.sources.get(name, ""))
+                output[name] = {
+                    c.name: c.answer
+                    for c in (source.calls if source else [])
+                    if c.name in chosen and c.status == "ok" and c.answer
+                }
                 continue
             calls = stage.calls if stage else []
             output[name] = {c.name: c.answer for c in calls if c.status == "ok" and c.answer}
-        return output
+            if not calls and stage is not None and stage.verdict is not None:
+                decided = stage.verdict.summary()
+                if decided.answer is not None and decided.decided is not False:
+                    output[name] = {decided.author or name: decided.answer}
+        return OutputVerdict(output)
 
 
-class _Guarded:
+class Guarded:
     """A shape's stage after a flow stage: itself, asked the flow stage's question (not the
     run's prompt, which only names the flow), and skipped when the flow stopped earlier."""
 
@@ -159,88 +146,45 @@ class _Guarded:
         skip = stopped(self.guards, context)
         return calls if skip is None else [replace(c, skip=skip) for c in calls]
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> Verdict | None:
         return self.stage.verdict(self._asked(context), results)
 
 
-class _VoteOver:
-    """``then: vote``: the tally of a flow stage's answers (no call of its own)."""
+def flow_plan(options: Options) -> list[Stage]:
+    """The stages of the flow recorded in ``options["flow"]``, then the output stage; a
+    stage's ``then:`` is the step of that name some shape lends a flow (``Shape.steps``)."""
+    from pydantic import ValidationError
 
-    kind = "vote"
-    key: str | None = "vote"
-    roles: tuple[str, ...] = ()
-    makes_calls = False
+    from fanout.flow import FlowSpec
+    from fanout.shapes import flow_steps
 
-    def __init__(self, stage_id: str, source: str) -> None:
-        self.id, self.source = stage_id, source
-
-    def calls(self, context: RunContext) -> list[Call]:
-        return []
-
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
-        stage = context.stages.get(self.source)
-        options = context.options
-        return tally_votes(stage.calls if stage else [], [], options.get("quorum"))
-
-
-def _synthesize(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> list[Stage]:
-    return [FlowSynthesis(source, stage_id, guards)]
-
-
-def _judge(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> list[Stage]:
-    return [_Guarded(JudgeStage(stage_id, source.id), source, guards)]
-
-
-def _vote(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> list[Stage]:
-    return [_Guarded(_VoteOver(stage_id, source.id), source, guards)]
-
-
-def _council(source: FlowStage, stage_id: str, guards: Sequence[Guard]) -> list[Stage]:
-    """The stage's personas rank each other's answers blind (``<id>-review``), then the
-    synthesizer writes the answer seeing the ranking (``<id>-council``, what a later prompt
-    quotes)."""
-    review_id = council_review_id(source.id)
-    review = ReviewStage(review_id, source.id)
-    synthesis = CouncilSynthesisStage(review_id)
-    synthesis.id, synthesis.source = stage_id, source.id
-    return [_Guarded(review, source, guards), _Guarded(synthesis, source, guards)]
-
-
-# A stage's ``then:`` -> what builds the stages that follow it (the last one's id is the
-# stage's ``follow_id``: ``flow.THEN_SUFFIX``).
-ThenStages = Callable[[FlowStage, str, Sequence[Guard]], list[Stage]]
-THEN_STAGES: dict[str, ThenStages] = {
-    "synthesize": _synthesize,
-    "judge": _judge,
-    "vote": _vote,
-    "council": _council,
-}
-
-
-def flow_plan(options: Mapping[str, Any]) -> list[Stage]:
-    """The stages of the flow recorded in ``options["flow"]``, then the output stage."""
     try:
         spec = FlowSpec.model_validate(options.get("flow"))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "the definition"
         raise ConfigError(f"options: flow: {where}: {first.get('msg', 'invalid')}") from None
+    steps = flow_steps()
     stages: list[Stage] = []
     guards: list[Guard] = []
+    sources: dict[str, str] = {}
     for stage_spec in spec.stages:
         stage = FlowStage(stage_spec, guards)
         stages.append(stage)
         least = stage_spec.min_success or 1
         stops = stage_spec.on_error == "stop"
         guards = [*guards, Guard(stage.id, least, stops)]
-        make = THEN_STAGES.get(stage_spec.then)
-        if make is not None and stage_spec.follow_id:
-            follow = make(stage, stage_spec.follow_id, guards)
-            stages.extend(follow)
-            if getattr(follow[-1], "makes_calls", True):  # a tally has no answer to count
-                guards = [*guards, Guard(stage_spec.follow_id, 1, stops)]
+        step = steps.get(stage_spec.then)
+        if step is None:
+            continue
+        follow_id = f"{stage.id}-{step.suffix}"
+        follow = [Guarded(s, stage, guards) for s in step.build(stage.id, follow_id, options)]
+        stages.extend(follow)
+        sources.update({s.id: stage.id for s in follow})
+        if follow and follow[-1].makes_calls:  # a tally has no answer to count
+            guards = [*guards, Guard(follow_id, 1, stops)]
     last = stages[-1].id
-    stages.append(OutputStage(spec.output or [last]))
+    stages.append(OutputStage(spec.output or [last], sources))
     return stages
 
 
@@ -263,75 +207,38 @@ def stopped(guards: Sequence[Guard], context: RunContext) -> AgentError | None:
 def render(template: str, context: RunContext) -> tuple[str, list[str]]:
     """The template with its inputs and earlier answers filled in; and who is missing (the
     personas whose answers it quotes but who gave none), as ``stage/persona``."""
-    inputs: Mapping[str, str] = context.options.get("inputs") or {}
+    inputs = INPUTS.of(context.options) or {}
     missing: list[str] = []
 
-    def fill(match: Any) -> str:
+    def fill(match: re.Match[str]) -> str:
         name, persona = match.group(1), match.group(2)
         if name in inputs:
             return str(inputs[name])
         stage = context.stages.get(name)
         if stage is None:
             return ""  # an optional input not given
-        if stage.key in DECIDED and persona is None:
-            return DECIDED[stage.key](stage, context, missing)
+        if stage.verdict is not None and persona is None:
+            decision = decided(stage, missing)
+            if decision is not None:
+                return decision
         return quoted(stage, persona, missing)
 
     return TEMPLATE.sub(fill, template), missing
 
 
-def _voted(stage: StageResult, context: RunContext, missing: list[str]) -> str:
-    """``{{capital-vote}}``: the winning answer; without one, why there is none."""
-    verdict = stage.verdict or {}
-    winner = verdict.get("winner")
-    if isinstance(winner, str) and winner:
-        return winner
+def decided(stage: StageResult, missing: list[str]) -> str | None:
+    """``{{capital-vote}}``, ``{{drafts-judge}}``: what a stage decided (the winning answer,
+    the answer the judge picked, as its author wrote it); without a decision, why there is
+    none. None: the stage decides nothing (quote its answers)."""
+    assert stage.verdict is not None
+    summary = stage.verdict.summary()
+    if summary.answer is not None and summary.decided is not False:
+        return summary.answer
+    if summary.decided is None:
+        return None
     missing.append(stage.id)
-    reasons = "; ".join(str(w) for w in verdict.get("warnings") or []) or "no winner"
-    return f"[no decision: {reasons}]"
-
-
-def _judged(stage: StageResult, context: RunContext, missing: list[str]) -> str:
-    """``{{drafts-judge}}``: the answer the judge picked, as its author wrote it (the
-    judge's own reply is JSON about labels, no use to a later prompt)."""
-    verdict = stage.verdict or {}
-    winner = verdict.get("winner")
-    source = context.stages.get(stage.id.rsplit("-", 1)[0])
-    for call in source.calls if source else []:
-        if call.name == winner and call.status == "ok" and call.answer:
-            return call.answer
-    missing.append(stage.id)
-    reasons = [str(w) for w in verdict.get("warnings") or []]
-    if verdict.get("tie"):
-        reasons.insert(0, "the judge called a tie")
-    return f"[no decision: {'; '.join(reasons) or 'no winner'}]"
-
-
-def decided_answers(stage: StageResult, context: RunContext) -> dict[str, str]:
-    """A vote's or a judge's stage in ``output:``: the winning answers, by who gave them
-    (every member of the winning group; the persona the judge picked), as any stage's are."""
-    verdict = stage.verdict or {}
-    winner = verdict.get("winner")
-    if not isinstance(winner, str) or not winner:
-        return {}
-    source = context.stages.get(stage.id.rsplit("-", 1)[0])
-    answers = {
-        c.name: c.answer for c in (source.calls if source else []) if c.status == "ok" and c.answer
-    }
-    if stage.key == "judge":
-        return {winner: answers[winner]} if winner in answers else {}
-    members: list[str] = []
-    for group in verdict.get("groups") or []:
-        if isinstance(group, dict) and group.get("answer") == winner:
-            members = [str(m) for m in group.get("members") or []]
-    return {m: answers[m] for m in members if m in answers}
-
-
-# A follow-up stage whose verdict, not its calls, is what a later prompt quotes.
-DECIDED: dict[str, Callable[[StageResult, RunContext, list[str]], str]] = {
-    "vote": _voted,
-    "judge": _judged,
-}
+    reasons = [summary.headline.removeprefix("No decision: "), *summary.warnings]
+    return f"[no decision: {'; '.join(r for r in reasons if r) or 'no winner'}]"
 
 
 def quoted(stage: StageResult, persona: str | None, missing: list[str]) -> str:
@@ -348,3 +255,40 @@ def quoted(stage: StageResult, persona: str | None, missing: list[str]) -> str:
     if gone:
         blocks.append("[missing: no answer from " + ", ".join(c.name for c in gone) + "]")
     return "\n\n".join(blocks)
+
+
+def _flow_personas(options: Options) -> list[str]:
+    definition = FLOW.of(options) or {}
+    stages = definition.get("stages")
+    found: list[str] = []
+    for stage in stages if isinstance(stages, list) else []:
+        if isinstance(stage, Mapping):
+            panel = stage.get("panel")
+            found += [str(n) for n in panel] if isinstance(panel, list) else []
+            found += [str(stage["agent"])] if stage.get("agent") else []
+    return list(dict.fromkeys(found))
+
+
+def check_flow(options: Options, agents: Sequence[object]) -> None:
+    """Every persona the flow names is one of those asked."""
+    names = [str(getattr(a, "name", a)) for a in agents]
+    for name in _flow_personas(options):
+        if name not in names:
+            raise ConfigError(
+                f"options: flow: persona {name!r} is not one of the personas asked "
+                f"({', '.join(names)})"
+            )
+
+
+SHAPE = Shape(
+    "flow",
+    "The stages of a flow file in order, each a panel or one agent, each prompt quoting the "
+    "inputs and the answers before it (fanout flow run).",
+    flow_plan,
+    options=(SYNTHESIZE, SEED, FLOW, INPUTS),
+    answers=("panel", "agent"),
+    standalone=False,
+    check=check_flow,
+    example="fanout flow run examples/research-write-review.yaml -i topic=ice",
+    order=90,
+)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar
 
 from fanout.conversation import role_prompt
-from fanout.engine import RunContext
 from fanout.models import AgentError, Call, CallResult, Message
+from fanout.shapes.options import PANEL_OPTIONS, Options
+from fanout.shapes.panel import PanelStage
+from fanout.shapes.shape import Shape, Step
 from fanout.shapes.structured import (
     UNTRUSTED,
     blind_candidates,
@@ -27,11 +30,60 @@ from fanout.shapes.structured import (
     parse_object,
     shuffler,
 )
+from fanout.shapes.synthesis import synthesis_after
+from fanout.summary import Row, Rows, Summary, Verdict
+
+if TYPE_CHECKING:
+    from fanout.engine import RunContext, Stage
 
 # A pick written in words by a server that ignored the schema: `winner: "B"`, `Winner is tie`.
 _WORDED = re.compile(
     r"(?i:winner)[\"'\s:*]*(?:is\s+)?(?:candidate\s+)?[\"'*]*((?i:tie)|[A-Z]{1,2})\b"
 )
+
+
+@dataclass(frozen=True)
+class JudgeVerdict(Verdict):
+    """The judge's pick: the winning call's name and its answer (None: a tie or no usable
+    verdict), whether it was a tie and whether the two orders disagreed, its reasoning, the
+    labels the candidates were shown under, and what degraded the decision."""
+
+    type: ClassVar[str] = "judge"
+    legacy: ClassVar[tuple[str, ...]] = ("judge",)
+    winner: str | None = None
+    tie: bool = False
+    inconsistent: bool = False
+    reasoning: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    answer: str | None = None
+
+    def summary(self) -> Summary:
+        label = next((k for k, v in self.labels.items() if v == self.winner), "?")
+        if self.winner is not None:
+            headline = f"Judge's pick: {self.winner} (shown as {label})"
+        elif self.inconsistent:
+            headline = (
+                "No decision: inconsistent (the judge picked differently when the order changed)"
+            )
+        elif self.tie:
+            headline = "No decision: the judge called a tie"
+        else:
+            reason = next((w for w in self.warnings if w.startswith("no decision: ")), "")
+            headline = "No decision: " + (reason.removeprefix("no decision: ") or "no verdict")
+        blind = tuple(Row(f"{k} = {v}", marked=v == self.winner) for k, v in self.labels.items())
+        said = ("inconsistent: ", "no decision: ")
+        return Summary(
+            "Judge",
+            headline,
+            decided=self.winner is not None,
+            answer=self.answer if self.winner is not None else None,
+            author=self.winner,
+            rows=(Rows("points", "Candidates, blind", blind),) if blind else (),
+            notes=(self.reasoning,) if self.reasoning else (),
+            warnings=tuple(w for w in self.warnings if not w.startswith(said)),
+            chosen=(self.winner,) if self.winner is not None else (),
+        )
 
 
 class JudgeStage:
@@ -83,8 +135,13 @@ class JudgeStage:
             )
         return calls
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
-        return judge_verdict(results)
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> JudgeVerdict:
+        verdict = judge_verdict(results)
+        source = context.stages.get(self.source)
+        answers = {c.name: c.answer for c in source.calls if c.status == "ok"} if source else {}
+        if verdict.winner is None:
+            return verdict
+        return replace(verdict, answer=answers.get(verdict.winner))
 
 
 def judge_messages(
@@ -110,7 +167,7 @@ def judge_messages(
     ]
 
 
-def judge_format(labels: Sequence[str]) -> dict[str, Any]:
+def judge_format(labels: Sequence[str]) -> dict[str, object]:
     schema = {
         "type": "object",
         "properties": {
@@ -127,8 +184,8 @@ def read_pick(answer: str | None, labels: Mapping[str, str]) -> tuple[str, str] 
     """(``"tie"`` or the picked call's name, reasoning) from a judge's reply; None if it
     names neither a label nor a tie."""
     found = parse_object(answer)
-    picked: Any = found.get("winner") if found is not None else None
-    reasoning = found.get("reasoning") if found is not None else None
+    picked: object = found.get("winner") if found is not None else None
+    reasoning: object = found.get("reasoning") if found is not None else None
     if not isinstance(picked, str):
         worded = _WORDED.search(answer or "")
         picked = worded.group(1) if worded else None
@@ -142,34 +199,31 @@ def read_pick(answer: str | None, labels: Mapping[str, str]) -> tuple[str, str] 
     return (name, str(reasoning or "")) if name is not None else None
 
 
-def judge_verdict(results: Sequence[CallResult]) -> dict[str, Any]:
-    """``{winner, tie, inconsistent, reasoning, labels}`` from the judge's call(s), with the
-    warnings that say how the decision was degraded."""
+def _labels(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def judge_verdict(results: Sequence[CallResult]) -> JudgeVerdict:
+    """The judge's verdict from its call(s), with the warnings that say how the decision was
+    degraded."""
     details = results[0].details if results else {}
-    labels: dict[str, str] = dict(details.get("labels") or {})
-    failed: list[str] = list(details.get("failed") or [])
+    labels = _labels(details.get("labels"))
+    failed = details.get("failed")
     warnings: list[str] = []
-    if failed:
-        warnings.append(f"{len(failed)} candidate(s) failed before judging: {', '.join(failed)}")
-    verdict: dict[str, Any] = {
-        "winner": None,
-        "tie": False,
-        "inconsistent": False,
-        "reasoning": None,
-        "labels": labels,
-        "warnings": warnings,
-    }
+    if isinstance(failed, list) and failed:
+        names = ", ".join(map(str, failed))
+        warnings.append(f"{len(failed)} candidate(s) failed before judging: {names}")
     if results and results[0].status == "skipped":
         if len(labels) == 1:
-            verdict["winner"] = next(iter(labels.values()))
-            warnings.append(f"only {verdict['winner']} answered: chosen without judging")
-        else:
-            warnings.append("no decision: no candidate answered")
-        return verdict
+            winner = next(iter(labels.values()))
+            warnings.append(f"only {winner} answered: chosen without judging")
+            return JudgeVerdict(winner=winner, labels=labels, warnings=warnings)
+        warnings.append("no decision: no candidate answered")
+        return JudgeVerdict(labels=labels, warnings=warnings)
     picks: list[tuple[str, str]] = []
     for result in results:
         # Each call's own labels: a call kept from an earlier run keeps what it was shown.
-        own = result.details.get("labels") or labels
+        own = _labels(result.details.get("labels")) or labels
         pick = read_pick(result.answer, own) if result.status == "ok" else None
         if pick is not None:
             picks.append(pick)
@@ -180,16 +234,36 @@ def judge_verdict(results: Sequence[CallResult]) -> dict[str, Any]:
             warnings.append(f"{result.name}: the judge failed: {why}")
     if not picks:
         warnings.append("no decision: the judge gave no usable verdict")
-        return verdict
+        return JudgeVerdict(labels=labels, warnings=warnings)
     if len(picks) < len(results):
         warnings.append("judged in one order only: position bias is not ruled out")
     chosen = {pick for pick, _ in picks}
-    verdict["reasoning"] = "\n\n".join(reason for _, reason in picks if reason) or None
+    reasoning = "\n\n".join(dict.fromkeys(reason for _, reason in picks if reason)) or None
     if len(chosen) > 1:
-        verdict["tie"] = verdict["inconsistent"] = True
         warnings.append("inconsistent: the judge picked differently when the order changed")
-    elif chosen == {"tie"}:
-        verdict["tie"] = True
-    else:
-        verdict["winner"] = picks[0][0]
-    return verdict
+        return JudgeVerdict(None, True, True, reasoning, labels, warnings)
+    if chosen == {"tie"}:
+        return JudgeVerdict(None, True, False, reasoning, labels, warnings)
+    return JudgeVerdict(picks[0][0], False, False, reasoning, labels, warnings)
+
+
+def judge_plan(options: Options) -> list[Stage]:
+    """The panel answers (``repeat``/``best_of`` for several tries); a blind judge picks one."""
+    return [PanelStage(), JudgeStage(), *synthesis_after(options)]
+
+
+def _then_judge(source: str, stage_id: str, options: Options) -> list[Stage]:
+    return [JudgeStage(stage_id, source)]
+
+
+SHAPE = Shape(
+    "judge",
+    "The panel answers (best_of/repeat for several tries each); a blind judge picks the best.",
+    judge_plan,
+    options=PANEL_OPTIONS,
+    flag="--judge",
+    roles=("judge",),
+    steps=(Step("judge", "judge", _then_judge),),
+    example="fanout ask -a translator:3 --judge \"Translate 'carpe diem'\"",
+    order=30,
+)

@@ -13,17 +13,45 @@ kept in each turn's call entry as ``tool_calls``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from fanout.conversation import persona_thread
 from fanout.cost import DEFAULT_COMPLETION_ESTIMATE
-from fanout.engine import RunContext, Stage
 from fanout.models import Agent, AgentError, Call, CallResult, Message, chat_messages
+from fanout.shapes.options import SEED, Options, Whole
+from fanout.shapes.output import OutputVerdict
+from fanout.shapes.shape import Shape
+from fanout.summary import Summary, Verdict
+
+if TYPE_CHECKING:
+    from fanout.engine import RunContext, Stage
 
 DEFAULT_MAX_TURNS = 4
+MAX_TURNS = Whole(
+    "max_turns", "At most this many turns (up to 50; default 4).", flag="--max-turns",
+    metavar="N", low=1, high=50, default=DEFAULT_MAX_TURNS,
+)  # fmt: skip
 TOOL_PREFIX = "ask_"
 LAST_TURN = "This is your last turn: write your final answer now, without calling tools."
+
+
+@dataclass(frozen=True)
+class TurnVerdict(Verdict):
+    """One turn of the orchestrator: whom it asked (its tool calls), or that it answered."""
+
+    type: ClassVar[str] = "orchestrator"
+    legacy: ClassVar[tuple[str, ...]] = ("orchestrator",)
+    turn: int = 1
+    tool_calls: list[str] = field(default_factory=list)
+    answered: bool = False
+
+    def summary(self) -> Summary:
+        asked = [name.removeprefix(TOOL_PREFIX) for name in self.tool_calls]
+        if asked:
+            return Summary("Orchestrator", f"asked {', '.join(asked)}")
+        return Summary("Orchestrator", "answered" if self.answered else "no answer")
 
 
 class OrchestratorTurn:
@@ -54,10 +82,10 @@ class OrchestratorTurn:
             )
         ]
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> TurnVerdict:
         result = results[0] if results else None
         asked = [c["name"] for c in _tool_calls(result)]
-        return {"turn": self.turn, "tool_calls": asked, "answered": _answered(result)}
+        return TurnVerdict(self.turn, asked, _answered(result))
 
     def longest_answer(self, call: Call) -> CallResult:
         """``--dry-run``'s worst case for a turn: every persona asked (the next turn then sees
@@ -89,6 +117,7 @@ class ToolStage:
     kind = "tools"
     key: str | None = None
     roles: tuple[str, ...] = ()
+    holds_answers = True
 
     def __init__(self, turn: int) -> None:
         self.turn = turn
@@ -121,7 +150,7 @@ class ToolStage:
             )
         return calls
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> Verdict | None:
         return None
 
 
@@ -140,24 +169,24 @@ class AnswerStage:
     def calls(self, context: RunContext) -> list[Call]:
         return []
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> OutputVerdict:
         stage = context.stages.get(self.last_turn)
         result = stage.calls[0] if stage and stage.calls else None
-        if result is None or not _answered(result):
-            return {}
-        return {result.name: result.answer}
+        if result is None or not _answered(result) or result.answer is None:
+            return OutputVerdict()
+        return OutputVerdict({result.name: result.answer})
 
 
-def orchestrate_plan(options: Mapping[str, Any]) -> list[Stage]:
+def orchestrate_plan(options: Options) -> list[Stage]:
     """The first turn; the rest of the plan grows from the orchestrator's answers."""
     return [OrchestratorTurn(1)]
 
 
-def max_turns(options: Mapping[str, Any]) -> int:
-    return max(1, int(options.get("max_turns") or DEFAULT_MAX_TURNS))
+def max_turns(options: Options) -> int:
+    return max(1, MAX_TURNS.of(options) or DEFAULT_MAX_TURNS)
 
 
-def persona_tools(agents: Sequence[Agent]) -> list[dict[str, Any]]:
+def persona_tools(agents: Sequence[Agent]) -> list[dict[str, object]]:
     """One function per persona: ``ask_<name>(question)``."""
     return [
         {
@@ -247,3 +276,17 @@ def _question(arguments: str) -> tuple[str, str | None]:
     if not isinstance(question, str) or not question.strip():
         return "", "no question given"
     return question, None
+
+
+SHAPE = Shape(
+    "orchestrate",
+    "An orchestrator answers, asking the personas as tools (ask_<name>), several at once, as "
+    "it sees fit.",
+    orchestrate_plan,
+    options=(SEED, MAX_TURNS),
+    flag="--orchestrate",
+    roles=("orchestrator",),
+    answers=("tools",),
+    example='fanout ask --orchestrate "Plan a trip to Mars"',
+    order=60,
+)

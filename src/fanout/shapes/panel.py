@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from fanout.conversation import persona_thread
-from fanout.engine import RunContext
 from fanout.models import Agent, Call, CallResult, Message, chat_messages
+from fanout.shapes.options import BEST_OF, PANEL_OPTIONS, REPEAT, Options
+from fanout.shapes.shape import Shape, Step
+from fanout.shapes.synthesis import SynthesisStage, synthesis_after
+from fanout.summary import Verdict
+
+if TYPE_CHECKING:
+    from fanout.engine import RunContext, Stage
 
 
 class PanelStage:
@@ -17,14 +23,16 @@ class PanelStage:
     kind = "panel"
     key: str | None = None
     roles: tuple[str, ...] = ()
+    holds_answers = True
 
     def __init__(self, stage_id: str = "panel") -> None:
         self.id = stage_id
 
     def calls(self, context: RunContext) -> list[Call]:
-        repeat: dict[str, int] = dict(context.options.get("repeat") or {})
-        every = int(context.options.get("best_of") or 1)
+        repeat = REPEAT.of(context.options) or {}
+        every = BEST_OF.of(context.options) or 1
         response_format = self.response_format(context)
+        read = self.reader(context)
         calls = []
         for agent in context.agents:
             times = repeat.get(agent.name, every)
@@ -45,6 +53,7 @@ class PanelStage:
                         messages,
                         response_format=response_format,
                         details=details,
+                        read=read,
                     )
                 )
         return calls
@@ -53,9 +62,34 @@ class PanelStage:
         """What a persona is sent (a vote adds how to answer)."""
         return chat_messages(agent, context.prompt)
 
-    def response_format(self, context: RunContext) -> Mapping[str, Any] | None:
+    def response_format(self, context: RunContext) -> Mapping[str, object] | None:
         """Structured output the answers must take, if any."""
         return None
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+    def reader(self, context: RunContext) -> Callable[[CallResult], object] | None:
+        """How a reply is read into its result (a vote's ``{"choice": ...}`` as the choice)."""
         return None
+
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> Verdict | None:
+        return None
+
+
+def panel_plan(options: Options) -> list[Stage]:
+    """Every persona answers; with ``synthesize``, a synthesizer merges the answers (with
+    ``map`` too, into an agreement map)."""
+    return [PanelStage(), *synthesis_after(options)]
+
+
+def _then_synthesize(source: str, stage_id: str, options: Options) -> list[Stage]:
+    return [SynthesisStage(stage_id, source)]
+
+
+SHAPE = Shape(
+    "panel",
+    "Every persona answers at once; with synthesize, one answer merged from them all.",
+    panel_plan,
+    options=PANEL_OPTIONS,
+    steps=(Step("synthesize", "synthesis", _then_synthesize),),
+    example='fanout ask -a physicist,chemist --synthesize "Why is ice slippery?"',
+    order=0,
+)

@@ -3,26 +3,60 @@ they answer.
 
 The router is one call with structured output: an array whose items are an enum of the
 panel's names (1 to ``route_max`` of them) and a reason. Its stage's verdict (key ``router``)
-is ``{selected, reason, fallback}``; the panel stage after it reads the verdict from the
-context. A name the router made up is dropped; a failed or empty routing falls back to the
+is whom it selected and why, said in words; the panel stage after it reads the verdict from
+the context. A name the router made up is dropped; a failed or empty routing falls back to the
 whole panel and says so.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar
 
 from fanout.conversation import role_prompt
-from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, PlannedCall, Pricing, most_tokens
-from fanout.engine import RunContext, Stage
 from fanout.models import Agent, Call, CallResult, Message
+from fanout.shapes.options import PANEL_OPTIONS, Options, Whole
 from fanout.shapes.panel import PanelStage
-from fanout.shapes.synthesis import SynthesisStage
+from fanout.shapes.shape import Shape
+from fanout.shapes.synthesis import synthesis_after
+from fanout.summary import Row, Rows, Summary, Verdict
+
+if TYPE_CHECKING:
+    from fanout.engine import RunContext, Stage
 
 ROUTER_STAGE = "router"
+ROUTE_MAX = Whole(
+    "route_max", "Pick at most this many personas (up to 1,000).", flag="--route-max",
+    metavar="N", low=1, high=1000,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RouterVerdict(Verdict):
+    """Whom the router selected and why; ``fallback``: it gave no usable choice, so the whole
+    panel was asked (``reason`` says why)."""
+
+    type: ClassVar[str] = "router"
+    legacy: ClassVar[tuple[str, ...]] = ("router",)
+    selected: list[str] = field(default_factory=list)
+    reason: str = ""
+    fallback: bool = False
+
+    def summary(self) -> Summary:
+        names = ", ".join(self.selected) or "nobody"
+        if self.fallback:
+            return Summary(
+                "Router",
+                f"Asked the whole panel ({names})",
+                warnings=(self.reason,) if self.reason else (),
+            )
+        why = f": {self.reason}" if self.reason else " (it gave no reason)"
+        picked = tuple(Row(name, marked=True) for name in self.selected)
+        return Summary(
+            "Router", f"The router asked {names}{why}", rows=(Rows("points", "Asked", picked),)
+        )
 
 
 class RouterStage:
@@ -49,7 +83,7 @@ class RouterStage:
             )
         ]
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> RouterVerdict:
         names = [a.name for a in context.agents]
         most = route_max(context.options, len(names))
         result = results[0] if results else None
@@ -60,7 +94,7 @@ class RouterStage:
         selected = [n for n in dict.fromkeys(picked) if n in names][:most]
         if not selected:
             return _everyone(names, "the router picked no persona of the panel: all are asked")
-        return {"selected": selected, "reason": reason, "fallback": False}
+        return RouterVerdict(selected, reason.strip())
 
 
 class RoutedPanelStage(PanelStage):
@@ -69,25 +103,22 @@ class RoutedPanelStage(PanelStage):
     def calls(self, context: RunContext) -> list[Call]:
         routed = context.stages.get(ROUTER_STAGE)
         verdict = routed.verdict if routed is not None else None
-        chosen = set(verdict.get("selected") or []) if verdict else set()
+        chosen = set(verdict.selected) if isinstance(verdict, RouterVerdict) else set()
         agents = [a for a in context.agents if a.name in chosen] or list(context.agents)
         return super().calls(replace(context, agents=agents))
 
 
-def route_plan(options: Mapping[str, Any]) -> list[Stage]:
+def route_plan(options: Options) -> list[Stage]:
     """The router, the panel it picks and, with ``synthesize``, a synthesis of their answers."""
-    stages: list[Stage] = [RouterStage(), RoutedPanelStage()]
-    if options.get("synthesize") or options.get("map"):
-        stages.append(SynthesisStage(agreement_map=bool(options.get("map"))))
-    return stages
+    return [RouterStage(), RoutedPanelStage(), *synthesis_after(options)]
 
 
-def route_max(options: Mapping[str, Any], panel_size: int) -> int:
-    given = options.get("route_max")
-    return max(1, min(int(given), panel_size)) if given else max(1, panel_size)
+def route_max(options: Options, panel_size: int) -> int:
+    given = ROUTE_MAX.of(options)
+    return max(1, min(given, panel_size)) if given else max(1, panel_size)
 
 
-def route_schema(names: Sequence[str], most: int) -> dict[str, Any]:
+def route_schema(names: Sequence[str], most: int) -> dict[str, object]:
     """Structured output: 1 to ``most`` persona names from the panel, and why."""
     return {
         "type": "json_schema",
@@ -141,15 +172,17 @@ def parse_route(answer: str) -> tuple[list[str], str]:
     return names, reason if isinstance(reason, str) else ""
 
 
-def planned_router_call(
-    router: Agent, question: str, agents: Sequence[Agent], most: int, pricing: Pricing
-) -> PlannedCall:
-    """``--dry-run``: the router's call (its answer is a short list: ``max_tokens`` bounds it)."""
-    tokens = most_tokens(router_messages(router, question, agents, most))
-    answer = router.max_tokens or DEFAULT_COMPLETION_ESTIMATE
-    worst = pricing.worst_case(router.model, tokens, answer)
-    return PlannedCall(router, tokens, router.max_tokens, worst)
+def _everyone(names: Sequence[str], reason: str) -> RouterVerdict:
+    return RouterVerdict(list(names), reason, fallback=True)
 
 
-def _everyone(names: Sequence[str], reason: str) -> dict[str, Any]:
-    return {"selected": list(names), "reason": reason, "fallback": True}
+SHAPE = Shape(
+    "route",
+    "A router picks the personas worth asking from their descriptions; only those answer.",
+    route_plan,
+    options=(*PANEL_OPTIONS, ROUTE_MAX),
+    flag="--route",
+    roles=("router",),
+    example='fanout ask --route "Why is the sky blue?"',
+    order=50,
+)

@@ -12,7 +12,6 @@ import json
 import random
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 # Said to every judge and reviewer: the candidates are data, whatever they say.
 UNTRUSTED = (
@@ -21,7 +20,7 @@ UNTRUSTED = (
 )
 
 
-def json_schema_format(name: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+def json_schema_format(name: str, schema: Mapping[str, object]) -> dict[str, object]:
     """A ``response_format`` asking for JSON that fits ``schema`` (strict structured output)."""
     return {
         "type": "json_schema",
@@ -29,7 +28,7 @@ def json_schema_format(name: str, schema: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def parse_object(text: str | None) -> dict[str, Any] | None:
+def parse_object(text: str | None) -> dict[str, object] | None:
     """The JSON object in ``text``: all of it, inside a code fence, or the outermost braces."""
     if not text:
         return None
@@ -68,7 +67,7 @@ def fence(text: str) -> str:
     return f"{bar}\n{text}\n{bar}"
 
 
-def shuffler(options: Mapping[str, Any], *parts: str) -> random.Random:
+def shuffler(options: Mapping[str, object], *parts: str) -> random.Random:
     """A random order for one call. With ``options["seed"]`` it is the same every time the
     plan is built (a retried run shows its judge the same labels; tests are deterministic);
     without, it is fresh."""

@@ -2,23 +2,29 @@
 
 It is the model for every stage that works on earlier answers: it reads them from the context,
 builds its call (or skips it, with a reason, when there is nothing to work on) and records what
-it was built from in the call's ``details``.
+it was built from in the call's ``details``. Its verdict is the merged answer (``synthesis``),
+what every front end shows as the run's answer.
 
 With ``map``, the synthesis is an agreement map: structured output with the points every answer
 agrees on, the contradictions (each persona's stance), the points only one persona made, and the
-merged answer. The map goes on the call's entry (``synthesis.map``); its answer is the merged
-text.
+merged answer. The map goes on the call's entry (``synthesis.map``) and in the verdict; its
+answer is the merged text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from fanout.conversation import role_prompt
-from fanout.engine import RunContext
 from fanout.models import AgentError, Call, CallResult, Message
+from fanout.shapes.options import MAP, SYNTHESIZE, Options
 from fanout.shapes.structured import json_schema_format, parse_object
+from fanout.summary import JsonObject, Row, Rows, Summary, Verdict
+
+if TYPE_CHECKING:
+    from fanout.engine import RunContext, Stage
 
 MAP_BRIEF = (
     "Write an agreement map of the answers as JSON: consensus (the points every answer agrees "
@@ -26,6 +32,71 @@ MAP_BRIEF = (
     "name), unique (points only one persona made, by persona), and answer (the merged answer, "
     "in prose)."
 )
+
+
+@dataclass
+class Contradiction:
+    topic: str
+    stances: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AgreementMap:
+    """What the answers agree on, where they differ (each persona's stance) and what only
+    one of them said."""
+
+    consensus: list[str] = field(default_factory=list)
+    contradictions: list[Contradiction] = field(default_factory=list)
+    unique: dict[str, list[str]] = field(default_factory=dict)
+
+    def rows(self) -> tuple[Rows, ...]:
+        stances = [
+            row
+            for item in self.contradictions
+            for row in (
+                Row(item.topic),
+                *(Row(f"{name}: {stance}", depth=1) for name, stance in item.stances.items()),
+            )
+        ]
+        unique = [Row(f"{name}: {p}") for name, points in self.unique.items() for p in points]
+        return (
+            Rows("points", "Consensus", tuple(Row(p) for p in self.consensus)),
+            Rows("points", "Contradictions", tuple(stances)),
+            Rows("points", "Only one persona said", tuple(unique)),
+        )
+
+
+@dataclass(frozen=True)
+class SynthesisVerdict(Verdict):
+    """The merged answer (None: the synthesis failed or had nothing to merge), who wrote it,
+    whether it is partial (and whose answers it lacks), and its agreement map if asked."""
+
+    type: ClassVar[str] = "synthesis"
+    legacy: ClassVar[tuple[str, ...]] = ("synthesis",)
+    answer: str | None = None
+    author: str | None = None
+    model: str | None = None
+    missing: list[str] = field(default_factory=list)
+    map: AgreementMap | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> Summary:
+        author = self.author or "the synthesizer"
+        if self.answer is None:
+            headline = f"No synthesis: {author} gave no answer"
+        elif self.missing:
+            headline = f"Merged by {author}, partial (no answer from {', '.join(self.missing)})"
+        else:
+            headline = f"Merged by {author}"
+        return Summary(
+            "Synthesis",
+            headline,
+            answer=self.answer,
+            author=self.author,
+            model=self.model,
+            rows=self.map.rows() if self.map is not None else (),
+            warnings=tuple(self.warnings),
+        )
 
 
 class SynthesisStage:
@@ -47,7 +118,7 @@ class SynthesisStage:
         results = context.stages[self.source].calls if self.source in context.stages else []
         answered = [r for r in results if r.status == "ok"]
         missing = [r.name for r in results if r.status != "ok"]
-        details = {
+        details: dict[str, object] = {
             "partial": bool(missing),
             "sources": [r.name for r in answered],
             "missing": missing,
@@ -80,10 +151,32 @@ class SynthesisStage:
         """What else the synthesizer is told (a council's ranking)."""
         return []
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
-        if not self.map or not results:
-            return None
-        return read_map(results[0])
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> SynthesisVerdict:
+        result = results[0] if results else None
+        if result is None:
+            return SynthesisVerdict(warnings=["no synthesis: nothing to merge"])
+        missing = result.details.get("missing")
+        warnings: list[str] = []
+        agreement: AgreementMap | None = None
+        if self.map:
+            agreement, warnings = read_map(result)
+        if result.status != "ok" and result.error is not None:
+            warnings.append(f"no synthesis: {result.error.message}")
+        return SynthesisVerdict(
+            answer=result.answer if result.status == "ok" else None,
+            author=result.name,
+            model=result.model,
+            missing=[str(m) for m in missing] if isinstance(missing, list) else [],
+            map=agreement,
+            warnings=warnings,
+        )
+
+
+def synthesis_after(options: Options, source: str = "panel") -> list[Stage]:
+    """The synthesis a shape adds after its answers when ``synthesize`` or ``map`` is on."""
+    if SYNTHESIZE.of(options) or MAP.of(options):
+        return [SynthesisStage(source=source, agreement_map=bool(MAP.of(options)))]
+    return []
 
 
 def synthesis_messages(
@@ -111,15 +204,15 @@ def synthesis_messages(
     ]
 
 
-def map_format(names: Sequence[str]) -> dict[str, Any]:
+def map_format(names: Sequence[str]) -> dict[str, object]:
     """The agreement map's structured output; stances and points name a persona."""
-    name = {"type": "string", "enum": list(names) or ["?"]}
-    strings = {"type": "array", "items": {"type": "string"}}
+    name: JsonObject = {"type": "string", "enum": list(names) or ["?"]}
+    strings: JsonObject = {"type": "array", "items": {"type": "string"}}
 
-    def record(**properties: Any) -> dict[str, Any]:
+    def record(**properties: JsonObject) -> JsonObject:
         return {
             "type": "object",
-            "properties": properties,
+            "properties": dict(properties),
             "required": list(properties),
             "additionalProperties": False,
         }
@@ -136,27 +229,38 @@ def map_format(names: Sequence[str]) -> dict[str, Any]:
     return json_schema_format("agreement_map", schema)
 
 
-def read_map(result: CallResult) -> dict[str, Any]:
+def read_map(result: CallResult) -> tuple[AgreementMap | None, list[str]]:
     """Put the map on the synthesis' entry (``details["map"]``) and its merged answer in
-    ``answer``; a reply that is no map stays as it came, and the verdict says so. Done once:
+    ``answer``; a reply that is no map stays as it came, and the warning says so. Done once:
     a synthesis kept from an earlier run already has its map."""
     if result.status != "ok":
-        return {"map": None, "warnings": ["no agreement map: the synthesis failed"]}
-    if isinstance(result.details.get("map"), dict):
-        return {"map": result.details["map"], "warnings": []}
+        return None, ["no agreement map: the synthesis failed"]
+    stored = result.details.get("map")
+    if isinstance(stored, Mapping):
+        return _agreement(stored), []
     found = parse_object(result.answer)
     agreement = _agreement(found) if found is not None else None
     if agreement is None:
         result.details["map"] = None
-        return {"map": None, "warnings": ["no agreement map: the reply was not one (shown as is)"]}
-    result.details["map"] = agreement
+        return None, ["no agreement map: the reply was not one (shown as is)"]
+    result.details["map"] = _map_entry(agreement)
     answer = found.get("answer") if found is not None else None
     if isinstance(answer, str) and answer.strip():
         result.answer = answer.strip()
-    return {"map": agreement, "warnings": []}
+    return agreement, []
 
 
-def _agreement(found: Mapping[str, Any]) -> dict[str, Any] | None:
+def _map_entry(agreement: AgreementMap) -> JsonObject:
+    return {
+        "consensus": list(agreement.consensus),
+        "contradictions": [
+            {"topic": c.topic, "stances": dict(c.stances)} for c in agreement.contradictions
+        ],
+        "unique": {name: list(points) for name, points in agreement.unique.items()},
+    }
+
+
+def _agreement(found: Mapping[str, object]) -> AgreementMap | None:
     """``{consensus, contradictions: [{topic, stances: {name: stance}}], unique: {name:
     [points]}}`` from the reply, taking stances and points as lists or as mappings."""
     if not any(k in found for k in ("consensus", "contradictions", "unique")):
@@ -165,21 +269,21 @@ def _agreement(found: Mapping[str, Any]) -> dict[str, Any] | None:
     contradictions = []
     for item in _list(found.get("contradictions")):
         if isinstance(item, Mapping):
-            stances = _by_name(item.get("stances"), "stance")
-            contradictions.append({"topic": str(item.get("topic", "")), "stances": stances})
+            stances = {k: str(v) for k, v in _by_name(item.get("stances"), "stance").items()}
+            contradictions.append(Contradiction(str(item.get("topic", "")), stances))
     unique: dict[str, list[str]] = {}
     for name, points in _by_name(found.get("unique"), "points").items():
         unique[name] = [str(p) for p in _list(points)] if not isinstance(points, str) else [points]
-    return {"consensus": consensus, "contradictions": contradictions, "unique": unique}
+    return AgreementMap(consensus, contradictions, unique)
 
 
-def _list(value: Any) -> list[Any]:
+def _list(value: object) -> list[object]:
     return list(value) if isinstance(value, list) else []
 
 
-def _by_name(value: Any, field: str) -> dict[str, Any]:
+def _by_name(value: object, field_name: str) -> dict[str, object]:
     """``[{name, <field>}]`` or ``{name: <field>}`` as ``{name: <field>}``."""
     if isinstance(value, Mapping):
         return {str(k): v for k, v in value.items()}
     pairs = [v for v in _list(value) if isinstance(v, Mapping) and "name" in v]
-    return {str(p["name"]): p.get(field) for p in pairs}
+    return {str(p["name"]): p.get(field_name) for p in pairs}

@@ -3,25 +3,43 @@
 Without choices, answers are grouped by exact match after normalising them (case, width,
 whitespace, punctuation, a leading "the answer is"): cheap, predictable and explainable, at
 the price of counting "Paris" and "Paris, France" apart. With ``choices``, each persona must
-pick one through structured output (an enum); an answer that fits no choice abstains.
+pick one through structured output (an enum); an answer that fits no choice abstains. An
+answer given as ``{"choice": "Paris"}`` is read as ``Paris`` (the reply as it came is kept in
+the call's ``reply``).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
-from fanout.engine import RunContext
-from fanout.errors import ConfigError
 from fanout.models import Agent, CallResult, Message, chat_messages
+from fanout.shapes.options import PANEL_OPTIONS, Choices, Options, Share
 from fanout.shapes.panel import PanelStage
+from fanout.shapes.shape import Shape, Step
 from fanout.shapes.structured import json_schema_format, parse_object
+from fanout.shapes.synthesis import synthesis_after
+from fanout.summary import Row, Rows, Summary, Verdict
+
+if TYPE_CHECKING:
+    from fanout.engine import RunContext, Stage
 
 # A leading "The answer is", "Answer:", "Final answer:" (after any markdown emphasis).
 _LEADING = re.compile(r"^[\W_]*(?:the\s+)?(?:final\s+)?answer\s*(?:is\b|:)", re.IGNORECASE)
 _TERSE = "Reply with the answer only (a word, a number or a short phrase), no explanation."
+_BAR = 24
+
+CHOICES = Choices(
+    "choices", 'The answers to pick from ("Paris,Lyon").', flag="--choices", metavar="A,B,...",
+    selects=True,
+)  # fmt: skip
+QUORUM = Share(
+    "quorum", "The share of votes (0 to 1) the winner needs. Default: more than half.",
+    flag="--quorum", metavar="SHARE", selects=True,
+)  # fmt: skip
 
 
 def normalise(text: str) -> str:
@@ -39,6 +57,69 @@ def _shown(text: str) -> str:
     return " ".join(stripped.split()) or text.strip()
 
 
+@dataclass
+class VoteGroup:
+    answer: str
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VoteVerdict(Verdict):
+    """The tally: the winner (None: a tie or no vote), its share of the votes cast, the share
+    it needed and whether it had it; who voted what; who did not vote, and why."""
+
+    type: ClassVar[str] = "vote"
+    legacy: ClassVar[tuple[str, ...]] = ("vote",)
+    winner: str | None
+    share: float
+    quorum: float
+    quorum_met: bool
+    tally: dict[str, int]
+    groups: list[VoteGroup]
+    abstained: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    votes_cast: int = 0
+    method: str = "exact"
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> Summary:
+        decided = self.winner is not None and self.quorum_met
+        need = "more than half" if self.quorum == 0.5 else f"{self.quorum:.0%}"
+        reason = next((w for w in self.warnings if w.startswith("no quorum")), "no quorum")
+        headline = (
+            f"Winner: {self.winner} · {self.share:.0%} · quorum ({need}) met"
+            if decided
+            else f"No decision: {reason.removeprefix('no quorum: ')}"
+        )
+        cast = self.votes_cast or sum(self.tally.values())
+        rows = tuple(
+            Row(
+                answer,
+                (str(count), f"{count / cast:.0%}" if cast else "-"),
+                share=count / cast if cast else 0.0,
+                marked=decided and answer == self.winner,
+            )
+            for answer, count in self.tally.items()
+        )
+        method = "choices" if self.method == "choices" else "exact match"
+        note = (
+            f"{cast} votes cast ({method}) · {len(self.abstained)} abstained · "
+            f"{len(self.failed)} without an answer"
+        )
+        members = next((g.members for g in self.groups if g.answer == self.winner), [])
+        return Summary(
+            "Vote",
+            headline,
+            decided=decided,
+            answer=self.winner if decided else None,
+            author=", ".join(members) if decided else None,
+            rows=(Rows("tally", rows=rows),),
+            notes=(note,),
+            warnings=tuple(w for w in self.warnings if not w.startswith("no quorum")),
+            chosen=tuple(members) if decided else (),
+        )
+
+
 class VoteStage(PanelStage):
     """The panel, asked to vote; its verdict is the tally (``vote`` in the result document).
 
@@ -49,7 +130,7 @@ class VoteStage(PanelStage):
     key: str | None = "vote"
 
     def messages(self, agent: Agent, context: RunContext) -> list[Message]:
-        choices = _choices(context.options)
+        choices = CHOICES.of(context.options) or []
         how = _TERSE
         if choices:
             how = (
@@ -59,8 +140,8 @@ class VoteStage(PanelStage):
             )
         return chat_messages(agent, f"{context.prompt}\n\n{how}")
 
-    def response_format(self, context: RunContext) -> Mapping[str, Any] | None:
-        choices = _choices(context.options)
+    def response_format(self, context: RunContext) -> Mapping[str, object] | None:
+        choices = CHOICES.of(context.options)
         if not choices:
             return None
         schema = {
@@ -71,28 +152,24 @@ class VoteStage(PanelStage):
         }
         return json_schema_format("vote", schema)
 
-    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> dict[str, Any] | None:
-        return tally_votes(results, _choices(context.options), context.options.get("quorum"))
+    def reader(self, context: RunContext) -> Callable[[CallResult], object] | None:
+        choices = CHOICES.of(context.options)
+        return (lambda result: read_choice(result, choices)) if choices else None
+
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> VoteVerdict:
+        options = context.options
+        return tally_votes(results, CHOICES.of(options) or [], QUORUM.of(options))
 
 
-def check_vote(options: Mapping[str, Any]) -> None:
-    """ConfigError for choices that cannot make a vote, or a quorum that is not a share."""
-    choices = options.get("choices")
-    if choices is not None:
-        if not isinstance(choices, list | tuple) or not all(isinstance(c, str) for c in choices):
-            raise ConfigError("--choices: give the choices as text")
-        keys = [normalise(c) for c in choices]
-        if len(set(keys)) < 2 or len(set(keys)) != len(keys) or "" in keys:
-            raise ConfigError("--choices: give at least two different choices, e.g. Paris,Lyon")
-    quorum = options.get("quorum")
-    if quorum is not None and (
-        isinstance(quorum, bool) or not isinstance(quorum, int | float) or not 0 < quorum <= 1
-    ):
-        raise ConfigError(f"--quorum: {quorum!r} is not a share between 0 and 1")
-
-
-def _choices(options: Mapping[str, Any]) -> list[str]:
-    return [str(c) for c in options.get("choices") or []]
+def read_choice(result: CallResult, choices: Sequence[str]) -> None:
+    """A reply that picks a choice reads as that choice (``Paris``, not ``{"choice":
+    "Paris"}``); the reply as it came stays in ``details["reply"]``."""
+    if result.answer is None:
+        return
+    vote = read_vote(result.answer, choices)
+    if vote is not None and vote[1] != result.answer:
+        result.details["reply"] = result.answer
+        result.answer = vote[1]
 
 
 def read_vote(answer: str, choices: Sequence[str]) -> tuple[str, str] | None:
@@ -110,10 +187,10 @@ def read_vote(answer: str, choices: Sequence[str]) -> tuple[str, str] | None:
 
 def tally_votes(
     results: Sequence[CallResult], choices: Sequence[str], quorum: float | None
-) -> dict[str, Any]:
+) -> VoteVerdict:
     """The ``vote`` verdict: winner, its share of the votes cast, whether it has quorum, the
     tally and who voted what; failures and abstentions are listed, never counted."""
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[str, VoteGroup] = {}
     abstained: list[str] = []
     failed: list[str] = []
     for result in results:
@@ -125,11 +202,11 @@ def tally_votes(
             abstained.append(result.name)
             continue
         key, shown = vote
-        groups.setdefault(key, {"answer": shown, "members": []})["members"].append(result.name)
-    ranked = sorted(groups.values(), key=lambda g: -len(g["members"]))  # stable: first seen
-    cast = sum(len(g["members"]) for g in ranked)
-    top = len(ranked[0]["members"]) if ranked else 0
-    leaders = [g["answer"] for g in ranked if len(g["members"]) == top]
+        groups.setdefault(key, VoteGroup(shown)).members.append(result.name)
+    ranked = sorted(groups.values(), key=lambda g: -len(g.members))  # stable: first seen
+    cast = sum(len(g.members) for g in ranked)
+    top = len(ranked[0].members) if ranked else 0
+    leaders = [g.answer for g in ranked if len(g.members) == top]
     winner = leaders[0] if len(leaders) == 1 else None
     share = round(top / cast, 4) if cast else 0.0
     needed = 0.5 if quorum is None else float(quorum)
@@ -138,19 +215,19 @@ def tally_votes(
     warnings = _vote_warnings(cast, share, met, winner, leaders, top, quorum, failed, abstained)
     if abstained and choices:
         warnings[-1] = warnings[-1].replace("(no usable answer)", "(fits no choice)")
-    return {
-        "winner": winner,
-        "share": share,
-        "quorum": needed,
-        "quorum_met": met,
-        "tally": {g["answer"]: len(g["members"]) for g in ranked},
-        "groups": ranked,
-        "abstained": abstained,
-        "failed": failed,
-        "votes_cast": cast,
-        "method": "choices" if choices else "exact",
-        "warnings": warnings,
-    }
+    return VoteVerdict(
+        winner=winner,
+        share=share,
+        quorum=needed,
+        quorum_met=met,
+        tally={g.answer: len(g.members) for g in ranked},
+        groups=ranked,
+        abstained=abstained,
+        failed=failed,
+        votes_cast=cast,
+        method="choices" if choices else "exact",
+        warnings=warnings,
+    )
 
 
 def _vote_warnings(
@@ -179,3 +256,44 @@ def _vote_warnings(
     if abstained:
         warnings.append(f"{len(abstained)} abstained (no usable answer): {', '.join(abstained)}")
     return warnings
+
+
+class TallyStage:
+    """``then: vote`` in a flow: the tally of an earlier stage's answers (no call of its
+    own)."""
+
+    kind = "vote"
+    key: str | None = "vote"
+    roles: tuple[str, ...] = ()
+    makes_calls = False
+
+    def __init__(self, stage_id: str, source: str) -> None:
+        self.id, self.source = stage_id, source
+
+    def calls(self, context: RunContext) -> list[object]:
+        return []
+
+    def verdict(self, context: RunContext, results: Sequence[CallResult]) -> VoteVerdict:
+        stage = context.stages.get(self.source)
+        return tally_votes(stage.calls if stage else [], [], QUORUM.of(context.options))
+
+
+def vote_plan(options: Options) -> list[Stage]:
+    """Every persona votes (``choices``, ``quorum``); the tally is the ``vote`` verdict."""
+    return [VoteStage(), *synthesis_after(options)]
+
+
+def _then_vote(source: str, stage_id: str, options: Options) -> list[Stage]:
+    return [TallyStage(stage_id, source)]  # type: ignore[list-item]
+
+
+SHAPE = Shape(
+    "vote",
+    "Every persona answers; the answers are grouped and the largest group wins if it has quorum.",
+    vote_plan,
+    options=(*PANEL_OPTIONS, CHOICES, QUORUM),
+    flag="--vote",
+    steps=(Step("vote", "vote", _then_vote),),
+    example='fanout ask --vote --choices "Paris,Lyon" "What is the capital of France?"',
+    order=20,
+)
