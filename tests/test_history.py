@@ -129,6 +129,8 @@ def test_list_runs_newest_first_with_counts_and_limit(tmp_path: Path) -> None:
         agents=2,
         answered=1,
         cost_usd=0.5,
+        conversation_id="ccc222",  # a run nobody continued is a conversation of its own
+        turn=1,
     )
     assert [run.answered for run in runs] == [1, 0, 2]
 

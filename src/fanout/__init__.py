@@ -12,7 +12,11 @@ The Python API (the CLI is one client of it)::
         async for event in stream:            # RunStarted, CallDelta, CallFinished, RunFinished...
             ...
 
-The API loads on first use, so ``fanout --help`` does not pay for it, nor the live board's
+    chat = fanout.Conversation(fanout.load_panel())  # each persona keeps its own thread
+    chat.ask("What is temperature?")
+    chat.ask("And at absolute zero?")
+
+The API loads on first use, so ``fanout --help`` does not pay for it nor the live board's
 first frame (drawn by ``fanout.launch`` before anything else loads), and the command line
 has its signal handlers in place first.
 """
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 
     from fanout.api import RunRequest, arun, events, load_panel, prepare, run
     from fanout.config import Panel
+    from fanout.conversation import Conversation
     from fanout.engine import Execution, RunSettings
     from fanout.errors import ConfigError, FanoutError, ProviderError, StorageError
     from fanout.models import (
@@ -48,6 +53,7 @@ __all__ = [
     "Call",
     "CallResult",
     "ConfigError",
+    "Conversation",
     "Endpoint",
     "Execution",
     "FanoutError",
@@ -71,6 +77,7 @@ _ERRORS = ("ConfigError", "FanoutError", "ProviderError", "StorageError")
 _LAZY = {
     **dict.fromkeys(("RunRequest", "arun", "events", "load_panel", "prepare", "run"), "fanout.api"),
     "Panel": "fanout.config",
+    "Conversation": "fanout.conversation",
     **dict.fromkeys(("Execution", "RunSettings"), "fanout.engine"),
     **dict.fromkeys(_ERRORS, "fanout.errors"),
     **dict.fromkeys(("Agent", "AgentError", "AgentResult", "Call", "CallResult"), "fanout.models"),

@@ -56,6 +56,8 @@ from fanout.shapes import build_plan, check_plan, roles_of
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from fanout.conversation import Transcript
+
 
 def load_panel(path: Path | str | None = None) -> Panel:
     """The agents file at ``path``; without one, the file fanout would find (``$FANOUT_CONFIG``,
@@ -83,6 +85,9 @@ class RunRequest:
     run_id: str | None = None
     trace_id: str | None = None
     parent_span_id: str | None = None  # with trace_id: the span this run continues
+    # The conversation this run is the next turn of (its id, its earlier turns): each persona
+    # is sent its own thread. None: a conversation of its own.
+    conversation: Transcript | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,14 @@ class Plan:
 
     def context(self) -> RunContext:
         """What the plan's first stage sees: its question, personas, roles and options."""
-        return RunContext(self.request.prompt, self.agents, self.roles, self.request.options)
+        request = self.request
+        return RunContext(
+            request.prompt,
+            self.agents,
+            self.roles,
+            request.options,
+            conversation=request.conversation,
+        )
 
     def asking(self, prompt: str) -> Plan:
         """The same plan for another prompt (a batch's next line)."""
@@ -168,6 +180,10 @@ def _check(request: RunRequest) -> None:
         raise ConfigError("agents: give a list of persona names, e.g. ['physicist']")
     if not isinstance(request.options, Mapping):
         raise ConfigError("options: give a mapping of the shape's options, e.g. {'quorum': 0.6}")
+    if request.conversation is not None:
+        from fanout.conversation import check_transcript
+
+        check_transcript(request.conversation)
     if request.trace_id is not None and not _HEX32.fullmatch(request.trace_id):
         raise ConfigError("trace_id: 32 lowercase hex digits, not all zero")
     settings = request.settings
@@ -202,7 +218,7 @@ def planned_calls(plan: Plan) -> list[PlannedCall]:
     is sent. Each stage is built as if every call before it had answered with all of its
     ``max_tokens``, so what a later stage is sent (a synthesis, a judge's candidates, each
     reviewer's) is bounded whatever the shape."""
-    context = RunContext(plan.request.prompt, plan.agents, plan.roles, plan.request.options)
+    context = plan.context()
     planned: list[PlannedCall] = []
     stages = list(plan.stages)
     index, grown = 0, False

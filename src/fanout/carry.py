@@ -30,7 +30,7 @@ def retry(run_id: str, *, output: Output, log: bool = True) -> int:
         warn(history.warnings)
         stored = history.load(history.resolve(run_id))
         before = report_from_document(stored.document)
-        plan = _stored_plan(stack, stored, None, synthesize=None)
+        plan = _stored_plan(stack, stored, None, synthesize=None, history=history)
         kept: dict[str, CallResult] = {}
         # The plan's stages, then those a growing plan (the orchestrator's turns) added in
         # the stored run: the first with a call to redo is where the run carries on.
@@ -100,17 +100,25 @@ def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -
             )
         if not any(c.status == "ok" for c in before.agents):
             raise ConfigError(f"run {stored.run_id}: no persona answered; nothing to synthesize")
-        plan = _stored_plan(stack, stored, model, synthesize=True)
+        plan = _stored_plan(stack, stored, model, synthesize=True, history=history)
         last = plan.stages[-1].id
         kept = {c.call_id: c for s in before.stages if s.id != last for c in s.calls}
         return _carry_on(history, stored, before, plan, kept, output, log)
 
 
 def _stored_plan(
-    stack: ExitStack, stored: StoredRun, model: str | None, *, synthesize: bool | None
+    stack: ExitStack,
+    stored: StoredRun,
+    model: str | None,
+    *,
+    synthesize: bool | None,
+    history: History | None = None,
 ) -> Plan:
     """The plan of a stored run, with its recorded personas, roles and settings (a local
-    server started for those recorded on ``base_url: local``)."""
+    server started for those recorded on ``base_url: local``) and, from ``history``, the
+    conversation it was a turn of (what its calls were asked in the light of)."""
+    from fanout.chat import carried_conversation
+
     recorded = recorded_plan(stored.agents, stored.synthesizer, stored.settings)
     options = stored_options(recorded.shape, recorded.options)
     if synthesize is not None:
@@ -139,6 +147,7 @@ def _stored_plan(
         trace_id=str(stored.document.get("trace_id") or "") or None,
         # The new work is a child of the run's span, in the run's trace.
         parent_span_id=str(stored.document.get("span_id") or "") or None,
+        conversation=carried_conversation(history, stored.document) if history else None,
     )
     return resolve(request)
 

@@ -59,6 +59,7 @@ MAX_NESTING = 64
 # them it overflows a C timeval or a float rather than meaning anything (MAX_ANSWER_TOKENS too).
 MAX_CONCURRENCY = 1_000
 MAX_TIMEOUT_S = 86_400.0
+MAX_CONTEXT_TOKENS = 100_000_000
 MAX_PRICE = 1_000_000.0  # USD per million tokens
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_SYNTHESIS_INSTRUCTIONS = (
@@ -126,6 +127,7 @@ class _AgentFields(RequestParams):
     rpm: float | None = Field(default=None, gt=0, le=1e6)
     tpm: float | None = Field(default=None, gt=0, le=1e10)
     concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
+    max_context_tokens: int | None = Field(default=None, gt=0, le=MAX_CONTEXT_TOKENS)
 
     @field_validator("base_url")
     @classmethod
@@ -947,6 +949,7 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
                 api_key_env=pick("api_key_env") or "OPENAI_API_KEY",
             ),
             limits=Limits(rpm=pick("rpm"), tpm=pick("tpm"), concurrency=pick("concurrency")),
+            max_context_tokens=pick("max_context_tokens"),
         )
         return _with_requests(agent, defaults, fields)
 

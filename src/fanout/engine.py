@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from fanout.cache import ResponseCache
+    from fanout.conversation import Transcript
 
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
 # rpm: and tpm:, and by this cap on the whole run (--concurrency lowers it): a panel of a few
@@ -602,6 +603,9 @@ class RunContext:
     roles: Mapping[str, Agent]
     options: Mapping[str, object]
     stages: dict[str, StageResult] = field(default_factory=dict)
+    # The conversation this run continues (its earlier turns), if any: each persona is sent
+    # its own thread (``conversation.persona_thread``).
+    conversation: Transcript | None = None
 
 
 class Stage(Protocol):
@@ -694,6 +698,8 @@ class Execution:
                 span_id=self.span_id,
                 parent_span_id=self.parent_span_id,
                 epoch_ns=epoch_ns - int(offset * 1e9),
+                conversation_id=self.conversation_id,
+                turn=self.turn,
             )
         )
         index = 0
@@ -764,7 +770,21 @@ class Execution:
             span_id=self.span_id,
             parent_span_id=self.parent_span_id,
             attachments=self.engine.settings.attachments,
+            conversation_id=self.conversation_id,
+            turn=self.turn,
         )
+
+    @property
+    def conversation_id(self) -> str:
+        """The conversation the run is a turn of: the run's own id for a first turn that
+        nobody named."""
+        conversation = self.context.conversation
+        return (conversation.id if conversation else "") or self.run_id
+
+    @property
+    def turn(self) -> int:
+        conversation = self.context.conversation
+        return conversation.turn if conversation else 1
 
     def conclude(self) -> RunReport:
         """The final report, after telling observers how the calls cut short ended."""

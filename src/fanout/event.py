@@ -30,6 +30,8 @@ class RunStarted:
     span_id: str = ""  # the run's span; its calls' spans are children of it
     parent_span_id: str | None = None  # the span this run continues (TRACEPARENT), if any
     epoch_ns: int = 0  # wall-clock time (ns since the epoch) of the run's time zero
+    conversation_id: str = ""  # the conversation the run is a turn of ("": its own)
+    turn: int = 1
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ def report_document(report: RunReport) -> dict[str, Any]:
         "trace_id": report.trace_id,
         "span_id": report.span_id,
         "parent_span_id": report.parent_span_id,
+        # Every run is a turn of a conversation: its first turn's run id, unless named.
+        "conversation_id": report.conversation_id or report.run_id,
+        "turn": report.turn,
         "shape": report.shape,
         "prompt": report.prompt,
         "status": report.status,
@@ -357,6 +360,7 @@ class JsonlWriter:
         self._deltas = deltas
         self._run_id = ""
         self._trace_id = ""
+        self._conversation_id = ""
 
     def handle(self, event: Event) -> None:
         line = self._line(event)
@@ -373,8 +377,10 @@ class JsonlWriter:
         body: dict[str, Any]
         if isinstance(event, RunStarted):
             self._run_id, self._trace_id = event.run_id, event.trace_id
+            self._conversation_id = event.conversation_id or event.run_id
             body = {
                 "type": "run_started",
+                "turn": event.turn,
                 "prompt": event.prompt,
                 "agents": list(event.agents),
                 "synthesizer": event.roles.get("synthesizer"),
@@ -433,6 +439,7 @@ class JsonlWriter:
             "schema_version": SCHEMA_VERSION,
             "run_id": self._run_id,
             "trace_id": self._trace_id,
+            "conversation_id": self._conversation_id,
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         return {**stamp, **body}
@@ -654,6 +661,8 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
         span_id=_text_or_none(document.get("span_id")),
         parent_span_id=_text_or_none(document.get("parent_span_id")),
         attachments=tuple(_attachment_of(a) for a in document.get("attachments") or []),
+        conversation_id=_text_or_none(document.get("conversation_id")),
+        turn=_turn(document.get("turn")),
     )
 
 
@@ -669,6 +678,11 @@ def _attachment_of(given: object) -> Attachment:
         str(entry.get("sha256") or ""),
         size if isinstance(size, int) else 0,
     )
+
+
+def _turn(value: object) -> int:
+    """A stored turn number; 1 for a run recorded before conversations (or a bad value)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def _usd(amount: float | None) -> float | None:

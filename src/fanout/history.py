@@ -1,7 +1,7 @@
 """The run history: every ``fanout ask`` recorded in a SQLite database, to list, show and retry.
 
 The database is ``$FANOUT_HOME/history.db``, else ``history.db`` in the user data dir. It stores
-plain JSON-able dicts and knows nothing about the engine. Schema (``PRAGMA user_version`` = 2)::
+plain JSON-able dicts and knows nothing about the engine. Schema (``PRAGMA user_version`` = 3)::
 
     runs(run_id      TEXT PRIMARY KEY,
          started_at  TEXT NOT NULL,   -- ISO-8601, orders the listing
@@ -9,7 +9,8 @@ plain JSON-able dicts and knows nothing about the engine. Schema (``PRAGMA user_
          agents      TEXT NOT NULL,   -- JSON: persona settings as recorded, panel order
          synthesizer TEXT,            -- JSON or NULL
          settings    TEXT NOT NULL,   -- JSON: run settings, shape, options, other roles
-         document    TEXT NOT NULL)   -- JSON: the result document (as started, then final)
+         document    TEXT NOT NULL,   -- JSON: the result document (as started, then final)
+         conversation_id TEXT)        -- the conversation the run is a turn of (indexed)
     calls(run_id TEXT, call_id TEXT, entry TEXT,   -- a call's entry, committed as it ends,
           PRIMARY KEY (run_id, call_id))           -- folded into the document when read
 
@@ -75,7 +76,7 @@ if TYPE_CHECKING:
     from fanout.record import AgentRecord, SettingsRecord
 
 HISTORY_ENV = "FANOUT_HOME"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
 
 # Step i brings the database from version i to i + 1.
@@ -91,6 +92,11 @@ _MIGRATIONS: list[tuple[str, ...]] = [
         """CREATE TABLE calls (
             run_id TEXT NOT NULL, call_id TEXT NOT NULL, entry TEXT NOT NULL,
             PRIMARY KEY (run_id, call_id))""",
+    ),
+    (  # every run is a turn of a conversation; those recorded before are one turn each
+        "ALTER TABLE runs ADD COLUMN conversation_id TEXT",
+        "UPDATE runs SET conversation_id = run_id",
+        "CREATE INDEX runs_conversation ON runs (conversation_id, started_at)",
     ),
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -118,6 +124,8 @@ class RunSummary:
     agents: int
     answered: int
     cost_usd: float | None
+    conversation_id: str = ""
+    turn: int = 1
 
 
 _SPANS = {"m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -149,6 +157,7 @@ class RunFilter:
     agent: str | None = None
     status: str | None = None
     since: datetime | None = None
+    conversation: str | None = None  # a conversation id, in full (``History.conversation_of``)
 
     def keeps(self, document: dict[str, Any]) -> bool:
         calls = [
@@ -159,6 +168,8 @@ class RunFilter:
             if isinstance(c, dict)
         ]
         if self.status is not None and document.get("status") != self.status:
+            return False
+        if self.conversation is not None and _conversation(document) != self.conversation:
             return False
         if self.agent is not None:
             wanted = self.agent.casefold()
@@ -255,7 +266,8 @@ class History:
         with self._transaction():
             try:
                 self._db.execute(
-                    "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO runs (run_id, started_at, writer, agents, synthesizer, "
+                    "settings, document, conversation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         str(document["started_at"]),
@@ -264,6 +276,7 @@ class History:
                         None if synthesizer is None else _dumps(synthesizer),
                         _dumps(settings),
                         _dumps(document),
+                        _conversation(document),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -335,11 +348,18 @@ class History:
         fetch = min(limit, 2**62) if where is None else 2**62
         try:
             with self._lock:
-                rows = self._db.execute(
-                    "SELECT run_id, writer, document FROM runs "
-                    "ORDER BY started_at DESC, rowid DESC LIMIT ?",
-                    (fetch,),
-                ).fetchall()
+                if where is not None and where.conversation is not None:
+                    rows = self._db.execute(  # the index finds its turns
+                        "SELECT run_id, writer, document FROM runs WHERE conversation_id = ? "
+                        "ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                        (where.conversation, fetch),
+                    ).fetchall()
+                else:
+                    rows = self._db.execute(
+                        "SELECT run_id, writer, document FROM runs "
+                        "ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                        (fetch,),
+                    ).fetchall()
         except sqlite3.DatabaseError:
             rows = self._rows_one_by_one(fetch)
         summaries = []
@@ -403,6 +423,58 @@ class History:
             shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
             raise ConfigError(f"run id {prefix!r} is ambiguous: {shown}")
         return str(ids[0])
+
+    def latest(self) -> str | None:
+        """The id of the run started last, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT run_id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def conversation_of(self, reference: str) -> str:
+        """The conversation ``reference`` names: a conversation id, or a run id of one of its
+        turns (either a unique prefix); ConfigError if none or ambiguous."""
+        with self._lock:
+            exact = self._db.execute(
+                "SELECT conversation_id FROM runs WHERE conversation_id = ? OR run_id = ? "
+                "ORDER BY conversation_id = ? DESC LIMIT 1",
+                (reference, reference, reference),
+            ).fetchone()
+            found = (
+                []
+                if exact
+                else self._db.execute(
+                    "SELECT DISTINCT conversation_id FROM runs "
+                    "WHERE substr(conversation_id, 1, ?) = ? OR substr(run_id, 1, ?) = ? LIMIT 6",
+                    (len(reference), reference, len(reference), reference),
+                ).fetchall()
+            )
+        if exact:
+            return str(exact[0])
+        ids = sorted(str(c) for (c,) in found if c)
+        if not reference or not ids:
+            raise ConfigError(f"no conversation or run matches {reference!r} in the history")
+        if len(ids) > 1:
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            raise ConfigError(f"conversation {reference!r} is ambiguous: {shown}")
+        return ids[0]
+
+    def conversation(self, conversation_id: str) -> list[dict[str, object]]:
+        """The documents of a conversation's runs, in the order they started."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT run_id, writer, document FROM runs WHERE conversation_id = ? "
+                "ORDER BY started_at, rowid",
+                (conversation_id,),
+            ).fetchall()
+        documents = []
+        for run_id, writer, document in rows:
+            try:
+                documents.append(self._folded(run_id, writer, document))
+            except (ValueError, TypeError, AttributeError, KeyError, sqlite3.DatabaseError):
+                self.warnings.append(f"run {run_id} is damaged in the history and was skipped")
+        return documents
 
     def load(self, run_id: str) -> StoredRun:
         """Everything recorded about one run (a full id: see `resolve`)."""
@@ -616,6 +688,12 @@ def _current(writer: str | None, document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _conversation(document: Mapping[str, object]) -> str:
+    """The conversation a run's document belongs to (a run recorded before conversations: its
+    own)."""
+    return str(document.get("conversation_id") or document.get("run_id"))
+
+
 def _summary(document: dict[str, Any]) -> RunSummary:
     entries = [e for e in document.get("agents") or [] if isinstance(e, dict)]
     cost = document.get("cost_usd")
@@ -632,7 +710,13 @@ def _summary(document: dict[str, Any]) -> RunSummary:
         agents=len(entries),
         answered=sum(1 for e in entries if e.get("status") == "ok"),
         cost_usd=None if cost is None else float(cost),
+        conversation_id=_conversation(document),
+        turn=_turn(document.get("turn")),
     )
+
+
+def _turn(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def _identity(pid: int) -> dict[str, Any]:

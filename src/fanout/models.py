@@ -126,6 +126,9 @@ class Agent:
     # shown or recorded (masked like a key).
     extra_headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     fallbacks: tuple[Fallback, ...] = ()  # in order
+    # The most tokens a request may hold (its messages and its answer): a conversation's
+    # oldest turns are left out to fit. None: the model's known window, if any.
+    max_context_tokens: int | None = None
 
     def request_params(self) -> dict[str, JsonValue]:
         """Every request field it sets, under the name it was given, then ``extra_body`` and
@@ -340,6 +343,8 @@ class RunReport:
     span_id: str | None = None  # the run's own span in its trace
     parent_span_id: str | None = None  # the span it continues (a TRACEPARENT), if any
     attachments: tuple[Attachment, ...] = ()  # sent with the question (-f): by hash
+    conversation_id: str | None = None  # None: a conversation of its own (id: the run's)
+    turn: int = 1  # which turn of its conversation it is, from 1
 
     @property
     def calls(self) -> list[CallResult]:

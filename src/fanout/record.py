@@ -44,6 +44,7 @@ class AgentRecord(TypedDict, total=False):
     rpm: float | None
     tpm: float | None
     concurrency: int | None
+    max_context_tokens: int | None  # a conversation's bound on what a request holds
     params: dict[str, JsonValue]  # request fields (reasoning_effort, seed...)
     token_field: str | None
     extra_body: dict[str, JsonValue]
@@ -111,6 +112,7 @@ def agent_record(agent: Agent) -> AgentRecord:
         "rpm": agent.limits.rpm,
         "tpm": agent.limits.tpm,
         "concurrency": agent.limits.concurrency,
+        "max_context_tokens": agent.max_context_tokens,
         "params": dict(agent.params),
         "token_field": agent.token_field,
         "extra_body": dict(agent.extra_body),
@@ -142,6 +144,7 @@ def agent_from_record(data: AgentRecord) -> Agent:
         timeout=data.get("timeout"),
         endpoint=Endpoint(data["base_url"], data["api_key_env"]),
         limits=Limits(data.get("rpm"), data.get("tpm"), data.get("concurrency")),
+        max_context_tokens=data.get("max_context_tokens"),
         params=_mapping(data.get("params")),
         token_field=_text_or_none(data.get("token_field")),
         extra_body=_mapping(data.get("extra_body")),

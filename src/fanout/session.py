@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fanout.api import Plan, RunRequest, planned_calls, prepare, resolve
 from fanout.config import Panel, check_credentials, find_config, load_panel
@@ -24,6 +25,10 @@ from fanout.models import Agent
 from fanout.output import Output
 from fanout.shapes import shape_of
 from fanout.tracing import trace_parent
+
+if TYPE_CHECKING:
+    from fanout.conversation import Transcript
+    from fanout.event import Observer
 
 
 def ask(
@@ -43,10 +48,13 @@ def ask(
     shape: str = "panel",
     options: Mapping[str, object] | None = None,
     traceparent: str | None = None,
+    conversation: Transcript | None = None,
+    observers: Sequence[Observer] = (),
 ) -> int:
     """``fanout ask``. ``shape`` and ``options``: what the run decides (a vote, a judge, a
     council, a router...); ``local``/``local_model``: every call on the model of this machine;
-    ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid."""
+    ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid;
+    ``conversation``: the one this run continues; ``observers``: more listeners (``chat``)."""
     parent = trace_parent(traceparent, os.environ)
     # -p personas join the panel here.
     panel = load_panel(find_config(config, os.environ)).with_personas(personas)
@@ -65,6 +73,7 @@ def ask(
         model=model,
         trace_id=parent.trace_id if parent else None,
         parent_span_id=parent.span_id if parent else None,
+        conversation=conversation,
     )
     plan = resolve(request, priced=not dry_run)
     checkpoint()  # the run does not exist yet: a signal so far ends here, with nothing recorded
@@ -74,7 +83,7 @@ def ask(
 
         return dryrun.dry_run(plan, output, on_local and local, model is not None, settings)
     where = LocalModel(local, local_model) if on_local else None
-    return run_plan(plan, output, log, local=where)
+    return run_plan(plan, output, log, local=where, observers=observers)
 
 
 @dataclass(frozen=True)
@@ -140,9 +149,17 @@ def flow_check(path: Path, *, config: Path | None) -> str:
     )
 
 
-def run_plan(plan: Plan, output: Output, log: bool, *, local: LocalModel | None = None) -> int:
+def run_plan(
+    plan: Plan,
+    output: Output,
+    log: bool,
+    *,
+    local: LocalModel | None = None,
+    observers: Sequence[Observer] = (),
+) -> int:
     """Run a resolved plan with the displays and the history listening (every persona and
-    role recorded, so ``runs retry`` can rebuild it); on the local server with ``local``."""
+    role recorded, so ``runs retry`` can rebuild it); on the local server with ``local``;
+    ``observers`` hear it too."""
     with ExitStack() as stack:
         run, written = plan, None
         if local is not None:
@@ -164,7 +181,7 @@ def run_plan(plan: Plan, output: Output, log: bool, *, local: LocalModel | None 
             warn(history.warnings)
             recorder = recorder_for(history, plan, written=written)
         report, interrupted = drive(
-            lambda observer: prepare(run, [observer], check=False),
+            lambda observer: prepare(run, [observer, *observers], check=False),
             output,
             recorder,
             run.agents,

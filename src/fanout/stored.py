@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fanout.drive import open_history, show_report, warn
@@ -11,12 +12,21 @@ from fanout.files import write_whole
 from fanout.history import RunFilter
 from fanout.models import RunReport
 from fanout.output import EXIT_OK, exit_for, write_stdout
-from fanout.render import make_console, printable, run_header, runs_table, timeline
+from fanout.render import (
+    make_console,
+    print_warning,
+    printable,
+    run_header,
+    runs_table,
+    timeline,
+)
 
 
 def list_runs(limit: int, json_output: bool, where: RunFilter | None = None) -> None:
     """``fanout runs list`` (``where``: only the runs it keeps)."""
     with open_history() as history:
+        if where is not None and where.conversation is not None:  # a prefix, or a run of it
+            where = replace(where, conversation=history.conversation_of(where.conversation))
         summaries = history.list_runs(limit, where)
         warn(history.warnings)
     if json_output:
@@ -39,9 +49,12 @@ def show_run(
     settings (``--json``: the same document; ``--timeline``: its timeline after it, on stderr
     when stdout is JSON; ``agent`` with ``raw``: that persona's answer alone, as it was
     written). Exit 0 once shown, or with ``exit_status`` the code the run itself ended with."""
+    from fanout.chat import turn_line
+
     with open_history() as history:
         warn(history.warnings)
         stored = history.load(history.resolve(run_id))
+        turn = turn_line(history, stored.document)
     report = report_from_document(stored.document)
     on_terminal = make_console().is_terminal
     if raw:
@@ -51,7 +64,7 @@ def show_run(
     elif json_output:
         write_stdout(dumps(stored.document))
     else:
-        header = run_header(report, stored.settings)
+        header = run_header(report, stored.settings) + (f"\n{turn}" if turn else "")
         write_stdout((printable(header) if on_terminal else header) + "\n\n")
         show_report(report, view)
     if with_timeline:
@@ -61,12 +74,21 @@ def show_run(
     return EXIT_OK
 
 
-def delete_run(run_id: str) -> str:
-    """``fanout runs delete``: the run and its calls gone from the history; its full id."""
+def delete_run(run_id: str, *, force: bool = False) -> str:
+    """``fanout runs delete``: the run and its calls gone from the history; its full id. A
+    turn with later turns in its conversation is refused unless ``force``."""
+    from fanout.chat import later_turns_note
+
     with open_history() as history:
         warn(history.warnings)
         full = history.resolve(run_id)
+        document = history.load(full).document
+        note = later_turns_note(history, document, "deleting it leaves them as they were asked")
+        if note and not force:
+            raise ConfigError(f"{note}; --force to delete it anyway")
         history.purge(full)
+    if note:
+        print_warning(make_console(stderr=True), f"warning: {note}")
     return full
 
 

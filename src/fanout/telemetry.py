@@ -153,6 +153,7 @@ class RunSpans:
         self._trace_id = ""
         self._run_span_id = ""
         self._epoch_ns = 0
+        self._conversation = ""  # gen_ai.conversation.id on every span of the run
 
     def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -170,11 +171,14 @@ class RunSpans:
     def _started(self, event: RunStarted) -> None:
         self._trace_id, self._run_span_id = event.trace_id, event.span_id
         self._epoch_ns = event.epoch_ns
+        self._conversation = event.conversation_id or event.run_id
         attributes: Attributes = {
             "gen_ai.operation.name": "invoke_workflow",
             "gen_ai.workflow.name": "fanout",
+            "gen_ai.conversation.id": self._conversation,
             "fanout.run.id": event.run_id,
             "fanout.run.shape": event.shape,
+            "fanout.run.turn": event.turn,
         }
         if self._telemetry.capture_content:
             attributes["gen_ai.input.messages"] = _messages([("user", event.prompt)])
@@ -197,6 +201,7 @@ class RunSpans:
         attributes = {
             **_request_attributes(call),
             "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.conversation.id": self._conversation,
             "gen_ai.agent.name": call.name,
             "fanout.call.id": call.call_id,
             "fanout.call.stage": call.stage,
@@ -229,6 +234,7 @@ class RunSpans:
         self, call: Call, result: CallResult, attempt: AttemptTiming, parent: str, last: bool
     ) -> None:
         attributes = {**_request_attributes(call), "gen_ai.operation.name": "chat"}
+        attributes["gen_ai.conversation.id"] = self._conversation
         attributes["fanout.attempt"] = attempt.attempt
         answered = last and result.status == "ok"
         if answered:

@@ -1,7 +1,7 @@
 """The ``fanout`` command: parse flags, call the core, render, map errors to exit codes.
 
-One module per command (``ask``, ``batch``, ``runs``, ``flow``, ``serve``) on the root of
-``app``; ``options`` holds the flags they share, ``flags`` turns flags into what the command
+One module per command (``ask``, ``chat``, ``batch``, ``runs``, ``flow``, ``serve``) on the
+root of ``app``; ``options`` holds the flags they share, ``flags`` turns flags into what the command
 drivers take. The heavy modules (engine, provider, Rich) load only when a command runs.
 
 Exit codes: 0 every persona answered · 3 some failed (partial) · 5 it ran but decided nothing
@@ -11,7 +11,7 @@ interrupted (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
-from fanout.cli import ask, batch, catalog, serve, shapes  # noqa: F401  (each registers its commands)
+from fanout.cli import ask, batch, catalog, chat, serve, shapes  # noqa: F401  (each registers its commands)
 from fanout.cli.app import app
 from fanout.cli.cache import cache_app
 from fanout.cli.eval import eval_app

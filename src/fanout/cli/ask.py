@@ -16,6 +16,7 @@ from fanout.cli.app import (
     errors_to_exit,
     terminate_as_interrupt,
 )
+from fanout.cli.chat import ContinueOption, ConversationOption, continued
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
@@ -70,6 +71,7 @@ ASK_EXAMPLES = """Examples:
   fanout ask -a translator:3 --judge "Translate 'carpe diem'"
   fanout ask --council "Is P = NP likely?"
   fanout ask --local "What is temperature?"
+  fanout ask --continue "And at absolute zero?"
   echo "What is entropy?" | fanout ask --json | jq -r '.output.physicist'
   fanout ask --jsonl "Why?" | jq -c 'select(.type == "agent_finished")'"""
 
@@ -145,6 +147,8 @@ def ask(
         ),
     ] = None,
     no_log: NoLogOption = False,
+    continue_: ContinueOption = False,
+    conversation: ConversationOption = None,
     traceparent: Annotated[
         str | None,
         typer.Option(
@@ -175,6 +179,7 @@ def ask(
             names, repeat = repeats(agent_names(agents, model))
             adhoc = adhoc_personas(personas)
             names = panel_names(names, adhoc)
+            thread, names, adhoc = continued(continue_, conversation, names, adhoc, config)
             shape, options = with_repeat(*shape_from_flags(shape_flags), repeat)
             check_utf8(None if local_model is None else str(local_model), "--local-model")
             settings = run_settings(
@@ -200,6 +205,7 @@ def ask(
                 local=local or local_model is not None,
                 local_model=local_model,
                 traceparent=traceparent,
+                conversation=thread,
             )
         except KeyboardInterrupt:
             # A signal before the run could catch it (loading, reading the prompt...): still

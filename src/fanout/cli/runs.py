@@ -78,6 +78,14 @@ def runs_list(
             "--since", metavar="WHEN", help="Only runs started since: 30m, 2h, 3d, 1w or a date."
         ),
     ] = None,
+    conversation: Annotated[
+        str | None,
+        typer.Option(
+            "--conversation",
+            metavar="ID",
+            help="Only the turns of this conversation (its id or a run of it; a prefix).",
+        ),
+    ] = None,
 ) -> None:
     """List recorded runs, newest first (times are local).
 
@@ -95,16 +103,26 @@ def runs_list(
     with errors_to_exit():
         for value, what in ((query, "--query"), (agent, "--agent"), (since, "--since")):
             check_utf8(value, what)
+        check_utf8(conversation, "--conversation")
         where = None
-        if (query, agent, status, since) != (None, None, None, None):
+        if (query, agent, status, since, conversation) != (None, None, None, None, None):
             when = parse_since(since) if since is not None else None
-            where = RunFilter(text=query, agent=agent, status=status, since=when)
+            where = RunFilter(
+                text=query, agent=agent, status=status, since=when, conversation=conversation
+            )
         stored.list_runs(limit, json_output, where)
 
 
 @runs_app.command("delete", cls=Command)
-def runs_delete(run_id: RunIdArgument) -> None:
-    """Delete a recorded run (its prompt, answers and document) from the history.
+def runs_delete(
+    run_id: RunIdArgument,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Delete a turn of a conversation that has later turns, too."),
+    ] = False,
+) -> None:
+    """Delete a recorded run (its prompt, answers and document) from the history. A turn of
+    a conversation with later turns is refused without --force (they were asked with it).
 
     Example: fanout runs delete 3f9c
     """
@@ -112,7 +130,7 @@ def runs_delete(run_id: RunIdArgument) -> None:
 
     with errors_to_exit():
         check_utf8(run_id, "the run id")
-        full = stored.delete_run(run_id)
+        full = stored.delete_run(run_id, force=force)
         typer.echo(f"deleted run {full}", err=True)
 
 
@@ -144,6 +162,10 @@ def runs_show(
             "--exit-status", help="Exit with the run's own code (3 partial, 1 failed, 130...)."
         ),
     ] = False,
+    turns: Annotated[
+        bool,
+        typer.Option("--turns", help="Show every turn of the run's conversation, in order."),
+    ] = False,
 ) -> None:
     """Show a recorded run as `ask` showed it, under its prompt, local time and settings;
     --json gives the same document as `ask --json`. Exits 0 once shown (see --exit-status).
@@ -155,12 +177,19 @@ def runs_show(
       fanout runs show 3f9c --timeline
 
       fanout runs show 3f9c -a physicist --raw > physicist.md
+
+      fanout runs show 3f9c --turns
     """
     from fanout import stored
 
     with errors_to_exit():
         check_utf8(run_id, "the run id")
         check_utf8(agent, "--agent")
+        if turns:
+            from fanout.chat import show_turns
+
+            show_turns(run_id, json_output, view)
+            raise typer.Exit(0)
         code = stored.show_run(
             run_id,
             json_output,

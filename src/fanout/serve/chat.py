@@ -1,9 +1,12 @@
 """The panel as an OpenAI model: ``GET /v1/models`` and ``POST /v1/chat/completions``.
 
 ``model: "fanout"`` asks the panel the conversation's last user message and answers with the
-synthesis; ``fanout/<shape>`` runs that shape (whatever ``SHAPES`` registers) and answers with
-its verdict. ``usage`` is summed over every call and the whole result document rides along
-under a top-level ``fanout`` field. Run options (``agents``, ``timeout``...) go in a ``fanout``
+synthesis. The messages before it are the conversation so far: each earlier user message and
+the assistant's reply after it reach every persona as its thread (the reply as its own earlier
+answer), and a system message is added to each persona's instructions (``client_history``).
+``fanout/<shape>`` runs that shape (whatever ``SHAPES`` registers) and answers with its
+verdict. ``usage`` is summed over every call and the whole result document rides along under a
+top-level ``fanout`` field. Run options (``agents``, ``timeout``...) go in a ``fanout``
 object in the body (``extra_body={"fanout": {...}}`` with the openai client). A chat run is a
 run like any other: it counts against ``--max-runs``, shows in the dashboard and the history.
 """
@@ -11,11 +14,14 @@ run like any other: it counts against ``--max-runs``, shows in the dashboard and
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response, StreamingResponse
 
+from fanout.conversation import Transcript, Turn
+from fanout.errors import FanoutError
 from fanout.export import json_line
 from fanout.serve.errors import error, error_body
 from fanout.serve.runs import (
@@ -24,6 +30,7 @@ from fanout.serve.runs import (
     caller_trace,
     failure_reason,
     final_answer,
+    run_request,
     shape_names,
 )
 
@@ -94,6 +101,47 @@ class _UnknownModel(BadRequest):
     pass
 
 
+def client_history(messages: Sequence[object], named: Transcript | None) -> Transcript | None:
+    """The conversation a client's messages hold before the last user message: each user
+    message (consecutive ones joined) with the assistant's reply after it as an earlier turn,
+    and the system (or developer) messages as one text. ``named``: the conversation the
+    request named (``fanout.conversation_id``), whose id the run takes. None: a lone
+    question, in no named conversation."""
+    last = max(i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user")
+    system: list[str] = []
+    turns: list[Turn] = []
+    asked: list[str] = []
+    for message in messages[:last]:
+        role = message.get("role") if isinstance(message, dict) else None
+        text = _text(message.get("content")) if isinstance(message, dict) else ""
+        if role in ("system", "developer") and text.strip():
+            system.append(text)
+        elif role == "user" and text.strip():
+            asked.append(text)
+        elif role == "assistant" and asked and text.strip():
+            turns.append(Turn("\n\n".join(asked), reply=text, number=len(turns) + 1))
+            asked = []
+    if asked:  # asked and never answered: the personas are told so, not given an answer
+        turns.append(Turn("\n\n".join(asked), answers={}, reply=None, number=len(turns) + 1))
+    for message in messages[last + 1 :]:
+        if isinstance(message, dict) and message.get("role") in ("system", "developer"):
+            system.append(_text(message.get("content")))
+    if not (turns or system or named):
+        return None
+    return Transcript(named.id if named else "", tuple(turns), "\n\n".join(system) or None)
+
+
+def _text(content: object) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, list):
+        return "\n".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return content if isinstance(content, str) else ""
+
+
 def last_user_message(messages: Any) -> str:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: a non-empty list of chat messages")
@@ -148,10 +196,20 @@ async def chat_completions(request: Request) -> Response:
     except _UnknownModel as exc:
         return openai_error(404, str(exc), "model_not_found")
     streamed = body.get("stream") is True
+    manager = manager_of(request)
+    try:
+        asked = run_request(wanted, manager.panel, run_id="")
+    except FanoutError as exc:
+        raise BadRequest(str(exc)) from None
+    messages = body["messages"]  # a list with a user message: run_body checked it
+    history = client_history(messages if isinstance(messages, list) else [], asked.conversation)
     # The client waits for its answer: nothing to record before going on, and unless it is
     # streamed, each answer is asked for whole (less work than reading a stream of pieces).
-    run = await manager_of(request).start(
-        wanted, durable=False, deltas=streamed, trace=caller_trace(request.headers)
+    run = await manager.start(
+        replace(asked, conversation=history),
+        durable=False,
+        deltas=streamed,
+        trace=caller_trace(request.headers),
     )
     model = str(body["model"])
     if streamed:

@@ -29,6 +29,7 @@ import anyio.abc
 
 from fanout.api import Plan, RunRequest, prepare, resolve
 from fanout.config import Panel, check_credentials
+from fanout.conversation import named_conversation, wants_stored_turns, with_stored_turns
 from fanout.engine import Execution, Provider, RunSettings
 from fanout.errors import ConfigError, FanoutError
 from fanout.event import (
@@ -55,7 +56,8 @@ from fanout.tracing import TraceParent, parse_traceparent
 
 # The options of POST /api/runs beside the shapes' own names (``vote``, ``judge``...).
 RUN_OPTIONS = ("prompt", "agents", "model", "synthesize", "max_cost", "timeout", "retries",
-               "concurrency", "shape", "options", "personas", "files")  # fmt: skip
+               "concurrency", "shape", "options", "personas", "files",
+               "conversation_id")  # fmt: skip
 # Finished runs are answered from memory (their events with the deltas) while their lines take
 # no more than this many bytes in all, and there are no more than FINISHED_KEPT of them; older
 # ones are read from the history (events without the deltas).
@@ -147,6 +149,7 @@ def run_request(
         settings=settings,
         model=model,
         run_id=run_id,
+        conversation=named_conversation(body.get("conversation_id")),
     )
 
 
@@ -276,6 +279,7 @@ class LiveRun:
             "agents": [a.name for a in self.plan.agents],
             "shape": request.shape,
             "options": dict(request.options),
+            "conversation_id": request.conversation.id if request.conversation else None,
         }
 
 
@@ -439,6 +443,11 @@ class RunManager:
         run = self._admit(body, trace)
         self._unfinished += 1
         try:
+            if wants_stored_turns(run.plan):  # a conversation named: its turns, off the loop
+                # Every earlier turn in: a turn that just finished may still be in the writer's
+                # queue (its answer already sent: /v1 answers before the record is written).
+                await written(self._writer)
+                run.plan = await anyio.to_thread.run_sync(with_stored_turns, self.history, run.plan)
             recorder = self._prepare(run, deltas)
             if durable:
                 await written(self._writer)
@@ -617,6 +626,8 @@ def status_document(
         "total": len(calls),
         "calls": dict(calls),
         "interrupted": status == "interrupted",
+        "conversation_id": document.get("conversation_id") or document.get("run_id"),
+        "turn": document.get("turn") or 1,
         "trace_id": document.get("trace_id"),
     }
     final = final_answer(document)
@@ -671,6 +682,7 @@ def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
         "prompt": document.get("prompt"),
         "agents": [c.get("name") for c in first if isinstance(c, dict)],
         "shape": document.get("shape") or "panel",
+        "conversation_id": document.get("conversation_id") or document.get("run_id"),
     }
 
 
@@ -718,6 +730,7 @@ def replay_lines(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         "schema_version": SCHEMA_VERSION,
         "run_id": document.get("run_id"),
         "trace_id": document.get("trace_id"),
+        "conversation_id": document.get("conversation_id") or document.get("run_id"),
     }
     stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
     started = document.get("started_at")

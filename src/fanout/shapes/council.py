@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from fanout.conversation import role_prompt
 from fanout.models import AgentError, Call, CallResult, Message
 from fanout.shapes.options import MAP, PANEL_OPTIONS, Options
 from fanout.shapes.panel import PanelStage
@@ -142,7 +143,7 @@ class ReviewStage:
             skip = None
             if len(others) < 2:
                 skip = AgentError("no_contest", "fewer than two other answers to rank")
-            messages = review_messages(context.prompt, order, labels, texts)
+            messages = review_messages(role_prompt(context, agent), order, labels, texts)
             calls.append(
                 Call(
                     f"{self.id}/{reviewer.name}",

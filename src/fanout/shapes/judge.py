@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
+from fanout.conversation import role_prompt
 from fanout.models import AgentError, Call, CallResult, Message
 from fanout.shapes.options import PANEL_OPTIONS, Options
 from fanout.shapes.panel import PanelStage
@@ -117,7 +118,9 @@ class JudgeStage:
         names = [agent.name] if len(orders) == 1 else [f"{agent.name}#{i + 1}" for i in range(2)]
         calls = []
         for name, shown in zip(names, orders, strict=True):
-            messages = judge_messages(agent.instructions, context.prompt, shown, labels, texts)
+            messages = judge_messages(
+                agent.instructions, role_prompt(context, agent), shown, labels, texts
+            )
             calls.append(
                 Call(
                     f"{self.id}/{name}",

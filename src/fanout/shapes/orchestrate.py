@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from fanout.conversation import persona_thread
+from fanout.cost import DEFAULT_COMPLETION_ESTIMATE
 from fanout.models import Agent, AgentError, Call, CallResult, Message, chat_messages
 from fanout.shapes.options import SEED, Options, Whole
 from fanout.shapes.output import OutputVerdict
@@ -94,7 +96,6 @@ class OrchestratorTurn:
         every answer), until the last turn, which must answer."""
         result = CallResult.of(call)
         result.status = "ok"
-        from fanout.cost import DEFAULT_COMPLETION_ESTIMATE  # --dry-run only: anyio with it
 
         bound = call.agent.max_tokens or DEFAULT_COMPLETION_ESTIMATE
         result.answer = "x" * bound
@@ -236,7 +237,10 @@ def persona_tools(agents: Sequence[Agent]) -> list[dict[str, object]]:
 def conversation(agent: Agent, context: RunContext, turn: int) -> list[Message]:
     """The orchestrator's messages at ``turn``: the question, then each earlier turn's
     function calls and their results."""
-    messages = chat_messages(agent, context.prompt)
+    # In a conversation, its earlier questions and its own answers to them come first.
+    asked = chat_messages(agent, context.prompt)
+    thread, _ = persona_thread(agent, agent.name, context, asked, writes_reply=True)
+    messages = list(thread)
     for earlier in range(1, turn):
         stage = context.stages.get(f"turn{earlier}")
         result = stage.calls[0] if stage and stage.calls else None

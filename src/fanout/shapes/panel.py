@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from fanout.conversation import persona_thread
 from fanout.models import Agent, Call, CallResult, Message, chat_messages
 from fanout.shapes.options import BEST_OF, PANEL_OPTIONS, REPEAT, Options
 from fanout.shapes.shape import Shape, Step
@@ -41,8 +42,10 @@ class PanelStage:
             names = (
                 [agent.name] if times == 1 else [f"{agent.name}#{i}" for i in range(1, times + 1)]
             )
-            messages = tuple(self.messages(agent, context))
+            asked = self.messages(agent, context)
             for name in names:
+                # In a conversation, each persona's own thread (none outside one).
+                messages, details = persona_thread(agent, name, context, asked)
                 calls.append(
                     Call(
                         f"{self.id}/{name}",
@@ -52,6 +55,7 @@ class PanelStage:
                         agent,
                         messages,
                         response_format=response_format,
+                        details=details,
                         read=read,
                     )
                 )

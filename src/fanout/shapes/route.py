@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
+from fanout.conversation import role_prompt
 from fanout.models import Agent, Call, CallResult, Message
 from fanout.shapes.options import PANEL_OPTIONS, Options, Whole
 from fanout.shapes.panel import PanelStage
@@ -77,7 +78,7 @@ class RouterStage:
                 "router",
                 agent.name,
                 agent,
-                tuple(router_messages(agent, context.prompt, context.agents, most)),
+                tuple(router_messages(agent, role_prompt(context, agent), context.agents, most)),
                 response_format=route_schema(names, most),
             )
         ]

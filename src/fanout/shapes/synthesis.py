@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from fanout.conversation import role_prompt
 from fanout.models import AgentError, Call, CallResult, Message
 from fanout.shapes.options import MAP, SYNTHESIZE, Options
 from fanout.shapes.structured import json_schema_format, parse_object
@@ -128,7 +129,9 @@ class SynthesisStage:
         notes = self.notes(context)
         if self.map:
             notes = [*notes, MAP_BRIEF]
-        messages = synthesis_messages(agent.instructions, context.prompt, answered, missing, notes)
+        messages = synthesis_messages(
+            agent.instructions, role_prompt(context, agent), answered, missing, notes
+        )
         return [
             Call(
                 f"{self.id}/{agent.name}",
