@@ -887,6 +887,14 @@ def _loc_name(data: Any, loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+_ROLE_SPECS: dict[str, type[BaseModel]] = {
+    "synthesizer": SynthesizerSpec,
+    "judge": JudgeSpec,
+    "router": RouterSpec,
+    "orchestrator": RouterSpec,
+}
+
+
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     if "fallbacks" in loc[:-1]:
         return list(FallbackSpec.model_fields)
@@ -894,12 +902,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(PanelSpec.model_fields)
     if loc[0] == "agents":
         return list(AgentSpec.model_fields)
-    if loc[0] == "synthesizer":
-        return list(SynthesizerSpec.model_fields)
-    if loc[0] in ("router", "orchestrator"):
-        return list(RouterSpec.model_fields)
-    if loc[0] == "judge":
-        return list(JudgeSpec.model_fields)
+    role = _ROLE_SPECS.get(loc[0])
+    if role is not None:  # a role's own section (synthesizer:, judge:, router:...)
+        return list(role.model_fields)
     if loc[0] == "pricing":
         return list(PriceSpec.model_fields)
     return list(_AgentFields.model_fields)
@@ -922,36 +927,44 @@ def _suggest(word: str, choices: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _env_base_url(environ: Mapping[str, str]) -> str:
+    """``$OPENAI_BASE_URL`` (or OpenAI's), checked like the file's: asked only when a persona
+    falls back to it."""
+    url = environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+    problem = base_url_problem(url)
+    if problem:
+        raise ConfigError(_one_line(f"$OPENAI_BASE_URL: {problem} ({mask_url(url)!r})"))
+    return url
+
+
+def _build_agent(
+    fields: _AgentFields, name: str, defaults: _AgentFields, environ: Mapping[str, str]
+) -> Agent:
+    """A persona or a role: its own fields, else the file's ``defaults:``."""
+
+    def pick(key: str) -> Any:
+        value = getattr(fields, key)
+        return getattr(defaults, key) if value is None else value
+
+    agent = Agent(
+        name=name,
+        instructions=pick("instructions") or "",
+        description=pick("description") or "",
+        model=pick("model") or DEFAULT_MODEL,
+        timeout=pick("timeout"),
+        endpoint=Endpoint(
+            base_url=(pick("base_url") or _env_base_url(environ)).rstrip("/"),
+            api_key_env=pick("api_key_env") or "OPENAI_API_KEY",
+        ),
+        limits=Limits(rpm=pick("rpm"), tpm=pick("tpm"), concurrency=pick("concurrency")),
+        max_context_tokens=pick("max_context_tokens"),
+    )
+    return _with_requests(agent, defaults, fields)
+
+
 def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
-    defaults = spec.defaults
-
-    def env_base_url() -> str:
-        # Checked like the file's, and only when a persona falls back to it.
-        url = environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
-        problem = base_url_problem(url)
-        if problem:
-            raise ConfigError(_one_line(f"$OPENAI_BASE_URL: {problem} ({mask_url(url)!r})"))
-        return url
-
     def build(fields: _AgentFields, name: str) -> Agent:
-        def pick(key: str) -> Any:
-            value = getattr(fields, key)
-            return getattr(defaults, key) if value is None else value
-
-        agent = Agent(
-            name=name,
-            instructions=pick("instructions") or "",
-            description=pick("description") or "",
-            model=pick("model") or DEFAULT_MODEL,
-            timeout=pick("timeout"),
-            endpoint=Endpoint(
-                base_url=(pick("base_url") or env_base_url()).rstrip("/"),
-                api_key_env=pick("api_key_env") or "OPENAI_API_KEY",
-            ),
-            limits=Limits(rpm=pick("rpm"), tpm=pick("tpm"), concurrency=pick("concurrency")),
-            max_context_tokens=pick("max_context_tokens"),
-        )
-        return _with_requests(agent, defaults, fields)
+        return _build_agent(fields, name, spec.defaults, environ)
 
     agents = [build(a, a.name) for a in spec.agents]
     template: Agent | str

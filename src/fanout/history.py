@@ -543,12 +543,13 @@ class History:
         """A write transaction holding the database's write lock from its first statement."""
         if self._batching == threading.get_ident():
             self._db.execute("SAVEPOINT write")
+            done = False
             try:
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK TO write")
-                raise
-            finally:
+                done = True
+            finally:  # whatever stopped it, cancellation included, is undone
+                if not done:
+                    self._db.execute("ROLLBACK TO write")
                 self._db.execute("RELEASE write")
             return
         with self._lock:

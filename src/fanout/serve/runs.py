@@ -442,6 +442,7 @@ class RunManager:
         which costs less). ``trace``: the caller's ``traceparent``, which the run continues."""
         run = self._admit(body, trace)
         self._unfinished += 1
+        started = False
         try:
             if wants_stored_turns(run.plan):  # a conversation named: its turns, off the loop
                 # Every earlier turn in: a turn that just finished may still be in the writer's
@@ -451,10 +452,11 @@ class RunManager:
             recorder = self._prepare(run, deltas)
             if durable:
                 await written(self._writer)
-        except BaseException:
-            self._unfinished -= 1
-            self._runs.pop(run.id, None)
-            raise
+            started = True
+        finally:  # refused or cancelled on the way (a client gone): the slot is free again
+            if not started:
+                self._unfinished -= 1
+                self._runs.pop(run.id, None)
         if recorder.error is not None:
             self._unfinished -= 1
             self._runs.pop(run.id, None)

@@ -75,7 +75,7 @@ def _spawn(index: int, work: Callable[[int], None]) -> int:
         code = 0
     except KeyboardInterrupt:
         code = 0
-    except BaseException:
+    except Exception:
         _log.exception("worker %d failed", index)
     finally:
         sys.stdout.flush()
