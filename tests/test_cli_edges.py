@@ -21,7 +21,7 @@ import pytest
 from fanout.errors import ConfigError
 from fanout.evalrun import EXIT_REGRESSION
 from fanout.history import history_path
-from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from fanout.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_UNDECIDED
 from tests.conftest import AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
 
@@ -215,7 +215,7 @@ def test_the_readme_s_exit_codes_are_the_code_s(
 ) -> None:
     table = readme_exit_codes()
     codes = {EXIT_OK, EXIT_PARTIAL, EXIT_FAILED, EXIT_INTERRUPTED, ConfigError.exit_code}
-    assert set(table) == {*codes, EXIT_REGRESSION, 141}
+    assert set(table) == {*codes, EXIT_REGRESSION, EXIT_UNDECIDED, 141}
     # A short document reaches the pipe whole before its reader leaves: the run's own code
     # (the README said 141 for `ask --json | head`).
     assert "Output that reached the pipe whole" in table[141]

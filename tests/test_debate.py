@@ -99,7 +99,7 @@ def test_the_judge_may_call_the_agreement(
     document = run_json(invoke, *args)
     assert [s["id"] for s in document["stages"]] == ["round1", "check1", "debate"]
     assert document["stages"][1]["verdict"] == {"type": "debate_check", "agree": True,
-                                                "reasoning": "same"}  # fmt: skip
+                                                "reasoning": "same", "warnings": []}  # fmt: skip
     assert document["synthesis"]["answer"] == "Water boils at 100 C."
 
 

@@ -261,9 +261,6 @@ def test_v1_vote_answers_with_the_winner_in_words(
 # -- a judge run started by the server is carried on with its judge ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="drive: the server's recorder is built without roles (#20 item 3)"
-)
 def test_a_judge_run_from_the_server_is_retried_with_its_own_judge(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, served: list[Served]
 ) -> None:

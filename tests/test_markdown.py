@@ -172,7 +172,7 @@ def test_in_a_browser_the_dashboard_draws_answers_as_markdown_and_runs_nothing(
         wait = WebDriverWait(browser, 30)
         wait.until(lambda d: len(d.find_elements(By.NAME, "persona")) == 2)
         browser.find_element(By.ID, "prompt").send_keys("Why?")
-        browser.find_element(By.ID, "synthesize").click()
+        browser.find_element(By.ID, "opt-synthesize").click()
         browser.find_element(By.ID, "run").click()
         current = browser.find_element(By.ID, "current")
         wait.until(lambda d: current.get_attribute("data-status") == "completed")

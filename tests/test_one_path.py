@@ -13,8 +13,11 @@ import yaml
 
 from fanout.history import History, history_path
 from tests.conftest import Invoke
-from tests.fakeserver import FakeOpenAI, Fault
+from tests.fakeserver import FakeOpenAI, Fault, Reply
 from tests.servehelp import serve_in_thread
+
+# The judge's verdict (read in both orders): it decides, so a run ends with 0, not 5.
+VERDICT = Reply(text='{"reasoning": "r", "winner": "A"}')
 
 
 @pytest.fixture
@@ -56,6 +59,7 @@ def test_a_judge_run_started_by_the_server_is_retried_on_its_own_judge(
     run_id = _served_run(roles_file, {"prompt": "Why?", "judge": True, "retries": 0})
     assert _stored(run_id).document["status"] == "partial"
     server.reset()
+    server.script("m-judge", VERDICT, VERDICT)
     result = invoke("runs", "retry", run_id, "--json")
     assert result.exit_code == 0, result.output
     assert [r.model for r in server.requests] == ["m-judge"]
@@ -66,6 +70,7 @@ def test_a_judge_run_started_by_the_server_is_retried_on_its_own_judge(
 def test_the_cli_and_the_server_record_a_run_the_same(
     server: FakeOpenAI, roles_file: Path, invoke: Invoke
 ) -> None:
+    server.script("m-judge", *[VERDICT] * 4)  # two runs, each judged in both orders
     asked = invoke("ask", "-c", roles_file, "--judge", "-s", "--json", "Why?")
     assert asked.exit_code == 0, asked.output
     by_cli = _stored(json.loads(asked.stdout)["run_id"])
