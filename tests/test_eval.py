@@ -383,3 +383,23 @@ def test_fresh_starts_over_and_list_shows_finished_evals(
     assert listed.exit_code == 0
     assert {row["id"] for row in json.loads(listed.stdout)} == {first["id"], second["id"]}
     assert json.loads(listed.stdout)[0]["pass_rates"] == {"right": 1.0}
+
+
+def test_an_eval_run_again_with_the_cache_sends_nothing(
+    server: FakeOpenAI, invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FANOUT_HOME", str(tmp_path / "home"))  # the cache lives beside history
+    script_personas(server)
+    agents, capitals = write_agents(tmp_path, server), write_eval(tmp_path, rubric=True)
+    first = run_json(invoke, capitals, "-c", agents, "--cache")
+    assert server.count() == 2 * CASES * len(PERSONAS)  # every answer, and its grading
+    server.reset()
+    again = run_json(invoke, capitals, "-c", agents, "--cache")
+    assert server.count() == 0  # the answers and the grader's verdicts came from the cache
+    assert [r["pass_rate"] for r in again["scorecard"]] == [1.0, 0.5, 0.0]
+    assert [r["cost_usd"] for r in again["scorecard"]] == [0, 0, 0]  # a cached answer is free
+    assert first["id"] != again["id"]
+    server.reset()
+    script_personas(server)
+    run_json(invoke, capitals, "-c", agents)  # without --cache: asked again
+    assert server.count() == 2 * CASES * len(PERSONAS)

@@ -10,13 +10,21 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from fanout.cli.app import Command, Group, errors_to_exit
-from fanout.cli.flags import adhoc_personas, agent_names, check_output, panel_names, run_settings
+from fanout.cli.flags import (
+    adhoc_personas,
+    agent_names,
+    cache_of,
+    check_output,
+    panel_names,
+    run_settings,
+)
 from fanout.cli.options import (
     GROUP_BATCH_API,
     GROUP_OUTPUT,
     GROUP_PANEL,
     MAX_POLL_S,
     AgentsOption,
+    CacheOption,
     ConcurrencyOption,
     ConfigOption,
     JsonOption,
@@ -169,6 +177,7 @@ def eval_run(
     rpm: RpmOption = None,
     tpm: TpmOption = None,
     max_cost: MaxCostOption = None,
+    cache: CacheOption = None,
     via: ViaOption = "direct",
     poll_interval: PollOption = 30.0,
 ) -> None:
@@ -198,7 +207,8 @@ def eval_run(
             config=config, names=names, personas=adhoc_personas(personas), model=model,
             prompt=prompt, grader=grader,
             pairwise=_pair_plan(pairs, reference) if pairwise else None,
-            settings=replace(settings, stream=False), outputs=outputs or [],
+            settings=replace(settings, stream=False, cache=cache_of(cache)),
+            outputs=outputs or [],
             json_output=json_output, dry_run=dry_run, fresh=fresh, via=via,
             poll_s=poll_interval,
         )  # fmt: skip
