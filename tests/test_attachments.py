@@ -265,3 +265,27 @@ def test_api_runs_takes_files(server: FakeOpenAI, served: Any) -> None:
         until(lambda: client.get(f"/api/runs/{run_id}").status_code == 200, what="the run")
     (content,) = user_content(server, "m-a")
     assert content[1]["image_url"]["url"] == f"data:image/png;base64,{encoded}"
+
+
+def test_a_batch_through_the_batch_api_sends_the_files_with_every_request(
+    server: FakeOpenAI,
+    agents_file: AgentsFile,
+    invoke: Invoke,
+    files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    prompts = tmp_path / "q.txt"
+    prompts.write_text("one\ntwo\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = invoke(
+        "batch", prompts, "-c", agents_file("a"), "-f", files["txt"], "-f", files["png"],
+        "-o", out, "--via", "openai-batch", "--poll-interval", "0.01",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    uploaded = [json.loads(line) for f in server.files.values() for line in f.splitlines()]
+    requests = [line["body"] for line in uploaded if "body" in line]
+    assert len(requests) == 2
+    for body in requests:
+        content = body["messages"][-1]["content"]
+        assert content[0]["type"] == "text" and "notes.md:\n````" in content[0]["text"]
+        assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")

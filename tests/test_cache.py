@@ -228,3 +228,24 @@ def test_the_writer_thread_ends_when_there_is_nothing_to_write(tmp_path: Path) -
         writers = [t for t in threading.enumerate() if t.name == "fanout-cache"]
         until(lambda w=writers: not any(t.is_alive() for t in w), what="the writer to end")
     assert cache.stats().answers == 3
+
+
+def test_a_fallback_s_answer_is_kept_and_asked_again_from_the_cache(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke
+) -> None:
+    # The persona's own model fails; its fallback answers. Asked again, the fallback's answer
+    # comes from the cache (the first model is tried again: it may be back).
+    config = agents_file("a", extra={"a": {"fallbacks": ["m-fb"]}})
+    server.script("m-a", Fault(500), Fault(500))
+    first = ask_json(invoke, "-c", config, "--cache", "--retries", "0", "Q?")
+    (call,) = first["stages"][0]["calls"]
+    assert call["model"] == "m-fb" and call["cached"] is False
+    assert [r.model for r in server.requests] == ["m-a", "m-fb"]
+    server.reset()
+    server.script("m-a", Fault(500))
+    again = ask_json(invoke, "-c", config, "--cache", "--retries", "0", "Q?")
+    (call,) = again["stages"][0]["calls"]
+    assert [r.model for r in server.requests] == ["m-a"]  # the fallback was not asked again
+    assert call["model"] == "m-fb" and call["cached"] is True and call["status"] == "ok"
+    assert call["answer"] == "m-fb says: Q?"
+    assert [g["model"] for g in call["fell_back_from"]] == ["m-a"]

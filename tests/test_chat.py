@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import fanout
 from tests.conftest import AgentsFile, Invoke, assert_usage_error
 from tests.fakeserver import FakeOpenAI, Fault, Reply
@@ -117,6 +119,21 @@ def test_chat_piped_takes_one_turn_per_line(
     ]
     listed = json.loads(invoke("runs", "list", "--json").stdout)["runs"]
     assert len(listed) == 2 and len({r["conversation_id"] for r in listed}) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [(["--debate"], "debate"), (["--shape", "flow"], "flow"), (["-a", "nobody"], "nobody")],
+)
+def test_chat_refuses_what_no_turn_could_run_before_reading_a_question(
+    server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, flags: list[str], said: str
+) -> None:
+    # `printf 'q1\n' | fanout chat --debate -a alpha` printed "# q1" before its error.
+    result = invoke("chat", "-c", agents_file("physicist"), *flags, input="Why?\n")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and server.count() == 0
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_chat_commands_change_the_next_turn_and_mistakes_do_not_end_it(

@@ -78,6 +78,26 @@ def test_json_into_a_reader_that_leaves_ends_quietly(
     assert proc.returncode == 141
 
 
+@pytest.mark.parametrize("mode", [["--json"], ["--format", "md"]])
+def test_a_document_larger_than_the_pipe_cut_short_by_its_reader_exits_141(
+    server: FakeOpenAI, agents_file: AgentsFile, mode: list[str]
+) -> None:
+    # `fanout ask --json Q | head -c 100` of a 1 MB document: Python's buffered writer dropped
+    # what the pipe did not take once the reader had gone, and the command exited 0.
+    server.default = Reply(text="word " * 200_000)
+    proc = fanout_process("ask", "-c", agents_file("a"), *mode, "Why?")
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert len(proc.stdout.read(100)) == 100  # `| head -c 100`
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert stderr == ""
+    assert proc.returncode == 141
+
+
 def test_batch_into_a_reader_that_leaves_ends_quietly(
     server: FakeOpenAI, agents_file: AgentsFile, tmp_path: Path
 ) -> None:

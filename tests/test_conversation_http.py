@@ -87,3 +87,60 @@ def test_v1_naming_a_conversation_with_the_last_question_alone_continues_it_from
     assert (document["conversation_id"], document["turn"]) == (conversation, 2)
     sent = bodies(server, "m-physicist")[1]
     assert [m["content"] for m in sent[1:]] == ["Heat?", "Motion.", "Cold?"]
+
+
+def test_a_turn_over_http_asks_the_personas_of_the_conversation_s_last_turn(
+    server: FakeOpenAI, served: Served
+) -> None:
+    with served.client() as client:
+        first = client.post(
+            "/api/runs?wait=30",
+            json={"prompt": "Heat?", "agents": ["physicist"], "conversation_id": "c-2",
+                  "personas": {"pirate": "You answer like a pirate."}},
+        )  # fmt: skip
+        assert first.status_code == 200, first.text
+        server.reset()
+        second = client.post(
+            "/api/runs?wait=30", json={"prompt": "Cold?", "conversation_id": "c-2"}
+        )
+        assert second.status_code == 200, second.text
+        assert second.json()["customStatus"]["turn"] == 2
+        # the physicist and the pirate of the first turn, not the whole panel
+        assert sorted(r.model for r in server.requests) == ["gpt-4o-mini", "m-physicist"]
+        server.reset()
+        third = client.post(
+            "/api/runs?wait=30",
+            json={"prompt": "Why?", "agents": ["chemist"], "conversation_id": "c-2"},
+        )
+        assert third.status_code == 200, third.text
+        assert sorted(r.model for r in server.requests) == [
+            "gpt-4o-mini",
+            "m-chemist",
+            "m-physicist",
+        ]
+    pirate = next(r.body for r in server.requests if r.model == "gpt-4o-mini")
+    assert pirate["messages"][0]["content"].startswith("You answer like a pirate.")
+    assert [m["content"] for m in pirate["messages"][1:3]] == ["Heat?", "gpt-4o-mini says: Heat?"]
+
+
+def test_v1_with_its_own_history_in_a_stored_conversation_takes_the_next_turn_number(
+    server: FakeOpenAI, served: Served
+) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    named = {"fanout": {"conversation_id": "c-9"}}
+    for question in ("q1?", "q2?"):
+        client.chat.completions.create(
+            model="fanout", messages=[{"role": "user", "content": question}], extra_body=named
+        )
+    third = client.chat.completions.create(
+        model="fanout",
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "a?"},
+            {"role": "assistant", "content": "A!"},
+            {"role": "user", "content": "b?"},
+        ],
+        extra_body=named,
+    )
+    document = (third.model_extra or {})["fanout"]
+    assert (document["conversation_id"], document["turn"]) == ("c-9", 3)  # not a second 2

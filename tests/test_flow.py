@@ -459,6 +459,22 @@ def test_flow_check_reports_every_problem_and_flow_run_the_first(
     assert server.count() == 0
 
 
+def test_flow_check_lists_problems_in_file_order_whatever_order_they_are_checked(
+    invoke: Invoke, tmp_path: Path
+) -> None:
+    # A stage's then: is checked before its prompt; written after it, it was listed first.
+    flow = write_flow(
+        tmp_path,
+        "stages:\n  - id: a\n    agent: teacher\n    prompt: '{{missing}}'\n    then: jugde\n",
+    )
+    result = invoke("flow", "check", flow)
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert f"{flow}:4:" in lines[0] and "{{missing}}" in lines[0]
+    assert f"{flow}:5:" in lines[1] and "jugde" in lines[1]
+
+
 def test_then_judge_and_then_vote_follow_a_flow_stage(
     server: FakeOpenAI, agents_file: AgentsFile, invoke: Invoke, tmp_path: Path
 ) -> None:
@@ -686,7 +702,7 @@ def test_runs_synth_of_a_flow_says_what_to_do_instead(
     document = run_json(invoke, flow, "-c", config, "-i", "topic=ice")
     before = server.count()
     result = invoke("runs", "synth", document["run_id"])
-    assert result.exit_code == 2 and "a flow run has no panel to synthesize again" in result.stderr
+    assert result.exit_code == 2 and "a flow run takes no synthesis of its own" in result.stderr
     assert server.count() == before
 
 

@@ -142,16 +142,16 @@ def with_attachments(calls: Sequence[Call], attachments: Sequence[Attachment]) -
     if not attachments:
         return list(calls)
     return [
-        replace(call, messages=_attached(call.messages, attachments))
+        replace(call, messages=attached(call.messages, attachments))
         if call.role == "persona" and call.skip is None
         else call
         for call in calls
     ]
 
 
-def _attached(
-    messages: Sequence[Message], attachments: Sequence[Attachment]
-) -> tuple[Message, ...]:
+def attached(messages: Sequence[Message], attachments: Sequence[Attachment]) -> tuple[Message, ...]:
+    """``messages`` with the attachments in their last user message: the files' text fenced
+    after the question, images as ``image_url`` parts after it."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
     if last is None or not isinstance(messages[last].get("content"), str):
         return tuple(messages)

@@ -46,6 +46,7 @@ from fanout.jobs import run_pool
 from fanout.models import (
     Agent,
     AgentError,
+    Attachment,
     Call,
     CallResult,
     Completion,
@@ -594,9 +595,11 @@ async def run_via_batch_api(
     poll_s: float,
     shown: Observer,
     say: Callable[[str], None],
+    attachments: Sequence[Attachment] = (),
 ) -> None:
     """Hand the unanswered jobs to the provider's Batch API (one batch per endpoint), wait for
-    them and write the results as the same lines as a direct batch.
+    them and write the results as the same lines as a direct batch; each request carries
+    ``attachments`` (``-f``) as a direct call would.
 
     ``state_file`` is written at every step (the uploaded file, then the batch id, each tagged
     with a token kept in the batch's metadata), so a re-run after a crash or Ctrl-C picks the
@@ -618,7 +621,7 @@ async def run_via_batch_api(
     for endpoint, jobs in jobs_by_endpoint.items():
         if (endpoint.base_url, endpoint.api_key_env) in pending:
             continue  # submitted by an earlier run: picked up below
-        file_id = await _upload(provider, endpoint, jobs, texts)
+        file_id = await _upload(provider, endpoint, jobs, texts, attachments)
         entry = {"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env}
         state.append({**entry, "input_file_id": file_id, "token": uuid.uuid4().hex, "id": ""})
         _save_state(state_file, state)
@@ -671,22 +674,32 @@ async def _upload(
     endpoint: Endpoint,
     jobs: list[tuple[str, Agent]],
     texts: dict[str, str],
+    attachments: Sequence[Attachment],
 ) -> str:
     """Upload the Batch API's input file for ``endpoint``; the file's id. The file lives in a
     directory of its own under the system's temporary directory (``$TMPDIR``), removed when
     the upload ends however it ends (done, failed, Ctrl-C): never left beside the output."""
     with tempfile.TemporaryDirectory(prefix="fanout-batch-") as directory:
         requests = Path(directory) / "requests.jsonl"
-        _write_requests(requests, jobs, texts)
+        _write_requests(requests, jobs, texts, attachments)
         return await _retried(provider.upload_batch_file, endpoint, requests)
 
 
-def _write_requests(path: Path, jobs: list[tuple[str, Agent]], texts: dict[str, str]) -> None:
+def _write_requests(
+    path: Path,
+    jobs: list[tuple[str, Agent]],
+    texts: dict[str, str],
+    attachments: Sequence[Attachment] = (),
+) -> None:
     """The Batch API's input file: one chat request a line, ``custom_id`` = [prompt id, name]."""
     try:
         with path.open("w", encoding="utf-8") as out:
             for prompt_id, agent in jobs:
                 messages = chat_messages(agent, texts[prompt_id])
+                if attachments:
+                    from fanout.attachments import attached
+
+                    messages = list(attached(messages, attachments))
                 custom_id = json.dumps([prompt_id, agent.name])
                 out.write(json.dumps(request_line(custom_id, agent, messages)) + "\n")
     except OSError as exc:

@@ -125,6 +125,7 @@ def _batch(
                         provider=provider, pricing=plan.pricing, writer=writer, tally=tally,
                         answered=answered, state_file=state_file, poll_s=poll_s, shown=progress,
                         say=lambda message: print_warning(err, message),
+                        attachments=plan.request.settings.attachments,
                     )  # fmt: skip
                 else:
                     traced = telemetry.observer if telemetry is not None else None

@@ -94,9 +94,8 @@ def synth(run_id: str, *, model: str | None, output: Output, log: bool = True) -
             raise ConfigError(f"run {stored.run_id}: no synthesizer was recorded")
         if "synthesize" not in shape_of(before.shape).option_names:
             raise ConfigError(
-                f"run {stored.run_id}: a {before.shape} run has no panel to synthesize again "
-                "(a flow's synthesis is one of its stages, then: synthesize); runs retry "
-                "carries it on"
+                f"run {stored.run_id}: a {before.shape} run takes no synthesis of its own "
+                "(how it ends is part of its shape); runs retry carries it on"
             )
         if not any(c.status == "ok" for c in before.agents):
             raise ConfigError(f"run {stored.run_id}: no persona answered; nothing to synthesize")

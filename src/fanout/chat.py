@@ -152,6 +152,21 @@ class Chat:
         asked = ", ".join(self.names or []) or "the whole panel"
         _aside(f"conversation {conversation.id}, after turn {conversation.turn - 1}: {asked}")
 
+    def check(self) -> None:
+        """What every turn would refuse (a shape its personas cannot run, a name the panel
+        does not have, an unpriced model under --max-cost), said before any question is read:
+        ``ConfigError``."""
+        from fanout.api import resolve
+        from fanout.session import ask_request
+
+        resolve(
+            ask_request(
+                "?", names=self.names, personas=self.personas, config=self.config,
+                model=self.model, synthesize=self.synthesize, settings=self.settings,
+                shape=self.shape, options=dict(self.options),
+            )
+        )  # fmt: skip
+
     def ask(self, question: str) -> int:
         """One turn: asked, shown, recorded and added to the conversation."""
         from fanout import session

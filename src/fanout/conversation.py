@@ -389,23 +389,48 @@ def named_conversation(value: object) -> Transcript | None:
 
 
 def wants_stored_turns(plan: Plan) -> bool:
-    """Whether the request named a conversation and brought none of its turns (a server's
-    request: the history has them)."""
+    """Whether the request named a conversation the history may hold (a server's request):
+    its turns come from there, or, when the client brought its own (``/v1`` messages), this
+    run's number follows the stored ones."""
     named = plan.request.conversation
-    return named is not None and bool(named.id) and not named.turns
+    return named is not None and bool(named.id)
 
 
 def with_stored_turns(history: History, plan: Plan) -> Plan:
     """``plan`` with its conversation's earlier turns from the history, when it
-    ``wants_stored_turns``."""
+    ``wants_stored_turns``; asking, as ``ask --continue`` does, the personas of its last turn
+    (one given for a single run then, with ``personas``, too) and any the request names."""
     from dataclasses import replace
+
+    from fanout.api import resolve
 
     named = plan.request.conversation
     if named is None or not wants_stored_turns(plan):
         return plan
     stored = stored_transcript(history, named.id)
+    if named.turns:  # the client's own turns: this run is numbered after every stored one
+        if not stored.turns or named.number is not None:
+            return plan
+        number = max(stored.turns[-1].number, named.turns[-1].number) + 1
+        return replace(
+            plan, request=replace(plan.request, conversation=replace(named, number=number))
+        )
     conversation = Transcript(named.id, stored.turns, named.system, named.number)
-    return replace(plan, request=replace(plan.request, conversation=conversation))
+    request = replace(plan.request, conversation=conversation)
+    last = stored.turns[-1].run_id if stored.turns else None
+    panel = request.panel or plan.panel
+    if last is None or panel is None:
+        return replace(plan, request=request)
+    recorded = history.load(last).agents
+    known = {a.name.casefold() for a in panel.agents}
+    added = [
+        (str(a["name"]), str(a.get("instructions") or ""))
+        for a in recorded
+        if str(a["name"]).casefold() not in known
+    ]
+    earlier = [str(a["name"]) for a in recorded]
+    asked = list(dict.fromkeys([*earlier, *(request.agents or [])]))
+    return resolve(replace(request, panel=panel.with_personas(added), agents=asked))
 
 
 def transcript_before(history: History, document: Mapping[str, object]) -> Transcript | None:

@@ -68,7 +68,7 @@ from fanout.tracing import CURRENT_TRACEPARENT, new_span_id, new_trace_id, trace
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
-    from fanout.cache import ResponseCache
+    from fanout.cache import CachedAnswer, ResponseCache
     from fanout.conversation import Transcript
 
 # Every call of a stage is in flight at once, bounded per endpoint by its own concurrency:,
@@ -256,18 +256,17 @@ class Engine:
             result.error = AgentError("internal", f"{type(cause).__name__}: {cause}")
         else:
             _answered(call, result, completion)
-            self._to_cache(attempts.call, completion)
+            if attempts.cached:  # a fallback's answer, kept from an earlier run: free
+                result.usage, result.usage_estimated, result.cached = Usage(), False, True
+            else:
+                self._to_cache(attempts.call, completion)
         attempts.settle()
         observer.handle(CallFinished(call, result))
 
     def _from_cache(self, call: Call, result: CallResult, observer: Observer, stream: bool) -> bool:
         """The cache step: answer ``call`` from the response cache if it holds its request
         (then the call is ``cached``, costs nothing and sends nothing)."""
-        if self.cache is None:
-            return False
-        from fanout.cache import request_key
-
-        hit = self.cache.get(request_key(call.agent, call.messages, **_key_parts(call)))
+        hit = self._cached(call)
         if hit is None:
             return False
         observer.handle(CallStarted(call))
@@ -278,6 +277,14 @@ class Engine:
         result.cached = True
         observer.handle(CallFinished(call, result))
         return True
+
+    def _cached(self, call: Call) -> CachedAnswer | None:
+        """The cache's answer to ``call``'s request, if there is a cache and it has one."""
+        if self.cache is None:
+            return None
+        from fanout.cache import request_key
+
+        return self.cache.get(request_key(call.agent, call.messages, **_key_parts(call)))
 
     def _to_cache(self, call: Call, completion: Completion) -> None:
         """Keep a complete answer for the next identical request (written off the loop)."""
@@ -303,6 +310,10 @@ class Engine:
                 if not fallbacks or exc.kind not in FALLBACK_KINDS:
                     raise
                 attempts.fall_back(fallbacks.pop(0), exc)
+                hit = self._cached(attempts.call)  # this fallback answered it before
+                if hit is not None:
+                    attempts.cached = True
+                    return hit.completion()
 
     async def _reserve(self, call: Call) -> float:
         """Hold one call's worst-case cost against ``--max-cost``; raise if it cannot fit."""
@@ -387,6 +398,7 @@ class _Attempts:
         self.offset = 0
         self.prior_usage = Usage()
         self.prior_cost: float | None = 0.0
+        self.cached = False  # answered from the response cache (a fallback's earlier answer)
 
     def fall_back(self, fallback: Fallback, error: ProviderError) -> None:
         """Go on with ``fallback``'s model: what the model before it consumed is kept (priced

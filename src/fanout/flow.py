@@ -11,6 +11,7 @@ Every problem is one ``ConfigError`` line, ``file:line: problem``, as for the ag
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -177,8 +178,20 @@ def _flow_from_text(source: str, text: str, panel: Panel) -> Flow:
             panel = _with_own_agents(document, panel, spec)
         problems = _check(document, spec, {a.name for a in panel.agents})
     if problems:
-        raise FlowProblems(problems)
+        raise FlowProblems(_in_file_order(source, problems))
     return Flow(source, spec, panel)
+
+
+def _in_file_order(source: str, problems: list[str]) -> list[str]:
+    """The problems by their line in ``source`` (a stage's checks run in their own order);
+    one with no line stays where it was found, after those before it."""
+    where = re.compile(re.escape(source) + r":(\d+):")
+    lines: list[int] = []
+    for problem in problems:
+        found = where.match(problem)
+        lines.append(int(found.group(1)) if found else (lines[-1] if lines else 0))
+    order = sorted(range(len(problems)), key=lambda i: lines[i])  # stable: ties keep order
+    return [problems[i] for i in order]
 
 
 class FlowProblems(ConfigError):

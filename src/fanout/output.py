@@ -4,6 +4,7 @@ stdout whose reader may have gone (``| head``). Light on purpose: the flags are 
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -46,10 +47,22 @@ class Output:
 
 
 def write_stdout(text: str) -> None:
-    """Write the command's output; a reader that has gone ends the command quietly."""
+    """Write the command's output; a reader that has gone ends the command quietly
+    (``StdoutClosed``: exit 141). Written to the descriptor until every byte is taken:
+    Python's buffered writer drops the rest of a large write unsaid when the reader leaves
+    after a partial write, so ``ask --json | head -c 100`` of a 1 MB document exited 0."""
     try:
-        sys.stdout.write(text)
         sys.stdout.flush()
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, ValueError, io.UnsupportedOperation):  # not a file (tests)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        data = memoryview(text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict"))
+        while data:
+            data = data[os.write(fd, data) :]
     except BrokenPipeError:
         silence_stdout()
         raise StdoutClosed from None

@@ -55,6 +55,39 @@ def ask(
     council, a router...); ``local``/``local_model``: every call on the model of this machine;
     ``traceparent``: the W3C trace context to continue, else ``TRACEPARENT``, if valid;
     ``conversation``: the one this run continues; ``observers``: more listeners (``chat``)."""
+    request = ask_request(
+        prompt, names=names, personas=personas, config=config, model=model,
+        synthesize=synthesize, settings=settings, shape=shape, options=options,
+        traceparent=traceparent, conversation=conversation,
+    )  # fmt: skip
+    plan = resolve(request, priced=not dry_run)
+    checkpoint()  # the run does not exist yet: a signal so far ends here, with nothing recorded
+    on_local = wants_local(plan.callers, local, os.environ)
+    if dry_run:
+        from fanout import dryrun
+
+        return dryrun.dry_run(plan, output, on_local and local, model is not None, settings)
+    where = LocalModel(local, local_model) if on_local else None
+    return run_plan(plan, output, log, local=where, observers=observers)
+
+
+def ask_request(
+    prompt: str,
+    *,
+    names: Sequence[str] | None,
+    config: Path | None,
+    model: str | None,
+    synthesize: bool,
+    settings: RunSettings,
+    personas: Sequence[tuple[str, str]] = (),
+    shape: str = "panel",
+    options: Mapping[str, object] | None = None,
+    traceparent: str | None = None,
+    conversation: Transcript | None = None,
+) -> RunRequest:
+    """What ``fanout ask`` asks: the panel with its ``-p`` personas, the names as the panel
+    spells them, the shape's options (a blind one's seed recorded) and the trace it continues.
+    ``chat`` builds its first turn's with a placeholder question to check it up front."""
     parent = trace_parent(traceparent, os.environ)
     # -p personas join the panel here.
     panel = load_panel(find_config(config, os.environ)).with_personas(personas)
@@ -63,7 +96,7 @@ def ask(
     if shape_of(shape).blind and "seed" not in options:
         # Recorded with the run, so a retry shows a judge or a reviewer the same labels.
         options["seed"] = secrets.randbits(32)
-    request = RunRequest(
+    return RunRequest(
         prompt,
         panel,
         agents=names,
@@ -75,15 +108,6 @@ def ask(
         parent_span_id=parent.span_id if parent else None,
         conversation=conversation,
     )
-    plan = resolve(request, priced=not dry_run)
-    checkpoint()  # the run does not exist yet: a signal so far ends here, with nothing recorded
-    on_local = wants_local(plan.callers, local, os.environ)
-    if dry_run:
-        from fanout import dryrun
-
-        return dryrun.dry_run(plan, output, on_local and local, model is not None, settings)
-    where = LocalModel(local, local_model) if on_local else None
-    return run_plan(plan, output, log, local=where, observers=observers)
 
 
 @dataclass(frozen=True)

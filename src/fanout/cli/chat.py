@@ -129,5 +129,6 @@ def chat(
         )
         if continue_ or conversation is not None:
             talk.take_up(conversation)
+        talk.check()
         code = run_chat(talk, interactive=sys.stdin.isatty())
     raise typer.Exit(code)

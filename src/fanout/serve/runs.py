@@ -448,7 +448,12 @@ class RunManager:
                 # Every earlier turn in: a turn that just finished may still be in the writer's
                 # queue (its answer already sent: /v1 answers before the record is written).
                 await written(self._writer)
-                run.plan = await anyio.to_thread.run_sync(with_stored_turns, self.history, run.plan)
+                try:
+                    run.plan = await anyio.to_thread.run_sync(
+                        with_stored_turns, self.history, run.plan
+                    )
+                except FanoutError as exc:  # the conversation's personas cannot run this shape
+                    raise BadRequest(str(exc)) from None
             recorder = self._prepare(run, deltas)
             if durable:
                 await written(self._writer)
