@@ -206,13 +206,18 @@ def derive_totals(document: dict[str, object]) -> dict[str, object]:
     """Version 1's fields (``agents``, ``output``, ``synthesis``, ``usage``, ``cost_usd``) and
     the verdicts' top-level keys, from ``stages`` as they stand (so a run killed half-way still
     shows what it has, consistently). Tolerates entries that are not what they should be."""
-    stages = _objects(document.get("stages"))
-    calls = [c for s in stages for c in _objects(s.get("calls"))]
+    stages = json_objects(document.get("stages"))
+    calls = [c for s in stages for c in json_objects(s.get("calls"))]
     # The answers: the first stage that holds them (its shape marked it). As RunReport.answers.
     answers = next((s for s in stages if s.get("answers") is True), stages[0] if stages else None)
-    first = _objects(answers.get("calls")) if answers else []
+    first = json_objects(answers.get("calls")) if answers else []
     synthesis = next(
-        (c for s in stages[1:] if s.get("kind") == "synthesis" for c in _objects(s.get("calls"))),
+        (
+            c
+            for s in stages[1:]
+            if s.get("kind") == "synthesis"
+            for c in json_objects(s.get("calls"))
+        ),
         None,
     )
     document["agents"] = first
@@ -242,7 +247,7 @@ def derive_totals(document: dict[str, object]) -> dict[str, object]:
     return document
 
 
-def _objects(value: object) -> list[dict[str, object]]:
+def json_objects(value: object) -> list[dict[str, object]]:
     """The JSON objects in a stored list (anything else in it left out; none for a non-list)."""
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
@@ -254,7 +259,7 @@ def upgrade_document(document: dict[str, object]) -> dict[str, object]:
     version = document.get("schema_version", 1)
     if _is_number(version) and version >= 2 and isinstance(document.get("stages"), list):
         return _mark_answers(document)
-    calls = [_v1_call(e, "panel", "persona") for e in _objects(document.get("agents"))]
+    calls = [_v1_call(e, "panel", "persona") for e in json_objects(document.get("agents"))]
     stages: list[dict[str, object]] = [
         {"id": "panel", "kind": "panel", "answers": True, "calls": calls}
     ]
@@ -281,7 +286,7 @@ def _mark_answers(document: dict[str, object]) -> dict[str, object]:
     """``answers: true`` on the stages that hold the run's answers, for a document written
     before stages carried it: those of the kinds its shape answers with (else, as version 2
     had it, the first panel, or the first stage without a verdict)."""
-    stages = _objects(document["stages"])
+    stages = json_objects(document["stages"])
     if any(s.get("answers") is True for s in stages):
         return document
     from fanout.shapes import answer_kinds
@@ -667,12 +672,12 @@ def report_from_document(document: dict[str, object]) -> RunReport:
         StageResult(
             str(s.get("id")),
             str(s.get("kind")),
-            [result_from_entry(c) for c in _objects(s.get("calls"))],
+            [result_from_entry(c) for c in json_objects(s.get("calls"))],
             verdict_from_dict(s.get("verdict"), _text_or_none(s.get("key")), str(s.get("kind"))),
             _text_or_none(s.get("key")),
             s.get("answers") is True,
         )
-        for s in _objects(document["stages"])
+        for s in json_objects(document["stages"])
     ]
     return RunReport(
         run_id=str(document["run_id"]),
