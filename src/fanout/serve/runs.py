@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import NotRequired, TypedDict, TypeVar
 
 import anyio
 import anyio.abc
@@ -601,6 +601,34 @@ class RunManager:
 # -- how a run looks to a poller -----------------------------------------------------------------
 
 
+class CustomStatus(TypedDict):
+    """A run status's ``customStatus``: how its calls stand, and its answer once it has one."""
+
+    status: str
+    done: int
+    total: int
+    calls: dict[str, str]
+    interrupted: bool
+    conversation_id: object
+    turn: object
+    trace_id: object
+    final: NotRequired[str]
+    error: NotRequired[str]
+
+
+class StatusDocument(TypedDict):
+    """``GET /api/runs/{id}``, as Durable Functions' status query answers (its field names)."""
+
+    instanceId: object
+    name: object
+    runtimeStatus: str
+    createdTime: object
+    lastUpdatedTime: object
+    input: dict[str, object]
+    customStatus: CustomStatus
+    output: dict[str, object]
+
+
 def status_document(
     document: Mapping[str, object],
     *,
@@ -609,7 +637,7 @@ def status_document(
     calls: Mapping[str, str] | None = None,
     pending: bool = False,
     input: Mapping[str, object] | None = None,
-) -> dict[str, object]:
+) -> StatusDocument:
     """``GET /api/runs/{id}``: ``{instanceId, name, runtimeStatus, createdTime,
     lastUpdatedTime, input, customStatus: {done, total, calls, status}, output}``."""
     status = str(document.get("status"))
@@ -624,7 +652,7 @@ def status_document(
             for c in json_objects(s.get("calls"))
         }
     settled = ("ok", "error", "skipped", "cancelled")
-    custom: dict[str, object] = {
+    custom: CustomStatus = {
         "status": status,
         "done": sum(1 for s in calls.values() if s in settled),
         "total": len(calls),
