@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TextIO, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -60,6 +60,9 @@ from fanout.retry import RetryPolicy, call_with_retries
 
 FORMATS = (".jsonl", ".ndjson", ".txt", ".csv")
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
+# The jobs an earlier run answered: (prompt id, call id) -> its result line (True: not kept).
+Answered = dict[tuple[str, str], dict[str, object] | bool]
 
 
 @dataclass(frozen=True)
@@ -261,11 +264,11 @@ class _ResultsFile(io.TextIOWrapper):
                 raise FanoutError(f"cannot write the results: {exc.strerror or exc}") from None
 
 
-def answered_jobs(output: Path | None, *, keep_answers: bool) -> dict[tuple[str, str], Any]:
+def answered_jobs(output: Path | None, *, keep_answers: bool) -> Answered:
     """The (prompt id, call id) pairs an earlier run already answered in ``output``; with
     ``keep_answers``, their entries too (the synthesis of a resumed prompt needs them).
     Lines of version 1 (no ``call_id``) are keyed by their persona or synthesis."""
-    done: dict[tuple[str, str], Any] = {}
+    done: Answered = {}
     if output is None or not _exists(output):
         return done
     with open_regular_file(output, "a results file") as lines:
@@ -282,7 +285,7 @@ def answered_jobs(output: Path | None, *, keep_answers: bool) -> dict[tuple[str,
     return done
 
 
-def line_call_id(entry: dict[str, Any]) -> str:
+def line_call_id(entry: Mapping[str, object]) -> str:
     """The call a result line answers (a version 1 line names only its persona)."""
     call_id = entry.get("call_id")
     if isinstance(call_id, str) and call_id:
@@ -364,7 +367,7 @@ class ResultWriter:
         }
         self._line(line)
 
-    def _line(self, line: dict[str, Any]) -> None:
+    def _line(self, line: dict[str, object]) -> None:
         try:
             self._out.write(json_line(line) + "\n")
             self._out.flush()
@@ -448,7 +451,7 @@ async def run_batch(
     engine: Engine,
     writer: ResultWriter,
     tally: BatchTally,
-    answered: dict[tuple[str, str], Any],
+    answered: Answered,
     shown: Observer,
     traced: Callable[[], Observer] | None = None,
 ) -> None:
@@ -515,7 +518,7 @@ async def run_flat(
     engine: Engine,
     writer: ResultWriter,
     tally: BatchTally,
-    answered: Mapping[tuple[str, str], Any],
+    answered: Mapping[tuple[str, str], dict[str, object] | bool],
     shown: Observer,
 ) -> None:
     """``run_batch`` for a plan of independent calls: one flat stream of prompt x call jobs
@@ -569,7 +572,7 @@ class _OnceAsked:
         self._inner.handle(event)
 
 
-def _answered_result(entry: Any, call_id: str) -> CallResult:
+def _answered_result(entry: dict[str, object] | bool, call_id: str) -> CallResult:
     if isinstance(entry, dict):
         return result_from_entry({**entry, "call_id": call_id})
     stage, _, name = call_id.partition("/")
@@ -590,7 +593,7 @@ async def run_via_batch_api(
     pricing: Pricing,
     writer: ResultWriter,
     tally: BatchTally,
-    answered: dict[tuple[str, str], Any],
+    answered: Answered,
     state_file: Path,
     poll_s: float,
     shown: Observer,
@@ -663,7 +666,7 @@ async def run_via_batch_api(
     tally.in_flight = 0
 
 
-async def _retried(call: Callable[..., Awaitable[T]], *args: Any) -> T:
+async def _retried(call: Callable[[*Args], Awaitable[T]], *args: *Args) -> T:
     """A Batch API call, with the retry policy of every other call (a poll that meets a
     passing 503 must not end a day-long wait)."""
     return await call_with_retries(lambda _: call(*args), RetryPolicy(retries=3))
@@ -740,7 +743,7 @@ def _load_state(state_file: Path) -> list[dict[str, str]]:
 MAX_STATE_BYTES = 1024 * 1024  # a few lines per endpoint
 
 
-def _usable_entry(entry: Any) -> bool:
+def _usable_entry(entry: object) -> bool:
     """A submitted batch the run can act on: where it went and its id or, if it was never
     acknowledged, the uploaded file and the token to look it up by."""
     if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
@@ -759,7 +762,7 @@ def _write_batch_results(
     pricing: Pricing,
     writer: ResultWriter,
     tally: BatchTally,
-    answered: dict[tuple[str, str], Any],
+    answered: Answered,
     say: Callable[[str], None],
 ) -> None:
     """Write one line per result not written yet; answered ones join ``answered``. A line that
@@ -801,7 +804,7 @@ def _write_batch_results(
 _CUSTOM_ID = re.compile(r'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
-def _result_line(line: str) -> tuple[tuple[str, str] | None, dict[str, Any] | None]:
+def _result_line(line: str) -> tuple[tuple[str, str] | None, dict[str, object] | None]:
     """The job a result line is for (``None``: cannot tell) and the line as JSON (``None``:
     it is not; its ``custom_id`` may still be found in the text, if the line was cut after)."""
     try:
@@ -809,7 +812,7 @@ def _result_line(line: str) -> tuple[tuple[str, str] | None, dict[str, Any] | No
     except (ValueError, RecursionError):
         item = None
         found = _CUSTOM_ID.search(line)
-        custom_id: Any = _json_or_none(found.group(1)) if found else None
+        custom_id = _json_or_none(found.group(1)) if found else None
     else:
         if not isinstance(item, dict):
             return None, None
@@ -820,14 +823,14 @@ def _result_line(line: str) -> tuple[tuple[str, str] | None, dict[str, Any] | No
     return None, None
 
 
-def _json_or_none(text: str) -> Any:
+def _json_or_none(text: str) -> object:
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
         return None
 
 
-def _batch_completion(item: dict[str, Any] | None) -> Completion:
+def _batch_completion(item: dict[str, object] | None) -> Completion:
     """A result line's answer, or the ``ProviderError`` it amounts to; whatever its shape."""
     if item is None:
         raise ProviderError("a Batch API result line that is not JSON", kind="bad_response")
@@ -837,7 +840,7 @@ def _batch_completion(item: dict[str, Any] | None) -> Completion:
         message = error.get("message") if isinstance(error, dict) else error
         raise ProviderError(str(message or "failed")[:500], kind="batch")
     status = response.get("status_code", 500) if isinstance(response, dict) else None
-    if not isinstance(status, int) or isinstance(status, bool):
+    if not isinstance(response, dict) or not isinstance(status, int) or isinstance(status, bool):
         raise ProviderError("a Batch API result of an unknown shape", kind="bad_response")
     try:
         return OpenAIProvider.batch_answer(status, response.get("body"))

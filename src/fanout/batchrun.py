@@ -11,12 +11,12 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from fanout.api import Plan, RunRequest, engine_for, planned_calls, resolve
 from fanout.batch import (
+    Answered,
     BatchTally,
     ResultWriter,
     answered_jobs,
@@ -154,9 +154,7 @@ def _batch(
     return EXIT_PARTIAL if tally.answered or tally.skipped else EXIT_FAILED
 
 
-def _check_via_batch_api(
-    path: Path, plan: Plan, output: Path | None, answered: dict[tuple[str, str], Any]
-) -> None:
+def _check_via_batch_api(path: Path, plan: Plan, output: Path | None, answered: Answered) -> None:
     """What the provider's Batch API cannot do: a later stage (it needs the answers first), a
     persona asked several times, a run without an output file to keep the batch ids beside;
     and a budget it could not stop half-way through."""
@@ -182,7 +180,7 @@ def _check_batch_budget(
     agents: Sequence[Agent],
     pricing: Pricing,
     max_cost: float,
-    answered: dict[tuple[str, str], Any],
+    answered: Answered,
 ) -> None:
     """A batch handed over whole cannot stop half-way: its worst case must fit up front."""
     from fanout.cost import DEFAULT_COMPLETION_ESTIMATE, most_tokens

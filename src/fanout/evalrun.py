@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 import anyio
 
 from fanout.batch import (
+    Answered,
     BatchPrompt,
     BatchTally,
     ResultWriter,
@@ -236,7 +237,7 @@ def _drive(
             async def answers_via_batch_api() -> None:
                 todo = list(run.unanswered())
                 prompts = {case.id: case for case, _ in todo}
-                answered = {k: True for k, r in results.calls.items() if r.status == "ok"}
+                answered: Answered = {k: True for k, r in results.calls.items() if r.status == "ok"}
                 await run_via_batch_api(
                     iter(BatchPrompt(c.id, c.prompt) for c in prompts.values()),
                     list(plan.personas),

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO, TypeGuard
 
 from fanout.event import (
     CallDelta,
@@ -35,7 +35,9 @@ from fanout.models import (
     AgentError,
     Attachment,
     AttemptTiming,
+    Call,
     CallResult,
+    CallStatus,
     CallTiming,
     RunReport,
     StageResult,
@@ -54,9 +56,9 @@ SCHEMA_VERSION = 2
 _CALL_KEYS = ("call_id", "stage", "role")
 
 
-def report_document(report: RunReport) -> dict[str, Any]:
+def report_document(report: RunReport) -> dict[str, object]:
     """The ``--json`` document of a run."""
-    document: dict[str, Any] = {
+    document: dict[str, object] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": report.run_id,
         "trace_id": report.trace_id,
@@ -92,8 +94,8 @@ def attachment_reference(attachment: Attachment) -> dict[str, JsonValue]:
     }
 
 
-def stage_document(stage: StageResult) -> dict[str, Any]:
-    document: dict[str, Any] = {
+def stage_document(stage: StageResult) -> dict[str, object]:
+    document: dict[str, object] = {
         "id": stage.id,
         "kind": stage.kind,
         "calls": [call_document(c) for c in stage.calls],
@@ -107,7 +109,7 @@ def stage_document(stage: StageResult) -> dict[str, Any]:
     return document
 
 
-def call_document(result: CallResult) -> dict[str, Any]:
+def call_document(result: CallResult) -> dict[str, object]:
     """One call's entry: version 1's persona entry plus its identity and how it ended."""
     return {
         "name": result.name,
@@ -137,12 +139,12 @@ def call_document(result: CallResult) -> dict[str, Any]:
 _ATTEMPT_KEYS = ("slot_s", "limiter_s", "sent_s", "first_token_s", "end_s")
 
 
-def timing_document(timing: CallTiming) -> dict[str, Any]:
+def timing_document(timing: CallTiming) -> dict[str, object]:
     """A call's ``timing``: seconds from the run's start, queued, then each attempt's phases
     (``error`` and ``backoff_s`` only on an attempt that failed)."""
-    attempts: list[dict[str, Any]] = []
+    attempts: list[dict[str, object]] = []
     for attempt in timing.attempts:
-        entry: dict[str, Any] = {
+        entry: dict[str, object] = {
             "attempt": attempt.attempt,
             "span_id": attempt.span_id,
             "queued_s": attempt.queued_s,
@@ -165,7 +167,7 @@ def timing_document(timing: CallTiming) -> dict[str, Any]:
     }
 
 
-def timing_from_document(value: Any) -> CallTiming | None:
+def timing_from_document(value: object) -> CallTiming | None:
     """A stored ``timing`` back as a ``CallTiming``; None for anything that is not one."""
     if not isinstance(value, dict) or not _is_number(value.get("queued_s")):
         return None
@@ -193,29 +195,28 @@ def timing_from_document(value: Any) -> CallTiming | None:
     )
 
 
-def _seconds(value: Any) -> float | None:
+def _seconds(value: object) -> float | None:
     return float(value) if _is_number(value) else None
 
 
 agent_document = call_document  # version 1's name
 
 
-def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
+def derive_totals(document: dict[str, object]) -> dict[str, object]:
     """Version 1's fields (``agents``, ``output``, ``synthesis``, ``usage``, ``cost_usd``) and
     the verdicts' top-level keys, from ``stages`` as they stand (so a run killed half-way still
     shows what it has, consistently). Tolerates entries that are not what they should be."""
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
-    calls = [c for s in stages for c in s.get("calls") or [] if isinstance(c, dict)]
+    stages = json_objects(document.get("stages"))
+    calls = [c for s in stages for c in json_objects(s.get("calls"))]
     # The answers: the first stage that holds them (its shape marked it). As RunReport.answers.
     answers = next((s for s in stages if s.get("answers") is True), stages[0] if stages else None)
-    first = [c for c in (answers.get("calls") or []) if isinstance(c, dict)] if answers else []
+    first = json_objects(answers.get("calls")) if answers else []
     synthesis = next(
         (
             c
             for s in stages[1:]
             if s.get("kind") == "synthesis"
-            for c in s.get("calls") or []
-            if isinstance(c, dict)
+            for c in json_objects(s.get("calls"))
         ),
         None,
     )
@@ -240,20 +241,26 @@ def derive_totals(document: dict[str, Any]) -> dict[str, Any]:
     known = sum(float(c) for c in costs if isinstance(c, int | float) and _is_number(c))
     document["cost_usd"] = None if unpriced else round(known, 8)
     for stage in stages:
-        if isinstance(stage.get("key"), str) and "verdict" in stage:
-            document[stage["key"]] = stage["verdict"]
+        verdict_key = stage.get("key")
+        if isinstance(verdict_key, str) and "verdict" in stage:
+            document[verdict_key] = stage["verdict"]
     return document
 
 
-def upgrade_document(document: dict[str, Any]) -> dict[str, Any]:
+def json_objects(value: object) -> list[dict[str, object]]:
+    """The JSON objects in a stored list (anything else in it left out; none for a non-list)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def upgrade_document(document: dict[str, object]) -> dict[str, object]:
     """A stored document of version 1 as version 2: its personas become the ``panel`` stage,
     its synthesis the ``synthesis`` stage. A version 2 document written before stages were
     marked gets its answer stages marked, as its shape says which they are."""
-    if document.get("schema_version", 1) >= 2 and isinstance(document.get("stages"), list):
+    version = document.get("schema_version", 1)
+    if _is_number(version) and version >= 2 and isinstance(document.get("stages"), list):
         return _mark_answers(document)
-    agents = [e for e in document.get("agents") or [] if isinstance(e, dict)]
-    calls = [_v1_call(e, "panel", "persona") for e in agents]
-    stages: list[dict[str, Any]] = [
+    calls = [_v1_call(e, "panel", "persona") for e in json_objects(document.get("agents"))]
+    stages: list[dict[str, object]] = [
         {"id": "panel", "kind": "panel", "answers": True, "calls": calls}
     ]
     synthesis = document.get("synthesis")
@@ -275,11 +282,11 @@ def upgrade_document(document: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-def _mark_answers(document: dict[str, Any]) -> dict[str, Any]:
+def _mark_answers(document: dict[str, object]) -> dict[str, object]:
     """``answers: true`` on the stages that hold the run's answers, for a document written
     before stages carried it: those of the kinds its shape answers with (else, as version 2
     had it, the first panel, or the first stage without a verdict)."""
-    stages = [s for s in document["stages"] if isinstance(s, dict)]
+    stages = json_objects(document["stages"])
     if any(s.get("answers") is True for s in stages):
         return document
     from fanout.shapes import answer_kinds
@@ -294,7 +301,7 @@ def _mark_answers(document: dict[str, Any]) -> dict[str, Any]:
     return derive_totals(document)
 
 
-def _v1_call(entry: dict[str, Any], stage: str, role: str) -> dict[str, Any]:
+def _v1_call(entry: Mapping[str, object], stage: str, role: str) -> dict[str, object]:
     name = str(entry.get("name"))
     return {
         **entry,
@@ -306,12 +313,12 @@ def _v1_call(entry: dict[str, Any], stage: str, role: str) -> dict[str, Any]:
     }
 
 
-def _usage_of(call: dict[str, Any]) -> dict[str, Any]:
+def _usage_of(call: Mapping[str, object]) -> dict[str, object]:
     usage = call.get("usage")
     return usage if isinstance(usage, dict) else {}
 
 
-def _count(value: Any) -> int:
+def _count(value: object) -> int:
     """A stored token count, or 0 for anything that is not a sane one."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
@@ -320,11 +327,12 @@ def _count(value: Any) -> int:
     return int(value)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
+    """A finite int or float (never a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def panel_document(panel: Panel) -> dict[str, Any]:
+def panel_document(panel: Panel) -> dict[str, object]:
     """``fanout agents --json``: where the panel came from and who is on it."""
     return {
         "source": panel.source,
@@ -333,7 +341,7 @@ def panel_document(panel: Panel) -> dict[str, Any]:
     }
 
 
-def _agent_entry(agent: Agent) -> dict[str, Any]:
+def _agent_entry(agent: Agent) -> dict[str, object]:
     return {
         "name": agent.name,
         "model": agent.model,
@@ -368,13 +376,13 @@ class JsonlWriter:
             self._out.write(json_line(line) + "\n")
             self._out.flush()
 
-    def line(self, event: Event) -> dict[str, Any] | None:
+    def line(self, event: Event) -> dict[str, object] | None:
         """The object ``event`` is written as (None: not written): for other transports of the
         same stream (the server's Server-Sent Events)."""
         return self._line(event)
 
-    def _line(self, event: Event) -> dict[str, Any] | None:
-        body: dict[str, Any]
+    def _line(self, event: Event) -> dict[str, object] | None:
+        body: dict[str, object]
         if isinstance(event, RunStarted):
             self._run_id, self._trace_id = event.run_id, event.trace_id
             self._conversation_id = event.conversation_id or event.run_id
@@ -445,13 +453,13 @@ class JsonlWriter:
         return {**stamp, **body}
 
 
-def _call_fields(call: Any) -> dict[str, Any]:
+def _call_fields(call: Call) -> dict[str, object]:
     return {"agent": call.name, "stage": call.stage, "call_id": call.call_id, "role": call.role}
 
 
 def plan_document(
     prompt: str, calls: Sequence[PlannedCall], max_cost: float | None
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """``--dry-run --json``: the calls a run would make; nothing was sent."""
     from fanout.cost import plan_fits  # only a dry run needs the budget's arithmetic
 
@@ -488,7 +496,7 @@ def plan_document(
 # -- back from JSON: the run history stores documents and settings --------------------------
 
 
-def result_from_entry(entry: dict[str, Any]) -> CallResult:
+def result_from_entry(entry: Mapping[str, object]) -> CallResult:
     """A call's entry of a result document, back as a ``CallResult``."""
     error = entry.get("error")
     known = {
@@ -500,19 +508,19 @@ def result_from_entry(entry: dict[str, Any]) -> CallResult:
     return CallResult(
         name=str(entry["name"]),
         model=str(entry.get("model", "")),
-        status=entry.get("status", "cancelled"),
-        answer=entry.get("answer"),
+        status=_status(entry.get("status", "cancelled")),
+        answer=_text_or_none(entry.get("answer")),
         error=AgentError(**error) if isinstance(error, dict) else None,
-        attempts=entry.get("attempts") or 0,
-        latency_s=entry.get("latency_s"),
-        ttft_s=entry.get("ttft_s"),
+        attempts=_int_or_zero(entry.get("attempts")),
+        latency_s=_float_or_none(entry.get("latency_s")),
+        ttft_s=_float_or_none(entry.get("ttft_s")),
         usage=Usage(*(_count(usage.get(k)) for k in _USAGE_KEYS)),
         usage_estimated=bool(entry.get("usage_estimated", False)),
-        cost_usd=entry.get("cost_usd"),
+        cost_usd=_float_or_none(entry.get("cost_usd")),
         call_id=str(entry.get("call_id") or ""),
         stage=str(entry.get("stage") or "panel"),
         role=str(entry.get("role") or "persona"),
-        finish_reason=entry.get("finish_reason"),
+        finish_reason=_text_or_none(entry.get("finish_reason")),
         truncated=bool(entry.get("truncated", False)),
         details={k: v for k, v in entry.items() if k not in known},
         timing=timing_from_document(entry.get("timing")),
@@ -538,8 +546,29 @@ def _mapping(value: object) -> dict[str, JsonValue]:
 _USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "reasoning_tokens")
 
 
-def _text_or_none(value: Any) -> str | None:
+def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+_CALL_STATUSES: tuple[CallStatus, ...] = ("ok", "error", "cancelled", "skipped")
+
+
+def _status(value: object) -> CallStatus:
+    """A stored call status; one that is none of them reads as ``cancelled`` (the default)."""
+    return next((s for s in _CALL_STATUSES if s == value), "cancelled")
+
+
+def _int_or_zero(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _float_or_none(value: object) -> float | None:
+    """A stored number (an int or a float, never a bool), or None."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 # What each field of a stored document must be, for a run to be read back from it: (the
@@ -595,28 +624,31 @@ _ERROR_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 }
 
 
-def check_document(document: Mapping[str, Any]) -> None:
+def check_document(document: Mapping[str, object]) -> None:
     """``ValueError`` naming the first field of a stored document (version 2) that is missing
     or of the wrong type (``stages[0].calls[1].answer is a list``): a run that cannot be read
     back as it was written is damaged, said once, not a traceback in whatever reads it."""
     _check_fields(document, _DOCUMENT_FIELDS, "the document")
     trace_id = document.get("trace_id")
-    if trace_id is not None and not _TRACE_ID.fullmatch(trace_id):
+    if isinstance(trace_id, str) and not _TRACE_ID.fullmatch(trace_id):  # else it is None
         raise ValueError("the document's trace_id is not a trace id")
-    for i, stage in enumerate(document["stages"]):
-        _check_fields(stage, _STAGE_FIELDS, f"stages[{i}]")
-        for j, call in enumerate(stage["calls"]):
+    for i, given in enumerate(_list(document["stages"])):  # a list, as checked
+        stage = _check_fields(given, _STAGE_FIELDS, f"stages[{i}]")
+        for j, entry in enumerate(_list(stage["calls"])):
             where = f"stages[{i}].calls[{j}]"
-            _check_fields(call, _CALL_FIELDS, where)
-            if isinstance(call.get("error"), dict):
-                _check_fields(call["error"], _ERROR_FIELDS, f"{where}.error")
-                if set(call["error"]) - set(_ERROR_FIELDS):
+            call = _check_fields(entry, _CALL_FIELDS, where)
+            error = call.get("error")
+            if isinstance(error, dict):
+                _check_fields(error, _ERROR_FIELDS, f"{where}.error")
+                if set(error) - set(_ERROR_FIELDS):
                     raise ValueError(f"{where}.error has fields an error has not")
 
 
 def _check_fields(
     value: object, fields: Mapping[str, tuple[tuple[type, ...], bool]], where: str
-) -> None:
+) -> dict[str, object]:
+    """``value`` as the object it is, once each of ``fields`` is there if required and of its
+    types."""
     if not isinstance(value, dict):
         raise ValueError(f"{where} is not an object")
     for name, (kinds, required) in fields.items():
@@ -627,9 +659,10 @@ def _check_fields(
         field = value[name]
         if not isinstance(field, kinds) or (isinstance(field, bool) and bool not in kinds):
             raise ValueError(f"{where}.{name} is {type(field).__name__}")
+    return value
 
 
-def report_from_document(document: dict[str, Any]) -> RunReport:
+def report_from_document(document: dict[str, object]) -> RunReport:
     """A stored result document (either version), back as a ``RunReport``."""
     from fanout.shapes import verdict_from_dict
 
@@ -639,28 +672,27 @@ def report_from_document(document: dict[str, Any]) -> RunReport:
         StageResult(
             str(s.get("id")),
             str(s.get("kind")),
-            [result_from_entry(c) for c in s.get("calls") or [] if isinstance(c, dict)],
+            [result_from_entry(c) for c in json_objects(s.get("calls"))],
             verdict_from_dict(s.get("verdict"), _text_or_none(s.get("key")), str(s.get("kind"))),
             _text_or_none(s.get("key")),
             s.get("answers") is True,
         )
-        for s in document["stages"]
-        if isinstance(s, dict)
+        for s in json_objects(document["stages"])
     ]
     return RunReport(
-        run_id=document["run_id"],
-        prompt=document["prompt"],
-        started_at=document["started_at"],
-        finished_at=document.get("finished_at") or "",
-        duration_s=document.get("duration_s") or 0.0,
+        run_id=str(document["run_id"]),
+        prompt=str(document["prompt"]),
+        started_at=str(document["started_at"]),
+        finished_at=_text_or_none(document.get("finished_at")) or "",
+        duration_s=_float_or_none(document.get("duration_s")) or 0.0,
         stages=stages,
-        trace_id=document.get("trace_id"),
+        trace_id=_text_or_none(document.get("trace_id")),
         shape=str(document.get("shape") or "panel"),
         # How it ended when that is more than its calls say (a run stopped by hand).
         recorded_status=status if status in ("running", "interrupted", "cancelled") else None,
         span_id=_text_or_none(document.get("span_id")),
         parent_span_id=_text_or_none(document.get("parent_span_id")),
-        attachments=tuple(_attachment_of(a) for a in document.get("attachments") or []),
+        attachments=tuple(_attachment_of(a) for a in _list(document.get("attachments"))),
         conversation_id=_text_or_none(document.get("conversation_id")),
         turn=_turn(document.get("turn")),
     )
@@ -689,7 +721,7 @@ def _usd(amount: float | None) -> float | None:
     return None if amount is None else round(amount, 8)
 
 
-def dumps(document: dict[str, Any]) -> str:
+def dumps(document: Mapping[str, object]) -> str:
     """Pretty, UTF-8-friendly, strict JSON text ending in a newline."""
     try:
         return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
@@ -697,7 +729,7 @@ def dumps(document: dict[str, Any]) -> str:
         return json.dumps(_finite(document), indent=2, ensure_ascii=False) + "\n"
 
 
-def json_line(value: dict[str, Any]) -> str:
+def json_line(value: Mapping[str, object]) -> str:
     """One strict JSON line (no NaN or Infinity, which jq and most parsers refuse)."""
     try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
@@ -705,7 +737,7 @@ def json_line(value: dict[str, Any]) -> str:
         return json.dumps(_finite(value), ensure_ascii=False)
 
 
-def _finite(value: Any) -> Any:
+def _finite(value: object) -> object:
     """``value`` with every non-finite number replaced by null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None

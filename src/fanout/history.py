@@ -53,7 +53,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import platformdirs
 
@@ -63,6 +63,7 @@ from fanout.export import (
     call_document,
     check_document,
     derive_totals,
+    json_objects,
     report_document,
     report_from_document,
     upgrade_document,
@@ -159,13 +160,9 @@ class RunFilter:
     since: datetime | None = None
     conversation: str | None = None  # a conversation id, in full (``History.conversation_of``)
 
-    def keeps(self, document: dict[str, Any]) -> bool:
+    def keeps(self, document: dict[str, object]) -> bool:
         calls = [
-            c
-            for stage in document.get("stages") or []
-            if isinstance(stage, dict)
-            for c in stage.get("calls") or []
-            if isinstance(c, dict)
+            c for s in json_objects(document.get("stages")) for c in json_objects(s.get("calls"))
         ]
         if self.status is not None and document.get("status") != self.status:
             return False
@@ -195,7 +192,7 @@ class StoredRun:
     agents: list[AgentRecord]
     synthesizer: AgentRecord | None
     settings: SettingsRecord
-    document: dict[str, Any]
+    document: dict[str, object]
 
 
 class History:
@@ -252,7 +249,7 @@ class History:
 
     def start_run(
         self,
-        document: dict[str, Any],
+        document: dict[str, object],
         *,
         agents: list[AgentRecord],
         synthesizer: AgentRecord | None,
@@ -283,7 +280,7 @@ class History:
                 raise ValueError(f"run {run_id} is already in the history") from exc
         self._unfinished.add(run_id)
 
-    def save_call(self, run_id: str, entry: dict[str, Any]) -> None:
+    def save_call(self, run_id: str, entry: dict[str, object]) -> None:
         """Commit one call's finished entry at once (keyed by its ``call_id``): one small
         write, however many calls the run has."""
         _refuse_secrets(entry)
@@ -297,7 +294,7 @@ class History:
                 (run_id, call_id, text),
             )
 
-    def save_calls(self, run_id: str, entries: list[dict[str, Any]]) -> None:
+    def save_calls(self, run_id: str, entries: list[dict[str, object]]) -> None:
         """``save_call`` for several entries in one transaction (a stage's pending calls)."""
         for entry in entries:
             _refuse_secrets(entry)
@@ -308,7 +305,9 @@ class History:
                 [(run_id, str(e["call_id"]), _dumps(e)) for e in entries],
             )
 
-    def save_result(self, run_id: str, entry: dict[str, Any], *, synthesis: bool = False) -> None:
+    def save_result(
+        self, run_id: str, entry: dict[str, object], *, synthesis: bool = False
+    ) -> None:
         """``save_call`` for a version 1 entry (a persona's, or the synthesis')."""
         if "call_id" not in entry:
             stage = "synthesis" if synthesis else "panel"
@@ -317,7 +316,7 @@ class History:
             entry.setdefault("role", role)
         self.save_call(run_id, entry)
 
-    def finish_run(self, document: dict[str, Any]) -> None:
+    def finish_run(self, document: dict[str, object]) -> None:
         """Store the final document (its status, finished_at, every call...)."""
         _refuse_secrets(document)
         run_id = str(document["run_id"])
@@ -334,7 +333,7 @@ class History:
         self._unfinished.discard(run_id)
         return bool(deleted)
 
-    def _store_final(self, run_id: str, document: dict[str, Any]) -> None:
+    def _store_final(self, run_id: str, document: dict[str, object]) -> None:
         self._db.execute(
             "UPDATE runs SET document = ?, writer = NULL WHERE run_id = ?",
             (_dumps(document), run_id),
@@ -507,7 +506,7 @@ class History:
                 f"run {run_id} is damaged in the history and cannot be read ({exc})"
             ) from None
 
-    def _folded(self, run_id: str, writer: str | None, document: str) -> dict[str, Any]:
+    def _folded(self, run_id: str, writer: str | None, document: str) -> dict[str, object]:
         """The stored document, upgraded to the current version, with the calls committed
         since it was written folded in, its totals derived and its liveness checked."""
         current = upgrade_document(_loads(document))
@@ -563,7 +562,7 @@ class History:
                 if not committed and self._db.in_transaction:
                     self._db.execute("ROLLBACK")
 
-    def _document(self, run_id: str) -> dict[str, Any]:
+    def _document(self, run_id: str) -> dict[str, object]:
         """The run's document with its committed calls folded in (inside a transaction)."""
         row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
@@ -619,12 +618,13 @@ def _create_private(path: Path, warnings: list[str]) -> None:
     os.close(fd)
 
 
-def _fold(document: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+def _fold(document: dict[str, object], entries: list[dict[str, object]]) -> None:
     """Put each call entry in its stage of ``document``: replacing the entry with the same
     ``call_id``, else added at the end of its stage (a stage not in the document is added)."""
-    stages: list[dict[str, Any]] = [
-        s for s in document.setdefault("stages", []) if isinstance(s, dict)
-    ]
+    listed = document.setdefault("stages", [])
+    if not isinstance(listed, list):  # upgrade_document made it one
+        raise TypeError("the document's stages are not a list")
+    stages = json_objects(listed)
     for entry in entries:
         if not isinstance(entry, dict):
             continue
@@ -633,8 +633,10 @@ def _fold(document: dict[str, Any], entries: list[dict[str, Any]]) -> None:
         if stage is None:
             stage = {"id": stage_id, "kind": stage_id, "calls": []}
             stages.append(stage)
-            document["stages"].append(stage)
+            listed.append(stage)
         calls = stage.setdefault("calls", [])
+        if not isinstance(calls, list):
+            raise TypeError(f"the calls of stage {stage_id} are not a list")
         ids = [c.get("call_id") if isinstance(c, dict) else None for c in calls]
         if entry.get("call_id") in ids:
             calls[ids.index(entry.get("call_id"))] = entry
@@ -642,7 +644,7 @@ def _fold(document: dict[str, Any], entries: list[dict[str, Any]]) -> None:
             calls.append(entry)
 
 
-def _readable(document: dict[str, Any]) -> dict[str, Any]:
+def _readable(document: dict[str, object]) -> dict[str, object]:
     """``document``, if a run can be read back from it: what every reader of a stored run
     (show, export, retry, the server) builds first. ``ValueError`` (the run is damaged) for
     one that is partial or has a field of the wrong type."""
@@ -682,7 +684,7 @@ def _secret_like(key: str) -> bool:
     return _SECRET_KEY.search(re.sub(r"[^a-z0-9]+", "_", name)) is not None
 
 
-def _current(writer: str | None, document: dict[str, Any]) -> dict[str, Any]:
+def _current(writer: str | None, document: dict[str, object]) -> dict[str, object]:
     """The document, with "running" turned into "interrupted" when its writer is gone."""
     if document.get("status") == "running" and writer and not _alive(_loads(writer)):
         document["status"] = "interrupted"
@@ -695,11 +697,12 @@ def _conversation(document: Mapping[str, object]) -> str:
     return str(document.get("conversation_id") or document.get("run_id"))
 
 
-def _summary(document: dict[str, Any]) -> RunSummary:
-    entries = [e for e in document.get("agents") or [] if isinstance(e, dict)]
+def _summary(document: dict[str, object]) -> RunSummary:
+    entries = json_objects(document.get("agents"))
     cost = document.get("cost_usd")
     if not isinstance(cost, int | float):
-        costs = [e.get("cost_usd") for e in [*entries, document.get("synthesis") or {}]]
+        synthesis = document.get("synthesis")
+        costs = [e.get("cost_usd") for e in [*entries, *json_objects([synthesis])]]
         known = [c for c in costs if isinstance(c, int | float)]
         cost = sum(known) if known else None
     return RunSummary(
@@ -707,7 +710,7 @@ def _summary(document: dict[str, Any]) -> RunSummary:
         prompt=str(document.get("prompt", "")),
         status=str(document.get("status")),
         started_at=str(document.get("started_at")),
-        finished_at=document.get("finished_at"),
+        finished_at=_text_or_none(document.get("finished_at")),
         agents=len(entries),
         answered=sum(1 for e in entries if e.get("status") == "ok"),
         cost_usd=None if cost is None else float(cost),
@@ -716,11 +719,15 @@ def _summary(document: dict[str, Any]) -> RunSummary:
     )
 
 
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _turn(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
-def _identity(pid: int) -> dict[str, Any]:
+def _identity(pid: int) -> dict[str, object]:
     """Who writes a run: host, boot and the process start time tell a reused pid apart."""
     return dict(_identity_of(pid))
 
@@ -732,14 +739,17 @@ def _identity_of(pid: int) -> tuple[tuple[str, object], ...]:
     return tuple(identity.items())
 
 
-def _alive(writer: dict[str, Any]) -> bool:
+def _alive(writer: dict[str, object]) -> bool:
     """Whether the process that wrote a run may still be running it."""
     if sys.platform == "win32" or writer.get("host") != socket.gethostname():
         return True  # no way to tell from here: trust the record
     boot = _boot_id()
     if boot and writer.get("boot") not in (None, boot):
         return False  # the machine rebooted since
-    pid = int(writer["pid"])
+    recorded = writer["pid"]
+    if not isinstance(recorded, int | float | str):
+        raise TypeError(f"a writer's pid is {type(recorded).__name__}")
+    pid = int(recorded)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -778,11 +788,11 @@ def _stored(text: str) -> object:
     return load_json(text, max_chars=None, max_depth=MAX_STORED_DEPTH)
 
 
-def _loads(text: str) -> dict[str, Any]:
+def _loads(text: str) -> dict[str, object]:
     value = _stored(text)
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-    return cast(dict[str, Any], value)
+    return value
 
 
 class HistoryWriter:

@@ -10,8 +10,6 @@ event. Times are microseconds from the run's start, as the trace-event format wa
 
 from __future__ import annotations
 
-from typing import Any
-
 from fanout.models import AttemptTiming, CallResult, RunReport
 from fanout.timing import PHASE_NAMES, axis_end
 
@@ -19,9 +17,9 @@ _PID = 1
 _RUN_TRACK = 0
 
 
-def perfetto_trace(report: RunReport) -> dict[str, Any]:
+def perfetto_trace(report: RunReport) -> dict[str, object]:
     """The trace-event document of a run (the JSON object form, with ``traceEvents``)."""
-    events: list[dict[str, Any]] = [
+    events: list[dict[str, object]] = [
         _meta("process_name", 0, {"name": f"fanout run {report.run_id}"}),
         _meta("thread_name", _RUN_TRACK, {"name": "run"}),
         _meta("thread_sort_index", _RUN_TRACK, {"sort_index": 0}),
@@ -61,12 +59,12 @@ def _window(result: CallResult) -> tuple[float, float] | None:
     return min(start, timing.end_s), timing.end_s
 
 
-def _call_events(result: CallResult, track: int) -> list[dict[str, Any]]:
+def _call_events(result: CallResult, track: int) -> list[dict[str, object]]:
     timing, window = result.timing, _window(result)
     if timing is None or window is None:
         return []
     start, end = window
-    events: list[dict[str, Any]] = []
+    events: list[dict[str, object]] = []
     if start > timing.queued_s:
         events.append(_slice("queued", "waiting", track, timing.queued_s, start, {}))
     events.append(
@@ -89,13 +87,13 @@ def _call_events(result: CallResult, track: int) -> list[dict[str, Any]]:
 
 def _attempt_events(
     attempt: AttemptTiming, track: int, call_start: float, call_end: float, following: float
-) -> list[dict[str, Any]]:
+) -> list[dict[str, object]]:
     """One attempt's slice and its phases, clipped to the call so that every slice nests."""
     begin = max(attempt.queued_s, call_start)
     finish = min(attempt.end_s if attempt.end_s is not None else call_end, call_end)
     if finish < begin:
         return []
-    args: dict[str, Any] = {"span_id": attempt.span_id}
+    args: dict[str, object] = {"span_id": attempt.span_id}
     if attempt.error is not None:
         args["error"] = attempt.error
     name = f"attempt {attempt.attempt}"
@@ -125,8 +123,8 @@ def _attempt_events(
 
 
 def _slice(
-    name: str, category: str, track: int, start: float, end: float, args: dict[str, Any]
-) -> dict[str, Any]:
+    name: str, category: str, track: int, start: float, end: float, args: dict[str, object]
+) -> dict[str, object]:
     """A complete ("X") event. Its end is rounded on its own, not its duration, so slices
     that share an end in seconds share it in microseconds and nest exactly."""
     begin = _us(start)
@@ -142,7 +140,7 @@ def _slice(
     }
 
 
-def _meta(name: str, track: int, args: dict[str, Any]) -> dict[str, Any]:
+def _meta(name: str, track: int, args: dict[str, object]) -> dict[str, object]:
     return {"name": name, "ph": "M", "pid": _PID, "tid": track, "args": args}
 
 

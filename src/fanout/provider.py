@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import anyio
 import httpx2  # openai's HTTP client: its request hook, and errors raised while reading a stream
@@ -72,8 +72,8 @@ class OpenAIProvider:
         timeout_s: float,
         on_delta: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
-        response_format: Mapping[str, Any] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        response_format: Mapping[str, object] | None = None,
+        tools: Sequence[Mapping[str, object]] | None = None,
     ) -> Completion:
         """One attempt. ``response_format`` asks for structured output where the endpoint can
         give it; an endpoint that refuses it is asked again without (and from then on).
@@ -100,8 +100,8 @@ class OpenAIProvider:
         timeout_s: float,
         on_delta: Callable[[str], None] | None,
         on_sent: Callable[[], None] | None,
-        response_format: Mapping[str, Any] | None,
-        tools: Sequence[Mapping[str, Any]] | None,
+        response_format: Mapping[str, object] | None,
+        tools: Sequence[Mapping[str, object]] | None,
     ) -> Completion:
         announce = _ON_SENT.set(on_sent)
         images = _has_images(messages)
@@ -220,7 +220,7 @@ class OpenAIProvider:
         messages: Sequence[Message],
         timeout_s: float,
         body: Mapping[str, object],
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, object]] | None = None,
     ) -> Completion:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
@@ -241,7 +241,7 @@ class OpenAIProvider:
         timeout_s: float,
         on_delta: Callable[[str], None],
         body: Mapping[str, object],
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, object]] | None = None,
     ) -> Completion:
         client = self._client(agent.endpoint)
         raw = await client.chat.completions.with_raw_response.create(
@@ -388,7 +388,7 @@ class OpenAIProvider:
         return self._key_scrubber().scrub_bytes(content.content)  # answers and errors alike
 
     @staticmethod
-    def batch_answer(status_code: int, body: Any) -> Completion:
+    def batch_answer(status_code: int, body: object) -> Completion:
         """One line of a batch's results, as ``complete`` would have returned it (or raised)."""
         if status_code != 200:
             inner = body.get("error", body) if isinstance(body, dict) else {}
@@ -466,7 +466,7 @@ class OpenAIProvider:
     def _status_error(self, exc: openai.APIStatusError) -> ProviderError:
         status = exc.status_code
         headers = exc.response.headers
-        body: Any = exc.body
+        body: object = exc.body
         code = None
         detail = exc.message
         if isinstance(body, dict):
@@ -533,16 +533,16 @@ class BatchState:
     total: int
 
 
-def request_line(custom_id: str, agent: Agent, messages: Sequence[Message]) -> dict[str, Any]:
+def request_line(custom_id: str, agent: Agent, messages: Sequence[Message]) -> dict[str, object]:
     """One line of a Batch API input file: the chat request ``complete`` would send."""
-    body: dict[str, Any] = {"model": agent.model, "messages": list(messages)}
+    body: dict[str, object] = {"model": agent.model, "messages": list(messages)}
     body.update(request_fields(agent, None, token_field(agent)))
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
 
 def _as_built(
     messages: Sequence[Message],
-    tools: Sequence[Mapping[str, Any]] | None,
+    tools: Sequence[Mapping[str, object]] | None,
     body: Mapping[str, object],
 ) -> dict[str, object]:
     """The messages and tools as fanout built them (plain JSON already), for ``extra_body``,
@@ -623,7 +623,7 @@ def _has_images(messages: Sequence[Message]) -> bool:
     )
 
 
-def _tools(tools: Sequence[Mapping[str, Any]] | None) -> list[ChatCompletionToolParam] | None:
+def _tools(tools: Sequence[Mapping[str, object]] | None) -> list[ChatCompletionToolParam] | None:
     return cast("list[ChatCompletionToolParam]", list(tools)) if tools else None
 
 
@@ -775,7 +775,7 @@ class _StreamedAnswer:
         self.finish_reason: str | None = None
         self.model: str | None = None
         self.chose = False
-        self._tools: dict[int, dict[str, Any]] = {}  # function calls by index, as they grow
+        self._tools: dict[int, dict[str, object]] = {}  # function calls by index, as they grow
 
     @property
     def text(self) -> str:
@@ -871,13 +871,13 @@ async def _drain(lines: AsyncIterator[str]) -> None:
             pass
 
 
-def _model(data: Mapping[str, Any]) -> str | None:
+def _model(data: Mapping[str, object]) -> str | None:
     """The model the server says answered (telemetry's ``gen_ai.response.model``)."""
     model = data.get("model")
     return model[:200] if isinstance(model, str) and model else None
 
 
-def _reason(choice: Mapping[str, Any]) -> str | None:
+def _reason(choice: Mapping[str, object]) -> str | None:
     reason = choice.get("finish_reason")
     return reason if isinstance(reason, str) and reason else None
 
@@ -941,7 +941,7 @@ def _text(content: object, where: str) -> str:
     return content.encode("utf-8", "replace").decode("utf-8")
 
 
-def _classify(status: int, code: Any) -> tuple[str, bool]:
+def _classify(status: int, code: object) -> tuple[str, bool]:
     """(kind, retryable) for an HTTP status."""
     if status == 429:
         if code == "insufficient_quota":

@@ -9,11 +9,10 @@ Every error a client can cause is a 4xx with one line of JSON, ``{"error": "..."
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -42,6 +41,7 @@ from fanout.serve.runs import (
     LiveRun,
     NotFound,
     RunManager,
+    StatusDocument,
     TooBusy,
     Unavailable,
     caller_trace,
@@ -96,7 +96,7 @@ def parse_json(raw: bytes) -> dict[str, object]:
     return value
 
 
-async def read_prompt_or_json(request: Request) -> dict[str, Any]:
+async def read_prompt_or_json(request: Request) -> dict[str, object]:
     """``POST /api/runs``: a JSON object, or the prompt itself as ``text/plain``."""
     kind = media_type(request)
     if kind == "text/plain":
@@ -176,7 +176,7 @@ def _wait_seconds(request: Request) -> float:
     return 0.0
 
 
-def live_status(run: LiveRun) -> dict[str, Any]:
+def live_status(run: LiveRun) -> StatusDocument:
     return status_document(
         run.document(),
         created=run.created,
@@ -187,7 +187,7 @@ def live_status(run: LiveRun) -> dict[str, Any]:
     )
 
 
-async def stored_document(request: Request, run_id: str) -> dict[str, Any]:
+async def stored_document(request: Request, run_id: str) -> dict[str, object]:
     """A run this server no longer holds (or never did), from the history."""
     manager = manager_of(request)
     try:
@@ -228,7 +228,7 @@ async def list_runs(request: Request) -> Response:
     if not 1 <= limit <= 1000:
         raise BadRequest("limit: between 1 and 1000")
     summaries = await anyio.to_thread.run_sync(manager.history.list_runs, limit)
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, object]] = {}
     for s in summaries:
         rows[s.run_id] = {
             "instanceId": s.run_id,
@@ -432,11 +432,13 @@ async def multiagent_status(request: Request) -> Response:
     return Json(sample_status(status))
 
 
-def sample_status(status: Mapping[str, Any]) -> dict[str, Any]:
+def sample_status(status: StatusDocument) -> dict[str, object]:
     """The samples' status shape, from ours; a run that failed or was stopped says why."""
-    payload: dict[str, Any] = {
-        key: status[key]
-        for key in ("instanceId", "runtimeStatus", "createdTime", "lastUpdatedTime")
+    payload: dict[str, object] = {
+        "instanceId": status["instanceId"],
+        "runtimeStatus": status["runtimeStatus"],
+        "createdTime": status["createdTime"],
+        "lastUpdatedTime": status["lastUpdatedTime"],
     }
     payload["input"] = status["input"]["prompt"]
     if status["runtimeStatus"] not in ("Pending", "Running"):

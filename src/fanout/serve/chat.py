@@ -16,13 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.responses import Response, StreamingResponse
 
 from fanout.conversation import Transcript, Turn
 from fanout.errors import FanoutError
-from fanout.export import json_line
+from fanout.export import json_line, json_objects
 from fanout.serve.errors import error, error_body
 from fanout.serve.runs import (
     BadRequest,
@@ -57,7 +57,7 @@ def openai_error(status: int, message: str, code: str | None = None) -> Response
     return error(status, message, path="/v1/", code=code)
 
 
-def run_failure(run_id: str, document: Mapping[str, Any], text: str) -> str | None:
+def run_failure(run_id: str, document: Mapping[str, object], text: str) -> str | None:
     """Why a run gives no answer to send (None: it has one): every call failed, or it was
     stopped before anything answered."""
     status = document.get("status")
@@ -74,7 +74,7 @@ async def list_models(request: Request) -> Response:
     return Response(json_line({"object": "list", "data": data}), media_type="application/json")
 
 
-def run_body(body: Mapping[str, Any]) -> dict[str, Any]:
+def run_body(body: Mapping[str, object]) -> dict[str, object]:
     """The runs API body a chat request stands for; ``BadRequest`` naming what is wrong."""
     for key in body:
         if key not in KNOWN:
@@ -89,7 +89,7 @@ def run_body(body: Mapping[str, Any]) -> dict[str, Any]:
         raise BadRequest("fanout: an object of run options (agents, timeout...)")
     if "prompt" in options:
         raise BadRequest("fanout.prompt: the prompt is the last user message")
-    run: dict[str, Any] = {"prompt": last_user_message(body.get("messages")), **options}
+    run: dict[str, object] = {"prompt": last_user_message(body.get("messages")), **options}
     if model != MODEL:
         run.setdefault(str(model).split("/", 1)[1], True)
     elif "shape" not in run:  # fanout: the panel with its synthesis, unless a shape is named
@@ -142,7 +142,7 @@ def _text(content: object) -> str:
     return content if isinstance(content, str) else ""
 
 
-def last_user_message(messages: Any) -> str:
+def last_user_message(messages: object) -> str:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: a non-empty list of chat messages")
     for message in reversed(messages):
@@ -159,7 +159,7 @@ def last_user_message(messages: Any) -> str:
     raise BadRequest("messages: no user message to answer")
 
 
-def answer_text(document: Mapping[str, Any]) -> str:
+def answer_text(document: Mapping[str, object]) -> str:
     """What the assistant says: what the run decided, in words (the synthesis, the judge's
     pick, the vote's winner, or why nothing was decided), else each answer under its name (one
     persona asked alone: its answer as it is, as a stream of it says). The whole verdict rides
@@ -167,7 +167,7 @@ def answer_text(document: Mapping[str, Any]) -> str:
     final = final_answer(document)
     if final is not None:
         return final
-    answers = [c for c in document.get("agents") or [] if isinstance(c, dict)]
+    answers = json_objects(document.get("agents"))
     if len(answers) == 1:
         answer = answers[0].get("answer")
         return str(answer) if answers[0].get("status") == "ok" and answer is not None else ""
@@ -178,8 +178,9 @@ def answer_text(document: Mapping[str, Any]) -> str:
     )
 
 
-def usage_of(document: Mapping[str, Any]) -> dict[str, int]:
-    usage = document.get("usage") or {}
+def usage_of(document: Mapping[str, object]) -> dict[str, int]:
+    given = document.get("usage")
+    usage = given if isinstance(given, dict) else {}  # derive_totals made it one
     return {
         "prompt_tokens": int(usage.get("input_tokens") or 0),
         "completion_tokens": int(usage.get("output_tokens") or 0),
@@ -248,7 +249,7 @@ async def _chunks(run: LiveRun, model: str) -> AsyncIterator[str]:
     it is written, else the answer whole at the end; then usage and the document."""
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    def chunk(delta: dict[str, object], finish: str | None = None, **extra: object) -> str:
         body = {
             "id": f"chatcmpl-{run.id}",
             "object": "chat.completion.chunk",

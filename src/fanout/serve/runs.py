@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict, TypeVar
 
 import anyio
 import anyio.abc
@@ -43,7 +43,7 @@ from fanout.event import (
     RunFinished,
     StageStarted,
 )
-from fanout.export import SCHEMA_VERSION, JsonlWriter, report_document
+from fanout.export import SCHEMA_VERSION, JsonlWriter, json_objects, report_document
 from fanout.history import History, HistoryRecorder, HistoryWriter, history_path, recorder_for
 from fanout.models import Attachment, RunReport
 from fanout.retry import RetryPolicy
@@ -69,6 +69,8 @@ MAX_QUEUED = 1024
 SHARED_POLL_S = 0.2  # how often a worker looks at what the others were asked
 FINISHED_KEPT = 1024
 MAX_PROMPT_CHARS = 200_000
+_N = TypeVar("_N", int, float)  # what a numeric option is read as
+_D = TypeVar("_D")  # its default
 _log = logging.getLogger("fanout.serve")
 
 RUNTIME_STATUS = {
@@ -111,7 +113,7 @@ def shape_names() -> list[str]:
 
 
 def run_request(
-    body: Mapping[str, Any], panel: Panel, *, run_id: str, flows: Path | None = None
+    body: Mapping[str, object], panel: Panel, *, run_id: str, flows: Path | None = None
 ) -> RunRequest:
     """A ``RunRequest`` from a JSON body; ``BadRequest`` naming the first thing wrong. The
     shape and its options (any shape the CLI has, a flow, personas for this run) are read by
@@ -176,15 +178,17 @@ def _agents(value: object) -> list[str] | None:
     return list(value)
 
 
-def _number(body: Mapping[str, Any], key: str, kind: type, least: float, default: Any) -> Any:
+def _number(
+    body: Mapping[str, object], key: str, kind: type[_N], least: float, default: _D
+) -> _N | _D:
     value = body.get(key)
     if value is None:
         return default
     what = "an integer" if kind is int else "a number"
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise BadRequest(f"{key}: {what} of at least {least:g}")
     try:
-        if ok and kind is int:
-            ok = float(value).is_integer()
+        ok = float(value).is_integer() if kind is int else True
         ok = ok and math.isfinite(value) and value >= least
     except OverflowError:  # an integer too big for a float
         raise BadRequest(f"{key}: {what} of at least {least:g}, not that big") from None
@@ -217,7 +221,7 @@ class LiveRun:
     done: anyio.Event = field(default_factory=anyio.Event)  # over and recorded
     answered: anyio.Event = field(default_factory=anyio.Event)  # over (``report`` is set)
     _waiter: anyio.Event | None = None  # made when a reader waits for the next change
-    _final: dict[str, Any] | None = None  # the document once it is over (asked for often)
+    _final: dict[str, object] | None = None  # the document once it is over (asked for often)
 
     @property
     def over(self) -> bool:
@@ -229,7 +233,7 @@ class LiveRun:
         """Bytes of event lines held."""
         return self.lines.size
 
-    def append(self, line: dict[str, Any]) -> None:
+    def append(self, line: dict[str, object]) -> None:
         self.lines.append(line)
         self.updated = str(line.get("ts") or _now())
         self.touch()
@@ -261,7 +265,7 @@ class LiveRun:
         with anyio.move_on_after(seconds):
             await event.wait()
 
-    def document(self) -> dict[str, Any]:
+    def document(self) -> dict[str, object]:
         """The ``--json`` document as it stands (status ``running`` until the run is over)."""
         if self.report is not None:
             if self._final is None:
@@ -272,7 +276,7 @@ class LiveRun:
         return report_document(replace(self.execution.report(), recorded_status="running"))
 
     @property
-    def input(self) -> dict[str, Any]:
+    def input(self) -> dict[str, object]:
         request = self.plan.request
         return {
             "prompt": request.prompt,
@@ -288,7 +292,7 @@ def _empty_report(run: LiveRun) -> RunReport:
     return RunReport(run.id, request.prompt, run.created, _now(), 0.0, [], shape=request.shape)
 
 
-def _pending_document(run: LiveRun) -> dict[str, Any]:
+def _pending_document(run: LiveRun) -> dict[str, object]:
     request = run.plan.request
     return {
         "schema_version": SCHEMA_VERSION,
@@ -428,7 +432,7 @@ class RunManager:
 
     async def start(
         self,
-        body: Mapping[str, Any] | RunRequest,
+        body: Mapping[str, object] | RunRequest,
         *,
         durable: bool = True,
         deltas: bool = True,
@@ -471,7 +475,7 @@ class RunManager:
         self._tg.start_soon(self._drive, run, recorder, name=f"fanout run {run.id}")
         return run
 
-    def _admit(self, body: Mapping[str, Any] | RunRequest, trace: TraceParent | None) -> LiveRun:
+    def _admit(self, body: Mapping[str, object] | RunRequest, trace: TraceParent | None) -> LiveRun:
         """The run a request stands for, if it can run and there is room for it."""
         run_id = uuid.uuid4().hex[:12]
         try:
@@ -602,15 +606,43 @@ class RunManager:
 # -- how a run looks to a poller -----------------------------------------------------------------
 
 
+class CustomStatus(TypedDict):
+    """A run status's ``customStatus``: how its calls stand, and its answer once it has one."""
+
+    status: str
+    done: int
+    total: int
+    calls: dict[str, str]
+    interrupted: bool
+    conversation_id: object
+    turn: object
+    trace_id: object
+    final: NotRequired[str]
+    error: NotRequired[str]
+
+
+class StatusDocument(TypedDict):
+    """``GET /api/runs/{id}``, as Durable Functions' status query answers (its field names)."""
+
+    instanceId: object
+    name: object
+    runtimeStatus: str
+    createdTime: object
+    lastUpdatedTime: object
+    input: dict[str, object]
+    customStatus: CustomStatus
+    output: dict[str, object]
+
+
 def status_document(
-    document: Mapping[str, Any],
+    document: Mapping[str, object],
     *,
     created: str | None = None,
     updated: str | None = None,
     calls: Mapping[str, str] | None = None,
     pending: bool = False,
-    input: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    input: Mapping[str, object] | None = None,
+) -> StatusDocument:
     """``GET /api/runs/{id}``: ``{instanceId, name, runtimeStatus, createdTime,
     lastUpdatedTime, input, customStatus: {done, total, calls, status}, output}``."""
     status = str(document.get("status"))
@@ -621,13 +653,11 @@ def status_document(
         unended = "pending" if status == "running" else "cancelled"
         calls = {
             str(c.get("name")): unended if c.get("status") == "cancelled" else str(c.get("status"))
-            for s in document.get("stages") or []
-            if isinstance(s, dict)
-            for c in s.get("calls") or []
-            if isinstance(c, dict)
+            for s in _stages(document)
+            for c in json_objects(s.get("calls"))
         }
     settled = ("ok", "error", "skipped", "cancelled")
-    custom: dict[str, Any] = {
+    custom: CustomStatus = {
         "status": status,
         "done": sum(1 for s in calls.values() if s in settled),
         "total": len(calls),
@@ -651,11 +681,11 @@ def status_document(
         "lastUpdatedTime": updated or document.get("finished_at") or document.get("started_at"),
         "input": dict(input) if input is not None else document_input(document),
         "customStatus": custom,
-        "output": dict(document.get("output") or {}),
+        "output": _object(document.get("output")),
     }
 
 
-def failure_reason(document: Mapping[str, Any]) -> str | None:
+def failure_reason(document: Mapping[str, object]) -> str | None:
     """Why a run that did not complete ended, in one line (None for one that completed)."""
     status = document.get("status")
     if status == "interrupted":
@@ -666,10 +696,9 @@ def failure_reason(document: Mapping[str, Any]) -> str | None:
         return None
     failed = [
         f"{c.get('name')}: {_error_message(c)}"
-        for s in document.get("stages") or []
-        if isinstance(s, dict)
-        for c in s.get("calls") or []
-        if isinstance(c, dict) and c.get("status") != "ok"
+        for s in _stages(document)
+        for c in json_objects(s.get("calls"))
+        if c.get("status") != "ok"
     ]
     shown = "; ".join(failed[:5]) + ("; ..." if len(failed) > 5 else "")
     return f"no call answered ({shown})" if failed else "no call answered"
@@ -682,20 +711,24 @@ def _error_message(call: Mapping[str, object]) -> str:
     return str(call.get("status"))
 
 
-def document_input(document: Mapping[str, Any]) -> dict[str, Any]:
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
-    first = stages[0].get("calls") or [] if stages else []
+def document_input(document: Mapping[str, object]) -> dict[str, object]:
+    stages = _stages(document)
+    first = json_objects(stages[0].get("calls")) if stages else []
     return {
         "prompt": document.get("prompt"),
-        "agents": [c.get("name") for c in first if isinstance(c, dict)],
+        "agents": [c.get("name") for c in first],
         "shape": document.get("shape") or "panel",
         "conversation_id": document.get("conversation_id") or document.get("run_id"),
     }
 
 
 def _stages(document: Mapping[str, object]) -> list[dict[str, object]]:
-    stages = document.get("stages")
-    return [s for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
+    return json_objects(document.get("stages"))
+
+
+def _object(value: object) -> dict[str, object]:
+    """A stored JSON object, copied (an empty one for anything else)."""
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def document_summaries(document: Mapping[str, object]) -> list[Summary]:
@@ -717,8 +750,7 @@ def final_answer(document: Mapping[str, object]) -> str | None:
     for stage in reversed(_stages(document)[1:]):
         if "verdict" in stage:
             continue
-        given = stage.get("calls")
-        calls = [c for c in given if isinstance(c, dict)] if isinstance(given, list) else []
+        calls = json_objects(stage.get("calls"))
         if len(calls) == 1 and calls[0].get("status") == "ok":
             answer = calls[0].get("answer")
             if isinstance(answer, str):
@@ -726,11 +758,11 @@ def final_answer(document: Mapping[str, object]) -> str | None:
     return None
 
 
-def is_finished(document: Mapping[str, Any]) -> bool:
+def is_finished(document: Mapping[str, object]) -> bool:
     return RUNTIME_STATUS.get(str(document.get("status")), "Running") != "Running"
 
 
-def replay_lines(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+def replay_lines(document: Mapping[str, object]) -> list[dict[str, object]]:
     """The event lines of a run known only from the history: what ``--jsonl`` would have
     shown of it, without the deltas (``run_started``, each call's end, ``run_finished``)."""
     stamp = {
@@ -739,9 +771,9 @@ def replay_lines(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         "trace_id": document.get("trace_id"),
         "conversation_id": document.get("conversation_id") or document.get("run_id"),
     }
-    stages = [s for s in document.get("stages") or [] if isinstance(s, dict)]
+    stages = _stages(document)
     started = document.get("started_at")
-    lines: list[dict[str, Any]] = [
+    lines: list[dict[str, object]] = [
         {
             **stamp,
             "ts": started,
@@ -754,7 +786,7 @@ def replay_lines(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         }
     ]
     for stage in stages:
-        calls = [c for c in stage.get("calls") or [] if isinstance(c, dict)]
+        calls = json_objects(stage.get("calls"))
         lines.append(
             {
                 **stamp,
