@@ -128,3 +128,21 @@ def assert_usage_error(result: Result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in message, message
     return message
+
+
+@pytest.fixture
+def serve(agents_file: AgentsFile) -> Iterator[Callable[..., Any]]:
+    """Start ``fanout serve`` in a thread (default: the test panel), stopped after the test:
+    ``serve(config=None, **create_app options) -> Served`` (tests.servehelp)."""
+    from tests.servehelp import Served, serve_in_thread  # the serve extra: only when asked
+
+    started: list[Served] = []
+
+    def start(config: Path | None = None, **options: Any) -> Served:
+        served = serve_in_thread(config or agents_file(), **options)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()

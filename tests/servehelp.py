@@ -82,3 +82,6 @@ def serve_process(
         _, err = proc.communicate()
         raise AssertionError(f"no URL from fanout serve: {line!r} {err}")
     return proc, line.split()[2].rstrip("/")
+
+
+Serve = Callable[..., Served]  # the ``serve`` fixture (conftest.py): start a server, stopped after

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +18,7 @@ from fanout.shapes import SHAPES, Shape
 from fanout.shapes.panel import PanelStage
 from tests.conftest import SENTINEL_KEY, AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
-from tests.servehelp import Served, serve_in_thread, serve_process, until
-
-Serve = Callable[..., Served]
-
-
-@pytest.fixture
-def serve(agents_file: AgentsFile) -> Iterator[Serve]:
-    """Start a server in a thread (default: the three-persona test panel); stopped after."""
-    started: list[Served] = []
-
-    def start(config: Path | None = None, **options: Any) -> Served:
-        served = serve_in_thread(config or agents_file(), **options)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.stop()
+from tests.servehelp import Serve, serve_process, until
 
 
 def events_of(response: httpx.Response) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +17,7 @@ import pytest
 
 from tests.conftest import AgentsFile
 from tests.fakeserver import FakeOpenAI, Fault, Hang, Reply
-from tests.servehelp import Served, serve_in_thread, serve_process, until
-
-Serve = Callable[..., Served]
-
-
-@pytest.fixture
-def serve(agents_file: AgentsFile) -> Iterator[Serve]:
-    started: list[Served] = []
-
-    def start(config: Path | None = None, **options: Any) -> Served:
-        served = serve_in_thread(config or agents_file(), **options)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.stop()
-
+from tests.servehelp import Serve, serve_process, until
 
 # -- a 202 means the run is recorded --------------------------------------------------------------
 

@@ -15,9 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -26,23 +25,7 @@ import pytest
 from fanout.serve.limits import Limits
 from tests.conftest import AgentsFile, Invoke
 from tests.fakeserver import FakeOpenAI, Reply
-from tests.servehelp import SRC, Served, serve_in_thread, serve_process, until
-
-Serve = Callable[..., Served]
-
-
-@pytest.fixture
-def serve(agents_file: AgentsFile) -> Iterator[Serve]:
-    started: list[Served] = []
-
-    def start(config: Path | None = None, **options: Any) -> Served:
-        served = serve_in_thread(config or agents_file(), **options)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.stop()
+from tests.servehelp import SRC, Serve, Served, serve_process, until
 
 
 def port_of(served: Served) -> int:
