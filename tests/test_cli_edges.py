@@ -107,7 +107,9 @@ def test_batch_into_a_reader_that_leaves_ends_quietly(
     server.default = Reply(text="a later answer", hold=hold)
     prompts = tmp_path / "q.txt"
     prompts.write_text("".join(f"question {i}\n" for i in range(6)), encoding="utf-8")
-    proc = fanout_process("batch", "-c", agents_file("a"), prompts)
+    # One call at a time, so the first line is the first answer (a whole answer is not held:
+    # `hold` stops streams only, and a batch asks for whole answers).
+    proc = fanout_process("batch", "-c", agents_file("a"), prompts, "--concurrency", "1")
     try:
         assert proc.stdout is not None and proc.stderr is not None
         first = proc.stdout.readline()  # `| head -1`

@@ -51,6 +51,9 @@ def write_stdout(text: str) -> None:
     (``StdoutClosed``: exit 141). Written to the descriptor until every byte is taken:
     Python's buffered writer drops the rest of a large write unsaid when the reader leaves
     after a partial write, so ``ask --json | head -c 100`` of a 1 MB document exited 0."""
+    from fanout.launch import restore
+
+    restore()  # the first frame, if still up, leaves the screen first (as sys.stdout's would)
     try:
         sys.stdout.flush()
         try:
