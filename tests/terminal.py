@@ -113,6 +113,11 @@ class Terminal:
         while self.output[mark:].count(SYNC_END) < count:
             self.expect(re.escape(SYNC_END))
 
+    def frames_drawn(self, count: int) -> None:
+        """Wait until the board has drawn at least ``count`` frames since it started."""
+        while self.output.count(SYNC_END) < count:
+            self.expect(re.escape(SYNC_END))
+
     def send(self, text: str) -> None:
         self.child.send(text)
 

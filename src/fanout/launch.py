@@ -119,26 +119,45 @@ def restore() -> None:
     with contextlib.suppress(OSError, ValueError):
         os.write(sys.stdout.fileno(), LEAVE.encode())
     fd, saved = _screen.stdin_fd, _screen.saved
-    if fd is not None and saved is not None and termios is not None:
-        with contextlib.suppress(OSError, termios.error):
-            termios.tcflush(fd, termios.TCIFLUSH)
-            termios.tcsetattr(fd, termios.TCSANOW, saved)
+    if fd is not None and saved is not None:
+        give_keys_back(fd, saved)
 
 
-def _quiet_keys() -> None:
+def quiet_keys() -> tuple[int, Saved] | None:
+    """Turn off the echo of keys typed on the terminal (Enter would move the cursor under a
+    full-screen view's feet; Ctrl-C still works): the terminal's descriptor and the settings
+    to give back, or None when stdin is no terminal. The first frame and the live board both
+    use it."""
     if termios is None:
-        return
+        return None
     try:
         fd = sys.stdin.fileno()
         if not os.isatty(fd):
-            return
+            return None
         saved = termios.tcgetattr(fd)
         quiet = termios.tcgetattr(fd)
         quiet[3] &= ~(termios.ECHO | termios.ECHONL)
         termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    except (OSError, ValueError, termios.error):
+    except (AttributeError, OSError, ValueError, termios.error):
+        return None  # no stdin, or one replaced by something that is not a file
+    return fd, saved
+
+
+def give_keys_back(fd: int, saved: Saved) -> None:
+    """Drop the keys typed while they were not shown (they must not run in the shell once
+    fanout is over: an Enter among them would run a line unseen), then give the echo back."""
+    if termios is None:
         return
-    _screen.stdin_fd, _screen.saved = fd, saved
+    with contextlib.suppress(OSError, termios.error):
+        termios.tcflush(fd, termios.TCIFLUSH)
+    with contextlib.suppress(OSError, termios.error):
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+def _quiet_keys() -> None:
+    quieted = quiet_keys()
+    if quieted is not None:
+        _screen.stdin_fd, _screen.saved = quieted
 
 
 def main() -> None:

@@ -20,13 +20,11 @@ The board draws itself rather than through ``rich.live``, because it must never 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import io
 import logging
 import math
 import os
 import re
-import sys
 import threading
 import time
 from collections import deque
@@ -53,15 +51,11 @@ from fanout.event import (
     Event,
     StageStarted,
 )
+from fanout.launch import give_keys_back, quiet_keys
 from fanout.launch import take as take_first_frame
 from fanout.models import Agent, Call, CallResult
 from fanout.render import printable
 from fanout.shapes.panel import PANEL_STAGE
-
-try:
-    import termios
-except ImportError:  # Windows: keys are echoed, as before
-    termios = None  # type: ignore[assignment]
 
 _log = logging.getLogger("fanout")
 
@@ -313,30 +307,14 @@ class LiveBoard:
                 self._write_now(LEAVE)  # then marked down: cut short, it is written again
                 self._up = False
         saved, self._saved_termios = self._saved_termios, None
-        if saved is not None and self._stdin_fd is not None and termios is not None:
-            with contextlib.suppress(OSError, termios.error):
-                # Keys typed while the board was up were not shown: they must not run in the
-                # shell once fanout is over (an Enter among them would run a line unseen).
-                termios.tcflush(self._stdin_fd, termios.TCIFLUSH)
-            with contextlib.suppress(OSError, termios.error):
-                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, saved)
+        if saved is not None and self._stdin_fd is not None:
+            give_keys_back(self._stdin_fd, saved)
 
     def _quiet_keys(self) -> None:
-        """Turn off the echo of keys typed on the terminal while the board is up (Enter would
-        otherwise move the cursor under the board's feet). Signals (Ctrl-C) still work."""
-        if termios is None:
-            return
-        try:
-            fd = sys.stdin.fileno()
-            if not os.isatty(fd):
-                return
-            saved = termios.tcgetattr(fd)
-            quiet = termios.tcgetattr(fd)
-            quiet[3] &= ~(termios.ECHO | termios.ECHONL)
-            termios.tcsetattr(fd, termios.TCSANOW, quiet)
-        except (AttributeError, OSError, ValueError, termios.error):
-            return  # no stdin, or one replaced by something that is not a file
-        self._stdin_fd, self._saved_termios = fd, saved
+        """Turn off the echo of keys typed while the board is up (``launch.quiet_keys``)."""
+        quieted = quiet_keys()
+        if quieted is not None:
+            self._stdin_fd, self._saved_termios = quieted
 
     def _run(self) -> None:
         while not self._stop.wait(FRAME_S):

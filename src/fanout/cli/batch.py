@@ -27,7 +27,6 @@ from fanout.cli.options import (
     GROUP_BATCH_API,
     GROUP_LOCAL,
     GROUP_OUTPUT,
-    MAX_POLL_S,
     AgentsOption,
     CacheOption,
     ConcurrencyOption,
@@ -38,11 +37,11 @@ from fanout.cli.options import (
     ModelOption,
     ParamOption,
     PersonaOption,
+    PollOption,
     RetriesOption,
     RpmOption,
     TimeoutOption,
     TpmOption,
-    number_parser,
 )
 from fanout.cli.shaping import shape_from_flags, with_repeat, with_shape_flags
 from fanout.interrupt import EXIT_INTERRUPTED, checkpoint
@@ -86,16 +85,7 @@ def batch(
             rich_help_panel=GROUP_BATCH_API,
         ),
     ] = "direct",
-    poll_interval: Annotated[
-        float,
-        typer.Option(
-            "--poll-interval",
-            metavar="SECONDS",
-            parser=number_parser(0.01, MAX_POLL_S, "seconds"),
-            help="Seconds between Batch API status checks.",
-            rich_help_panel=GROUP_BATCH_API,
-        ),
-    ] = 30.0,
+    poll_interval: PollOption = 30.0,
     local: Annotated[
         bool,
         typer.Option(

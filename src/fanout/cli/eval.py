@@ -22,7 +22,6 @@ from fanout.cli.options import (
     GROUP_BATCH_API,
     GROUP_OUTPUT,
     GROUP_PANEL,
-    MAX_POLL_S,
     AgentsOption,
     CacheOption,
     ConcurrencyOption,
@@ -32,12 +31,12 @@ from fanout.cli.options import (
     MaxRetryAfterOption,
     ModelOption,
     PersonaOption,
+    PollOption,
     RetriesOption,
     RpmOption,
     TimeoutOption,
     TpmOption,
     count_parser,
-    number_parser,
 )
 from fanout.errors import ConfigError
 
@@ -140,16 +139,6 @@ ViaOption = Annotated[
         rich_help_panel=GROUP_BATCH_API,
         help="openai-batch: the answers through the provider's Batch API (the grader's and "
         "judge's calls are made directly).",
-    ),
-]
-PollOption = Annotated[
-    float,
-    typer.Option(
-        "--poll-interval",
-        metavar="SECONDS",
-        rich_help_panel=GROUP_BATCH_API,
-        parser=number_parser(0.01, MAX_POLL_S, "seconds"),
-        help="Seconds between Batch API status checks.",
     ),
 ]
 

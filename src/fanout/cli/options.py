@@ -184,6 +184,16 @@ FileOption = Annotated[
         rich_help_panel=GROUP_PANEL,
     ),
 ]
+PollOption = Annotated[
+    float,
+    typer.Option(
+        "--poll-interval",
+        metavar="SECONDS",
+        parser=number_parser(0.01, MAX_POLL_S, "seconds"),
+        help="Seconds between Batch API status checks.",
+        rich_help_panel=GROUP_BATCH_API,
+    ),
+]
 CacheOption = Annotated[
     bool | None,
     typer.Option(
