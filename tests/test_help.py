@@ -8,6 +8,7 @@ from typing import Any, get_args
 
 import pytest
 import typer
+from typer.core import TyperGroup
 
 from fanout import render
 from fanout.cli import app, options
@@ -18,8 +19,10 @@ from tests.fakeserver import FakeOpenAI
 def command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every command and group of the app, as the words that name it."""
     paths = [path]
-    for name, sub in sorted(getattr(command, "commands", {}).items()):
-        paths += command_paths(sub, (*path, name))
+    if isinstance(command, TyperGroup):  # the root loads a command's module when it is named
+        context = typer.Context(command)
+        for name in sorted(command.list_commands(context)):
+            paths += command_paths(command.get_command(context, name), (*path, name))
     return paths
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import anyio
 
+from fanout.collector import settle
 from fanout.engine import Engine, Execution
 from fanout.errors import FanoutError, StdoutClosed
 from fanout.event import Broadcast, CallFinished, CallRetrying, Event, Observer
@@ -67,6 +68,7 @@ def drive(
         *([telemetry.observer()] if telemetry is not None else []),
     )
     execution = make(observer)
+    settle()  # the client is ready and the requests are next: start-up is over
 
     async def main() -> RunReport:
         if recorder is not None and previous is None:

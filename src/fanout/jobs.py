@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import anyio
 
+from fanout.collector import settle
 from fanout.engine import Engine, RunTrace
 from fanout.event import Observer
 from fanout.models import Call, CallResult
@@ -61,7 +62,8 @@ def quiet_collector() -> Iterator[None]:
     collection walks it again, and the youngest generation is collected less often. Without
     this, a full collection walks every object of openai and pydantic: at 100 prompts x 20
     personas that was 13 % of the process's busy time (9 % for a bare loop). Undone on the way
-    out."""
+    out. (A held collector, ``fanout.collector``, runs again from here.)"""
+    settle()
     before = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(max(before[0], GEN0), *before[1:])

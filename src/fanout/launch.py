@@ -164,8 +164,10 @@ def main() -> None:
     """Console-script entry point: the signal handlers before anything else (a Ctrl-C while
     the command loads is a cancelled run, never a traceback: ``fanout.interrupt``, standard
     library only too), the first frame when the run is shown live, then the command line."""
+    from fanout.collector import hold
     from fanout.interrupt import install, on_hard_exit
 
+    hold()
     install()
     if shows_live(sys.argv[1:], os.environ, _is_tty(sys.stdout), _is_tty(sys.stdin)):
         paint()

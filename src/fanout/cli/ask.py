@@ -16,11 +16,11 @@ from fanout.cli.app import (
     errors_to_exit,
     terminate_as_interrupt,
 )
-from fanout.cli.chat import ContinueOption, ConversationOption, continued
 from fanout.cli.flags import (
     adhoc_personas,
     agent_names,
     check_utf8,
+    continued,
     output_of,
     panel_names,
     read_prompt,
@@ -38,6 +38,8 @@ from fanout.cli.options import (
     CacheOption,
     ConcurrencyOption,
     ConfigOption,
+    ContinueOption,
+    ConversationOption,
     FileOption,
     FormatOption,
     JsonlDeltasOption,

@@ -1,10 +1,8 @@
-"""``fanout chat``, and the flags that carry a conversation on (``ask --continue``)."""
+"""``fanout chat``: a conversation with a panel, a question a line."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,9 +17,10 @@ from fanout.cli.flags import (
 )
 from fanout.cli.options import (
     DEFAULT_ASK_CONCURRENCY,
-    GROUP_HISTORY,
     AgentsOption,
     ConfigOption,
+    ContinueOption,
+    ConversationOption,
     FormatOption,
     JsonOption,
     MaxCostOption,
@@ -32,50 +31,6 @@ from fanout.cli.options import (
     TimeoutOption,
 )
 from fanout.cli.shaping import shape_from_flags, with_repeat, with_shape_flags
-
-if TYPE_CHECKING:
-    from fanout.conversation import Transcript
-
-# `--continue` takes no value: an optional value would swallow the question that follows it
-# (`fanout ask --continue "And then?"`). A conversation is named with --conversation ID, as
-# llm has -c and --cid.
-ContinueOption = Annotated[
-    bool,
-    typer.Option(
-        "--continue",
-        help="Carry on the last run's conversation: each persona is sent the earlier "
-        "questions and its own earlier answers.",
-        rich_help_panel=GROUP_HISTORY,
-    ),
-]
-ConversationOption = Annotated[
-    str | None,
-    typer.Option(
-        "--conversation",
-        metavar="ID",
-        help="Carry on this conversation: its id, or any of its runs' (a unique prefix).",
-        show_default=False,
-        rich_help_panel=GROUP_HISTORY,
-    ),
-]
-
-
-def continued(
-    wanted: bool,
-    reference: str | None,
-    names: list[str] | None,
-    personas: list[tuple[str, str]],
-    config: Path | None,
-) -> tuple[Transcript | None, list[str] | None, list[tuple[str, str]]]:
-    """``--continue``/``--conversation``: the conversation, who is asked (the personas of its
-    last turn, then those named now) and the ``-p`` personas; not wanted, the flags as given."""
-    if not wanted and reference is None:
-        return None, names, personas
-    from fanout.chat import continued as carried_on
-
-    carried = carried_on(reference, names, personas, config)
-    return carried.conversation, carried.names, carried.personas
-
 
 CHAT_EXAMPLES = """Examples:
 

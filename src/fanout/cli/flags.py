@@ -16,6 +16,7 @@ from fanout.cli.options import (
 from fanout.errors import ConfigError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from fanout.conversation import Transcript
     from fanout.engine import RunSettings
     from fanout.models import Attachment
     from fanout.output import Output
@@ -236,3 +237,20 @@ def read_prompt(prompt: str | None) -> str:
     if not prompt.strip():
         raise ConfigError("the prompt is empty")
     return prompt.strip()
+
+
+def continued(
+    wanted: bool,
+    reference: str | None,
+    names: list[str] | None,
+    personas: list[tuple[str, str]],
+    config: Path | None,
+) -> tuple[Transcript | None, list[str] | None, list[tuple[str, str]]]:
+    """``--continue``/``--conversation``: the conversation, who is asked (the personas of its
+    last turn, then those named now) and the ``-p`` personas; not wanted, the flags as given."""
+    if not wanted and reference is None:
+        return None, names, personas
+    from fanout.chat import continued as carried_on
+
+    carried = carried_on(reference, names, personas, config)
+    return carried.conversation, carried.names, carried.personas

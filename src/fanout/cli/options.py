@@ -294,3 +294,26 @@ NoLogOption = Annotated[
         "--no-log", help="Do not record this run in the history.", rich_help_panel=GROUP_HISTORY
     ),
 ]
+
+# `--continue` takes no value: an optional value would swallow the question that follows it
+# (`fanout ask --continue "And then?"`). A conversation is named with --conversation ID, as
+# llm has -c and --cid.
+ContinueOption = Annotated[
+    bool,
+    typer.Option(
+        "--continue",
+        help="Carry on the last run's conversation: each persona is sent the earlier "
+        "questions and its own earlier answers.",
+        rich_help_panel=GROUP_HISTORY,
+    ),
+]
+ConversationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--conversation",
+        metavar="ID",
+        help="Carry on this conversation: its id, or any of its runs' (a unique prefix).",
+        show_default=False,
+        rich_help_panel=GROUP_HISTORY,
+    ),
+]
