@@ -4,9 +4,9 @@ The openai client never retries by itself (``max_retries=0``), so ``retries=N`` 
 N + 1 HTTP attempts. The server's ``retry-after-ms`` / ``retry-after`` wins over backoff; a server
 asking for longer than ``max_retry_after`` fails the call at once instead of stalling the run.
 
-The first attempt is made before any retrier exists: tenacity builds several objects and
-closures per retrier, and a batch makes hundreds of thousands of calls that mostly succeed at
-once. A call that fails worth retrying hands that failure to tenacity as its first attempt, so
+The first attempt is made before any retrier exists (or tenacity is imported: 5 ms of a
+launch): tenacity builds several objects and closures per retrier, and a batch makes hundreds
+of thousands of calls that mostly succeed at once. A call that fails worth retrying hands that failure to tenacity as its first attempt, so
 the waits, the events and the attempt numbers are tenacity's, as if it had run them all.
 """
 
@@ -14,18 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from fanout.errors import ProviderError
+
+if TYPE_CHECKING:  # tenacity loads with the first call that fails worth retrying
+    from tenacity import RetryCallState
 
 T = TypeVar("T")
 
@@ -96,6 +92,13 @@ async def _retrying(
     on_retry: Callable[[RetryEvent], None] | None,
     sleep: Callable[[float], Awaitable[None]],
 ) -> T:
+    from tenacity import (
+        AsyncRetrying,
+        retry_if_exception,
+        stop_after_attempt,
+        wait_random_exponential,
+    )
+
     backoff = wait_random_exponential(multiplier=policy.backoff_base, max=policy.backoff_cap)
 
     def wait(state: RetryCallState) -> float:
