@@ -882,8 +882,6 @@ def _loc_name(data: Any, loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-
-
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     if "fallbacks" in loc[:-1]:
         return list(FallbackSpec.model_fields)
@@ -960,11 +958,12 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         template = build(_AgentFields(), "-p")
     except ConfigError as exc:  # only an error for a run that adds a persona with -p
         template = str(exc)
-    def role(spec: RoleSpec | None, role: str) -> tuple[RoleSpec, str]:
-        given = spec or RoleSpec()
+
+    def named(section: RoleSpec | None, role: str) -> tuple[RoleSpec, str]:
+        given = section or RoleSpec()  # a role's section left out: its defaults
         return given, given.name or role
 
-    synth_spec, synth_name = role(spec.synthesizer, "synthesizer")
+    synth_spec, synth_name = named(spec.synthesizer, "synthesizer")
     # The defaults' instructions speak to personas; the synthesizer gets its own brief.
     synthesizer = replace(
         build(synth_spec, synth_name),
@@ -974,7 +973,7 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
     roles: dict[str, Agent] = {}
     role_errors: dict[str, str] = {}
     for name, declared in (("router", spec.router), ("orchestrator", spec.orchestrator)):
-        role_spec, role_name = role(declared, name)
+        role_spec, role_name = named(declared, name)
         try:
             built = build(role_spec, role_name)
         except ConfigError as exc:
@@ -985,7 +984,7 @@ def _resolve(source: str, spec: PanelSpec, environ: Mapping[str, str]) -> Panel:
         # Like the synthesizer: the file's defaults apply, but never the personas' brief.
         roles[name] = replace(built, instructions=role_spec.instructions or ROLE_INSTRUCTIONS[name])
     judge: Agent | None = None
-    judge_spec, judge_name = role(spec.judge, "judge")
+    judge_spec, judge_name = named(spec.judge, "judge")
     try:
         judge = replace(
             build(judge_spec, judge_name),

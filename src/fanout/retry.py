@@ -6,8 +6,9 @@ asking for longer than ``max_retry_after`` fails the call at once instead of sta
 
 The first attempt is made before any retrier exists (or tenacity is imported: 5 ms of a
 launch): tenacity builds several objects and closures per retrier, and a batch makes hundreds
-of thousands of calls that mostly succeed at once. A call that fails worth retrying hands that failure to tenacity as its first attempt, so
-the waits, the events and the attempt numbers are tenacity's, as if it had run them all.
+of thousands of calls that mostly succeed at once. A call that fails worth retrying hands that
+failure to tenacity as its first attempt, so the waits, the events and the attempt numbers are
+tenacity's, as if it had run them all.
 """
 
 from __future__ import annotations

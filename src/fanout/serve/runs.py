@@ -47,6 +47,7 @@ from fanout.export import SCHEMA_VERSION, JsonlWriter, json_objects, report_docu
 from fanout.history import History, HistoryRecorder, HistoryWriter, history_path, recorder_for
 from fanout.models import Attachment, RunReport
 from fanout.retry import RetryPolicy
+from fanout.serve.admissions import Admissions
 from fanout.serve.body import BadBody, shaped
 from fanout.serve.events import EventLog
 from fanout.serve.store import SharedState, written
@@ -216,6 +217,7 @@ class LiveRun:
     log: RunLog | None = None
     report: RunReport | None = None  # set when it is over
     started: bool = False
+    yields: bool = False  # waits for the runs being accepted (a burst) before it starts
     terminated: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)  # over and recorded
@@ -384,6 +386,7 @@ class RunManager:
         self._history: History | None = None
         self._writer = HistoryWriter()
         self._slots = anyio.CapacityLimiter(max_runs)
+        self.admissions = Admissions()  # a burst's 202s first, then its runs
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
         self._sharing = shared  # one of several workers: see SharedState
@@ -443,7 +446,20 @@ class RunManager:
         is told the run's id will find it, even if this process dies next); without it (a
         client that waits for the answer itself), the record is written meanwhile.
         ``deltas``: keep the answers' text as it streams (else each answer whole at its end,
-        which costs less). ``trace``: the caller's ``traceparent``, which the run continues."""
+        which costs less). ``trace``: the caller's ``traceparent``, which the run continues.
+        A durable run lets the runs still being accepted go first (``admissions``)."""
+        if not durable:
+            return await self._start(body, durable, deltas, trace)
+        with self.admissions.admitting():
+            return await self._start(body, durable, deltas, trace)
+
+    async def _start(
+        self,
+        body: Mapping[str, object] | RunRequest,
+        durable: bool,
+        deltas: bool,
+        trace: TraceParent | None,
+    ) -> LiveRun:
         run = self._admit(body, trace)
         self._unfinished += 1
         started = False
@@ -472,6 +488,7 @@ class RunManager:
             _log.error("run %s could not be recorded: %s", run.id, recorder.error)
             raise Unavailable(f"the run could not be recorded in the history: {recorder.error}")
         assert self._tg is not None, "RunManager.running() first"
+        run.yields = durable  # nobody waits on its connection for the answer
         self._tg.start_soon(self._drive, run, recorder, name=f"fanout run {run.id}")
         return run
 
@@ -520,6 +537,8 @@ class RunManager:
         assert execution is not None
         try:
             with run.scope:
+                if run.yields:
+                    await self.admissions.quiet()
                 async with self._slots:
                     run.started = True
                     await execution.execute()
