@@ -181,7 +181,12 @@ def test_eval_compare_exits_4_on_a_regression(
     script_personas(server)
     agents, capitals = write_agents(tmp_path, server), write_eval(tmp_path)
     before = run_json(invoke, capitals, "-c", agents)
-    server.script("m-right", Reply(text="Lyon"))  # France, asked first, goes wrong
+    def france_goes_wrong(body: dict[str, Any]) -> str:  # whichever case is asked first
+        if body["model"] == "m-right" and "France" in str(body["messages"]):
+            return "Lyon"
+        return respond(body)
+
+    server.default = Reply(respond=france_goes_wrong)
     after_file = tmp_path / "after.json"
     result = invoke("eval", capitals, "-c", agents, "-o", after_file)
     assert result.exit_code == 0, result.stderr
