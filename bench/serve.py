@@ -253,6 +253,7 @@ async def _burst(url: str, runs: int, poller: subprocess.Popen[str]) -> dict[str
         "lost": len(set(ids) - completed),
         "accept_max": max(accepts),
         "accept_p50": statistics.median(accepts),
+        "poll_p50": pct(polls, 50) if len(polls) > 2 else float("nan"),
         "poll_p99": pct(polls, 99) if len(polls) > 2 else float("nan"),
         "polls": len(polls),
         "all_done_s": took,

@@ -161,3 +161,18 @@ def test_the_command_holds_the_collector_from_launch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines() == [f"fanout {fanout.__version__}", "held"]
+
+
+def test_a_process_forked_while_the_collector_is_held_lets_it_go() -> None:
+    code = (
+        "import gc, os, sys\n"
+        "from fanout import collector\n"
+        "collector.hold()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if gc.isenabled() and not collector.held() else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), gc.isenabled())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "False"]  # the child runs it; the parent still holds

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import anyio
 
-from fanout.collector import settle
+from fanout.collector import GEN0, settle
 from fanout.engine import Engine, RunTrace
 from fanout.event import Observer
 from fanout.models import Call, CallResult
@@ -48,11 +48,6 @@ async def run_pool(
     async with anyio.create_task_group() as tg:
         for _ in range(max(1, engine.settings.concurrency)):
             tg.start_soon(worker)
-
-
-# A batch's calls leave a few short-lived containers each; the collector's youngest generation
-# is collected every GEN0 of them instead of every 700 (CPython's default).
-GEN0 = 50_000
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fanout.collector import GEN0, collect_young_every, settle
 from fanout.config import Panel
 from fanout.errors import ConfigError
 from fanout.history import History, history_path
@@ -170,6 +171,8 @@ def serve(
         # Ctrl-C is uvicorn's (or the supervisor's) from here; one that came while the command
         # loaded ends it now.
         hand_over()
+        settle()  # start-up is over; frozen before any fork, the workers share its pages
+        collect_young_every(GEN0)
         if workers == 1:
             work(0)
         else:
