@@ -6,7 +6,7 @@
   process's own clock;
 * 1,000 runs POSTed at once to ``/api/runs`` (three personas, the backend answering after
   0.2 s): how long each ``202`` took, none lost, and the status polls made meanwhile (p99);
-* RSS after each of ten such bursts;
+* RSS after each of ten such bursts; three more with ``--workers 2``;
 * 1 against 2 workers (``--workers``): requests per second at 50 clients.
 
 The backend is the loopback test server in a process of its own; ``fanout serve`` runs as a
@@ -260,22 +260,23 @@ async def _burst(url: str, runs: int, poller: subprocess.Popen[str]) -> dict[str
     }
 
 
-def bursts(config: Path) -> None:
+def bursts(config: Path, times: int, *args: str) -> None:
     home = tempfile.mkdtemp(prefix="fanout-bench-home-")
-    proc, url = start_server(config, home)
+    proc, url = start_server(config, home, *args)
     try:
-        print(f"\n{BURST} runs POSTed at once (3 personas, backend 0.2 s), {BURSTS} times:\n")
-        print("| burst | 202s | refused | lost | slowest 202 | median 202 | status p99 "
-              "| all over | RSS after |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|")
-        print(f"| before | | | | | | | | {rss_mib(proc.pid):.0f} MiB |")
-        for n in range(BURSTS):
+        shown = f" ({' '.join(args)})" if args else ""
+        print(f"\n{BURST} runs POSTed at once (3 personas, backend 0.2 s){shown}, {times} times:\n")
+        print("| burst | 202s | refused | lost | slowest 202 | median 202 | status p50 "
+              "| status p99 | all over | RSS after |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(f"| before | | | | | | | | | {rss_mib(proc.pid):.0f} MiB |")
+        for n in range(times):
             r = burst(url, BURST)
             print(
                 f"| {n + 1} | {r['accepted']} | {r['refused']} | {r['lost']} | "
                 f"{r['accept_max'] * 1000:.0f} ms | {r['accept_p50'] * 1000:.0f} ms | "
-                f"{r['poll_p99']:.0f} ms ({r['polls']}) | {r['all_done_s']:.1f} s | "
-                f"{rss_mib(proc.pid):.0f} MiB |"
+                f"{r['poll_p50']:.0f} ms | {r['poll_p99']:.0f} ms ({r['polls']}) | "
+                f"{r['all_done_s']:.1f} s | {rss_mib(proc.pid):.0f} MiB |"
             )
     finally:
         stop(proc)
@@ -332,7 +333,8 @@ def main() -> None:
         if "--no-workers" not in sys.argv:
             workers(config)
     with ServerProcess(0.2) as backend:
-        bursts(panel_file(backend, 3))
+        bursts(panel_file(backend, 3), BURSTS)
+        bursts(panel_file(backend, 3), 3, "--workers", "2")  # (its RSS: the supervisor's)
 
 
 if __name__ == "__main__":
