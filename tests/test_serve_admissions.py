@@ -78,9 +78,11 @@ async def test_an_accepted_run_starts_after_the_burst_and_a_waited_one_at_once(
             accepted = await manager.start(BODY)
             await anyio.wait_all_tasks_blocked()
             assert not accepted.started and server.count() == 0  # pending: the burst first
-            waited = await manager.start(BODY, durable=False)  # its client waits: it goes
+            waited = await manager.start(BODY, durable=False)  # /v1: its client waits, it goes
             await waited.answered.wait()
-            assert server.count() == 1 and not accepted.started
+            held = await manager.start(BODY, waited=True)  # ?wait=: recorded, and it goes
+            await held.answered.wait()
+            assert server.count() == 2 and not accepted.started
         await accepted.done.wait()
-        assert server.count() == 2
+        assert server.count() == 3
         assert accepted.report is not None and accepted.report.stages[0].calls[0].status == "ok"

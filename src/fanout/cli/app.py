@@ -9,10 +9,10 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Annotated, Any
 
 import typer
-from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
 from typer.core import TyperCommand, TyperGroup
 from typer.models import TyperInfo
 
@@ -45,30 +45,42 @@ class Group(TyperGroup):
         return _quiet_switches([super().get_help_option(ctx)])[0]
 
 
-@dataclass(frozen=True)
-class _WhenGiven(RuntimeParam):
-    """Typer's coercion of one parameter, built the first time it has a value to coerce."""
-
-    descriptor: TypeDescriptor
-    built: list[RuntimeParam] = field(default_factory=list)
-
-    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-        if not self.built:
-            self.built.append(build_runtime_param(self.descriptor))
-        return self.built[0]._coerce_value(value, param=param, ctx=ctx)
-
-
 def _coerce_when_given(params: list[Any]) -> None:
     """Typer builds a pydantic adapter for every parameter of the command that runs, given
     or not: 31 for ``ask``, a sixth of its launch. A parameter left out (None) needs none."""
+    when_given = _when_given()
+    if when_given is None:
+        return
     for param in params:
         descriptor = getattr(param, "type_descriptor", None)
         if descriptor is not None and getattr(param, "_runtime_param", False) is None:
-            param._runtime_param = _WhenGiven(
+            param._runtime_param = when_given(
                 parameter_info=descriptor.parameter_info,
                 annotation=descriptor.annotation,
                 descriptor=descriptor,
             )
+
+
+@cache
+def _when_given() -> Any:
+    """Typer's coercion of a parameter, built the first time it has a value to coerce (None:
+    a Typer without this seam, ``_coercion`` not being public, builds them all as before)."""
+    try:
+        from typer._coercion import RuntimeParam, build_runtime_param
+    except ImportError:  # pragma: no cover
+        return None
+
+    @dataclass(frozen=True)
+    class WhenGiven(RuntimeParam):
+        descriptor: Any = None
+        built: list[RuntimeParam] = field(default_factory=list)
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            if not self.built:
+                self.built.append(build_runtime_param(self.descriptor))
+            return self.built[0]._coerce_value(value, param=param, ctx=ctx)
+
+    return WhenGiven
 
 
 def _is_choice(param: Any) -> bool:

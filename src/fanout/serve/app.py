@@ -149,8 +149,8 @@ def manager_of(request: Request) -> RunManager:
 async def start_run(request: Request) -> Response:
     manager = manager_of(request)
     body = await read_prompt_or_json(request)
-    run = await manager.start(body, trace=caller_trace(request.headers))
     wait = _wait_seconds(request)
+    run = await manager.start(body, trace=caller_trace(request.headers), waited=wait > 0)
     if wait > 0:
         with anyio.move_on_after(wait):
             await run.done.wait()
@@ -392,7 +392,9 @@ async def multiagent_run(request: Request) -> Response:
     if not isinstance(prompt, str) or not prompt.strip():
         return error(400, "Prompt is required")
     body["prompt"] = prompt.strip()
-    run = await manager_of(request).start(body, trace=caller_trace(request.headers))
+    run = await manager_of(request).start(
+        body, trace=caller_trace(request.headers), waited=wait > 0
+    )
     if wait > 0:
         with anyio.move_on_after(wait):
             await run.done.wait()

@@ -440,6 +440,7 @@ class RunManager:
         durable: bool = True,
         deltas: bool = True,
         trace: TraceParent | None = None,
+        waited: bool = False,
     ) -> LiveRun:
         """Check a request, record its run in the history and start it; ``BadRequest``,
         ``TooBusy``, ``Unavailable``. ``durable``: return once the record is committed (whoever
@@ -447,11 +448,13 @@ class RunManager:
         client that waits for the answer itself), the record is written meanwhile.
         ``deltas``: keep the answers' text as it streams (else each answer whole at its end,
         which costs less). ``trace``: the caller's ``traceparent``, which the run continues.
-        A durable run lets the runs still being accepted go first (``admissions``)."""
-        if not durable:
-            return await self._start(body, durable, deltas, trace)
+        A durable run nobody is ``waited`` for on its connection lets the runs still being
+        accepted go first (``admissions``), and counts as one of them until its 202."""
+        yields = durable and not waited
+        if not yields:
+            return await self._start(body, durable, deltas, trace, yields)
         with self.admissions.admitting():
-            return await self._start(body, durable, deltas, trace)
+            return await self._start(body, durable, deltas, trace, yields)
 
     async def _start(
         self,
@@ -459,6 +462,7 @@ class RunManager:
         durable: bool,
         deltas: bool,
         trace: TraceParent | None,
+        yields: bool,
     ) -> LiveRun:
         run = self._admit(body, trace)
         self._unfinished += 1
@@ -488,7 +492,7 @@ class RunManager:
             _log.error("run %s could not be recorded: %s", run.id, recorder.error)
             raise Unavailable(f"the run could not be recorded in the history: {recorder.error}")
         assert self._tg is not None, "RunManager.running() first"
-        run.yields = durable  # nobody waits on its connection for the answer
+        run.yields = yields
         self._tg.start_soon(self._drive, run, recorder, name=f"fanout run {run.id}")
         return run
 
