@@ -181,6 +181,7 @@ def test_eval_compare_exits_4_on_a_regression(
     script_personas(server)
     agents, capitals = write_agents(tmp_path, server), write_eval(tmp_path)
     before = run_json(invoke, capitals, "-c", agents)
+
     def france_goes_wrong(body: dict[str, Any]) -> str:  # whichever case is asked first
         if body["model"] == "m-right" and "France" in str(body["messages"]):
             return "Lyon"
