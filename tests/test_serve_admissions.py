@@ -31,21 +31,20 @@ async def test_quiet_waits_while_runs_are_being_accepted() -> None:
         await gate.quiet(most=60)
         waited.set()
 
-    async with anyio.create_task_group() as tg:
-        with gate.admitting():
-            tg.start_soon(waiter)
-            await anyio.wait_all_tasks_blocked()
-            assert not waited.is_set() and gate.busy == 1
+    async with anyio.create_task_group() as tg, gate.admitting():
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        assert not waited.is_set() and gate.busy == 1
         # the last one accepted: quiet a moment later, and the waiter goes
     assert waited.is_set() and gate.busy == 0
 
 
 async def test_a_new_admission_restarts_the_quiet_period() -> None:
     gate = Admissions()
-    with gate.admitting():
+    async with gate.admitting():
         pass  # its timer is set: quiet in QUIET_S, unless another run comes
     first = gate._ended
-    with gate.admitting():
+    async with gate.admitting():
         gate._settle(first)  # what the first one's timer does when it fires
         assert gate.busy == 1 and not gate._quiet.is_set()
     gate._settle(first)  # a stale timer, after the second one ended: still not quiet
@@ -54,12 +53,29 @@ async def test_a_new_admission_restarts_the_quiet_period() -> None:
     assert gate._quiet.is_set()
 
 
+async def test_no_more_than_at_once_runs_are_accepted_at_a_time() -> None:
+    gate = Admissions()
+    release = anyio.Event()
+
+    async def admit() -> None:
+        async with gate.admitting():
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(admissions.AT_ONCE + 3):
+            tg.start_soon(admit)
+        await anyio.wait_all_tasks_blocked()
+        assert gate.busy == admissions.AT_ONCE  # the other three wait for one to end
+        release.set()
+    assert gate.busy == 0
+
+
 async def test_a_steady_stream_of_admissions_holds_a_run_back_for_a_bounded_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(admissions, "FIRST_S", 0.0)
     gate = Admissions()
-    with gate.admitting():
+    async with gate.admitting():
         await gate.quiet()  # returns although runs are still being accepted
 
 
@@ -74,7 +90,7 @@ async def test_an_accepted_run_starts_after_the_burst_and_a_waited_one_at_once(
 ) -> None:
     manager = RunManager(load_panel(agents_file()))
     async with manager.running():
-        with manager.admissions.admitting():  # another run of the burst is being accepted
+        async with manager.admissions.admitting():  # another run of the burst is being accepted
             accepted = await manager.start(BODY)
             await anyio.wait_all_tasks_blocked()
             assert not accepted.started and server.count() == 0  # pending: the burst first

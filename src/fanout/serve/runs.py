@@ -453,7 +453,7 @@ class RunManager:
         yields = durable and not waited
         if not yields:
             return await self._start(body, durable, deltas, trace, yields)
-        with self.admissions.admitting():
+        async with self.admissions.admitting():
             return await self._start(body, durable, deltas, trace, yields)
 
     async def _start(
