@@ -850,3 +850,14 @@ def test_a_large_agents_file_is_read_in_one_parse_without_the_collector(
         assert parses == ["_FastLoader"]
     assert len(collections) <= 1  # the one owed once it is on again (it ran hundreds of times)
     assert gc.isenabled()
+
+
+def test_a_role_named_null_keeps_its_own_name(tmp_path: Path) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text(
+        "agents:\n  - name: a\n    model: m\nsynthesizer:\n  name: null\njudge:\n  name: null\n",
+        encoding="utf-8",
+    )
+    panel = load_panel(path)
+    assert panel.synthesizer.name == "synthesizer"
+    assert panel.judge is not None and panel.judge.name == "judge"

@@ -102,3 +102,12 @@ async def test_an_accepted_run_starts_after_the_burst_and_a_waited_one_at_once(
         await accepted.done.wait()
         assert server.count() == 3
         assert accepted.report is not None and accepted.report.stages[0].calls[0].status == "ok"
+
+
+async def test_a_refused_request_is_not_an_accepted_run() -> None:
+    gate = Admissions()
+    with pytest.raises(ValueError):
+        async with gate.admitting():
+            raise ValueError("429: too many runs in flight")  # refused: nothing accepted
+    assert gate._ended == 0 and gate.busy == 0  # it restarts no wait
+    await gate.quiet(most=60)  # and the gate opens (at once: nothing was ever accepted)

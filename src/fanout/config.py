@@ -205,9 +205,12 @@ class RoleSpec(_AgentFields):
     persona's fields, its name its role's unless given. One model for the four: each model
     costs pydantic ~4 ms to build when fanout starts."""
 
-    name: str | None = None
+    name: str | None = None  # null: the role's own
 
-    _valid_name = field_validator("name")(_a_name)
+    @field_validator("name")
+    @classmethod
+    def _a_name_if_given(cls, value: str | None) -> str | None:
+        return None if value is None else _a_name(value)
 
 
 ROLES = ("synthesizer", "router", "orchestrator", "judge")  # the sections of the roles

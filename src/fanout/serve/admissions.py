@@ -14,6 +14,7 @@ status poll waited behind each turn's dozens of them (p50 50-160 ms); with 16, p
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -34,7 +35,8 @@ class Admissions:
         self._busy = 0
         self._quiet = anyio.Event()
         self._quiet.set()
-        self._ended = 0  # admissions over so far: a later one restarts the quiet period
+        self._ended = 0  # runs accepted so far: a later one restarts the quiet period
+        self._last = -math.inf  # when the last one was accepted (the loop's clock)
 
     @property
     def busy(self) -> int:
@@ -53,14 +55,20 @@ class Admissions:
         self._busy += 1
         if self._quiet.is_set():
             self._quiet = anyio.Event()
+        accepted = False
         try:
             yield
+            accepted = True
         finally:
             self._busy -= 1
-            self._ended += 1
+            loop = asyncio.get_running_loop()
+            if accepted:
+                self._ended += 1
+                self._last = loop.time()
             if self._busy == 0:
-                ended = self._ended
-                asyncio.get_running_loop().call_later(QUIET_S, self._settle, ended)
+                # A refused request (400, 429) accepted nothing: it does not restart the wait.
+                wait = max(0.0, self._last + QUIET_S - loop.time())
+                loop.call_later(wait, self._settle, self._ended)
 
     def _settle(self, ended: int) -> None:
         if self._busy == 0 and self._ended == ended:
